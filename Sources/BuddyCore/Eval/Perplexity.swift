@@ -1,0 +1,87 @@
+import Foundation
+
+/// Perplexity with llama.cpp's protocol (`llama-perplexity`): the text is tokenized whole,
+/// cut into chunks of `contextSize` tokens, each chunk is evaluated from an empty cache, and
+/// only the second half is scored: logits at position j predict token j+1 for
+/// j in contextSize/2 ..< contextSize-1.
+public struct PerplexityResult: Sendable {
+    public var chunks: [(nll: Double, count: Int)] = []
+    public var totalTokensInText = 0
+    public var nll: Double { chunks.reduce(0) { $0 + $1.nll } }
+    public var count: Int { chunks.reduce(0) { $0 + $1.count } }
+    public var perplexity: Double { count > 0 ? exp(nll / Double(count)) : .nan }
+}
+
+public final class PerplexityEvaluator {
+    public let model: LanguageModel
+    public let contextSize: Int
+    let batch: BatchState
+    let cache: KVCache
+    let decode: DecodeState
+    /// [contextSize × vocab] logits of one chunk
+    let logits: UnsafeMutablePointer<Float>
+
+    public init(model: LanguageModel, contextSize: Int = 512, threads: Int = 2) {
+        self.model = model
+        self.contextSize = contextSize
+        let c = model.config
+        let pool = ThreadPool.shared(threads: threads)
+        batch = BatchState(config: c, maxTokens: contextSize, capacity: contextSize, pool: pool)
+        cache = KVCache(layers: c.layers, capacity: contextSize, kvDim: c.kvDim)
+        decode = DecodeState(config: c, capacity: contextSize, pool: pool)
+        logits = .allocate(capacity: contextSize * c.vocabSize)
+    }
+    deinit { logits.deallocate() }
+
+    public func tokenize(_ text: String) -> [Int32] {
+        var ids = model.tokenizer.encode(text, parseSpecial: false)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
+        return ids
+    }
+
+    /// Negative log-likelihood summed over the scored half of one chunk.
+    /// `runs` selects layers for the whole chunk (nil: all).
+    public func scoreChunk(_ tokens: ArraySlice<Int32>, runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) -> (nll: Double, count: Int) {
+        let n = tokens.count
+        precondition(n == contextSize)
+        var chunk = Array(tokens)
+        // llama.cpp puts BOS first in each chunk when the model wants one.
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { chunk[0] = bos }
+        cache.truncate(to: 0)
+        let t = model.transformer
+        t.prefill(chunk[...], start: 0, batch, cache, runs: runs, policy: policy)
+        t.batchLogitsAll(n: n, batch, logits)
+        let vocab = model.config.vocabSize
+        var nll = 0.0
+        let first = n / 2
+        for j in first..<(n - 1) {
+            nll += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[j + 1]))
+        }
+        return (nll, n - 1 - first)
+    }
+
+    /// -log softmax(logits)[target], computed in double precision.
+    public static func negativeLogProb(_ logits: UnsafePointer<Float>, count: Int, target: Int) -> Double {
+        var m = -Float.infinity
+        for i in 0..<count where logits[i] > m { m = logits[i] }
+        var sum = 0.0
+        for i in 0..<count { sum += exp(Double(logits[i] - m)) }
+        return log(sum) - Double(logits[target] - m)
+    }
+
+    /// Scores up to `maxChunks` chunks, reporting progress after each.
+    public func evaluate(tokens: [Int32], maxChunks: Int?, runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask,
+                         progress: ((Int, Int, PerplexityResult) -> Void)? = nil) -> PerplexityResult {
+        var result = PerplexityResult()
+        result.totalTokensInText = tokens.count
+        let available = tokens.count / contextSize
+        let total = min(available, maxChunks ?? available)
+        for c in 0..<total {
+            let slice = tokens[(c * contextSize)..<((c + 1) * contextSize)]
+            let r = scoreChunk(slice, runs: runs, policy: policy)
+            result.chunks.append(r)
+            progress?(c + 1, total, result)
+        }
+        return result
+    }
+}

@@ -1,0 +1,140 @@
+import CBLAS
+import CKernels
+
+/// A weight matrix left in its on-disk block format inside the memory-mapped file.
+/// `rows` outputs, each a row of `cols` inputs (ggml's ne1 × ne0).
+public struct QuantMatrix: @unchecked Sendable {
+    public let name: String
+    public let type: GGMLType
+    public let rows: Int
+    public let cols: Int
+    public let rowBytes: Int
+    public let data: UnsafeRawPointer
+
+    public init(name: String, type: GGMLType, rows: Int, cols: Int, data: UnsafeRawPointer) {
+        let layout = type.layout!
+        self.name = name
+        self.type = type
+        self.rows = rows
+        self.cols = cols
+        self.rowBytes = cols / layout.elements * layout.bytes
+        self.data = data
+    }
+
+    /// Whether dot products quantise the input to 8 bits (as llama.cpp does for these types).
+    public var usesQ8Input: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
+
+    @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
+
+    /// One output: row r · x. `x` is the float input, `xq` the same input quantised
+    /// (only read for the Q4/Q8 types).
+    @inline(__always)
+    public func dot(row r: Int, _ x: UnsafePointer<Float>, _ xq: Q8Activations, scratch: UnsafeMutablePointer<Float>) -> Float {
+        let p = row(r)
+        switch type {
+        case .q4_1, .q8_0, .q4_0: return dotQuantized(type, p, xq, cols: cols)
+        case .f32: return dotF32(p.assumingMemoryBound(to: Float.self), x, count: cols)
+        default:
+            // Types without a dedicated kernel: dequantise the row, then a float dot.
+            dequantizeRowRef(type, p, scratch, count: cols)
+            return dotF32(scratch, x, count: cols)
+        }
+    }
+
+    /// The reference twin: dequantised weights, fp32 input, scalar arithmetic.
+    public func dotReference(row r: Int, _ x: UnsafePointer<Float>, scratch: UnsafeMutablePointer<Float>) -> Float {
+        dequantizeRowRef(type, row(r), scratch, count: cols)
+        var s: Float = 0
+        for i in 0..<cols { s += scratch[i] * x[i] }
+        return s
+    }
+
+    /// Dequantise rows [start, start+count) into dst ([count × cols], row-major).
+    public func dequantizeRows(_ start: Int, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
+        for r in 0..<count { dequantizeRow(type, row(start + r), dst + r * cols, count: cols) }
+    }
+}
+
+/// Matrix-vector products on the decode path. Rows are split into contiguous ranges, one
+/// per thread; each thread needs its own dequantisation scratch row for the generic path.
+public final class MatVec: @unchecked Sendable {
+    public let pool: ThreadPool
+    /// [threads × maxCols] scratch rows
+    private let scratch: UnsafeMutablePointer<Float>
+    private let maxCols: Int
+
+    public init(pool: ThreadPool, maxCols: Int) {
+        self.pool = pool
+        self.maxCols = maxCols
+        scratch = .allocate(capacity: pool.threads * maxCols)
+    }
+    deinit { scratch.deallocate() }
+
+    /// y[0..<m.rows] = m · x. `xq` must hold x quantised when m.usesQ8Input.
+    public func run(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ xq: Q8Activations, _ y: UnsafeMutablePointer<Float>) {
+        let tasks = pool.threads
+        let per = (m.rows + tasks - 1) / tasks
+        pool.parallelFor(tasks) { t in
+            let lo = t * per, hi = min(m.rows, lo + per)
+            if lo < hi { rowRange(m, lo, hi, x, xq, y + lo, scratch + t * maxCols) }
+        }
+    }
+
+    /// Several matrices that share an input, in one parallel pass (Q/K/V, gate/up).
+    public func run(_ ms: [QuantMatrix], _ x: UnsafePointer<Float>, _ xq: Q8Activations, _ ys: [UnsafeMutablePointer<Float>]) {
+        let total = ms.reduce(0) { $0 + $1.rows }
+        let tasks = pool.threads
+        let per = (total + tasks - 1) / tasks
+        pool.parallelFor(tasks) { t in
+            let s = scratch + t * maxCols
+            var lo = t * per
+            let hi = min(total, lo + per)
+            var base = 0
+            for (i, m) in ms.enumerated() {
+                let end = base + m.rows
+                let stop = min(hi, end)
+                if lo < stop {
+                    rowRange(m, lo - base, stop - base, x, xq, ys[i] + (lo - base), s)
+                    lo = stop
+                }
+                base = end
+            }
+        }
+    }
+
+    /// y[0..<(hi-lo)] = rows lo..<hi of m · x
+    @inline(__always)
+    private func rowRange(_ m: QuantMatrix, _ lo: Int, _ hi: Int, _ x: UnsafePointer<Float>, _ xq: Q8Activations,
+                          _ y: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Float>) {
+        if m.usesQ8Input {
+            bk_matvec_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.qs, xq.d, xq.sums, y)
+        } else {
+            for r in lo..<hi { y[r - lo] = m.dot(row: r, x, xq, scratch: s) }
+        }
+    }
+
+    /// Scalar fp32 reference: y = dequant(m) · x.
+    public func runReference(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        for r in 0..<m.rows { y[r] = m.dotReference(row: r, x, scratch: scratch) }
+    }
+}
+
+/// Y[n × m.rows] = X[n × m.cols] · dequant(m)ᵀ through OpenBLAS sgemm, dequantising the
+/// weights in slabs of rows so the scratch stays small even for the 49k-row output head.
+public func gemmDequantized(_ m: QuantMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: UnsafeMutablePointer<Float>,
+                            ldy: Int, slab: UnsafeMutablePointer<Float>, slabRows: Int, pool: ThreadPool) {
+    var start = 0
+    while start < m.rows {
+        let count = min(slabRows, m.rows - start)
+        // Dequantise the slab in parallel: it is a large share of prefill time otherwise.
+        let tasks = pool.threads
+        let per = (count + tasks - 1) / tasks
+        pool.parallelFor(tasks) { t in
+            let lo = t * per, hi = min(count, lo + per)
+            if lo < hi { m.dequantizeRows(start + lo, hi - lo, into: slab + lo * m.cols) }
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(count), Int32(m.cols),
+                    1, x, Int32(m.cols), slab, Int32(m.cols), 0, y + start, Int32(ldy))
+        start += count
+    }
+}

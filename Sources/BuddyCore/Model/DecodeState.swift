@@ -1,0 +1,196 @@
+/// Where per-layer intermediates go when someone asks for them (name, layer, values).
+/// Names: "inp_embd", "attn_norm", "q", "k", "v", "attn_out", "ffn_inp", "ffn_norm",
+/// "ffn_out", "l_out" (layer output, i.e. residual after the block), "result_norm".
+public typealias TraceSink = (_ name: String, _ layer: Int, _ values: UnsafeBufferPointer<Float>) -> Void
+
+/// The preallocated run state of the token-by-token path: nothing is allocated per token.
+public final class DecodeState: @unchecked Sendable {
+    public let config: ModelConfig
+    public let x: UnsafeMutablePointer<Float>        // [dim] residual stream
+    public let xb: UnsafeMutablePointer<Float>       // [max(dim, qDim)] normed input / block output
+    public let q: UnsafeMutablePointer<Float>        // [qDim]
+    public let k: UnsafeMutablePointer<Float>        // [kvDim]
+    public let v: UnsafeMutablePointer<Float>        // [kvDim]
+    public let attOut: UnsafeMutablePointer<Float>   // [qDim]
+    public let hb: UnsafeMutablePointer<Float>       // [ffnDim] gate, then silu(gate)*up
+    public let hb2: UnsafeMutablePointer<Float>      // [ffnDim] up
+    public let scores: UnsafeMutablePointer<Float>   // [heads × capacity]
+    public let logits: UnsafeMutablePointer<Float>   // [vocab]
+    public let scratch: UnsafeMutablePointer<Float>  // [max(dim, ffnDim, qDim)] reference dequantisation
+    public var xq: Q8Activations                     // [max(dim, ffnDim, qDim)] quantised input
+    public let capacity: Int
+    public let matvec: MatVec
+    /// Use the plain fp32 reference path (dequantised weights, fp32 activations, scalar code).
+    public var reference = false
+    public var trace: TraceSink?
+
+    public init(config c: ModelConfig, capacity: Int, pool: ThreadPool) {
+        config = c
+        self.capacity = capacity
+        let wide = max(c.dim, c.ffnDim, c.qDim)
+        x = .allocate(capacity: c.dim)
+        xb = .allocate(capacity: max(c.dim, c.qDim))
+        q = .allocate(capacity: c.qDim)
+        k = .allocate(capacity: c.kvDim)
+        v = .allocate(capacity: c.kvDim)
+        attOut = .allocate(capacity: c.qDim)
+        hb = .allocate(capacity: c.ffnDim)
+        hb2 = .allocate(capacity: c.ffnDim)
+        scores = .allocate(capacity: c.heads * capacity)
+        logits = .allocate(capacity: c.vocabSize)
+        scratch = .allocate(capacity: wide)
+        xq = Q8Activations(capacity: (wide + 31) / 32 * 32)
+        matvec = MatVec(pool: pool, maxCols: wide)
+    }
+
+    deinit {
+        for p in [x, xb, q, k, v, attOut, hb, hb2, scores, logits, scratch] { p.deallocate() }
+        xq.deallocate()
+    }
+
+    @inline(__always) func emit(_ name: String, _ layer: Int, _ p: UnsafePointer<Float>, _ n: Int) {
+        if let trace { trace(name, layer, UnsafeBufferPointer(start: p, count: n)) }
+    }
+}
+
+extension Transformer {
+    /// Start a token: the residual stream becomes the token's embedding row.
+    public func embed(_ token: Int32, _ s: DecodeState) {
+        precondition(token >= 0 && Int(token) < config.vocabSize, "token id \(token) out of range")
+        dequantizeRow(tokenEmbedding.type, tokenEmbedding.row(Int(token)), s.x, count: config.dim)
+        s.emit("inp_embd", -1, s.x, config.dim)
+    }
+
+    /// y = W·x on the chosen path.
+    @inline(__always)
+    func project(_ m: QuantMatrix, _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ s: DecodeState, quantized: Bool) {
+        if s.reference { s.matvec.runReference(m, x, y) } else {
+            if !quantized && m.usesQ8Input { s.xq.quantize(x, count: m.cols) }
+            s.matvec.run(m, x, s.xq, y)
+        }
+    }
+
+    /// Run block `l` for the token at `pos`, reading and updating s.x and the cache.
+    public func runLayer(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
+        let c = config, w = layers[l]
+        precondition(pos < cache.capacity, "position \(pos) beyond KV cache capacity \(cache.capacity)")
+
+        // Attention
+        rmsNorm(s.x, w.attnNorm, s.xb)
+        s.emit("attn_norm", l, s.xb, c.dim)
+        if s.reference {
+            s.matvec.runReference(w.wq, s.xb, s.q)
+            s.matvec.runReference(w.wk, s.xb, s.k)
+            s.matvec.runReference(w.wv, s.xb, s.v)
+        } else {
+            s.xq.quantize(s.xb, count: c.dim)
+            s.matvec.run([w.wq, w.wk, w.wv], s.xb, s.xq, [s.q, s.k, s.v])
+        }
+        if let b = w.bq { for i in 0..<c.qDim { s.q[i] += b[i] } }
+        if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
+        if let b = w.bv { for i in 0..<c.kvDim { s.v[i] += b[i] } }
+        rope(s.q, heads: c.heads, pos: pos)
+        rope(s.k, heads: c.kvHeads, pos: pos)
+        s.emit("q", l, s.q, c.qDim)
+        s.emit("k", l, s.k, c.kvDim)
+        s.emit("v", l, s.v, c.kvDim)
+        if !s.reference {
+            // llama.cpp keeps K and V in half precision and multiplies Q in half precision.
+            Transformer.roundToHalf(s.k, c.kvDim)
+            Transformer.roundToHalf(s.v, c.kvDim)
+            Transformer.roundToHalf(s.q, c.qDim)
+        }
+        cache.key(l, pos).update(from: s.k, count: c.kvDim)
+        cache.value(l, pos).update(from: s.v, count: c.kvDim)
+        cache.setPresent(l, pos, true)
+
+        let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
+        let attend = { (h: Int) in
+            self.attendHead(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
+                            scores: s.scores + h * cap, out: s.attOut + h * hd)
+        }
+        if s.reference || pos < 64 {
+            for h in 0..<heads { attend(h) }
+        } else {
+            let pool = s.matvec.pool
+            let per = (heads + pool.threads - 1) / pool.threads
+            pool.parallelFor(pool.threads) { t in
+                for h in t * per..<min(heads, (t + 1) * per) { attend(h) }
+            }
+        }
+        s.emit("attn_out", l, s.attOut, c.qDim)
+        project(w.wo, s.attOut, s.xb, s, quantized: false)
+        for i in 0..<c.dim { s.x[i] += s.xb[i] }
+        s.emit("ffn_inp", l, s.x, c.dim)
+
+        // Feed-forward (SwiGLU)
+        rmsNorm(s.x, w.ffnNorm, s.xb)
+        s.emit("ffn_norm", l, s.xb, c.dim)
+        if s.reference {
+            s.matvec.runReference(w.gate, s.xb, s.hb)
+            s.matvec.runReference(w.up, s.xb, s.hb2)
+        } else {
+            s.xq.quantize(s.xb, count: c.dim)
+            s.matvec.run([w.gate, w.up], s.xb, s.xq, [s.hb, s.hb2])
+        }
+        for i in 0..<c.ffnDim { s.hb[i] = Transformer.silu(s.hb[i]) * s.hb2[i] }
+        project(w.down, s.hb, s.xb, s, quantized: false)
+        s.emit("ffn_out", l, s.xb, c.dim)
+        for i in 0..<c.dim { s.x[i] += s.xb[i] }
+        s.emit("l_out", l, s.x, c.dim)
+    }
+
+    /// Account for a layer the token at `pos` does not run: the residual passes through
+    /// unchanged, and the cache entry follows the policy.
+    public func skipLayer(_ l: Int, pos: Int, policy: KVPolicy, _ s: DecodeState, _ cache: KVCache) {
+        let c = config
+        switch policy {
+        case .mask:
+            cache.setPresent(l, pos, false)
+        case .zero:
+            cache.key(l, pos).update(repeating: 0, count: c.kvDim)
+            cache.value(l, pos).update(repeating: 0, count: c.kvDim)
+            cache.setPresent(l, pos, true)
+        case .fill:
+            let w = layers[l]
+            rmsNorm(s.x, w.attnNorm, s.xb)
+            if s.reference {
+                s.matvec.runReference(w.wk, s.xb, s.k)
+                s.matvec.runReference(w.wv, s.xb, s.v)
+            } else {
+                s.xq.quantize(s.xb, count: c.dim)
+                s.matvec.run([w.wk, w.wv], s.xb, s.xq, [s.k, s.v])
+            }
+            if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
+            if let b = w.bv { for i in 0..<c.kvDim { s.v[i] += b[i] } }
+            rope(s.k, heads: c.kvHeads, pos: pos)
+            if !s.reference {
+                Transformer.roundToHalf(s.k, c.kvDim)
+                Transformer.roundToHalf(s.v, c.kvDim)
+            }
+            cache.key(l, pos).update(from: s.k, count: c.kvDim)
+            cache.value(l, pos).update(from: s.v, count: c.kvDim)
+            cache.setPresent(l, pos, true)
+        }
+    }
+
+    /// Final norm and output head: fills s.logits.
+    public func computeLogits(_ s: DecodeState) {
+        rmsNorm(s.x, outputNorm, s.xb)
+        s.emit("result_norm", -1, s.xb, config.dim)
+        project(output, s.xb, s.logits, s, quantized: false)
+    }
+
+    /// One whole token through the layers `runs` selects (all when nil); returns s.logits.
+    @discardableResult
+    public func forward(token: Int32, pos: Int, _ s: DecodeState, _ cache: KVCache,
+                        runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) -> UnsafeMutablePointer<Float> {
+        embed(token, s)
+        for l in 0..<config.layers {
+            if runs?(l) ?? true { runLayer(l, pos: pos, s, cache) } else { skipLayer(l, pos: pos, policy: policy, s, cache) }
+        }
+        cache.count = pos + 1
+        computeLogits(s)
+        return s.logits
+    }
+}

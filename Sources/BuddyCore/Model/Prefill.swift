@@ -1,0 +1,178 @@
+import CBLAS
+import Foundation
+
+/// Preallocated buffers for evaluating a chunk of up to `maxTokens` prompt tokens at once.
+public final class BatchState: @unchecked Sendable {
+    public let config: ModelConfig
+    public let maxTokens: Int
+    public let x: UnsafeMutablePointer<Float>       // [maxTokens × dim] residual streams
+    public let xb: UnsafeMutablePointer<Float>      // [maxTokens × max(dim, qDim)]
+    public let q: UnsafeMutablePointer<Float>       // [maxTokens × qDim]
+    public let k: UnsafeMutablePointer<Float>       // [maxTokens × kvDim]
+    public let v: UnsafeMutablePointer<Float>       // [maxTokens × kvDim]
+    public let att: UnsafeMutablePointer<Float>     // [maxTokens × qDim]
+    public let g: UnsafeMutablePointer<Float>       // [maxTokens × ffnDim]
+    public let u: UnsafeMutablePointer<Float>       // [maxTokens × ffnDim]
+    public let slab: UnsafeMutablePointer<Float>    // [slabRows × max(dim, ffnDim)] dequantised weights
+    public let slabRows: Int
+    public let scores: UnsafeMutablePointer<Float>  // [threads × capacity]
+    public let capacity: Int
+    public let pool: ThreadPool
+    public var trace: TraceSink?
+
+    public init(config c: ModelConfig, maxTokens: Int, capacity: Int, pool: ThreadPool) {
+        config = c
+        self.maxTokens = maxTokens
+        self.capacity = capacity
+        self.pool = pool
+        let wideIn = max(c.dim, c.ffnDim, c.qDim)
+        x = .allocate(capacity: maxTokens * c.dim)
+        xb = .allocate(capacity: maxTokens * max(c.dim, c.qDim))
+        q = .allocate(capacity: maxTokens * c.qDim)
+        k = .allocate(capacity: maxTokens * c.kvDim)
+        v = .allocate(capacity: maxTokens * c.kvDim)
+        att = .allocate(capacity: maxTokens * c.qDim)
+        g = .allocate(capacity: maxTokens * c.ffnDim)
+        u = .allocate(capacity: maxTokens * c.ffnDim)
+        // Large enough for the biggest layer matrix in one go, and for 4096 head rows.
+        slabRows = max(c.ffnDim, c.dim, c.qDim, 4096)
+        slab = .allocate(capacity: slabRows * wideIn)
+        scores = .allocate(capacity: pool.threads * capacity)
+    }
+
+    deinit { for p in [x, xb, q, k, v, att, g, u, slab, scores] { p.deallocate() } }
+
+    @inline(__always) func emit(_ name: String, _ layer: Int, _ p: UnsafePointer<Float>, _ n: Int) {
+        if let trace { trace(name, layer, UnsafeBufferPointer(start: p, count: n)) }
+    }
+}
+
+extension Transformer {
+    /// Y = X·Wᵀ for a chunk of n rows.
+    func gemm(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ b: BatchState) {
+        gemmDequantized(m, x, n: n, y, ldy: m.rows, slab: b.slab, slabRows: b.slabRows, pool: b.pool)
+    }
+
+    /// Evaluate `tokens` at positions start..<start+n as one batch, writing K/V into the cache.
+    /// `runs(l)` selects the layers (one decision for the whole chunk); skipped layers follow
+    /// `policy`. On return b.x holds each token's final residual stream.
+    public func prefill(_ tokens: ArraySlice<Int32>, start: Int, _ b: BatchState, _ cache: KVCache,
+                        runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) {
+        prefillEmbed(tokens, start: start, b, cache)
+        prefillLayers(0..<config.layers, n: tokens.count, start: start, b, cache, runs: runs, policy: policy)
+    }
+
+    /// First half of `prefill`: the chunk's embeddings into b.x.
+    public func prefillEmbed(_ tokens: ArraySlice<Int32>, start: Int, _ b: BatchState, _ cache: KVCache) {
+        let c = config
+        let n = tokens.count
+        precondition(n >= 1 && n <= b.maxTokens, "chunk of \(n) tokens exceeds batch size \(b.maxTokens)")
+        precondition(start + n <= cache.capacity, "prompt does not fit the KV cache")
+        for (i, t) in tokens.enumerated() {
+            precondition(t >= 0 && Int(t) < c.vocabSize, "token id \(t) out of range")
+            dequantizeRow(tokenEmbedding.type, tokenEmbedding.row(Int(t)), b.x + i * c.dim, count: c.dim)
+        }
+    }
+
+    /// Second half of `prefill`: the given layers over the chunk already in b.x.
+    public func prefillLayers(_ range: Range<Int>, n: Int, start: Int, _ b: BatchState, _ cache: KVCache,
+                              runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) {
+        for l in range {
+            if runs?(l) ?? true {
+                prefillLayer(l, n: n, start: start, b, cache)
+            } else {
+                skipLayerBatch(l, n: n, start: start, policy: policy, b, cache)
+            }
+        }
+        cache.count = max(cache.count, start + n)
+    }
+
+    func prefillLayer(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache) {
+        let c = config, w = layers[l]
+        let dim = c.dim, qd = c.qDim, kvd = c.kvDim, hd = c.headDim
+        for i in 0..<n { rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
+        gemm(w.wq, b.xb, n, b.q, b)
+        gemm(w.wk, b.xb, n, b.k, b)
+        gemm(w.wv, b.xb, n, b.v, b)
+        for i in 0..<n {
+            let q = b.q + i * qd, k = b.k + i * kvd, v = b.v + i * kvd
+            if let bq = w.bq { for j in 0..<qd { q[j] += bq[j] } }
+            if let bk = w.bk { for j in 0..<kvd { k[j] += bk[j] } }
+            if let bv = w.bv { for j in 0..<kvd { v[j] += bv[j] } }
+            rope(q, heads: c.heads, pos: start + i)
+            rope(k, heads: c.kvHeads, pos: start + i)
+            Transformer.roundToHalf(q, qd)
+            Transformer.roundToHalf(k, kvd)
+            Transformer.roundToHalf(v, kvd)
+            cache.key(l, start + i).update(from: k, count: kvd)
+            cache.value(l, start + i).update(from: v, count: kvd)
+            cache.setPresent(l, start + i, true)
+        }
+        if b.trace != nil {
+            for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }
+        }
+        // Causal attention: each (token, head) pair is independent.
+        let pairs = n * c.heads
+        let tasks = b.pool.threads
+        let per = (pairs + tasks - 1) / tasks
+        b.pool.parallelFor(tasks) { t in
+            let scores = b.scores + t * b.capacity
+            for p in t * per..<min(pairs, (t + 1) * per) {
+                let i = p / c.heads, h = p % c.heads
+                self.attendHead(q: b.q + i * qd + h * hd, kvHead: h / c.groupSize, layer: l, pos: start + i,
+                                cache: cache, scores: scores, out: b.att + i * qd + h * hd)
+            }
+        }
+        gemm(w.wo, b.att, n, b.xb, b)
+        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        for i in 0..<n { rmsNorm(b.x + i * dim, w.ffnNorm, b.xb + i * dim) }
+        gemm(w.gate, b.xb, n, b.g, b)
+        gemm(w.up, b.xb, n, b.u, b)
+        for i in 0..<n * c.ffnDim { b.g[i] = Transformer.silu(b.g[i]) * b.u[i] }
+        gemm(w.down, b.g, n, b.xb, b)
+        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
+    }
+
+    func skipLayerBatch(_ l: Int, n: Int, start: Int, policy: KVPolicy, _ b: BatchState, _ cache: KVCache) {
+        let c = config, w = layers[l]
+        switch policy {
+        case .mask:
+            for i in 0..<n { cache.setPresent(l, start + i, false) }
+        case .zero:
+            for i in 0..<n {
+                cache.key(l, start + i).update(repeating: 0, count: c.kvDim)
+                cache.value(l, start + i).update(repeating: 0, count: c.kvDim)
+                cache.setPresent(l, start + i, true)
+            }
+        case .fill:
+            for i in 0..<n { rmsNorm(b.x + i * c.dim, w.attnNorm, b.xb + i * c.dim) }
+            gemm(w.wk, b.xb, n, b.k, b)
+            gemm(w.wv, b.xb, n, b.v, b)
+            for i in 0..<n {
+                let k = b.k + i * c.kvDim, v = b.v + i * c.kvDim
+                if let bk = w.bk { for j in 0..<c.kvDim { k[j] += bk[j] } }
+                if let bv = w.bv { for j in 0..<c.kvDim { v[j] += bv[j] } }
+                rope(k, heads: c.kvHeads, pos: start + i)
+                Transformer.roundToHalf(k, c.kvDim)
+                Transformer.roundToHalf(v, c.kvDim)
+                cache.key(l, start + i).update(from: k, count: c.kvDim)
+                cache.value(l, start + i).update(from: v, count: c.kvDim)
+                cache.setPresent(l, start + i, true)
+            }
+        }
+    }
+
+    /// Logits of chunk row `i` into `out` ([vocab]) through the decode path's head.
+    public func batchLogits(row i: Int, _ b: BatchState, _ s: DecodeState) {
+        s.x.update(from: b.x + i * config.dim, count: config.dim)
+        computeLogits(s)
+    }
+
+    /// Logits for every row of the chunk: out is [n × vocab]. Used by perplexity evaluation.
+    public func batchLogitsAll(n: Int, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
+        let dim = config.dim
+        for i in 0..<n { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
+        gemm(output, b.xb, n, out, b)
+    }
+}

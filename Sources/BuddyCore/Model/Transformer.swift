@@ -1,0 +1,170 @@
+import CBLAS
+import CKernels
+import Foundation
+
+/// What a layer that a token skips leaves in the KV cache for later tokens to attend to.
+public enum KVPolicy: String, Sendable, CaseIterable {
+    /// Positions a layer skipped are excluded from that layer's attention.
+    case mask
+    /// Zero-filled keys and values (the paper's choice): they still take softmax weight.
+    case zero
+    /// Compute only that layer's K and V projections for the skipped token (extra compute).
+    case fill
+}
+
+/// Weights of one transformer block, used in place from the mapped file.
+public struct LayerWeights: @unchecked Sendable {
+    public let attnNorm: [Float]   // [dim]
+    public let ffnNorm: [Float]    // [dim]
+    public let wq: QuantMatrix     // [qDim × dim]
+    public let wk: QuantMatrix     // [kvDim × dim]
+    public let wv: QuantMatrix     // [kvDim × dim]
+    public let wo: QuantMatrix     // [dim × qDim]
+    public let gate: QuantMatrix   // [ffnDim × dim]
+    public let up: QuantMatrix     // [ffnDim × dim]
+    public let down: QuantMatrix   // [dim × ffnDim]
+    public let bq: [Float]?        // [qDim]   (qwen2)
+    public let bk: [Float]?        // [kvDim]  (qwen2)
+    public let bv: [Float]?        // [kvDim]  (qwen2)
+}
+
+/// Immutable weights of a llama/qwen2 decoder and the forward pass over them.
+/// All mutable state lives in `DecodeState`, `BatchState` and `KVCache`, owned by the caller.
+public final class Transformer: @unchecked Sendable {
+    public let config: ModelConfig
+    public let file: GGUFFile
+    public let tokenEmbedding: QuantMatrix   // [vocab × dim]
+    public let layers: [LayerWeights]
+    public let outputNorm: [Float]           // [dim]
+    public let output: QuantMatrix           // [vocab × dim]; the embedding when tied
+    public let tiedEmbeddings: Bool
+    /// theta_scale^i for i in 0..<ropeDim/2, built by repeated multiplication as llama.cpp does.
+    let ropeFrequencies: [Float]
+
+    public init(file: GGUFFile) throws {
+        self.file = file
+        let c = try ModelConfig(gguf: file)
+        config = c
+
+        func matrix(_ name: String, rows: Int, cols: Int) throws -> QuantMatrix {
+            let t = try file.tensor(name)
+            guard t.dims == [cols, rows] else { throw GGUFError.shapeMismatch(tensor: name, expected: [cols, rows], found: t.dims) }
+            guard t.type.layout != nil else {
+                throw GGUFError.badTensorType(tensor: name, type: t.type.description, reason: "this type is not supported by the engine")
+            }
+            return QuantMatrix(name: name, type: t.type, rows: rows, cols: cols, data: file.data(t))
+        }
+        func vector(_ name: String, _ n: Int) throws -> [Float] {
+            let t = try file.tensor(name)
+            guard t.dims == [n] else { throw GGUFError.shapeMismatch(tensor: name, expected: [n], found: t.dims) }
+            guard t.type == .f32 || t.type == .f16 || t.type == .bf16 else {
+                throw GGUFError.badTensorType(tensor: name, type: t.type.description, reason: "norm and bias vectors must be F32, F16 or BF16")
+            }
+            var out = [Float](repeating: 0, count: n)
+            out.withUnsafeMutableBufferPointer { dequantizeRowRef(t.type, file.data(t), $0.baseAddress!, count: n) }
+            guard out.allSatisfy({ $0.isFinite }) else {
+                throw GGUFError.badTensorType(tensor: name, type: t.type.description, reason: "contains NaN or infinity")
+            }
+            return out
+        }
+
+        tokenEmbedding = try matrix("token_embd.weight", rows: c.vocabSize, cols: c.dim)
+        var ls: [LayerWeights] = []
+        for l in 0..<c.layers {
+            let p = "blk.\(l)."
+            ls.append(LayerWeights(
+                attnNorm: try vector(p + "attn_norm.weight", c.dim),
+                ffnNorm: try vector(p + "ffn_norm.weight", c.dim),
+                wq: try matrix(p + "attn_q.weight", rows: c.qDim, cols: c.dim),
+                wk: try matrix(p + "attn_k.weight", rows: c.kvDim, cols: c.dim),
+                wv: try matrix(p + "attn_v.weight", rows: c.kvDim, cols: c.dim),
+                wo: try matrix(p + "attn_output.weight", rows: c.dim, cols: c.qDim),
+                gate: try matrix(p + "ffn_gate.weight", rows: c.ffnDim, cols: c.dim),
+                up: try matrix(p + "ffn_up.weight", rows: c.ffnDim, cols: c.dim),
+                down: try matrix(p + "ffn_down.weight", rows: c.dim, cols: c.ffnDim),
+                bq: c.hasQKVBias ? try vector(p + "attn_q.bias", c.qDim) : nil,
+                bk: c.hasQKVBias ? try vector(p + "attn_k.bias", c.kvDim) : nil,
+                bv: c.hasQKVBias ? try vector(p + "attn_v.bias", c.kvDim) : nil))
+        }
+        layers = ls
+        outputNorm = try vector("output_norm.weight", c.dim)
+        if file.hasTensor("output.weight") {
+            output = try matrix("output.weight", rows: c.vocabSize, cols: c.dim)
+            tiedEmbeddings = false
+        } else {
+            output = tokenEmbedding
+            tiedEmbeddings = true
+        }
+        let thetaScale = powf(c.ropeBase, -2 / Float(c.ropeDim))
+        var freqs: [Float] = []
+        var f: Float = 1
+        for _ in 0..<c.ropeDim / 2 { freqs.append(f); f *= thetaScale }
+        ropeFrequencies = freqs
+    }
+
+    // MARK: - Building blocks shared by every path
+
+    /// out = x / sqrt(mean(x²) + eps) * w
+    @inline(__always)
+    func rmsNorm(_ x: UnsafePointer<Float>, _ w: [Float], _ out: UnsafeMutablePointer<Float>) {
+        let n = config.dim
+        let ss = dotF32(x, x, count: n)
+        let scale = 1 / (ss / Float(n) + config.rmsNormEps).squareRoot()
+        w.withUnsafeBufferPointer { wp in for i in 0..<n { out[i] = x[i] * scale * wp[i] } }
+    }
+
+    /// Rotate `count` heads of `headDim` in place for position `pos`.
+    @inline(__always)
+    func rope(_ v: UnsafeMutablePointer<Float>, heads count: Int, pos: Int) {
+        let hd = config.headDim, half = config.ropeDim / 2
+        ropeFrequencies.withUnsafeBufferPointer { freqs in
+            for i in 0..<half {
+                let theta = Float(pos) * freqs[i]
+                let c = cosf(theta), s = sinf(theta)
+                for h in 0..<count {
+                    let base = v + h * hd
+                    // llama: adjacent pairs; qwen2 (NeoX): element i pairs with i + ropeDim/2.
+                    let (a, b) = config.ropeNeoX ? (i, i + half) : (2 * i, 2 * i + 1)
+                    let x0 = base[a], x1 = base[b]
+                    base[a] = x0 * c - x1 * s
+                    base[b] = x0 * s + x1 * c
+                }
+            }
+        }
+    }
+
+    /// Attention of one query head over positions 0...pos of `layer`.
+    /// scores: scratch of at least pos+1 floats. out: [headDim].
+    @inline(__always)
+    func attendHead(q: UnsafePointer<Float>, kvHead: Int, layer: Int, pos: Int, cache: KVCache,
+                    scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+        let hd = config.headDim
+        let scale = 1 / Float(hd).squareRoot()
+        let off = kvHead * hd
+        var maxScore = -Float.infinity
+        for t in 0...pos {
+            guard cache.isPresent(layer, t) else { scores[t] = -.infinity; continue }
+            let s = dotF32(q, cache.key(layer, t) + off, count: hd) * scale
+            scores[t] = s
+            if s > maxScore { maxScore = s }
+        }
+        var sum: Float = 0
+        for t in 0...pos {
+            let e = scores[t] == -.infinity ? 0 : expf(scores[t] - maxScore)
+            scores[t] = e
+            sum += e
+        }
+        out.update(repeating: 0, count: hd)
+        guard sum > 0 else { return }
+        let inv = 1 / sum
+        for t in 0...pos where scores[t] != 0 {
+            axpyF32(scores[t] * inv, cache.value(layer, t) + off, out, count: hd)
+        }
+    }
+
+    @inline(__always) static func roundToHalf(_ p: UnsafeMutablePointer<Float>, _ n: Int) {
+        bk_round_to_half(p, Int32(n))
+    }
+
+    @inline(__always) static func silu(_ x: Float) -> Float { x / (1 + expf(-x)) }
+}

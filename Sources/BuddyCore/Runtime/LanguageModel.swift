@@ -1,0 +1,75 @@
+import Foundation
+
+/// Everything loaded from one GGUF file: weights, tokenizer and chat format.
+public final class LanguageModel: @unchecked Sendable {
+    public let path: String
+    public let file: GGUFFile
+    public let transformer: Transformer
+    public let tokenizer: BPETokenizer
+    public let template: ChatTemplate
+    /// Tokens that end an assistant turn (<|im_end|>, end-of-text).
+    public let stopTokens: Set<Int32>
+
+    public var config: ModelConfig { transformer.config }
+
+    public init(path: String) throws {
+        self.path = path
+        file = try GGUFFile(path: path)
+        transformer = try Transformer(file: file)
+        tokenizer = try BPETokenizer(gguf: file)
+        guard tokenizer.vocabularySize == transformer.config.vocabSize else {
+            throw GGUFError.invalidValue(key: "tokenizer.ggml.tokens",
+                reason: "\(tokenizer.vocabularySize) tokens but the embedding has \(transformer.config.vocabSize) rows")
+        }
+        template = ChatTemplate(ggufTemplate: file.metadata["tokenizer.chat_template"]?.stringValue)
+        var stops = Set<Int32>()
+        if let e = tokenizer.eosID { stops.insert(e) }
+        for s in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] { if let id = tokenizer.tokenID(s) { stops.insert(id) } }
+        stopTokens = stops
+    }
+
+    /// A short stable identity of the weights: size plus a hash of the tensor table and a
+    /// sample of the data. Router and ranking files carry it so they refuse other models.
+    public lazy var fingerprint: String = {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        for t in file.tensors {
+            for b in t.name.utf8 { mix(b) }
+            for d in t.dims { for i in 0..<8 { mix(UInt8(truncatingIfNeeded: d >> (8 * i))) } }
+            mix(UInt8(truncatingIfNeeded: t.type.rawValue))
+            // 64 bytes from the start of each tensor's data
+            let p = file.data(t)
+            for i in 0..<min(64, t.byteCount) { mix(p.load(fromByteOffset: i, as: UInt8.self)) }
+        }
+        return String(format: "%016llx-%d", h, file.mapping.size)
+    }()
+}
+
+/// Finds the model file: an explicit path, then $BUDDY_MODEL, then the default model in
+/// `models/` of the working directory or of the checkout the binary was built in.
+public enum ModelLocator {
+    public static let defaultFileName = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+    public struct NotFound: Error, CustomStringConvertible {
+        public let searched: [String]
+        public var description: String {
+            "model not found (looked in: \(searched.joined(separator: ", ")))\n"
+                + "fetch the default model with: scripts/fetch-model.sh   (or pass --model PATH, or set BUDDY_MODEL)"
+        }
+    }
+
+    public static func resolve(_ explicit: String?) throws -> String {
+        if let p = explicit { return p }   // an explicit path's own errors are clearer than "not found"
+        if let env = ProcessInfo.processInfo.environment["BUDDY_MODEL"], !env.isEmpty { return env }
+        var candidates = [FileManager.default.currentDirectoryPath + "/models/" + defaultFileName]
+        // .build/<config>/buddy -> checkout root
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 {
+            candidates.append(dir.appendingPathComponent("models/" + defaultFileName).path)
+            dir = dir.deletingLastPathComponent()
+        }
+        for c in candidates where FileManager.default.fileExists(atPath: c) { return c }
+        throw NotFound(searched: candidates)
+    }
+}

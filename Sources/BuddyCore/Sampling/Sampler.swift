@@ -1,0 +1,103 @@
+import Foundation
+
+/// Sampling settings. Temperature 0 means greedy (argmax), whatever the other settings say.
+public struct SamplingParameters: Sendable, Equatable {
+    public var temperature: Float = 0.7
+    /// Keep only the k most likely tokens (0 = off).
+    public var topK: Int = 40
+    /// Keep the smallest set whose probability reaches p (1 = off).
+    public var topP: Float = 0.95
+    /// Drop tokens whose probability is below minP × the top probability (0 = off).
+    public var minP: Float = 0.05
+    /// Divide positive logits (multiply negative ones) of recently seen tokens (1 = off).
+    public var repetitionPenalty: Float = 1.0
+    /// How many recent tokens the repetition penalty looks at.
+    public var repetitionWindow: Int = 64
+    public var seed: UInt64 = 0
+
+    public init() {}
+    public static let greedy: SamplingParameters = { var p = SamplingParameters(); p.temperature = 0; return p }()
+}
+
+/// Turns logits into a token. The order follows llama.cpp's common chain:
+/// repetition penalty, top-k, top-p, min-p, temperature, then a draw.
+public struct Sampler: Sendable {
+    public var parameters: SamplingParameters
+    private var rng: SeededRNG
+    /// Scratch of (id, logit) candidates; reused between calls.
+    private var candidates: [(id: Int32, logit: Float)] = []
+
+    public init(_ parameters: SamplingParameters) {
+        self.parameters = parameters
+        rng = SeededRNG(seed: parameters.seed)
+    }
+
+    public static func argmax(_ logits: UnsafePointer<Float>, count: Int) -> Int32 {
+        var best = 0
+        var bestValue = -Float.infinity
+        for i in 0..<count where logits[i] > bestValue { bestValue = logits[i]; best = i }
+        return Int32(best)
+    }
+
+    /// Applies the repetition penalty in place (llama.cpp convention).
+    public static func applyRepetitionPenalty(_ logits: UnsafeMutablePointer<Float>, recent: ArraySlice<Int32>, penalty: Float) {
+        guard penalty != 1 else { return }
+        for id in Set(recent) {
+            let i = Int(id)
+            logits[i] = logits[i] > 0 ? logits[i] / penalty : logits[i] * penalty
+        }
+    }
+
+    /// The distribution the draw is made from, as (id, probability) sorted by probability.
+    /// Exposed for tests that check it against hand-computed values.
+    public mutating func distribution(_ logits: UnsafeMutablePointer<Float>, count: Int, recent: ArraySlice<Int32> = []) -> [(id: Int32, p: Float)] {
+        let p = parameters
+        Sampler.applyRepetitionPenalty(logits, recent: recent.suffix(p.repetitionWindow), penalty: p.repetitionPenalty)
+        candidates.removeAll(keepingCapacity: true)
+        for i in 0..<count { candidates.append((Int32(i), logits[i])) }
+        candidates.sort { $0.logit > $1.logit || ($0.logit == $1.logit && $0.id < $1.id) }
+        if p.topK > 0 && p.topK < candidates.count { candidates.removeSubrange(p.topK...) }
+        // Softmax at temperature 1 for the p-based filters, as llama.cpp does.
+        var probs = softmax(candidates.map(\.logit), temperature: 1)
+        if p.topP < 1 {
+            var cum: Float = 0
+            var keep = probs.count
+            for (i, q) in probs.enumerated() {
+                cum += q
+                if cum >= p.topP { keep = i + 1; break }
+            }
+            candidates.removeSubrange(keep...)
+            probs.removeSubrange(keep...)
+        }
+        if p.minP > 0, let top = probs.first {
+            let keep = probs.firstIndex { $0 < p.minP * top } ?? probs.count
+            candidates.removeSubrange(max(keep, 1)...)
+        }
+        let final = softmax(candidates.map(\.logit), temperature: max(p.temperature, 1e-6))
+        return zip(candidates, final).map { ($0.id, $1) }
+    }
+
+    /// Picks the next token.
+    public mutating func sample(_ logits: UnsafeMutablePointer<Float>, count: Int, recent: ArraySlice<Int32> = []) -> Int32 {
+        if parameters.temperature <= 0 {
+            Sampler.applyRepetitionPenalty(logits, recent: recent.suffix(parameters.repetitionWindow), penalty: parameters.repetitionPenalty)
+            return Sampler.argmax(logits, count: count)
+        }
+        let dist = distribution(logits, count: count, recent: recent)
+        let r = rng.nextUnitFloat()
+        var cum: Float = 0
+        for (id, p) in dist {
+            cum += p
+            if r < cum { return id }
+        }
+        return dist.last!.id
+    }
+}
+
+/// Numerically stable softmax of logits / temperature.
+public func softmax(_ logits: [Float], temperature: Float) -> [Float] {
+    guard let m = logits.max() else { return [] }
+    let e = logits.map { expf(($0 - m) / temperature) }
+    let s = e.reduce(0, +)
+    return e.map { $0 / s }
+}

@@ -1,0 +1,43 @@
+// Hot inner loops of the engine, in C so they can use the CPU's vector instructions
+// (AVX2/FMA/F16C on x86-64, chosen at run time; portable C elsewhere). Each has a scalar
+// reference twin on the Swift side (BuddyCore/Kernels) that tests compare it against.
+#ifndef BUDDY_CKERNELS_H
+#define BUDDY_CKERNELS_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// 1 when the AVX2 paths are in use.
+int bk_has_avx2(void);
+/// Force the portable paths (tests use this to check both).
+void bk_force_portable(int on);
+
+/// Quantise x[0..n) (n % 32 == 0) to int8 blocks of 32: qs[n], d[n/32] (scale, rounded to
+/// half precision like ggml's Q8 formats), sums[n/32] (integer sum of each block).
+void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums);
+
+/// y[r - row_begin] = row r · activations for r in [row_begin, row_end).
+/// type: 2 = Q4_0, 3 = Q4_1, 8 = Q8_0 (ggml numbering). cols % 32 == 0.
+void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
+                 const int8_t *qs, const float *d, const int32_t *sums, float *y);
+
+/// Dequantise `count` elements of one row of `type` (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, 30 BF16).
+/// Returns 0 for unsupported types.
+int bk_dequantize_row(int type, const void *src, float *dst, int count);
+
+float bk_dot_f32(const float *x, const float *y, int n);
+/// y += a * x
+void bk_axpy_f32(float a, const float *x, float *y, int n);
+
+float bk_half_to_float(uint16_t h);
+uint16_t bk_float_to_half(float f);
+/// Round each value to the nearest half-precision value (as an f16 KV cache stores it).
+void bk_round_to_half(float *x, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,387 @@
+#include "ckernels.h"
+#include <math.h>
+#include <string.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BK_X86 1
+#define BK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#else
+#define BK_X86 0
+#endif
+
+// ---------------------------------------------------------------- half precision
+
+static float half_table[65536];
+static int half_table_ready = 0;
+
+static float half_to_float_bits(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31;
+    int exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    float f;
+    if (exp == 0) {
+        f = ldexpf((float)mant, -24);
+        return sign ? -f : f;
+    }
+    uint32_t bits = exp == 31 ? (sign | 0x7f800000u | (mant << 13)) : (sign | ((uint32_t)(exp - 15 + 127) << 23) | (mant << 13));
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void init_half_table(void) {
+    if (half_table_ready) return;
+    for (int i = 0; i < 65536; i++) half_table[i] = half_to_float_bits((uint16_t)i);
+    __atomic_store_n(&half_table_ready, 1, __ATOMIC_RELEASE);
+}
+
+static inline float h2f(uint16_t h) { return half_table[h]; }
+
+float bk_half_to_float(uint16_t h) { init_half_table(); return h2f(h); }
+
+uint16_t bk_float_to_half(float f) {
+    // Round to nearest even, with overflow to infinity and subnormals, as IEEE requires.
+    uint32_t x; memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t absx = x & 0x7fffffff;
+    if (absx >= 0x7f800000) return (uint16_t)(sign | 0x7c00 | (absx > 0x7f800000 ? 0x200 : 0));
+    if (absx >= 0x477ff000) return (uint16_t)(sign | 0x7c00);          // rounds to >= 65520: inf
+    if (absx < 0x38800000) {                                            // subnormal half or zero
+        if (absx < 0x33000000) return (uint16_t)sign;                   // < 2^-25 rounds to 0
+        uint32_t mant = (absx & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)(absx >> 23);                            // 14..24
+        uint32_t half = mant >> shift;
+        uint32_t rem = mant & ((1u << shift) - 1);
+        uint32_t mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = ((absx - 0x38000000) >> 13);
+    uint32_t rem = absx & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+// ---------------------------------------------------------------- dispatch
+
+static int force_portable = 0;
+static int avx2_state = -1;
+
+int bk_has_avx2(void) {
+#if BK_X86
+    if (avx2_state < 0) {
+        __builtin_cpu_init();
+        avx2_state = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    }
+    return avx2_state && !force_portable;
+#else
+    return 0;
+#endif
+}
+
+void bk_force_portable(int on) { force_portable = on; }
+
+static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+// ---------------------------------------------------------------- portable kernels
+
+static void quantize_q8_portable(const float *x, int n, int8_t *qs, float *d, int32_t *sums) {
+    for (int b = 0; b < n / 32; b++) {
+        const float *v = x + 32 * b;
+        float amax = 0;
+        for (int j = 0; j < 32; j++) { float a = fabsf(v[j]); if (a > amax) amax = a; }
+        float scale = amax / 127.0f;
+        float inv = scale != 0 ? 1.0f / scale : 0.0f;
+        int32_t s = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = (int)nearbyintf(v[j] * inv);
+            qs[32 * b + j] = (int8_t)q;
+            s += q;
+        }
+        d[b] = h2f(bk_float_to_half(scale));
+        sums[b] = s;
+    }
+}
+
+static float dot_q4_1_portable(const uint8_t *p, const int8_t *qs, const float *d, const int32_t *sums, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 20) {
+        int32_t isum = 0;
+        const int8_t *a = qs + 32 * b;
+        for (int j = 0; j < 16; j++) isum += (p[4 + j] & 0x0f) * a[j] + (p[4 + j] >> 4) * a[j + 16];
+        acc += h2f(load_u16(p)) * d[b] * (float)isum + h2f(load_u16(p + 2)) * d[b] * (float)sums[b];
+    }
+    return acc;
+}
+
+static float dot_q4_0_portable(const uint8_t *p, const int8_t *qs, const float *d, const int32_t *sums, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 18) {
+        int32_t isum = 0;
+        const int8_t *a = qs + 32 * b;
+        for (int j = 0; j < 16; j++) isum += ((p[2 + j] & 0x0f) - 8) * a[j] + ((p[2 + j] >> 4) - 8) * a[j + 16];
+        acc += h2f(load_u16(p)) * d[b] * (float)isum;
+        (void)sums;
+    }
+    return acc;
+}
+
+static float dot_q8_0_portable(const uint8_t *p, const int8_t *qs, const float *d, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 34) {
+        int32_t isum = 0;
+        const int8_t *w = (const int8_t *)(p + 2);
+        const int8_t *a = qs + 32 * b;
+        for (int j = 0; j < 32; j++) isum += w[j] * a[j];
+        acc += h2f(load_u16(p)) * d[b] * (float)isum;
+    }
+    return acc;
+}
+
+// ---------------------------------------------------------------- AVX2 kernels
+
+#if BK_X86
+BK_AVX2 static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+BK_AVX2 static inline float h2f_avx(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
+
+BK_AVX2 static void quantize_q8_avx2(const float *x, int n, int8_t *qs, float *d, int32_t *sums) {
+    const __m256 signmask = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / 32; b++) {
+        const float *v = x + 32 * b;
+        __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8), v2 = _mm256_loadu_ps(v + 16), v3 = _mm256_loadu_ps(v + 24);
+        __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(signmask, v0), _mm256_andnot_ps(signmask, v1)),
+                                 _mm256_max_ps(_mm256_andnot_ps(signmask, v2), _mm256_andnot_ps(signmask, v3)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float scale = amax / 127.0f;
+        float inv = scale != 0 ? 1.0f / scale : 0.0f;
+        __m256 iv = _mm256_set1_ps(inv);
+        // Round to nearest even in both paths (ggml's AVX path does the same).
+#define BK_ROUND_MODE (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v0, iv), BK_ROUND_MODE));
+        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v1, iv), BK_ROUND_MODE));
+        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v2, iv), BK_ROUND_MODE));
+        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v3, iv), BK_ROUND_MODE));
+        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+        s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+        sums[b] = _mm_cvtsi128_si32(s4);
+        // pack 32 x int32 -> 32 x int8 in order
+        __m256i p01 = _mm256_packs_epi32(i0, i1);     // lanes interleaved by 128-bit halves
+        __m256i p23 = _mm256_packs_epi32(i2, i3);
+        __m256i p = _mm256_packs_epi16(p01, p23);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)(qs + 32 * b), p);
+        d[b] = _cvtsh_ss(_cvtss_sh(scale, 0));
+    }
+}
+
+BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
+    __m128i raw = _mm_loadu_si128((const __m128i *)q);
+    __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+    return _mm256_set_m128i(hi, lo);   // weights 0..15 then 16..31
+}
+
+BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
+                                      const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps();
+        float macc = 0;
+        for (int b = 0; b < blocks; b++, p += 20) {
+            __m256i q = unpack_nibbles(p + 4);
+            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
+            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
+            float dd = h2f_avx(p) * d[b];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
+            macc += h2f_avx(p + 2) * d[b] * (float)sums[b];
+        }
+        y[r - r0] = hsum256(acc) + macc;
+    }
+}
+
+BK_AVX2 static void matvec_q4_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
+                                      const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps();
+        float bias = 0;
+        for (int b = 0; b < blocks; b++, p += 18) {
+            __m256i q = unpack_nibbles(p + 2);
+            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
+            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
+            float dd = h2f_avx(p) * d[b];
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
+            bias += dd * (float)sums[b];   // (q - 8)·a = q·a - 8 Σa
+        }
+        y[r - r0] = hsum256(acc) - 8.0f * bias;
+    }
+}
+
+BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
+                                      const int8_t *qs, const float *d, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < blocks; b++, p += 34) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(p + 2));
+            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
+            // maddubs needs an unsigned operand: |w| · (a with w's sign)
+            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(a, wv)), ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx(p) * d[b]), _mm256_cvtepi32_ps(prod), acc);
+        }
+        y[r - r0] = hsum256(acc);
+    }
+}
+
+BK_AVX2 static float dot_f32_avx2(const float *x, const float *y, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + i + 8), _mm256_loadu_ps(y + i + 8), a1);
+    }
+    float s = hsum256(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+BK_AVX2 static void axpy_f32_avx2(float a, const float *x, float *y, int n) {
+    __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+BK_AVX2 static void dequant_q4_1_avx2(const uint8_t *p, float *dst, int count) {
+    for (int b = 0; b < count / 32; b++, p += 20) {
+        __m256 dv = _mm256_set1_ps(h2f_avx(p)), mv = _mm256_set1_ps(h2f_avx(p + 2));
+        __m128i raw = _mm_loadu_si128((const __m128i *)(p + 4));
+        __m128i lo = _mm_and_si128(raw, _mm_set1_epi8(0x0f));
+        __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(0x0f));
+        float *o = dst + 32 * b;
+        _mm256_storeu_ps(o, _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), mv));
+        _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), mv));
+        _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), mv));
+        _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), mv));
+    }
+}
+
+BK_AVX2 static void round_to_half_avx2(float *x, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), 0)));
+    for (; i < n; i++) x[i] = _cvtsh_ss(_cvtss_sh(x[i], 0));
+}
+#endif
+
+// ---------------------------------------------------------------- public entry points
+
+void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums) {
+    init_half_table();
+#if BK_X86
+    if (bk_has_avx2()) { quantize_q8_avx2(x, n, qs, d, sums); return; }
+#endif
+    quantize_q8_portable(x, n, qs, d, sums);
+}
+
+void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
+                 const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+    init_half_table();
+    const uint8_t *base = (const uint8_t *)w;
+    int blocks = cols / 32;
+#if BK_X86
+    if (bk_has_avx2()) {
+        switch (type) {
+        case 3: matvec_q4_1_avx2(base, rb, r0, r1, blocks, qs, d, sums, y); return;
+        case 2: matvec_q4_0_avx2(base, rb, r0, r1, blocks, qs, d, sums, y); return;
+        case 8: matvec_q8_0_avx2(base, rb, r0, r1, blocks, qs, d, y); return;
+        }
+    }
+#endif
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = base + (size_t)r * rb;
+        switch (type) {
+        case 3: y[r - r0] = dot_q4_1_portable(p, qs, d, sums, blocks); break;
+        case 2: y[r - r0] = dot_q4_0_portable(p, qs, d, sums, blocks); break;
+        case 8: y[r - r0] = dot_q8_0_portable(p, qs, d, blocks); break;
+        default: y[r - r0] = NAN; break;
+        }
+    }
+}
+
+int bk_dequantize_row(int type, const void *src, float *dst, int count) {
+    init_half_table();
+    const uint8_t *p = (const uint8_t *)src;
+    switch (type) {
+    case 0: memcpy(dst, src, (size_t)count * 4); return 1;
+    case 1: for (int i = 0; i < count; i++) dst[i] = h2f(load_u16(p + 2 * i)); return 1;
+    case 30:
+        for (int i = 0; i < count; i++) { uint32_t b = (uint32_t)load_u16(p + 2 * i) << 16; memcpy(dst + i, &b, 4); }
+        return 1;
+    case 3:
+#if BK_X86
+        if (bk_has_avx2()) { dequant_q4_1_avx2(p, dst, count); return 1; }
+#endif
+        for (int b = 0; b < count / 32; b++, p += 20) {
+            float dd = h2f(load_u16(p)), m = h2f(load_u16(p + 2));
+            for (int j = 0; j < 16; j++) {
+                dst[32 * b + j] = dd * (float)(p[4 + j] & 0x0f) + m;
+                dst[32 * b + j + 16] = dd * (float)(p[4 + j] >> 4) + m;
+            }
+        }
+        return 1;
+    case 2:
+        for (int b = 0; b < count / 32; b++, p += 18) {
+            float dd = h2f(load_u16(p));
+            for (int j = 0; j < 16; j++) {
+                dst[32 * b + j] = dd * (float)((p[2 + j] & 0x0f) - 8);
+                dst[32 * b + j + 16] = dd * (float)((p[2 + j] >> 4) - 8);
+            }
+        }
+        return 1;
+    case 8:
+        for (int b = 0; b < count / 32; b++, p += 34) {
+            float dd = h2f(load_u16(p));
+            for (int j = 0; j < 32; j++) dst[32 * b + j] = dd * (float)(int8_t)p[2 + j];
+        }
+        return 1;
+    default: return 0;
+    }
+}
+
+float bk_dot_f32(const float *x, const float *y, int n) {
+#if BK_X86
+    if (bk_has_avx2()) return dot_f32_avx2(x, y, n);
+#endif
+    float s = 0;
+    for (int i = 0; i < n; i++) s += x[i] * y[i];
+    return s;
+}
+
+void bk_axpy_f32(float a, const float *x, float *y, int n) {
+#if BK_X86
+    if (bk_has_avx2()) { axpy_f32_avx2(a, x, y, n); return; }
+#endif
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+void bk_round_to_half(float *x, int n) {
+    init_half_table();
+#if BK_X86
+    if (bk_has_avx2()) { round_to_half_avx2(x, n); return; }
+#endif
+    for (int i = 0; i < n; i++) x[i] = h2f(bk_float_to_half(x[i]));
+}

@@ -1,0 +1,126 @@
+import ArgumentParser
+import BuddyCore
+import Foundation
+
+struct SamplingOptions: ParsableArguments {
+    @Option(name: .long, help: "Sampling temperature; 0 is greedy.")
+    var temperature: Float = 0
+    @Option(name: .long, help: "Keep the K most likely tokens (0 = off).")
+    var topK: Int = 40
+    @Option(name: .long, help: "Nucleus sampling threshold (1 = off).")
+    var topP: Float = 0.95
+    @Option(name: .long, help: "Drop tokens below this fraction of the top probability (0 = off).")
+    var minP: Float = 0.05
+    @Option(name: .long, help: "Repetition penalty (1 = off).")
+    var repeatPenalty: Float = 1.0
+    @Option(name: .long, help: "Random seed.")
+    var seed: UInt64 = 0
+
+    var parameters: SamplingParameters {
+        var p = SamplingParameters()
+        p.temperature = temperature
+        p.topK = topK
+        p.topP = topP
+        p.minP = minP
+        p.repetitionPenalty = repeatPenalty
+        p.seed = seed
+        return p
+    }
+
+    func validate() throws {
+        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") }
+        guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
+        guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+        guard minP >= 0, minP < 1 else { throw ValidationError("--min-p must be in [0, 1)") }
+        guard repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be > 0") }
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Stream a continuation of a prompt to stdout.",
+        discussion: """
+            Greedy by default (--temperature 0). With --chat the prompt becomes one user turn in
+            the model's chat template. With --json each token is a JSON line:
+              {"type":"token","step":i,"id":N,"text":"...","layers":[...]}
+            followed by {"type":"done","prompt_tokens":N,"generated_tokens":N,"prefill_tok_s":X,
+              "decode_tok_s":Y,"mean_layers_per_token":Z}.
+            """)
+
+    @Option(name: .long, help: "The prompt text.")
+    var prompt: String
+    @Flag(name: .long, help: "Wrap the prompt in the chat template as one user turn.")
+    var chat = false
+    @Option(name: .long, help: "System prompt for --chat (default: the model's own).")
+    var system: String?
+    @Option(name: .long, help: "Maximum number of tokens to generate.")
+    var maxTokens: Int = 128
+    @Option(name: .long, help: "Context size in tokens.")
+    var context: Int = 2048
+    @Flag(name: .long, help: "Write JSON lines instead of text.")
+    var json = false
+    @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var modelOptions: ModelOptions
+
+    func validate() throws {
+        guard maxTokens >= 0 else { throw ValidationError("--max-tokens must be >= 0") }
+        guard context >= 16 else { throw ValidationError("--context must be at least 16") }
+        try modelOptions.validateThreads()
+    }
+
+    func run() throws {
+        let model = try modelOptions.load()
+        let session = Session(model: model, capacity: context, threads: modelOptions.threads)
+        let text: String
+        if chat {
+            var messages: [ChatMessage] = []
+            if let system { messages.append(ChatMessage(role: .system, content: system)) }
+            messages.append(ChatMessage(role: .user, content: prompt))
+            text = model.template.render(messages)
+        } else {
+            text = prompt
+        }
+        var ids = model.tokenizer.encode(text, parseSpecial: chat)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
+        guard !ids.isEmpty else { throw CLIError("the prompt is empty") }
+        var sampler = Sampler(sampling.parameters)
+        let stats = try session.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler) { tok in
+            if json {
+                Out.write("{\"type\":\"token\",\"step\":\(tok.step),\"id\":\(tok.id),\"text\":\(jsonString(tok.text)),\"layers\":[\(tok.layers.map(String.init).joined(separator: ","))]}\n")
+            } else {
+                Out.write(tok.text)
+            }
+            return true
+        }
+        if json {
+            Out.write("{\"type\":\"done\",\"prompt_tokens\":\(stats.promptTokens),\"generated_tokens\":\(stats.generatedTokens),"
+                + "\"prefill_tok_s\":\(jsonNumber(stats.prefillTokensPerSecond)),\"decode_tok_s\":\(jsonNumber(stats.decodeTokensPerSecond)),"
+                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
+        } else {
+            Out.write(stats.trailingText + "\n")
+        }
+    }
+}
+
+struct Tokenize: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the token ids of a text.")
+    @Flag(name: .long, help: "Recognise special tokens such as <|im_start|> in the text.")
+    var special = false
+    @Flag(name: .long, help: "Print a JSON array.")
+    var json = false
+    @Argument(help: "The text to tokenize.")
+    var text: String
+    @OptionGroup var modelOptions: ModelOptions
+
+    func run() throws {
+        let path = try ModelLocator.resolve(modelOptions.model)
+        let tokenizer: BPETokenizer
+        do { tokenizer = try BPETokenizer(gguf: GGUFFile(path: path)) } catch { throw CLIError("\(path): \(error)") }
+        let ids = tokenizer.encode(text, parseSpecial: special)
+        if json {
+            print("[" + ids.map(String.init).joined(separator: ",") + "]")
+        } else {
+            print(ids.map(String.init).joined(separator: " "))
+        }
+    }
+}
