@@ -83,7 +83,13 @@ public final class ThreadPool: @unchecked Sendable {
             }
             runTasks()
             // Wait until every worker has left this job before the closure goes out of scope.
-            while finished.load(ordering: .acquiring) < threads - 1 { spinPause() }
+            var spins = 0
+            while finished.load(ordering: .acquiring) < threads - 1 {
+                spins += 1
+                // A descheduled worker (other processes on the same cores) cannot finish
+                // while we spin: give the core away now and then.
+                if spins & 1023 == 0 { sched_yield() } else { spinPause() }
+            }
             job = nil
         }
     }
@@ -104,7 +110,10 @@ public final class ThreadPool: @unchecked Sendable {
             var spins = 0
             while generation.load(ordering: .sequentiallyConsistent) == seen {
                 spins += 1
-                if spins < spinLimit { spinPause(); continue }
+                if spins < spinLimit {
+                    if spins & 1023 == 0 { sched_yield() } else { spinPause() }
+                    continue
+                }
                 pthread_mutex_lock(&mutex)
                 sleepers.add(1, ordering: .sequentiallyConsistent)
                 while generation.load(ordering: .sequentiallyConsistent) == seen { pthread_cond_wait(&cond, &mutex) }

@@ -1,0 +1,189 @@
+import BuddyCore
+import CKernels
+import XCTest
+
+/// Every fast kernel against its scalar twin, at odd lengths, on both the AVX2 and the
+/// portable C paths.
+final class KernelTests: XCTestCase {
+    override func tearDown() { bk_force_portable(0) }
+
+    func bothPaths(_ body: (String) throws -> Void) rethrows {
+        for portable in [false, true] {
+            bk_force_portable(portable ? 1 : 0)
+            try body(portable ? "portable" : (bk_has_avx2() != 0 ? "avx2" : "native"))
+        }
+        bk_force_portable(0)
+    }
+
+    /// Random but valid blocks: finite half scales in a realistic range.
+    func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] {
+        let size = type.layout!.bytes
+        var out = r.bytes(blocks * size)
+        for b in 0..<blocks {
+            let scale = Float16(r.float(0.001, 0.05)).bitPattern
+            out[b * size] = UInt8(scale & 0xFF); out[b * size + 1] = UInt8(scale >> 8)
+            if type == .q4_1 {
+                let m = Float16(r.float(-0.2, 0.2)).bitPattern
+                out[b * size + 2] = UInt8(m & 0xFF); out[b * size + 3] = UInt8(m >> 8)
+            }
+        }
+        return out
+    }
+
+    func testBlockLayoutsArePinned() {
+        XCTAssertEqual(GGMLType.q4_0.layout!.bytes, 18)
+        XCTAssertEqual(GGMLType.q4_1.layout!.bytes, 20)
+        XCTAssertEqual(GGMLType.q8_0.layout!.bytes, 34)
+        XCTAssertEqual(GGMLType.q4_K.layout!.bytes, 144)
+        XCTAssertEqual(GGMLType.q6_K.layout!.bytes, 210)
+        XCTAssertEqual(GGMLType.q4_1.layout!.elements, 32)
+    }
+
+    func testHandComputedQ4_1Block() {
+        // d = 0.5, m = -1: weight j = 0.5 * q_j - 1. Low nibbles 0..15, high nibbles 15..0.
+        var block: [UInt8] = []
+        withUnsafeBytes(of: Float16(0.5).bitPattern) { block += $0 }
+        withUnsafeBytes(of: Float16(-1).bitPattern) { block += $0 }
+        for j in 0..<16 { block.append(UInt8(j) | UInt8(15 - j) << 4) }
+        var out = [Float](repeating: 0, count: 32)
+        block.withUnsafeBytes { dequantizeRowRef(.q4_1, $0.baseAddress!, &out, count: 32) }
+        XCTAssertEqual(out[0], -1); XCTAssertEqual(out[15], 6.5); XCTAssertEqual(out[16], 6.5); XCTAssertEqual(out[31], -1)
+        var fast = [Float](repeating: 0, count: 32)
+        block.withUnsafeBytes { dequantizeRow(.q4_1, $0.baseAddress!, &fast, count: 32) }
+        XCTAssertEqual(fast, out)
+    }
+
+    func testHalfConversionMatchesSwiftFloat16() {
+        var r = TestRandom(3)
+        for bits in stride(from: 0, to: 65536, by: 1) {
+            let h = UInt16(bits)
+            let want = Float(Float16(bitPattern: h))
+            let got = bk_half_to_float(h)
+            if want.isNaN { XCTAssertTrue(got.isNaN) } else { XCTAssertEqual(got, want, "bits \(h)") }
+        }
+        let specials: [Float] = [0, -0, 1, -1, 65504, 65520, 1e-8, 6e-8, 3e-5, .infinity, -.infinity, 0.1, 2049, 2051]
+        for f in specials + r.floats(2000, -70000, 70000) + r.floats(2000, -1e-4, 1e-4) {
+            XCTAssertEqual(bk_float_to_half(f), Float16(f).bitPattern, "value \(f)")
+        }
+    }
+
+    func testQuantizeActivationsMatchesReference() {
+        var r = TestRandom(11)
+        for n in [32, 96, 32 * 17, 1536] {
+            let x = r.floats(n, -3, 3)
+            try? bothPaths { path in
+                var fast = Q8Activations(capacity: n), ref = Q8Activations(capacity: n)
+                defer { fast.deallocate(); ref.deallocate() }
+                x.withUnsafeBufferPointer { fast.quantize($0.baseAddress!, count: n); ref.quantizeRef($0.baseAddress!, count: n) }
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.qs, count: n)), Array(UnsafeBufferPointer(start: ref.qs, count: n)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.d, count: n / 32)), Array(UnsafeBufferPointer(start: ref.d, count: n / 32)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.sums, count: n / 32)), Array(UnsafeBufferPointer(start: ref.sums, count: n / 32)), path)
+            }
+        }
+        // An all-zero block quantises to zeros with a zero scale (no division by zero).
+        var z = Q8Activations(capacity: 32)
+        defer { z.deallocate() }
+        let zeros = [Float](repeating: 0, count: 32)
+        zeros.withUnsafeBufferPointer { z.quantize($0.baseAddress!, count: 32) }
+        XCTAssertEqual(z.d[0], 0); XCTAssertEqual(z.sums[0], 0)
+    }
+
+    func testQuantizedDotsMatchReferenceAtOddBlockCounts() throws {
+        var r = TestRandom(5)
+        let refs: [GGMLType: (UnsafeRawPointer, Q8Activations, Int) -> Float] = [
+            .q4_0: dotQ4_0Ref, .q4_1: dotQ4_1Ref, .q8_0: dotQ8_0Ref,
+        ]
+        for (type, ref) in refs {
+            for blocks in [1, 3, 7, 17, 33, 48] {
+                let n = 32 * blocks
+                let row = randomBlocks(type, blocks: blocks, &r)
+                let x = r.floats(n, -2, 2)
+                var a = Q8Activations(capacity: n)
+                defer { a.deallocate() }
+                x.withUnsafeBufferPointer { a.quantizeRef($0.baseAddress!, count: n) }
+                try bothPaths { path in
+                    row.withUnsafeBytes { p in
+                        let want = ref(p.baseAddress!, a, blocks)
+                        let got = dotQuantized(type, p.baseAddress!, a, cols: n)
+                        // Same integer sums; only the float accumulation order differs.
+                        XCTAssertEqual(got, want, accuracy: 1e-4 * max(1, abs(want)), "\(type) \(blocks) blocks \(path)")
+                    }
+                }
+                // And the quantised dot approximates the exact fp32 dot of dequantised weights.
+                var w = [Float](repeating: 0, count: n)
+                row.withUnsafeBytes { dequantizeRowRef(type, $0.baseAddress!, &w, count: n) }
+                let exact = zip(w, x).reduce(Float(0)) { $0 + $1.0 * $1.1 }
+                let approx = row.withUnsafeBytes { dotQuantized(type, $0.baseAddress!, a, cols: n) }
+                let scale = zip(w, x).reduce(Float(0)) { $0 + abs($1.0 * $1.1) }
+                XCTAssertEqual(approx, exact, accuracy: 0.02 * scale + 1e-5, "\(type) vs fp32")
+            }
+        }
+    }
+
+    func testFastDequantizeMatchesReference() throws {
+        var r = TestRandom(8)
+        for type in [GGMLType.q4_0, .q4_1, .q8_0] {
+            for blocks in [1, 5, 19] {
+                let row = randomBlocks(type, blocks: blocks, &r)
+                var a = [Float](repeating: 0, count: 32 * blocks), b = a
+                try bothPaths { path in
+                    row.withUnsafeBytes {
+                        dequantizeRowRef(type, $0.baseAddress!, &a, count: 32 * blocks)
+                        dequantizeRow(type, $0.baseAddress!, &b, count: 32 * blocks)
+                    }
+                    XCTAssertEqual(a, b, "\(type) \(path)")
+                }
+            }
+        }
+    }
+
+    func testFloatKernelsMatchReferenceAtOddLengths() throws {
+        var r = TestRandom(13)
+        for n in [1, 7, 8, 15, 16, 17, 33, 64, 100, 577] {
+            let x = r.floats(n), y = r.floats(n)
+            try bothPaths { path in
+                XCTAssertEqual(dotF32(x, y, count: n), dotF32Ref(x, y, count: n), accuracy: 1e-5 * Float(n), "dot \(n) \(path)")
+                var y1 = y, y2 = y
+                axpyF32(0.37, x, &y1, count: n)
+                axpyF32Ref(0.37, x, &y2, count: n)
+                for i in 0..<n { XCTAssertEqual(y1[i], y2[i], accuracy: 1e-6, "axpy \(n) \(path)") }
+                var h = x
+                bk_round_to_half(&h, Int32(n))
+                for i in 0..<n { XCTAssertEqual(h[i], Float(Float16(x[i])), "round \(n) \(path)") }
+            }
+        }
+    }
+
+    func testMatVecAcrossThreadsMatchesSingleRows() {
+        var r = TestRandom(21)
+        let rows = 37, cols = 96
+        let data = randomBlocks(.q4_1, blocks: rows * cols / 32, &r)
+        let x = r.floats(cols)
+        data.withUnsafeBytes { raw in
+            let m = QuantMatrix(name: "w", type: .q4_1, rows: rows, cols: cols, data: raw.baseAddress!)
+            var a = Q8Activations(capacity: cols)
+            defer { a.deallocate() }
+            x.withUnsafeBufferPointer { a.quantize($0.baseAddress!, count: cols) }
+            for threads in [1, 2, 3] {
+                let mv = MatVec(pool: ThreadPool.shared(threads: threads), maxCols: cols)
+                var y = [Float](repeating: .nan, count: rows)
+                x.withUnsafeBufferPointer { mv.run(m, $0.baseAddress!, a, &y) }
+                for i in 0..<rows {
+                    XCTAssertEqual(y[i], dotQ4_1Ref(m.row(i), a, blocks: cols / 32), accuracy: 1e-4, "row \(i) threads \(threads)")
+                }
+            }
+        }
+    }
+
+    func testThreadPoolRunsEveryTaskOnce() {
+        let pool = ThreadPool.shared(threads: 2)
+        for count in [0, 1, 2, 5, 64] {
+            var hits = [Int](repeating: 0, count: count)
+            hits.withUnsafeMutableBufferPointer { h in
+                let base = h.baseAddress
+                pool.parallelFor(count) { i in base![i] += 1 }
+            }
+            XCTAssertEqual(hits, [Int](repeating: 1, count: count))
+        }
+    }
+}
