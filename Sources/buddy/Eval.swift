@@ -33,9 +33,11 @@ extension Eval {
         }
 
         func run() throws {
-            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else {
+            guard var text = try? String(contentsOfFile: data, encoding: .utf8) else {
                 throw CLIError("cannot read data file '\(data)' as UTF-8 text")
             }
+            // llama.cpp's -f drops one trailing newline; do the same so chunks line up.
+            if text.hasSuffix("\n") { text.removeLast() }
             let model = try modelOptions.load()
             let evaluator = PerplexityEvaluator(model: model, contextSize: ctx, threads: modelOptions.threads)
             let tokens = evaluator.tokenize(text)
