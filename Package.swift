@@ -25,7 +25,7 @@ let package = Package(
                        providers: [.apt(["libncursesw5-dev"])]),
 
         // Vector inner loops (AVX2 chosen at run time on x86-64, portable C elsewhere).
-        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "CKernels", cSettings: [.unsafeFlags(["-O3", "-ffp-contract=off"])]),
         // Compute library: GGUF, quantised kernels, model, tokenizer, sampling.
         // Knows nothing of Dispatch queues owned by the app or of curses.
         .target(name: "BuddyCore", dependencies: ["CBLAS", "CKernels"], swiftSettings: computeFlags),

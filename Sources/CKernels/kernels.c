@@ -85,7 +85,7 @@ static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2)
 
 // ---------------------------------------------------------------- portable kernels
 
-static void quantize_q8_portable(const float *x, int n, int8_t *qs, float *d, int32_t *sums) {
+static void quantize_q8_portable(const float *x, int n, int8_t *qs, float *d, int32_t *sums, float *ds) {
     for (int b = 0; b < n / 32; b++) {
         const float *v = x + 32 * b;
         float amax = 0;
@@ -100,16 +100,17 @@ static void quantize_q8_portable(const float *x, int n, int8_t *qs, float *d, in
         }
         d[b] = h2f(bk_float_to_half(scale));
         sums[b] = s;
+        ds[b] = h2f(bk_float_to_half(scale * (float)s));
     }
 }
 
-static float dot_q4_1_portable(const uint8_t *p, const int8_t *qs, const float *d, const int32_t *sums, int blocks) {
+static float dot_q4_1_portable(const uint8_t *p, const int8_t *qs, const float *d, const float *ds, int blocks) {
     float acc = 0;
     for (int b = 0; b < blocks; b++, p += 20) {
         int32_t isum = 0;
         const int8_t *a = qs + 32 * b;
         for (int j = 0; j < 16; j++) isum += (p[4 + j] & 0x0f) * a[j] + (p[4 + j] >> 4) * a[j + 16];
-        acc += h2f(load_u16(p)) * d[b] * (float)isum + h2f(load_u16(p + 2)) * d[b] * (float)sums[b];
+        acc += h2f(load_u16(p)) * d[b] * (float)isum + h2f(load_u16(p + 2)) * ds[b];
     }
     return acc;
 }
@@ -150,7 +151,7 @@ BK_AVX2 static inline float hsum256(__m256 v) {
 
 BK_AVX2 static inline float h2f_avx(const uint8_t *p) { return _cvtsh_ss(load_u16(p)); }
 
-BK_AVX2 static void quantize_q8_avx2(const float *x, int n, int8_t *qs, float *d, int32_t *sums) {
+BK_AVX2 static void quantize_q8_avx2(const float *x, int n, int8_t *qs, float *d, int32_t *sums, float *ds) {
     const __m256 signmask = _mm256_set1_ps(-0.0f);
     for (int b = 0; b < n / 32; b++) {
         const float *v = x + 32 * b;
@@ -175,6 +176,7 @@ BK_AVX2 static void quantize_q8_avx2(const float *x, int n, int8_t *qs, float *d
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
         sums[b] = _mm_cvtsi128_si32(s4);
+        ds[b] = _cvtsh_ss(_cvtss_sh(scale * (float)sums[b], 0));
         // pack 32 x int32 -> 32 x int8 in order
         __m256i p01 = _mm256_packs_epi32(i0, i1);     // lanes interleaved by 128-bit halves
         __m256i p23 = _mm256_packs_epi32(i2, i3);
@@ -193,7 +195,7 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
 }
 
 BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+                                      const int8_t *qs, const float *d, const float *ds, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
@@ -205,9 +207,47 @@ BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1
             __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
             float dd = h2f_avx(p) * d[b];
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
-            macc += h2f_avx(p + 2) * d[b] * (float)sums[b];
+            macc += h2f_avx(p + 2) * ds[b];
         }
         y[r - r0] = hsum256(acc) + macc;
+    }
+}
+
+// Four tokens per pass over a weight row: each block is unpacked once and used four times.
+// Per token the operations and their order are those of matvec_q4_1_avx2.
+BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
+                                    const int8_t *qs, const float *d, const float *ds, float *y, int ldy) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int cols = 32 * blocks;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = w + (size_t)r * rb;
+        int t = 0;
+        for (; t + 4 <= n; t += 4) {
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+            float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
+            const int8_t *a0 = qs + (size_t)t * cols, *a1 = a0 + cols, *a2 = a1 + cols, *a3 = a2 + cols;
+            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
+            const float *s0 = ds + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;
+            const uint8_t *p = row;
+            for (int b = 0; b < blocks; b++, p += 20) {
+                __m256i q = unpack_nibbles(p + 4);
+                float wd = h2f_avx(p), wm = h2f_avx(p + 2);
+#define BK_STEP(A, D, S, ACC, M) { \
+                __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(A + 32 * b))), ones); \
+                ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd * D[b]), _mm256_cvtepi32_ps(prod), ACC); \
+                M += wm * S[b]; }
+                BK_STEP(a0, d0, s0, acc0, m0) BK_STEP(a1, d1, s1, acc1, m1)
+                BK_STEP(a2, d2, s2, acc2, m2) BK_STEP(a3, d3, s3, acc3, m3)
+#undef BK_STEP
+            }
+            y[(size_t)t * ldy + (r - r0)] = hsum256(acc0) + m0;
+            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(acc1) + m1;
+            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(acc2) + m2;
+            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(acc3) + m3;
+        }
+        for (; t < n; t++)
+            matvec_q4_1_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, ds + (size_t)t * blocks,
+                             y + (size_t)t * ldy + (r - r0));
     }
 }
 
@@ -244,6 +284,39 @@ BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1
             acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx(p) * d[b]), _mm256_cvtepi32_ps(prod), acc);
         }
         y[r - r0] = hsum256(acc);
+    }
+}
+
+BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
+                                    const int8_t *qs, const float *d, float *y, int ldy) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const int cols = 32 * blocks;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = w + (size_t)r * rb;
+        int t = 0;
+        for (; t + 4 <= n; t += 4) {
+            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+            const int8_t *a0 = qs + (size_t)t * cols, *a1 = a0 + cols, *a2 = a1 + cols, *a3 = a2 + cols;
+            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
+            const uint8_t *p = row;
+            for (int b = 0; b < blocks; b++, p += 34) {
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(p + 2));
+                __m256i wabs = _mm256_sign_epi8(wv, wv);
+                float wd = h2f_avx(p);
+#define BK_STEP(A, D, ACC) { \
+                __m256i a = _mm256_loadu_si256((const __m256i *)(A + 32 * b)); \
+                __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(a, wv)), ones); \
+                ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd * D[b]), _mm256_cvtepi32_ps(prod), ACC); }
+                BK_STEP(a0, d0, acc0) BK_STEP(a1, d1, acc1) BK_STEP(a2, d2, acc2) BK_STEP(a3, d3, acc3)
+#undef BK_STEP
+            }
+            y[(size_t)t * ldy + (r - r0)] = hsum256(acc0);
+            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(acc1);
+            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(acc2);
+            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(acc3);
+        }
+        for (; t < n; t++)
+            matvec_q8_0_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, y + (size_t)t * ldy + (r - r0));
     }
 }
 
@@ -289,23 +362,23 @@ BK_AVX2 static void round_to_half_avx2(float *x, int n) {
 
 // ---------------------------------------------------------------- public entry points
 
-void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums) {
+void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums, float *ds) {
     init_half_table();
 #if BK_X86
-    if (bk_has_avx2()) { quantize_q8_avx2(x, n, qs, d, sums); return; }
+    if (bk_has_avx2()) { quantize_q8_avx2(x, n, qs, d, sums, ds); return; }
 #endif
-    quantize_q8_portable(x, n, qs, d, sums);
+    quantize_q8_portable(x, n, qs, d, sums, ds);
 }
 
 void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
-                 const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+                 const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y) {
     init_half_table();
     const uint8_t *base = (const uint8_t *)w;
     int blocks = cols / 32;
 #if BK_X86
     if (bk_has_avx2()) {
         switch (type) {
-        case 3: matvec_q4_1_avx2(base, rb, r0, r1, blocks, qs, d, sums, y); return;
+        case 3: matvec_q4_1_avx2(base, rb, r0, r1, blocks, qs, d, ds, y); return;
         case 2: matvec_q4_0_avx2(base, rb, r0, r1, blocks, qs, d, sums, y); return;
         case 8: matvec_q8_0_avx2(base, rb, r0, r1, blocks, qs, d, y); return;
         }
@@ -314,12 +387,29 @@ void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = base + (size_t)r * rb;
         switch (type) {
-        case 3: y[r - r0] = dot_q4_1_portable(p, qs, d, sums, blocks); break;
+        case 3: y[r - r0] = dot_q4_1_portable(p, qs, d, ds, blocks); break;
         case 2: y[r - r0] = dot_q4_0_portable(p, qs, d, sums, blocks); break;
         case 8: y[r - r0] = dot_q8_0_portable(p, qs, d, blocks); break;
         default: y[r - r0] = NAN; break;
         }
     }
+}
+
+void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
+               int n, const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y, int ldy) {
+    init_half_table();
+    const int blocks = cols / 32;
+#if BK_X86
+    if (bk_has_avx2()) {
+        if (type == 3) { gemm_q4_1_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
+        if (type == 8) { gemm_q8_0_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, y, ldy); return; }
+    }
+#endif
+    // Other types and the portable path: one matvec per token over the row range
+    // (identical arithmetic by construction).
+    for (int t = 0; t < n; t++)
+        bk_matvec_q(type, w, rb, r0, r1, cols, qs + (size_t)t * cols, d + (size_t)t * blocks, sums + (size_t)t * blocks,
+                    ds + (size_t)t * blocks, y + (size_t)t * ldy);
 }
 
 int bk_dequantize_row(int type, const void *src, float *dst, int count) {

@@ -78,6 +78,7 @@ final class KernelTests: XCTestCase {
                 XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.qs, count: n)), Array(UnsafeBufferPointer(start: ref.qs, count: n)), path)
                 XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.d, count: n / 32)), Array(UnsafeBufferPointer(start: ref.d, count: n / 32)), path)
                 XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.sums, count: n / 32)), Array(UnsafeBufferPointer(start: ref.sums, count: n / 32)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.ds, count: n / 32)), Array(UnsafeBufferPointer(start: ref.ds, count: n / 32)), path)
             }
         }
         // An all-zero block quantises to zeros with a zero scale (no division by zero).

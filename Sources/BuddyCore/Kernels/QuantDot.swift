@@ -12,6 +12,8 @@ public struct Q8Activations {
     public let d: UnsafeMutablePointer<Float>
     /// [capacity / 32] integer sums of each block's values
     public let sums: UnsafeMutablePointer<Int32>
+    /// [capacity / 32] unrounded scale × sum, rounded to half (ggml Q8_1's `s`; used by Q4_1)
+    public let ds: UnsafeMutablePointer<Float>
     public private(set) var count = 0
 
     public init(capacity: Int) {
@@ -20,15 +22,16 @@ public struct Q8Activations {
         qs = .allocate(capacity: capacity)
         d = .allocate(capacity: capacity / 32)
         sums = .allocate(capacity: capacity / 32)
+        ds = .allocate(capacity: capacity / 32)
     }
 
-    public func deallocate() { qs.deallocate(); d.deallocate(); sums.deallocate() }
+    public func deallocate() { qs.deallocate(); d.deallocate(); sums.deallocate(); ds.deallocate() }
 
     /// Quantise x[0..<n] (n a multiple of 32) with the vector kernel.
     public mutating func quantize(_ x: UnsafePointer<Float>, count n: Int) {
         precondition(n % 32 == 0 && n <= capacity)
         count = n
-        bk_quantize_q8(x, Int32(n), qs, d, sums)
+        bk_quantize_q8(x, Int32(n), qs, d, sums, ds)
     }
 
     /// The scalar reference twin of `quantize`: same rounding (to nearest even), same half scale.
@@ -48,6 +51,7 @@ public struct Q8Activations {
             }
             d[b] = Float(Float16(scale))
             sums[b] = s
+            ds[b] = Float(Float16(scale * Float(s)))
         }
     }
 }
@@ -59,11 +63,11 @@ public struct Q8Activations {
 /// The fast kernel for one row (tests call it against the `Ref` twins).
 public func dotQuantized(_ type: GGMLType, _ row: UnsafeRawPointer, _ a: Q8Activations, cols: Int) -> Float {
     var y: Float = 0
-    bk_matvec_q(Int32(type.rawValue), row, 0, 0, 1, Int32(cols), a.qs, a.d, a.sums, &y)
+    bk_matvec_q(Int32(type.rawValue), row, 0, 0, 1, Int32(cols), a.qs, a.d, a.sums, a.ds, &y)
     return y
 }
 
-/// Q4_1: Σ_b d_w·d_a·Σ q·a + m_w·d_a·Σ a
+/// Q4_1: Σ_b d_w·d_a·Σ q·a + m_w·s_a  (s_a = d_a·Σ a, in half precision as ggml keeps it)
 
 public func dotQ4_1Ref(_ row: UnsafeRawPointer, _ a: Q8Activations, blocks: Int) -> Float {
     var acc: Float = 0
@@ -75,7 +79,7 @@ public func dotQ4_1Ref(_ row: UnsafeRawPointer, _ a: Q8Activations, blocks: Int)
             isum += Int32(byte & 0x0F) * Int32(a.qs[32 * b + j]) + Int32(byte >> 4) * Int32(a.qs[32 * b + j + 16])
         }
         let da = a.d[b]
-        acc += loadHalf(p, 0) * da * Float(isum) + loadHalf(p, 2) * da * Float(a.sums[b])
+        acc += loadHalf(p, 0) * da * Float(isum) + loadHalf(p, 2) * a.ds[b]
     }
     return acc
 }

@@ -107,7 +107,7 @@ public final class MatVec: @unchecked Sendable {
     private func rowRange(_ m: QuantMatrix, _ lo: Int, _ hi: Int, _ x: UnsafePointer<Float>, _ xq: Q8Activations,
                           _ y: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Float>) {
         if m.usesQ8Input {
-            bk_matvec_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.qs, xq.d, xq.sums, y)
+            bk_matvec_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.qs, xq.d, xq.sums, xq.ds, y)
         } else {
             for r in lo..<hi { y[r - lo] = m.dot(row: r, x, xq, scratch: s) }
         }

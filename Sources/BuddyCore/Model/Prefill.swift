@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Foundation
 
 /// Preallocated buffers for evaluating a chunk of up to `maxTokens` prompt tokens at once.
@@ -16,6 +17,10 @@ public final class BatchState: @unchecked Sendable {
     public let slab: UnsafeMutablePointer<Float>    // [slabRows × max(dim, ffnDim)] dequantised weights
     public let slabRows: Int
     public let scores: UnsafeMutablePointer<Float>  // [threads × capacity]
+    public let aq: UnsafeMutablePointer<Int8>       // [maxTokens × wideIn] rows quantised to 8 bits
+    public let ad: UnsafeMutablePointer<Float>      // [maxTokens × wideIn/32] their block scales
+    public let asums: UnsafeMutablePointer<Int32>   // [maxTokens × wideIn/32] their block sums
+    public let ads: UnsafeMutablePointer<Float>     // [maxTokens × wideIn/32] scale × sum (Q8_1 `s`)
     public let capacity: Int
     public let pool: ThreadPool
     public var trace: TraceSink?
@@ -34,13 +39,21 @@ public final class BatchState: @unchecked Sendable {
         att = .allocate(capacity: maxTokens * c.qDim)
         g = .allocate(capacity: maxTokens * c.ffnDim)
         u = .allocate(capacity: maxTokens * c.ffnDim)
-        // Large enough for the biggest layer matrix in one go, and for 4096 head rows.
-        slabRows = max(c.ffnDim, c.dim, c.qDim, 4096)
+        // Only weights without an 8-bit kernel go through sgemm; their slab holds 1024 rows.
+        slabRows = 1024
         slab = .allocate(capacity: slabRows * wideIn)
         scores = .allocate(capacity: pool.threads * capacity)
+        aq = .allocate(capacity: maxTokens * wideIn)
+        ad = .allocate(capacity: maxTokens * wideIn / 32)
+        asums = .allocate(capacity: maxTokens * wideIn / 32)
+        ads = .allocate(capacity: maxTokens * wideIn / 32)
     }
 
-    deinit { for p in [x, xb, q, k, v, att, g, u, slab, scores] { p.deallocate() } }
+    deinit {
+        for p in [x, xb, q, k, v, att, g, u, slab, scores, ad, ads] { p.deallocate() }
+        aq.deallocate()
+        asums.deallocate()
+    }
 
     @inline(__always) func emit(_ name: String, _ layer: Int, _ p: UnsafePointer<Float>, _ n: Int) {
         if let trace { trace(name, layer, UnsafeBufferPointer(start: p, count: n)) }
@@ -48,9 +61,33 @@ public final class BatchState: @unchecked Sendable {
 }
 
 extension Transformer {
-    /// Y = X·Wᵀ for a chunk of n rows.
-    func gemm(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ b: BatchState) {
-        gemmDequantized(m, x, n: n, y, ldy: m.rows, slab: b.slab, slabRows: b.slabRows, pool: b.pool)
+    /// Y = X·Wᵀ for a chunk of n rows ([n × m.cols] -> [n × ldy]).
+    /// Quantised weights use the same 8-bit arithmetic as the decode path, so a prompt
+    /// evaluated in one batch and token by token gives identical projections; other types
+    /// are dequantised and multiplied with OpenBLAS.
+    func gemm(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ b: BatchState, ldy: Int? = nil) {
+        let ldy = ldy ?? m.rows
+        guard m.usesQ8Input else {
+            gemmDequantized(m, x, n: n, y, ldy: ldy, slab: b.slab, slabRows: b.slabRows, pool: b.pool)
+            return
+        }
+        let cols = m.cols, blocks = cols / 32
+        let tasks = b.pool.threads
+        let perRow = (n + tasks - 1) / tasks
+        b.pool.parallelFor(tasks) { t in
+            for i in t * perRow..<min(n, (t + 1) * perRow) {
+                bk_quantize_q8(x + i * cols, Int32(cols), b.aq + i * cols, b.ad + i * blocks, b.asums + i * blocks, b.ads + i * blocks)
+            }
+        }
+        // Split the weight rows across threads; each thread streams its rows once for all tokens.
+        let per = (m.rows + tasks - 1) / tasks
+        b.pool.parallelFor(tasks) { t in
+            let lo = t * per, hi = min(m.rows, lo + per)
+            if lo < hi {
+                bk_gemm_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols),
+                          Int32(n), b.aq, b.ad, b.asums, b.ads, y + lo, Int32(ldy))
+            }
+        }
     }
 
     /// Evaluate `tokens` at positions start..<start+n as one batch, writing K/V into the cache.
@@ -120,7 +157,7 @@ extension Transformer {
             for p in t * per..<min(pairs, (t + 1) * per) {
                 let i = p / c.heads, h = p % c.heads
                 self.attendHead(q: b.q + i * qd + h * hd, kvHead: h / c.groupSize, layer: l, pos: start + i,
-                                cache: cache, scores: scores, out: b.att + i * qd + h * hd)
+                                cache: cache, scores: scores, out: b.att + i * qd + h * hd, halfWeights: true)
             }
         }
         gemm(w.wo, b.att, n, b.xb, b)

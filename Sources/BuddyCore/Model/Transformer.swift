@@ -38,8 +38,8 @@ public final class Transformer: @unchecked Sendable {
     public let outputNorm: [Float]           // [dim]
     public let output: QuantMatrix           // [vocab × dim]; the embedding when tied
     public let tiedEmbeddings: Bool
-    /// theta_scale^i for i in 0..<ropeDim/2, built by repeated multiplication as llama.cpp does.
-    let ropeFrequencies: [Float]
+    /// theta_scale = base^(-2/ropeDim); llama.cpp builds each angle as pos·scale·scale·…
+    let ropeThetaScale: Float
 
     public init(file: GGUFFile) throws {
         self.file = file
@@ -95,11 +95,7 @@ public final class Transformer: @unchecked Sendable {
             output = tokenEmbedding
             tiedEmbeddings = true
         }
-        let thetaScale = powf(c.ropeBase, -2 / Float(c.ropeDim))
-        var freqs: [Float] = []
-        var f: Float = 1
-        for _ in 0..<c.ropeDim / 2 { freqs.append(f); f *= thetaScale }
-        ropeFrequencies = freqs
+        ropeThetaScale = powf(c.ropeBase, -2 / Float(c.ropeDim))
     }
 
     // MARK: - Building blocks shared by every path
@@ -117,18 +113,18 @@ public final class Transformer: @unchecked Sendable {
     @inline(__always)
     func rope(_ v: UnsafeMutablePointer<Float>, heads count: Int, pos: Int) {
         let hd = config.headDim, half = config.ropeDim / 2
-        ropeFrequencies.withUnsafeBufferPointer { freqs in
-            for i in 0..<half {
-                let theta = Float(pos) * freqs[i]
-                let c = cosf(theta), s = sinf(theta)
-                for h in 0..<count {
-                    let base = v + h * hd
-                    // llama: adjacent pairs; qwen2 (NeoX): element i pairs with i + ropeDim/2.
-                    let (a, b) = config.ropeNeoX ? (i, i + half) : (2 * i, 2 * i + 1)
-                    let x0 = base[a], x1 = base[b]
-                    base[a] = x0 * c - x1 * s
-                    base[b] = x0 * s + x1 * c
-                }
+        // Same angle arithmetic as llama.cpp's rope cache: theta_i = ((pos·s)·s)·… in float.
+        var theta = Float(pos)
+        for i in 0..<half {
+            let c = cosf(theta), s = sinf(theta)
+            theta *= ropeThetaScale
+            for h in 0..<count {
+                let base = v + h * hd
+                // llama: adjacent pairs; qwen2 (NeoX): element i pairs with i + ropeDim/2.
+                let (a, b) = config.ropeNeoX ? (i, i + half) : (2 * i, 2 * i + 1)
+                let x0 = base[a], x1 = base[b]
+                base[a] = x0 * c - x1 * s
+                base[b] = x0 * s + x1 * c
             }
         }
     }
@@ -137,7 +133,7 @@ public final class Transformer: @unchecked Sendable {
     /// scores: scratch of at least pos+1 floats. out: [headDim].
     @inline(__always)
     func attendHead(q: UnsafePointer<Float>, kvHead: Int, layer: Int, pos: Int, cache: KVCache,
-                    scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>) {
+                    scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, halfWeights: Bool) {
         let hd = config.headDim
         let scale = 1 / Float(hd).squareRoot()
         let off = kvHead * hd
@@ -157,8 +153,11 @@ public final class Transformer: @unchecked Sendable {
         out.update(repeating: 0, count: hd)
         guard sum > 0 else { return }
         let inv = 1 / sum
+        for t in 0...pos { scores[t] *= inv }
+        // llama.cpp multiplies the half-precision V cache by weights converted to half.
+        if halfWeights { Transformer.roundToHalf(scores, pos + 1) }
         for t in 0...pos where scores[t] != 0 {
-            axpyF32(scores[t] * inv, cache.value(layer, t) + off, out, count: hd)
+            axpyF32(scores[t], cache.value(layer, t) + off, out, count: hd)
         }
     }
 

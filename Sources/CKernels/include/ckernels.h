@@ -16,13 +16,22 @@ int bk_has_avx2(void);
 void bk_force_portable(int on);
 
 /// Quantise x[0..n) (n % 32 == 0) to int8 blocks of 32: qs[n], d[n/32] (scale, rounded to
-/// half precision like ggml's Q8 formats), sums[n/32] (integer sum of each block).
-void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums);
+/// half precision like ggml's Q8 formats), sums[n/32] (integer sum of each block) and
+/// ds[n/32] (unrounded scale × sum, rounded to half: the `s` of ggml's Q8_1, used by Q4_1).
+void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums, float *ds);
 
 /// y[r - row_begin] = row r · activations for r in [row_begin, row_end).
 /// type: 2 = Q4_0, 3 = Q4_1, 8 = Q8_0 (ggml numbering). cols % 32 == 0.
 void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
-                 const int8_t *qs, const float *d, const int32_t *sums, float *y);
+                 const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y);
+
+/// Matrix product for a batch of n activation rows, each quantised with bk_quantize_q8 and
+/// stored with strides (qs: n × cols; d, sums and ds: n × cols/32):
+///   y[t * ldy + (r - row_begin)] = row r · activation t   for r in [row_begin, row_end), t < n.
+/// Each (row, token) dot is computed with exactly the arithmetic of bk_matvec_q, so a batched
+/// prompt and a token-by-token decode give bit-identical projections.
+void bk_gemm_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
+               int n, const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y, int ldy);
 
 /// Dequantise `count` elements of one row of `type` (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, 30 BF16).
 /// Returns 0 for unsupported types.
