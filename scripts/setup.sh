@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what Buddy needs on a Debian machine when it is missing: the OpenBLAS and
+# ncursesw development packages, and the default model (scripts/fetch-model.sh).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+missing=()
+for pkg in libncursesw5-dev libopenblas-dev pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}..." >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+"$root/scripts/fetch-model.sh"
