@@ -7,7 +7,11 @@ enum TestSupport {
     /// The checkout root (this file is Tests/BuddyCoreTests/TestSupport.swift).
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     static let fixtures = root.appendingPathComponent("Tests/Fixtures")
-    static let sharedData = root.appendingPathComponent("../shared/data").standardizedFileURL
+    /// The shared data sets: $BUDDY_DATA, else ../shared/data from the checkout root.
+    static let sharedData: URL = {
+        if let env = ProcessInfo.processInfo.environment["BUDDY_DATA"], !env.isEmpty { return URL(fileURLWithPath: env) }
+        return root.appendingPathComponent("../shared/data").standardizedFileURL
+    }()
 
     /// The default model. Tests that need it fail (never skip) when it is missing, and say how to get it.
     static var modelPath: String {

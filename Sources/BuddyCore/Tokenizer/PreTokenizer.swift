@@ -8,8 +8,9 @@
 // case-sensitive contractions, ...) are reproduced exactly.
 //
 // Character classes follow llama.cpp's tables: \p{L}, \p{N}, \p{P} are the
-// Unicode general categories L*, N*, P*; \s is the Unicode White_Space
-// property (25 code points; U+001C..U+001F are *not* whitespace).
+// Unicode general categories L*, N*, P* as of Unicode 15.1 (characters assigned
+// in later versions count as unassigned, as in llama.cpp); \s is the Unicode
+// White_Space property (25 code points; U+001C..U+001F are *not* whitespace).
 
 /// Per-code-point class bits used by the matchers.
 @usableFromInline
@@ -56,6 +57,11 @@ enum CodePointClass {
             c |= punctuation
         default:
             break
+        }
+        // llama.cpp's tables are generated from Unicode 15.1; code points assigned
+        // later are "undefined" there (neither letter, number nor punctuation).
+        if c != defined, let age = props.age, age.major > 15 || (age.major == 15 && age.minor > 1) {
+            c = defined
         }
         if props.isWhitespace { c |= whitespace }
         return c

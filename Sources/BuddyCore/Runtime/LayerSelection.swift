@@ -1,0 +1,39 @@
+/// Budget arithmetic shared by every router: the first and last layer always run; a budget
+/// b in (0, 1] runs exactly k = round(b × routable) of the layers between (at least 1).
+public enum LayerBudget {
+    /// Layers 1 ..< layers-1.
+    public static func routable(layers: Int) -> Int { max(0, layers - 2) }
+
+    public static func routableCount(budget: Double, layers: Int) -> Int {
+        let r = routable(layers: layers)
+        guard r > 0 else { return 0 }
+        return min(r, max(1, Int((budget * Double(r)).rounded(.toNearestOrAwayFromZero))))
+    }
+
+    /// The run mask for a set of chosen routable layers (indices into 0..<layers).
+    public static func mask(layers: Int, chosen: some Sequence<Int>) -> [Bool] {
+        var m = [Bool](repeating: false, count: layers)
+        m[0] = true
+        m[layers - 1] = true
+        for l in chosen { m[l] = true }
+        return m
+    }
+
+    /// Picks the k highest-scoring routable layers; ties go to the shallower layer so the
+    /// choice is deterministic. scores[i] belongs to layer i+1.
+    public static func topK(_ scores: [Float], k: Int) -> [Int] {
+        let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
+        return order.prefix(k).map { $0 + 1 }.sorted()
+    }
+}
+
+/// A layer selector whose compute budget can change between tokens (the chat's slider).
+public protocol BudgetedLayerSelector: LayerSelector {
+    /// Short name for status lines ("buddy", "shortgpt", "last", ...).
+    var name: String { get }
+    /// Fraction of routable layers to run, in (0, 1]. Takes effect at the next decision.
+    var budget: Double { get set }
+    /// Scores of the routable layers at the last decision (index i is layer i+1); nil for
+    /// routers without per-token scores.
+    var lastScores: [Float]? { get }
+}

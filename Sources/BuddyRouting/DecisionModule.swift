@@ -1,0 +1,171 @@
+import BuddyCore
+import CKernels
+import Foundation
+
+/// The learned router: a two-layer MLP from the routing context to one score per routable
+/// layer, plus a per-layer prior score, then a deterministic top-k under the budget.
+///
+///   input  x = [mean K0 (kvDim), mean V0 (kvDim), h0 (dim), budget features (4)]   (inputDim)
+///   z      = (x - inputMean) * inputScale                                          (inputDim)
+///   hidden = relu(W1 z + b1)                                                       (hidden)
+///   score  = W2 hidden + b2 + priorWeight * prior                                  (routable)
+///
+/// With W2 = 0 and b2 = 0 the scores are the prior alone, so a module initialised from a
+/// static ranking makes exactly that ranking's choice at every budget.
+public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
+    public struct Weights: Sendable, Equatable {
+        public var inputMean: [Float]    // [inputDim]
+        public var inputScale: [Float]   // [inputDim]
+        public var w1: [Float]           // [hidden × inputDim]
+        public var b1: [Float]           // [hidden]
+        public var w2: [Float]           // [routable × hidden]
+        public var b2: [Float]           // [routable]
+        public var prior: [Float]        // [routable]
+        public var priorWeight: Float
+    }
+
+    public let name: String
+    public let layers: Int
+    public let dim: Int
+    public let kvDim: Int
+    public let hidden: Int
+    public var routable: Int { layers - 2 }
+    public var inputDim: Int { 2 * kvDim + dim + BudgetEncoding.count }
+    public var weights: Weights
+    public var budget: Double = 1
+    /// Re-decide every N decode steps (1 = every token, as the paper does).
+    public var rerouteEvery = 1
+    public private(set) var lastScores: [Float]?
+    /// Seconds spent deciding (context pooling + MLP + top-k), for overhead reports.
+    public private(set) var routingSeconds = 0.0
+    public private(set) var decisions = 0
+
+    var pooled: PooledContext
+    private var lastMask: [Bool]?
+    private var stepsSinceDecision = 0
+    // Scratch buffers: nothing is allocated per token.
+    private var input: [Float]
+    private var z: [Float]
+    private var h: [Float]
+    private var scores: [Float]
+
+    public init(name: String = "buddy", layers: Int, dim: Int, kvDim: Int, hidden: Int, weights: Weights) throws {
+        self.name = name
+        self.layers = layers
+        self.dim = dim
+        self.kvDim = kvDim
+        self.hidden = hidden
+        self.weights = weights
+        pooled = PooledContext(kvDim: kvDim)
+        let inDim = 2 * kvDim + dim + BudgetEncoding.count
+        input = [Float](repeating: 0, count: inDim)
+        z = input
+        h = [Float](repeating: 0, count: hidden)
+        scores = [Float](repeating: 0, count: layers - 2)
+        try validate()
+    }
+
+    /// A module whose decisions equal a static ranking's (W2 = 0, prior from the ranking).
+    public convenience init(prior ranking: StaticRanking, dim: Int, kvDim: Int, hidden: Int = 64, seed: UInt64 = 0) throws {
+        let layers = ranking.layers, routable = layers - 2
+        let inDim = 2 * kvDim + dim + BudgetEncoding.count
+        var prior = [Float](repeating: 0, count: routable)
+        for (rank, layer) in ranking.ranking.enumerated() { prior[layer - 1] = Float(routable - rank) / Float(routable) }
+        var rng = SeededRNG(seed: seed)
+        let s = 1 / Float(inDim).squareRoot()
+        let w1 = (0..<hidden * inDim).map { _ in (rng.nextUnitFloat() * 2 - 1) * s }
+        try self.init(layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: Weights(
+            inputMean: [Float](repeating: 0, count: inDim), inputScale: [Float](repeating: 1, count: inDim),
+            w1: w1, b1: [Float](repeating: 0, count: hidden),
+            w2: [Float](repeating: 0, count: routable * hidden), b2: [Float](repeating: 0, count: routable),
+            prior: prior, priorWeight: 1))
+    }
+
+    func validate() throws {
+        let w = weights, inDim = inputDim
+        func check(_ name: String, _ a: [Float], _ n: Int) throws {
+            guard a.count == n else { throw RoutingError.badRouterFile(path: self.name, reason: "\(name) has \(a.count) values, expected \(n)") }
+            guard a.allSatisfy({ $0.isFinite }) else { throw RoutingError.badRouterFile(path: self.name, reason: "\(name) contains NaN or infinity") }
+        }
+        guard layers >= 3, hidden >= 1, hidden <= 4096, dim >= 1, kvDim >= 1 else {
+            throw RoutingError.badRouterFile(path: name, reason: "absurd dimensions (layers \(layers), hidden \(hidden), dim \(dim), kvDim \(kvDim))")
+        }
+        try check("input_mean", w.inputMean, inDim)
+        try check("input_scale", w.inputScale, inDim)
+        try check("w1", w.w1, hidden * inDim)
+        try check("b1", w.b1, hidden)
+        try check("w2", w.w2, routable * hidden)
+        try check("b2", w.b2, routable)
+        try check("prior", w.prior, routable)
+        guard w.priorWeight.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "prior_weight is not finite") }
+    }
+
+    /// Scores of the routable layers for a context (exposed for training and tests).
+    /// `context` is [inputDim] without the budget part filled in; the budget is written here.
+    public func score(hiddenState: UnsafePointer<Float>, budget: Double) -> [Float] {
+        input.withUnsafeMutableBufferPointer { inp in
+            pooled.writeMeans(into: inp.baseAddress!)
+            (inp.baseAddress! + 2 * kvDim).update(from: hiddenState, count: dim)
+            BudgetEncoding.write(budget, into: inp.baseAddress! + 2 * kvDim + dim)
+        }
+        return forward(input)
+    }
+
+    /// The MLP on a full input vector.
+    public func forward(_ x: [Float]) -> [Float] {
+        let inDim = inputDim, w = weights
+        for i in 0..<inDim { z[i] = (x[i] - w.inputMean[i]) * w.inputScale[i] }
+        z.withUnsafeBufferPointer { zp in
+            w.w1.withUnsafeBufferPointer { w1 in
+                for j in 0..<hidden {
+                    h[j] = max(0, bk_dot_f32(w1.baseAddress! + j * inDim, zp.baseAddress!, Int32(inDim)) + w.b1[j])
+                }
+            }
+        }
+        h.withUnsafeBufferPointer { hp in
+            w.w2.withUnsafeBufferPointer { w2 in
+                for r in 0..<routable {
+                    scores[r] = bk_dot_f32(w2.baseAddress! + r * hidden, hp.baseAddress!, Int32(hidden)) + w.b2[r] + w.priorWeight * w.prior[r]
+                }
+            }
+        }
+        return scores
+    }
+
+    public func decide(hiddenState: UnsafePointer<Float>, cache: KVCache, through end: Int) -> [Bool] {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        pooled.update(cache: cache, through: end)
+        let s = score(hiddenState: hiddenState, budget: budget)
+        lastScores = s
+        let k = LayerBudget.routableCount(budget: budget, layers: layers)
+        let m = LayerBudget.mask(layers: layers, chosen: LayerBudget.topK(s, k: k))
+        routingSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
+        decisions += 1
+        return m
+    }
+
+    public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        let k = LayerBudget.routableCount(budget: budget, layers: layers)
+        // Between re-decisions keep the last set, unless the budget moved.
+        if let last = lastMask, stepsSinceDecision + 1 < rerouteEvery, last.filter({ $0 }).count == k + 2 {
+            stepsSinceDecision += 1
+            pooled.update(cache: cache, through: position + 1)
+            return last
+        }
+        stepsSinceDecision = 0
+        let m = decide(hiddenState: state.x, cache: cache, through: position + 1)
+        lastMask = m
+        return m
+    }
+
+    public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
+        // One decision per prompt chunk, from the chunk's last token and everything pooled so far.
+        let m = decide(hiddenState: batch.x + (count - 1) * dim, cache: cache, through: chunkStart + count)
+        lastMask = m
+        stepsSinceDecision = 0
+        return m
+    }
+
+    /// Forget the pooled context (a new conversation).
+    public func resetContext() { pooled.reset(); lastMask = nil }
+}

@@ -1,0 +1,118 @@
+import BuddyCore
+import Foundation
+
+/// Router files (JSON), versioned and tied to the model they were made for.
+///
+///     {"format": "buddy-router", "version": 1, "kind": "ranking" | "decision-module",
+///      "method": "shortgpt", "model_fingerprint": "…", "layers": 30,
+///      "ranking": [routable layers, most important first],          // kind "ranking"
+///      "dim": 576, "kv_dim": 192, "hidden": 64,                      // kind "decision-module"
+///      "input_mean": [...], "input_scale": [...], "w1": [...], "b1": [...],
+///      "w2": [...], "b2": [...], "prior": [...], "prior_weight": 1.0,
+///      "notes": "how it was made"}
+///
+/// Writing goes through a temporary file and a rename, so an existing file is never lost.
+public enum RouterFile {
+    public static let format = "buddy-router"
+    public static let version = 1
+
+    public static func load(path: String, model: LanguageModel) throws -> BudgetedLayerSelector {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RoutingError.badRouterFile(path: path, reason: "cannot read the file")
+        }
+        guard let obj = try? JSONSerialization.jsonObject(with: data), let j = obj as? [String: Any] else {
+            throw RoutingError.badRouterFile(path: path, reason: "not a JSON object")
+        }
+        guard j["format"] as? String == format else { throw RoutingError.badRouterFile(path: path, reason: "not a buddy router file (format field)") }
+        guard let v = j["version"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing version") }
+        guard v == version else { throw RoutingError.unsupportedVersion(path: path, found: v, supported: version) }
+        guard let fp = j["model_fingerprint"] as? String else { throw RoutingError.badRouterFile(path: path, reason: "missing model_fingerprint") }
+        guard fp == model.fingerprint else { throw RoutingError.wrongModel(path: path, fileFingerprint: fp, modelFingerprint: model.fingerprint) }
+        let layers = model.config.layers
+        guard j["layers"] as? Int == layers else { throw RoutingError.badRouterFile(path: path, reason: "layer count differs from the model's \(layers)") }
+        let method = j["method"] as? String ?? "router"
+        switch j["kind"] as? String {
+        case "ranking":
+            guard let ranking = j["ranking"] as? [Int] else { throw RoutingError.badRouterFile(path: path, reason: "missing ranking") }
+            do { return try StaticRanking(name: method, layers: layers, ranking: ranking) } catch {
+                throw RoutingError.badRouterFile(path: path, reason: "\(error)")
+            }
+        case "decision-module":
+            func floats(_ key: String) throws -> [Float] {
+                guard let a = j[key] as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(key)") }
+                return try a.map {
+                    guard let n = $0 as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "\(key) holds a non-number") }
+                    return n.floatValue
+                }
+            }
+            guard let dim = j["dim"] as? Int, let kvDim = j["kv_dim"] as? Int, let hidden = j["hidden"] as? Int else {
+                throw RoutingError.badRouterFile(path: path, reason: "missing dim, kv_dim or hidden")
+            }
+            guard dim == model.config.dim, kvDim == model.config.kvDim else {
+                throw RoutingError.badRouterFile(path: path, reason: "dimensions \(dim)/\(kvDim) differ from the model's \(model.config.dim)/\(model.config.kvDim)")
+            }
+            guard (1...4096).contains(hidden) else { throw RoutingError.badRouterFile(path: path, reason: "absurd hidden size \(hidden)") }
+            let w = DecisionModule.Weights(
+                inputMean: try floats("input_mean"), inputScale: try floats("input_scale"),
+                w1: try floats("w1"), b1: try floats("b1"), w2: try floats("w2"), b2: try floats("b2"),
+                prior: try floats("prior"), priorWeight: (j["prior_weight"] as? NSNumber)?.floatValue ?? 1)
+            do {
+                return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: w)
+            } catch let RoutingError.badRouterFile(_, reason) {
+                throw RoutingError.badRouterFile(path: path, reason: reason)
+            }
+        default:
+            throw RoutingError.badRouterFile(path: path, reason: "unknown kind \(String(describing: j["kind"]))")
+        }
+    }
+
+    public static func save(_ ranking: StaticRanking, model: LanguageModel, notes: String, to path: String) throws {
+        try write([
+            "format": format, "version": version, "kind": "ranking", "method": ranking.name,
+            "model_fingerprint": model.fingerprint, "layers": ranking.layers, "ranking": ranking.ranking, "notes": notes,
+        ], to: path)
+    }
+
+    public static func save(_ m: DecisionModule, model: LanguageModel, notes: String, to path: String) throws {
+        let w = m.weights
+        try write([
+            "format": format, "version": version, "kind": "decision-module", "method": m.name,
+            "model_fingerprint": model.fingerprint, "layers": m.layers, "dim": m.dim, "kv_dim": m.kvDim, "hidden": m.hidden,
+            "input_mean": w.inputMean, "input_scale": w.inputScale, "w1": w.w1, "b1": w.b1, "w2": w.w2, "b2": w.b2,
+            "prior": w.prior, "prior_weight": w.priorWeight, "notes": notes,
+        ], to: path)
+    }
+
+    /// Atomic write: temporary file in the same directory, fsync, rename.
+    public static func write(_ object: [String: Any], to path: String) throws {
+        let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+        try AtomicFile.write(data, to: path)
+    }
+}
+
+/// Writes a file so that readers see either the old or the new content, never a half.
+public enum AtomicFile {
+    public static func write(_ data: Data, to path: String) throws {
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+        guard FileManager.default.createFile(atPath: tmp, contents: nil) else {
+            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: tmp])
+        }
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
+        do {
+            try h.write(contentsOf: data)
+            try h.synchronize()
+            try h.close()
+        } catch {
+            try? h.close()
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw error
+        }
+        guard rename(tmp, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            try? FileManager.default.removeItem(atPath: tmp)
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path, NSLocalizedDescriptionKey: e])
+        }
+    }
+}

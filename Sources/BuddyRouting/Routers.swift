@@ -1,0 +1,40 @@
+import BuddyCore
+import Foundation
+
+/// Builds a router from what a user typed: a name or a file path.
+public enum Routers {
+    /// Names accepted besides file paths.
+    public static let names = ["buddy", "shortgpt", "sleb", "last", "random", "even"]
+
+    /// - spec: "last", "random", "even", "shortgpt", "sleb", "buddy" or a path to a ranking
+    ///   or router file. Named rankings and the default router are looked up in `routers/`
+    ///   next to the model file, then in the checkout's `routers/`.
+    public static func make(_ spec: String, model: LanguageModel, budget: Double = 1) throws -> BudgetedLayerSelector {
+        let layers = model.config.layers
+        let selector: BudgetedLayerSelector
+        switch spec {
+        case "last": selector = StaticRanking.dropLast(layers: layers)
+        case "random": selector = StaticRanking.random(layers: layers, seed: 0)
+        case "even": selector = StaticRanking.evenlySpread(layers: layers)
+        default:
+            guard let path = locate(spec, model: model) else { throw RoutingError.unknownRouter(spec) }
+            selector = try RouterFile.load(path: path, model: model)
+        }
+        selector.budget = budget
+        return selector
+    }
+
+    /// Where a named router lives, if anywhere.
+    public static func locate(_ spec: String, model: LanguageModel) -> String? {
+        let fm = FileManager.default
+        if spec.contains("/") || spec.hasSuffix(".json") { return spec }
+        let file = spec == "buddy" ? "buddy-router.json" : "\(spec)-ranking.json"
+        var dirs = [URL(fileURLWithPath: model.path).deletingLastPathComponent().appendingPathComponent("../routers").standardized.path,
+                    fm.currentDirectoryPath + "/routers"]
+        let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        for _ in 0..<4 { dirs.append(dir.appendingPathComponent("routers").path); dir = dir.deletingLastPathComponent() }
+        for d in dirs where fm.fileExists(atPath: d + "/" + file) { return d + "/" + file }
+        return nil
+    }
+}
