@@ -42,5 +42,6 @@ let package = Package(
         ]),
 
         .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore"], swiftSettings: computeFlags),
     ]
 )

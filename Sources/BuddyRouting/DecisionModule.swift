@@ -40,7 +40,7 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
     public private(set) var routingSeconds = 0.0
     public private(set) var decisions = 0
 
-    var pooled: PooledContext
+    public private(set) var pooled: PooledContext
     private var lastMask: [Bool]?
     private var stepsSinceDecision = 0
     // Scratch buffers: nothing is allocated per token.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BuddyCore
+import BuddyRouting
 import Foundation
 
 struct Eval: ParsableCommand {
@@ -20,17 +21,36 @@ extension Eval {
                 """)
         @Option(name: .long, help: "Text file to score (e.g. WikiText-2).")
         var data: String
-        @Option(name: .long, help: "Score only the first N chunks (default: all).")
+        @Option(name: .long, help: "Score only N chunks (default: all).")
         var chunks: Int?
+        @Option(name: .long, help: "Skip the first N chunks (e.g. text used for calibration or training).")
+        var skipChunks: Int = 0
         @Option(name: .long, help: "Chunk size in tokens.")
         var ctx: Int = 512
+        @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.")
+        var budgets: String = "1"
+        @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.")
+        var methods: String = "buddy"
+        @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).")
+        var router: String?
+        @Option(name: .long, help: "KV policy for skipped layers: mask, zero or fill.")
+        var kvPolicy: KVPolicy = .mask
+        @Option(name: .long, help: "Also write the results as CSV (method,budget,kv_policy,ppl,tokens).")
+        var csv: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
             guard ctx >= 16 && ctx <= 8192 else { throw ValidationError("--ctx must be between 16 and 8192") }
             if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1") }
+            guard skipChunks >= 0 else { throw ValidationError("--skip-chunks must be >= 0") }
+            _ = try parseBudgets(budgets)
+            for m in methodList where !Routers.names.contains(m) {
+                throw ValidationError("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")))")
+            }
             try modelOptions.validateThreads()
         }
+
+        var methodList: [String] { methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
 
         func run() throws {
             guard var text = try? String(contentsOfFile: data, encoding: .utf8) else {
@@ -41,15 +61,46 @@ extension Eval {
             let model = try modelOptions.load()
             let evaluator = PerplexityEvaluator(model: model, contextSize: ctx, threads: modelOptions.threads)
             let tokens = evaluator.tokenize(text)
-            let available = tokens.count / ctx
-            guard available > 0 else { throw CLIError("'\(data)' has \(tokens.count) tokens, fewer than one chunk of \(ctx)") }
+            let available = tokens.count / ctx - skipChunks
+            guard available > 0 else { throw CLIError("'\(data)' has \(tokens.count) tokens: no chunk of \(ctx) left after skipping \(skipChunks)") }
             let total = min(available, chunks ?? available)
-            let bar = ProgressBar("perplexity", total: total)
-            let result = evaluator.evaluate(tokens: tokens, maxChunks: total, progress: { done, _, partial in
-                bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity))
-            })
-            print(String(format: "perplexity %.4f over %d chunks of %d (%d scored tokens; %d tokens in file)",
-                         result.perplexity, result.chunks.count, ctx, result.count, tokens.count))
+            let budgetList = try parseBudgets(budgets)
+            var rows: [(method: String, budget: Double, ppl: Double, tokens: Int)] = []
+            for method in methodList {
+                for b in budgetList {
+                    // Budget 1 is the full model whatever the method; compute it once.
+                    if b >= 1, let done = rows.first(where: { $0.budget >= 1 }) {
+                        rows.append((method, b, done.ppl, done.tokens))
+                        continue
+                    }
+                    var selector: BudgetedLayerSelector?
+                    if b < 1 {
+                        let spec = method == "buddy" ? (router ?? "buddy") : method
+                        do { selector = try Routers.make(spec, model: model, budget: b) } catch { throw CLIError("\(error)") }
+                    }
+                    let label = String(format: "%@ %.2f", method, b)
+                    let bar = ProgressBar(label, total: total)
+                    let fixed = (selector as? StaticRanking)?.mask(budget: b)
+                    let result = evaluator.evaluate(
+                        tokens: tokens, maxChunks: total, firstChunk: skipChunks,
+                        runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
+                        progress: { done, _, partial in bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity)) })
+                    rows.append((method, b, result.perplexity, result.count))
+                }
+            }
+            if rows.count == 1 {
+                let r = rows[0]
+                print(String(format: "perplexity %.4f over %d chunks of %d (%d scored tokens; %d tokens in file)", r.ppl, total, ctx, r.tokens, tokens.count))
+            } else {
+                print("| method | budget | kv_policy | ppl | tokens |")
+                print("|---|---|---|---|---|")
+                for r in rows { print(String(format: "| %@ | %.2f | %@ | %.3f | %d |", r.method, r.budget, kvPolicy.rawValue, r.ppl, r.tokens)) }
+            }
+            if let csv {
+                var out = "method,budget,kv_policy,ppl,tokens\n"
+                for r in rows { out += String(format: "%@,%.2f,%@,%.4f,%d\n", r.method, r.budget, kvPolicy.rawValue, r.ppl, r.tokens) }
+                try AtomicFile.write(Data(out.utf8), to: csv)
+            }
         }
     }
 }

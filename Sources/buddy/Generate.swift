@@ -1,5 +1,6 @@
 import ArgumentParser
 import BuddyCore
+import BuddyRouting
 import Foundation
 
 struct SamplingOptions: ParsableArguments {
@@ -60,6 +61,7 @@ struct Generate: ParsableCommand {
     @Flag(name: .long, help: "Write JSON lines instead of text.")
     var json = false
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var routing: RoutingOptions
     @OptionGroup var modelOptions: ModelOptions
 
     func validate() throws {
@@ -71,6 +73,8 @@ struct Generate: ParsableCommand {
     func run() throws {
         let model = try modelOptions.load()
         let session = Session(model: model, capacity: context, threads: modelOptions.threads)
+        session.selector = try routing.makeSelector(model: model)
+        session.policy = routing.kvPolicy
         let text: String
         if chat {
             var messages: [ChatMessage] = []
@@ -95,7 +99,9 @@ struct Generate: ParsableCommand {
         if json {
             Out.write("{\"type\":\"done\",\"prompt_tokens\":\(stats.promptTokens),\"generated_tokens\":\(stats.generatedTokens),"
                 + "\"prefill_tok_s\":\(jsonNumber(stats.prefillTokensPerSecond)),\"decode_tok_s\":\(jsonNumber(stats.decodeTokensPerSecond)),"
-                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
+                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber(routing.budget)),"
+                + "\"router\":\(jsonString(session.selector.map { ($0 as? BudgetedLayerSelector)?.name ?? "router" } ?? "full")),"
+                + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
         } else {
             Out.write(stats.trailingText + "\n")
         }

@@ -69,18 +69,52 @@ public final class PerplexityEvaluator {
         return log(sum) - Double(logits[target] - m)
     }
 
-    /// Scores up to `maxChunks` chunks, reporting progress after each.
-    public func evaluate(tokens: [Int32], maxChunks: Int?, runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask,
+    /// Scores one chunk with a per-token router, as generation would use it: the unscored
+    /// first half is a prompt (one decision, one batch), then every scored position is a
+    /// decode step with its own decision from the context so far.
+    public func scoreChunkRouted(_ tokens: ArraySlice<Int32>, selector: LayerSelector, policy: KVPolicy) -> (nll: Double, count: Int) {
+        let n = tokens.count
+        precondition(n == contextSize)
+        var chunk = Array(tokens)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { chunk[0] = bos }
+        cache.truncate(to: 0)
+        let t = model.transformer, L = model.config.layers, vocab = model.config.vocabSize
+        let first = n / 2
+        t.prefillEmbed(chunk[0..<first], start: 0, batch, cache)
+        t.prefillLayers(0..<1, n: first, start: 0, batch, cache)
+        let runs = selector.selectLayers(chunkStart: 0, count: first, batch: batch, cache: cache)
+        t.prefillLayers(1..<L, n: first, start: 0, batch, cache, runs: { runs[$0] }, policy: policy)
+        var nll = 0.0
+        for pos in first..<(n - 1) {
+            t.embed(chunk[pos], decode)
+            t.runLayer(0, pos: pos, decode, cache)
+            let m = selector.selectLayers(position: pos, state: decode, cache: cache)
+            for l in 1..<L {
+                if m[l] { t.runLayer(l, pos: pos, decode, cache) } else { t.skipLayer(l, pos: pos, policy: policy, decode, cache) }
+            }
+            cache.count = pos + 1
+            t.computeLogits(decode)
+            nll += PerplexityEvaluator.negativeLogProb(decode.logits, count: vocab, target: Int(chunk[pos + 1]))
+        }
+        return (nll, n - 1 - first)
+    }
+
+    /// Scores chunks firstChunk ..< firstChunk + maxChunks, reporting progress after each.
+    /// With a `selector`, decisions are made per token (scoreChunkRouted); with `runs`, one
+    /// fixed layer set serves every token and the whole chunk runs as one batch.
+    public func evaluate(tokens: [Int32], maxChunks: Int?, firstChunk: Int = 0, runs: ((Int) -> Bool)? = nil,
+                         selector: LayerSelector? = nil, policy: KVPolicy = .mask,
                          progress: ((Int, Int, PerplexityResult) -> Void)? = nil) -> PerplexityResult {
         var result = PerplexityResult()
         result.totalTokensInText = tokens.count
-        let available = tokens.count / contextSize
+        let available = max(0, tokens.count / contextSize - firstChunk)
         let total = min(available, maxChunks ?? available)
-        for c in 0..<total {
+        for i in 0..<total {
+            let c = firstChunk + i
             let slice = tokens[(c * contextSize)..<((c + 1) * contextSize)]
-            let r = scoreChunk(slice, runs: runs, policy: policy)
+            let r = selector.map { scoreChunkRouted(slice, selector: $0, policy: policy) } ?? scoreChunk(slice, runs: runs, policy: policy)
             result.chunks.append(r)
-            progress?(c + 1, total, result)
+            progress?(i + 1, total, result)
         }
         return result
     }

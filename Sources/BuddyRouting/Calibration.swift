@@ -1,0 +1,110 @@
+import BuddyCore
+import Foundation
+
+/// Static layer rankings measured on calibration text, for the pruning baselines.
+public final class Calibrator {
+    public let model: LanguageModel
+    public let chunkSize: Int
+    let batch: BatchState
+    let cache: KVCache
+    /// [chunkSize × vocab]
+    let logits: UnsafeMutablePointer<Float>
+
+    public init(model: LanguageModel, chunkSize: Int = 256, threads: Int = 2) {
+        self.model = model
+        self.chunkSize = chunkSize
+        let c = model.config
+        let pool = ThreadPool.shared(threads: threads)
+        batch = BatchState(config: c, maxTokens: chunkSize, capacity: chunkSize, pool: pool)
+        cache = KVCache(layers: c.layers, capacity: chunkSize, kvDim: c.kvDim)
+        logits = .allocate(capacity: chunkSize * c.vocabSize)
+    }
+    deinit { logits.deallocate() }
+
+    func chunks(_ tokens: [Int32]) -> [ArraySlice<Int32>] {
+        stride(from: 0, to: tokens.count - chunkSize + 1, by: chunkSize).map { tokens[$0..<$0 + chunkSize] }
+    }
+
+    /// ShortGPT's Block Influence: BI_l = 1 − mean over tokens of cos(x_in, x_out) of layer l.
+    /// Returns BI for every layer (index = layer).
+    public func blockInfluence(tokens: [Int32], progress: ((Int, Int) -> Void)? = nil) -> [Double] {
+        let c = model.config
+        var sums = [Double](repeating: 0, count: c.layers)
+        var count = 0
+        let parts = chunks(tokens)
+        let n = chunkSize, dim = c.dim
+        // Residual stream before the current layer, for every token of the chunk.
+        var previous = [Float](repeating: 0, count: n * dim)
+        for (ci, chunk) in parts.enumerated() {
+            cache.truncate(to: 0)
+            model.transformer.prefillEmbed(chunk, start: 0, batch, cache)
+            previous.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * dim) }
+            for l in 0..<c.layers {
+                model.transformer.prefillLayers(l..<l + 1, n: n, start: 0, batch, cache)
+                previous.withUnsafeMutableBufferPointer { prev in
+                    for t in 0..<n {
+                        let a = prev.baseAddress! + t * dim, b = batch.x + t * dim
+                        var dot = 0.0, na = 0.0, nb = 0.0
+                        for i in 0..<dim { dot += Double(a[i] * b[i]); na += Double(a[i] * a[i]); nb += Double(b[i] * b[i]) }
+                        sums[l] += 1 - dot / max((na * nb).squareRoot(), 1e-30)
+                    }
+                    prev.baseAddress!.update(from: batch.x, count: n * dim)
+                }
+            }
+            count += n
+            progress?(ci + 1, parts.count)
+        }
+        return sums.map { $0 / Double(max(count, 1)) }
+    }
+
+    /// Routable layers ordered by Block Influence, most influential (most important) first.
+    public func shortGPTRanking(tokens: [Int32], progress: ((Int, Int) -> Void)? = nil) throws -> StaticRanking {
+        let bi = blockInfluence(tokens: tokens, progress: progress)
+        let routable = Array(1..<model.config.layers - 1)
+        let order = routable.sorted { bi[$0] > bi[$1] || (bi[$0] == bi[$1] && $0 < $1) }
+        return try StaticRanking(name: "shortgpt", layers: model.config.layers, ranking: order)
+    }
+
+    /// Mean next-token NLL over all positions of the calibration chunks with `runs` layers.
+    public func nll(tokens: [Int32], runs: [Bool], policy: KVPolicy = .mask) -> Double {
+        let vocab = model.config.vocabSize
+        var total = 0.0, count = 0
+        for chunk in chunks(tokens) {
+            cache.truncate(to: 0)
+            model.transformer.prefill(chunk, start: 0, batch, cache, runs: { runs[$0] }, policy: policy)
+            model.transformer.batchLogitsAll(n: chunkSize, batch, logits)
+            let ids = Array(chunk)
+            for j in 0..<chunkSize - 1 {
+                total += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(ids[j + 1]))
+                count += 1
+            }
+        }
+        return total / Double(max(count, 1))
+    }
+
+    /// SLEB-style greedy removal: repeatedly drop the routable layer whose removal raises the
+    /// calibration NLL least. The ranking is the reverse of the removal order.
+    public func slebRanking(tokens: [Int32], progress: ((Int, Int, String) -> Void)? = nil) throws -> StaticRanking {
+        let L = model.config.layers
+        var runs = [Bool](repeating: true, count: L)
+        var removed: [Int] = []
+        let routable = L - 2
+        let totalEvals = routable * (routable + 1) / 2 - 1
+        var evals = 0
+        while removed.count < routable - 1 {
+            var best = (layer: -1, nll: Double.infinity)
+            for l in 1..<L - 1 where runs[l] {
+                runs[l] = false
+                let v = nll(tokens: tokens, runs: runs)
+                runs[l] = true
+                if v < best.nll { best = (l, v) }
+                evals += 1
+                progress?(evals, totalEvals, String(format: "removed %d, nll %.3f", removed.count, best.nll))
+            }
+            runs[best.layer] = false
+            removed.append(best.layer)
+        }
+        let last = (1..<L - 1).first { runs[$0] }!
+        return try StaticRanking(name: "sleb", layers: L, ranking: [last] + removed.reversed())
+    }
+}

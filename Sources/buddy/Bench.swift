@@ -1,0 +1,108 @@
+import ArgumentParser
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure prefill and decode speed per budget.",
+        discussion: """
+            For each budget: a warm-up run, then --runs runs of a --prompt-tokens prefill and a
+            --gen-tokens greedy decode; reports medians, peak resident memory and the share of
+            decode time spent routing. Compare against llama.cpp with scripts/bench_vs_llamacpp.py.
+            """)
+
+    @Option(name: .long, help: "Prompt length for the prefill measurement.")
+    var promptTokens: Int = 512
+    @Option(name: .long, help: "Tokens to decode.")
+    var genTokens: Int = 128
+    @Option(name: .long, help: "Comma-separated budgets.")
+    var budgets: String = "1,0.75,0.5"
+    @Option(name: .long, help: "Measured runs per budget (median reported).")
+    var runs: Int = 3
+    @Option(name: .long, help: "Router for budgets below 1 (default: buddy if trained, else an evenly spread layer subset).")
+    var router: String?
+    @Option(name: .long, help: "KV policy for skipped layers.")
+    var kvPolicy: KVPolicy = .mask
+    @Flag(name: .long, help: "One JSON object per budget.")
+    var json = false
+    @OptionGroup var modelOptions: ModelOptions
+
+    func validate() throws {
+        guard promptTokens >= 1, genTokens >= 2, runs >= 1 else { throw ValidationError("--prompt-tokens >= 1, --gen-tokens >= 2, --runs >= 1") }
+        _ = try parseBudgets(budgets)
+        try modelOptions.validateThreads()
+    }
+
+    static func median(_ xs: [Double]) -> Double {
+        let s = xs.sorted()
+        return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+    }
+
+    static func peakRSSMegabytes() -> Double {
+        var u = rusage()
+        getrusage(Int32(RUSAGE_SELF.rawValue), &u)
+        return Double(u.ru_maxrss) / 1024   // ru_maxrss is in KiB on Linux
+    }
+
+    func run() throws {
+        let model = try modelOptions.load()
+        let capacity = promptTokens + genTokens + 1
+        let session = Session(model: model, capacity: capacity, threads: modelOptions.threads, batchSize: min(promptTokens, 512))
+        // A natural-text prompt of exactly promptTokens tokens.
+        let seed = "The history of the region is long and varied. Over the centuries many peoples settled its valleys, built towns along its rivers and traded with distant lands. "
+        var ids: [Int32] = []
+        while ids.count < promptTokens { ids += model.tokenizer.encode(seed, parseSpecial: false) }
+        ids = Array(ids.prefix(promptTokens))
+        let routerSpec = router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
+        if !json {
+            print("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(modelOptions.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)")
+            print("| budget | layers/token | prefill tok/s | decode tok/s | decode ms/token | routing share | peak RSS MB |")
+            print("|---|---|---|---|---|---|---|")
+        }
+        for b in try parseBudgets(budgets) {
+            let selector: BudgetedLayerSelector? = b >= 1 ? nil : try Routers.make(routerSpec, model: model, budget: b)
+            session.selector = selector
+            session.policy = kvPolicy
+            var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = []
+            var layersPerToken = 0.0
+            for r in 0...runs {
+                session.reset()
+                (selector as? DecisionModule)?.resetContext()
+                let routing0 = (selector as? DecisionModule)?.routingSeconds ?? 0
+                let t0 = now()
+                try session.evaluate(ids)
+                let t1 = now()
+                var tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
+                var layerSum = 0
+                for _ in 0..<genTokens - 1 {
+                    try session.step(tok)
+                    layerSum += session.lastLayers.count
+                    tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
+                }
+                let t2 = now()
+                guard r > 0 else { continue }   // warm-up
+                prefill.append(Double(promptTokens) / (t1 - t0))
+                decode.append(Double(genTokens - 1) / (t2 - t1))
+                let routing = ((selector as? DecisionModule)?.routingSeconds ?? 0) - routing0
+                shares.append(routing / (t2 - t0))
+                layersPerToken = Double(layerSum) / Double(genTokens - 1)
+            }
+            let p = Bench.median(prefill), d = Bench.median(decode), share = Bench.median(shares)
+            let rss = Bench.peakRSSMegabytes()
+            if json {
+                print("{\"budget\":\(b),\"router\":\(jsonString(selector?.name ?? "full")),\"threads\":\(modelOptions.threads),\"layers_per_token\":\(jsonNumber(layersPerToken)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"routing_share\":\(String(format: "%.5f", share)),"
+                    + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(decode.map(jsonNumber).joined(separator: ","))]}")
+            } else {
+                print(String(format: "| %.2f | %.1f | %.1f | %.1f | %.2f | %.2f%% | %.0f |", b, layersPerToken, p, d, 1000 / d, 100 * share, rss))
+            }
+        }
+    }
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}

@@ -1,0 +1,180 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+import XCTest
+
+final class RoutingTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    nonisolated(unsafe) static var cached: LanguageModel?
+
+    func model() throws -> LanguageModel {
+        if let m = RoutingTests.cached { return m }
+        let path = ProcessInfo.processInfo.environment["BUDDY_MODEL"] ?? RoutingTests.root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
+        guard FileManager.default.fileExists(atPath: path) else {
+            XCTFail("the default model is missing at \(path): run scripts/fetch-model.sh")
+            throw CocoaError(.fileNoSuchFile)
+        }
+        let m = try LanguageModel(path: path)
+        RoutingTests.cached = m
+        return m
+    }
+
+    let budgets = stride(from: 1, through: 20, by: 1).map { Double($0) * 0.05 }
+
+    func testBudgetArithmetic() {
+        XCTAssertEqual(LayerBudget.routableCount(budget: 1, layers: 30), 28)
+        XCTAssertEqual(LayerBudget.routableCount(budget: 0.5, layers: 30), 14)
+        XCTAssertEqual(LayerBudget.routableCount(budget: 0.05, layers: 30), 1)   // round(1.4)
+        XCTAssertEqual(LayerBudget.routableCount(budget: 0.01, layers: 30), 1)   // at least one
+        XCTAssertEqual(LayerBudget.routableCount(budget: 0.75, layers: 30), 21)
+        XCTAssertEqual(LayerBudget.topK([0.1, 0.9, 0.5, 0.9], k: 2), [2, 4])
+        XCTAssertEqual(LayerBudget.topK([0.3, 0.3, 0.3], k: 2), [1, 2], "ties go to the shallower layer")
+    }
+
+    func routers(_ m: LanguageModel) throws -> [BudgetedLayerSelector] {
+        let L = m.config.layers
+        var rs: [BudgetedLayerSelector] = [StaticRanking.dropLast(layers: L), StaticRanking.random(layers: L, seed: 3), StaticRanking.evenlySpread(layers: L)]
+        let dm = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 5), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 16, seed: 1)
+        // Give the learned part some weight so decisions really vary per token.
+        var r = SeededRNG(seed: 9)
+        dm.weights.w2 = dm.weights.w2.map { _ in (r.nextUnitFloat() - 0.5) * 0.5 }
+        rs.append(dm)
+        return rs
+    }
+
+    /// Exactly k routable layers (plus first and last) run for every token, for every router,
+    /// policy and budget 0.05 ... 1.0.
+    func testExactlyKLayersRunForEveryToken() throws {
+        let m = try model()
+        let L = m.config.layers
+        let session = Session(model: m, capacity: 64, threads: 2, batchSize: 8)
+        let prompt = m.tokenizer.encode("The cat sat on the mat and looked at", parseSpecial: false)
+        for router in try routers(m) {
+            for policy in KVPolicy.allCases {
+                for b in budgets {
+                    router.budget = b
+                    session.selector = router
+                    session.policy = policy
+                    session.reset()
+                    (router as? DecisionModule)?.resetContext()
+                    let k = LayerBudget.routableCount(budget: b, layers: L)
+                    try session.evaluate(prompt)
+                    XCTAssertEqual(session.lastLayers.count, k + 2)
+                    var tok = Sampler.argmax(session.decode.logits, count: m.config.vocabSize)
+                    for _ in 0..<3 {
+                        try session.step(tok)
+                        let layers = session.lastLayers
+                        XCTAssertEqual(layers.count, k + 2, "\(router.name) \(policy) budget \(b)")
+                        XCTAssertEqual(layers.first, 0)
+                        XCTAssertEqual(layers.last, L - 1)
+                        tok = Sampler.argmax(session.decode.logits, count: m.config.vocabSize)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Budget 1.0 reproduces the full model bit for bit, through any router.
+    func testBudgetOneIsTheFullModelBitForBit() throws {
+        let m = try model()
+        let prompt = m.tokenizer.encode("In the beginning the Universe was created.", parseSpecial: false)
+        func run(_ selector: BudgetedLayerSelector?) throws -> [Float] {
+            let s = Session(model: m, capacity: 64, threads: 2, batchSize: 4)
+            s.selector = selector
+            try s.evaluate(prompt)
+            var out = Array(UnsafeBufferPointer(start: s.decode.logits, count: m.config.vocabSize))
+            try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize))
+            out += Array(UnsafeBufferPointer(start: s.decode.logits, count: m.config.vocabSize))
+            return out
+        }
+        let full = try run(nil)
+        for r in try routers(m) {
+            r.budget = 1
+            XCTAssertEqual(try run(r), full, r.name)
+        }
+    }
+
+    /// The incremental pooled context equals one recomputed from scratch, also after a rewind.
+    func testIncrementalPooledContextEqualsRecomputed() throws {
+        let m = try model()
+        let dm = try DecisionModule(prior: StaticRanking.dropLast(layers: m.config.layers), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8)
+        dm.budget = 0.5
+        let s = Session(model: m, capacity: 64, threads: 2, batchSize: 5)
+        s.selector = dm
+        let a = m.tokenizer.encode("One two three four five six seven eight nine ten eleven twelve", parseSpecial: false)
+        try s.evaluate(a)
+        for _ in 0..<4 { try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize)) }
+        // The router pooled incrementally through the last decided position.
+        let fresh = PooledContext.recomputed(cache: s.cache, through: s.tokens.count)
+        var inc = dm.pooled
+        XCTAssertEqual(inc.count, fresh.count)
+        for i in 0..<m.config.kvDim {
+            XCTAssertEqual(inc.keySum[i], fresh.keySum[i], accuracy: 1e-9)
+            XCTAssertEqual(inc.valueSum[i], fresh.valueSum[i], accuracy: 1e-9)
+        }
+        // After a rewind (shorter context) the sums are rebuilt, not carried over.
+        inc.update(cache: s.cache, through: 3)
+        let three = PooledContext.recomputed(cache: s.cache, through: 3)
+        XCTAssertEqual(inc.count, 3)
+        XCTAssertEqual(inc.keySum, three.keySum)
+    }
+
+    /// A Decision Module initialised from a static ranking makes exactly that ranking's choice.
+    func testUntrainedModuleReproducesItsPrior() throws {
+        let m = try model()
+        let L = m.config.layers
+        let prior = StaticRanking.random(layers: L, seed: 17)
+        let dm = try DecisionModule(prior: prior, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 32, seed: 2)
+        let s = Session(model: m, capacity: 64, threads: 2, batchSize: 8)
+        s.selector = dm
+        let prompt = m.tokenizer.encode("A module that starts from a prior", parseSpecial: false)
+        for b in budgets {
+            dm.budget = b
+            s.reset(); dm.resetContext()
+            try s.evaluate(prompt)
+            let want = prior.mask(budget: b).indices.filter { prior.mask(budget: b)[$0] }
+            XCTAssertEqual(s.lastLayers, want, "prefill at \(b)")
+            try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize))
+            XCTAssertEqual(s.lastLayers, want, "decode at \(b)")
+        }
+    }
+
+    func testRouterFilesRoundTripAndRefuseOtherModelsAndVersions() throws {
+        let m = try model()
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-router-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let L = m.config.layers
+        let dm = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 1), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 4)
+        let path = dir.appendingPathComponent("r.json").path
+        try RouterFile.save(dm, model: m, notes: "test", to: path)
+        let back = try XCTUnwrap(RouterFile.load(path: path, model: m) as? DecisionModule)
+        XCTAssertEqual(back.weights, dm.weights)
+        let rankPath = dir.appendingPathComponent("k.json").path
+        try RouterFile.save(StaticRanking.dropLast(layers: L), model: m, notes: "t", to: rankPath)
+        XCTAssertEqual((try RouterFile.load(path: rankPath, model: m) as? StaticRanking)?.ranking, Array(1..<L - 1))
+
+        func rewrite(_ edit: (inout [String: Any]) -> Void) throws -> String {
+            var j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+            edit(&j)
+            let p = dir.appendingPathComponent("edit-\(UUID().uuidString).json").path
+            try JSONSerialization.data(withJSONObject: j).write(to: URL(fileURLWithPath: p))
+            return p
+        }
+        func refuses(_ p: String, _ contains: String, line: UInt = #line) {
+            XCTAssertThrowsError(try RouterFile.load(path: p, model: m), line: line) { e in
+                XCTAssertTrue("\(e)".contains(contains), "\(e)", line: line)
+            }
+        }
+        refuses(try rewrite { $0["model_fingerprint"] = "0000-1" }, "made for another model")
+        refuses(try rewrite { $0["version"] = 99 }, "format version 99")
+        refuses(try rewrite { $0["w2"] = [1, 2, 3] }, "w2 has 3 values")
+        refuses(try rewrite { $0["hidden"] = 1_000_000 }, "absurd hidden size")
+        refuses(try rewrite { j in var b = j["b1"] as! [Double]; b[0] = 1e39; j["b1"] = b }, "NaN or infinity")
+        let truncated = dir.appendingPathComponent("t.json").path
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: truncated))
+        refuses(truncated, "not a JSON object")
+        refuses(dir.appendingPathComponent("missing.json").path, "cannot read")
+    }
+}
