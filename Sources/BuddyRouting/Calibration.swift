@@ -5,21 +5,16 @@ import Foundation
 public final class Calibrator {
     public let model: LanguageModel
     public let chunkSize: Int
-    let batch: BatchState
-    let cache: KVCache
-    /// [chunkSize × vocab]
-    let logits: UnsafeMutablePointer<Float>
+    /// Scores chunks and owns the batch buffers and cache the measurements run in.
+    let scorer: PerplexityEvaluator
+    var batch: BatchState { scorer.batch }
+    var cache: KVCache { scorer.cache }
 
     public init(model: LanguageModel, chunkSize: Int = 256, threads: Int = 2) {
         self.model = model
         self.chunkSize = chunkSize
-        let c = model.config
-        let pool = ThreadPool.shared(threads: threads)
-        batch = BatchState(config: c, maxTokens: chunkSize, capacity: chunkSize, pool: pool)
-        cache = KVCache(layers: c.layers, capacity: chunkSize, kvDim: c.kvDim)
-        logits = .allocate(capacity: chunkSize * c.vocabSize)
+        scorer = PerplexityEvaluator(model: model, contextSize: chunkSize, threads: threads)
     }
-    deinit { logits.deallocate() }
 
     func chunks(_ tokens: [Int32]) -> [ArraySlice<Int32>] {
         stride(from: 0, to: tokens.count - chunkSize + 1, by: chunkSize).map { tokens[$0..<$0 + chunkSize] }
@@ -67,17 +62,11 @@ public final class Calibrator {
 
     /// Mean next-token NLL over all positions of the calibration chunks with `runs` layers.
     public func nll(tokens: [Int32], runs: [Bool], policy: KVPolicy = .mask) -> Double {
-        let vocab = model.config.vocabSize
         var total = 0.0, count = 0
         for chunk in chunks(tokens) {
-            cache.truncate(to: 0)
-            model.transformer.prefill(chunk, start: 0, batch, cache, runs: { runs[$0] }, policy: policy)
-            model.transformer.batchLogitsAll(n: chunkSize, batch, logits)
-            let ids = Array(chunk)
-            for j in 0..<chunkSize - 1 {
-                total += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(ids[j + 1]))
-                count += 1
-            }
+            let r = scorer.scoreChunk(chunk, runs: { runs[$0] }, policy: policy, firstScored: 0)
+            total += r.nll
+            count += r.count
         }
         return total / Double(max(count, 1))
     }

@@ -15,9 +15,9 @@ public struct PerplexityResult: Sendable {
 public final class PerplexityEvaluator {
     public let model: LanguageModel
     public let contextSize: Int
-    let batch: BatchState
-    let cache: KVCache
-    let decode: DecodeState
+    public let batch: BatchState
+    public let cache: KVCache
+    public let decode: DecodeState
     /// [contextSize × vocab] logits of one chunk
     let logits: UnsafeMutablePointer<Float>
 
@@ -39,9 +39,11 @@ public final class PerplexityEvaluator {
         return ids
     }
 
-    /// Negative log-likelihood summed over the scored half of one chunk.
+    /// Negative log-likelihood summed over the scored part of one chunk: predictions from
+    /// positions firstScored..<n-1 (default: the second half, llama.cpp's protocol).
     /// `runs` selects layers for the whole chunk (nil: all).
-    public func scoreChunk(_ tokens: ArraySlice<Int32>, runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) -> (nll: Double, count: Int) {
+    public func scoreChunk(_ tokens: ArraySlice<Int32>, runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask,
+                           firstScored: Int? = nil) -> (nll: Double, count: Int) {
         let n = tokens.count
         precondition(n == contextSize)
         var chunk = Array(tokens)
@@ -53,7 +55,7 @@ public final class PerplexityEvaluator {
         t.batchLogitsAll(n: n, batch, logits)
         let vocab = model.config.vocabSize
         var nll = 0.0
-        let first = n / 2
+        let first = firstScored ?? n / 2
         for j in first..<(n - 1) {
             nll += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[j + 1]))
         }
