@@ -188,3 +188,32 @@ final class KernelTests: XCTestCase {
         }
     }
 }
+
+/// Our scalar dequantisation against the `gguf` Python package's, for every block type we read
+/// (fixture from scripts/make_quant_fixtures.py).
+final class DequantizeFixtureTests: XCTestCase {
+    func testDequantizationMatchesGGUFReference() throws {
+        let j = try TestSupport.fixture("quant_blocks.json")
+        let cases = j["cases"] as! [[String: Any]]
+        let types: [String: GGMLType] = ["Q4_0": .q4_0, "Q4_1": .q4_1, "Q8_0": .q8_0, "Q4_K": .q4_K, "Q6_K": .q6_K]
+        XCTAssertEqual(Set(cases.map { $0["type"] as! String }), Set(types.keys))
+        for c in cases {
+            let type = types[c["type"] as! String]!
+            let hex = c["hex"] as! String
+            var bytes: [UInt8] = []
+            var i = hex.startIndex
+            while i < hex.endIndex {
+                let next = hex.index(i, offsetBy: 2)
+                bytes.append(UInt8(hex[i..<next], radix: 16)!)
+                i = next
+            }
+            let want = (c["values"] as! [Double]).map(Float.init)
+            var got = [Float](repeating: .nan, count: want.count)
+            bytes.withUnsafeBytes { dequantizeRowRef(type, $0.baseAddress!, &got, count: want.count) }
+            for k in 0..<want.count { XCTAssertEqual(got[k], want[k], accuracy: 1e-6 * max(1, abs(want[k])), "\(type) element \(k)") }
+            var fast = [Float](repeating: .nan, count: want.count)
+            bytes.withUnsafeBytes { dequantizeRow(type, $0.baseAddress!, &fast, count: want.count) }
+            XCTAssertEqual(fast, got, "\(type): fast and reference dequantisation")
+        }
+    }
+}
