@@ -42,6 +42,8 @@ let package = Package(
         ]),
 
         .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyEngineTests", dependencies: ["BuddyEngine", "BuddyCore", "BuddyRouting"]),
+        .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore"]),
         .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore"], swiftSettings: computeFlags),
     ]
 )

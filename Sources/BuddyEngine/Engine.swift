@@ -1,1 +1,384 @@
 import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// What the engine was started with.
+public struct EngineOptions: Sendable {
+    /// Router spec for `Routers.make` ("buddy", "even", a path, ...).
+    public var router: String = "buddy"
+    /// When the router cannot be made: fall back to "even" with a notice (true) or fail (false).
+    public var fallBackToEven = true
+    public var budget: Double = 1
+    public var system: String?
+    public var maxTokens = 512
+    public var context = 2048
+    public var threads = 2
+    public var sampling = SamplingParameters()
+    public init() {}
+}
+
+/// Commands the UI sends. Everything except `stop` and `setBudget` waits its turn on the
+/// engine queue; those two also act on a reply that is streaming (at its next decode step).
+public enum EngineCommand: Sendable {
+    case send(String)
+    case setBudget(Double)
+    case setAuto(Bool)
+    case stop
+    case reset
+    case setSystemPrompt(String?)
+    case setRouter(String)
+    case save(path: String)
+    case load(path: String)
+}
+
+/// One decode step as the routing panel sees it.
+public struct StepInfo: Sendable, Equatable {
+    /// Step index within the reply (0 = the token sampled right after the prompt).
+    public var step: Int
+    /// Layers that ran (0 ... L-1, including the fixed first and last layer).
+    public var layers: [Int]
+    /// Router scores of the routable layers (index i = layer i+1), when the router has them.
+    public var scores: [Float]?
+    /// Budget the step ran under, and the routable-layer count it implies.
+    public var budget: Double
+    public var k: Int
+    public init(step: Int, layers: [Int], scores: [Float]?, budget: Double, k: Int) {
+        self.step = step; self.layers = layers; self.scores = scores; self.budget = budget; self.k = k
+    }
+}
+
+public struct EngineStats: Sendable, Equatable {
+    public var tokensPerSecond = 0.0
+    public var contextUsed = 0
+    public var contextSize = 0
+    /// Fraction of decode time spent choosing layers.
+    public var routerOverhead = 0.0
+    public var generatedTokens = 0
+    public var meanLayers = 0.0
+    public init(tokensPerSecond: Double = 0, contextUsed: Int = 0, contextSize: Int = 0, routerOverhead: Double = 0,
+                generatedTokens: Int = 0, meanLayers: Double = 0) {
+        self.tokensPerSecond = tokensPerSecond
+        self.contextUsed = contextUsed
+        self.contextSize = contextSize
+        self.routerOverhead = routerOverhead
+        self.generatedTokens = generatedTokens
+        self.meanLayers = meanLayers
+    }
+}
+
+public enum StopReason: String, Sendable, Codable {
+    case endOfTurn = "end_of_turn", maxTokens = "max_tokens", contextFull = "context_full", cancelled
+}
+
+/// The record of one assistant reply: what it said and the depth it ran at.
+public struct ReplyRecord: Sendable, Codable, Equatable {
+    public var text: String
+    public var router: String
+    /// Budgets in force during the reply, in the order they were used.
+    public var budgets: [Double]
+    /// Mean layers run per generated token (of `totalLayers`).
+    public var meanLayers: Double
+    public var totalLayers: Int
+    /// How many steps each layer ran in (index = layer).
+    public var layerUsage: [Int]
+    public var steps: Int
+    public var stopReason: StopReason
+    public init(text: String, router: String, budgets: [Double], meanLayers: Double, totalLayers: Int,
+                layerUsage: [Int], steps: Int, stopReason: StopReason) {
+        self.text = text; self.router = router; self.budgets = budgets; self.meanLayers = meanLayers
+        self.totalLayers = totalLayers; self.layerUsage = layerUsage; self.steps = steps; self.stopReason = stopReason
+    }
+}
+
+/// Events the engine emits, in order, on its own queue.
+public enum EngineEvent: Sendable {
+    /// Once, first: what the model and router are.
+    case ready(model: String, layers: Int, contextSize: Int, router: String)
+    /// The budget now in force (after a command, or applied mid-reply).
+    case budget(Double, k: Int, routable: Int)
+    case router(String)
+    case notice(String)
+    case replyStarted(prompt: String)
+    case token(text: String, step: StepInfo)
+    case stats(EngineStats)
+    case done(ReplyRecord)
+    case error(String)
+    case systemPrompt(String?)
+    case conversationReset
+    case saved(path: String)
+    /// A conversation was loaded: its messages (and replies' records where known).
+    case loaded(path: String, messages: [ChatMessage], records: [ReplyRecord?])
+}
+
+/// Wraps a router to time its decisions (the "router overhead" of the status bar).
+final class TimedSelector: LayerSelector {
+    let inner: BudgetedLayerSelector
+    var seconds = 0.0
+    init(_ inner: BudgetedLayerSelector) { self.inner = inner }
+
+    private func timed<T>(_ f: () -> T) -> T {
+        var a = timespec(), b = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &a)
+        let r = f()
+        clock_gettime(CLOCK_MONOTONIC, &b)
+        seconds += Double(b.tv_sec - a.tv_sec) + Double(b.tv_nsec - a.tv_nsec) * 1e-9
+        return r
+    }
+    func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        timed { inner.selectLayers(position: position, state: state, cache: cache) }
+    }
+    func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
+        timed { inner.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache) }
+    }
+}
+
+/// State shared between the UI thread and a streaming reply; everything else the engine
+/// holds is touched only on its queue.
+final class Control: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _budget: Double
+    private var requested = 0
+    private var cancelledUpTo = 0
+    init(budget: Double) { _budget = budget }
+
+    var budget: Double {
+        get { lock.lock(); defer { lock.unlock() }; return _budget }
+        set { lock.lock(); _budget = newValue; lock.unlock() }
+    }
+    /// A new reply was requested; returns its id.
+    func nextRequest() -> Int { lock.lock(); defer { lock.unlock() }; requested += 1; return requested }
+    /// Cancels every reply requested so far (streaming or queued).
+    func cancelAll() { lock.lock(); cancelledUpTo = requested; lock.unlock() }
+    func isCancelled(_ id: Int) -> Bool { lock.lock(); defer { lock.unlock() }; return id <= cancelledUpTo }
+}
+
+/// Owns the model's Session on one serial queue. The UI sends commands and receives
+/// `EngineEvent`s through `sink`, which is called on the engine queue.
+public final class ChatEngine: @unchecked Sendable {
+    public let model: LanguageModel
+    public let options: EngineOptions
+    public let layers: Int
+    public var routable: Int { LayerBudget.routable(layers: layers) }
+
+    private let queue = DispatchQueue(label: "buddy.engine", qos: .userInitiated)
+    private let sink: @Sendable (EngineEvent) -> Void
+    private let control: Control
+    // Engine-queue state.
+    private let session: Session
+    private var conversation: Conversation
+    private var records: [ReplyRecord?] = []
+    private var router: BudgetedLayerSelector
+    private var timed: TimedSelector
+    private var sampler: Sampler
+    private var appliedBudget: Double
+
+    public static let budgetRange: ClosedRange<Double> = 0.01...1
+
+    /// Makes the router (synchronously: a router that cannot be made and may not fall back
+    /// throws here) and emits `.ready` and the initial `.budget`.
+    public init(model: LanguageModel, options: EngineOptions = EngineOptions(), sink: @escaping @Sendable (EngineEvent) -> Void) throws {
+        self.model = model
+        self.options = options
+        self.sink = sink
+        layers = model.config.layers
+        let budget = ChatEngine.clamp(options.budget)
+        control = Control(budget: budget)
+        appliedBudget = budget
+        var notice: String?
+        do {
+            router = try Routers.make(options.router, model: model, budget: budget)
+        } catch {
+            guard options.fallBackToEven else { throw error }
+            router = try Routers.make("even", model: model, budget: budget)
+            notice = options.router == "buddy" ? "no trained buddy router yet; using the evenly spread static router" : "router '\(options.router)' failed (\(error)); using even"
+        }
+        timed = TimedSelector(router)
+        session = Session(model: model, capacity: options.context, threads: options.threads)
+        session.selector = timed
+        conversation = Conversation(template: model.template, system: options.system)
+        sampler = Sampler(options.sampling)
+        let name = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent
+        let r = router.name, cap = session.capacity, L = layers
+        let k = LayerBudget.routableCount(budget: budget, layers: L)
+        queue.async { [sink, routable, notice] in
+            sink(.ready(model: name, layers: L, contextSize: cap, router: r))
+            sink(.budget(budget, k: k, routable: routable))
+            if let notice { sink(.notice(notice)) }
+        }
+    }
+
+    public static func clamp(_ b: Double) -> Double {
+        guard b.isFinite else { return 1 }
+        return min(budgetRange.upperBound, max(budgetRange.lowerBound, b))
+    }
+
+    public func send(_ command: EngineCommand) {
+        switch command {
+        case .stop:
+            control.cancelAll()
+        case let .setBudget(b):
+            control.budget = ChatEngine.clamp(b)
+            queue.async { self.applyBudget() }
+        case let .send(text):
+            let id = control.nextRequest()
+            queue.async { self.reply(to: text, id: id) }
+        default:
+            queue.async { self.perform(command) }
+        }
+    }
+
+    /// Blocks until every command sent so far has been handled (for tests and shutdown).
+    public func drain() { queue.sync {} }
+
+    // MARK: engine queue
+
+    private func applyBudget() {
+        let b = control.budget
+        guard b != appliedBudget else { return }
+        appliedBudget = b
+        router.budget = b
+        sink(.budget(b, k: LayerBudget.routableCount(budget: b, layers: layers), routable: routable))
+    }
+
+    private func perform(_ command: EngineCommand) {
+        switch command {
+        case .send, .stop, .setBudget: break
+        case let .setAuto(on):
+            if on { sink(.notice("auto budget not available yet: the Budget Predictor is not built; the budget stays manual")) }
+        case .reset:
+            conversation.reset()
+            records.removeAll()
+            session.reset()
+            sink(.conversationReset)
+        case let .setSystemPrompt(s):
+            conversation.system = (s?.isEmpty ?? true) ? nil : s
+            sink(.systemPrompt(conversation.system))
+        case let .setRouter(spec):
+            do {
+                let r = try Routers.make(spec, model: model, budget: appliedBudget)
+                router = r
+                timed = TimedSelector(r)
+                session.selector = timed
+                sink(.router(r.name))
+            } catch {
+                sink(.error("\(error)"))
+            }
+        case let .save(path):
+            do {
+                try ChatFile.write(ChatFile(model: model, system: conversation.system, messages: conversation.messages, records: records), to: path)
+                sink(.saved(path: path))
+            } catch {
+                sink(.error("cannot save \(path): \(error)"))
+            }
+        case let .load(path):
+            do {
+                let f = try ChatFile.read(path)
+                var c = Conversation(template: model.template, system: f.system)
+                var recs: [ReplyRecord?] = []
+                for m in f.messages {
+                    c.append(m.role, m.content)
+                    recs.append(m.record)
+                }
+                conversation = c
+                records = recs
+                session.reset()
+                sink(.systemPrompt(c.system))
+                sink(.loaded(path: path, messages: c.messages, records: recs))
+            } catch {
+                sink(.error("cannot load \(path): \(error)"))
+            }
+        }
+    }
+
+    private func reply(to text: String, id: Int) {
+        applyBudget()
+        conversation.append(.user, text)
+        records.append(nil)
+        sink(.replyStarted(prompt: text))
+        let maxTokens = options.maxTokens
+        var answer = ""
+        var usage = [Int](repeating: 0, count: layers)
+        var budgets: [Double] = [appliedBudget]
+        var steps = 0
+        var layerSum = 0
+        var firstTokenTime = 0.0
+        var routerAtFirst = 0.0
+        let L = layers
+        let routerName = router.name
+        do {
+            let prompt = try conversation.promptTokens(tokenizer: model.tokenizer, capacity: session.capacity,
+                                                       reserve: min(maxTokens, session.capacity / 4))
+            let stats = try session.generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler) { tok in
+                // Stopped (even before the first token): keep what was said so far.
+                if control.isCancelled(id) { return false }
+                let t = ChatEngine.now()
+                if tok.step == 0 { firstTokenTime = t; routerAtFirst = timed.seconds }
+                // The layers of this token were chosen under the budget applied before now.
+                let budget = appliedBudget
+                let k = LayerBudget.routableCount(budget: budget, layers: L)
+                let info = StepInfo(step: tok.step, layers: tok.layers, scores: router.lastScores, budget: budget, k: k)
+                answer += tok.text
+                steps += 1
+                layerSum += tok.layers.count
+                for l in tok.layers where l < L { usage[l] += 1 }
+                sink(.token(text: tok.text, step: info))
+                let elapsed = t - firstTokenTime
+                sink(.stats(EngineStats(
+                    tokensPerSecond: elapsed > 0 ? Double(tok.step) / elapsed : 0,
+                    contextUsed: session.tokens.count, contextSize: session.capacity,
+                    routerOverhead: elapsed > 0 ? (timed.seconds - routerAtFirst) / elapsed : 0,
+                    generatedTokens: steps, meanLayers: Double(layerSum) / Double(steps))))
+                // A budget set meanwhile takes effect at the very next decode step.
+                applyBudget()
+                if budgets.last != appliedBudget { budgets.append(appliedBudget) }
+                return true
+            }
+            answer += stats.trailingText
+            if !stats.trailingText.isEmpty { sink(.token(text: stats.trailingText, step: StepInfo(step: steps, layers: [], scores: nil, budget: appliedBudget, k: 0))) }
+            let reason: StopReason
+            switch stats.stopReason {
+            case .endOfTurn: reason = .endOfTurn
+            case .maxTokens: reason = .maxTokens
+            case .contextFull: reason = .contextFull
+            case .cancelled: reason = .cancelled
+            }
+            finish(answer, ReplyRecord(text: answer, router: routerName, budgets: budgets,
+                                       meanLayers: steps > 0 ? Double(layerSum) / Double(steps) : 0, totalLayers: L,
+                                       layerUsage: usage, steps: steps, stopReason: reason))
+        } catch {
+            if steps > 0 {
+                finish(answer, ReplyRecord(text: answer, router: routerName, budgets: budgets,
+                                           meanLayers: Double(layerSum) / Double(steps), totalLayers: L,
+                                           layerUsage: usage, steps: steps, stopReason: .contextFull))
+            } else {
+                // Nothing was said: forget the question so the conversation stays well-formed.
+                conversation.removeLastUser()
+                records.removeLast()
+                session.reset()
+            }
+            sink(.error("\(error)"))
+        }
+    }
+
+    private func finish(_ answer: String, _ record: ReplyRecord) {
+        conversation.append(.assistant, answer)
+        records.append(record)
+        sink(.done(record))
+    }
+
+    static func now() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+    }
+}
+
+extension Conversation {
+    /// Drops a trailing user message (a question that could not be answered).
+    mutating func removeLastUser() {
+        guard messages.last?.role == .user else { return }
+        let kept = Array(messages.dropLast())
+        reset()
+        for m in kept { append(m.role, m.content) }
+    }
+}

@@ -1,18 +1,30 @@
 import ArgumentParser
 import BuddyCore
+import BuddyEngine
+import BuddyTUI
 import Foundation
 
 struct Chat: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Chat with the model (the default command).",
         discussion: """
-            `buddy "question"` answers once; `cat file | buddy "summarise"` puts stdin before the question.
-            With no question, starts a line-mode conversation (type /quit to leave).
+            On a terminal, opens the full-screen chat: conversation, a live layer-routing panel,
+            a depth-budget slider (- / + in 5% steps, [ / ] one layer) and a status bar; F1 or ?
+            for help. When stdin or stdout is not a terminal, with --plain, or with TERM=dumb,
+            a line-mode conversation instead (type /help). `buddy "question"` answers once;
+            `cat file | buddy "summarise"` puts stdin before the question.
+            Exit status: 0, 1 on error, 130 when interrupted.
             """)
     @Argument(help: "A question to answer once, then exit.")
     var question: String?
     @Option(name: .long, help: "System prompt (default: the model's own).")
     var system: String?
+    @Option(name: .long, help: "Depth budget in (0, 1]: the fraction of routable layers run per token.")
+    var budget: Double = 1
+    @Option(name: .long, help: "Router: buddy (default; falls back to even until trained), shortgpt, sleb, last, random, even, or a router file.")
+    var router: String?
+    @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
+    var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")
     var maxTokens: Int = 512
     @Option(name: .long, help: "Context size in tokens.")
@@ -22,42 +34,139 @@ struct Chat: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var modelOptions: ModelOptions
 
+    func validate() throws {
+        guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+        guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
+        guard context >= 16 else { throw ValidationError("--context must be at least 16") }
+        try modelOptions.validateThreads()
+    }
+
+    var fullScreen: Bool {
+        let term = ProcessInfo.processInfo.environment["TERM"] ?? ""
+        return question == nil && !plain && isatty(0) != 0 && isatty(1) != 0 && !term.isEmpty && term != "dumb"
+    }
+
     func run() throws {
         let model = try modelOptions.load()
-        let session = Session(model: model, capacity: context, threads: modelOptions.threads)
-        var conversation = Conversation(template: model.template, system: system)
-        var sampler = Sampler(sampling.parameters)
+        var opts = EngineOptions()
+        opts.router = router ?? "buddy"
+        opts.fallBackToEven = router == nil
+        opts.budget = budget
+        opts.system = system
+        opts.maxTokens = maxTokens
+        opts.context = context
+        opts.threads = modelOptions.threads
+        opts.sampling = sampling.parameters
 
-        func reply(to text: String) throws {
-            conversation.append(.user, text)
-            let prompt = try conversation.promptTokens(tokenizer: model.tokenizer, capacity: session.capacity, reserve: min(maxTokens, session.capacity / 4))
-            var answer = ""
-            let stats = try session.generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler) { tok in
-                answer += tok.text
-                Out.write(tok.text)
-                return true
+        if fullScreen {
+            let mailbox = EventMailbox()
+            let engine: ChatEngine
+            do { engine = try ChatEngine(model: model, options: opts, sink: { mailbox.post($0) }) } catch { throw CLIError("\(error)") }
+            var tui = TUI.Options()
+            tui.theme = theme
+            let code = TUI.run(engine: engine, mailbox: mailbox, options: tui)
+            if code != 0 { throw ExitCode(code) }
+            return
+        }
+        try LineChat(options: opts, model: model).run(question: question)
+    }
+}
+
+/// The line-mode conversation (no terminal, --plain, TERM=dumb) and one-shot answers, on
+/// the same engine as the full-screen chat.
+final class LineChat: @unchecked Sendable {
+    let options: EngineOptions
+    let model: LanguageModel
+    private let lock = NSLock()
+    private var busy = false
+    private var interrupted = false
+    private var failed = false
+    private let interactive = isatty(0) != 0
+
+    init(options: EngineOptions, model: LanguageModel) {
+        self.options = options
+        self.model = model
+    }
+
+    private func withLock<T>(_ f: () -> T) -> T { lock.lock(); defer { lock.unlock() }; return f() }
+
+    func handle(_ e: EngineEvent) {
+        switch e {
+        case let .token(text, _): Out.write(text)
+        case .done: Out.write("\n")
+        case let .error(s): withLock { failed = true }; Out.err("error: \(s)")
+        case let .notice(s): if interactive { Out.err("· \(s)") }
+        case let .budget(b, k, r): if interactive { Out.err("· budget \(Int((b * 100).rounded()))% (\(k)/\(r) layers)") }
+        case let .router(n): if interactive { Out.err("· router: \(n)") }
+        case let .saved(p): Out.err("· saved to \(p)")
+        case let .loaded(p, m, _): Out.err("· loaded \(p) (\(m.count) messages)")
+        case .conversationReset: if interactive { Out.err("· conversation reset") }
+        case let .systemPrompt(s): if interactive { Out.err("· system prompt: \(s ?? "the model's default")") }
+        case .ready, .replyStarted, .stats: break
+        }
+    }
+
+    func run(question: String?) throws {
+        let engine: ChatEngine
+        do { engine = try ChatEngine(model: model, options: options, sink: { [self] in handle($0) }) } catch { throw CLIError("\(error)") }
+        // Ctrl-C stops a reply; when idle (or answering once) it ends with status 130.
+        signal(SIGINT, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGINT, queue: .global())
+        source.setEventHandler { [self] in
+            let wasBusy = withLock { interrupted = true; return busy }
+            if wasBusy && question == nil {
+                engine.send(.stop)
+            } else {
+                engine.send(.stop)
+                Out.write("\n")
+                exit(130)
             }
-            answer += stats.trailingText
-            Out.write(stats.trailingText + "\n")
-            conversation.append(.assistant, answer)
+        }
+        source.resume()
+
+        func perform(_ cmd: EngineCommand) {
+            withLock { busy = true }
+            engine.send(cmd)
+            engine.drain()
+            withLock { busy = false }
         }
 
         if var q = question {
             if isatty(0) == 0, let piped = String(data: FileHandle.standardInput.readDataToEndOfFile(), encoding: .utf8), !piped.isEmpty {
                 q = piped + "\n\n" + q
             }
-            try reply(to: q)
+            perform(.send(q))
+            if withLock({ interrupted }) { throw ExitCode(130) }
+            if withLock({ failed }) { throw ExitCode(1) }
             return
         }
-        let interactive = isatty(0) != 0
         while true {
             if interactive { FileHandle.standardError.write("> ".data(using: .utf8)!) }
             guard let line = readLine() else { break }
             let text = line.trimmingCharacters(in: .whitespaces)
             if text.isEmpty { continue }
-            if text == "/quit" || text == "/exit" { break }
-            if text == "/reset" { conversation.reset(); continue }
-            try reply(to: text)
+            withLock { interrupted = false }
+            if let parsed = SlashCommand.parse(text) {
+                switch parsed {
+                case let .failure(e): Out.err("error: \(e)")
+                case let .success(cmd):
+                    switch cmd {
+                    case .quit: return
+                    case .help: Out.err(SlashCommand.usage)
+                    case let .budget(b): perform(.setBudget(b))
+                    case .auto: perform(.setAuto(true))
+                    case let .router(r): perform(.setRouter(r))
+                    case let .system(s): perform(.setSystemPrompt(s))
+                    case .reset: perform(.reset)
+                    case let .save(f): perform(.save(path: f ?? SlashCommand.defaultSaveName()))
+                    case let .load(f): perform(.load(path: f))
+                    case .theme: Out.err("· themes apply to the full-screen chat")
+                    }
+                }
+                continue
+            }
+            perform(.send(text.hasPrefix("//") ? String(text.dropFirst()) : text))
         }
     }
 }
+

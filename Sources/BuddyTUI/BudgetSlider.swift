@@ -1,0 +1,76 @@
+import BuddyCore
+
+/// The budget slider's state: the budget in percent and the k of L routable layers it runs.
+public struct SliderState: Equatable, Sendable {
+    public var budget: Double
+    public var routable: Int
+    public var auto = false
+    /// Budgets at or above this run the model without obvious damage (SmolLM2-135M degrades
+    /// quickly below about 80%).
+    public static let recommendedFloor = 0.8
+    public static let minimum = 0.05
+
+    public init(budget: Double = 1, routable: Int) {
+        self.budget = budget
+        self.routable = routable
+    }
+
+    public var k: Int { LayerBudget.routableCount(budget: budget, layers: routable + 2) }
+    public var percent: Int { Int((budget * 100).rounded()) }
+    public var inRecommendedZone: Bool { budget >= SliderState.recommendedFloor - 1e-9 }
+
+    /// The budget after `steps` 5% steps; an off-grid budget first moves to the next
+    /// multiple of 5% in the direction of travel.
+    public func stepped(percentSteps steps: Int) -> Double {
+        let x = budget * 20
+        let grid = steps > 0 ? (x + 1e-6).rounded(.down) + Double(steps) : (x - 1e-6).rounded(.up) + Double(steps)
+        return min(1, max(SliderState.minimum, grid / 20))
+    }
+
+    /// The budget that runs exactly one layer more (or less) than now.
+    public func stepped(layers delta: Int) -> Double {
+        guard routable > 0 else { return budget }
+        let k2 = min(routable, max(1, k + delta))
+        return Double(k2) / Double(routable)
+    }
+}
+
+public enum BudgetSlider {
+    /// One line: `budget ━━━━━━━━━●────┊───  85%  24/28 layers  recommended 80–100%`.
+    public static func draw(_ s: SliderState, in r: Rect, on c: Canvas) {
+        guard r.width > 20 else { return }
+        c.fill(r)
+        let wide = r.width >= 100
+        let label = s.auto ? "budget(auto) " : "budget "
+        let info = " \(pad3(s.percent))%  \(s.k)/\(s.routable) layers"
+        let hint = s.inRecommendedZone
+            ? (wide ? "  ✓ recommended zone 80–100%" : "  ✓ 80–100% ok")
+            : (wide ? "  ⚠ below 80%: this model degrades fast" : "  ⚠ <80% degrades")
+        let trackW = max(8, min(wide ? 50 : 30, r.width - label.count - info.count - TextWidth.width(hint) - 1))
+        var x = r.x
+        c.put(x, r.y, label, .slider)
+        x += label.count
+        let knob = Int((s.budget * Double(trackW - 1)).rounded())
+        let zoneStart = Int((SliderState.recommendedFloor * Double(trackW - 1)).rounded())
+        for i in 0..<trackW {
+            let glyph: String
+            let role: Role
+            if i == knob {
+                glyph = "●"; role = .sliderKnob
+            } else if i == zoneStart {
+                glyph = "┊"; role = .sliderZone
+            } else if i < knob {
+                glyph = "━"; role = i >= zoneStart ? .sliderZone : .slider
+            } else {
+                glyph = "─"; role = i >= zoneStart ? .sliderZone : .dim
+            }
+            c.put(x + i, r.y, glyph, role)
+        }
+        x += trackW
+        c.put(x, r.y, info, .slider)
+        x += info.count
+        c.put(x, r.y, hint, s.inRecommendedZone ? .sliderZone : .sliderWarn, columns: r.maxX - x)
+    }
+
+    static func pad3(_ n: Int) -> String { String(repeating: " ", count: max(0, 3 - String(n).count)) + String(n) }
+}

@@ -1,0 +1,242 @@
+import BuddyCore
+import BuddyEngine
+import BuddyRouting
+import Foundation
+import XCTest
+
+/// The default model, loaded once. A missing model fails the test (never skips).
+enum EngineTestModel {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    nonisolated(unsafe) private static var cached: LanguageModel?
+    private static let lock = NSLock()
+
+    static func load() throws -> LanguageModel {
+        lock.lock(); defer { lock.unlock() }
+        if let m = cached { return m }
+        var path = root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
+        if let env = ProcessInfo.processInfo.environment["BUDDY_MODEL"], !env.isEmpty { path = env }
+        guard FileManager.default.fileExists(atPath: path) else {
+            XCTFail("the default model is missing at \(path): run scripts/fetch-model.sh (or set BUDDY_MODEL)")
+            throw CocoaError(.fileNoSuchFile)
+        }
+        let m = try LanguageModel(path: path)
+        cached = m
+        return m
+    }
+}
+
+/// Collects events; lets a test react to them on the engine queue.
+final class Recorder: @unchecked Sendable {
+    private let lock = NSLock()
+    private var list: [EngineEvent] = []
+    var onEvent: ((EngineEvent) -> Void)?
+    weak var engine: ChatEngine?
+
+    func post(_ e: EngineEvent) {
+        lock.lock(); list.append(e); let f = onEvent; lock.unlock()
+        f?(e)
+    }
+    var events: [EngineEvent] { lock.lock(); defer { lock.unlock() }; return list }
+    func clear() { lock.lock(); list.removeAll(); lock.unlock() }
+
+    var tokens: [(String, StepInfo)] {
+        events.compactMap { if case let .token(t, s) = $0, !s.layers.isEmpty { return (t, s) }; return nil }
+    }
+    var done: ReplyRecord? {
+        for e in events { if case let .done(r) = e { return r } }
+        return nil
+    }
+    var notices: [String] { events.compactMap { if case let .notice(s) = $0 { return s }; return nil } }
+    var errors: [String] { events.compactMap { if case let .error(s) = $0 { return s }; return nil } }
+}
+
+final class EngineTests: XCTestCase {
+    func makeEngine(_ rec: Recorder, router: String = "even", maxTokens: Int = 10, fallBack: Bool = false) throws -> ChatEngine {
+        var o = EngineOptions()
+        o.router = router
+        o.fallBackToEven = fallBack
+        o.maxTokens = maxTokens
+        o.context = 512
+        o.sampling = .greedy
+        let e = try ChatEngine(model: try EngineTestModel.load(), options: o, sink: { rec.post($0) })
+        rec.engine = e
+        return e
+    }
+
+    func name(_ e: EngineEvent) -> String {
+        switch e {
+        case .ready: return "ready"
+        case .budget: return "budget"
+        case .router: return "router"
+        case .notice: return "notice"
+        case .replyStarted: return "started"
+        case .token: return "token"
+        case .stats: return "stats"
+        case .done: return "done"
+        case .error: return "error"
+        case .systemPrompt: return "system"
+        case .conversationReset: return "reset"
+        case .saved: return "saved"
+        case .loaded: return "loaded"
+        }
+    }
+
+    func testEventOrderAndLayersPerStep() throws {
+        let rec = Recorder()
+        let engine = try makeEngine(rec)
+        engine.send(.send("Name three colours."))
+        engine.drain()
+        let names = rec.events.map(name)
+        XCTAssertEqual(Array(names.prefix(3)), ["ready", "budget", "started"], "\(names)")
+        XCTAssertEqual(names.last, "done")
+        XCTAssertEqual(names.filter { $0 == "done" }.count, 1)
+        // Every token is followed by its stats before the next token.
+        let body = names.dropFirst(3).dropLast()
+        XCTAssertTrue(body.allSatisfy { $0 == "token" || $0 == "stats" }, "\(body)")
+        let toks = rec.tokens
+        XCTAssertGreaterThan(toks.count, 0)
+        XCTAssertEqual(toks.map(\.1.step), Array(0..<toks.count))
+        let L = engine.layers
+        for (_, s) in toks {
+            XCTAssertEqual(s.layers.count, L, "budget 1 runs every layer")
+            XCTAssertEqual(s.k, L - 2)
+            XCTAssertEqual(s.layers.first, 0)
+            XCTAssertEqual(s.layers.last, L - 1)
+        }
+        let r = try XCTUnwrap(rec.done)
+        XCTAssertTrue(r.text.hasPrefix(toks.map(\.0).joined()))
+        XCTAssertEqual(r.steps, toks.count)
+        XCTAssertEqual(r.budgets, [1])
+        XCTAssertEqual(r.layerUsage.count, L)
+        XCTAssertEqual(r.layerUsage[0], toks.count)
+        let stats = rec.events.compactMap { if case let .stats(s) = $0 { return s }; return nil }
+        XCTAssertEqual(stats.last?.contextSize, 512)
+        XCTAssertGreaterThan(stats.last?.contextUsed ?? 0, 10)
+    }
+
+    func testBudgetChangeTakesEffectAtTheNextDecodeStep() throws {
+        let rec = Recorder()
+        let engine = try makeEngine(rec, maxTokens: 8)
+        rec.onEvent = { e in
+            if case let .token(_, s) = e, s.step == 2 { rec.engine?.send(.setBudget(0.5)) }
+        }
+        engine.send(.send("Count from one to twenty in words."))
+        engine.drain()
+        let toks = rec.tokens
+        XCTAssertGreaterThanOrEqual(toks.count, 5, "the reply ended too early to see the change")
+        let L = engine.layers
+        let kHalf = LayerBudget.routableCount(budget: 0.5, layers: L)
+        for (_, s) in toks {
+            if s.step <= 2 {
+                XCTAssertEqual(s.layers.count, L, "step \(s.step) ran before the change")
+            } else {
+                XCTAssertEqual(s.layers.count, kHalf + 2, "step \(s.step) should run k=\(kHalf) routable layers")
+                XCTAssertEqual(s.k, kHalf)
+                XCTAssertEqual(s.budget, 0.5)
+            }
+        }
+        // The new budget is announced between step 2 and step 3.
+        let names = rec.events.map(name)
+        let tokenIdx = names.indices.filter { names[$0] == "token" }
+        let budgetIdx = names.lastIndex(of: "budget")!
+        XCTAssertTrue(budgetIdx > tokenIdx[2] && budgetIdx < tokenIdx[3], "\(names)")
+        XCTAssertEqual(rec.done?.budgets, [1, 0.5])
+    }
+
+    func testStopKeepsThePartialReplyAndSaveLoadRoundTrip() throws {
+        let rec = Recorder()
+        let engine = try makeEngine(rec, maxTokens: 200)
+        rec.onEvent = { e in
+            if case let .token(_, s) = e, s.step == 3 { rec.engine?.send(.stop) }
+        }
+        engine.send(.send("Write a long story about a dragon."))
+        engine.drain()
+        let r = try XCTUnwrap(rec.done)
+        XCTAssertEqual(r.stopReason, .cancelled)
+        XCTAssertEqual(r.steps, 4, "stops at the next decode step")
+        XCTAssertEqual(r.text, rec.tokens.map(\.0).joined())
+
+        // The partial reply is part of the conversation: a save shows it.
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-engine-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("chat.json").path
+        try Data("old".utf8).write(to: URL(fileURLWithPath: path))
+        engine.send(.save(path: path))
+        engine.drain()
+        let f = try ChatFile.read(path)
+        XCTAssertEqual(f.messages.map(\.role), [.user, .assistant])
+        XCTAssertEqual(f.messages[1].content, r.text)
+        XCTAssertEqual(f.messages[1].record?.stopReason, .cancelled)
+        XCTAssertEqual(f.messages[1].record?.budgets, [1])
+        XCTAssertEqual(f.messages[1].record?.steps, 4)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+        XCTAssertEqual(leftovers, ["chat.json"], "no temporary file left behind")
+
+        // A new reply after a stop starts clean; loading restores the saved conversation.
+        rec.onEvent = nil
+        rec.clear()
+        engine.send(.reset)
+        engine.send(.load(path: path))
+        engine.drain()
+        let loaded = rec.events.compactMap { if case let .loaded(_, m, recs) = $0 { return (m, recs) }; return nil }
+        XCTAssertEqual(loaded.first?.0.count, 2)
+        XCTAssertEqual(loaded.first?.1[1]?.steps, 4)
+        engine.send(.load(path: dir.appendingPathComponent("missing.json").path))
+        engine.drain()
+        XCTAssertEqual(rec.errors.count, 1)
+    }
+
+    func testStopBeforeTheFirstTokenStillEndsTheReply() throws {
+        let rec = Recorder()
+        let engine = try makeEngine(rec, maxTokens: 50)
+        engine.send(.send("Hello!"))
+        engine.send(.stop)
+        engine.drain()
+        let r = try XCTUnwrap(rec.done, "a stopped reply still ends with done")
+        XCTAssertEqual(r.stopReason, .cancelled)
+        XCTAssertEqual(r.steps, 0)
+        // And the next message is answered normally.
+        rec.clear()
+        engine.send(.send("Hello again!"))
+        engine.drain()
+        XCTAssertNotEqual(rec.done?.stopReason, .cancelled)
+        XCTAssertGreaterThan(rec.tokens.count, 0)
+    }
+
+    func testRouterFallbackAutoAndErrors() throws {
+        let rec = Recorder()
+        XCTAssertThrowsError(try makeEngine(rec, router: "no-such-router", fallBack: false))
+        let engine = try makeEngine(rec, router: "no-such-router", fallBack: true)
+        engine.send(.setAuto(true))
+        engine.send(.setRouter("also-missing"))
+        engine.send(.setRouter("last"))
+        engine.send(.setBudget(2))
+        engine.drain()
+        XCTAssertTrue(rec.notices.contains { $0.contains("using even") }, "\(rec.notices)")
+        XCTAssertTrue(rec.notices.contains { $0.contains("auto budget not available yet") }, "\(rec.notices)")
+        XCTAssertEqual(rec.errors.count, 1)
+        XCTAssertTrue(rec.events.contains { if case .router("last") = $0 { return true }; return false })
+        // Budgets are clamped to (0, 1]: 2 is 1, which is already in force, so no new event.
+        let budgets = rec.events.compactMap { if case let .budget(b, _, _) = $0 { return b }; return nil }
+        XCTAssertEqual(budgets, [1])
+    }
+
+    func testPromptLongerThanTheContextIsAnErrorAndLeavesNoTrace() throws {
+        let rec = Recorder()
+        var o = EngineOptions()
+        o.router = "even"
+        o.context = 64
+        o.maxTokens = 8
+        let engine = try ChatEngine(model: try EngineTestModel.load(), options: o, sink: { rec.post($0) })
+        engine.send(.send(String(repeating: "word ", count: 200)))
+        engine.drain()
+        XCTAssertEqual(rec.errors.count, 1)
+        XCTAssertNil(rec.done)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-empty-\(getpid()).json").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        engine.send(.save(path: path))
+        engine.drain()
+        XCTAssertEqual(try ChatFile.read(path).messages.count, 0)
+    }
+}

@@ -1,0 +1,42 @@
+import Foundation
+import XCTest
+
+/// Runs scripts/e2e_tmux.sh against the buddy binary built next to this test bundle: the
+/// full-screen chat under tmux (streaming, panel k per step, '-' mid-reply, resize, Esc,
+/// /save, quit and SIGTERM restoring the terminal). Fails, never skips, when tmux or the
+/// model is missing.
+final class EndToEndTests: XCTestCase {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The products directory (.build/release or another --scratch-path): where the test bundle lives.
+    static var productsDirectory: URL {
+        for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") { return b.bundleURL.deletingLastPathComponent() }
+        return Bundle.main.bundleURL
+    }
+
+    func testChatUnderTmux() throws {
+        let bin = EndToEndTests.productsDirectory.appendingPathComponent("buddy").path
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: bin), "no buddy binary at \(bin)")
+        let model = ProcessInfo.processInfo.environment["BUDDY_MODEL"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? EndToEndTests.root.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
+        guard FileManager.default.fileExists(atPath: model) else {
+            return XCTFail("the default model is missing at \(model): run scripts/fetch-model.sh (or set BUDDY_MODEL)")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["bash", EndToEndTests.root.appendingPathComponent("scripts/e2e_tmux.sh").path, bin]
+        var env = ProcessInfo.processInfo.environment
+        env["BUDDY_MODEL"] = model
+        p.environment = env
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let output = String(decoding: data, as: UTF8.self)
+        print(output)
+        XCTAssertEqual(p.terminationStatus, 0, "scripts/e2e_tmux.sh failed:\n\(output)")
+        XCTAssertTrue(output.contains("E2E OK"), output)
+    }
+}

@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# End-to-end test of the full-screen chat, driving the real binary inside tmux:
+# type a prompt, see tokens stream, check the routing panel shows exactly k executed
+# routable layers per step, press '-' twice mid-reply and see the next steps use the
+# smaller k, resize 80x24 -> 160x48, stop the reply with Esc, /save, quit with Ctrl-D and
+# find the terminal restored; then check SIGTERM restores it too.
+#
+#   scripts/e2e_tmux.sh [BUDDY_BINARY]     (default .build/release/buddy)
+#
+# Screens are kept in $BUDDY_E2E_OUT (default /tmp/buddy-e2e): screen-80x24.txt and
+# screen-160x48.txt. Exit status 0 when every check passes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="${1:-$root/.build/release/buddy}"
+out="${BUDDY_E2E_OUT:-/tmp/buddy-e2e}"
+mkdir -p "$out"
+work="$(mktemp -d /tmp/buddy-e2e-work.XXXXXX)"
+sock="buddy-e2e-$$"
+tm() { tmux -L "$sock" "$@"; }
+cleanup() { tm kill-server >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+fail() {
+  echo "E2E FAIL: $*" >&2
+  echo "--- screen ---" >&2
+  tm capture-pane -p -t e2e >&2 2>/dev/null || true
+  exit 1
+}
+command -v tmux >/dev/null || fail "tmux is not installed (scripts/setup.sh installs it)"
+[ -x "$bin" ] || fail "no buddy binary at $bin (swift build -c release)"
+bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+
+screen() { tm capture-pane -p -t e2e; }
+# wait_for REGEX SECONDS: until the screen matches.
+wait_for() {
+  local re="$1" t="${2:-20}" i=0
+  while [ "$i" -lt $((t * 10)) ]; do
+    if screen | grep -qE -- "$re"; then return 0; fi
+    sleep 0.1; i=$((i + 1))
+  done
+  fail "timed out after ${t}s waiting for /$re/"
+}
+
+# Executed routable layers per non-empty panel column, newest last, one per line.
+# The panel's rows are "NN* ▀▄█·...┆bar": glyphs are mapped to ASCII first so awk can count
+# columns in any locale.
+panel_ks() {
+  screen | sed -e 's/│/|/g' -e 's/█/B/g' -e 's/▀/U/g' -e 's/▄/D/g' -e 's/·/./g' -e 's/┆/!/g' | awk '
+    {
+      p = 0
+      for (i = length($0); i > 0; i--) if (substr($0, i, 1) == "|") { p = i; break }
+      if (p == 0) next
+      s = substr($0, p + 1)
+      if (s !~ /^[ 0-9][0-9][* ] /) next
+      e = index(s, "!"); if (e == 0) next
+      n++; label[n] = substr(s, 1, 2) + 0; grid[n] = substr(s, 5, e - 5)
+    }
+    END {
+      if (n < 2) exit 1
+      compact = (label[2] - label[1] == 2)
+      L = compact ? label[n] + 2 : label[n] + 1
+      w = length(grid[1])
+      for (c = 1; c <= w; c++) {
+        k = 0; blank = 1
+        for (r = 1; r <= n; r++) {
+          g = substr(grid[r], c, 1); up = label[r]
+          if (g != " ") blank = 0
+          if (compact) {
+            if ((g == "B" || g == "U") && up > 0 && up < L - 1) k++
+            if ((g == "B" || g == "D") && up + 1 > 0 && up + 1 < L - 1) k++
+          } else if (g == "B" && up > 0 && up < L - 1) k++
+        }
+        if (!blank) print k
+      }
+    }'
+}
+
+tm -f /dev/null new-session -d -s e2e -x 80 -y 24 "env -i PATH=$PATH HOME=$work TERM=xterm-256color LANG=C.UTF-8 PS1='$ ' bash --norc --noprofile"
+tm set-option -t e2e status off >/dev/null
+sleep 0.3
+tm send-keys -t e2e "cd $work && stty -g > stty.before" Enter
+tm send-keys -t e2e "'$bin' --router even --max-tokens 400 --model '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
+wait_for "message, or /help" 30
+screen | grep -q "100%  28/28 layers" || fail "slider should start at 100% and 28/28 layers"
+
+# 1. Type a prompt; tokens stream; every step runs all 28 routable layers.
+tm send-keys -t e2e -l "Write a long story about a dragon who loves books."
+tm send-keys -t e2e Enter
+wait_for "Esc stop" 20
+sleep 1.2
+before="$(panel_ks)" || fail "cannot read the routing panel"
+[ "$(echo "$before" | wc -l)" -ge 5 ] || fail "fewer than 5 steps in the panel: $before"
+echo "$before" | grep -qv '^28$' && fail "at budget 100% every step should run 28 routable layers: $(echo $before)"
+words1="$(screen | cut -c1-50 | wc -w)"
+
+# 2. '-' twice mid-reply: the slider shows 90% = 25/28, and the following steps run 25.
+tm send-keys -t e2e "-"
+tm send-keys -t e2e "-"
+wait_for " 90%  25/28 layers" 5
+mid="$(panel_ks)"
+echo "$mid" | awk 'NR > 1 && $1 > prev { bad = 1 } { prev = $1 } END { exit bad }' \
+  || fail "k went back up right after the budget was lowered: $(echo $mid)"
+sleep 1.2
+screen | grep -q "Esc stop" || fail "the reply ended before the budget change could be seen"
+after="$(panel_ks)"
+last="$(echo "$after" | tail -n 5 | sort -u)"
+[ "$last" = "25" ] || fail "after '-' twice the newest steps should run 25 routable layers: $(echo $after)"
+echo "$after" | awk 'NR > 1 && $1 > prev { bad = 1 } { prev = $1 } END { exit bad }' \
+  || fail "k went back up after the budget was lowered: $(echo $after)"
+words2="$(screen | cut -c1-50 | wc -w)"
+[ "$words2" -gt "$words1" ] || fail "no new text streamed ($words1 -> $words2 words)"
+screen > "$out/screen-80x24.txt"
+
+# 3. Resize to 160x48: one row per layer, the panel still counts 25 for new steps.
+tm resize-window -t e2e -x 160 -y 48
+wait_for "recommended zone 80–100%" 5
+sleep 0.8
+screen | grep -qE "│29\* " || fail "at 160x48 the panel should show one row per layer (29*)"
+big="$(panel_ks)"
+[ "$(echo "$big" | tail -n 3 | sort -u)" = "25" ] || fail "at 160x48 the newest steps should run 25: $(echo $big)"
+screen > "$out/screen-160x48.txt"
+
+# 4. Esc stops the reply and keeps it.
+tm send-keys -t e2e Escape
+wait_for "· stopped" 5
+screen | grep -q "Esc stop" && fail "the status bar still says a reply is streaming"
+screen | grep -qE "even 100%→(95%→)?90% · " || fail "the reply's meta line should list the budgets 100% then 90%"
+
+# 5. /save writes JSON atomically.
+tm send-keys -t e2e -l "/save $work/chat.json"
+tm send-keys -t e2e Enter
+wait_for "saved to $work/chat.json" 5
+grep -q '"format" : "buddy-chat"' "$work/chat.json" || fail "chat.json is not a buddy chat file"
+grep -q '"stop_reason" : "cancelled"' "$work/chat.json" || fail "chat.json should record the stopped reply"
+grep -q '"role" : "assistant"' "$work/chat.json" || fail "chat.json should hold the assistant reply"
+ls -a "$work" | grep -q '\.tmp-' && fail "a temporary file was left next to chat.json"
+
+# 6. Ctrl-D on the empty input quits with status 0 and the terminal is as it was.
+tm send-keys -t e2e C-d
+wait_for "EXIT=0" 5
+[ "$(tm display -p -t e2e '#{alternate_on}')" = "0" ] || fail "still on the alternate screen after quitting"
+tm send-keys -t e2e "stty -g > stty.after; cmp -s stty.before stty.after && echo STTY-SAME || echo STTY-DIFFERENT" Enter
+wait_for "STTY-(SAME|DIFFERENT)" 5
+screen | grep -q "STTY-SAME" || fail "terminal modes differ after quitting"
+
+# 7. SIGTERM while the chat is open also restores the terminal (status 143).
+tm send-keys -t e2e "clear; sh -c 'echo \$\$ > buddy.pid; exec \"\$0\" --router even --model \"\$1\"' '$bin' '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
+wait_for "message, or /help" 30
+kill -TERM "$(cat "$work/buddy.pid")"
+wait_for "EXIT=143" 5
+tm send-keys -t e2e "stty -g > stty.after2; cmp -s stty.before stty.after2 && echo TERM-STTY-SAME || echo TERM-STTY-DIFFERENT" Enter
+wait_for "TERM-STTY-(SAME|DIFFERENT)" 5
+screen | grep -q "TERM-STTY-SAME" || fail "terminal modes differ after SIGTERM"
+[ "$(tm display -p -t e2e '#{alternate_on}')" = "0" ] || fail "still on the alternate screen after SIGTERM"
+
+echo "E2E OK: panel k per step before: $(echo $before | tr '\n' ' ')"
+echo "E2E OK: just after '-' twice: $(echo $mid | tr '\n' ' ')"
+echo "E2E OK: after '-' twice: $(echo $after | tr '\n' ' ')"
+echo "=== 80x24 ($out/screen-80x24.txt) ==="
+cat "$out/screen-80x24.txt"
+echo "=== 160x48 ($out/screen-160x48.txt) ==="
+cat "$out/screen-160x48.txt"
