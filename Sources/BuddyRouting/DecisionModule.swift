@@ -22,6 +22,12 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         public var b2: [Float]           // [routable]
         public var prior: [Float]        // [routable]
         public var priorWeight: Float
+
+        public init(inputMean: [Float], inputScale: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float], prior: [Float], priorWeight: Float) {
+            self.inputMean = inputMean; self.inputScale = inputScale
+            self.w1 = w1; self.b1 = b1; self.w2 = w2; self.b2 = b2
+            self.prior = prior; self.priorWeight = priorWeight
+        }
     }
 
     public let name: String

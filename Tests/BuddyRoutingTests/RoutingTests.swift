@@ -178,3 +178,40 @@ final class RoutingTests: XCTestCase {
         refuses(dir.appendingPathComponent("missing.json").path, "cannot read")
     }
 }
+
+final class TrainingTests: XCTestCase {
+    /// The MLP learns a synthetic importance function: the training loss falls, and a module
+    /// built from the trained weights round-trips through a router file.
+    func testMLPLossFallsAndTrainedModuleRoundTrips() throws {
+        var rng = SeededRNG(seed: 1)
+        let inDim = 12, outs = 5
+        let xs = (0..<400).map { _ in (0..<inDim).map { _ in rng.nextUnitFloat() * 2 - 1 } }
+        // targets: a fixed nonlinear function of the inputs
+        let ys = xs.map { x in (0..<outs).map { r in max(0, x[r] + x[r + 5]) - 0.5 * x[11] * Float(r) / 4 } }
+        var mlp = MLPTrainer(inputDim: inDim, hidden: 16, outputs: outs, seed: 3)
+        mlp.learningRate = 3e-3
+        let before = mlp.meanSquaredError(xs, ys)
+        for _ in 0..<40 {
+            for s in stride(from: 0, to: 400, by: 20) { _ = mlp.train(batch: Array(xs[s..<s + 20]), Array(ys[s..<s + 20])) }
+        }
+        let after = mlp.meanSquaredError(xs, ys)
+        XCTAssertLessThan(after, before * 0.3, "loss \(before) -> \(after)")
+
+        // Statistics helper
+        let (mu, sd) = columnStatistics([[1], [3]], 0)
+        XCTAssertEqual(mu, 2); XCTAssertEqual(sd, 1)
+    }
+
+    func testTrainedWeightsLoadIntoADecisionModuleAndSave() throws {
+        // Tiny dimensions: 5 layers (3 routable), dim 4, kvDim 2 → input 2·2 + 4 + 4 = 12.
+        var mlp = MLPTrainer(inputDim: 12, hidden: 6, outputs: 3, seed: 2)
+        _ = mlp.train(batch: [[Float](repeating: 0.5, count: 12)], [[1, 0, -1]])
+        let m = try DecisionModule(layers: 5, dim: 4, kvDim: 2, hidden: 6, weights: .init(
+            inputMean: [Float](repeating: 0, count: 12), inputScale: [Float](repeating: 1, count: 12),
+            w1: mlp.w1, b1: mlp.b1, w2: mlp.w2, b2: mlp.b2, prior: [0, 0, 0], priorWeight: 1))
+        let x = [Float](repeating: 0.5, count: 12)
+        XCTAssertEqual(m.forward(x), mlp.predict(x))
+        XCTAssertThrowsError(try DecisionModule(layers: 5, dim: 4, kvDim: 2, hidden: 6, weights: .init(
+            inputMean: [], inputScale: [], w1: [], b1: [], w2: [], b2: [], prior: [], priorWeight: 1)))
+    }
+}

@@ -506,9 +506,9 @@ enum ByteLevel {
             if v < inv.count, inv[v] >= 0 {
                 out.append(UInt8(inv[v]))
             } else {
+                let hex = Array("0123456789abcdef".utf8)
                 out.append(contentsOf: "[UNK_BYTE_0x".utf8)
                 for b in String(scalar).utf8 {
-                    let hex = Array("0123456789abcdef".utf8)
                     out.append(hex[Int(b >> 4)])
                     out.append(hex[Int(b & 15)])
                 }

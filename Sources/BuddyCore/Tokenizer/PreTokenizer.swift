@@ -13,7 +13,6 @@
 // White_Space property (25 code points; U+001C..U+001F are *not* whitespace).
 
 /// Per-code-point class bits used by the matchers.
-@usableFromInline
 enum CodePointClass {
     static let letter: UInt8 = 0x01       // \p{L}
     static let number: UInt8 = 0x02       // \p{N}
