@@ -475,3 +475,27 @@ void bk_round_to_half(float *x, int n) {
 #endif
     for (int i = 0; i < n; i++) x[i] = h2f(bk_float_to_half(x[i]));
 }
+
+void bk_attend(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
+               int n, int hd, float scale, int half_weights, float *scores, float *out) {
+    float maxs = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        if (present && !present[t]) { scores[t] = -INFINITY; continue; }
+        float s = bk_dot_f32(q, keys + (size_t)t * stride, hd) * scale;
+        scores[t] = s;
+        if (s > maxs) maxs = s;
+    }
+    float sum = 0;
+    for (int t = 0; t < n; t++) {
+        float e = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - maxs);
+        scores[t] = e;
+        sum += e;
+    }
+    memset(out, 0, (size_t)hd * sizeof(float));
+    if (!(sum > 0)) return;
+    float inv = 1.0f / sum;
+    for (int t = 0; t < n; t++) scores[t] *= inv;
+    if (half_weights) bk_round_to_half(scores, n);
+    for (int t = 0; t < n; t++)
+        if (scores[t] != 0) bk_axpy_f32(scores[t], values + (size_t)t * stride, out, hd);
+}

@@ -106,8 +106,13 @@ extension Transformer {
 
         let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
         let attend = { (h: Int) in
-            self.attendHead(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
-                            scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: !s.reference)
+            if s.reference {
+                self.attendHeadRef(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
+                                   scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: false)
+            } else {
+                self.attendHead(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
+                                scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: true)
+            }
         }
         if s.reference || pos < 64 {
             for h in 0..<heads { attend(h) }

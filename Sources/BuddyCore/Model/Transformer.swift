@@ -129,18 +129,27 @@ public final class Transformer: @unchecked Sendable {
         }
     }
 
-    /// Attention of one query head over positions 0...pos of `layer`.
+    /// Attention of one query head over positions 0...pos of `layer` (vector kernel).
     /// scores: scratch of at least pos+1 floats. out: [headDim].
     @inline(__always)
     func attendHead(q: UnsafePointer<Float>, kvHead: Int, layer: Int, pos: Int, cache: KVCache,
                     scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, halfWeights: Bool) {
+        let hd = config.headDim
+        bk_attend(q, cache.key(layer, 0) + kvHead * hd, cache.value(layer, 0) + kvHead * hd, cache.kvDim,
+                  cache.present + layer * cache.capacity, Int32(pos + 1), Int32(hd), 1 / Float(hd).squareRoot(),
+                  halfWeights ? 1 : 0, scores, out)
+    }
+
+    /// The scalar reference twin of `attendHead`.
+    public func attendHeadRef(q: UnsafePointer<Float>, kvHead: Int, layer: Int, pos: Int, cache: KVCache,
+                              scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, halfWeights: Bool) {
         let hd = config.headDim
         let scale = 1 / Float(hd).squareRoot()
         let off = kvHead * hd
         var maxScore = -Float.infinity
         for t in 0...pos {
             guard cache.isPresent(layer, t) else { scores[t] = -.infinity; continue }
-            let s = dotF32(q, cache.key(layer, t) + off, count: hd) * scale
+            let s = dotF32Ref(q, cache.key(layer, t) + off, count: hd) * scale
             scores[t] = s
             if s > maxScore { maxScore = s }
         }
@@ -153,11 +162,12 @@ public final class Transformer: @unchecked Sendable {
         out.update(repeating: 0, count: hd)
         guard sum > 0 else { return }
         let inv = 1 / sum
-        for t in 0...pos { scores[t] *= inv }
-        // llama.cpp multiplies the half-precision V cache by weights converted to half.
-        if halfWeights { Transformer.roundToHalf(scores, pos + 1) }
+        for t in 0...pos {
+            scores[t] *= inv
+            if halfWeights { scores[t] = Float(Float16(scores[t])) }
+        }
         for t in 0...pos where scores[t] != 0 {
-            axpyF32(scores[t], cache.value(layer, t) + off, out, count: hd)
+            axpyF32Ref(scores[t], cache.value(layer, t) + off, out, count: hd)
         }
     }
 

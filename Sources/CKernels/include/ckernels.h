@@ -37,6 +37,14 @@ void bk_gemm_q(int type, const void *w, size_t row_bytes, int row_begin, int row
 /// Returns 0 for unsupported types.
 int bk_dequantize_row(int type, const void *src, float *dst, int count);
 
+/// Attention of one query head over positions 0..n-1 of one layer's cache:
+///   s_t = q·k_t · scale (positions with present[t] == 0 are left out), p = softmax(s),
+///   out = Σ p_t v_t; with half_weights, p is rounded to half precision first (as llama.cpp
+///   multiplies its f16 V cache). keys/values point at position 0 of this KV head and advance
+///   by `stride` floats per position. present may be NULL (all present). scores: scratch [n].
+void bk_attend(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
+               int n, int hd, float scale, int half_weights, float *scores, float *out);
+
 float bk_dot_f32(const float *x, const float *y, int n);
 /// y += a * x
 void bk_axpy_f32(float a, const float *x, float *y, int n);
