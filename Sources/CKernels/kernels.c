@@ -194,27 +194,32 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
     return _mm256_set_m128i(hi, lo);   // weights 0..15 then 16..31
 }
 
+// Two accumulators per dot product (even and odd blocks) hide the FMA latency of the
+// loop-carried sum. matvec and gemm use the same macro per (row, token, block) and combine
+// the two halves the same way, so a batched prompt and token-by-token decode stay
+// bit-identical.
+#define BK_Q4_1_STEP(P, A, D, DS, B, ACC, M) { \
+    __m256i prod_ = _mm256_madd_epi16(_mm256_maddubs_epi16(q_, _mm256_loadu_si256((const __m256i *)((A) + 32 * (B)))), ones); \
+    ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * (D)[B]), _mm256_cvtepi32_ps(prod_), ACC); \
+    M += wm_ * (DS)[B]; }
+
 BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
                                       const int8_t *qs, const float *d, const float *ds, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
-        __m256 acc = _mm256_setzero_ps();
-        float macc = 0;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+        float m0 = 0, m1 = 0;
         for (int b = 0; b < blocks; b++, p += 20) {
-            __m256i q = unpack_nibbles(p + 4);
-            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
-            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
-            float dd = h2f_avx(p) * d[b];
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
-            macc += h2f_avx(p + 2) * ds[b];
+            __m256i q_ = unpack_nibbles(p + 4);
+            float wd_ = h2f_avx(p), wm_ = h2f_avx(p + 2);
+            if (b & 1) BK_Q4_1_STEP(p, qs, d, ds, b, acc1, m1) else BK_Q4_1_STEP(p, qs, d, ds, b, acc0, m0)
         }
-        y[r - r0] = hsum256(acc) + macc;
+        y[r - r0] = hsum256(_mm256_add_ps(acc0, acc1)) + (m0 + m1);
     }
 }
 
 // Four tokens per pass over a weight row: each block is unpacked once and used four times.
-// Per token the operations and their order are those of matvec_q4_1_avx2.
 BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
                                     const int8_t *qs, const float *d, const float *ds, float *y, int ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
@@ -223,27 +228,27 @@ BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
         const uint8_t *row = w + (size_t)r * rb;
         int t = 0;
         for (; t + 4 <= n; t += 4) {
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-            float m0 = 0, m1 = 0, m2 = 0, m3 = 0;
-            const int8_t *a0 = qs + (size_t)t * cols, *a1 = a0 + cols, *a2 = a1 + cols, *a3 = a2 + cols;
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+            float m00 = 0, m01 = 0, m10 = 0, m11 = 0, m20 = 0, m21 = 0, m30 = 0, m31 = 0;
+            const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
             const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
             const float *s0 = ds + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;
             const uint8_t *p = row;
             for (int b = 0; b < blocks; b++, p += 20) {
-                __m256i q = unpack_nibbles(p + 4);
-                float wd = h2f_avx(p), wm = h2f_avx(p + 2);
-#define BK_STEP(A, D, S, ACC, M) { \
-                __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(A + 32 * b))), ones); \
-                ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd * D[b]), _mm256_cvtepi32_ps(prod), ACC); \
-                M += wm * S[b]; }
-                BK_STEP(a0, d0, s0, acc0, m0) BK_STEP(a1, d1, s1, acc1, m1)
-                BK_STEP(a2, d2, s2, acc2, m2) BK_STEP(a3, d3, s3, acc3, m3)
-#undef BK_STEP
+                __m256i q_ = unpack_nibbles(p + 4);
+                float wd_ = h2f_avx(p), wm_ = h2f_avx(p + 2);
+                if (b & 1) {
+                    BK_Q4_1_STEP(p, x0, d0, s0, b, a01, m01) BK_Q4_1_STEP(p, x1, d1, s1, b, a11, m11)
+                    BK_Q4_1_STEP(p, x2, d2, s2, b, a21, m21) BK_Q4_1_STEP(p, x3, d3, s3, b, a31, m31)
+                } else {
+                    BK_Q4_1_STEP(p, x0, d0, s0, b, a00, m00) BK_Q4_1_STEP(p, x1, d1, s1, b, a10, m10)
+                    BK_Q4_1_STEP(p, x2, d2, s2, b, a20, m20) BK_Q4_1_STEP(p, x3, d3, s3, b, a30, m30)
+                }
             }
-            y[(size_t)t * ldy + (r - r0)] = hsum256(acc0) + m0;
-            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(acc1) + m1;
-            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(acc2) + m2;
-            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(acc3) + m3;
+            y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01)) + (m00 + m01);
+            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11)) + (m10 + m11);
+            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21)) + (m20 + m21);
+            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31)) + (m30 + m31);
         }
         for (; t < n; t++)
             matvec_q4_1_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, ds + (size_t)t * blocks,
@@ -270,20 +275,25 @@ BK_AVX2 static void matvec_q4_0_avx2(const uint8_t *w, size_t rb, int r0, int r1
     }
 }
 
+#define BK_Q8_0_STEP(A, D, B, ACC) { \
+    __m256i a_ = _mm256_loadu_si256((const __m256i *)((A) + 32 * (B))); \
+    __m256i prod_ = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs_, _mm256_sign_epi8(a_, wv_)), ones); \
+    ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * (D)[B]), _mm256_cvtepi32_ps(prod_), ACC); }
+
 BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
                                       const int8_t *qs, const float *d, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
-        __m256 acc = _mm256_setzero_ps();
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
         for (int b = 0; b < blocks; b++, p += 34) {
-            __m256i wv = _mm256_loadu_si256((const __m256i *)(p + 2));
-            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
             // maddubs needs an unsigned operand: |w| · (a with w's sign)
-            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(a, wv)), ones);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx(p) * d[b]), _mm256_cvtepi32_ps(prod), acc);
+            __m256i wv_ = _mm256_loadu_si256((const __m256i *)(p + 2));
+            __m256i wabs_ = _mm256_sign_epi8(wv_, wv_);
+            float wd_ = h2f_avx(p);
+            if (b & 1) BK_Q8_0_STEP(qs, d, b, acc1) else BK_Q8_0_STEP(qs, d, b, acc0)
         }
-        y[r - r0] = hsum256(acc);
+        y[r - r0] = hsum256(_mm256_add_ps(acc0, acc1));
     }
 }
 
@@ -295,25 +305,24 @@ BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
         const uint8_t *row = w + (size_t)r * rb;
         int t = 0;
         for (; t + 4 <= n; t += 4) {
-            __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
-            const int8_t *a0 = qs + (size_t)t * cols, *a1 = a0 + cols, *a2 = a1 + cols, *a3 = a2 + cols;
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+            const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
             const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
             const uint8_t *p = row;
             for (int b = 0; b < blocks; b++, p += 34) {
-                __m256i wv = _mm256_loadu_si256((const __m256i *)(p + 2));
-                __m256i wabs = _mm256_sign_epi8(wv, wv);
-                float wd = h2f_avx(p);
-#define BK_STEP(A, D, ACC) { \
-                __m256i a = _mm256_loadu_si256((const __m256i *)(A + 32 * b)); \
-                __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(a, wv)), ones); \
-                ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd * D[b]), _mm256_cvtepi32_ps(prod), ACC); }
-                BK_STEP(a0, d0, acc0) BK_STEP(a1, d1, acc1) BK_STEP(a2, d2, acc2) BK_STEP(a3, d3, acc3)
-#undef BK_STEP
+                __m256i wv_ = _mm256_loadu_si256((const __m256i *)(p + 2));
+                __m256i wabs_ = _mm256_sign_epi8(wv_, wv_);
+                float wd_ = h2f_avx(p);
+                if (b & 1) {
+                    BK_Q8_0_STEP(x0, d0, b, a01) BK_Q8_0_STEP(x1, d1, b, a11) BK_Q8_0_STEP(x2, d2, b, a21) BK_Q8_0_STEP(x3, d3, b, a31)
+                } else {
+                    BK_Q8_0_STEP(x0, d0, b, a00) BK_Q8_0_STEP(x1, d1, b, a10) BK_Q8_0_STEP(x2, d2, b, a20) BK_Q8_0_STEP(x3, d3, b, a30)
+                }
             }
-            y[(size_t)t * ldy + (r - r0)] = hsum256(acc0);
-            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(acc1);
-            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(acc2);
-            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(acc3);
+            y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01));
+            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11));
+            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21));
+            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31));
         }
         for (; t < n; t++)
             matvec_q8_0_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, y + (size_t)t * ldy + (r - r0));
