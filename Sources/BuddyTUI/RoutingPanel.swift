@@ -100,7 +100,7 @@ public enum RoutingPanel {
         let gx = x0 + labelW
         var markerRow = ""
         for col in shown { markerRow += col.budgetChanged ? "▾" : " " }
-        c.put(gx, r.y + 1, markerRow, .marker)
+        c.put(gx + gridW - shown.count, r.y + 1, markerRow, .marker)
         let usageTitle = wide ? " use (reply)" : " use"
         c.put(gx + gridW, r.y + 1, usageTitle, .dim, columns: barW + pctW + 1)
 

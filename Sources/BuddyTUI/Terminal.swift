@@ -29,8 +29,7 @@ private func restoreTerminal() {
     if cursesActive {
         cursesActive = false
         endwin()
-        let off = "\u{1b}[?2004l"
-        _ = off.withCString { write(1, $0, strlen($0)) }
+        rawWrite("\u{1b}[?2004l")
     }
     if savedStderr >= 0 {
         dup2(savedStderr, 2)
@@ -49,6 +48,11 @@ private func restoreTerminal() {
             captureFd = -1
         }
     }
+}
+
+/// Bytes straight to the terminal, outside curses' buffer.
+private func rawWrite(_ s: String) {
+    _ = s.withCString { write(1, $0, strlen($0)) }
 }
 
 private func installSignalHandlers() {
@@ -175,8 +179,25 @@ public enum TUI {
     static let pasteStartCode: Int32 = 0x3e0
     static let pasteEndCode: Int32 = 0x3e1
 
+    public struct Unavailable: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// Whether curses can drive this terminal (initscr would exit the process otherwise).
+    public static func check() throws {
+        // setupterm lives in term.h, which the module map leaves out: look it up at run time.
+        typealias SetupTerm = @convention(c) (UnsafePointer<CChar>?, Int32, UnsafeMutablePointer<Int32>?) -> Int32
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setupterm") else { return }
+        var err: Int32 = 0
+        if unsafeBitCast(sym, to: SetupTerm.self)(nil, 1, &err) != OK {
+            let term = ProcessInfo.processInfo.environment["TERM"] ?? ""
+            throw Unavailable(description: "the terminal type '\(term)' is unknown to curses (terminfo)")
+        }
+    }
+
     /// Runs until the user quits; returns the exit status (0, or 130 after Ctrl-C twice).
-    public static func run(engine: ChatEngine, mailbox: EventMailbox, options: Options) -> Int32 {
+    public static func run(engine: ChatEngine, mailbox: EventMailbox, options: Options) throws -> Int32 {
+        try check()
         TextWidth.prepareLocale()
         let (theme, warnings) = Theme.load(options.theme)
 
@@ -204,8 +225,7 @@ public enum TUI {
         define_key("\u{1b}[200~", pasteStartCode)
         define_key("\u{1b}[201~", pasteEndCode)
         let ctrlLeft = key_defined("\u{1b}[1;5D"), ctrlRight = key_defined("\u{1b}[1;5C")
-        let on = "\u{1b}[?2004h"
-        _ = on.withCString { write(1, $0, strlen($0)) }
+        rawWrite("\u{1b}[?2004h")
 
         let env = ProcessInfo.processInfo.environment
         var depth = ColorDepth.detect(colors: Int(tigetnum("colors")), hasColors: has_colors(), environment: env)
@@ -236,7 +256,10 @@ public enum TUI {
                     curs_set(0)
                 }
                 wnoutrefresh(screen)
+                // Synchronized output (DEC mode 2026) where supported: the frame appears whole.
+                rawWrite("\u{1b}[?2026h")
                 doupdate()
+                rawWrite("\u{1b}[?2026l")
                 dirty = false
             }
             fds[0].revents = 0

@@ -59,14 +59,19 @@ struct Chat: ParsableCommand {
         opts.sampling = sampling.parameters
 
         if fullScreen {
-            let mailbox = EventMailbox()
-            let engine: ChatEngine
-            do { engine = try ChatEngine(model: model, options: opts, sink: { mailbox.post($0) }) } catch { throw CLIError("\(error)") }
-            var tui = TUI.Options()
-            tui.theme = theme
-            let code = TUI.run(engine: engine, mailbox: mailbox, options: tui)
-            if code != 0 { throw ExitCode(code) }
-            return
+            do {
+                try TUI.check()
+                let mailbox = EventMailbox()
+                let engine: ChatEngine
+                do { engine = try ChatEngine(model: model, options: opts, sink: { mailbox.post($0) }) } catch { throw CLIError("\(error)") }
+                var tui = TUI.Options()
+                tui.theme = theme
+                let code = try TUI.run(engine: engine, mailbox: mailbox, options: tui)
+                if code != 0 { throw ExitCode(code) }
+                return
+            } catch let e as TUI.Unavailable {
+                Out.err("buddy: \(e); using line mode")
+            }
         }
         try LineChat(options: opts, model: model).run(question: question)
     }
@@ -82,6 +87,8 @@ final class LineChat: @unchecked Sendable {
     private var interrupted = false
     private var failed = false
     private let interactive = isatty(0) != 0
+    /// Notices (router fallback, /auto) are shown in conversations, not in one-shot answers.
+    private var conversational = true
 
     init(options: EngineOptions, model: LanguageModel) {
         self.options = options
@@ -95,7 +102,7 @@ final class LineChat: @unchecked Sendable {
         case let .token(text, _): Out.write(text)
         case .done: Out.write("\n")
         case let .error(s): withLock { failed = true }; Out.err("error: \(s)")
-        case let .notice(s): if interactive { Out.err("· \(s)") }
+        case let .notice(s): if conversational { Out.err("· \(s)") }
         case let .budget(b, k, r): if interactive { Out.err("· budget \(Int((b * 100).rounded()))% (\(k)/\(r) layers)") }
         case let .router(n): if interactive { Out.err("· router: \(n)") }
         case let .saved(p): Out.err("· saved to \(p)")
@@ -107,6 +114,7 @@ final class LineChat: @unchecked Sendable {
     }
 
     func run(question: String?) throws {
+        conversational = question == nil
         let engine: ChatEngine
         do { engine = try ChatEngine(model: model, options: options, sink: { [self] in handle($0) }) } catch { throw CLIError("\(error)") }
         // Ctrl-C stops a reply; when idle (or answering once) it ends with status 130.
