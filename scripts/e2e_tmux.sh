@@ -17,7 +17,12 @@ mkdir -p "$out"
 work="$(mktemp -d /tmp/buddy-e2e-work.XXXXXX)"
 sock="buddy-e2e-$$"
 tm() { tmux -L "$sock" "$@"; }
-cleanup() { tm kill-server >/dev/null 2>&1 || true; sleep 0.2; rm -rf "$work" 2>/dev/null || true; }
+cleanup() {
+  tm kill-server >/dev/null 2>&1 || true
+  sleep 0.2
+  rm -rf "$work" 2>/dev/null || true
+  rm -f "${TMUX_TMPDIR:-/tmp}/tmux-$(id -u)/$sock"
+}
 trap cleanup EXIT
 
 fail() {
