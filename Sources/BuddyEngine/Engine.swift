@@ -189,8 +189,11 @@ public final class ChatEngine: @unchecked Sendable {
             router = try Routers.make(options.router, model: model, budget: budget)
         } catch {
             guard options.fallBackToEven else { throw error }
-            router = try Routers.make("even", model: model, budget: budget)
-            notice = options.router == "buddy" ? "no trained buddy router yet; using the evenly spread static router" : "router '\(options.router)' failed (\(error)); using even"
+            // The best static ranking available; the evenly spread subset only as a last
+            // resort (it drops deep layers, which this model cannot spare).
+            let fallback = ["sleb", "shortgpt"].compactMap { try? Routers.make($0, model: model, budget: budget) }.first
+            router = try fallback ?? Routers.make("even", model: model, budget: budget)
+            notice = options.router == "buddy" ? "no trained buddy router yet; using the static \(router.name) ranking" : "router '\(options.router)' failed (\(error)); using \(router.name)"
         }
         timed = TimedSelector(router)
         session = Session(model: model, capacity: options.context, threads: options.threads)

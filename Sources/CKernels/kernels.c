@@ -485,8 +485,47 @@ void bk_round_to_half(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] = h2f(bk_float_to_half(x[i]));
 }
 
+#if BK_X86
+// The same three passes with the dot products and the weighted sum inlined (hd % 8 == 0).
+BK_AVX2 static void attend_avx2(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
+                                int n, int hd, float scale, int half_weights, float *scores, float *out) {
+    float maxs = -INFINITY;
+    for (int t = 0; t < n; t++) {
+        if (present && !present[t]) { scores[t] = -INFINITY; continue; }
+        const float *k = keys + (size_t)t * stride;
+        __m256 acc = _mm256_setzero_ps();
+        for (int i = 0; i < hd; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), _mm256_loadu_ps(k + i), acc);
+        float s = hsum256(acc) * scale;
+        scores[t] = s;
+        if (s > maxs) maxs = s;
+    }
+    float sum = 0;
+    for (int t = 0; t < n; t++) {
+        float e = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - maxs);
+        scores[t] = e;
+        sum += e;
+    }
+    memset(out, 0, (size_t)hd * sizeof(float));
+    if (!(sum > 0)) return;
+    float inv = 1.0f / sum;
+    for (int t = 0; t < n; t++) scores[t] *= inv;
+    if (half_weights) round_to_half_avx2(scores, n);
+    // Positions with zero weight are skipped, not multiplied: a masked position's V may be
+    // stale or uninitialised, and 0 × NaN would poison the sum.
+    for (int t = 0; t < n; t++) {
+        if (scores[t] == 0) continue;
+        const __m256 w = _mm256_set1_ps(scores[t]);
+        const float *v = values + (size_t)t * stride;
+        for (int i = 0; i < hd; i += 8) _mm256_storeu_ps(out + i, _mm256_fmadd_ps(w, _mm256_loadu_ps(v + i), _mm256_loadu_ps(out + i)));
+    }
+}
+#endif
+
 void bk_attend(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
                int n, int hd, float scale, int half_weights, float *scores, float *out) {
+#if BK_X86
+    if (bk_has_avx2() && hd % 8 == 0) { attend_avx2(q, keys, values, stride, present, n, hd, scale, half_weights, scores, out); return; }
+#endif
     float maxs = -INFINITY;
     for (int t = 0; t < n; t++) {
         if (present && !present[t]) { scores[t] = -INFINITY; continue; }

@@ -213,7 +213,9 @@ final class EngineTests: XCTestCase {
         engine.send(.setRouter("last"))
         engine.send(.setBudget(2))
         engine.drain()
-        XCTAssertTrue(rec.notices.contains { $0.contains("using even") }, "\(rec.notices)")
+        // Falls back to the best static ranking shipped in routers/ (sleb, else shortgpt).
+        XCTAssertTrue(rec.notices.contains { $0.contains("router 'no-such-router' failed") && ($0.hasSuffix("using sleb") || $0.hasSuffix("using shortgpt")) },
+                      "\(rec.notices)")
         XCTAssertTrue(rec.notices.contains { $0.contains("auto budget not available yet") }, "\(rec.notices)")
         XCTAssertEqual(rec.errors.count, 1)
         XCTAssertTrue(rec.events.contains { if case .router("last") = $0 { return true }; return false })
