@@ -486,6 +486,24 @@ void bk_round_to_half(float *x, int n) {
 }
 
 #if BK_X86
+// exp for eight floats: range reduction x = n·ln2 + r and a degree-5 polynomial for e^r
+// (Cephes' coefficients); relative error about 1e-7 over the range softmax uses (x <= 0).
+BK_AVX2 static inline __m256 exp_avx2(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f)), _mm256_set1_ps(-87.3365447504f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
 // The same three passes with the dot products and the weighted sum inlined (hd % 8 == 0).
 BK_AVX2 static void attend_avx2(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
                                 int n, int hd, float scale, int half_weights, float *scores, float *out) {
@@ -499,8 +517,18 @@ BK_AVX2 static void attend_avx2(const float *q, const float *keys, const float *
         scores[t] = s;
         if (s > maxs) maxs = s;
     }
-    float sum = 0;
-    for (int t = 0; t < n; t++) {
+    // exp(s - max) eight at a time; left-out positions (-inf) get exactly 0.
+    const __m256 vmax = _mm256_set1_ps(maxs), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 vsum = _mm256_setzero_ps();
+    int t = 0;
+    for (; t + 8 <= n; t += 8) {
+        __m256 sc = _mm256_loadu_ps(scores + t);
+        __m256 e = _mm256_andnot_ps(_mm256_cmp_ps(sc, ninf, _CMP_EQ_OQ), exp_avx2(_mm256_sub_ps(sc, vmax)));
+        _mm256_storeu_ps(scores + t, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    float sum = hsum256(vsum);
+    for (; t < n; t++) {
         float e = scores[t] == -INFINITY ? 0.0f : expf(scores[t] - maxs);
         scores[t] = e;
         sum += e;

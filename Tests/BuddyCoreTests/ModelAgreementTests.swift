@@ -133,12 +133,16 @@ final class ModelAgreementTests: XCTestCase {
     /// (dequantised weights, fp32 activations, scalar code).
     func testFastPathAgainstFp32Reference() throws {
         let m = try TestSupport.model()
-        let ids = m.tokenizer.encode("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published", parseSpecial: false)
+        let ids = m.tokenizer.encode("""
+            The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that changed \
+            physics: on the photoelectric effect, on Brownian motion, on special relativity and on the equivalence of \
+            mass and energy. Each of them would have been enough for a career.
+            """, parseSpecial: false)
         let vocab = m.config.vocabSize
         let pool = ThreadPool.shared(threads: 2)
         func run(reference: Bool) -> [[Float]] {
-            let cache = KVCache(layers: m.config.layers, capacity: 64, kvDim: m.config.kvDim)
-            let s = DecodeState(config: m.config, capacity: 64, pool: pool)
+            let cache = KVCache(layers: m.config.layers, capacity: 128, kvDim: m.config.kvDim)
+            let s = DecodeState(config: m.config, capacity: 128, pool: pool)
             s.reference = reference
             return ids.enumerated().map { pos, t in Array(UnsafeBufferPointer(start: m.transformer.forward(token: t, pos: pos, s, cache), count: vocab)) }
         }
