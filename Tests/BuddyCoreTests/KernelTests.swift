@@ -249,3 +249,32 @@ final class AttentionKernelTests: XCTestCase {
         }
     }
 }
+
+extension AttentionKernelTests {
+    /// Head sizes 64 and 128 take the register-accumulator path; 24 the generic one.
+    func testAttentionKernelAgainstScalarAtRealHeadSizes() {
+        var r = TestRandom(91)
+        for hd in [24, 64, 128] {
+            for n in [1, 3, 4, 5, 37] {
+                let stride = 3 * hd + 8
+                let keys = r.floats(n * stride, -1, 1), values = r.floats(n * stride, -1, 1)
+                var present = (0..<n).map { UInt8($0 % 4 == 2 ? 0 : 1) }
+                present[n - 1] = 1
+                let q = r.floats(hd, -2, 2)
+                let scale = 1 / Float(hd).squareRoot()
+                // scalar softmax attention
+                var s = [Double](repeating: -.infinity, count: n)
+                for t in 0..<n where present[t] != 0 { s[t] = (0..<hd).reduce(0.0) { $0 + Double(q[$1] * keys[t * stride + hd + $1]) } * Double(scale) }
+                let m = s.max()!
+                let e = s.map { $0 == -.infinity ? 0 : exp($0 - m) }
+                let z = e.reduce(0, +)
+                let want = (0..<hd).map { i in (0..<n).reduce(0.0) { $0 + e[$1] / z * Double(values[$1 * stride + hd + i]) } }
+                var scores = [Float](repeating: 0, count: n), out = [Float](repeating: .nan, count: hd)
+                keys.withUnsafeBufferPointer { k in values.withUnsafeBufferPointer { v in
+                    bk_attend(q, k.baseAddress! + hd, v.baseAddress! + hd, stride, present, Int32(n), Int32(hd), scale, 0, &scores, &out)
+                } }
+                for i in 0..<hd { XCTAssertEqual(Double(out[i]), want[i], accuracy: 1e-5, "hd \(hd) n \(n) lane \(i)") }
+            }
+        }
+    }
+}
