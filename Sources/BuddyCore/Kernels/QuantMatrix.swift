@@ -59,20 +59,25 @@ public struct QuantMatrix: @unchecked Sendable {
 /// per thread; each thread needs its own dequantisation scratch row for the generic path.
 public final class MatVec: @unchecked Sendable {
     public let pool: ThreadPool
-    /// [threads × maxCols] scratch rows
+    /// [tasksPerThread × threads × maxCols] scratch rows, one per task
     private let scratch: UnsafeMutablePointer<Float>
     private let maxCols: Int
 
     public init(pool: ThreadPool, maxCols: Int) {
         self.pool = pool
         self.maxCols = maxCols
-        scratch = .allocate(capacity: pool.threads * maxCols)
+        scratch = .allocate(capacity: MatVec.tasksPerThread * pool.threads * maxCols)
     }
     deinit { scratch.deallocate() }
 
+    /// Large products are cut into a few tasks per thread, handed out as threads free up, so
+    /// a thread that was descheduled or started late does not hold the others back.
+    @inline(__always) func taskCount(rows: Int) -> Int { rows >= 1024 ? MatVec.tasksPerThread * pool.threads : pool.threads }
+    static let tasksPerThread = 4
+
     /// y[0..<m.rows] = m · x. `xq` must hold x quantised when m.usesQ8Input.
     public func run(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ xq: Q8Activations, _ y: UnsafeMutablePointer<Float>) {
-        let tasks = pool.threads
+        let tasks = taskCount(rows: m.rows)
         let per = (m.rows + tasks - 1) / tasks
         pool.parallelFor(tasks) { t in
             let lo = t * per, hi = min(m.rows, lo + per)
@@ -83,7 +88,7 @@ public final class MatVec: @unchecked Sendable {
     /// Several matrices that share an input, in one parallel pass (Q/K/V, gate/up).
     public func run(_ ms: [QuantMatrix], _ x: UnsafePointer<Float>, _ xq: Q8Activations, _ ys: [UnsafeMutablePointer<Float>]) {
         let total = ms.reduce(0) { $0 + $1.rows }
-        let tasks = pool.threads
+        let tasks = taskCount(rows: total)
         let per = (total + tasks - 1) / tasks
         pool.parallelFor(tasks) { t in
             let s = scratch + t * maxCols

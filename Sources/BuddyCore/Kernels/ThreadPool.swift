@@ -88,7 +88,7 @@ public final class ThreadPool: @unchecked Sendable {
                 spins += 1
                 // A descheduled worker (other processes on the same cores) cannot finish
                 // while we spin: give the core away now and then.
-                if spins & 1023 == 0 { sched_yield() } else { spinPause() }
+                if spins & 16383 == 0 { sched_yield() } else { spinPause() }
             }
             job = nil
         }
@@ -111,7 +111,7 @@ public final class ThreadPool: @unchecked Sendable {
             while generation.load(ordering: .sequentiallyConsistent) == seen {
                 spins += 1
                 if spins < spinLimit {
-                    if spins & 1023 == 0 { sched_yield() } else { spinPause() }
+                    if spins & 16383 == 0 { sched_yield() } else { spinPause() }
                     continue
                 }
                 pthread_mutex_lock(&mutex)
