@@ -35,9 +35,11 @@ struct Train: ParsableCommand {
     @Option(name: .long, help: "Candidate alphas (scale of the learned part relative to the prior).")
     var alphas: String = "0,0.01,0.02,0.04,0.08"
     @Option(name: .long, help: "Hidden units of the Decision Module.")
-    var hidden: Int = 64
-    @Option(name: .long, help: "Training epochs over the collected examples.")
+    var hidden: Int = 32
+    @Option(name: .long, help: "Training epochs over the collected examples (the epoch with the lowest validation error is kept).")
     var epochs: Int = 30
+    @Option(name: .long, help: "L2 weight decay of the MLP.")
+    var weightDecay: Float = 1e-3
     @Option(name: .long, help: "Random seed.")
     var seed: UInt64 = 0
     @OptionGroup var modelOptions: ModelOptions
@@ -97,6 +99,7 @@ struct Train: ParsableCommand {
 
         // 3. Fit the MLP.
         var mlp = MLPTrainer(inputDim: inDim, hidden: hidden, outputs: R, seed: seed)
+        mlp.weightDecay = weightDecay
         let batchSize = 32
         let steps = epochs * ((trX.count + batchSize - 1) / batchSize)
         let fitBar = ProgressBar("training", total: steps)
@@ -105,6 +108,8 @@ struct Train: ParsableCommand {
         var lastLoss: Float = 0
         print(String(format: "examples: %d train, %d validation; initial MSE train %.4f, validation %.4f (predicting the mean gives 1.0)",
                      trX.count, vaX.count, mlp.meanSquaredError(trX, trY), mlp.meanSquaredError(vaX, vaY)))
+        // Early stopping: keep the weights of the epoch with the lowest validation error.
+        var best = (epoch: 0, mse: mlp.meanSquaredError(vaX, vaY), model: mlp)
         for epoch in 0..<epochs {
             order.shuffle(using: &rng)
             for s in stride(from: 0, to: order.count, by: batchSize) {
@@ -113,9 +118,12 @@ struct Train: ParsableCommand {
                 step += 1
                 fitBar.update(step, detail: String(format: "epoch %d loss %.4f", epoch + 1, lastLoss))
             }
+            let v = mlp.meanSquaredError(vaX, vaY)
+            if v < best.mse { best = (epoch + 1, v, mlp) }
         }
+        mlp = best.model
         let trainMSE = mlp.meanSquaredError(trX, trY), valMSE = mlp.meanSquaredError(vaX, vaY)
-        print(String(format: "final MSE train %.4f, validation %.4f", trainMSE, valMSE))
+        print(String(format: "kept epoch %d of %d: MSE train %.4f, validation %.4f", best.epoch, epochs, trainMSE, valMSE))
 
         // 4. Choose alpha on held-out text by routed perplexity.
         let budgetList = try parseBudgets(budgets)
@@ -146,12 +154,12 @@ struct Train: ParsableCommand {
         print("| alpha | " + budgetList.map { String(format: "%.2f", $0) }.joined(separator: " | ") + " |")
         print("|---|" + String(repeating: "---|", count: budgetList.count))
         for a in alphaList { print(String(format: "| %.3f | ", a) + table[a]!.map { String(format: "%.2f", exp($0)) }.joined(separator: " | ") + " |") }
-        let best = alphaList.min { table[$0]!.reduce(0, +) < table[$1]!.reduce(0, +) }!
-        print(String(format: "chosen alpha %.3f (%@)", best, best == 0 ? "the learned part did not help on held-out text: the router equals its prior" : "mean log-perplexity below the prior's"))
+        let bestAlpha = alphaList.min { table[$0]!.reduce(0, +) < table[$1]!.reduce(0, +) }!
+        print(String(format: "chosen alpha %.3f (%@)", bestAlpha, bestAlpha == 0 ? "the learned part did not help on held-out text: the router equals its prior" : "mean log-perplexity below the prior's"))
 
-        let final = try module(alpha: best)
-        let notes = String(format: "buddy train --prior %@ --train-chunks %d --chunk %d --val-chunks %d --hidden %d --epochs %d --seed %llu; alpha %.3f; MSE train %.4f val %.4f; %.0f s",
-                           prior, trainChunks, chunk, valChunks, hidden, epochs, seed, best, trainMSE, valMSE, Date().timeIntervalSince(t0))
+        let final = try module(alpha: bestAlpha)
+        let notes = String(format: "buddy train --prior %@ --train-chunks %d --chunk %d --val-chunks %d --hidden %d --epochs %d --weight-decay %g --seed %llu; alpha %.3f; MSE train %.4f val %.4f; %.0f s",
+                           prior, trainChunks, chunk, valChunks, hidden, epochs, Double(weightDecay), seed, bestAlpha, trainMSE, valMSE, Date().timeIntervalSince(t0))
         try RouterFile.save(final, model: model, notes: notes, to: out)
         print("written to \(out)")
     }
