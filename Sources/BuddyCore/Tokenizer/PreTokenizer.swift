@@ -158,12 +158,18 @@ struct PreTokenizer: Sendable {
 
     private static func runs(_ cls: UnsafeBufferPointer<UInt8>, _ bit: UInt8, _ start: Int, _ end: Int,
                              _ out: inout [Int]) {
+        splitRuns(start, end, &out) { cls[$0] & bit != 0 }
+    }
+
+    /// Splits [start, end) into maximal runs of positions that match and the gaps between them.
+    @inline(__always)
+    private static func splitRuns(_ start: Int, _ end: Int, _ out: inout [Int], matches: (Int) -> Bool) {
         var gapStart = start
         var i = start
         while i < end {
-            if cls[i] & bit != 0 {
+            if matches(i) {
                 var j = i + 1
-                while j < end && cls[j] & bit != 0 { j += 1 }
+                while j < end && matches(j) { j += 1 }
                 if i > gapStart { out.append(i - gapStart) }
                 out.append(j - i)
                 gapStart = j
@@ -189,21 +195,7 @@ struct PreTokenizer: Sendable {
             let c = cls[i]
             return c & CodePointClass.whitespace == 0 && c & CodePointClass.punctuation != 0
         }
-        var gapStart = start
-        var i = start
-        while i < end {
-            if matches(i) {
-                var j = i + 1
-                while j < end && matches(j) { j += 1 }
-                if i > gapStart { out.append(i - gapStart) }
-                out.append(j - i)
-                gapStart = j
-                i = j
-            } else {
-                i += 1
-            }
-        }
-        if end > gapStart { out.append(end - gapStart) }
+        splitRuns(start, end, &out, matches: matches)
     }
 
     private static func asciiDigitTriples(_ cps: UnsafeBufferPointer<UInt32>, _ start: Int, _ end: Int,
