@@ -29,7 +29,7 @@ ppl = {(r["method"], float(r["budget"])): float(r["ppl"]) for r in rows}
 print("# Evaluation\n")
 print(f"Made by `scripts/eval_table.sh {chunks}`. WikiText-2 validation, llama.cpp's perplexity protocol "
       f"(512-token chunks, second half scored), {chunks} chunks starting at chunk 16 (token 8,192), past all text "
-      "used for calibration (SLEB: tokens 0–1,023; ShortGPT: 0–4,095) and router training (0–2,047, α chosen on chunks 4–5). "
+      "used for calibration (SLEB: tokens 0–1,023; ShortGPT: 0–4,095) and router training (tokens 0–4,095, α chosen on chunks 8–9). "
       "KV policy mask. `buddy` routes per token as in generation (the unscored first half of each chunk is a prompt "
       "with one decision; every scored token is a decode step with its own decision).\n")
 print("## Perplexity (lower is better)\n")

@@ -7,7 +7,7 @@ public struct SliderState: Equatable, Sendable {
     public var auto = false
     /// Budgets at or above this run the model without obvious damage (SmolLM2-135M degrades
     /// quickly below about 80%).
-    public static let recommendedFloor = 0.8
+    public static let recommendedFloor = 0.9
     public static let minimum = 0.05
 
     public init(budget: Double = 1, routable: Int) {
@@ -36,7 +36,7 @@ public struct SliderState: Equatable, Sendable {
 }
 
 public enum BudgetSlider {
-    /// One line: `budget ━━━━━━━━━●────┊───  85%  24/28 layers  recommended 80–100%`.
+    /// One line: `budget ━━━━━━━━━●────┊───  85%  24/28 layers  recommended 90–100%`.
     public static func draw(_ s: SliderState, in r: Rect, on c: Canvas) {
         guard r.width > 20 else { return }
         c.fill(r)
@@ -44,8 +44,8 @@ public enum BudgetSlider {
         let label = s.auto ? "budget(auto) " : "budget "
         let info = " \(pad3(s.percent))%  \(s.k)/\(s.routable) layers"
         let hint = s.inRecommendedZone
-            ? (wide ? "  ✓ recommended zone 80–100%" : "  ✓ 80–100% ok")
-            : (wide ? "  ⚠ below 80%: this model degrades fast" : "  ⚠ <80% degrades")
+            ? (wide ? "  ✓ recommended zone 90–100%" : "  ✓ 90–100% ok")
+            : (wide ? "  ⚠ below 90%: this model degrades fast" : "  ⚠ <90% degrades")
         let trackW = max(8, min(wide ? 50 : 30, r.width - label.count - info.count - TextWidth.width(hint) - 1))
         var x = r.x
         c.put(x, r.y, label, .slider)
