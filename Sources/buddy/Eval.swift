@@ -6,7 +6,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self])
+        subcommands: [Perplexity.self, HellaSwag.self])
 }
 
 extension Eval {
@@ -99,6 +99,75 @@ extension Eval {
             if let csv {
                 var out = "method,budget,kv_policy,ppl,tokens\n"
                 for r in rows { out += String(format: "%@,%.2f,%@,%.4f,%d\n", r.method, r.budget, kvPolicy.rawValue, r.ppl, r.tokens) }
+                try AtomicFile.write(Data(out.utf8), to: csv)
+            }
+        }
+    }
+}
+
+extension Eval {
+    struct HellaSwag: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "hellaswag",
+            abstract: "HellaSwag acc_norm (llama.cpp's file layout and scoring).",
+            discussion: """
+                Each ending, prefixed by a space, is scored by the mean log-probability of its
+                tokens after the context; the highest mean wins. Example:
+                  buddy eval hellaswag --data ../shared/data/hellaswag_dev.txt --limit 400 --budgets 1,0.9 --methods buddy,sleb
+                """)
+        @Option(name: .long, help: "Task file (6 lines per task).")
+        var data: String
+        @Option(name: .long, help: "Use only the first N tasks.")
+        var limit: Int?
+        @Option(name: .long, help: "Comma-separated budgets.")
+        var budgets: String = "1"
+        @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.")
+        var methods: String = "buddy"
+        @Option(name: .long, help: "Router file for the method 'buddy'.")
+        var router: String?
+        @Option(name: .long, help: "KV policy for skipped layers.")
+        var kvPolicy: KVPolicy = .mask
+        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,acc_norm,n).")
+        var csv: String?
+        @OptionGroup var modelOptions: ModelOptions
+
+        func validate() throws {
+            if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+            _ = try parseBudgets(budgets)
+        }
+
+        func run() throws {
+            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
+            var tasks: [HellaSwagTask]
+            do { tasks = try HellaSwagTask.parse(text) } catch { throw CLIError("\(error)") }
+            if let limit { tasks = Array(tasks.prefix(limit)) }
+            let model = try modelOptions.load()
+            let session = Session(model: model, capacity: 512, threads: modelOptions.threads, batchSize: 128)
+            session.policy = kvPolicy
+            var rows: [(String, Double, Double, Int)] = []
+            for method in methods.split(separator: ",").map(String.init) {
+                for b in try parseBudgets(budgets) {
+                    session.selector = b >= 1 ? nil : try Routers.make(method == "buddy" ? (router ?? "buddy") : method, model: model, budget: b)
+                    let ev = HellaSwagEvaluator(session: session)
+                    let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
+                    var correct = 0
+                    for (i, t) in tasks.enumerated() {
+                        session.reset()
+                        (session.selector as? DecisionModule)?.resetContext()
+                        if try ev.score(t).best == t.gold { correct += 1 }
+                        bar.update(i + 1, detail: String(format: "acc_norm %.3f", Double(correct) / Double(i + 1)))
+                    }
+                    rows.append((method, b, Double(correct) / Double(tasks.count), tasks.count))
+                }
+            }
+            print("| method | budget | kv_policy | acc_norm | ± s.e. | n |")
+            print("|---|---|---|---|---|---|")
+            for (m, b, acc, n) in rows {
+                print(String(format: "| %@ | %.2f | %@ | %.4f | %.4f | %d |", m, b, kvPolicy.rawValue, acc, (acc * (1 - acc) / Double(n)).squareRoot(), n))
+            }
+            if let csv {
+                var out = "method,budget,kv_policy,acc_norm,n\n"
+                for (m, b, acc, n) in rows { out += String(format: "%@,%.2f,%@,%.4f,%d\n", m, b, kvPolicy.rawValue, acc, n) }
                 try AtomicFile.write(Data(out.utf8), to: csv)
             }
         }

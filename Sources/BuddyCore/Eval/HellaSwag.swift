@@ -1,0 +1,65 @@
+import Foundation
+
+/// One HellaSwag task in llama.cpp's 6-lines-per-task layout:
+/// `activity_label: ctx`, the gold ending's index, then the four endings.
+public struct HellaSwagTask: Sendable, Equatable {
+    public let context: String
+    public let gold: Int
+    public let endings: [String]
+
+    public init(context: String, gold: Int, endings: [String]) {
+        self.context = context
+        self.gold = gold
+        self.endings = endings
+    }
+
+    public struct ParseError: Error, CustomStringConvertible {
+        public let line: Int
+        public let reason: String
+        public var description: String { "HellaSwag file, line \(line): \(reason)" }
+    }
+
+    public static func parse(_ text: String) throws -> [HellaSwagTask] {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        while lines.last == "" { lines.removeLast() }
+        guard lines.count % 6 == 0 else { throw ParseError(line: lines.count, reason: "\(lines.count) lines is not a multiple of 6") }
+        return try stride(from: 0, to: lines.count, by: 6).map { i in
+            guard let g = Int(lines[i + 1].trimmingCharacters(in: .whitespaces)), (0..<4).contains(g) else {
+                throw ParseError(line: i + 2, reason: "gold ending index must be 0-3, found '\(lines[i + 1])'")
+            }
+            return HellaSwagTask(context: lines[i], gold: g, endings: Array(lines[(i + 2)..<(i + 6)]))
+        }
+    }
+}
+
+/// acc_norm as llama.cpp computes it: each ending (prefixed by a space) is scored by the mean
+/// log-probability of its tokens after the context; the highest mean wins. The context is
+/// evaluated once per task (the session reuses its cache for the four endings), and ending
+/// tokens are fed one at a time, so a router decides per token as it does in generation.
+public struct HellaSwagEvaluator {
+    public let session: Session
+
+    public init(session: Session) { self.session = session }
+
+    /// Mean log-probability of each ending; returns the index of the best.
+    public func score(_ task: HellaSwagTask) throws -> (best: Int, scores: [Double]) {
+        let tok = session.model.tokenizer
+        var ctx = tok.encode(task.context, parseSpecial: false)
+        if tok.addBOS, let bos = tok.bosID { ctx.insert(bos, at: 0) }
+        let vocab = session.model.config.vocabSize
+        var scores: [Double] = []
+        for ending in task.endings {
+            let ids = tok.encode(" " + ending, parseSpecial: false)
+            guard !ids.isEmpty else { scores.append(-.infinity); continue }
+            try session.evaluate(ctx)
+            var sum = 0.0
+            for (i, id) in ids.enumerated() {
+                sum -= PerplexityEvaluator.negativeLogProb(session.decode.logits, count: vocab, target: Int(id))
+                if i + 1 < ids.count { try session.step(id) }
+            }
+            scores.append(sum / Double(ids.count))
+        }
+        let best = scores.indices.max { scores[$0] < scores[$1] || (scores[$0] == scores[$1] && $0 > $1) }!
+        return (best, scores)
+    }
+}
