@@ -20,6 +20,10 @@ public final class DecodeState: @unchecked Sendable {
     public var xq: Q8Activations                     // [max(dim, ffnDim, qDim)] quantised input
     public let capacity: Int
     public let matvec: MatVec
+    /// Output groups matching LayerWeights.qkv / kv / gateUp.
+    let qkvOut: [UnsafeMutablePointer<Float>]
+    let kvOut: [UnsafeMutablePointer<Float>]
+    let gateUpOut: [UnsafeMutablePointer<Float>]
     /// Use the plain fp32 reference path (dequantised weights, fp32 activations, scalar code).
     public var reference = false
     public var trace: TraceSink?
@@ -41,6 +45,9 @@ public final class DecodeState: @unchecked Sendable {
         scratch = .allocate(capacity: wide)
         xq = Q8Activations(capacity: (wide + 31) / 32 * 32)
         matvec = MatVec(pool: pool, maxCols: wide)
+        qkvOut = [q, k, v]
+        kvOut = [k, v]
+        gateUpOut = [hb, hb2]
     }
 
     deinit {
@@ -84,7 +91,7 @@ extension Transformer {
             s.matvec.runReference(w.wv, s.xb, s.v)
         } else {
             s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run([w.wq, w.wk, w.wv], s.xb, s.xq, [s.q, s.k, s.v])
+            s.matvec.run(w.qkv, s.xb, s.xq, s.qkvOut)
         }
         if let b = w.bq { for i in 0..<c.qDim { s.q[i] += b[i] } }
         if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
@@ -136,7 +143,7 @@ extension Transformer {
             s.matvec.runReference(w.up, s.xb, s.hb2)
         } else {
             s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run([w.gate, w.up], s.xb, s.xq, [s.hb, s.hb2])
+            s.matvec.run(w.gateUp, s.xb, s.xq, s.gateUpOut)
         }
         for i in 0..<c.ffnDim { s.hb[i] = Transformer.silu(s.hb[i]) * s.hb2[i] }
         project(w.down, s.hb, s.xb, s, quantized: false)
@@ -164,7 +171,7 @@ extension Transformer {
                 s.matvec.runReference(w.wv, s.xb, s.v)
             } else {
                 s.xq.quantize(s.xb, count: c.dim)
-                s.matvec.run([w.wk, w.wv], s.xb, s.xq, [s.k, s.v])
+                s.matvec.run(w.kv, s.xb, s.xq, s.kvOut)
             }
             if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
             if let b = w.bv { for i in 0..<c.kvDim { s.v[i] += b[i] } }

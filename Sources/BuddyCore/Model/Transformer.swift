@@ -26,6 +26,22 @@ public struct LayerWeights: @unchecked Sendable {
     public let bq: [Float]?        // [qDim]   (qwen2)
     public let bk: [Float]?        // [kvDim]  (qwen2)
     public let bv: [Float]?        // [kvDim]  (qwen2)
+
+    /// The projections that share an input, grouped once so the decode path passes them to
+    /// one parallel pass without building arrays per token.
+    public var qkv: [QuantMatrix] { groups.qkv }
+    public var kv: [QuantMatrix] { groups.kv }
+    public var gateUp: [QuantMatrix] { groups.gateUp }
+    private let groups: (qkv: [QuantMatrix], kv: [QuantMatrix], gateUp: [QuantMatrix])
+
+    public init(attnNorm: [Float], ffnNorm: [Float], wq: QuantMatrix, wk: QuantMatrix, wv: QuantMatrix, wo: QuantMatrix,
+                gate: QuantMatrix, up: QuantMatrix, down: QuantMatrix, bq: [Float]?, bk: [Float]?, bv: [Float]?) {
+        self.attnNorm = attnNorm; self.ffnNorm = ffnNorm
+        self.wq = wq; self.wk = wk; self.wv = wv; self.wo = wo
+        self.gate = gate; self.up = up; self.down = down
+        self.bq = bq; self.bk = bk; self.bv = bv
+        groups = ([wq, wk, wv], [wk, wv], [gate, up])
+    }
 }
 
 /// Immutable weights of a llama/qwen2 decoder and the forward pass over them.
