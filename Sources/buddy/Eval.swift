@@ -27,14 +27,7 @@ extension Eval {
         var skipChunks: Int = 0
         @Option(name: .long, help: "Chunk size in tokens.")
         var ctx: Int = 512
-        @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.")
-        var budgets: String = "1"
-        @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.")
-        var methods: String = "buddy"
-        @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).")
-        var router: String?
-        @Option(name: .long, help: "KV policy for skipped layers: mask, zero or fill.")
-        var kvPolicy: KVPolicy = .mask
+        @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write the results as CSV (method,budget,kv_policy,ppl,tokens).")
         var csv: String?
         @OptionGroup var modelOptions: ModelOptions
@@ -43,14 +36,8 @@ extension Eval {
             guard ctx >= 16 && ctx <= 8192 else { throw ValidationError("--ctx must be between 16 and 8192") }
             if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1") }
             guard skipChunks >= 0 else { throw ValidationError("--skip-chunks must be >= 0") }
-            _ = try parseBudgets(budgets)
-            for m in methodList where !Routers.names.contains(m) {
-                throw ValidationError("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")))")
-            }
             try modelOptions.validateThreads()
         }
-
-        var methodList: [String] { methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
 
         func run() throws {
             guard var text = try? String(contentsOfFile: data, encoding: .utf8) else {
@@ -64,20 +51,16 @@ extension Eval {
             let available = tokens.count / ctx - skipChunks
             guard available > 0 else { throw CLIError("'\(data)' has \(tokens.count) tokens: no chunk of \(ctx) left after skipping \(skipChunks)") }
             let total = min(available, chunks ?? available)
-            let budgetList = try parseBudgets(budgets)
+            let kvPolicy = routing.kvPolicy
             var rows: [(method: String, budget: Double, ppl: Double, tokens: Int)] = []
-            for method in methodList {
-                for b in budgetList {
+            for method in routing.methodList {
+                for b in try routing.budgetList() {
                     // Budget 1 is the full model whatever the method; compute it once.
                     if b >= 1, let done = rows.first(where: { $0.budget >= 1 }) {
                         rows.append((method, b, done.ppl, done.tokens))
                         continue
                     }
-                    var selector: BudgetedLayerSelector?
-                    if b < 1 {
-                        let spec = method == "buddy" ? (router ?? "buddy") : method
-                        do { selector = try Routers.make(spec, model: model, budget: b) } catch { throw CLIError("\(error)") }
-                    }
+                    let selector = try routing.selector(method: method, budget: b, model: model)
                     let label = String(format: "%@ %.2f", method, b)
                     let bar = ProgressBar(label, total: total)
                     let fixed = (selector as? StaticRanking)?.mask(budget: b)
@@ -119,21 +102,14 @@ extension Eval {
         var data: String
         @Option(name: .long, help: "Use only the first N tasks.")
         var limit: Int?
-        @Option(name: .long, help: "Comma-separated budgets.")
-        var budgets: String = "1"
-        @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.")
-        var methods: String = "buddy"
-        @Option(name: .long, help: "Router file for the method 'buddy'.")
-        var router: String?
-        @Option(name: .long, help: "KV policy for skipped layers.")
-        var kvPolicy: KVPolicy = .mask
+        @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,acc_norm,n).")
         var csv: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
             if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
-            _ = try parseBudgets(budgets)
+            try modelOptions.validateThreads()
         }
 
         func run() throws {
@@ -143,11 +119,12 @@ extension Eval {
             if let limit { tasks = Array(tasks.prefix(limit)) }
             let model = try modelOptions.load()
             let session = Session(model: model, capacity: 512, threads: modelOptions.threads, batchSize: 128)
+            let kvPolicy = routing.kvPolicy
             session.policy = kvPolicy
             var rows: [(String, Double, Double, Int)] = []
-            for method in methods.split(separator: ",").map(String.init) {
-                for b in try parseBudgets(budgets) {
-                    session.selector = b >= 1 ? nil : try Routers.make(method == "buddy" ? (router ?? "buddy") : method, model: model, budget: b)
+            for method in routing.methodList {
+                for b in try routing.budgetList() {
+                    session.selector = try routing.selector(method: method, budget: b, model: model)
                     let ev = HellaSwagEvaluator(session: session)
                     let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
                     var correct = 0
@@ -170,6 +147,36 @@ extension Eval {
                 for (m, b, acc, n) in rows { out += String(format: "%@,%.2f,%@,%.4f,%d\n", m, b, kvPolicy.rawValue, acc, n) }
                 try AtomicFile.write(Data(out.utf8), to: csv)
             }
+        }
+    }
+}
+
+/// --budgets, --methods, --router, --kv-policy: the grid every `buddy eval` command runs.
+struct EvalRoutingOptions: ParsableArguments {
+    @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.")
+    var budgets: String = "1"
+    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.")
+    var methods: String = "buddy"
+    @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).")
+    var router: String?
+    @Option(name: .long, help: "KV policy for skipped layers: mask, zero or fill.")
+    var kvPolicy: KVPolicy = .mask
+
+    var methodList: [String] { methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+    func budgetList() throws -> [Double] { try parseBudgets(budgets) }
+
+    func validate() throws {
+        _ = try budgetList()
+        for m in methodList where !Routers.names.contains(m) {
+            throw ValidationError("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")))")
+        }
+    }
+
+    /// The router for one cell of the grid; nil at budget 1 (the full model).
+    func selector(method: String, budget: Double, model: LanguageModel) throws -> BudgetedLayerSelector? {
+        guard budget < 1 else { return nil }
+        do { return try Routers.make(method == "buddy" ? (router ?? "buddy") : method, model: model, budget: budget) } catch {
+            throw CLIError("\(error)")
         }
     }
 }
