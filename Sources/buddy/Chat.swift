@@ -56,7 +56,7 @@ struct Chat: ParsableCommand {
         opts.maxTokens = maxTokens
         opts.context = context
         opts.threads = modelOptions.threads
-        opts.sampling = sampling.parameters
+        opts.sampling = sampling.parameters(temperature: 0.3, repeatPenalty: 1.1)
 
         if fullScreen {
             do {

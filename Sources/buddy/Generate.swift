@@ -4,36 +4,41 @@ import BuddyRouting
 import Foundation
 
 struct SamplingOptions: ParsableArguments {
-    @Option(name: .long, help: "Sampling temperature; 0 is greedy.")
-    var temperature: Float = 0
+    @Option(name: .long, help: "Sampling temperature; 0 is greedy (default: 0 for generate, 0.3 for the chat).")
+    var temperature: Float?
     @Option(name: .long, help: "Keep the K most likely tokens (0 = off).")
     var topK: Int = 40
     @Option(name: .long, help: "Nucleus sampling threshold (1 = off).")
     var topP: Float = 0.95
     @Option(name: .long, help: "Drop tokens below this fraction of the top probability (0 = off).")
     var minP: Float = 0.05
-    @Option(name: .long, help: "Repetition penalty (1 = off).")
-    var repeatPenalty: Float = 1.0
+    @Option(name: .long, help: "Repetition penalty, 1 = off (default: 1 for generate, 1.1 for the chat).")
+    var repeatPenalty: Float?
     @Option(name: .long, help: "Random seed.")
     var seed: UInt64 = 0
 
-    var parameters: SamplingParameters {
+    /// Greedy and unpenalised unless asked: `generate` is for reproducible runs.
+    var parameters: SamplingParameters { parameters(temperature: 0, repeatPenalty: 1) }
+
+    /// With other defaults for what the user did not set (the chat samples, lightly
+    /// penalising repeats, because a greedy 135M model loops).
+    func parameters(temperature defaultTemperature: Float, repeatPenalty defaultPenalty: Float) -> SamplingParameters {
         var p = SamplingParameters()
-        p.temperature = temperature
+        p.temperature = temperature ?? defaultTemperature
         p.topK = topK
         p.topP = topP
         p.minP = minP
-        p.repetitionPenalty = repeatPenalty
+        p.repetitionPenalty = repeatPenalty ?? defaultPenalty
         p.seed = seed
         return p
     }
 
     func validate() throws {
-        guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") }
+        if let temperature { guard temperature >= 0, temperature.isFinite else { throw ValidationError("--temperature must be >= 0") } }
         guard topK >= 0 else { throw ValidationError("--top-k must be >= 0") }
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard minP >= 0, minP < 1 else { throw ValidationError("--min-p must be in [0, 1)") }
-        guard repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be > 0") }
+        if let repeatPenalty { guard repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be > 0") } }
     }
 }
 
