@@ -117,11 +117,9 @@ final class TimedSelector: LayerSelector {
     init(_ inner: BudgetedLayerSelector) { self.inner = inner }
 
     private func timed<T>(_ f: () -> T) -> T {
-        var a = timespec(), b = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &a)
+        let start = monotonicSeconds()
         let r = f()
-        clock_gettime(CLOCK_MONOTONIC, &b)
-        seconds += Double(b.tv_sec - a.tv_sec) + Double(b.tv_nsec - a.tv_nsec) * 1e-9
+        seconds += monotonicSeconds() - start
         return r
     }
     func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
@@ -314,7 +312,7 @@ public final class ChatEngine: @unchecked Sendable {
             let stats = try session.generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler) { tok in
                 // Stopped (even before the first token): keep what was said so far.
                 if control.isCancelled(id) { return false }
-                let t = ChatEngine.now()
+                let t = monotonicSeconds()
                 if tok.step == 0 { firstTokenTime = t; routerAtFirst = timed.seconds }
                 // The layers of this token were chosen under the budget applied before now.
                 let budget = appliedBudget
@@ -367,12 +365,6 @@ public final class ChatEngine: @unchecked Sendable {
         conversation.append(.assistant, answer)
         records.append(record)
         sink(.done(record))
-    }
-
-    static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 }
 

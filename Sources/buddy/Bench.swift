@@ -70,9 +70,9 @@ struct Bench: ParsableCommand {
                 session.reset()
                 (selector as? DecisionModule)?.resetContext()
                 let routing0 = (selector as? DecisionModule)?.routingSeconds ?? 0
-                let t0 = now()
+                let t0 = monotonicSeconds()
                 try session.evaluate(ids)
-                let t1 = now()
+                let t1 = monotonicSeconds()
                 var tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
                 var layerSum = 0
                 for _ in 0..<genTokens - 1 {
@@ -80,7 +80,7 @@ struct Bench: ParsableCommand {
                     layerSum += session.lastLayers.count
                     tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
                 }
-                let t2 = now()
+                let t2 = monotonicSeconds()
                 guard r > 0 else { continue }   // warm-up
                 prefill.append(Double(promptTokens) / (t1 - t0))
                 decode.append(Double(genTokens - 1) / (t2 - t1))
@@ -99,10 +99,4 @@ struct Bench: ParsableCommand {
             }
         }
     }
-}
-
-func now() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
 }

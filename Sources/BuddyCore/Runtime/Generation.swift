@@ -27,7 +27,8 @@ public struct GenerationStats: Sendable {
     public var meanLayersPerToken: Double { generatedTokens > 0 ? Double(layerSum) / Double(generatedTokens) : 0 }
 }
 
-@inline(__always) func now() -> Double {
+/// Seconds on the monotonic clock, for timing steps and runs.
+@inline(__always) public func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
@@ -40,12 +41,12 @@ extension Session {
                          onToken: (GeneratedToken) -> Bool) throws -> GenerationStats {
         var stats = GenerationStats()
         stats.promptTokens = prompt.count
-        let t0 = now()
+        let t0 = monotonicSeconds()
         try evaluate(prompt)
-        stats.prefillSeconds = now() - t0
+        stats.prefillSeconds = monotonicSeconds() - t0
         var detok = StreamingDetokenizer(tokenizer: model.tokenizer, includeSpecial: includeSpecial)
         let vocab = model.config.vocabSize
-        let t1 = now()
+        let t1 = monotonicSeconds()
         var step = 0
         while step < maxTokens {
             let layersUsed = lastLayers
@@ -61,7 +62,7 @@ extension Session {
             try self.step(id)
         }
         stats.trailingText = detok.flush()
-        stats.decodeSeconds = now() - t1
+        stats.decodeSeconds = monotonicSeconds() - t1
         return stats
     }
 }
