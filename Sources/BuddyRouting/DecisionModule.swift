@@ -151,6 +151,8 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
     }
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        // A rewound cache rewrote positions the sums already hold: rebuild them.
+        if position < pooled.count { pooled.reset(); lastMask = nil }
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
         // Between re-decisions keep the last set, unless the budget moved.
         if let last = lastMask, stepsSinceDecision + 1 < rerouteEvery, last.filter({ $0 }).count == k + 2 {
@@ -166,6 +168,7 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
         // One decision per prompt chunk, from the chunk's last token and everything pooled so far.
+        if chunkStart < pooled.count { pooled.reset() }
         let m = decide(hiddenState: batch.x + (count - 1) * dim, cache: cache, through: chunkStart + count)
         lastMask = m
         stepsSinceDecision = 0

@@ -6,7 +6,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self, HellaSwag.self])
+        subcommands: [Perplexity.self, HellaSwag.self, Chat.self])
 }
 
 extension Eval {
@@ -30,6 +30,8 @@ extension Eval {
         @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write the results as CSV (method,budget,kv_policy,ppl,tokens).")
         var csv: String?
+        @Option(name: .long, help: "Also draw perplexity against budget, one line per method, as SVG.")
+        var plot: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
@@ -52,12 +54,12 @@ extension Eval {
             guard available > 0 else { throw CLIError("'\(data)' has \(tokens.count) tokens: no chunk of \(ctx) left after skipping \(skipChunks)") }
             let total = min(available, chunks ?? available)
             let kvPolicy = routing.kvPolicy
-            var rows: [(method: String, budget: Double, ppl: Double, tokens: Int)] = []
+            var table = EvalTable(metrics: ["ppl", "tokens"], headers: ["ppl", "tokens"], formats: ["%.3f", "%.0f"], kvPolicy: kvPolicy.rawValue)
             for method in routing.methodList {
                 for b in try routing.budgetList() {
                     // Budget 1 is the full model whatever the method; compute it once.
-                    if b >= 1, let done = rows.first(where: { $0.budget >= 1 }) {
-                        rows.append((method, b, done.ppl, done.tokens))
+                    if b >= 1, let done = table.rows.first(where: { $0.budget >= 1 }) {
+                        table.add(method, b, done.values)
                         continue
                     }
                     let selector = try routing.selector(method: method, budget: b, model: model)
@@ -68,22 +70,16 @@ extension Eval {
                         tokens: tokens, maxChunks: total, firstChunk: skipChunks,
                         runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
                         progress: { done, _, partial in bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity)) })
-                    rows.append((method, b, result.perplexity, result.count))
+                    table.add(method, b, [result.perplexity, Double(result.count)])
                 }
             }
-            if rows.count == 1 {
-                let r = rows[0]
-                print(String(format: "perplexity %.4f over %d chunks of %d (%d scored tokens; %d tokens in file)", r.ppl, total, ctx, r.tokens, tokens.count))
+            if table.rows.count == 1 {
+                let r = table.rows[0]
+                print(String(format: "perplexity %.4f over %d chunks of %d (%d scored tokens; %d tokens in file)", r.values[0], total, ctx, Int(r.values[1]), tokens.count))
             } else {
-                print("| method | budget | kv_policy | ppl | tokens |")
-                print("|---|---|---|---|---|")
-                for r in rows { print(String(format: "| %@ | %.2f | %@ | %.3f | %d |", r.method, r.budget, kvPolicy.rawValue, r.ppl, r.tokens)) }
+                print(table.markdown(), terminator: "")
             }
-            if let csv {
-                var out = "method,budget,kv_policy,ppl,tokens\n"
-                for r in rows { out += String(format: "%@,%.2f,%@,%.4f,%d\n", r.method, r.budget, kvPolicy.rawValue, r.ppl, r.tokens) }
-                try AtomicFile.write(Data(out.utf8), to: csv)
-            }
+            try table.save(csv: csv, plot: plot, title: "WikiText-2 perplexity against budget", logScale: true)
         }
     }
 }
@@ -105,6 +101,8 @@ extension Eval {
         @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,acc_norm,n).")
         var csv: String?
+        @Option(name: .long, help: "Also draw acc_norm against budget, one line per method, as SVG.")
+        var plot: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
@@ -121,32 +119,110 @@ extension Eval {
             let session = Session(model: model, capacity: 512, threads: modelOptions.threads, batchSize: 128)
             let kvPolicy = routing.kvPolicy
             session.policy = kvPolicy
-            var rows: [(String, Double, Double, Int)] = []
+            var table = EvalTable(metrics: ["acc_norm", "n"], headers: ["acc_norm", "n"], formats: ["%.4f", "%.0f"], kvPolicy: kvPolicy.rawValue)
+            table.derived = [("± s.e.", { v in String(format: "%.4f", (v[0] * (1 - v[0]) / v[1]).squareRoot()) })]
             for method in routing.methodList {
                 for b in try routing.budgetList() {
+                    if b >= 1, let done = table.rows.first(where: { $0.budget >= 1 }) {
+                        table.add(method, b, done.values)
+                        continue
+                    }
                     session.selector = try routing.selector(method: method, budget: b, model: model)
                     let ev = HellaSwagEvaluator(session: session)
                     let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
                     var correct = 0
                     for (i, t) in tasks.enumerated() {
                         session.reset()
-                        (session.selector as? DecisionModule)?.resetContext()
                         if try ev.score(t).best == t.gold { correct += 1 }
                         bar.update(i + 1, detail: String(format: "acc_norm %.3f", Double(correct) / Double(i + 1)))
                     }
-                    rows.append((method, b, Double(correct) / Double(tasks.count), tasks.count))
+                    table.add(method, b, [Double(correct) / Double(tasks.count), Double(tasks.count)])
                 }
             }
-            print("| method | budget | kv_policy | acc_norm | ± s.e. | n |")
-            print("|---|---|---|---|---|---|")
-            for (m, b, acc, n) in rows {
-                print(String(format: "| %@ | %.2f | %@ | %.4f | %.4f | %d |", m, b, kvPolicy.rawValue, acc, (acc * (1 - acc) / Double(n)).squareRoot(), n))
+            print(table.markdown(), terminator: "")
+            try table.save(csv: csv, plot: plot, title: "HellaSwag acc_norm against budget", logScale: false)
+        }
+    }
+}
+
+extension Eval {
+    struct Chat: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Chat fidelity: KL divergence and top-1 agreement with the full model along its own replies.",
+            discussion: """
+                For each chat prompt (first turns of a JSON-lines file such as MT-Bench's), the
+                full-depth model's greedy reply is the reference. Each routed model is then
+                teacher-forced along that reply: the prompt runs with one routing decision, every
+                reply token is a decode step with its own decision, as in the chat. Reported per
+                method and budget: mean KL(full ‖ routed) in nats per reply token and top-1
+                agreement with the full model. The full model runs once per prompt for all cells.
+                By default the held-out half of the prompts is used (odd positions in the file;
+                `buddy train` and the budget predictor use the even ones). Example:
+                  buddy eval chat --data ../shared/data/mt_bench_questions.jsonl --budgets 0.9,0.8 --methods buddy,sleb
+                """)
+        @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).")
+        var data: String
+        @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.")
+        var split: String = "heldout"
+        @Option(name: .long, help: "Use only the first N prompts of the split.")
+        var limit: Int?
+        @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).")
+        var maxReply: Int = 128
+        @OptionGroup var routing: EvalRoutingOptions
+        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,kl,top1_agreement,tokens).")
+        var csv: String?
+        @Option(name: .long, help: "Also draw KL against budget, one line per method, as SVG.")
+        var plot: String?
+        @OptionGroup var modelOptions: ModelOptions
+
+        func validate() throws {
+            if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+            guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
+            guard (1...2048).contains(maxReply) else { throw ValidationError("--max-reply must be between 1 and 2048") }
+            try modelOptions.validateThreads()
+        }
+
+        func run() throws {
+            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
+            var prompts: [ChatPrompt]
+            do { prompts = try ChatPromptSet.parse(text, split: ChatPromptSplit(rawValue: split)!) } catch { throw CLIError("\(data): \(error)") }
+            if let limit { prompts = Array(prompts.prefix(limit)) }
+            guard !prompts.isEmpty else { throw CLIError("'\(data)' has no prompts in the \(split) split") }
+            let model = try modelOptions.load()
+            let session = Session(model: model, capacity: 2048, threads: modelOptions.threads, batchSize: 256)
+            session.policy = routing.kvPolicy
+            let evaluator = ChatEvaluator(session: session)
+            // Every cell of the grid, each with its own router (per-token state lives in it).
+            var cells: [(method: String, budget: Double, selector: BudgetedLayerSelector?)] = []
+            for method in routing.methodList {
+                for b in try routing.budgetList() { cells.append((method, b, try routing.selector(method: method, budget: b, model: model))) }
             }
-            if let csv {
-                var out = "method,budget,kv_policy,acc_norm,n\n"
-                for (m, b, acc, n) in rows { out += String(format: "%@,%.2f,%@,%.4f,%d\n", m, b, kvPolicy.rawValue, acc, n) }
-                try AtomicFile.write(Data(out.utf8), to: csv)
+            var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)
+            let bar = ProgressBar("chat", total: prompts.count * (cells.count + 1))
+            var done = 0
+            for p in prompts {
+                let ids = evaluator.promptTokens(p.text)
+                guard ids.count + maxReply <= session.capacity else { throw CLIError("prompt \(p.id) is too long (\(ids.count) tokens)") }
+                let ref = try evaluator.reference(prompt: ids, maxTokens: maxReply)
+                done += 1
+                for (i, cell) in cells.enumerated() {
+                    if cell.budget >= 1 {
+                        // The full model agrees with itself: KL 0, top-1 1.
+                        totals[i].add(ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count))
+                    } else {
+                        session.selector = cell.selector
+                        totals[i].add(try evaluator.compare(ref))
+                    }
+                    done += 1
+                    bar.update(done, detail: "prompt \(p.id)")
+                }
             }
+            var table = EvalTable(metrics: ["kl", "top1_agreement", "tokens"], headers: ["KL (nats/token)", "top-1 agreement", "tokens"],
+                                  formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: routing.kvPolicy.rawValue)
+            for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)]) }
+            print(table.markdown(), terminator: "")
+            print("\(prompts.count) prompts (\(split) split), full-depth greedy replies of up to \(maxReply) tokens")
+            try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
         }
     }
 }

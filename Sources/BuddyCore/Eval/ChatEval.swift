@@ -1,0 +1,148 @@
+import Foundation
+
+/// A chat prompt set such as MT-Bench's questions (JSON lines with `question_id` and `turns`);
+/// only first turns are used. The set splits in two by position in the file: even positions
+/// train (router and budget predictor), odd positions are held out for evaluation, so every
+/// category of MT-Bench (blocks of ten) appears on both sides.
+public struct ChatPrompt: Sendable, Equatable {
+    public let id: String
+    public let category: String
+    public let text: String
+}
+
+public enum ChatPromptSplit: String, Sendable, CaseIterable {
+    case train, heldout, all
+}
+
+public enum ChatPromptSet {
+    public struct ParseError: Error, CustomStringConvertible {
+        public let line: Int
+        public let reason: String
+        public var description: String { "chat prompt file, line \(line): \(reason)" }
+    }
+
+    public static func parse(_ text: String, split: ChatPromptSplit = .all) throws -> [ChatPrompt] {
+        var prompts: [ChatPrompt] = []
+        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty { continue }
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) as? [String: Any] else {
+                throw ParseError(line: i + 1, reason: "not a JSON object")
+            }
+            guard let turns = obj["turns"] as? [String], let first = turns.first, !first.isEmpty else {
+                throw ParseError(line: i + 1, reason: "missing a non-empty \"turns\" list of strings")
+            }
+            let id = (obj["question_id"] as? NSNumber)?.stringValue ?? (obj["question_id"] as? String) ?? "\(i + 1)"
+            prompts.append(ChatPrompt(id: id, category: obj["category"] as? String ?? "", text: first))
+        }
+        switch split {
+        case .all: return prompts
+        case .train: return prompts.indices.filter { $0 % 2 == 0 }.map { prompts[$0] }
+        case .heldout: return prompts.indices.filter { $0 % 2 == 1 }.map { prompts[$0] }
+        }
+    }
+}
+
+/// How far a routed model's next-token distributions are from the full model's along a
+/// fixed reply (teacher-forced): KL(full ‖ routed) in nats and top-1 agreement.
+public struct ChatDivergence: Sendable {
+    public var klSum = 0.0
+    public var agreements = 0
+    public var tokens = 0
+    public init(klSum: Double = 0, agreements: Int = 0, tokens: Int = 0) {
+        self.klSum = klSum; self.agreements = agreements; self.tokens = tokens
+    }
+    public var meanKL: Double { tokens > 0 ? klSum / Double(tokens) : .nan }
+    public var top1Agreement: Double { tokens > 0 ? Double(agreements) / Double(tokens) : .nan }
+    public mutating func add(_ o: ChatDivergence) { klSum += o.klSum; agreements += o.agreements; tokens += o.tokens }
+}
+
+/// The full model's greedy reply to a prompt and its distributions along it; the reference a
+/// routed model is compared with. Rows are log-softmax over the vocabulary.
+public struct ChatReference {
+    public let prompt: [Int32]
+    public let reply: [Int32]
+    /// [reply.count × vocab] full-depth log-probabilities predicting reply[t]
+    public let logProbs: [Float]
+    /// [reply.count] argmax of each full-depth row
+    public let argmax: [Int32]
+}
+
+/// Builds chat references and compares routed runs with them. The prompt is evaluated as in
+/// generation (one routing decision per prompt chunk); every reply token is a decode step
+/// with its own decision, as in the chat.
+public final class ChatEvaluator {
+    public let session: Session
+    public init(session: Session) { self.session = session }
+
+    /// Token ids of one user turn in the model's chat template (with its default system prompt).
+    public func promptTokens(_ text: String) -> [Int32] {
+        let model = session.model
+        var ids = model.tokenizer.encode(model.template.render([ChatMessage(role: .user, content: text)]), parseSpecial: true)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
+        return ids
+    }
+
+    /// The full-depth greedy reply (up to maxTokens, ending before an end-of-turn token) and
+    /// the distributions along it. Runs with the session's selector removed.
+    public func reference(prompt: [Int32], maxTokens: Int) throws -> ChatReference {
+        let saved = session.selector
+        session.selector = nil
+        defer { session.selector = saved }
+        session.reset()
+        let vocab = session.model.config.vocabSize
+        var reply: [Int32] = [], rows: [Float] = [], argmax: [Int32] = []
+        rows.reserveCapacity(maxTokens * vocab)
+        try session.evaluate(prompt)
+        while reply.count < maxTokens {
+            let logits = session.decode.logits
+            var best = 0
+            for i in 1..<vocab where logits[i] > logits[best] { best = i }
+            if session.model.stopTokens.contains(Int32(best)) { break }
+            let lse = ChatEvaluator.logSumExp(logits, count: vocab)
+            for i in 0..<vocab { rows.append(Float(Double(logits[i]) - lse)) }
+            reply.append(Int32(best))
+            argmax.append(Int32(best))
+            if session.tokens.count >= session.capacity { break }
+            if reply.count < maxTokens { try session.step(Int32(best)) }
+        }
+        return ChatReference(prompt: prompt, reply: reply, logProbs: rows, argmax: argmax)
+    }
+
+    /// Teacher-forces the reference reply through the session as configured (selector,
+    /// policy) and measures its divergence from the reference.
+    public func compare(_ ref: ChatReference) throws -> ChatDivergence {
+        session.reset()
+        var d = ChatDivergence()
+        guard !ref.reply.isEmpty else { return d }
+        let vocab = session.model.config.vocabSize
+        try session.evaluate(ref.prompt)
+        for t in 0..<ref.reply.count {
+            let logits = session.decode.logits
+            let lse = ChatEvaluator.logSumExp(logits, count: vocab)
+            var kl = 0.0, best = 0
+            ref.logProbs.withUnsafeBufferPointer { rows in
+                let row = rows.baseAddress! + t * vocab
+                for i in 0..<vocab {
+                    let lp = Double(row[i])
+                    // Terms with p < e^-30 add nothing measurable; skip their exp.
+                    if lp > -30 { kl += exp(lp) * (lp - (Double(logits[i]) - lse)) }
+                }
+            }
+            for i in 1..<vocab where logits[i] > logits[best] { best = i }
+            d.klSum += max(0, kl)
+            if Int32(best) == ref.argmax[t] { d.agreements += 1 }
+            d.tokens += 1
+            if t + 1 < ref.reply.count { try session.step(ref.reply[t]) }
+        }
+        return d
+    }
+
+    static func logSumExp(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        var m = -Float.infinity
+        for i in 0..<count where x[i] > m { m = x[i] }
+        var s = 0.0
+        for i in 0..<count { s += exp(Double(x[i] - m)) }
+        return Double(m) + log(s)
+    }
+}

@@ -1,0 +1,74 @@
+import BuddyCore
+import XCTest
+
+/// Skips a fixed set of layers for every token (prompt chunks and decode steps alike).
+private final class FixedSkip: LayerSelector {
+    let runs: [Bool]
+    init(layers: Int, skip: Set<Int>) { runs = (0..<layers).map { !skip.contains($0) } }
+    func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { runs }
+    func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { runs }
+}
+
+final class ChatEvalTests: XCTestCase {
+    func testPromptSetSplitsByPositionAndNamesBadLines() throws {
+        let lines = (0..<5).map { #"{"question_id": \#(80 + $0), "category": "c\#($0)", "turns": ["q\#($0)", "second"]}"# }
+        let text = lines.joined(separator: "\n") + "\n"
+        XCTAssertEqual(try ChatPromptSet.parse(text).map(\.text), ["q0", "q1", "q2", "q3", "q4"])
+        XCTAssertEqual(try ChatPromptSet.parse(text, split: .train).map(\.id), ["80", "82", "84"])
+        XCTAssertEqual(try ChatPromptSet.parse(text, split: .heldout).map(\.id), ["81", "83"])
+        XCTAssertThrowsError(try ChatPromptSet.parse(lines[0] + "\nnot json\n")) { XCTAssertTrue("\($0)".contains("line 2"), "\($0)") }
+        XCTAssertThrowsError(try ChatPromptSet.parse(#"{"turns": []}"#)) { XCTAssertTrue("\($0)".contains("turns"), "\($0)") }
+    }
+
+    /// The full model teacher-forced along its own greedy reply reproduces it exactly.
+    func testFullDepthAgreesWithItsOwnReference() throws {
+        let m = try TestSupport.model()
+        let session = Session(model: m, capacity: 512, threads: 2)
+        let ev = ChatEvaluator(session: session)
+        let ref = try ev.reference(prompt: ev.promptTokens("Name three colours."), maxTokens: 24)
+        XCTAssertGreaterThan(ref.reply.count, 3)
+        XCTAssertEqual(ref.logProbs.count, ref.reply.count * m.config.vocabSize)
+        let d = try ev.compare(ref)
+        XCTAssertEqual(d.tokens, ref.reply.count)
+        XCTAssertEqual(d.agreements, d.tokens)
+        XCTAssertLessThan(d.meanKL, 1e-6, "only the float rounding of the stored log-probabilities")
+    }
+
+    /// KL and agreement of a routed run equal an independent computation from one batched
+    /// pass over prompt + reply with the same layers skipped.
+    func testDivergenceMatchesAnIndependentBatchedComputation() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize
+        let session = Session(model: m, capacity: 512, threads: 2)
+        let ev = ChatEvaluator(session: session)
+        let ref = try ev.reference(prompt: ev.promptTokens("What is the capital of France?"), maxTokens: 16)
+        let skip: Set<Int> = [5, 12, 17, 22]
+        session.selector = FixedSkip(layers: L, skip: skip)
+        let d = try ev.compare(ref)
+
+        let all = ref.prompt + ref.reply
+        let cache = KVCache(layers: L, capacity: all.count, kvDim: m.config.kvDim)
+        let batch = BatchState(config: m.config, maxTokens: all.count, capacity: all.count, pool: ThreadPool.shared(threads: 2))
+        m.transformer.prefill(all[...], start: 0, batch, cache, runs: { !skip.contains($0) }, policy: .mask)
+        let logits = UnsafeMutablePointer<Float>.allocate(capacity: all.count * vocab)
+        defer { logits.deallocate() }
+        m.transformer.batchLogitsAll(n: all.count, batch, logits)
+        var kl = 0.0, agree = 0
+        for t in 0..<ref.reply.count {
+            let row = logits + (ref.prompt.count - 1 + t) * vocab
+            var mx = -Float.infinity, best = 0
+            for i in 0..<vocab where row[i] > mx { mx = row[i]; best = i }
+            var s = 0.0
+            for i in 0..<vocab { s += exp(Double(row[i] - mx)) }
+            let lse = Double(mx) + log(s)
+            for i in 0..<vocab {
+                let lp = Double(ref.logProbs[t * vocab + i])
+                kl += exp(lp) * (lp - (Double(row[i]) - lse))
+            }
+            if Int32(best) == ref.argmax[t] { agree += 1 }
+        }
+        XCTAssertGreaterThan(d.meanKL, 0.001, "skipping four layers must change the distributions")
+        XCTAssertEqual(d.meanKL, kl / Double(ref.reply.count), accuracy: 1e-3 * max(1, kl / Double(ref.reply.count)))
+        XCTAssertEqual(d.agreements, agree)
+    }
+}
