@@ -9,6 +9,12 @@ public struct EngineOptions: Sendable {
     /// When the router cannot be made: fall back to "even" with a notice (true) or fail (false).
     public var fallBackToEven = true
     public var budget: Double = 1
+    /// Start with the automatic budget (Budget Predictor) on.
+    public var auto = false
+    /// Largest predicted mean KL per token from full depth that `auto` accepts.
+    public var qualityTolerance = BudgetPredictor.defaultTolerance
+    /// Budget predictor file (nil: the one shipped in routers/ for this model).
+    public var predictorPath: String?
     public var system: String?
     public var maxTokens = 512
     public var context = 2048
@@ -96,6 +102,8 @@ public enum EngineEvent: Sendable {
     case ready(model: String, layers: Int, contextSize: Int, router: String)
     /// The budget now in force (after a command, or applied mid-reply).
     case budget(Double, k: Int, routable: Int)
+    /// The automatic budget was switched on or off.
+    case auto(Bool)
     case router(String)
     case notice(String)
     case replyStarted(prompt: String)
@@ -167,6 +175,10 @@ public final class ChatEngine: @unchecked Sendable {
     private var records: [ReplyRecord?] = []
     private var router: BudgetedLayerSelector
     private var timed: TimedSelector
+    /// Loaded on first use of auto; nil when this model has none.
+    private var predictor: BudgetPredictor?
+    private var predictorError: String?
+    private var autoSelector: AutoBudgetSelector?
     private var sampler: Sampler
     private var appliedBudget: Double
 
@@ -206,6 +218,7 @@ public final class ChatEngine: @unchecked Sendable {
             sink(.budget(budget, k: k, routable: routable))
             if let notice { sink(.notice(notice)) }
         }
+        if options.auto { queue.async { self.setAuto(true) } }
     }
 
     public static func clamp(_ b: Double) -> Double {
@@ -241,11 +254,48 @@ public final class ChatEngine: @unchecked Sendable {
         sink(.budget(b, k: LayerBudget.routableCount(budget: b, layers: layers), routable: routable))
     }
 
+    /// Puts the router (wrapped by the budget predictor when auto is on) into the session.
+    private func installSelector(auto: Bool) {
+        if auto, let predictor {
+            let a = try? AutoBudgetSelector(inner: router, predictor: predictor, tolerance: options.qualityTolerance, config: model.config)
+            autoSelector = a
+            timed = TimedSelector(a ?? router)
+        } else {
+            autoSelector = nil
+            timed = TimedSelector(router)
+        }
+        session.selector = timed
+    }
+
+    private func setAuto(_ on: Bool) {
+        if on && predictor == nil && predictorError == nil {
+            do { predictor = try Routers.predictor(model: model, path: options.predictorPath) } catch {
+                predictorError = "\(error)"
+            }
+        }
+        if on, predictor == nil {
+            sink(.notice("no budget predictor for this model (\(predictorError ?? "")); train one with `buddy train predictor`. The budget stays manual."))
+            sink(.auto(false))
+            return
+        }
+        installSelector(auto: on)
+        sink(.auto(on))
+        if on { sink(.notice(String(format: "auto budget: the smallest budget whose predicted drift stays under %.2f nats/token is chosen for each message", options.qualityTolerance))) }
+    }
+
+    /// After a prompt ran in auto mode: the predicted budget becomes the budget in force.
+    private func adoptPredictedBudget() {
+        guard let a = autoSelector, let b = a.chosenBudget, b != appliedBudget else { return }
+        control.budget = b
+        appliedBudget = b
+        sink(.budget(b, k: LayerBudget.routableCount(budget: b, layers: layers), routable: routable))
+    }
+
     private func perform(_ command: EngineCommand) {
         switch command {
         case .send, .stop, .setBudget: break
         case let .setAuto(on):
-            if on { sink(.notice("auto budget not available yet: the Budget Predictor is not built; the budget stays manual")) }
+            setAuto(on)
         case .reset:
             conversation.reset()
             records.removeAll()
@@ -258,8 +308,7 @@ public final class ChatEngine: @unchecked Sendable {
             do {
                 let r = try Routers.make(spec, model: model, budget: appliedBudget)
                 router = r
-                timed = TimedSelector(r)
-                session.selector = timed
+                installSelector(auto: autoSelector != nil)
                 sink(.router(r.name))
             } catch {
                 sink(.error("\(error)"))
@@ -313,7 +362,11 @@ public final class ChatEngine: @unchecked Sendable {
                 // Stopped (even before the first token): keep what was said so far.
                 if control.isCancelled(id) { return false }
                 let t = monotonicSeconds()
-                if tok.step == 0 { firstTokenTime = t; routerAtFirst = timed.seconds }
+                if tok.step == 0 {
+                    firstTokenTime = t; routerAtFirst = timed.seconds
+                    adoptPredictedBudget()
+                    budgets = [appliedBudget]
+                }
                 // The layers of this token were chosen under the budget applied before now.
                 let budget = appliedBudget
                 let k = LayerBudget.routableCount(budget: budget, layers: L)

@@ -66,6 +66,49 @@ public enum RouterFile {
         }
     }
 
+    /// Loads a budget predictor ("kind": "budget-predictor"), checked against the model.
+    public static func loadPredictor(path: String, model: LanguageModel) throws -> BudgetPredictor {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw RoutingError.badRouterFile(path: path, reason: "cannot read the file")
+        }
+        guard let obj = try? JSONSerialization.jsonObject(with: data), let j = obj as? [String: Any] else {
+            throw RoutingError.badRouterFile(path: path, reason: "not a JSON object")
+        }
+        guard j["format"] as? String == format else { throw RoutingError.badRouterFile(path: path, reason: "not a buddy router file (format field)") }
+        guard let v = j["version"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing version") }
+        guard v == version else { throw RoutingError.unsupportedVersion(path: path, found: v, supported: version) }
+        guard j["kind"] as? String == "budget-predictor" else { throw RoutingError.badRouterFile(path: path, reason: "not a budget predictor (kind field)") }
+        guard let fp = j["model_fingerprint"] as? String else { throw RoutingError.badRouterFile(path: path, reason: "missing model_fingerprint") }
+        guard fp == model.fingerprint else { throw RoutingError.wrongModel(path: path, fileFingerprint: fp, modelFingerprint: model.fingerprint) }
+        func numbers(_ key: String) throws -> [Double] {
+            guard let a = j[key] as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(key)") }
+            return try a.map {
+                guard let n = $0 as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "\(key) holds a non-number") }
+                return n.doubleValue
+            }
+        }
+        guard let d = j["feature_dim"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing feature_dim") }
+        guard d == 2 * model.config.kvDim + model.config.dim else {
+            throw RoutingError.badRouterFile(path: path, reason: "feature_dim \(d) does not fit this model")
+        }
+        do {
+            return try BudgetPredictor(
+                budgets: try numbers("budgets"), featureDim: d, mean: try numbers("mean").map(Float.init),
+                scale: try numbers("scale").map(Float.init), weights: try numbers("weights").map(Float.init),
+                bias: try numbers("bias").map(Float.init), router: j["router"] as? String ?? "buddy")
+        } catch let RoutingError.badRouterFile(_, reason) {
+            throw RoutingError.badRouterFile(path: path, reason: reason)
+        }
+    }
+
+    public static func save(_ p: BudgetPredictor, model: LanguageModel, notes: String, to path: String) throws {
+        try write([
+            "format": format, "version": version, "kind": "budget-predictor", "router": p.router,
+            "model_fingerprint": model.fingerprint, "layers": model.config.layers, "feature_dim": p.featureDim,
+            "budgets": p.budgets, "mean": p.mean, "scale": p.scale, "weights": p.weights, "bias": p.bias, "notes": notes,
+        ], to: path)
+    }
+
     public static func save(_ ranking: StaticRanking, model: LanguageModel, notes: String, to path: String) throws {
         try write([
             "format": format, "version": version, "kind": "ranking", "method": ranking.name,

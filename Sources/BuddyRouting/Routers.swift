@@ -24,11 +24,17 @@ public enum Routers {
         return selector
     }
 
+    /// The shipped budget predictor for this model, if one is found.
+    public static func predictor(model: LanguageModel, path: String? = nil) throws -> BudgetPredictor {
+        guard let p = path ?? locate("budget-predictor", model: model) else { throw RoutingError.noBudgetPredictor }
+        return try RouterFile.loadPredictor(path: p, model: model)
+    }
+
     /// Where a named router lives, if anywhere.
     public static func locate(_ spec: String, model: LanguageModel) -> String? {
         let fm = FileManager.default
         if spec.contains("/") || spec.hasSuffix(".json") { return spec }
-        let file = spec == "buddy" ? "buddy-router.json" : "\(spec)-ranking.json"
+        let file = spec == "buddy" ? "buddy-router.json" : spec == "budget-predictor" ? "budget-predictor.json" : "\(spec)-ranking.json"
         var dirs = [URL(fileURLWithPath: model.path).deletingLastPathComponent().appendingPathComponent("../routers").standardized.path,
                     fm.currentDirectoryPath + "/routers"]
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()

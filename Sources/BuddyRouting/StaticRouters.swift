@@ -68,6 +68,7 @@ public enum RoutingError: Error, CustomStringConvertible {
     case wrongModel(path: String, fileFingerprint: String, modelFingerprint: String)
     case unsupportedVersion(path: String, found: Int, supported: Int)
     case unknownRouter(String)
+    case noBudgetPredictor
 
     public var description: String {
         switch self {
@@ -78,6 +79,7 @@ public enum RoutingError: Error, CustomStringConvertible {
         case let .unsupportedVersion(path, found, supported):
             return "router file '\(path)' has format version \(found); this buddy reads version \(supported)"
         case let .unknownRouter(n): return "unknown router '\(n)' (use a file path, or one of: buddy, shortgpt, sleb, last, random, even)"
+        case .noBudgetPredictor: return "no routers/budget-predictor.json was found for this model"
         }
     }
 }

@@ -50,6 +50,9 @@ public final class ChatApp {
             slider.budget = b
             slider.routable = routable
             status.budgetPercent = slider.percent
+        case let .auto(on):
+            slider.auto = on
+            status.auto = on
         case let .router(name):
             panel.router = name
             status.router = name
@@ -154,7 +157,8 @@ public final class ChatApp {
             if let b = nb {
                 slider.budget = b
                 status.budgetPercent = slider.percent
-                return [.engine(.setBudget(b))]
+                // Moving the slider by hand ends the automatic budget.
+                return slider.auto ? [.engine(.setBudget(b)), .engine(.setAuto(false))] : [.engine(.setBudget(b))]
             }
         }
 
@@ -204,7 +208,7 @@ public final class ChatApp {
                 case let .budget(b):
                     slider.budget = b
                     status.budgetPercent = slider.percent
-                    return [.engine(.setBudget(b))]
+                    return slider.auto ? [.engine(.setBudget(b)), .engine(.setAuto(false))] : [.engine(.setBudget(b))]
                 case .auto: return [.engine(.setAuto(!slider.auto))]
                 case let .router(r): return [.engine(.setRouter(r))]
                 case let .system(s): return [.engine(.setSystemPrompt(s))]

@@ -1,6 +1,7 @@
 import ArgumentParser
 import BuddyCore
 import BuddyEngine
+import BuddyRouting
 import BuddyTUI
 import Foundation
 
@@ -19,8 +20,10 @@ struct Chat: ParsableCommand {
     var question: String?
     @Option(name: .long, help: "System prompt (default: the model's own).")
     var system: String?
-    @Option(name: .long, help: "Depth budget in (0, 1]: the fraction of routable layers run per token.")
-    var budget: Double = 1
+    @Option(name: .long, help: "Depth budget in (0, 1] (the fraction of routable layers run per token), or auto: the Budget Predictor picks one per message.")
+    var budget: BudgetArgument = .fixed(1)
+    @Option(name: .long, help: "For --budget auto: the largest predicted drift from the full model (mean KL, nats per token) accepted.")
+    var qualityTolerance: Double = BudgetPredictor.defaultTolerance
     @Option(name: .long, help: "Router: buddy (default; falls back to even until trained), shortgpt, sleb, last, random, even, or a router file.")
     var router: String?
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
@@ -35,7 +38,7 @@ struct Chat: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     func validate() throws {
-        guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1]") }
+        guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
         guard context >= 16 else { throw ValidationError("--context must be at least 16") }
         try modelOptions.validateThreads()
@@ -51,7 +54,9 @@ struct Chat: ParsableCommand {
         var opts = EngineOptions()
         opts.router = router ?? "buddy"
         opts.fallBackToEven = router == nil
-        opts.budget = budget
+        opts.budget = budget.value ?? 1
+        opts.auto = budget.value == nil
+        opts.qualityTolerance = qualityTolerance
         opts.system = system
         opts.maxTokens = maxTokens
         opts.context = context
@@ -86,6 +91,7 @@ final class LineChat: @unchecked Sendable {
     private var busy = false
     private var interrupted = false
     private var failed = false
+    private var autoOn = false
     private let interactive = isatty(0) != 0
     /// Notices (router fallback, /auto) are shown in conversations, not in one-shot answers.
     private var conversational = true
@@ -105,6 +111,7 @@ final class LineChat: @unchecked Sendable {
         case let .notice(s): if conversational { Out.err("· \(s)") }
         case let .budget(b, k, r): if interactive { Out.err("· budget \(Int((b * 100).rounded()))% (\(k)/\(r) layers)") }
         case let .router(n): if interactive { Out.err("· router: \(n)") }
+        case let .auto(on): withLock { autoOn = on }; if interactive { Out.err("· auto budget \(on ? "on" : "off")") }
         case let .saved(p): Out.err("· saved to \(p)")
         case let .loaded(p, m, _): Out.err("· loaded \(p) (\(m.count) messages)")
         case .conversationReset: if interactive { Out.err("· conversation reset") }
@@ -161,8 +168,10 @@ final class LineChat: @unchecked Sendable {
                     switch cmd {
                     case .quit: return
                     case .help: Out.err(SlashCommand.usage)
-                    case let .budget(b): perform(.setBudget(b))
-                    case .auto: perform(.setAuto(true))
+                    case let .budget(b):
+                        perform(.setBudget(b))
+                        if withLock({ autoOn }) { perform(.setAuto(false)) }
+                    case .auto: perform(.setAuto(!withLock { autoOn }))
                     case let .router(r): perform(.setRouter(r))
                     case let .system(s): perform(.setSystemPrompt(s))
                     case .reset: perform(.reset)

@@ -104,7 +104,7 @@ struct Generate: ParsableCommand {
         if json {
             Out.write("{\"type\":\"done\",\"prompt_tokens\":\(stats.promptTokens),\"generated_tokens\":\(stats.generatedTokens),"
                 + "\"prefill_tok_s\":\(jsonNumber(stats.prefillTokensPerSecond)),\"decode_tok_s\":\(jsonNumber(stats.decodeTokensPerSecond)),"
-                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber(routing.budget)),"
+                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber((session.selector as? AutoBudgetSelector)?.chosenBudget ?? routing.budget.value ?? 1)),\"budget_mode\":\(jsonString(routing.budget == .auto ? "auto" : "fixed")),"
                 + "\"router\":\(jsonString(session.selector.map { ($0 as? BudgetedLayerSelector)?.name ?? "router" } ?? "full")),"
                 + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
         } else {

@@ -5,10 +5,28 @@ import Foundation
 
 extension KVPolicy: ExpressibleByArgument {}
 
+/// A budget as typed: a number in (0, 1] or `auto` (the Budget Predictor chooses).
+enum BudgetArgument: ExpressibleByArgument, Equatable {
+    case fixed(Double)
+    case auto
+
+    init?(argument: String) {
+        if argument.lowercased() == "auto" { self = .auto; return }
+        guard let v = Double(argument), v > 0, v <= 1 else { return nil }
+        self = .fixed(v)
+    }
+    /// The fixed budget, nil for auto.
+    var value: Double? { if case let .fixed(v) = self { return v } else { return nil } }
+    var defaultValueDescription: String { value.map { "\($0)" } ?? "auto" }
+}
+
 /// --budget, --router, --kv-policy: how deep the model runs for each token.
 struct RoutingOptions: ParsableArguments {
-    @Option(name: .long, help: "Compute budget in (0, 1]: the fraction of the routable layers (all but the first and last) run for every token. 1 runs the full model.")
-    var budget: Double = 1.0
+    @Option(name: .long, help: "Compute budget in (0, 1]: the fraction of the routable layers (all but the first and last) run for every token; 1 runs the full model. auto: the Budget Predictor picks one per prompt (see --quality-tolerance).")
+    var budget: BudgetArgument = .fixed(1)
+
+    @Option(name: .long, help: "For --budget auto: the largest predicted drift from the full model (mean KL, nats per token) accepted.")
+    var qualityTolerance: Double = BudgetPredictor.defaultTolerance
 
     @Option(name: .long, help: "Which layers run under the budget: buddy (the trained Decision Module), shortgpt, sleb, last, random, even, or a router/ranking file.")
     var router: String = "buddy"
@@ -20,19 +38,27 @@ struct RoutingOptions: ParsableArguments {
     var rerouteEvery: Int = 1
 
     func validate() throws {
-        guard budget > 0, budget <= 1 else { throw ValidationError("--budget must be in (0, 1], e.g. 0.85") }
+        guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
         guard rerouteEvery >= 1 else { throw ValidationError("--reroute-every must be at least 1") }
     }
 
     /// The selector to install, or nil when the full model runs (budget 1 needs no router,
     /// and runs bit for bit the same computation).
     func makeSelector(model: LanguageModel, budget: Double? = nil, router: String? = nil) throws -> BudgetedLayerSelector? {
-        let b = budget ?? self.budget
+        let b = budget ?? self.budget.value ?? 1
         let spec = router ?? self.router
-        if b >= 1 && spec == "buddy" { return nil }
+        let auto = budget == nil && self.budget == .auto
+        if b >= 1 && spec == "buddy" && !auto { return nil }
         do {
             let s = try Routers.make(spec, model: model, budget: b)
             (s as? DecisionModule)?.rerouteEvery = rerouteEvery
+            if auto {
+                let predictor: BudgetPredictor
+                do { predictor = try Routers.predictor(model: model) } catch {
+                    throw CLIError("--budget auto needs a budget predictor: \(error); train one with `buddy train predictor` (see docs/TRAINING.md)")
+                }
+                return try AutoBudgetSelector(inner: s, predictor: predictor, tolerance: qualityTolerance, config: model.config)
+            }
             return s
         } catch RoutingError.unknownRouter(let name) where name == "buddy" {
             throw CLIError("no trained router found for this model (routers/buddy-router.json); train one with `buddy train`, or pass --router shortgpt|sleb|last|random|even")

@@ -5,6 +5,13 @@ import Foundation
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
+        abstract: "Train the Decision Module (default) or the Budget Predictor for this model.",
+        subcommands: [TrainRouter.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
+}
+
+struct TrainRouter: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "router",
         abstract: "Train the Decision Module for this model and write a router file.",
         discussion: """
             Method (docs/TRAINING.md): per-token layer importances are measured by forward
@@ -162,5 +169,173 @@ struct Train: ParsableCommand {
                            prior, trainChunks, chunk, valChunks, hidden, epochs, Double(weightDecay), seed, bestAlpha, trainMSE, valMSE, Date().timeIntervalSince(t0))
         try RouterFile.save(final, model: model, notes: notes, to: out)
         print("written to \(out)")
+    }
+}
+
+struct TrainPredictor: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "predictor",
+        abstract: "Fit the Budget Predictor (used by --budget auto) from measured per-prompt quality curves.",
+        discussion: """
+            For each training prompt (the train half of the chat prompts, plus WikiText-2
+            segments from before the evaluation text) the full model's greedy continuation is
+            teacher-forced through the router at every grid budget and the mean KL per token is
+            recorded. Curves are saved after every prompt to --curves, so an interrupted run
+            resumes where it stopped. A ridge regression then predicts log KL at each budget
+            from the prompt's routing context; `--budget auto` runs the smallest budget whose
+            predicted KL is under --quality-tolerance. Reproduce the shipped predictor with:
+              buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl \\
+                --text-data ../shared/data/wikitext2_valid.txt --out routers/budget-predictor.json
+            """)
+
+    @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.")
+    var chatData: String
+    @Option(name: .long, help: "Text for extra prompts (WikiText-2); segments come from its first --text-tokens tokens.")
+    var textData: String
+    @Option(name: .long, help: "Number of text segments used as prompts.")
+    var textPrompts: Int = 120
+    @Option(name: .long, help: "Text segments are drawn from the first N tokens (evaluation skips the first 20 chunks of 512 = 10,240).")
+    var textTokens: Int = 10_240
+    @Option(name: .long, help: "Reference continuation length in tokens.")
+    var maxReply: Int = 48
+    @Option(name: .long, help: "Budget grid the predictor chooses from.")
+    var budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"
+    @Option(name: .long, help: "Router whose quality curves are measured.")
+    var router: String = "buddy"
+    @Option(name: .long, help: "Where to write the predictor (written atomically).")
+    var out: String
+    @Option(name: .long, help: "Measured curves, saved after each prompt and reused on the next run (default: <out>.curves.json).")
+    var curves: String?
+    @Option(name: .long, help: "Ridge strengths tried; the one with the lowest validation error is kept.")
+    var lambdas: String = "0.01,0.1,1,10"
+    @Option(name: .long, help: "Share of prompts held out for validation.")
+    var valFraction: Double = 0.2
+    @Option(name: .long, help: "Tolerance (mean KL per token) the validation report uses.")
+    var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+    @Option(name: .long, help: "Random seed (segments and the validation split).")
+    var seed: UInt64 = 0
+    @OptionGroup var modelOptions: ModelOptions
+
+    func validate() throws {
+        let grid = try parseBudgets(budgets)
+        guard grid.allSatisfy({ $0 < 1 }), Set(grid).count == grid.count else { throw ValidationError("--budgets must be distinct values below 1") }
+        guard textPrompts >= 0, maxReply >= 1, maxReply <= 512 else { throw ValidationError("--text-prompts must be >= 0 and --max-reply 1...512") }
+        guard valFraction > 0, valFraction < 1 else { throw ValidationError("--val-fraction must be in (0, 1)") }
+        guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
+        try modelOptions.validateThreads()
+    }
+
+    struct CurveFile: Codable {
+        var modelFingerprint: String
+        var router: String
+        var budgets: [Double]
+        var maxReply: Int
+        var curves: [BudgetCurve]
+    }
+
+    func run() throws {
+        let grid = try parseBudgets(budgets).sorted()
+        let lambdaList = lambdas.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard !lambdaList.isEmpty, lambdaList.allSatisfy({ $0 > 0 }) else { throw CLIError("--lambdas must be positive numbers") }
+        guard let chatText = try? String(contentsOfFile: chatData, encoding: .utf8) else { throw CLIError("cannot read '\(chatData)'") }
+        guard var text = try? String(contentsOfFile: textData, encoding: .utf8) else { throw CLIError("cannot read '\(textData)'") }
+        if text.hasSuffix("\n") { text.removeLast() }
+        let model = try modelOptions.load()
+        let chat: [ChatPrompt]
+        do { chat = try ChatPromptSet.parse(chatText, split: .train) } catch { throw CLIError("\(chatData): \(error)") }
+        let session = Session(model: model, capacity: 1024, threads: modelOptions.threads, batchSize: 256)
+        let evaluator = ChatEvaluator(session: session)
+
+        // The prompts, in a fixed order: chat first, then seeded text segments.
+        var prompts: [(id: String, ids: [Int32])] = chat.map { ("chat-\($0.id)", evaluator.promptTokens($0.text)) }
+        var ids = model.tokenizer.encode(text, parseSpecial: false)
+        ids = Array(ids.prefix(textTokens))
+        var rng = SeededRNG(seed: seed)
+        if textPrompts > 0 {
+            guard ids.count > 512 else { throw CLIError("'\(textData)' is too short for text prompts") }
+            for i in 0..<textPrompts {
+                let len = 32 + Int(rng.next() % 353)
+                let start = Int(rng.next() % UInt64(ids.count - len))
+                var p = Array(ids[start..<(start + len)])
+                if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { p.insert(bos, at: 0) }
+                prompts.append(("text-\(i)-\(start)", p))
+            }
+        }
+
+        // Resume from saved curves when they were measured the same way.
+        let curvePath = curves ?? out + ".curves.json"
+        var file = CurveFile(modelFingerprint: model.fingerprint, router: router, budgets: grid, maxReply: maxReply, curves: [])
+        let dec = JSONDecoder(); dec.keyDecodingStrategy = .convertFromSnakeCase
+        if let data = FileManager.default.contents(atPath: curvePath) {
+            if let saved = try? dec.decode(CurveFile.self, from: data), saved.modelFingerprint == model.fingerprint,
+               saved.router == router, saved.budgets == grid, saved.maxReply == maxReply {
+                file.curves = saved.curves
+                Out.err("resuming: \(saved.curves.count) curves already measured in \(curvePath)")
+            } else {
+                Out.err("warning: \(curvePath) was measured differently (or is unreadable); it will be replaced")
+            }
+        }
+        let enc = JSONEncoder(); enc.keyEncodingStrategy = .convertToSnakeCase
+        let meter = BudgetCurveMeter(evaluator: evaluator, budgets: grid) { b in
+            do { return try Routers.make(router, model: model, budget: b) } catch { throw CLIError("router '\(router)': \(error)") }
+        }
+        let done = Set(file.curves.map(\.id))
+        let bar = ProgressBar("measuring curves", total: prompts.count)
+        for (i, p) in prompts.enumerated() {
+            if !done.contains(p.id) {
+                file.curves.append(try meter.measure(id: p.id, prompt: p.ids, maxReply: maxReply))
+                try AtomicFile.write(try enc.encode(file), to: curvePath)
+            }
+            let c = file.curves.last!
+            bar.update(i + 1, detail: "\(p.id): KL@\(grid[0]) \(String(format: "%.3f", c.kl[0])), @\(grid.last!) \(String(format: "%.3f", c.kl.last!))")
+        }
+
+        // Fit on a seeded train/validation split, choose lambda, report, then refit on all.
+        let usable = file.curves.filter { c in prompts.contains { $0.id == c.id } }
+        guard usable.count >= 10 else { throw CLIError("need at least 10 measured prompts, have \(usable.count)") }
+        var order = Array(usable.indices)
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let nVal = max(2, Int(Double(usable.count) * valFraction))
+        let val = order.prefix(nVal).map { usable[$0] }, train = order.dropFirst(nVal).map { usable[$0] }
+        func logKL(_ c: BudgetCurve) -> [Double] { c.kl.map { log(max($0, 1e-6)) } }
+        func mse(_ p: BudgetPredictor, _ set: [BudgetCurve]) -> Double {
+            var s = 0.0
+            for c in set {
+                let pred = c.features.withUnsafeBufferPointer { p.predictKL($0.baseAddress!) }
+                for (a, b) in zip(pred.map { log($0) }, logKL(c)) { s += (a - b) * (a - b) }
+            }
+            return s / Double(set.count * grid.count)
+        }
+        var best: (lambda: Double, model: BudgetPredictor, val: Double)?
+        for l in lambdaList {
+            let p = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: l, router: router)
+            let v = mse(p, val)
+            Out.err(String(format: "lambda %g: train MSE(log KL) %.4f, validation %.4f", l, mse(p, train), v))
+            if best == nil || v < best!.val { best = (l, p, v) }
+        }
+        // A constant predictor (the mean curve) is the bar the regression must clear.
+        let constant = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: 1e12, router: router)
+        Out.err(String(format: "mean-curve baseline: validation MSE(log KL) %.4f", mse(constant, val)))
+
+        // What --budget auto would do on the validation prompts at the report tolerance.
+        func report(_ p: BudgetPredictor, _ name: String) {
+            var chosenSum = 0.0, oracleSum = 0.0, met = 0
+            for c in val {
+                let b = c.features.withUnsafeBufferPointer { p.choose($0.baseAddress!, tolerance: qualityTolerance) }
+                let actual = b >= 1 ? 0 : c.kl[grid.firstIndex(of: b)!]
+                if actual <= qualityTolerance { met += 1 }
+                chosenSum += b
+                oracleSum += grid.indices.first { c.kl[$0] <= qualityTolerance }.map { grid[$0] } ?? 1
+            }
+            Out.err(String(format: "%@: mean chosen budget %.3f (oracle %.3f), KL within %.3g on %d/%d validation prompts",
+                           name, chosenSum / Double(val.count), oracleSum / Double(val.count), qualityTolerance, met, val.count))
+        }
+        report(best!.model, "predictor")
+        report(constant, "mean curve")
+        let final = try BudgetPredictor.fit(features: usable.map(\.features), logKL: usable.map(logKL), budgets: grid, lambda: best!.lambda, router: router)
+        let notes = "buddy train predictor: \(usable.count) prompts (\(chat.count) chat train-split, rest WikiText-2 segments from the first \(textTokens) tokens), "
+            + "continuations of \(maxReply) tokens, router \(router), ridge lambda \(best!.lambda) (validation MSE of log KL \(String(format: "%.4f", best!.val)))"
+        try RouterFile.save(final, model: model, notes: notes, to: out)
+        print("wrote \(out) (\(notes))")
     }
 }

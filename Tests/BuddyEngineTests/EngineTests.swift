@@ -67,6 +67,7 @@ final class EngineTests: XCTestCase {
         switch e {
         case .ready: return "ready"
         case .budget: return "budget"
+        case .auto: return "auto"
         case .router: return "router"
         case .notice: return "notice"
         case .replyStarted: return "started"
@@ -216,12 +217,46 @@ final class EngineTests: XCTestCase {
         // Falls back to the best static ranking shipped in routers/ (sleb, else shortgpt).
         XCTAssertTrue(rec.notices.contains { $0.contains("router 'no-such-router' failed") && ($0.hasSuffix("using sleb") || $0.hasSuffix("using shortgpt")) },
                       "\(rec.notices)")
-        XCTAssertTrue(rec.notices.contains { $0.contains("auto budget not available yet") }, "\(rec.notices)")
+        // The shipped budget predictor switches auto on.
+        XCTAssertTrue(rec.events.contains { if case .auto(true) = $0 { return true }; return false }, "\(rec.events.map(name))")
         XCTAssertEqual(rec.errors.count, 1)
         XCTAssertTrue(rec.events.contains { if case .router("last") = $0 { return true }; return false })
         // Budgets are clamped to (0, 1]: 2 is 1, which is already in force, so no new event.
         let budgets = rec.events.compactMap { if case let .budget(b, _, _) = $0 { return b }; return nil }
         XCTAssertEqual(budgets, [1])
+    }
+
+    /// Auto: the budget predicted for the prompt is announced before the first token and
+    /// every decode step runs exactly its k layers; moving the slider overrides it mid-reply.
+    /// Without a predictor file auto stays off with a notice.
+    func testAutoBudgetFollowsThePredictor() throws {
+        let rec = Recorder()
+        let engine = try makeEngine(rec, router: "sleb", maxTokens: 12)
+        engine.send(.setAuto(true))
+        engine.drain()
+        XCTAssertTrue(rec.events.contains { if case .auto(true) = $0 { return true }; return false }, "\(rec.events.map(name))")
+        rec.clear()
+        engine.send(.send("Explain in two sentences why the sky is blue."))
+        engine.drain()
+        let names = rec.events.map(name)
+        let firstToken = try XCTUnwrap(names.firstIndex(of: "token"))
+        let announced = rec.events.prefix(firstToken).compactMap { if case let .budget(b, _, _) = $0 { return b }; return nil }
+        let record = try XCTUnwrap(rec.done)
+        let chosen = announced.last ?? 1
+        XCTAssertEqual(record.budgets.first, chosen)
+        let k = LayerBudget.routableCount(budget: chosen, layers: engine.layers)
+        XCTAssertFalse(rec.tokens.isEmpty)
+        for (_, s) in rec.tokens { XCTAssertEqual(s.layers.count, k + 2, "step \(s.step)"); XCTAssertEqual(s.budget, chosen) }
+
+        var o = EngineOptions()
+        o.predictorPath = "/nonexistent/predictor.json"
+        o.router = "sleb"
+        let rec2 = Recorder()
+        let e2 = try ChatEngine(model: try EngineTestModel.load(), options: o, sink: { rec2.post($0) })
+        e2.send(.setAuto(true))
+        e2.drain()
+        XCTAssertTrue(rec2.notices.contains { $0.contains("no budget predictor") }, "\(rec2.notices)")
+        XCTAssertTrue(rec2.events.contains { if case .auto(false) = $0 { return true }; return false })
     }
 
     func testPromptLongerThanTheContextIsAnErrorAndLeavesNoTrace() throws {

@@ -7,7 +7,9 @@ final class RoutingTests: XCTestCase {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     nonisolated(unsafe) static var cached: LanguageModel?
 
-    func model() throws -> LanguageModel {
+    func model() throws -> LanguageModel { try RoutingTests.sharedModel() }
+
+    static func sharedModel() throws -> LanguageModel {
         if let m = RoutingTests.cached { return m }
         let path = ProcessInfo.processInfo.environment["BUDDY_MODEL"] ?? RoutingTests.root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
         guard FileManager.default.fileExists(atPath: path) else {

@@ -29,6 +29,15 @@ final class ChatAppTests: XCTestCase {
         let auto = app.handle(.alt("a"))
         guard case .engine(.setAuto(true))? = auto.first else { return XCTFail("Alt-a asks the engine for auto") }
         XCTAssertEqual(app.input.string, "x-")
+        // The engine confirms; the slider and status show auto; moving the slider ends it.
+        app.handle(.auto(true))
+        XCTAssertTrue(app.slider.auto)
+        XCTAssertTrue(app.status.auto)
+        let manual = app.handle(.alt("-"))
+        XCTAssertEqual(budgets(manual), [0.85])
+        XCTAssertTrue(manual.contains { if case .engine(.setAuto(false)) = $0 { return true }; return false })
+        app.handle(.auto(false))
+        XCTAssertFalse(app.slider.auto)
     }
 
     func testEnterSendsPasteDoesNotAndAltEnterAddsALine() {

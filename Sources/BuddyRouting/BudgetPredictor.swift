@@ -1,0 +1,234 @@
+import BuddyCore
+import Foundation
+
+/// Predicts, per prompt, how far a routed model will drift from the full model at each budget
+/// of a grid, and picks the smallest budget whose predicted KL stays under a tolerance.
+///
+///   features f = [mean K0 (kvDim), mean V0 (kvDim), h0 of the prompt's last token (dim)]
+///   z          = (f - mean) * scale                                   (featureDim)
+///   log KL_b   = w_b · z + bias_b, for each grid budget b             (budgets.count)
+///
+/// Fitted by ridge regression (kernel form, n × n solve) on measured per-prompt curves:
+/// for each training prompt the full model's greedy continuation is teacher-forced through
+/// the routed model at every grid budget and the mean KL per token is recorded.
+public struct BudgetPredictor: Sendable, Equatable {
+    /// A sensible default: about the drift of dropping one routable layer of 28 in chat.
+    public static let defaultTolerance = 0.1
+
+    /// Ascending budgets in (0, 1).
+    public var budgets: [Double]
+    public var featureDim: Int
+    public var mean: [Float]          // [featureDim]
+    public var scale: [Float]         // [featureDim]
+    public var weights: [Float]       // [budgets.count × featureDim]
+    public var bias: [Float]          // [budgets.count]
+    /// The router whose curves were measured (its choices are what the KL refers to).
+    public var router: String
+
+    public init(budgets: [Double], featureDim: Int, mean: [Float], scale: [Float], weights: [Float], bias: [Float], router: String) throws {
+        self.budgets = budgets; self.featureDim = featureDim; self.mean = mean; self.scale = scale
+        self.weights = weights; self.bias = bias; self.router = router
+        try validate()
+    }
+
+    func validate() throws {
+        func bad(_ r: String) -> RoutingError { .badRouterFile(path: "budget predictor", reason: r) }
+        guard !budgets.isEmpty, budgets.count <= 100, budgets.allSatisfy({ $0 > 0 && $0 < 1 }), zip(budgets, budgets.dropFirst()).allSatisfy({ $0 < $1 }) else {
+            throw bad("budgets must be 1–100 ascending values in (0, 1)")
+        }
+        guard (1...1_000_000).contains(featureDim) else { throw bad("absurd feature dimension \(featureDim)") }
+        for (name, a, n) in [("mean", mean, featureDim), ("scale", scale, featureDim), ("weights", weights, budgets.count * featureDim), ("bias", bias, budgets.count)] {
+            guard a.count == n else { throw bad("\(name) has \(a.count) values, expected \(n)") }
+            guard a.allSatisfy({ $0.isFinite }) else { throw bad("\(name) contains NaN or infinity") }
+        }
+    }
+
+    /// Predicted mean KL per token at each grid budget, made non-increasing in the budget
+    /// (running more layers never predicts more drift).
+    public func predictKL(_ f: UnsafePointer<Float>) -> [Double] {
+        var out = [Double](repeating: 0, count: budgets.count)
+        for b in budgets.indices {
+            var s = Double(bias[b])
+            let w = b * featureDim
+            for i in 0..<featureDim { s += Double(weights[w + i]) * Double((f[i] - mean[i]) * scale[i]) }
+            out[b] = exp(s)
+        }
+        for b in stride(from: budgets.count - 2, through: 0, by: -1) { out[b] = max(out[b], out[b + 1]) }
+        return out
+    }
+
+    /// The smallest grid budget whose predicted KL is at most `tolerance`; 1 when none is.
+    public func choose(_ f: UnsafePointer<Float>, tolerance: Double) -> Double {
+        let kl = predictKL(f)
+        return budgets.indices.first { kl[$0] <= tolerance }.map { budgets[$0] } ?? 1
+    }
+
+    /// Ridge regression of log KL on standardised features, one output per grid budget.
+    /// - features: [n][featureDim]; logKL: [n][budgets.count]
+    public static func fit(features: [[Float]], logKL: [[Double]], budgets: [Double], lambda: Double, router: String) throws -> BudgetPredictor {
+        let n = features.count
+        guard n >= 2, logKL.count == n else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "need at least 2 measured prompts") }
+        let d = features[0].count, nb = budgets.count
+        var mean = [Float](repeating: 0, count: d), scale = [Float](repeating: 1, count: d)
+        for j in 0..<d {
+            let (m, s) = columnStatistics(features, j)
+            mean[j] = Float(m)
+            scale[j] = s > 1e-8 ? Float(1 / s) : 0
+        }
+        // z: [n × d] standardised, scaled by 1/sqrt(d) so lambda is on a familiar scale.
+        let norm = 1 / Double(d).squareRoot()
+        let z = features.map { f in (0..<d).map { Double((f[$0] - mean[$0]) * scale[$0]) * norm } }
+        // Kernel form: alpha = (Z Zᵀ + λI)⁻¹ (y - ȳ), w = Zᵀ alpha.
+        var k = [Double](repeating: 0, count: n * n)
+        for a in 0..<n { for b in a..<n {
+            var s = 0.0
+            for j in 0..<d { s += z[a][j] * z[b][j] }
+            k[a * n + b] = s; k[b * n + a] = s
+        } }
+        for a in 0..<n { k[a * n + a] += lambda }
+        var weights = [Float](repeating: 0, count: nb * d), bias = [Float](repeating: 0, count: nb)
+        for b in 0..<nb {
+            let ybar = logKL.reduce(0) { $0 + $1[b] } / Double(n)
+            let alpha = try solve(k, n: n, rhs: logKL.map { $0[b] - ybar })
+            bias[b] = Float(ybar)
+            for j in 0..<d {
+                var s = 0.0
+                for a in 0..<n { s += alpha[a] * z[a][j] }
+                // Fold the 1/sqrt(d) into the weights so prediction uses plain z.
+                weights[b * d + j] = Float(s * norm)
+            }
+        }
+        return try BudgetPredictor(budgets: budgets, featureDim: d, mean: mean, scale: scale, weights: weights, bias: bias, router: router)
+    }
+
+    /// Gaussian elimination with partial pivoting (the matrix is symmetric positive definite).
+    static func solve(_ matrix: [Double], n: Int, rhs: [Double]) throws -> [Double] {
+        var a = matrix, x = rhs
+        for col in 0..<n {
+            var p = col
+            for r in (col + 1)..<max(col + 1, n) where abs(a[r * n + col]) > abs(a[p * n + col]) { p = r }
+            guard abs(a[p * n + col]) > 1e-12 else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "singular system; use a larger ridge") }
+            if p != col {
+                for c in 0..<n { a.swapAt(p * n + c, col * n + c) }
+                x.swapAt(p, col)
+            }
+            let pivot = a[col * n + col]
+            for r in (col + 1)..<max(col + 1, n) {
+                let f = a[r * n + col] / pivot
+                if f == 0 { continue }
+                for c in col..<n { a[r * n + c] -= f * a[col * n + c] }
+                x[r] -= f * x[col]
+            }
+        }
+        for r in stride(from: n - 1, through: 0, by: -1) {
+            var s = x[r]
+            for c in (r + 1)..<max(r + 1, n) { s -= a[r * n + c] * x[c] }
+            x[r] = s / a[r * n + r]
+        }
+        return x
+    }
+}
+
+/// Captures the budget predictor's features while a prompt is evaluated at full depth
+/// (a selector that runs every layer and records the routing context of the last chunk).
+public final class FeatureProbe: LayerSelector {
+    public private(set) var features: [Float]
+    private var pooled: PooledContext
+    private let dim: Int
+
+    public init(config: ModelConfig) {
+        dim = config.dim
+        pooled = PooledContext(kvDim: config.kvDim)
+        features = [Float](repeating: 0, count: 2 * config.kvDim + config.dim)
+    }
+
+    public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        [Bool](repeating: true, count: cache.layers)
+    }
+
+    public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
+        if chunkStart < pooled.count { pooled.reset() }
+        pooled.update(cache: cache, through: chunkStart + count)
+        features.withUnsafeMutableBufferPointer { f in
+            pooled.writeMeans(into: f.baseAddress!)
+            (f.baseAddress! + 2 * pooled.kvDim).update(from: batch.x + (count - 1) * dim, count: dim)
+        }
+        return [Bool](repeating: true, count: cache.layers)
+    }
+}
+
+/// `--budget auto`: before each prompt chunk runs, predicts a budget from the context so far
+/// and hands it to the wrapped router, which then routes every token under it.
+public final class AutoBudgetSelector: BudgetedLayerSelector, @unchecked Sendable {
+    public let inner: BudgetedLayerSelector
+    public let predictor: BudgetPredictor
+    public var tolerance: Double
+    /// The budget chosen for the latest prompt (nil before the first).
+    public private(set) var chosenBudget: Double?
+    private let probe: FeatureProbe
+
+    public init(inner: BudgetedLayerSelector, predictor: BudgetPredictor, tolerance: Double, config: ModelConfig) throws {
+        guard predictor.featureDim == 2 * config.kvDim + config.dim else {
+            throw RoutingError.badRouterFile(path: "budget predictor", reason: "feature dimension \(predictor.featureDim) does not fit this model")
+        }
+        self.inner = inner; self.predictor = predictor; self.tolerance = tolerance
+        probe = FeatureProbe(config: config)
+    }
+
+    public var name: String { "auto(\(inner.name))" }
+    /// Reads the budget in force; setting one overrides the prediction until the next prompt.
+    public var budget: Double {
+        get { inner.budget }
+        set { inner.budget = newValue }
+    }
+    public var lastScores: [Float]? { inner.lastScores }
+
+    public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        inner.selectLayers(position: position, state: state, cache: cache)
+    }
+
+    public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
+        _ = probe.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache)
+        let b = probe.features.withUnsafeBufferPointer { predictor.choose($0.baseAddress!, tolerance: tolerance) }
+        chosenBudget = b
+        inner.budget = b
+        return inner.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache)
+    }
+}
+
+/// One prompt's measured quality curve: its features and the mean KL per token from full
+/// depth along the full model's greedy continuation, at each grid budget.
+public struct BudgetCurve: Sendable, Codable, Equatable {
+    public var id: String
+    public var features: [Float]
+    public var kl: [Double]
+    public var tokens: Int
+}
+
+/// Measures budget curves with a router at each grid budget.
+public struct BudgetCurveMeter {
+    public let evaluator: ChatEvaluator
+    public let budgets: [Double]
+    public let makeRouter: (Double) throws -> BudgetedLayerSelector
+
+    public init(evaluator: ChatEvaluator, budgets: [Double], makeRouter: @escaping (Double) throws -> BudgetedLayerSelector) {
+        self.evaluator = evaluator; self.budgets = budgets; self.makeRouter = makeRouter
+    }
+
+    public func measure(id: String, prompt: [Int32], maxReply: Int) throws -> BudgetCurve {
+        let session = evaluator.session
+        let probe = FeatureProbe(config: session.model.config)
+        session.reset()
+        session.selector = probe
+        try session.evaluate(prompt)
+        let features = probe.features
+        let ref = try evaluator.reference(prompt: prompt, maxTokens: maxReply)
+        var kl: [Double] = []
+        for b in budgets {
+            session.selector = try makeRouter(b)
+            kl.append(try evaluator.compare(ref).meanKL)
+        }
+        session.selector = nil
+        return BudgetCurve(id: id, features: features, kl: kl, tokens: ref.reply.count)
+    }
+}

@@ -1,0 +1,96 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+import XCTest
+
+final class BudgetPredictorTests: XCTestCase {
+    let grid = [0.5, 0.7, 0.9]
+
+    /// Synthetic curves whose log KL is linear in two of the features: the ridge fit recovers
+    /// them on prompts it did not see.
+    func testRidgeFitRecoversALinearRelation() throws {
+        var rng = SeededRNG(seed: 7)
+        let d = 12
+        func sample() -> ([Float], [Double]) {
+            let f = (0..<d).map { _ in rng.nextUnitFloat() * 4 - 2 }
+            let y = grid.map { b in -3 * b + 0.8 * Double(f[0]) - 0.5 * Double(f[3]) }
+            return (f, y)
+        }
+        let train = (0..<80).map { _ in sample() }, test = (0..<20).map { _ in sample() }
+        let p = try BudgetPredictor.fit(features: train.map(\.0), logKL: train.map(\.1), budgets: grid, lambda: 1e-4, router: "test")
+        for (f, y) in test {
+            let kl = f.withUnsafeBufferPointer { p.predictKL($0.baseAddress!) }
+            for (pred, want) in zip(kl, y) { XCTAssertEqual(log(pred), want, accuracy: 0.02) }
+        }
+    }
+
+    /// The choice is the smallest grid budget under the tolerance, 1 when none is, and the
+    /// predicted curve never rises with the budget.
+    func testChoosesTheSmallestBudgetUnderTheTolerance() throws {
+        // One feature; weights make log KL = bias_b + w_b * z with z = f.
+        let p = try BudgetPredictor(budgets: grid, featureDim: 1, mean: [0], scale: [1], weights: [0, 0, 1], bias: [log(0.8), log(0.3), log(0.05)], router: "t")
+        var f: [Float] = [0]
+        XCTAssertEqual(p.choose(&f, tolerance: 0.1), 0.9)
+        XCTAssertEqual(p.choose(&f, tolerance: 0.3), 0.7)
+        XCTAssertEqual(p.choose(&f, tolerance: 1.0), 0.5)
+        XCTAssertEqual(p.choose(&f, tolerance: 0.01), 1)
+        // At z = 3 the 0.9 output (0.05·e³ ≈ 1.0) exceeds the lower budgets': they are raised to it.
+        f = [3]
+        let kl = p.predictKL(&f)
+        XCTAssertEqual(kl[2], 0.05 * exp(3), accuracy: 1e-4)
+        XCTAssertEqual(kl[0], kl[2], accuracy: 1e-9)
+        XCTAssertEqual(kl[1], kl[2], accuracy: 1e-9)
+        XCTAssertThrowsError(try BudgetPredictor(budgets: [0.9, 0.5], featureDim: 1, mean: [0], scale: [1], weights: [0, 0], bias: [0, 0], router: "t"))
+        XCTAssertThrowsError(try BudgetPredictor(budgets: grid, featureDim: 1, mean: [.nan], scale: [1], weights: [0, 0, 0], bias: [0, 0, 0], router: "t"))
+    }
+
+    /// Files round-trip, are tied to their model, and bad ones are refused with a reason.
+    /// `--budget auto` then routes a real prompt under the predicted budget.
+    func testPredictorFileAndAutoBudgetOnTheModel() throws {
+        let m = try RoutingTests.sharedModel()
+        let d = 2 * m.config.kvDim + m.config.dim
+        var rng = SeededRNG(seed: 3)
+        let feats = (0..<6).map { _ in (0..<d).map { _ in rng.nextUnitFloat() } }
+        let logs = (0..<6).map { i in grid.map { -Double(i) * 0.1 - 3 * $0 } }
+        let p = try BudgetPredictor.fit(features: feats, logKL: logs, budgets: grid, lambda: 1, router: "sleb")
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-bp-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("p.json").path
+        try RouterFile.save(p, model: m, notes: "test", to: path)
+        let back = try RouterFile.loadPredictor(path: path, model: m)
+        XCTAssertEqual(back.budgets, p.budgets)
+        XCTAssertEqual(back.weights, p.weights)
+        func rewrite(_ edit: (inout [String: Any]) -> Void) throws -> String {
+            var j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+            edit(&j)
+            let q = dir.appendingPathComponent("e-\(UUID().uuidString).json").path
+            try JSONSerialization.data(withJSONObject: j).write(to: URL(fileURLWithPath: q))
+            return q
+        }
+        for (edit, reason) in [({ (j: inout [String: Any]) in j["model_fingerprint"] = "x" }, "another model"),
+                               ({ $0["version"] = 7 }, "version 7"),
+                               ({ $0["kind"] = "ranking" }, "not a budget predictor"),
+                               ({ $0["feature_dim"] = 5 }, "does not fit"),
+                               ({ $0["bias"] = [1] }, "bias has 1 values")] as [((inout [String: Any]) -> Void, String)] {
+            XCTAssertThrowsError(try RouterFile.loadPredictor(path: try rewrite(edit), model: m)) { XCTAssertTrue("\($0)".contains(reason), "\($0)") }
+        }
+
+        // The predictor's choice for this prompt (from its features at full depth) is what
+        // the auto selector hands to the router, and the prompt's layers follow it.
+        let session = Session(model: m, capacity: 128, threads: 2)
+        let probe = FeatureProbe(config: m.config)
+        session.selector = probe
+        let prompt = m.tokenizer.encode("The quick brown fox jumps over the lazy dog.", parseSpecial: false)
+        try session.evaluate(prompt)
+        for tol in [1e-9, 0.02, 1e9] {
+            let want = probe.features.withUnsafeBufferPointer { back.choose($0.baseAddress!, tolerance: tol) }
+            let auto = try AutoBudgetSelector(inner: try Routers.make("sleb", model: m, budget: 1), predictor: back, tolerance: tol, config: m.config)
+            session.reset()
+            session.selector = auto
+            try session.evaluate(prompt)
+            XCTAssertEqual(auto.chosenBudget, want)
+            XCTAssertEqual(session.lastLayers.count, 2 + LayerBudget.routableCount(budget: want, layers: m.config.layers))
+        }
+    }
+}
