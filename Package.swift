@@ -41,9 +41,12 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels"], swiftSettings: computeFlags),
+        // Seeded mutation fuzzing shared by the test targets (not shipped).
+        .target(name: "BuddyFuzzSupport", dependencies: ["BuddyCore"]),
+
+        .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels", "BuddyFuzzSupport"], swiftSettings: computeFlags),
         .testTarget(name: "BuddyEngineTests", dependencies: ["BuddyEngine", "BuddyCore", "BuddyRouting"]),
-        .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore"]),
-        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore", "BuddyFuzzSupport"]),
+        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport"], swiftSettings: computeFlags),
     ]
 )

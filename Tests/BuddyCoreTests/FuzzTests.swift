@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyFuzzSupport
 import Foundation
 import XCTest
 
@@ -20,61 +21,141 @@ final class FuzzTests: XCTestCase {
         return w.bytes()
     }
 
-    /// Loads everything a model file feeds; returns whether it loaded.
-    static func load(_ bytes: [UInt8]) -> Bool {
+    func testSeedLoads() {
+        XCTAssertNil(FuzzTests.refusal(FuzzTests.seedFile()))
+    }
+
+    /// The refusal's class: the error enum's case name ("truncated", "badMagic", …).
+    static func errorClass(_ e: Error) -> String {
+        let m = Mirror(reflecting: e)
+        return m.children.first?.label ?? "\(e)"
+    }
+
+    /// Loads a file; nil when it loaded, else the typed error's class and description.
+    static func refusal(_ bytes: [UInt8]) -> (kind: String, text: String)? {
         do {
             let f = try GGUFFile(mapping: MappedFile(bytes: bytes))
             let tok = try BPETokenizer(gguf: f)
             _ = tok.encode("ab a<|im_end|> 12", parseSpecial: true)
             _ = try Transformer(file: f)
-            return true
-        } catch is GGUFError {
-            return false
-        } catch is TokenizerError {
-            return false
+            return nil
+        } catch let e as GGUFError {
+            return (errorClass(e), "\(e)")
+        } catch let e as TokenizerError {
+            return ("tokenizer." + errorClass(e), "\(e)")
         } catch {
             XCTFail("untyped error: \(error)")
-            return false
+            return ("untyped", "\(error)")
         }
     }
 
-    func testSeedLoads() {
-        XCTAssertTrue(FuzzTests.load(FuzzTests.seedFile()))
+    /// A corpus entry: the seed file with bytes prefix ..< prefix+removed replaced by insert.
+    struct Patch: Codable {
+        var target = "gguf"
+        var prefix: Int
+        var removed: Int
+        var insert: String   // hex
+        var expect: String   // refusal class, or "loads"
+
+        init(from seed: [UInt8], to b: [UInt8], expect: String) {
+            var p = 0
+            while p < min(seed.count, b.count) && seed[p] == b[p] { p += 1 }
+            var q = 0
+            while q < min(seed.count, b.count) - p && seed[seed.count - 1 - q] == b[b.count - 1 - q] { q += 1 }
+            prefix = p
+            removed = seed.count - q - p
+            insert = b[p..<(b.count - q)].map { String(format: "%02x", $0) }.joined()
+            self.expect = expect
+        }
+
+        func apply(to seed: [UInt8]) -> [UInt8] {
+            var bytes: [UInt8] = []
+            var i = insert.startIndex
+            while i < insert.endIndex {
+                let j = insert.index(i, offsetBy: 2)
+                bytes.append(UInt8(insert[i..<j], radix: 16)!)
+                i = j
+            }
+            var b = seed
+            b.replaceSubrange(prefix..<(prefix + removed), with: bytes)
+            return b
+        }
     }
 
-    func testMutatedFilesNeverCrash() {
+    /// Runs for BUDDY_FUZZ_SECONDS (or BUDDY_FUZZ_ITERATIONS; 3,000 in the normal suite).
+    /// With BUDDY_FUZZ_SAVE=FILE the smallest input of every refusal class is written there
+    /// as a patch of the seed file (how Tests/Fixtures/fuzz/gguf-corpus.json was made).
+    func testMutatedFilesNeverCrash() throws {
         let seed = FuzzTests.seedFile()
-        // The header, metadata and tensor table live in the first part of the file; mutate
-        // there mostly, where the parser makes its decisions.
-        let headerEnd = min(seed.count, 6000)
-        var rng = SeededRNG(seed: 20261129)
+        let budget = FuzzBudget(defaultIterations: 3000)
+        var mutator = Mutator(seed: budget.seed)
         var loaded = 0, refused = 0
-        let iterations = Int(ProcessInfo.processInfo.environment["BUDDY_FUZZ_ITERATIONS"] ?? "") ?? 3000
-        for _ in 0..<iterations {
-            var b = seed
-            let edits = 1 + Int(rng.next() % 4)
-            for _ in 0..<edits {
-                if b.count < 16 { break }
-                let headerEnd = min(b.count, headerEnd)
-                switch rng.next() % 6 {
-                case 0: b[Int(rng.next() % UInt64(headerEnd))] = UInt8(truncatingIfNeeded: rng.next())
-                case 1: // flip a length or count to a huge value
-                    let i = Int(rng.next() % UInt64(headerEnd - 8))
-                    for k in 0..<8 { b[i + k] = 0xFF }
-                case 2: b = Array(b.prefix(Int(rng.next() % UInt64(b.count))))
-                case 3: b[Int(rng.next() % UInt64(b.count))] ^= UInt8(1 << (rng.next() % 8))
-                case 4: // small integer into a 4-byte field (types, dims)
-                    let i = Int(rng.next() % UInt64(headerEnd - 4))
-                    b[i] = UInt8(rng.next() % 40); b[i + 1] = 0; b[i + 2] = 0; b[i + 3] = 0
-                default: // duplicate a slice (repeated keys, shifted fields)
-                    let i = Int(rng.next() % UInt64(headerEnd)), n = Int(rng.next() % 64)
-                    b.insert(contentsOf: b[i..<min(b.count, i + n)], at: i)
+        var classes: [String: Int] = [:]
+        var smallest: [String: Patch] = [:]
+        let savePath = ProcessInfo.processInfo.environment["BUDDY_FUZZ_SAVE"]
+        // The header, metadata and tensor table live in the first part of the file; mutate there mostly.
+        let (n, secs) = budget.run { _ in
+            let b = mutator.mutate(seed, focus: 6000)
+            guard let r = FuzzTests.refusal(b) else { loaded += 1; return }
+            refused += 1
+            classes[r.kind, default: 0] += 1
+            if savePath != nil && classes[r.kind]! <= 200 {
+                let p = Patch(from: seed, to: b, expect: r.kind)
+                if p.insert.count <= 4096, smallest[r.kind].map({ p.insert.count + p.removed < $0.insert.count + $0.removed }) ?? true { smallest[r.kind] = p }
+            }
+        }
+        print(String(format: "fuzz gguf: %d executions in %.1f s (%.0f/s), %d loaded, %d refused with a typed error; classes: %@",
+                     n, secs, Double(n) / max(secs, 1e-9), loaded, refused, classes.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")))
+        if let savePath {
+            let enc = JSONEncoder(); enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try enc.encode(smallest.keys.sorted().map { smallest[$0]! }).write(to: URL(fileURLWithPath: savePath))
+        }
+        XCTAssertEqual(loaded + refused, n)
+        XCTAssertGreaterThan(refused, n / 4)
+    }
+
+    /// Every input of the regression corpus still gets the refusal it got when it was found.
+    func testRegressionCorpus() throws {
+        let url = TestSupport.fixtures.appendingPathComponent("fuzz/gguf-corpus.json")
+        let corpus = try JSONDecoder().decode([Patch].self, from: Data(contentsOf: url))
+        XCTAssertGreaterThan(corpus.count, 5)
+        let seed = FuzzTests.seedFile()
+        for (i, p) in corpus.enumerated() {
+            let got = FuzzTests.refusal(p.apply(to: seed))
+            if p.expect == "loads" { XCTAssertNil(got, "corpus entry \(i)") } else {
+                XCTAssertEqual(got?.kind, p.expect, "corpus entry \(i): \(got?.text ?? "loaded")")
+            }
+        }
+    }
+
+    /// Byte-level BPE must reproduce any text exactly: random Unicode (all planes, controls,
+    /// combining marks, invalid surrogates replaced) and text that looks like special tokens.
+    /// The exception is a byte the vocabulary has no token for: it is dropped (as llama.cpp
+    /// does), so the expected text is the input's UTF-8 with those bytes removed.
+    func testTokenizerRoundTripsArbitraryText() throws {
+        let tok = try loadDefaultTokenizer()
+        let budget = FuzzBudget(defaultIterations: 400)
+        var rng = SeededRNG(seed: budget.seed &+ 1)
+        let pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", " ", "\n", "\t", "  ", "'s", "123", "a", "é", "\u{301}", "😀", "\u{200D}", "\r\n", "\u{0}"]
+        var failures = 0
+        let (n, secs) = budget.run { _ in
+            var s = ""
+            for _ in 0..<(1 + Int(rng.next() % 40)) {
+                if rng.next() % 3 == 0 {
+                    s += pieces[Int(rng.next() % UInt64(pieces.count))]
+                } else {
+                    let v = UInt32(rng.next() % 0x110000)
+                    s.unicodeScalars.append(Unicode.Scalar(v) ?? "\u{FFFD}")
                 }
             }
-            if FuzzTests.load(b) { loaded += 1 } else { refused += 1 }
+            let ids = tok.encode(s, parseSpecial: false)
+            let back = tok.decode(ids)
+            let kept = Array(s.utf8).filter { tok.hasByteToken($0) }
+            if Array(back.utf8) != kept && back != String(decoding: kept, as: UTF8.self) && failures < 3 {
+                failures += 1
+                XCTFail("round trip changed \(s.unicodeScalars.map { String($0.value, radix: 16) }) into \(back.unicodeScalars.map { String($0.value, radix: 16) })") }
+            _ = tok.encode(s, parseSpecial: true)
         }
-        print("fuzz: \(iterations) mutated files, \(loaded) loaded, \(refused) refused with a typed error")
-        XCTAssertEqual(loaded + refused, iterations)
-        XCTAssertGreaterThan(refused, iterations / 4)
+        print(String(format: "fuzz tokenizer: %d random texts in %.1f s, %d failed to round-trip", n, secs, failures))
     }
 }

@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyEngine
+import BuddyFuzzSupport
 import BuddyTUI
 import XCTest
 
@@ -168,6 +169,31 @@ final class ThemeTests: XCTestCase {
         let (missing, w) = Theme.load("no-such-theme", searchPath: [dir])
         XCTAssertEqual(missing.colors, Theme.builtin.colors)
         XCTAssertEqual(w.count, 1)
+    }
+
+    /// Mutated theme files (and raw bytes that are not UTF-8) always give a usable theme:
+    /// every role has a colour, and each colour maps to something at every colour depth.
+    func testMutatedThemesNeverCrashAndAlwaysGiveEveryRole() throws {
+        let dir = ThemeTests.root.appendingPathComponent("themes")
+        let seeds = try ["default", "light", "mono", "ansi16"].map { [UInt8](try Data(contentsOf: dir.appendingPathComponent("\($0).theme"))) }
+        let budget = FuzzBudget(defaultIterations: 2000)
+        var mutator = Mutator(seed: budget.seed, dictionary: textFuzzDictionary)
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-theme-fuzz-\(getpid()).theme").path
+        defer { try? FileManager.default.removeItem(atPath: tmp) }
+        var warned = 0
+        let (n, secs) = budget.run { i in
+            let b = mutator.mutate(seeds[i % seeds.count])
+            FileManager.default.createFile(atPath: tmp, contents: Data(b))
+            let (t, w) = Theme.load(tmp, searchPath: [])
+            if !w.isEmpty { warned += 1 }
+            for (key, _) in Theme.keys { XCTAssertNotNil(t.colors[key], key) }
+            for role in Role.all {
+                let c = t.colors(for: role)
+                for depth in [ColorDepth.mono, .ansi8, .ansi16, .palette256, .truecolor] { _ = depth.cursesColor(c.fg); _ = depth.cursesColor(c.bg) }
+            }
+        }
+        print(String(format: "fuzz themes: %d executions in %.1f s, %d with warnings", n, secs, warned))
+        XCTAssertGreaterThan(warned, n / 4)
     }
 
     func testColourDepthFallback() {

@@ -186,6 +186,13 @@ public final class BPETokenizer: Sendable {
 
     public func decodeBytes(_ id: Int32) -> [UInt8] { decodeBytes(id, includeSpecial: false) }
 
+    /// Whether a lone byte has a token. Some vocabularies (SmolLM2's among them) lack a few
+    /// byte tokens (rare control characters, lead bytes of unassigned planes); such bytes
+    /// are dropped by encoding, exactly as llama.cpp drops them.
+    public func hasByteToken(_ b: UInt8) -> Bool {
+        tokenToID[String(Character(ByteLevel.byteToScalar[Int(b)]))] != nil
+    }
+
     /// Raw bytes of one token, like llama.cpp's `token_to_piece`: control and unknown
     /// tokens produce their text only when `includeSpecial`; user-defined tokens
     /// always produce their text; undefined/unused tokens produce nothing.

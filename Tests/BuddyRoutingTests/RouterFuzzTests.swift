@@ -1,0 +1,61 @@
+import BuddyCore
+import BuddyFuzzSupport
+import BuddyRouting
+import Foundation
+import XCTest
+
+/// Mutated router, ranking and budget-predictor files either load (and then make valid
+/// decisions) or are refused with a RoutingError; nothing crashes.
+final class RouterFuzzTests: XCTestCase {
+    func testMutatedRouterFilesAreRefusedOrLoadCleanly() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, d = 2 * m.config.kvDim + m.config.dim
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-rfuzz-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let module = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 2), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 2, seed: 1)
+        let seeds: [(String, Bool)] = try {
+            let a = dir.appendingPathComponent("dm.json").path, b = dir.appendingPathComponent("rank.json").path, c = dir.appendingPathComponent("bp.json").path
+            try RouterFile.save(module, model: m, notes: "seed", to: a)
+            try RouterFile.save(StaticRanking.dropLast(layers: L), model: m, notes: "seed", to: b)
+            let p = try BudgetPredictor(budgets: [0.5, 0.9], featureDim: d, mean: [Float](repeating: 0, count: d), scale: [Float](repeating: 1, count: d),
+                                        weights: [Float](repeating: 0.01, count: 2 * d), bias: [-1, -3], router: "buddy")
+            try RouterFile.save(p, model: m, notes: "seed", to: c)
+            return [(a, false), (b, false), (c, true)]
+        }()
+        let budget = FuzzBudget(defaultIterations: 600)
+        var mutator = Mutator(seed: budget.seed, dictionary: textFuzzDictionary)
+        var loaded = 0, refused = 0
+        let path = dir.appendingPathComponent("mutant.json").path
+        let originals = try seeds.map { ([UInt8](try Data(contentsOf: URL(fileURLWithPath: $0.0))), $0.1) }
+        let (n, secs) = budget.run { i in
+            let (seed, isPredictor) = originals[i % originals.count]
+            // JSON keys sit at the start (sorted keys); weights are long arrays: mutate anywhere.
+            let b = mutator.mutate(seed)
+            FileManager.default.createFile(atPath: path, contents: Data(b))
+            do {
+                if isPredictor {
+                    let p = try RouterFile.loadPredictor(path: path, model: m)
+                    var f = [Float](repeating: 0.5, count: p.featureDim)
+                    let choice = p.choose(&f, tolerance: 0.1)
+                    XCTAssertTrue(choice > 0 && choice <= 1)
+                } else {
+                    let r = try RouterFile.load(path: path, model: m)
+                    r.budget = 0.5
+                    if let dm = r as? DecisionModule {
+                        var h = [Float](repeating: 0.1, count: dm.dim)
+                        let s = dm.score(hiddenState: &h, budget: 0.5)
+                        XCTAssertEqual(LayerBudget.topK(s, k: 14).count, 14)
+                    }
+                }
+                loaded += 1
+            } catch is RoutingError {
+                refused += 1
+            } catch {
+                XCTFail("untyped error: \(error)")
+            }
+        }
+        print(String(format: "fuzz router files: %d executions in %.1f s, %d loaded, %d refused with a RoutingError", n, secs, loaded, refused))
+        XCTAssertGreaterThan(refused, n / 4)
+    }
+}
