@@ -128,7 +128,9 @@ extension Eval {
                         continue
                     }
                     session.selector = try routing.selector(method: method, budget: b, model: model)
-                    let ev = HellaSwagEvaluator(session: session)
+                    // Static layer sets score each ending as one batch (same numbers, faster);
+                    // a per-token router runs token by token as in generation.
+                    let ev = HellaSwagEvaluator(session: session, batched: !(session.selector is DecisionModule))
                     let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
                     var correct = 0
                     for (i, t) in tasks.enumerated() {
@@ -211,7 +213,7 @@ extension Eval {
                         totals[i].add(ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count))
                     } else {
                         session.selector = cell.selector
-                        totals[i].add(try evaluator.compare(ref))
+                        totals[i].add(try evaluator.compare(ref, batched: !(cell.selector is DecisionModule)))
                     }
                     done += 1
                     bar.update(done, detail: "prompt \(p.id)")

@@ -1,14 +1,6 @@
 import BuddyCore
 import XCTest
 
-/// Skips a fixed set of layers for every token (prompt chunks and decode steps alike).
-private final class FixedSkip: LayerSelector {
-    let runs: [Bool]
-    init(layers: Int, skip: Set<Int>) { runs = (0..<layers).map { !skip.contains($0) } }
-    func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { runs }
-    func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { runs }
-}
-
 final class ChatEvalTests: XCTestCase {
     func testPromptSetSplitsByPositionAndNamesBadLines() throws {
         let lines = (0..<5).map { #"{"question_id": \#(80 + $0), "category": "c\#($0)", "turns": ["q\#($0)", "second"]}"# }
@@ -45,6 +37,9 @@ final class ChatEvalTests: XCTestCase {
         let skip: Set<Int> = [5, 12, 17, 22]
         session.selector = FixedSkip(layers: L, skip: skip)
         let d = try ev.compare(ref)
+        let b = try ev.compare(ref, batched: true)
+        XCTAssertEqual(b.klSum, d.klSum, accuracy: 1e-9, "batched comparison gives the per-token numbers")
+        XCTAssertEqual(b.agreements, d.agreements)
 
         let all = ref.prompt + ref.reply
         let cache = KVCache(layers: L, capacity: all.count, kvDim: m.config.kvDim)

@@ -22,6 +22,15 @@ final class HellaSwagTests: XCTestCase {
         let task = try HellaSwagTask.parse(text)[0]
         let session = Session(model: m, capacity: 256, threads: 2, batchSize: 64)
         let (best, scores) = try HellaSwagEvaluator(session: session).score(task)
+        // Batched endings give the per-token result, at full depth and with layers skipped.
+        XCTAssertEqual(try HellaSwagEvaluator(session: session, batched: true).score(task).scores, scores)
+        session.selector = FixedSkip(layers: m.config.layers, skip: [4, 9, 20])
+        session.reset()  // the cached context was computed at full depth
+        let routed = try HellaSwagEvaluator(session: session).score(task).scores
+        session.reset()
+        XCTAssertEqual(try HellaSwagEvaluator(session: session, batched: true).score(task).scores, routed)
+        XCTAssertNotEqual(routed, scores)
+        session.selector = nil
         XCTAssertEqual(scores.count, 4)
         XCTAssertEqual(best, scores.indices.max { scores[$0] < scores[$1] })
         let vocab = m.config.vocabSize

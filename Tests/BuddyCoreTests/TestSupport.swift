@@ -59,3 +59,12 @@ struct TestRandom {
     mutating func floats(_ n: Int, _ lo: Float = -1, _ hi: Float = 1) -> [Float] { (0..<n).map { _ in float(lo, hi) } }
     mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) } }
 }
+
+/// Skips a fixed set of layers for every token (prompt chunks and decode steps alike).
+final class FixedSkip: LayerSelector {
+    let runs: [Bool]
+    init(layers: Int, skip: Set<Int>) { runs = (0..<layers).map { !skip.contains($0) } }
+    func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { runs }
+    func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { runs }
+}
+

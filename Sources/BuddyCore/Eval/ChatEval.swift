@@ -73,7 +73,14 @@ public struct ChatReference {
 /// with its own decision, as in the chat.
 public final class ChatEvaluator {
     public let session: Session
-    public init(session: Session) { self.session = session }
+    /// [session.batch.maxTokens × vocab] logits of a reply's rows (batched comparisons)
+    private let rows: UnsafeMutablePointer<Float>
+
+    public init(session: Session) {
+        self.session = session
+        rows = .allocate(capacity: session.batch.maxTokens * session.model.config.vocabSize)
+    }
+    deinit { rows.deallocate() }
 
     /// Token ids of one user turn in the model's chat template (with its default system prompt).
     public func promptTokens(_ text: String) -> [Int32] {
@@ -110,32 +117,49 @@ public final class ChatEvaluator {
     }
 
     /// Teacher-forces the reference reply through the session as configured (selector,
-    /// policy) and measures its divergence from the reference.
-    public func compare(_ ref: ChatReference) throws -> ChatDivergence {
+    /// policy) and measures its divergence from the reference. `batched` runs the reply as
+    /// one chunk after the prompt: the same numbers for the full model or a static layer
+    /// set, but not for a per-token router (which must decide at every step).
+    public func compare(_ ref: ChatReference, batched: Bool = false) throws -> ChatDivergence {
         session.reset()
         var d = ChatDivergence()
         guard !ref.reply.isEmpty else { return d }
         let vocab = session.model.config.vocabSize
         try session.evaluate(ref.prompt)
-        for t in 0..<ref.reply.count {
-            let logits = session.decode.logits
-            let lse = ChatEvaluator.logSumExp(logits, count: vocab)
-            var kl = 0.0, best = 0
-            ref.logProbs.withUnsafeBufferPointer { rows in
-                let row = rows.baseAddress! + t * vocab
-                for i in 0..<vocab {
-                    let lp = Double(row[i])
-                    // Terms with p < e^-30 add nothing measurable; skip their exp.
-                    if lp > -30 { kl += exp(lp) * (lp - (Double(logits[i]) - lse)) }
-                }
+        // Reply token 0 is predicted by the prompt's last position.
+        add(session.decode.logits, t: 0, ref, &d)
+        let m = ref.reply.count - 1
+        guard m >= 1 else { return d }
+        if batched && m <= session.batch.maxTokens {
+            try session.evaluate(ref.prompt + ref.reply[0..<m])
+            session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
+            for t in 1...m { add(rows + (t - 1) * vocab, t: t, ref, &d) }
+        } else {
+            for t in 1...m {
+                try session.step(ref.reply[t - 1])
+                add(session.decode.logits, t: t, ref, &d)
             }
-            for i in 1..<vocab where logits[i] > logits[best] { best = i }
-            d.klSum += max(0, kl)
-            if Int32(best) == ref.argmax[t] { d.agreements += 1 }
-            d.tokens += 1
-            if t + 1 < ref.reply.count { try session.step(ref.reply[t]) }
         }
         return d
+    }
+
+    /// KL(reference row t ‖ logits) and top-1 agreement for one reply position.
+    private func add(_ logits: UnsafePointer<Float>, t: Int, _ ref: ChatReference, _ d: inout ChatDivergence) {
+        let vocab = session.model.config.vocabSize
+        let lse = ChatEvaluator.logSumExp(logits, count: vocab)
+        var kl = 0.0, best = 0
+        ref.logProbs.withUnsafeBufferPointer { rows in
+            let row = rows.baseAddress! + t * vocab
+            for i in 0..<vocab {
+                let lp = Double(row[i])
+                // Terms with p < e^-30 add nothing measurable; skip their exp.
+                if lp > -30 { kl += exp(lp) * (lp - (Double(logits[i]) - lse)) }
+            }
+        }
+        for i in 1..<vocab where logits[i] > logits[best] { best = i }
+        d.klSum += max(0, kl)
+        if Int32(best) == ref.argmax[t] { d.agreements += 1 }
+        d.tokens += 1
     }
 
     static func logSumExp(_ x: UnsafePointer<Float>, count: Int) -> Double {

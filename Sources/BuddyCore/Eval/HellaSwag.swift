@@ -36,10 +36,20 @@ public struct HellaSwagTask: Sendable, Equatable {
 /// log-probability of its tokens after the context; the highest mean wins. The context is
 /// evaluated once per task (the session reuses its cache for the four endings), and ending
 /// tokens are fed one at a time, so a router decides per token as it does in generation.
-public struct HellaSwagEvaluator {
+public final class HellaSwagEvaluator {
     public let session: Session
+    /// Score each ending as one batch after its context (exactly the per-token result for
+    /// the full model or a static layer set; a per-token router needs batched = false).
+    public let batched: Bool
+    /// [session.batch.maxTokens × vocab] logits of an ending's rows (batched mode)
+    private let rows: UnsafeMutablePointer<Float>
 
-    public init(session: Session) { self.session = session }
+    public init(session: Session, batched: Bool = false) {
+        self.session = session
+        self.batched = batched
+        rows = .allocate(capacity: batched ? session.batch.maxTokens * session.model.config.vocabSize : 1)
+    }
+    deinit { rows.deallocate() }
 
     /// Mean log-probability of each ending; returns the index of the best.
     public func score(_ task: HellaSwagTask) throws -> (best: Int, scores: [Double]) {
@@ -52,10 +62,18 @@ public struct HellaSwagEvaluator {
             let ids = tok.encode(" " + ending, parseSpecial: false)
             guard !ids.isEmpty else { scores.append(-.infinity); continue }
             try session.evaluate(ctx)
-            var sum = 0.0
-            for (i, id) in ids.enumerated() {
-                sum -= PerplexityEvaluator.negativeLogProb(session.decode.logits, count: vocab, target: Int(id))
-                if i + 1 < ids.count { try session.step(id) }
+            var sum = -PerplexityEvaluator.negativeLogProb(session.decode.logits, count: vocab, target: Int(ids[0]))
+            if batched && ids.count > 1 && ids.count - 1 <= session.batch.maxTokens {
+                // The cache holds ctx, so exactly the ending's first m-1 tokens run as one chunk.
+                let m = ids.count - 1
+                try session.evaluate(ctx + ids[0..<m])
+                session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
+                for i in 0..<m { sum -= PerplexityEvaluator.negativeLogProb(rows + i * vocab, count: vocab, target: Int(ids[i + 1])) }
+            } else {
+                for i in 1..<ids.count {
+                    try session.step(ids[i - 1])
+                    sum -= PerplexityEvaluator.negativeLogProb(session.decode.logits, count: vocab, target: Int(ids[i]))
+                }
             }
             scores.append(sum / Double(ids.count))
         }
