@@ -12,7 +12,7 @@ struct Buddy: ParsableCommand {
             --model PATH, else $BUDDY_MODEL, else models/SmolLM2-135M-Instruct.Q4_1.gguf
             (fetch it with scripts/fetch-model.sh).
             """,
-        subcommands: [Chat.self, Generate.self, Tokenize.self, Inspect.self, Eval.self, Calibrate.self, Train.self, Bench.self],
+        subcommands: [Chat.self, Generate.self, Tokenize.self, Inspect.self, Eval.self, Calibrate.self, Train.self, Bench.self, Soak.self],
         defaultSubcommand: Chat.self)
 }
 
