@@ -6,7 +6,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self, HellaSwag.self, Chat.self])
+        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Plot.self])
 }
 
 extension Eval {
@@ -255,6 +255,46 @@ struct EvalRoutingOptions: ParsableArguments {
         guard budget < 1 else { return nil }
         do { return try Routers.make(method == "buddy" ? (router ?? "buddy") : method, model: model, budget: budget) } catch {
             throw CLIError("\(error)")
+        }
+    }
+}
+
+extension Eval {
+    struct Plot: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Draw a metric against budget from an eval CSV (one line per method) as SVG.",
+            discussion: """
+                Reads the CSV that --csv writes (method,budget,kv_policy,<metrics…>). Example:
+                  buddy eval plot --csv eval/ppl.csv --metric ppl --log --out eval/ppl.svg
+                """)
+        @Option(name: .long, help: "CSV written by buddy eval … --csv.")
+        var csv: String
+        @Option(name: .long, help: "Metric column to plot (default: the first after kv_policy).")
+        var metric: String?
+        @Flag(name: .long, help: "Logarithmic y axis.")
+        var log = false
+        @Option(name: .long, help: "Title of the chart.")
+        var title: String?
+        @Option(name: .long, help: "SVG file to write.")
+        var out: String
+
+        func run() throws {
+            guard let text = try? String(contentsOfFile: csv, encoding: .utf8) else { throw CLIError("cannot read '\(csv)'") }
+            let lines = text.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+            guard let header = lines.first, header.count >= 4, header[0] == "method", header[1] == "budget" else {
+                throw CLIError("'\(csv)' is not an eval CSV (expected a header starting method,budget,kv_policy)")
+            }
+            let name = metric ?? header[3]
+            guard let col = header.firstIndex(of: name), col >= 3 else { throw CLIError("'\(csv)' has no column '\(name)' (columns: \(header.dropFirst(3).joined(separator: ", ")))") }
+            var table = EvalTable(metrics: [name], headers: [name], formats: ["%g"], kvPolicy: "")
+            for (i, row) in lines.dropFirst().enumerated() {
+                guard row.count == header.count, let b = Double(row[1]), let v = Double(row[col]) else {
+                    throw CLIError("'\(csv)' line \(i + 2): expected \(header.count) fields with numbers for budget and \(name)")
+                }
+                table.add(row[0], b, [v])
+            }
+            try table.save(csv: nil, plot: out, title: title ?? "\(name) against budget", logScale: log)
+            print("wrote \(out)")
         }
     }
 }

@@ -49,6 +49,8 @@ struct TrainRouter: ParsableCommand {
     var weightDecay: Float = 1e-3
     @Option(name: .long, help: "Random seed.")
     var seed: UInt64 = 0
+    @Option(name: .long, help: "Measured examples are saved here after every chunk and reused by a rerun (default: <out>.checkpoint; removed when training finishes).")
+    var checkpoint: String?
     @OptionGroup var modelOptions: ModelOptions
 
     func run() throws {
@@ -67,12 +69,21 @@ struct TrainRouter: ParsableCommand {
         guard ids.count >= (valStart + valChunks) * 512 else { throw CLIError("not enough text for \(trainChunks) training and \(valChunks) validation chunks") }
         let t0 = Date()
 
-        // 1. Measure per-token layer importances.
+        // 1. Measure per-token layer importances, checkpointed after every chunk so an
+        //    interrupted run resumes where it stopped.
         let trainer = RouterTrainer(model: model, chunkSize: chunk, threads: modelOptions.threads)
+        let checkpointPath = checkpoint ?? out + ".checkpoint"
         var ex = RoutingExamples()
+        var firstChunk = 0
+        if let saved = ExampleCheckpoint.load(checkpointPath, fingerprint: model.fingerprint, chunk: chunk), saved.chunksDone <= trainChunks {
+            ex = saved.examples
+            firstChunk = saved.chunksDone
+            Out.err("resuming from \(checkpointPath): \(firstChunk) chunks already measured")
+        }
         let bar = ProgressBar("measuring", total: trainChunks)
-        for i in 0..<trainChunks {
+        for i in firstChunk..<trainChunks {
             trainer.collect(chunk: ids[(i * chunk)..<((i + 1) * chunk)], firstScored: chunk / 4, into: &ex)
+            try ExampleCheckpoint.save(ex, chunksDone: i + 1, fingerprint: model.fingerprint, chunk: chunk, to: checkpointPath)
             bar.update(i + 1, detail: "\(ex.count) examples")
         }
 
@@ -168,7 +179,45 @@ struct TrainRouter: ParsableCommand {
         let notes = String(format: "buddy train --prior %@ --train-chunks %d --chunk %d --val-chunks %d --hidden %d --epochs %d --weight-decay %g --seed %llu; alpha %.3f; MSE train %.4f val %.4f; %.0f s",
                            prior, trainChunks, chunk, valChunks, hidden, epochs, Double(weightDecay), seed, bestAlpha, trainMSE, valMSE, Date().timeIntervalSince(t0))
         try RouterFile.save(final, model: model, notes: notes, to: out)
+        try? FileManager.default.removeItem(atPath: checkpointPath)
         print("written to \(out)")
+    }
+}
+
+/// The measured training examples of `buddy train router`, saved after every chunk
+/// (binary: magic, JSON header line, then Float32 little-endian inputs and targets).
+enum ExampleCheckpoint {
+    static let magic = "BUDDY-EXAMPLES-1\n"
+
+    static func save(_ ex: RoutingExamples, chunksDone: Int, fingerprint: String, chunk: Int, to path: String) throws {
+        let inDim = ex.inputs.first?.count ?? 0, outDim = ex.targets.first?.count ?? 0
+        let header: [String: Any] = ["fingerprint": fingerprint, "chunk": chunk, "chunks_done": chunksDone, "count": ex.count, "input_dim": inDim, "target_dim": outDim]
+        var data = Data(magic.utf8)
+        data.append(try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]))
+        data.append(0x0A)
+        for row in ex.inputs { row.withUnsafeBytes { data.append(contentsOf: $0) } }
+        for row in ex.targets { row.withUnsafeBytes { data.append(contentsOf: $0) } }
+        try AtomicFile.write(data, to: path)
+    }
+
+    /// The checkpoint when it exists, is intact and was made the same way; else nil.
+    static func load(_ path: String, fingerprint: String, chunk: Int) -> (examples: RoutingExamples, chunksDone: Int)? {
+        guard let data = FileManager.default.contents(atPath: path), data.starts(with: Data(magic.utf8)) else { return nil }
+        let rest = data.dropFirst(magic.utf8.count)
+        guard let nl = rest.firstIndex(of: 0x0A),
+              let h = try? JSONSerialization.jsonObject(with: rest[rest.startIndex..<nl]) as? [String: Any],
+              h["fingerprint"] as? String == fingerprint, h["chunk"] as? Int == chunk,
+              let done = h["chunks_done"] as? Int, let n = h["count"] as? Int, let di = h["input_dim"] as? Int, let dt = h["target_dim"] as? Int,
+              n >= 0, di >= 0, dt >= 0, n <= 10_000_000, di <= 100_000, dt <= 10_000 else { return nil }
+        let body = rest[(nl + 1)...]
+        guard body.count == n * (di + dt) * 4 else { return nil }
+        var floats = [Float](repeating: 0, count: n * (di + dt))
+        _ = floats.withUnsafeMutableBytes { body.copyBytes(to: $0) }
+        var ex = RoutingExamples()
+        for i in 0..<n { ex.inputs.append(Array(floats[(i * di)..<((i + 1) * di)])) }
+        let t0 = n * di
+        for i in 0..<n { ex.targets.append(Array(floats[(t0 + i * dt)..<(t0 + (i + 1) * dt)])) }
+        return (ex, done)
     }
 }
 
