@@ -1,52 +1,86 @@
 #!/usr/bin/env bash
-# Writes EVAL.md: held-out WikiText-2 perplexity per method and budget, a KV-policy comparison
-# for the Decision Module, and decode speed per budget. Usage: scripts/eval_table.sh [CHUNKS]
-# (CHUNKS held-out 512-token chunks, starting at chunk 16, past all calibration/training text).
+# The evaluation behind EVAL.md.
+#   scripts/eval_table.sh run      measure everything into eval/ (hours on 2 cores)
+#   scripts/eval_table.sh render   write EVAL.md (and the SVG plots) from eval/*.csv
+# Data: ${BUDDY_DATA:-../shared/data}. Held-out choices: WikiText-2 chunks from 20 on (past all
+# calibration and training text), the first 400 HellaSwag tasks (never used for tuning), the
+# odd-position MT-Bench prompts (the even ones train the budget predictor).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-chunks="${1:-8}"
-data="${BUDDY_DATA:-$root/../shared/data}/wikitext2_valid.txt"
+data="${BUDDY_DATA:-$root/../shared/data}"
 buddy=.build/release/buddy
 budgets=1,0.95,0.9,0.8,0.7,0.6,0.5
-tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"' EXIT
-$buddy eval perplexity --data "$data" --skip-chunks 16 --chunks "$chunks" --budgets $budgets \
-  --methods buddy,shortgpt,sleb,last --csv "$tmp/ppl.csv" > /dev/null
-for p in mask zero fill; do
-  $buddy eval perplexity --data "$data" --skip-chunks 16 --chunks "$chunks" --budgets 0.9,0.8 \
-    --methods buddy --kv-policy $p --csv "$tmp/kv-$p.csv" > /dev/null
-done
-$buddy bench --budgets 1,0.9,0.8,0.75,0.5 --runs 3 --router buddy > "$tmp/bench.md"
+methods=buddy,sleb,shortgpt,last
+mkdir -p eval
 
-python3 - "$tmp" "$chunks" > EVAL.md <<'PY'
-import csv, sys, os
-tmp, chunks = sys.argv[1], sys.argv[2]
-rows = list(csv.DictReader(open(os.path.join(tmp, "ppl.csv"))))
-methods = ["buddy", "shortgpt", "sleb", "last"]
-budgets = sorted({float(r["budget"]) for r in rows}, reverse=True)
-ppl = {(r["method"], float(r["budget"])): float(r["ppl"]) for r in rows}
+case "${1:-render}" in
+run)
+  swift build -c release --product buddy
+  $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 20 --chunks 64 \
+    --budgets $budgets --methods $methods --csv eval/ppl.csv > /dev/null
+  $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
+    --budgets $budgets --methods $methods --csv eval/hellaswag.csv > /dev/null
+  $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
+    --budgets $budgets --methods $methods --csv eval/chat.csv > /dev/null
+  $buddy bench --budgets $budgets --runs 3 --router buddy --json > eval/bench.jsonl
+  "$0" render
+  ;;
+render)
+  $buddy eval plot --csv eval/ppl.csv --metric ppl --log --title "WikiText-2 perplexity (64 held-out chunks)" --out eval/ppl.svg > /dev/null
+  $buddy eval plot --csv eval/hellaswag.csv --metric acc_norm --title "HellaSwag acc_norm (400 tasks)" --out eval/hellaswag.svg > /dev/null
+  $buddy eval plot --csv eval/chat.csv --metric kl --log --title "Chat: KL from full depth (40 held-out MT-Bench prompts)" --out eval/chat.svg > /dev/null
+  python3 - > EVAL.md <<'PY'
+import csv, json, math, os
+def load(name):
+    p = os.path.join("eval", name)
+    return list(csv.DictReader(open(p))) if os.path.exists(p) else []
+ppl, hs, chat = load("ppl.csv"), load("hellaswag.csv"), load("chat.csv")
+methods = ["buddy", "sleb", "shortgpt", "last"]
+budgets = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
+def cell(rows, m, b, key, fmt):
+    for r in rows:
+        if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9:
+            return fmt(float(r[key]))
+    return "—"
+def table(title, rows, key, fmt, note, best=None):
+    print(f"## {title}\n\n{note}\n")
+    print("| budget | k/28 | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
+    for b in budgets:
+        k = min(28, max(1, math.floor(b * 28 + 0.5)))
+        cells = [cell(rows, m, b, key, fmt) for m in methods]
+        print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |")
+    print()
 print("# Evaluation\n")
-print(f"Made by `scripts/eval_table.sh {chunks}`. WikiText-2 validation, llama.cpp's perplexity protocol "
-      f"(512-token chunks, second half scored), {chunks} chunks starting at chunk 16 (token 8,192), past all text "
-      "used for calibration (SLEB: tokens 0–1,023; ShortGPT: 0–4,095) and router training (tokens 0–4,095, α chosen on chunks 8–9). "
-      "KV policy mask. `buddy` routes per token as in generation (the unscored first half of each chunk is a prompt "
-      "with one decision; every scored token is a decode step with its own decision).\n")
-print("## Perplexity (lower is better)\n")
-print("| budget | " + " | ".join(methods) + " | best static |")
-print("|---|" + "---|" * (len(methods) + 1))
-for b in budgets:
-    best = min(ppl[(m, b)] for m in ["shortgpt", "sleb", "last"])
-    print(f"| {b:.2f} | " + " | ".join(f"{ppl[(m, b)]:.2f}" for m in methods) + f" | {best:.2f} |")
-print("\n## KV policy for skipped layers (Decision Module)\n")
-print("| policy | 0.90 | 0.80 |")
-print("|---|---|---|")
-for p in ["mask", "zero", "fill"]:
-    r = {float(x["budget"]): float(x["ppl"]) for x in csv.DictReader(open(os.path.join(tmp, f"kv-{p}.csv")))}
-    print(f"| {p} | {r[0.9]:.2f} | {r[0.8]:.2f} |")
-print("\n## Decode speed (buddy router, 512-token prompt, 128 decoded, median of 3, 2 threads)\n")
-print(open(os.path.join(tmp, "bench.md")).read())
-print("\nNot measured yet: HellaSwag acc_norm, chat KL and top-1 agreement (the `buddy eval hellaswag` and "
-      "`buddy eval chat` commands do not exist yet), and the Budget Predictor.")
+print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
+      "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine, KV policy `mask`. "
+      "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it routes per token as in "
+      "generation. A dash is a cell not measured (see the notes).\n")
+table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
+      "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
+      "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)")
+def acc(v): return f"{v:.4f}"
+table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
+      "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
+      "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)")
+table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
+      "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
+      "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)")
+table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.")
+bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []
+if bench:
+    print("## Decode speed (buddy router, 512-token prompt, 128 decoded, median of 3, 2 threads)\n")
+    print("| budget | layers/token | decode tok/s | × full depth | routing share |")
+    print("|---|---|---|---|---|")
+    full = next((r["decode_tok_s"] for r in bench if r["budget"] >= 1), None)
+    for r in bench:
+        print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / full:.2f} | {100 * r.get('routing_share', 0):.2f} % |")
+    print()
+if os.path.exists("eval/NOTES.md"):
+    print(open("eval/NOTES.md").read())
 PY
-echo "wrote EVAL.md" >&2
+  echo "wrote EVAL.md" >&2
+  ;;
+*) echo "usage: scripts/eval_table.sh run|render" >&2; exit 2 ;;
+esac

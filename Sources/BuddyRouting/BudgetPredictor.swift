@@ -12,8 +12,9 @@ import Foundation
 /// for each training prompt the full model's greedy continuation is teacher-forced through
 /// the routed model at every grid budget and the mean KL per token is recorded.
 public struct BudgetPredictor: Sendable, Equatable {
-    /// A sensible default: about the drift of dropping one routable layer of 28 in chat.
-    public static let defaultTolerance = 0.1
+    /// The default: on the training prompts this picks 0.95 for most chat prompts, 0.9 for
+    /// easy ones and the full model for the hardest (mean chat KL is 0.16 at 0.95, 0.45 at 0.9).
+    public static let defaultTolerance = 0.25
 
     /// Ascending budgets in (0, 1).
     public var budgets: [Double]
