@@ -38,10 +38,20 @@ def load(name):
 ppl, hs, chat = load("ppl.csv"), load("hellaswag.csv"), load("chat.csv")
 methods = ["buddy", "sleb", "shortgpt", "last"]
 budgets = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
+# A Decision Module whose learned part is zero (w2 = b2 = 0) makes its prior's choice at every
+# token: its rows are the prior's (SLEB's), marked †, unless they were measured.
+router = json.load(open("routers/buddy-router.json"))
+same_as_prior = all(v == 0 for v in router.get("w2", [1])) and all(v == 0 for v in router.get("b2", [1]))
 def cell(rows, m, b, key, fmt):
     for r in rows:
         if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9:
             return fmt(float(r[key]))
+    if b >= 1:  # the full model, whatever the method
+        for r in rows:
+            if float(r["budget"]) >= 1: return fmt(float(r[key]))
+    if m == "buddy" and same_as_prior and b < 1:
+        v = cell(rows, "sleb", b, key, fmt)
+        return v + " †" if v != "—" else v
     return "—"
 def table(title, rows, key, fmt, note, best=None):
     print(f"## {title}\n\n{note}\n")
@@ -56,7 +66,10 @@ print("# Evaluation\n")
 print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
       "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine, KV policy `mask`. "
       "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it routes per token as in "
-      "generation. A dash is a cell not measured (see the notes).\n")
+      "generation. A dash is a cell not measured (see the notes)." +
+      (" † The shipped module's learned part is zero (training chose α = 0: it did not beat its prior on held-out "
+       "text), so it selects exactly SLEB's layers for every token (checked by `RoutingTests`); † cells repeat "
+       "the sleb measurement." if same_as_prior else "") + "\n")
 table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
       "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
       "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)")
