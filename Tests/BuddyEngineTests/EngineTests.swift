@@ -29,11 +29,21 @@ enum EngineTestModel {
 final class Recorder: @unchecked Sendable {
     private let lock = NSLock()
     private var list: [EngineEvent] = []
-    var onEvent: ((EngineEvent) -> Void)?
-    weak var engine: ChatEngine?
+    private var handler: ((EngineEvent) -> Void)?
+    private weak var engineRef: ChatEngine?
+    /// Set from the test thread while the engine queue may be posting: guarded by the lock
+    /// (ThreadSanitizer caught the unguarded version).
+    var onEvent: ((EngineEvent) -> Void)? {
+        get { lock.lock(); defer { lock.unlock() }; return handler }
+        set { lock.lock(); handler = newValue; lock.unlock() }
+    }
+    var engine: ChatEngine? {
+        get { lock.lock(); defer { lock.unlock() }; return engineRef }
+        set { lock.lock(); engineRef = newValue; lock.unlock() }
+    }
 
     func post(_ e: EngineEvent) {
-        lock.lock(); list.append(e); let f = onEvent; lock.unlock()
+        lock.lock(); list.append(e); let f = handler; lock.unlock()
         f?(e)
     }
     var events: [EngineEvent] { lock.lock(); defer { lock.unlock() }; return list }
