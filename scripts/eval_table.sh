@@ -73,7 +73,7 @@ print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and 
 table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
       "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
       "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)")
-def acc(v): return f"{v:.4f}"
+def acc(v): return f"{v:.3f}"
 table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
       "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
       "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)")
