@@ -92,7 +92,8 @@ panel_ks_whole() {
   fail "the panel never showed a whole frame: $(echo $ks)"
 }
 
-tm -f /dev/null new-session -d -s e2e -x 80 -y 24 "env -i PATH=$PATH HOME=$work TERM=xterm-256color LANG=C.UTF-8 PS1='$ ' bash --norc --noprofile"
+# A clean environment, except sanitizer options (so a sanitizer run can configure the binary).
+tm -f /dev/null new-session -d -s e2e -x 80 -y 24 "env -i PATH=$PATH HOME=$work TERM=xterm-256color LANG=C.UTF-8 PS1='$ ' ASAN_OPTIONS='${ASAN_OPTIONS:-}' TSAN_OPTIONS='${TSAN_OPTIONS:-}' bash --norc --noprofile"
 tm set-option -t e2e status off >/dev/null
 sleep 0.3
 tm send-keys -t e2e "cd $work && stty -g > stty.before" Enter
