@@ -16,7 +16,9 @@ public enum RouterFile {
     public static let format = "buddy-router"
     public static let version = 1
 
-    public static func load(path: String, model: LanguageModel) throws -> BudgetedLayerSelector {
+    /// Reads a router-format file and checks what every kind shares: JSON object, format,
+    /// version and the model fingerprint.
+    static func header(path: String, model: LanguageModel) throws -> [String: Any] {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw RoutingError.badRouterFile(path: path, reason: "cannot read the file")
         }
@@ -28,6 +30,20 @@ public enum RouterFile {
         guard v == version else { throw RoutingError.unsupportedVersion(path: path, found: v, supported: version) }
         guard let fp = j["model_fingerprint"] as? String else { throw RoutingError.badRouterFile(path: path, reason: "missing model_fingerprint") }
         guard fp == model.fingerprint else { throw RoutingError.wrongModel(path: path, fileFingerprint: fp, modelFingerprint: model.fingerprint) }
+        return j
+    }
+
+    /// A numeric array field, each element checked to be a number.
+    static func numbers(_ j: [String: Any], _ key: String, path: String) throws -> [Double] {
+        guard let a = j[key] as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(key)") }
+        return try a.map {
+            guard let n = $0 as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "\(key) holds a non-number") }
+            return n.doubleValue
+        }
+    }
+
+    public static func load(path: String, model: LanguageModel) throws -> BudgetedLayerSelector {
+        let j = try header(path: path, model: model)
         let layers = model.config.layers
         guard j["layers"] as? Int == layers else { throw RoutingError.badRouterFile(path: path, reason: "layer count differs from the model's \(layers)") }
         let method = j["method"] as? String ?? "router"
@@ -38,13 +54,7 @@ public enum RouterFile {
                 throw RoutingError.badRouterFile(path: path, reason: "\(error)")
             }
         case "decision-module":
-            func floats(_ key: String) throws -> [Float] {
-                guard let a = j[key] as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(key)") }
-                return try a.map {
-                    guard let n = $0 as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "\(key) holds a non-number") }
-                    return n.floatValue
-                }
-            }
+            func floats(_ key: String) throws -> [Float] { try numbers(j, key, path: path).map(Float.init) }
             guard let dim = j["dim"] as? Int, let kvDim = j["kv_dim"] as? Int, let hidden = j["hidden"] as? Int else {
                 throw RoutingError.badRouterFile(path: path, reason: "missing dim, kv_dim or hidden")
             }
@@ -68,25 +78,9 @@ public enum RouterFile {
 
     /// Loads a budget predictor ("kind": "budget-predictor"), checked against the model.
     public static func loadPredictor(path: String, model: LanguageModel) throws -> BudgetPredictor {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw RoutingError.badRouterFile(path: path, reason: "cannot read the file")
-        }
-        guard let obj = try? JSONSerialization.jsonObject(with: data), let j = obj as? [String: Any] else {
-            throw RoutingError.badRouterFile(path: path, reason: "not a JSON object")
-        }
-        guard j["format"] as? String == format else { throw RoutingError.badRouterFile(path: path, reason: "not a buddy router file (format field)") }
-        guard let v = j["version"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing version") }
-        guard v == version else { throw RoutingError.unsupportedVersion(path: path, found: v, supported: version) }
+        let j = try header(path: path, model: model)
         guard j["kind"] as? String == "budget-predictor" else { throw RoutingError.badRouterFile(path: path, reason: "not a budget predictor (kind field)") }
-        guard let fp = j["model_fingerprint"] as? String else { throw RoutingError.badRouterFile(path: path, reason: "missing model_fingerprint") }
-        guard fp == model.fingerprint else { throw RoutingError.wrongModel(path: path, fileFingerprint: fp, modelFingerprint: model.fingerprint) }
-        func numbers(_ key: String) throws -> [Double] {
-            guard let a = j[key] as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(key)") }
-            return try a.map {
-                guard let n = $0 as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "\(key) holds a non-number") }
-                return n.doubleValue
-            }
-        }
+        func numbers(_ key: String) throws -> [Double] { try RouterFile.numbers(j, key, path: path) }
         guard let d = j["feature_dim"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing feature_dim") }
         guard d == 2 * model.config.kvDim + model.config.dim else {
             throw RoutingError.badRouterFile(path: path, reason: "feature_dim \(d) does not fit this model")
