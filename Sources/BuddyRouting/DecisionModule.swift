@@ -8,10 +8,12 @@ import Foundation
 ///   input  x = [mean K0 (kvDim), mean V0 (kvDim), h0 (dim), budget features (4)]   (inputDim)
 ///   z      = (x - inputMean) * inputScale                                          (inputDim)
 ///   hidden = relu(W1 z + b1)                                                       (hidden)
-///   score  = W2 hidden + b2 + priorWeight * prior                                  (routable)
+///   score  = W2 hidden + b2 + priorWeight * prior(k)                               (routable)
 ///
-/// With W2 = 0 and b2 = 0 the scores are the prior alone, so a module initialised from a
-/// static ranking makes exactly that ranking's choice at every budget.
+/// prior(k) is one row of `priorByCount` when the module has budget-specific layer sets
+/// (row k−1 for k routable layers kept: the set found by `LayerSetSearch`), else the single
+/// ranking prior. With W2 = 0 and b2 = 0 the scores are the prior alone, so a module
+/// initialised from a static ranking (or from per-budget sets) makes exactly that choice.
 public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
     public struct Weights: Sendable, Equatable {
         public var inputMean: [Float]    // [inputDim]
@@ -22,11 +24,13 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         public var b2: [Float]           // [routable]
         public var prior: [Float]        // [routable]
         public var priorWeight: Float
+        public var priorByCount: [Float]? // [routable (k = 1...routable) × routable], optional
 
-        public init(inputMean: [Float], inputScale: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float], prior: [Float], priorWeight: Float) {
+        public init(inputMean: [Float], inputScale: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float], prior: [Float], priorWeight: Float,
+                    priorByCount: [Float]? = nil) {
             self.inputMean = inputMean; self.inputScale = inputScale
             self.w1 = w1; self.b1 = b1; self.w2 = w2; self.b2 = b2
-            self.prior = prior; self.priorWeight = priorWeight
+            self.prior = prior; self.priorWeight = priorWeight; self.priorByCount = priorByCount
         }
     }
 
@@ -103,6 +107,7 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         try check("w2", w.w2, routable * hidden)
         try check("b2", w.b2, routable)
         try check("prior", w.prior, routable)
+        if let t = w.priorByCount { try check("prior_by_count", t, routable * routable) }
         guard w.priorWeight.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "prior_weight is not finite") }
     }
 
@@ -114,12 +119,20 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
             (inp.baseAddress! + 2 * kvDim).update(from: hiddenState, count: dim)
             BudgetEncoding.write(budget, into: inp.baseAddress! + 2 * kvDim + dim)
         }
-        return forward(input)
+        return forward(input, kept: LayerBudget.routableCount(budget: budget, layers: layers))
     }
 
-    /// The MLP on a full input vector.
-    public func forward(_ x: [Float]) -> [Float] {
+    /// The prior scores used when `kept` routable layers run.
+    public func priorScores(kept: Int) -> ArraySlice<Float> {
+        guard let t = weights.priorByCount else { return weights.prior[...] }
+        let k = min(max(kept, 1), routable)
+        return t[((k - 1) * routable)..<(k * routable)]
+    }
+
+    /// The MLP on a full input vector, plus the prior for `kept` layers.
+    public func forward(_ x: [Float], kept: Int) -> [Float] {
         let inDim = inputDim, w = weights
+        let prior = priorScores(kept: kept)
         for i in 0..<inDim { z[i] = (x[i] - w.inputMean[i]) * w.inputScale[i] }
         z.withUnsafeBufferPointer { zp in
             w.w1.withUnsafeBufferPointer { w1 in
@@ -131,7 +144,7 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         h.withUnsafeBufferPointer { hp in
             w.w2.withUnsafeBufferPointer { w2 in
                 for r in 0..<routable {
-                    scores[r] = bk_dot_f32(w2.baseAddress! + r * hidden, hp.baseAddress!, Int32(hidden)) + w.b2[r] + w.priorWeight * w.prior[r]
+                    scores[r] = bk_dot_f32(w2.baseAddress! + r * hidden, hp.baseAddress!, Int32(hidden)) + w.b2[r] + w.priorWeight * prior[prior.startIndex + r]
                 }
             }
         }
@@ -173,6 +186,26 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         lastMask = m
         stepsSinceDecision = 0
         return m
+    }
+
+    /// Budget-specific layer sets as a prior table: for each k with a set, that set's layers
+    /// score 1 and the others 0; a k without a set uses the single prior. The single prior
+    /// (scaled down) breaks ties inside each row, so rows stay a strict order.
+    public static func priorTable(sets: [Int: [Int]], fallback prior: [Float], routable: Int) -> [Float] {
+        var t = [Float](repeating: 0, count: routable * routable)
+        let lo = prior.min() ?? 0, hi = prior.max() ?? 1
+        let span = max(hi - lo, 1e-6)
+        for k in 1...routable {
+            for r in 0..<routable {
+                let tie = 0.001 * (prior[r] - lo) / span
+                if let set = sets[k] {
+                    t[(k - 1) * routable + r] = (set.contains(r + 1) ? 1 : 0) + tie
+                } else {
+                    t[(k - 1) * routable + r] = prior[r]
+                }
+            }
+        }
+        return t
     }
 
     /// Forget the pooled context (a new conversation).

@@ -14,7 +14,9 @@ import Foundation
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
 public enum RouterFile {
     public static let format = "buddy-router"
-    public static let version = 1
+    /// Version 2 added the optional "prior_by_count" table of decision modules; version 1
+    /// files (without it) are still read.
+    public static let version = 2
 
     /// Reads a router-format file and checks what every kind shares: JSON object, format,
     /// version and the model fingerprint.
@@ -27,7 +29,7 @@ public enum RouterFile {
         }
         guard j["format"] as? String == format else { throw RoutingError.badRouterFile(path: path, reason: "not a buddy router file (format field)") }
         guard let v = j["version"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing version") }
-        guard v == version else { throw RoutingError.unsupportedVersion(path: path, found: v, supported: version) }
+        guard (1...version).contains(v) else { throw RoutingError.unsupportedVersion(path: path, found: v, supported: version) }
         guard let fp = j["model_fingerprint"] as? String else { throw RoutingError.badRouterFile(path: path, reason: "missing model_fingerprint") }
         guard fp == model.fingerprint else { throw RoutingError.wrongModel(path: path, fileFingerprint: fp, modelFingerprint: model.fingerprint) }
         return j
@@ -65,7 +67,8 @@ public enum RouterFile {
             let w = DecisionModule.Weights(
                 inputMean: try floats("input_mean"), inputScale: try floats("input_scale"),
                 w1: try floats("w1"), b1: try floats("b1"), w2: try floats("w2"), b2: try floats("b2"),
-                prior: try floats("prior"), priorWeight: (j["prior_weight"] as? NSNumber)?.floatValue ?? 1)
+                prior: try floats("prior"), priorWeight: (j["prior_weight"] as? NSNumber)?.floatValue ?? 1,
+                priorByCount: j["prior_by_count"] == nil ? nil : try floats("prior_by_count"))
             do {
                 return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: w)
             } catch let RoutingError.badRouterFile(_, reason) {
@@ -112,12 +115,14 @@ public enum RouterFile {
 
     public static func save(_ m: DecisionModule, model: LanguageModel, notes: String, to path: String) throws {
         let w = m.weights
-        try write([
+        var object: [String: Any] = [
             "format": format, "version": version, "kind": "decision-module", "method": m.name,
             "model_fingerprint": model.fingerprint, "layers": m.layers, "dim": m.dim, "kv_dim": m.kvDim, "hidden": m.hidden,
             "input_mean": w.inputMean, "input_scale": w.inputScale, "w1": w.w1, "b1": w.b1, "w2": w.w2, "b2": w.b2,
             "prior": w.prior, "prior_weight": w.priorWeight, "notes": notes,
-        ], to: path)
+        ]
+        if let t = w.priorByCount { object["prior_by_count"] = t }
+        try write(object, to: path)
     }
 
     /// Atomic write: temporary file in the same directory, fsync, rename.

@@ -77,7 +77,7 @@ public enum RoutingError: Error, CustomStringConvertible {
         case let .wrongModel(path, f, m):
             return "router file '\(path)' was made for another model (fingerprint \(f), this model is \(m)); calibrate or train one for this model"
         case let .unsupportedVersion(path, found, supported):
-            return "router file '\(path)' has format version \(found); this buddy reads version \(supported)"
+            return "router file '\(path)' has format version \(found); this buddy reads versions 1 to \(supported)"
         case let .unknownRouter(n): return "unknown router '\(n)' (use a file path, or one of: buddy, shortgpt, sleb, last, random, even)"
         case .noBudgetPredictor: return "no routers/budget-predictor.json was found for this model"
         }

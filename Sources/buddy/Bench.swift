@@ -7,9 +7,11 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prefill and decode speed per budget.",
         discussion: """
-            For each budget: a warm-up run, then --runs runs of a --prompt-tokens prefill and a
-            --gen-tokens greedy decode; reports medians, peak resident memory and the share of
-            decode time spent routing. Compare against llama.cpp with scripts/bench_vs_llamacpp.py.
+            A warm-up round, then --runs rounds; each round runs every budget in turn (so machine
+            noise hits all budgets alike): a --prompt-tokens prefill and a --gen-tokens greedy
+            decode. Reports medians, decode speed-up over full depth (median of the per-round
+            ratios, when budget 1 is in the list), peak resident memory and the share of decode
+            time spent routing. Compare against llama.cpp with scripts/bench_vs_llamacpp.py.
             """)
 
     @Option(name: .long, help: "Prompt length for the prefill measurement.")
@@ -57,16 +59,20 @@ struct Bench: ParsableCommand {
         let routerSpec = router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
         if !json {
             print("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(modelOptions.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)")
-            print("| budget | layers/token | prefill tok/s | decode tok/s | decode ms/token | routing share | peak RSS MB |")
-            print("|---|---|---|---|---|---|---|")
+            print("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | peak RSS MB |")
+            print("|---|---|---|---|---|---|---|---|")
         }
-        for b in try parseBudgets(budgets) {
-            let selector: BudgetedLayerSelector? = b >= 1 ? nil : try Routers.make(routerSpec, model: model, budget: b)
-            session.selector = selector
-            session.policy = kvPolicy
-            var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = []
-            var layersPerToken = 0.0
-            for r in 0...runs {
+        // Rounds alternate over the budgets (1, 0.75, 0.5, 1, 0.75, …) so that drift of a noisy
+        // machine hits every budget alike; speed-ups are medians of ratios within a round.
+        let budgetList = try parseBudgets(budgets)
+        struct Series { var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = [], layersPerToken = 0.0 }
+        var selectors: [BudgetedLayerSelector?] = []
+        for b in budgetList { selectors.append(b >= 1 ? nil : try Routers.make(routerSpec, model: model, budget: b)) }
+        var series = [Series](repeating: Series(), count: budgetList.count)
+        for r in 0...runs {
+            for (i, selector) in selectors.enumerated() {
+                session.selector = selector
+                session.policy = kvPolicy
                 session.reset()
                 (selector as? DecisionModule)?.resetContext()
                 let routing0 = (selector as? DecisionModule)?.routingSeconds ?? 0
@@ -82,20 +88,27 @@ struct Bench: ParsableCommand {
                 }
                 let t2 = monotonicSeconds()
                 guard r > 0 else { continue }   // warm-up
-                prefill.append(Double(promptTokens) / (t1 - t0))
-                decode.append(Double(genTokens - 1) / (t2 - t1))
+                series[i].prefill.append(Double(promptTokens) / (t1 - t0))
+                series[i].decode.append(Double(genTokens - 1) / (t2 - t1))
                 let routing = ((selector as? DecisionModule)?.routingSeconds ?? 0) - routing0
-                shares.append(routing / (t2 - t0))
-                layersPerToken = Double(layerSum) / Double(genTokens - 1)
+                series[i].shares.append(routing / (t2 - t0))
+                series[i].layersPerToken = Double(layerSum) / Double(genTokens - 1)
             }
-            let p = Bench.median(prefill), d = Bench.median(decode), share = Bench.median(shares)
+            if r > 0 && !json { Out.err("round \(r)/\(runs): decode " + series.map { String(format: "%.1f", $0.decode.last!) }.joined(separator: " / ") + " tok/s") }
+        }
+        let fullIndex = budgetList.firstIndex { $0 >= 1 }
+        for (i, b) in budgetList.enumerated() {
+            let s = series[i]
+            let p = Bench.median(s.prefill), d = Bench.median(s.decode), share = Bench.median(s.shares)
+            // Speed-up over full depth: the median over rounds of this round's ratio.
+            let speedup = fullIndex.map { f in Bench.median(zip(s.decode, series[f].decode).map { $0 / $1 }) }
             let rss = Bench.peakRSSMegabytes()
             if json {
-                print("{\"budget\":\(b),\"router\":\(jsonString(selector?.name ?? "full")),\"threads\":\(modelOptions.threads),\"layers_per_token\":\(jsonNumber(layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"routing_share\":\(String(format: "%.5f", share)),"
-                    + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(decode.map(jsonNumber).joined(separator: ","))]}")
+                print("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(modelOptions.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),"
+                    + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
-                print(String(format: "| %.2f | %.1f | %.1f | %.1f | %.2f | %.2f%% | %.0f |", b, layersPerToken, p, d, 1000 / d, 100 * share, rss))
+                print(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, rss))
             }
         }
     }

@@ -212,7 +212,7 @@ final class TrainingTests: XCTestCase {
             inputMean: [Float](repeating: 0, count: 12), inputScale: [Float](repeating: 1, count: 12),
             w1: mlp.w1, b1: mlp.b1, w2: mlp.w2, b2: mlp.b2, prior: [0, 0, 0], priorWeight: 1))
         let x = [Float](repeating: 0.5, count: 12)
-        XCTAssertEqual(m.forward(x), mlp.predict(x))
+        XCTAssertEqual(m.forward(x, kept: 3), mlp.predict(x))
         XCTAssertThrowsError(try DecisionModule(layers: 5, dim: 4, kvDim: 2, hidden: 6, weights: .init(
             inputMean: [], inputScale: [], w1: [], b1: [], w2: [], b2: [], prior: [], priorWeight: 1)))
     }

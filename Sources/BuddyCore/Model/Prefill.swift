@@ -206,6 +206,14 @@ extension Transformer {
         computeLogits(s)
     }
 
+    /// Logits of chunk rows `rows` into out ([rows.count × vocab]), for scoring only part of a chunk.
+    public func batchLogits(rows: Range<Int>, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
+        let dim = config.dim
+        guard !rows.isEmpty else { return }
+        for i in rows { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
+        gemm(output, b.xb + rows.lowerBound * dim, rows.count, out, b)
+    }
+
     /// Logits for every row of the chunk: out is [n × vocab]. Used by perplexity evaluation.
     public func batchLogitsAll(n: Int, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
         let dim = config.dim

@@ -1,0 +1,242 @@
+import BuddyCore
+import Foundation
+
+/// A token sequence the layer-set search scores: at every position in `scored` the routed
+/// model's next-token distribution is compared with the full model's.
+public struct SearchSequence: Sendable {
+    public let tokens: [Int32]
+    public let scored: Range<Int>
+    public init(tokens: [Int32], scored: Range<Int>) {
+        precondition(scored.lowerBound >= 0 && scored.upperBound <= tokens.count, "scored positions outside the sequence")
+        self.tokens = tokens
+        self.scored = scored
+    }
+}
+
+/// Budget-specific layer sets: for each number k of routable layers kept, the set whose
+/// routed next-token distributions stay closest to the full model's (mean KL from full depth
+/// over the scored positions of the training sequences), found by sequential floating
+/// backward selection (Pudil et al., 1994):
+///
+///  * exclusion: from the current set, drop the layer whose removal raises the KL least
+///    (a SLEB step, but on KL and on the training mix of text and chat);
+///  * conditional inclusion: then, while putting back one of the dropped layers gives a set of
+///    that size better than the best one seen so far, take it and go on from there.
+///
+/// Unlike a ranking, the sets need not be nested: the best 25 layers need not contain the
+/// best 22. The search therefore can only match or improve on greedy removal at every k it
+/// visits (on the training data).
+///
+/// Candidates share the work below their first changed layer: per sequence the current set
+/// runs once, keeping the residual stream before every layer, and a candidate restarts from
+/// the stream before the first layer where it differs (the KV cache of the layers below holds
+/// the same values for both).
+public final class LayerSetSearch {
+    public let model: LanguageModel
+    public let sequences: [SearchSequence]
+    let scorer: PerplexityEvaluator
+    /// Per sequence: [scored × vocab] full-depth probabilities.
+    var fullProbs: [UnsafeMutablePointer<Float>] = []
+    /// Per sequence and scored position: Σ p log p of the full distribution.
+    var fullNegEntropy: [[Double]] = []
+    /// [maxLength × vocab] logits of one candidate's scored rows
+    let logits: UnsafeMutablePointer<Float>
+    /// [layers × maxLength × dim] residual stream before each layer, for one sequence
+    var before: [Float]
+    public let scoredCount: Int
+    public private(set) var evaluations = 0
+
+    public init(model: LanguageModel, sequences: [SearchSequence], threads: Int = 2) {
+        let c = model.config
+        let maxLength = sequences.map(\.tokens.count).max() ?? 1
+        self.model = model
+        self.sequences = sequences
+        scorer = PerplexityEvaluator(model: model, contextSize: maxLength, threads: threads)
+        logits = .allocate(capacity: maxLength * c.vocabSize)
+        before = [Float](repeating: 0, count: c.layers * maxLength * c.dim)
+        scoredCount = sequences.reduce(0) { $0 + $1.scored.count }
+        let vocab = c.vocabSize
+        let all = [Bool](repeating: true, count: c.layers)
+        for s in sequences {
+            let probs = UnsafeMutablePointer<Float>.allocate(capacity: max(1, s.scored.count) * vocab)
+            run(s, from: 0, runs: all)
+            var negEntropy: [Double] = []
+            for (r, _) in s.scored.enumerated() {
+                let row = logits + r * vocab, p = probs + r * vocab
+                var m = -Float.infinity
+                for i in 0..<vocab where row[i] > m { m = row[i] }
+                var z = 0.0
+                for i in 0..<vocab { z += exp(Double(row[i] - m)) }
+                let lse = Double(m) + log(z)
+                var h = 0.0
+                for i in 0..<vocab {
+                    let lp = Double(row[i]) - lse
+                    p[i] = Float(exp(lp))
+                    h += exp(lp) * lp
+                }
+                negEntropy.append(h)
+            }
+            fullProbs.append(probs)
+            fullNegEntropy.append(negEntropy)
+        }
+    }
+    deinit { logits.deallocate(); fullProbs.forEach { $0.deallocate() } }
+
+    /// Runs sequence s from layer `from` (the residual stream before it must be in the batch,
+    /// or from = 0) with `runs`, leaving the scored rows' logits in `logits`.
+    func run(_ s: SearchSequence, from: Int, runs: [Bool], keepStreams: Bool = false) {
+        let t = model.transformer, b = scorer.batch, cache = scorer.cache
+        let n = s.tokens.count, dim = model.config.dim, L = model.config.layers
+        if from == 0 {
+            cache.truncate(to: 0)
+            t.prefillEmbed(s.tokens[...], start: 0, b, cache)
+        }
+        for l in from..<L {
+            if keepStreams { before.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: l * n * dim).update(from: b.x, count: n * dim) } }
+            t.prefillLayers(l..<l + 1, n: n, start: 0, b, cache, runs: { runs[$0] }, policy: .mask)
+        }
+        t.batchLogits(rows: s.scored, b, logits)
+    }
+
+    /// Σ over the scored rows in `logits` of KL(full ‖ routed) for sequence i.
+    func klSum(sequence i: Int) -> Double {
+        let vocab = model.config.vocabSize, rows = sequences[i].scored.count
+        let pool = scorer.batch.pool
+        let tasks = min(rows, 4 * pool.threads)
+        var partial = [Double](repeating: 0, count: max(tasks, 1))
+        partial.withUnsafeMutableBufferPointer { out in
+            let out = out.baseAddress!
+            pool.parallelFor(tasks) { task in
+                var sum = 0.0
+                for r in stride(from: task, to: rows, by: tasks) {
+                    let row = self.logits + r * vocab, p = self.fullProbs[i] + r * vocab
+                    var m = -Float.infinity
+                    for j in 0..<vocab where row[j] > m { m = row[j] }
+                    var z = 0.0, cross = 0.0
+                    for j in 0..<vocab { z += Double(expf(row[j] - m)); cross += Double(p[j] * row[j]) }
+                    // KL = Σ p log p − Σ p log q, and log q = logit − logsumexp.
+                    sum += self.fullNegEntropy[i][r] - (cross - Double(m) - log(z))
+                }
+                out[task] = sum
+            }
+        }
+        return partial.reduce(0, +)
+    }
+
+    /// Mean KL from full depth when `runs` (all layers, first and last included) run for every token.
+    public func objective(_ runs: [Bool]) -> Double {
+        var total = 0.0
+        for (i, s) in sequences.enumerated() { run(s, from: 0, runs: runs); total += klSum(sequence: i) }
+        evaluations += 1
+        return total / Double(max(scoredCount, 1))
+    }
+
+    /// Mean KL of every candidate, sharing the layers below each candidate's first difference
+    /// from `base`.
+    public func objectives(base: [Bool], candidates: [[Bool]]) -> [Double] {
+        let L = model.config.layers, dim = model.config.dim
+        var totals = [Double](repeating: 0, count: candidates.count)
+        let firsts = candidates.map { c in (0..<L).first { c[$0] != base[$0] } ?? L }
+        for (i, s) in sequences.enumerated() {
+            let n = s.tokens.count
+            run(s, from: 0, runs: base, keepStreams: true)
+            for (ci, c) in candidates.enumerated() {
+                let f = firsts[ci]
+                if f < L {
+                    before.withUnsafeBufferPointer { scorer.batch.x.update(from: $0.baseAddress! + f * n * dim, count: n * dim) }
+                    run(s, from: f, runs: c)
+                } else {
+                    run(s, from: 0, runs: c)
+                }
+                totals[ci] += klSum(sequence: i)
+            }
+        }
+        evaluations += candidates.count
+        return totals.map { $0 / Double(max(scoredCount, 1)) }
+    }
+
+    public struct Found: Sendable, Codable, Equatable {
+        public var kept: [Int]      // routable layers kept, ascending
+        public var kl: Double
+        public init(kept: [Int], kl: Double) { self.kept = kept; self.kl = kl }
+    }
+
+    /// Everything the search needs to go on after an interruption.
+    public struct State: Sendable, Codable, Equatable {
+        public var best: [Int: Found]
+        public var current: [Int]
+        public var inclusions: Int
+        public var evaluations: Int
+        public init(best: [Int: Found], current: [Int], inclusions: Int, evaluations: Int) {
+            self.best = best; self.current = current; self.inclusions = inclusions; self.evaluations = evaluations
+        }
+        public init(routable: Int) {
+            best = [routable: Found(kept: Array(1...routable), kl: 0)]
+            current = Array(1...routable)
+            inclusions = 0
+            evaluations = 0
+        }
+    }
+
+    /// Best sets for every k from `routable` down to `minKept`, by floating backward selection,
+    /// starting from `state` (a fresh one, or one saved by `checkpoint` after any step).
+    /// `maxInclusions` bounds the backtracking. progress(evaluations so far, message).
+    public func search(minKept: Int, maxInclusions: Int = 40, from state: State? = nil,
+                       checkpoint: ((State) throws -> Void)? = nil,
+                       progress: ((Int, String) -> Void)? = nil) throws -> [Int: Found] {
+        let L = model.config.layers, routable = L - 2
+        func mask(_ kept: Set<Int>) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || kept.contains($0) } }
+        let start = state ?? State(routable: routable)
+        var best = start.best
+        var current = Set(start.current)
+        var inclusions = start.inclusions
+        evaluations = start.evaluations
+        func save() throws { try checkpoint?(State(best: best, current: current.sorted(), inclusions: inclusions, evaluations: evaluations)) }
+        while current.count > minKept {
+            // Exclusion.
+            let drops = current.sorted()
+            let scores = objectives(base: mask(current), candidates: drops.map { mask(current.subtracting([$0])) })
+            let i = scores.indices.min { scores[$0] < scores[$1] }!
+            current.remove(drops[i])
+            let k = current.count
+            if let b = best[k], b.kl <= scores[i] {
+                current = Set(b.kept)   // an earlier path reached a better set of this size
+            } else {
+                best[k] = Found(kept: current.sorted(), kl: scores[i])
+            }
+            progress?(evaluations, String(format: "k %d: drop %d, KL %.4f", k, drops[i], best[k]!.kl))
+            try save()
+            // Conditional inclusion.
+            while current.count + 1 < routable && inclusions < maxInclusions {
+                let adds = Set(1...routable).subtracting(current).sorted()
+                let s = objectives(base: mask(current), candidates: adds.map { mask(current.union([$0])) })
+                let j = s.indices.min { s[$0] < s[$1] }!
+                let k1 = current.count + 1
+                guard let b = best[k1], s[j] < b.kl - 1e-9 else { break }
+                inclusions += 1
+                current.insert(adds[j])
+                best[k1] = Found(kept: current.sorted(), kl: s[j])
+                progress?(evaluations, String(format: "k %d: put back %d, KL %.4f (was %.4f)", k1, adds[j], s[j], b.kl))
+                try save()
+            }
+        }
+        return best
+    }
+}
+
+extension LayerSetSearch {
+    /// Sets for every k in 1...routable: the searched ones where the search went, and below
+    /// its smallest k the smallest searched set thinned in the order of `ranking` (least
+    /// important first), so every budget of the slider has a set.
+    public static func completeSets(_ found: [Int: Found], ranking: [Int]) -> [Int: [Int]] {
+        var sets = found.mapValues(\.kept)
+        guard let smallest = found.keys.min() else { return sets }
+        var set = found[smallest]!.kept
+        for layer in ranking.reversed() where set.count > 1 {
+            guard let i = set.firstIndex(of: layer) else { continue }
+            set.remove(at: i)
+            sets[set.count] = set
+        }
+        return sets
+    }
+}

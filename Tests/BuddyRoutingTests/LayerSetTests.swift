@@ -1,0 +1,96 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+import XCTest
+
+final class LayerSetTests: XCTestCase {
+    func mask(_ skip: Set<Int>, layers: Int) -> [Bool] { (0..<layers).map { !skip.contains($0) } }
+
+    /// The search's shared-prefix evaluation equals evaluating every candidate from scratch,
+    /// its first step is the exhaustive best single removal, every set it reports has the size
+    /// and KL it claims, and a resumed search ends where an uninterrupted one does.
+    func testSearchIsExactWhereItCanBeCheckedAndResumes() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, routable = L - 2
+        let ids = m.tokenizer.encode("The river flows through the old town, past the mill and the church, and on to the sea where the ships wait for the tide.", parseSpecial: false)
+        let seqs = [SearchSequence(tokens: Array(ids.prefix(20)), scored: 4..<19), SearchSequence(tokens: Array(ids.suffix(14)), scored: 2..<13)]
+        let search = LayerSetSearch(model: m, sequences: seqs, threads: 2)
+        XCTAssertEqual(search.scoredCount, 15 + 11)
+        XCTAssertEqual(search.objective([Bool](repeating: true, count: L)), 0, accuracy: 1e-5)
+
+        let base = mask([17], layers: L)
+        let candidates = [mask([17, 4], layers: L), mask([3], layers: L), mask([17, 25, 26], layers: L), base]
+        let shared = search.objectives(base: base, candidates: candidates)
+        for (c, s) in zip(candidates, shared) { XCTAssertEqual(s, search.objective(c), accuracy: 1e-12) }
+        XCTAssertGreaterThan(shared[0], shared[3], "skipping one more layer moves further from full depth")
+
+        var states: [LayerSetSearch.State] = []
+        let found = try search.search(minKept: routable - 2, maxInclusions: 2, checkpoint: { states.append($0) })
+        XCTAssertEqual(Set(found.keys), Set((routable - 2)...routable))
+        for (k, f) in found {
+            XCTAssertEqual(f.kept.count, k)
+            // (the full set's KL is 0 by definition; recomputed it is float rounding, ~1e-7)
+            XCTAssertEqual(f.kl, search.objective(mask(Set(1...routable).subtracting(f.kept), layers: L)), accuracy: k == routable ? 1e-5 : 1e-12)
+        }
+        let singles = (1...routable).map { search.objective(mask([$0], layers: L)) }
+        XCTAssertEqual(found[routable - 1]!.kl, singles.min()!, accuracy: 1e-12)
+        XCTAssertGreaterThanOrEqual(states.count, 2)
+        XCTAssertEqual(try search.search(minKept: routable - 2, maxInclusions: 2, from: states[0]), found)
+
+        // Every slider position gets a set of its size; below the search they are nested.
+        let sets = LayerSetSearch.completeSets(found, ranking: Array(1...routable))
+        XCTAssertEqual(Set(sets.keys), Set(1...routable))
+        for (k, s) in sets { XCTAssertEqual(s.count, k) }
+        for k in 1..<(routable - 2) { XCTAssertTrue(Set(sets[k]!).isSubset(of: Set(sets[k + 1]!)), "k \(k)") }
+    }
+
+    /// A module with per-budget sets runs exactly the set of its k in prefill and decode (the
+    /// sets need not be nested), falls back to its ranking elsewhere, and round-trips through a
+    /// version-2 router file; a version-1 file without the table still loads.
+    func testPerBudgetSetsDriveTheModuleAndRoundTrip() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, routable = L - 2
+        let ranking = StaticRanking.random(layers: L, seed: 5)
+        let base = try DecisionModule(prior: ranking, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 1)
+        let sets: [Int: [Int]] = [
+            27: (1...routable).filter { $0 != 9 },
+            25: (1...routable).filter { ![2, 14, 20].contains($0) },
+            22: (1...routable).filter { ![3, 9, 13, 14, 15, 27].contains($0) },   // not inside the 25-set
+        ]
+        var w = base.weights
+        w.priorByCount = DecisionModule.priorTable(sets: sets, fallback: w.prior, routable: routable)
+        let dm = try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, weights: w)
+        let s = Session(model: m, capacity: 64, threads: 2, batchSize: 8)
+        s.selector = dm
+        let prompt = m.tokenizer.encode("Sets chosen for each budget", parseSpecial: false)
+        for k in [27, 25, 22, 20] {
+            dm.budget = Double(k) / Double(routable)
+            let want = sets[k].map { [0] + $0 + [L - 1] } ?? ranking.mask(budget: dm.budget).indices.filter { ranking.mask(budget: dm.budget)[$0] }
+            s.reset(); dm.resetContext()
+            try s.evaluate(prompt)
+            XCTAssertEqual(s.lastLayers, want, "prefill, k \(k)")
+            try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize))
+            XCTAssertEqual(s.lastLayers, want, "decode, k \(k)")
+        }
+
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-sets-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("r.json").path
+        try RouterFile.save(dm, model: m, notes: "test", to: path)
+        XCTAssertEqual(try XCTUnwrap(RouterFile.load(path: path, model: m) as? DecisionModule).weights, dm.weights)
+        func rewrite(_ edit: (inout [String: Any]) -> Void) throws -> String {
+            var j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+            XCTAssertEqual(j["version"] as? Int, 2)
+            edit(&j)
+            let p = dir.appendingPathComponent("edit-\(UUID().uuidString).json").path
+            try JSONSerialization.data(withJSONObject: j).write(to: URL(fileURLWithPath: p))
+            return p
+        }
+        XCTAssertThrowsError(try RouterFile.load(path: try rewrite { $0["prior_by_count"] = [1, 2] }, model: m)) { e in
+            XCTAssertTrue("\(e)".contains("prior_by_count has 2 values"), "\(e)")
+        }
+        let v1 = try rewrite { $0["version"] = 1; $0["prior_by_count"] = nil }
+        XCTAssertEqual(try XCTUnwrap(RouterFile.load(path: v1, model: m) as? DecisionModule).weights, base.weights)
+    }
+}
