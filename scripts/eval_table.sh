@@ -23,6 +23,7 @@ run)
     --budgets $budgets --methods $methods --csv eval/hellaswag.csv > /dev/null
   $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
     --budgets $budgets --methods $methods --csv eval/chat.csv > /dev/null
+  $buddy eval auto --data "$data/mt_bench_questions.jsonl" --csv eval/auto.csv > eval/auto.md
   $buddy bench --budgets $budgets --runs 5 --router buddy --json > eval/bench.jsonl
   "$0" render
   ;;
@@ -41,7 +42,8 @@ budgets = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
 # A Decision Module whose learned part is zero (w2 = b2 = 0) makes its prior's choice at every
 # token: its rows are the prior's (SLEB's), marked †, unless they were measured.
 router = json.load(open("routers/buddy-router.json"))
-same_as_prior = all(v == 0 for v in router.get("w2", [1])) and all(v == 0 for v in router.get("b2", [1]))
+same_as_prior = (all(v == 0 for v in router.get("w2", [1])) and all(v == 0 for v in router.get("b2", [1]))
+                 and "prior_by_count" not in router)
 def cell(rows, m, b, key, fmt):
     for r in rows:
         if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9:
@@ -53,14 +55,32 @@ def cell(rows, m, b, key, fmt):
         v = cell(rows, "sleb", b, key, fmt)
         return v + " †" if v != "—" else v
     return "—"
-def table(title, rows, key, fmt, note, best=None):
+def value(rows, m, b, key):
+    for r in rows:
+        if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9: return float(r[key])
+    return None
+def table(title, rows, key, fmt, note, lower_is_better=None):
+    # The last column compares buddy with the better of the two static baselines at that budget.
+    compare = lower_is_better is not None
     print(f"## {title}\n\n{note}\n")
-    print("| budget | k/28 | " + " | ".join(methods) + " |")
-    print("|---|---|" + "---|" * len(methods))
+    print("| budget | k/28 | " + " | ".join(methods) + (" | buddy vs best static |" if compare else " |"))
+    print("|---|---|" + "---|" * (len(methods) + (1 if compare else 0)))
     for b in budgets:
         k = min(28, max(1, math.floor(b * 28 + 0.5)))
         cells = [cell(rows, m, b, key, fmt) for m in methods]
-        print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |")
+        extra = ""
+        if compare:
+            mine = value(rows, "buddy", b, key)
+            static = [(value(rows, m, b, key), m) for m in ("sleb", "shortgpt")]
+            static = [(v, m) for v, m in static if v is not None]
+            if b >= 1: extra = " — |"
+            elif mine is None or not static: extra = " not measured |"
+            else:
+                v, m = (min if lower_is_better else max)(static)
+                rel = (mine - v) / abs(v) * 100 if v else 0
+                better = mine < v if lower_is_better else mine > v
+                extra = f" {'**better**' if better else 'worse' if mine != v else 'equal'} ({rel:+.1f} % vs {m}) |"
+        print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |" + extra)
     print()
 print("# Evaluation\n")
 print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
@@ -72,24 +92,29 @@ print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and 
        "the sleb measurement." if same_as_prior else "") + "\n")
 table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
       "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
-      "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)")
+      "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)",
+      lower_is_better=True)
 def acc(v): return f"{v:.3f}"
 table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
       "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
-      "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)")
+      "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)", lower_is_better=False)
 table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
       "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
-      "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)")
-table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.")
+      "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)
+table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
 bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []
 if bench:
-    print("## Decode speed (buddy router, 512-token prompt, 128 decoded, median of the runs, 2 threads)\n\nThis VM is noisy (full-depth decode measured 89–106 tok/s in two runs minutes apart, ~150 in quieter hours); ratios between runs of one invocation are the meaningful part. Issue 3 tracks speed.\n")
-    print("| budget | layers/token | decode tok/s | × full depth | routing share |")
+    print("## Decode speed (buddy router, 512-token prompt, 128 decoded, 2 threads)\n\nThis VM is noisy (the same command varies by ±20 % between minutes); `buddy bench` therefore runs the budgets in turn within each round, and the speed-up is the median of the per-round ratios to full depth. Issue 3 tracks speed.\n")
+    print("| budget | layers/token | decode tok/s (median) | × full depth | routing share |")
     print("|---|---|---|---|---|")
     full = next((r["decode_tok_s"] for r in bench if r["budget"] >= 1), None)
     for r in bench:
-        print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {r['decode_tok_s'] / full:.2f} | {100 * r.get('routing_share', 0):.2f} % |")
+        speedup = r.get("decode_speedup") or r["decode_tok_s"] / full
+        print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {speedup:.2f} | {100 * r.get('routing_share', 0):.2f} % |")
     print()
+if os.path.exists("eval/auto.md"):
+    print("## The automatic budget (`--budget auto`)\n\nThe Budget Predictor chooses a budget per held-out MT-Bench prompt; the same prompts at a fixed budget of the same mean compute are the comparison (`buddy eval auto`).\n")
+    print(open("eval/auto.md").read())
 if os.path.exists("eval/NOTES.md"):
     print(open("eval/NOTES.md").read())
 PY

@@ -188,6 +188,17 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         return m
     }
 
+    /// The layers run at `budget` for every token when the learned part is zero (W2 = 0,
+    /// b2 = 0): the scores are then the prior's alone, so the choice depends on the budget
+    /// only and evaluation may run whole sequences as one batch. nil when the module routes
+    /// per token.
+    public func fixedMask(budget: Double) -> [Bool]? {
+        guard weights.w2.allSatisfy({ $0 == 0 }), weights.b2.allSatisfy({ $0 == 0 }) else { return nil }
+        let k = LayerBudget.routableCount(budget: budget, layers: layers)
+        let s = priorScores(kept: k).map { weights.priorWeight * $0 }
+        return LayerBudget.mask(layers: layers, chosen: LayerBudget.topK(Array(s), k: k))
+    }
+
     /// Budget-specific layer sets as a prior table: for each k with a set, that set's layers
     /// score 1 and the others 0; a k without a set uses the single prior. The single prior
     /// (scaled down) breaks ties inside each row, so rows stay a strict order.

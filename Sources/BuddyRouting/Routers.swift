@@ -24,6 +24,16 @@ public enum Routers {
         return selector
     }
 
+    /// The layers a selector runs at `budget` when that choice is the same for every token
+    /// (static rankings, and Decision Modules whose learned part is zero); nil for a router
+    /// that decides per token. Evaluations use it to run sequences as one batch, which gives
+    /// the same logits as token-by-token routing.
+    public static func fixedMask(_ selector: BudgetedLayerSelector?, budget: Double) -> [Bool]? {
+        if let r = selector as? StaticRanking { return r.mask(budget: budget) }
+        if let m = selector as? DecisionModule { return m.fixedMask(budget: budget) }
+        return nil
+    }
+
     /// The shipped budget predictor for this model, if one is found.
     public static func predictor(model: LanguageModel, path: String? = nil) throws -> BudgetPredictor {
         guard let p = path ?? locate("budget-predictor", model: model) else { throw RoutingError.noBudgetPredictor }

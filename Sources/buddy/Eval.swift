@@ -6,7 +6,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Plot.self])
+        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Auto.self, Plot.self])
 }
 
 extension Eval {
@@ -65,7 +65,7 @@ extension Eval {
                     let selector = try routing.selector(method: method, budget: b, model: model)
                     let label = String(format: "%@ %.2f", method, b)
                     let bar = ProgressBar(label, total: total)
-                    let fixed = (selector as? StaticRanking)?.mask(budget: b)
+                    let fixed = Routers.fixedMask(selector, budget: b)
                     let result = evaluator.evaluate(
                         tokens: tokens, maxChunks: total, firstChunk: skipChunks,
                         runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
@@ -130,7 +130,7 @@ extension Eval {
                     session.selector = try routing.selector(method: method, budget: b, model: model)
                     // Static layer sets score each ending as one batch (same numbers, faster);
                     // a per-token router runs token by token as in generation.
-                    let ev = HellaSwagEvaluator(session: session, batched: !(session.selector is DecisionModule))
+                    let ev = HellaSwagEvaluator(session: session, batched: session.selector == nil || Routers.fixedMask(session.selector as? BudgetedLayerSelector, budget: b) != nil)
                     let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
                     var correct = 0
                     for (i, t) in tasks.enumerated() {
@@ -213,7 +213,7 @@ extension Eval {
                         totals[i].add(ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count))
                     } else {
                         session.selector = cell.selector
-                        totals[i].add(try evaluator.compare(ref, batched: !(cell.selector is DecisionModule)))
+                        totals[i].add(try evaluator.compare(ref, batched: Routers.fixedMask(cell.selector, budget: cell.budget) != nil))
                     }
                     done += 1
                     bar.update(done, detail: "prompt \(p.id)")

@@ -66,12 +66,18 @@ final class LayerSetTests: XCTestCase {
         for k in [27, 25, 22, 20] {
             dm.budget = Double(k) / Double(routable)
             let want = sets[k].map { [0] + $0 + [L - 1] } ?? ranking.mask(budget: dm.budget).indices.filter { ranking.mask(budget: dm.budget)[$0] }
+            XCTAssertEqual(dm.fixedMask(budget: dm.budget).map { m in m.indices.filter { m[$0] } }, want, "fixed mask, k \(k)")
             s.reset(); dm.resetContext()
             try s.evaluate(prompt)
             XCTAssertEqual(s.lastLayers, want, "prefill, k \(k)")
             try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize))
             XCTAssertEqual(s.lastLayers, want, "decode, k \(k)")
         }
+
+        var learned = w
+        learned.b2[3] = 0.5
+        XCTAssertNil(try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, weights: learned).fixedMask(budget: 0.5),
+                     "a module with a learned part routes per token")
 
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-sets-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

@@ -1,0 +1,142 @@
+import ArgumentParser
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+extension Eval {
+    struct Auto: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Does --budget auto put compute where it matters? Its chosen budgets against a fixed budget of the same mean compute.",
+            discussion: """
+                For each chat prompt the Budget Predictor chooses a budget from the prompt's routing
+                context (as `--budget auto` does) and the routed model is teacher-forced along the
+                full model's greedy reply (KL from full depth and top-1 agreement, as in
+                `buddy eval chat`). Every prompt is also measured at each budget of the predictor's
+                grid, so the same prompts at a fixed budget of the same mean compute (mean routable
+                layers per reply token, interpolated between the two neighbouring grid budgets)
+                are the comparison. Prints the distribution of chosen budgets, the mean budget per
+                prompt category, and auto against fixed. Example:
+                  buddy eval auto --data ../shared/data/mt_bench_questions.jsonl --csv eval/auto.csv
+                """)
+        @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).")
+        var data: String
+        @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.")
+        var split: String = "heldout"
+        @Option(name: .long, help: "Use only the first N prompts of the split.")
+        var limit: Int?
+        @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).")
+        var maxReply: Int = 128
+        @Option(name: .long, help: "Largest predicted KL from full depth (nats per token) the auto budget accepts.")
+        var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+        @Option(name: .long, help: "Budget predictor file (default: routers/budget-predictor.json).")
+        var predictor: String?
+        @Option(name: .long, help: "Router the budgets are run with.")
+        var router: String = "buddy"
+        @Option(name: .long, help: "Also write one CSV row per prompt (id,category,chosen_budget,kl,top1_agreement,tokens).")
+        var csv: String?
+        @OptionGroup var modelOptions: ModelOptions
+
+        func validate() throws {
+            if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+            guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
+            guard (1...2048).contains(maxReply) else { throw ValidationError("--max-reply must be between 1 and 2048") }
+            guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
+            try modelOptions.validateThreads()
+        }
+
+        func run() throws {
+            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
+            var prompts: [ChatPrompt]
+            do { prompts = try ChatPromptSet.parse(text, split: ChatPromptSplit(rawValue: split)!) } catch { throw CLIError("\(data): \(error)") }
+            if let limit { prompts = Array(prompts.prefix(limit)) }
+            guard !prompts.isEmpty else { throw CLIError("'\(data)' has no prompts in the \(split) split") }
+            let model = try modelOptions.load()
+            let L = model.config.layers
+            let session = Session(model: model, capacity: 2048, threads: modelOptions.threads, batchSize: 256)
+            let evaluator = ChatEvaluator(session: session)
+            let predictorModel: BudgetPredictor
+            let grid: [Double]
+            let fixed: [BudgetedLayerSelector]
+            let auto: AutoBudgetSelector
+            do {
+                predictorModel = try Routers.predictor(model: model, path: predictor)
+                grid = predictorModel.budgets.sorted()
+                fixed = try grid.map { try Routers.make(router, model: model, budget: $0) }
+                auto = try AutoBudgetSelector(inner: try Routers.make(router, model: model), predictor: predictorModel, tolerance: qualityTolerance, config: model.config)
+            } catch { throw CLIError("\(error)") }
+
+            // Per prompt: the auto result and the chosen budget; per grid budget: the fixed result.
+            var autoRows: [(prompt: ChatPrompt, budget: Double, d: ChatDivergence)] = []
+            var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
+            let bar = ProgressBar("auto vs fixed", total: prompts.count * (grid.count + 2))
+            var done = 0
+            for p in prompts {
+                let ids = evaluator.promptTokens(p.text)
+                guard ids.count + maxReply <= session.capacity else { throw CLIError("prompt \(p.id) is too long (\(ids.count) tokens)") }
+                let ref = try evaluator.reference(prompt: ids, maxTokens: maxReply)
+                done += 1
+                for (i, r) in fixed.enumerated() {
+                    session.selector = r
+                    fixedTotals[i].add(try evaluator.compare(ref))
+                    done += 1
+                    bar.update(done, detail: "prompt \(p.id)")
+                }
+                session.selector = auto
+                let d = try evaluator.compare(ref)
+                autoRows.append((p, auto.chosenBudget ?? 1, d))
+                done += 1
+                bar.update(done, detail: String(format: "prompt %@: auto %.2f", p.id, auto.chosenBudget ?? 1))
+            }
+
+            func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
+            var autoTotal = ChatDivergence()
+            var tokenK = 0.0, tokenBudget = 0.0
+            for r in autoRows { autoTotal.add(r.d); tokenK += k(r.budget) * Double(r.d.tokens); tokenBudget += r.budget * Double(r.d.tokens) }
+            let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
+
+            print("Chosen budgets (\(prompts.count) prompts, \(split) split, tolerance \(qualityTolerance) nats/token):\n")
+            print("| budget | k/\(L - 2) | prompts | KL at the chosen budget | top-1 |")
+            print("|---|---|---|---|---|")
+            for b in (grid + [1]) {
+                let rows = autoRows.filter { abs($0.budget - b) < 1e-9 }
+                guard !rows.isEmpty else { continue }
+                var t = ChatDivergence()
+                rows.forEach { t.add($0.d) }
+                print(String(format: "| %.2f | %.0f | %d | %.4f | %.4f |", b, k(b), rows.count, t.meanKL, t.top1Agreement))
+            }
+            print("\nMean chosen budget per category (token-weighted):\n")
+            print("| category | prompts | mean budget | KL |")
+            print("|---|---|---|---|")
+            for cat in Set(autoRows.map(\.prompt.category)).sorted() {
+                let rows = autoRows.filter { $0.prompt.category == cat }
+                var t = ChatDivergence(), wb = 0.0
+                for r in rows { t.add(r.d); wb += r.budget * Double(r.d.tokens) }
+                print(String(format: "| %@ | %d | %.3f | %.4f |", cat.isEmpty ? "—" : cat, rows.count, wb / Double(max(t.tokens, 1)), t.meanKL))
+            }
+
+            // The same prompts at a fixed budget of the same mean compute: interpolate in k
+            // between the grid budgets around the auto mean (full depth = KL 0, top-1 1).
+            var points = zip(grid, fixedTotals).map { (k: k($0.0), budget: $0.0, kl: $0.1.meanKL, top1: $0.1.top1Agreement) }
+            points.append((k: Double(L - 2), budget: 1, kl: 0, top1: 1))
+            print("\nAuto against fixed budgets at the same mean compute:\n")
+            print("| | mean budget | mean k/\(L - 2) | KL (nats/token) | top-1 agreement |")
+            print("|---|---|---|---|---|")
+            print(String(format: "| auto | %.3f | %.2f | %.4f | %.4f |", meanBudget, meanK, autoTotal.meanKL, autoTotal.top1Agreement))
+            if let hi = points.firstIndex(where: { $0.k >= meanK }) {
+                let lo = max(0, hi - 1)
+                let a = points[lo], b = points[hi]
+                let w = b.k > a.k ? (meanK - a.k) / (b.k - a.k) : 1
+                if lo != hi { print(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }
+                print(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", b.budget, b.budget, b.k, b.kl, b.top1))
+                print(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
+            }
+            if let csv {
+                var out = "id,category,chosen_budget,kl,top1_agreement,tokens\n"
+                for r in autoRows {
+                    out += "\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
+                }
+                try AtomicFile.write(Data(out.utf8), to: csv)
+            }
+        }
+    }
+}
