@@ -45,6 +45,8 @@ public final class LayerSetSearch {
     var before: [Float]
     public let scoredCount: Int
     public private(set) var evaluations = 0
+    /// Put-back steps taken by the last search (resumed ones included).
+    public private(set) var inclusions = 0
 
     public init(model: LanguageModel, sequences: [SearchSequence], threads: Int = 2) {
         let c = model.config
@@ -180,16 +182,16 @@ public final class LayerSetSearch {
 
     /// Best sets for every k from `routable` down to `minKept`, by floating backward selection,
     /// starting from `state` (a fresh one, or one saved by `checkpoint` after any step).
-    /// `maxInclusions` bounds the backtracking. progress(evaluations so far, message).
+    /// `maxInclusions` bounds the backtracking. progress(evaluations so far, current k, message).
     public func search(minKept: Int, maxInclusions: Int = 40, from state: State? = nil,
                        checkpoint: ((State) throws -> Void)? = nil,
-                       progress: ((Int, String) -> Void)? = nil) throws -> [Int: Found] {
+                       progress: ((Int, Int, String) -> Void)? = nil) throws -> [Int: Found] {
         let L = model.config.layers, routable = L - 2
         func mask(_ kept: Set<Int>) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || kept.contains($0) } }
         let start = state ?? State(routable: routable)
         var best = start.best
         var current = Set(start.current)
-        var inclusions = start.inclusions
+        inclusions = start.inclusions
         evaluations = start.evaluations
         func save() throws { try checkpoint?(State(best: best, current: current.sorted(), inclusions: inclusions, evaluations: evaluations)) }
         while current.count > minKept {
@@ -204,7 +206,7 @@ public final class LayerSetSearch {
             } else {
                 best[k] = Found(kept: current.sorted(), kl: scores[i])
             }
-            progress?(evaluations, String(format: "k %d: drop %d, KL %.4f", k, drops[i], best[k]!.kl))
+            progress?(evaluations, k, String(format: "k %d: drop %d, KL %.4f", k, drops[i], best[k]!.kl))
             try save()
             // Conditional inclusion.
             while current.count + 1 < routable && inclusions < maxInclusions {
@@ -216,7 +218,7 @@ public final class LayerSetSearch {
                 inclusions += 1
                 current.insert(adds[j])
                 best[k1] = Found(kept: current.sorted(), kl: s[j])
-                progress?(evaluations, String(format: "k %d: put back %d, KL %.4f (was %.4f)", k1, adds[j], s[j], b.kl))
+                progress?(evaluations, k1, String(format: "k %d: put back %d, KL %.4f (was %.4f)", k1, adds[j], s[j], b.kl))
                 try save()
             }
         }

@@ -4,7 +4,8 @@ import Foundation
 /// otherwise one line per ~10% so logs stay readable).
 final class ProgressBar {
     let label: String
-    let total: Int
+    /// Work units expected; a caller whose estimate grows may raise it.
+    var total: Int
     let start = Date()
     let isTTY = isatty(2) != 0
     var lastPrinted = -1
@@ -12,6 +13,8 @@ final class ProgressBar {
     init(_ label: String, total: Int) { self.label = label; self.total = max(total, 1) }
 
     func update(_ done: Int, detail: String = "") {
+        // An estimate that turned out short must not break the bar: it just fills.
+        if done > total { total = done }
         let frac = Double(done) / Double(total)
         let elapsed = Date().timeIntervalSince(start)
         let eta = done > 0 ? elapsed / Double(done) * Double(total - done) : 0

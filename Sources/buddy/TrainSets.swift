@@ -105,7 +105,9 @@ struct TrainSets: ParsableCommand {
         print("training data: \(textChunks) text chunks and \(sequences.count - textChunks) chat replies, \(search.scoredCount) scored positions")
 
         // Resume when a checkpoint of the same search exists.
-        let settings = "text \(textChunks)×\(textChunk) chat \(chatPrompts) reply \(replyTokens) min \(minKept) inclusions \(maxInclusions)"
+        // The data decide what the saved state means; --min-kept and --max-inclusions only
+        // say when to stop, so a rerun may change them and still resume.
+        let settings = "text \(textChunks)×\(textChunk) chat \(chatPrompts) reply \(replyTokens)"
         let checkpointPath = checkpoint ?? out + ".search.json"
         var state: LayerSetSearch.State?
         if let d = FileManager.default.contents(atPath: checkpointPath),
@@ -114,13 +116,18 @@ struct TrainSets: ParsableCommand {
             state = saved.state
             Out.err("resuming from \(checkpointPath): \(saved.state.evaluations) evaluations done, at k = \(saved.state.current.count)")
         }
-        let exclusions = ((minKept + 1)...routable).reduce(0, +)
-        let bar = ProgressBar("searching", total: exclusions * 3 / 2)
+        let bar = ProgressBar("searching", total: ((minKept + 1)...routable).reduce(0, +))
         let t0 = Date()
         let found = try search.search(minKept: minKept, maxInclusions: maxInclusions, from: state, checkpoint: { s in
             let file = CheckpointFile(modelFingerprint: model.fingerprint, settings: settings, state: s)
             try AtomicFile.write(try JSONEncoder().encode(file), to: checkpointPath)
-        }, progress: { evals, message in bar.update(evals, detail: message) })
+        }, progress: { evals, k, message in
+            // Estimate: the exclusion steps still ahead (put-backs add to it as they happen).
+            // Count this run's evaluations only, so the ETA of a resumed run is right.
+            let done = evals - (state?.evaluations ?? 0)
+            bar.total = done + (k > minKept ? ((minKept + 1)...k).reduce(0, +) : 0)
+            bar.update(done, detail: message)
+        })
 
         // Report: the found sets against the static baselines on the same training data.
         let L = c.layers
@@ -145,8 +152,8 @@ struct TrainSets: ParsableCommand {
         var w = baseModule.weights
         w.priorByCount = DecisionModule.priorTable(sets: sets, fallback: w.prior, routable: routable)
         let module = try DecisionModule(name: "buddy", layers: L, dim: c.dim, kvDim: c.kvDim, hidden: baseModule.hidden, weights: w)
-        let notes = String(format: "buddy train sets --text-chunks %d --text-chunk %d --chat-prompts %d --reply-tokens %d --min-kept %d --max-inclusions %d --base %@; %d scored positions, %d evaluations, %.0f s",
-                           textChunks, textChunk, chatPrompts, replyTokens, minKept, maxInclusions, base, search.scoredCount, search.evaluations, Date().timeIntervalSince(t0))
+        let notes = String(format: "buddy train sets --text-chunks %d --text-chunk %d --chat-prompts %d --reply-tokens %d --min-kept %d --max-inclusions %d --base %@; %d scored positions, %d evaluations, %d put-backs, %.0f s",
+                           textChunks, textChunk, chatPrompts, replyTokens, minKept, maxInclusions, base, search.scoredCount, search.evaluations, search.inclusions, Date().timeIntervalSince(t0))
         try RouterFile.save(module, model: model, notes: notes, to: out)
         try? FileManager.default.removeItem(atPath: checkpointPath)
         print("written to \(out)")
