@@ -16,12 +16,17 @@ final class RouterFuzzTests: XCTestCase {
         let module = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 2), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 2, seed: 1)
         let seeds: [(String, Bool)] = try {
             let a = dir.appendingPathComponent("dm.json").path, b = dir.appendingPathComponent("rank.json").path, c = dir.appendingPathComponent("bp.json").path
+            let e = dir.appendingPathComponent("dm-sets.json").path
             try RouterFile.save(module, model: m, notes: "seed", to: a)
+            // A module with per-budget layer sets (format version 2's prior table).
+            var w = module.weights
+            w.priorByCount = DecisionModule.priorTable(sets: [27: Array(2...28), 14: Array(1...14)], fallback: w.prior, routable: L - 2)
+            try RouterFile.save(try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 2, weights: w), model: m, notes: "seed", to: e)
             try RouterFile.save(StaticRanking.dropLast(layers: L), model: m, notes: "seed", to: b)
             let p = try BudgetPredictor(budgets: [0.5, 0.9], featureDim: d, mean: [Float](repeating: 0, count: d), scale: [Float](repeating: 1, count: d),
                                         weights: [Float](repeating: 0.01, count: 2 * d), bias: [-1, -3], router: "buddy")
             try RouterFile.save(p, model: m, notes: "seed", to: c)
-            return [(a, false), (b, false), (c, true)]
+            return [(a, false), (b, false), (c, true), (e, false)]
         }()
         let budget = FuzzBudget(defaultIterations: 600)
         var mutator = Mutator(seed: budget.seed, dictionary: textFuzzDictionary)
