@@ -79,14 +79,18 @@ def table(title, rows, key, fmt, note, lower_is_better=None):
                 v, m = (min if lower_is_better else max)(static)
                 rel = (mine - v) / abs(v) * 100 if v else 0
                 better = mine < v if lower_is_better else mine > v
-                extra = f" {'**better**' if better else 'worse' if mine != v else 'equal'} ({rel:+.1f} % vs {m}) |"
+                # Values that print the same are the same measurement (some baseline cells were
+                # rebuilt from 3-decimal progress logs).
+                if fmt(mine) == fmt(v): extra = f" equal ({m}) |"
+                else: extra = f" {'**better**' if better else 'worse'} ({rel:+.1f} % vs {m}) |"
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |" + extra)
     print()
 print("# Evaluation\n")
 print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
       "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine, KV policy `mask`. "
-      "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it routes per token as in "
-      "generation. A dash is a cell not measured (see the notes)." +
+      "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it is evaluated as it runs in "
+      "generation (in batch when its choice depends on the budget alone, which gives the same logits). The last "
+      "column compares it with the better of `sleb` and `shortgpt` at that budget. A dash is a cell not measured (see the notes)." +
       (" † The shipped module's learned part is zero (training chose α = 0: it did not beat its prior on held-out "
        "text), so it selects exactly SLEB's layers for every token (checked by `RoutingTests`); † cells repeat "
        "the sleb measurement." if same_as_prior else "") + "\n")

@@ -19,7 +19,8 @@ struct TrainSets: ParsableCommand {
             The search state is saved after every step (--checkpoint) and a rerun resumes it.
             Reproduce the shipped router with:
               buddy train sets --data ../shared/data/wikitext2_valid.txt \\
-                --chat-data ../shared/data/mt_bench_questions.jsonl --out routers/buddy-router.json
+                --chat-data ../shared/data/mt_bench_questions.jsonl --base routers/buddy-router.json \\
+                --max-inclusions 7 --out routers/buddy-router.json
             """)
 
     @Option(name: .long, help: "Training text (WikiText-2 validation file).")
