@@ -23,7 +23,7 @@ run)
     --budgets $budgets --methods $methods --csv eval/hellaswag.csv > /dev/null
   $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
     --budgets $budgets --methods $methods --csv eval/chat.csv > /dev/null
-  $buddy eval auto --data "$data/mt_bench_questions.jsonl" --csv eval/auto.csv > eval/auto.md
+  $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 --csv eval/auto.csv > eval/auto.md
   $buddy bench --budgets $budgets --runs 5 --router buddy --json > eval/bench.jsonl
   "$0" render
   ;;

@@ -26,13 +26,13 @@ extension Eval {
         var limit: Int?
         @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).")
         var maxReply: Int = 128
-        @Option(name: .long, help: "Largest predicted KL from full depth (nats per token) the auto budget accepts.")
-        var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+        @Option(name: .long, help: "Largest predicted KL from full depth (nats per token) the auto budget accepts; a comma-separated list reports each.")
+        var qualityTolerance: String = String(BudgetPredictor.defaultTolerance)
         @Option(name: .long, help: "Budget predictor file (default: routers/budget-predictor.json).")
         var predictor: String?
         @Option(name: .long, help: "Router the budgets are run with.")
         var router: String = "buddy"
-        @Option(name: .long, help: "Also write one CSV row per prompt (id,category,chosen_budget,kl,top1_agreement,tokens).")
+        @Option(name: .long, help: "Also write one CSV row per prompt and tolerance (tolerance,id,category,chosen_budget,kl,top1_agreement,tokens).")
         var csv: String?
         @OptionGroup var modelOptions: ModelOptions
 
@@ -40,9 +40,11 @@ extension Eval {
             if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
             guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
             guard (1...2048).contains(maxReply) else { throw ValidationError("--max-reply must be between 1 and 2048") }
-            guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
+            guard !tolerances.isEmpty, tolerances.allSatisfy({ $0 > 0 }) else { throw ValidationError("--quality-tolerance must be positive numbers") }
             try modelOptions.validateThreads()
         }
+
+        var tolerances: [Double] { qualityTolerance.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
 
         func run() throws {
             guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
@@ -62,12 +64,16 @@ extension Eval {
                 predictorModel = try Routers.predictor(model: model, path: predictor)
                 grid = predictorModel.budgets.sorted()
                 fixed = try grid.map { try Routers.make(router, model: model, budget: $0) }
-                auto = try AutoBudgetSelector(inner: try Routers.make(router, model: model), predictor: predictorModel, tolerance: qualityTolerance, config: model.config)
+                auto = try AutoBudgetSelector(inner: try Routers.make(router, model: model), predictor: predictorModel, tolerance: tolerances[0], config: model.config)
             } catch { throw CLIError("\(error)") }
 
             // Per prompt: the auto result and the chosen budget; per grid budget: the fixed result.
             var autoRows: [(prompt: ChatPrompt, budget: Double, d: ChatDivergence)] = []
             var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
+            // Per prompt: each grid budget's result, and the budget chosen at each extra tolerance
+            // (the auto run at that budget is the grid run: same router, same budget).
+            var perPrompt: [[ChatDivergence]] = []
+            var extraChoices: [[Double]] = []
             let bar = ProgressBar("auto vs fixed", total: prompts.count * (grid.count + 2))
             var done = 0
             for p in prompts {
@@ -75,12 +81,26 @@ extension Eval {
                 guard ids.count + maxReply <= session.capacity else { throw CLIError("prompt \(p.id) is too long (\(ids.count) tokens)") }
                 let ref = try evaluator.reference(prompt: ids, maxTokens: maxReply)
                 done += 1
+                var row: [ChatDivergence] = []
                 for (i, r) in fixed.enumerated() {
                     session.selector = r
-                    fixedTotals[i].add(try evaluator.compare(ref))
+                    let d = try evaluator.compare(ref)
+                    fixedTotals[i].add(d)
+                    row.append(d)
                     done += 1
                     bar.update(done, detail: "prompt \(p.id)")
                 }
+                perPrompt.append(row)
+                var choices: [Double] = []
+                for t in tolerances.dropFirst() {
+                    auto.tolerance = t
+                    session.selector = auto
+                    session.reset()
+                    try session.evaluate(ids)
+                    choices.append(auto.chosenBudget ?? 1)
+                }
+                extraChoices.append(choices)
+                auto.tolerance = tolerances[0]
                 session.selector = auto
                 let d = try evaluator.compare(ref)
                 autoRows.append((p, auto.chosenBudget ?? 1, d))
@@ -89,12 +109,40 @@ extension Eval {
             }
 
             func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
+            try report(tolerance: tolerances[0], rows: autoRows, fixedTotals: fixedTotals, grid: grid, k: k, prompts: prompts.count)
+            for (ti, t) in tolerances.enumerated().dropFirst() {
+                let rows = autoRows.indices.map { i -> (prompt: ChatPrompt, budget: Double, d: ChatDivergence) in
+                    let b = extraChoices[i][ti - 1]
+                    let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { perPrompt[i][$0] }
+                        ?? ChatDivergence(klSum: 0, agreements: autoRows[i].d.tokens, tokens: autoRows[i].d.tokens)   // budget 1: the full model
+                    return (autoRows[i].prompt, b, d)
+                }
+                print("")
+                try report(tolerance: t, rows: rows, fixedTotals: fixedTotals, grid: grid, k: k, prompts: prompts.count)
+            }
+            if let csv {
+                var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens\n"
+                for (i, r) in autoRows.enumerated() {
+                    out += "\(tolerances[0]),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
+                    for (ti, t) in tolerances.enumerated().dropFirst() {
+                        let b = extraChoices[i][ti - 1]
+                        let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { perPrompt[i][$0] } ?? ChatDivergence(klSum: 0, agreements: r.d.tokens, tokens: r.d.tokens)
+                        out += "\(t),\(r.prompt.id),\(r.prompt.category),\(b),\(String(format: "%.6f", d.meanKL)),\(String(format: "%.6f", d.top1Agreement)),\(d.tokens)\n"
+                    }
+                }
+                try AtomicFile.write(Data(out.utf8), to: csv)
+            }
+        }
+
+        func report(tolerance: Double, rows autoRows: [(prompt: ChatPrompt, budget: Double, d: ChatDivergence)], fixedTotals: [ChatDivergence],
+                    grid: [Double], k: (Double) -> Double, prompts: Int) throws {
+            let L = Int(k(1)) + 2
             var autoTotal = ChatDivergence()
             var tokenK = 0.0, tokenBudget = 0.0
             for r in autoRows { autoTotal.add(r.d); tokenK += k(r.budget) * Double(r.d.tokens); tokenBudget += r.budget * Double(r.d.tokens) }
             let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
 
-            print("Chosen budgets (\(prompts.count) prompts, \(split) split, tolerance \(qualityTolerance) nats/token):\n")
+            print("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(prompts) prompts, \(split) split):\n")
             print("| budget | k/\(L - 2) | prompts | KL at the chosen budget | top-1 |")
             print("|---|---|---|---|---|")
             for b in (grid + [1]) {
@@ -129,13 +177,6 @@ extension Eval {
                 if lo != hi { print(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }
                 print(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", b.budget, b.budget, b.k, b.kl, b.top1))
                 print(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
-            }
-            if let csv {
-                var out = "id,category,chosen_budget,kl,top1_agreement,tokens\n"
-                for r in autoRows {
-                    out += "\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
-                }
-                try AtomicFile.write(Data(out.utf8), to: csv)
             }
         }
     }
