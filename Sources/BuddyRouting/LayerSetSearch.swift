@@ -65,16 +65,12 @@ public final class LayerSetSearch {
             var negEntropy: [Double] = []
             for (r, _) in s.scored.enumerated() {
                 let row = logits + r * vocab, p = probs + r * vocab
-                var m = -Float.infinity
-                for i in 0..<vocab where row[i] > m { m = row[i] }
-                var z = 0.0
-                for i in 0..<vocab { z += exp(Double(row[i] - m)) }
-                let lse = Double(m) + log(z)
+                let lse = ChatEvaluator.logSumExp(row, count: vocab)
                 var h = 0.0
                 for i in 0..<vocab {
-                    let lp = Double(row[i]) - lse
-                    p[i] = Float(exp(lp))
-                    h += exp(lp) * lp
+                    let lp = Double(row[i]) - lse, q = exp(lp)
+                    p[i] = Float(q)
+                    h += q * lp
                 }
                 negEntropy.append(h)
             }

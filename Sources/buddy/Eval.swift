@@ -162,14 +162,7 @@ extension Eval {
                 `buddy train` and the budget predictor use the even ones). Example:
                   buddy eval chat --data ../shared/data/mt_bench_questions.jsonl --budgets 0.9,0.8 --methods buddy,sleb
                 """)
-        @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).")
-        var data: String
-        @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.")
-        var split: String = "heldout"
-        @Option(name: .long, help: "Use only the first N prompts of the split.")
-        var limit: Int?
-        @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).")
-        var maxReply: Int = 128
+        @OptionGroup var promptOptions: ChatPromptOptions
         @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,kl,top1_agreement,tokens).")
         var csv: String?
@@ -178,18 +171,12 @@ extension Eval {
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
-            if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
-            guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
-            guard (1...2048).contains(maxReply) else { throw ValidationError("--max-reply must be between 1 and 2048") }
             try modelOptions.validateThreads()
         }
 
         func run() throws {
-            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
-            var prompts: [ChatPrompt]
-            do { prompts = try ChatPromptSet.parse(text, split: ChatPromptSplit(rawValue: split)!) } catch { throw CLIError("\(data): \(error)") }
-            if let limit { prompts = Array(prompts.prefix(limit)) }
-            guard !prompts.isEmpty else { throw CLIError("'\(data)' has no prompts in the \(split) split") }
+            let prompts = try promptOptions.load()
+            let maxReply = promptOptions.maxReply
             let model = try modelOptions.load()
             let session = Session(model: model, capacity: 2048, threads: modelOptions.threads, batchSize: 256)
             session.policy = routing.kvPolicy
@@ -223,9 +210,37 @@ extension Eval {
                                   formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: routing.kvPolicy.rawValue)
             for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)]) }
             print(table.markdown(), terminator: "")
-            print("\(prompts.count) prompts (\(split) split), full-depth greedy replies of up to \(maxReply) tokens")
+            print("\(prompts.count) prompts (\(promptOptions.split) split), full-depth greedy replies of up to \(maxReply) tokens")
             try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
         }
+    }
+}
+
+/// --data, --split, --limit, --max-reply: the chat prompts `buddy eval chat` and `buddy eval auto` run.
+struct ChatPromptOptions: ParsableArguments {
+    @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).")
+    var data: String
+    @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.")
+    var split: String = "heldout"
+    @Option(name: .long, help: "Use only the first N prompts of the split.")
+    var limit: Int?
+    @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).")
+    var maxReply: Int = 128
+
+    func validate() throws {
+        if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+        guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
+        guard (1...2048).contains(maxReply) else { throw ValidationError("--max-reply must be between 1 and 2048") }
+    }
+
+    /// The prompts of the split (at most --limit), or an error naming the file.
+    func load() throws -> [ChatPrompt] {
+        guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
+        var prompts: [ChatPrompt]
+        do { prompts = try ChatPromptSet.parse(text, split: ChatPromptSplit(rawValue: split)!) } catch { throw CLIError("\(data): \(error)") }
+        if let limit { prompts = Array(prompts.prefix(limit)) }
+        guard !prompts.isEmpty else { throw CLIError("'\(data)' has no prompts in the \(split) split") }
+        return prompts
     }
 }
 

@@ -18,14 +18,7 @@ extension Eval {
                 prompt category, and auto against fixed. Example:
                   buddy eval auto --data ../shared/data/mt_bench_questions.jsonl --csv eval/auto.csv
                 """)
-        @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).")
-        var data: String
-        @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.")
-        var split: String = "heldout"
-        @Option(name: .long, help: "Use only the first N prompts of the split.")
-        var limit: Int?
-        @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).")
-        var maxReply: Int = 128
+        @OptionGroup var promptOptions: ChatPromptOptions
         @Option(name: .long, help: "Largest predicted KL from full depth (nats per token) the auto budget accepts; a comma-separated list reports each.")
         var qualityTolerance: String = String(BudgetPredictor.defaultTolerance)
         @Option(name: .long, help: "Budget predictor file (default: routers/budget-predictor.json).")
@@ -37,9 +30,6 @@ extension Eval {
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
-            if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
-            guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
-            guard (1...2048).contains(maxReply) else { throw ValidationError("--max-reply must be between 1 and 2048") }
             guard !tolerances.isEmpty, tolerances.allSatisfy({ $0 > 0 }) else { throw ValidationError("--quality-tolerance must be positive numbers") }
             try modelOptions.validateThreads()
         }
@@ -47,11 +37,8 @@ extension Eval {
         var tolerances: [Double] { qualityTolerance.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
 
         func run() throws {
-            guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
-            var prompts: [ChatPrompt]
-            do { prompts = try ChatPromptSet.parse(text, split: ChatPromptSplit(rawValue: split)!) } catch { throw CLIError("\(data): \(error)") }
-            if let limit { prompts = Array(prompts.prefix(limit)) }
-            guard !prompts.isEmpty else { throw CLIError("'\(data)' has no prompts in the \(split) split") }
+            let prompts = try promptOptions.load()
+            let maxReply = promptOptions.maxReply
             let model = try modelOptions.load()
             let L = model.config.layers
             let session = Session(model: model, capacity: 2048, threads: modelOptions.threads, batchSize: 256)
@@ -68,7 +55,7 @@ extension Eval {
             } catch { throw CLIError("\(error)") }
 
             // Per prompt: the auto result and the chosen budget; per grid budget: the fixed result.
-            var autoRows: [(prompt: ChatPrompt, budget: Double, d: ChatDivergence)] = []
+            var autoRows: [Row] = []
             var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
             // Per prompt: each grid budget's result, and the budget chosen at each extra tolerance
             // (the auto run at that budget is the grid run: same router, same budget).
@@ -108,41 +95,43 @@ extension Eval {
                 bar.update(done, detail: String(format: "prompt %@: auto %.2f", p.id, auto.chosenBudget ?? 1))
             }
 
-            func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
-            try report(tolerance: tolerances[0], rows: autoRows, fixedTotals: fixedTotals, grid: grid, k: k, prompts: prompts.count)
-            for (ti, t) in tolerances.enumerated().dropFirst() {
-                let rows = autoRows.indices.map { i -> (prompt: ChatPrompt, budget: Double, d: ChatDivergence) in
-                    let b = extraChoices[i][ti - 1]
+            // Rows per tolerance: the first was run; the others take each prompt's grid result at
+            // the budget chosen for it (budget 1: the full model, KL 0 and top-1 1).
+            var rowsByTolerance: [[Row]] = [autoRows]
+            for ti in tolerances.indices.dropFirst() {
+                rowsByTolerance.append(autoRows.indices.map { i in
+                    let b = extraChoices[i][ti - 1], tokens = autoRows[i].d.tokens
                     let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { perPrompt[i][$0] }
-                        ?? ChatDivergence(klSum: 0, agreements: autoRows[i].d.tokens, tokens: autoRows[i].d.tokens)   // budget 1: the full model
+                        ?? ChatDivergence(klSum: 0, agreements: tokens, tokens: tokens)
                     return (autoRows[i].prompt, b, d)
-                }
-                print("")
-                try report(tolerance: t, rows: rows, fixedTotals: fixedTotals, grid: grid, k: k, prompts: prompts.count)
+                })
+            }
+            for (ti, t) in tolerances.enumerated() {
+                if ti > 0 { print("") }
+                report(tolerance: t, rows: rowsByTolerance[ti], fixedTotals: fixedTotals, grid: grid, layers: L, prompts: prompts.count)
             }
             if let csv {
                 var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens\n"
-                for (i, r) in autoRows.enumerated() {
-                    out += "\(tolerances[0]),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
-                    for (ti, t) in tolerances.enumerated().dropFirst() {
-                        let b = extraChoices[i][ti - 1]
-                        let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { perPrompt[i][$0] } ?? ChatDivergence(klSum: 0, agreements: r.d.tokens, tokens: r.d.tokens)
-                        out += "\(t),\(r.prompt.id),\(r.prompt.category),\(b),\(String(format: "%.6f", d.meanKL)),\(String(format: "%.6f", d.top1Agreement)),\(d.tokens)\n"
+                for i in prompts.indices {
+                    for (ti, t) in tolerances.enumerated() {
+                        let r = rowsByTolerance[ti][i]
+                        out += "\(t),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
                     }
                 }
                 try AtomicFile.write(Data(out.utf8), to: csv)
             }
         }
 
-        func report(tolerance: Double, rows autoRows: [(prompt: ChatPrompt, budget: Double, d: ChatDivergence)], fixedTotals: [ChatDivergence],
-                    grid: [Double], k: (Double) -> Double, prompts: Int) throws {
-            let L = Int(k(1)) + 2
+        typealias Row = (prompt: ChatPrompt, budget: Double, d: ChatDivergence)
+
+        func report(tolerance: Double, rows autoRows: [Row], fixedTotals: [ChatDivergence], grid: [Double], layers L: Int, prompts: Int) {
+            func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
             var autoTotal = ChatDivergence()
             var tokenK = 0.0, tokenBudget = 0.0
             for r in autoRows { autoTotal.add(r.d); tokenK += k(r.budget) * Double(r.d.tokens); tokenBudget += r.budget * Double(r.d.tokens) }
             let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
 
-            print("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(prompts) prompts, \(split) split):\n")
+            print("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(prompts) prompts, \(promptOptions.split) split):\n")
             print("| budget | k/\(L - 2) | prompts | KL at the chosen budget | top-1 |")
             print("|---|---|---|---|---|")
             for b in (grid + [1]) {

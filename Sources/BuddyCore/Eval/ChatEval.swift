@@ -162,7 +162,7 @@ public final class ChatEvaluator {
         d.tokens += 1
     }
 
-    static func logSumExp(_ x: UnsafePointer<Float>, count: Int) -> Double {
+    public static func logSumExp(_ x: UnsafePointer<Float>, count: Int) -> Double {
         var m = -Float.infinity
         for i in 0..<count where x[i] > m { m = x[i] }
         var s = 0.0
