@@ -44,10 +44,13 @@ budgets = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
 router = json.load(open("routers/buddy-router.json"))
 same_as_prior = (all(v == 0 for v in router.get("w2", [1])) and all(v == 0 for v in router.get("b2", [1]))
                  and "prior_by_count" not in router)
-def cell(rows, m, b, key, fmt):
+def value(rows, m, b, key):
     for r in rows:
-        if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9:
-            return fmt(float(r[key]))
+        if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9: return float(r[key])
+    return None
+def cell(rows, m, b, key, fmt):
+    v = value(rows, m, b, key)
+    if v is not None: return fmt(v)
     if b >= 1:  # the full model, whatever the method
         for r in rows:
             if float(r["budget"]) >= 1: return fmt(float(r[key]))
@@ -55,10 +58,6 @@ def cell(rows, m, b, key, fmt):
         v = cell(rows, "sleb", b, key, fmt)
         return v + " †" if v != "—" else v
     return "—"
-def value(rows, m, b, key):
-    for r in rows:
-        if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9: return float(r[key])
-    return None
 def table(title, rows, key, fmt, note, lower_is_better=None):
     # The last column compares buddy with the better of the two static baselines at that budget.
     compare = lower_is_better is not None

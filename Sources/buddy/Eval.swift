@@ -182,9 +182,13 @@ extension Eval {
             session.policy = routing.kvPolicy
             let evaluator = ChatEvaluator(session: session)
             // Every cell of the grid, each with its own router (per-token state lives in it).
-            var cells: [(method: String, budget: Double, selector: BudgetedLayerSelector?)] = []
+            // A cell whose layers depend on the budget alone runs each reply as one batch.
+            var cells: [(method: String, budget: Double, selector: BudgetedLayerSelector?, batched: Bool)] = []
             for method in routing.methodList {
-                for b in try routing.budgetList() { cells.append((method, b, try routing.selector(method: method, budget: b, model: model))) }
+                for b in try routing.budgetList() {
+                    let selector = try routing.selector(method: method, budget: b, model: model)
+                    cells.append((method, b, selector, Routers.fixedMask(selector, budget: b) != nil))
+                }
             }
             var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)
             let bar = ProgressBar("chat", total: prompts.count * (cells.count + 1))
@@ -200,7 +204,7 @@ extension Eval {
                         totals[i].add(ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count))
                     } else {
                         session.selector = cell.selector
-                        totals[i].add(try evaluator.compare(ref, batched: Routers.fixedMask(cell.selector, budget: cell.budget) != nil))
+                        totals[i].add(try evaluator.compare(ref, batched: cell.batched))
                     }
                     done += 1
                     bar.update(done, detail: "prompt \(p.id)")
