@@ -14,7 +14,7 @@ import Foundation
 /// (row k−1 for k routable layers kept: the set found by `LayerSetSearch`), else the single
 /// ranking prior. With W2 = 0 and b2 = 0 the scores are the prior alone, so a module
 /// initialised from a static ranking (or from per-budget sets) makes exactly that choice.
-public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
+public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, @unchecked Sendable {
     public struct Weights: Sendable, Equatable {
         public var inputMean: [Float]    // [inputDim]
         public var inputScale: [Float]   // [inputDim]
@@ -25,12 +25,27 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         public var prior: [Float]        // [routable]
         public var priorWeight: Float
         public var priorByCount: [Float]? // [routable (k = 1...routable) × routable], optional
+        public var gate: ContextGate?
 
         public init(inputMean: [Float], inputScale: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float], prior: [Float], priorWeight: Float,
-                    priorByCount: [Float]? = nil) {
+                    priorByCount: [Float]? = nil, gate: ContextGate? = nil) {
             self.inputMean = inputMean; self.inputScale = inputScale
             self.w1 = w1; self.b1 = b1; self.w2 = w2; self.b2 = b2
             self.prior = prior; self.priorWeight = priorWeight; self.priorByCount = priorByCount
+            self.gate = gate
+        }
+    }
+
+    /// A second table of layer sets and a linear test on the normalised input that says when
+    /// to use it: `weights · z + bias > 0` picks `priorByCount` here instead of the module's
+    /// own. Trained to tell conversation (ChatML turns) from running prose by the pooled
+    /// first-layer cache, it lets one module keep different sets for the two kinds of context.
+    public struct ContextGate: Sendable, Equatable {
+        public var weights: [Float]       // [inputDim]
+        public var bias: Float
+        public var priorByCount: [Float]  // [routable × routable]
+        public init(weights: [Float], bias: Float, priorByCount: [Float]) {
+            self.weights = weights; self.bias = bias; self.priorByCount = priorByCount
         }
     }
 
@@ -108,6 +123,11 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         try check("b2", w.b2, routable)
         try check("prior", w.prior, routable)
         if let t = w.priorByCount { try check("prior_by_count", t, routable * routable) }
+        if let g = w.gate {
+            try check("context_gate.weights", g.weights, inDim)
+            try check("context_gate.prior_by_count", g.priorByCount, routable * routable)
+            guard g.bias.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "context_gate.bias is not finite") }
+        }
         guard w.priorWeight.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "prior_weight is not finite") }
     }
 
@@ -122,18 +142,32 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
         return forward(input, kept: LayerBudget.routableCount(budget: budget, layers: layers))
     }
 
-    /// The prior scores used when `kept` routable layers run.
-    public func priorScores(kept: Int) -> ArraySlice<Float> {
-        guard let t = weights.priorByCount else { return weights.prior[...] }
+    /// The prior scores used when `kept` routable layers run (the gate's table when `gated`).
+    public func priorScores(kept: Int, gated: Bool = false) -> ArraySlice<Float> {
         let k = min(max(kept, 1), routable)
+        if gated, let g = weights.gate { return g.priorByCount[((k - 1) * routable)..<(k * routable)] }
+        guard let t = weights.priorByCount else { return weights.prior[...] }
         return t[((k - 1) * routable)..<(k * routable)]
     }
+
+    /// Whether the context gate picks its table for the normalised input z (false without a gate).
+    func gateIsOn(_ z: [Float]) -> Bool {
+        guard let g = weights.gate else { return false }
+        var s = g.bias
+        for i in 0..<z.count { s += g.weights[i] * z[i] }
+        return s > 0
+    }
+
+    /// Whether the gate picked its table at the last decision (nil without a gate).
+    public private(set) var lastGateOn: Bool?
 
     /// The MLP on a full input vector, plus the prior for `kept` layers.
     public func forward(_ x: [Float], kept: Int) -> [Float] {
         let inDim = inputDim, w = weights
-        let prior = priorScores(kept: kept)
         for i in 0..<inDim { z[i] = (x[i] - w.inputMean[i]) * w.inputScale[i] }
+        let gated = gateIsOn(z)
+        if w.gate != nil { lastGateOn = gated }
+        let prior = priorScores(kept: kept, gated: gated)
         z.withUnsafeBufferPointer { zp in
             w.w1.withUnsafeBufferPointer { w1 in
                 for j in 0..<hidden {
@@ -164,6 +198,10 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
     }
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        selectLayers(position: position, hiddenState: state.x, cache: cache)
+    }
+
+    func selectLayers(position: Int, hiddenState: UnsafePointer<Float>, cache: KVCache) -> [Bool] {
         // A rewound cache rewrote positions the sums already hold: rebuild them.
         if position < pooled.count { pooled.reset(); lastMask = nil }
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
@@ -174,9 +212,20 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
             return last
         }
         stepsSinceDecision = 0
-        let m = decide(hiddenState: state.x, cache: cache, through: position + 1)
+        let m = decide(hiddenState: hiddenState, cache: cache, through: position + 1)
         lastMask = m
         return m
+    }
+
+    public func selectLayers(rowsFrom chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [[Bool]] {
+        // Row i's hidden state after layer 0 is what a decode step at chunkStart+i would see,
+        // and the pooled cache through that position is the same: the decisions are equal.
+        var rows: [[Bool]] = []
+        rows.reserveCapacity(count)
+        for i in 0..<count {
+            rows.append(selectLayers(position: chunkStart + i, hiddenState: batch.x + i * dim, cache: cache))
+        }
+        return rows
     }
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
@@ -193,7 +242,7 @@ public final class DecisionModule: BudgetedLayerSelector, @unchecked Sendable {
     /// only and evaluation may run whole sequences as one batch. nil when the module routes
     /// per token.
     public func fixedMask(budget: Double) -> [Bool]? {
-        guard weights.w2.allSatisfy({ $0 == 0 }), weights.b2.allSatisfy({ $0 == 0 }) else { return nil }
+        guard weights.gate == nil, weights.w2.allSatisfy({ $0 == 0 }), weights.b2.allSatisfy({ $0 == 0 }) else { return nil }
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
         let s = priorScores(kept: k).map { weights.priorWeight * $0 }
         return LayerBudget.mask(layers: layers, chosen: LayerBudget.topK(Array(s), k: k))

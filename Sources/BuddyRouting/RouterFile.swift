@@ -14,9 +14,9 @@ import Foundation
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
 public enum RouterFile {
     public static let format = "buddy-router"
-    /// Version 2 added the optional "prior_by_count" table of decision modules; version 1
-    /// files (without it) are still read.
-    public static let version = 2
+    /// Version 2 added the optional "prior_by_count" table of decision modules, version 3 the
+    /// optional "context_gate" ({"weights", "bias", "prior_by_count"}); older files are still read.
+    public static let version = 3
 
     /// Reads a router-format file and checks what every kind shares: JSON object, format,
     /// version and the model fingerprint.
@@ -68,7 +68,8 @@ public enum RouterFile {
                 inputMean: try floats("input_mean"), inputScale: try floats("input_scale"),
                 w1: try floats("w1"), b1: try floats("b1"), w2: try floats("w2"), b2: try floats("b2"),
                 prior: try floats("prior"), priorWeight: (j["prior_weight"] as? NSNumber)?.floatValue ?? 1,
-                priorByCount: j["prior_by_count"] == nil ? nil : try floats("prior_by_count"))
+                priorByCount: j["prior_by_count"] == nil ? nil : try floats("prior_by_count"),
+                gate: try contextGate(j, path: path))
             do {
                 return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: w)
             } catch let RoutingError.badRouterFile(_, reason) {
@@ -77,6 +78,18 @@ public enum RouterFile {
         default:
             throw RoutingError.badRouterFile(path: path, reason: "unknown kind \(String(describing: j["kind"]))")
         }
+    }
+
+    static func contextGate(_ j: [String: Any], path: String) throws -> DecisionModule.ContextGate? {
+        guard let raw = j["context_gate"] else { return nil }
+        guard let g = raw as? [String: Any] else { throw RoutingError.badRouterFile(path: path, reason: "context_gate is not an object") }
+        guard let bias = g["bias"] as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "missing context_gate.bias") }
+        func floats(_ key: String) throws -> [Float] {
+            do { return try numbers(g, key, path: path).map(Float.init) } catch let RoutingError.badRouterFile(_, reason) {
+                throw RoutingError.badRouterFile(path: path, reason: "context_gate: " + reason)
+            }
+        }
+        return DecisionModule.ContextGate(weights: try floats("weights"), bias: bias.floatValue, priorByCount: try floats("prior_by_count"))
     }
 
     /// Loads a budget predictor ("kind": "budget-predictor"), checked against the model.
@@ -122,6 +135,7 @@ public enum RouterFile {
             "prior": w.prior, "prior_weight": w.priorWeight, "notes": notes,
         ]
         if let t = w.priorByCount { object["prior_by_count"] = t }
+        if let g = w.gate { object["context_gate"] = ["weights": g.weights, "bias": g.bias, "prior_by_count": g.priorByCount] as [String: Any] }
         try write(object, to: path)
     }
 

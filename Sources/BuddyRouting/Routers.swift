@@ -34,6 +34,12 @@ public enum Routers {
         return nil
     }
 
+    /// Whether an evaluation may teacher-force a sequence through `selector` as one batch and
+    /// get token-by-token routing's numbers: no router, a fixed set, or one that decides per row.
+    public static func canBatch(_ selector: BudgetedLayerSelector?, budget: Double) -> Bool {
+        selector == nil || fixedMask(selector, budget: budget) != nil || selector is RowwiseLayerSelector
+    }
+
     /// The shipped budget predictor for this model, if one is found.
     public static func predictor(model: LanguageModel, path: String? = nil) throws -> BudgetPredictor {
         guard let p = path ?? locate("budget-predictor", model: model) else { throw RoutingError.noBudgetPredictor }

@@ -30,6 +30,9 @@ public final class StaticRanking: BudgetedLayerSelector, @unchecked Sendable {
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { mask(budget: budget) }
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { mask(budget: budget) }
+    public func selectLayers(rowsFrom chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [[Bool]] {
+        [[Bool]](repeating: mask(budget: budget), count: count)
+    }
 
     /// Drop the deepest routable layers first.
     public static func dropLast(layers: Int) -> StaticRanking {

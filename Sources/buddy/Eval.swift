@@ -128,9 +128,9 @@ extension Eval {
                         continue
                     }
                     session.selector = try routing.selector(method: method, budget: b, model: model)
-                    // Static layer sets score each ending as one batch (same numbers, faster);
-                    // a per-token router runs token by token as in generation.
-                    let ev = HellaSwagEvaluator(session: session, batched: session.selector == nil || Routers.fixedMask(session.selector as? BudgetedLayerSelector, budget: b) != nil)
+                    // Static layer sets and routers that decide per row score each ending as one
+                    // batch (same numbers, faster); other per-token routers run token by token.
+                    let ev = HellaSwagEvaluator(session: session, batched: Routers.canBatch(session.selector as? BudgetedLayerSelector, budget: b))
                     let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
                     var correct = 0
                     for (i, t) in tasks.enumerated() {
@@ -187,7 +187,7 @@ extension Eval {
             for method in routing.methodList {
                 for b in try routing.budgetList() {
                     let selector = try routing.selector(method: method, budget: b, model: model)
-                    cells.append((method, b, selector, Routers.fixedMask(selector, budget: b) != nil))
+                    cells.append((method, b, selector, Routers.canBatch(selector, budget: b)))
                 }
             }
             var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)

@@ -80,28 +80,9 @@ struct TrainSets: ParsableCommand {
         }
 
         // Training sequences.
-        guard var text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
-        if text.hasSuffix("\n") { text.removeLast() }
-        let ids = model.tokenizer.encode(text, parseSpecial: false)
-        let n = textChunk
-        guard ids.count >= textChunks * n else { throw CLIError("--data holds \(ids.count) tokens, fewer than \(textChunks) chunks of \(n)") }
-        var sequences = (0..<textChunks).map { i in SearchSequence(tokens: Array(ids[(i * n)..<((i + 1) * n)]), scored: 16..<(n - 1)) }
-        guard let chatText = try? String(contentsOfFile: chatData, encoding: .utf8) else { throw CLIError("cannot read chat prompts '\(chatData)'") }
-        let prompts = try ChatPromptSet.parse(chatText, split: .train).prefix(chatPrompts)
-        if !prompts.isEmpty {
-            let session = Session(model: model, capacity: 512, threads: modelOptions.threads, batchSize: 512)
-            let chat = ChatEvaluator(session: session)
-            let bar = ProgressBar("full-depth replies", total: prompts.count)
-            for (i, p) in prompts.enumerated() {
-                let prompt = chat.promptTokens(p.text)
-                guard prompt.count + replyTokens <= 512 else { bar.update(i + 1, detail: "prompt \(p.id) too long, skipped"); continue }
-                let ref = try chat.reference(prompt: prompt, maxTokens: replyTokens)
-                // Position p predicts token p+1: score the positions that predict the reply.
-                let tokens = prompt + ref.reply
-                sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
-                bar.update(i + 1, detail: "\(ref.reply.count) reply tokens")
-            }
-        }
+        let ids = try TrainingData.textTokens(data, model: model)
+        var sequences = try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: textChunk, firstScored: 16, path: data)
+        sequences += try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens, threads: modelOptions.threads)
         let search = LayerSetSearch(model: model, sequences: sequences, threads: modelOptions.threads)
         print("training data: \(textChunks) text chunks and \(sequences.count - textChunks) chat replies, \(search.scoredCount) scored positions")
 

@@ -79,20 +79,10 @@ final class LayerSetTests: XCTestCase {
         XCTAssertNil(try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, weights: learned).fixedMask(budget: 0.5),
                      "a module with a learned part routes per token")
 
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-sets-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("r.json").path
-        try RouterFile.save(dm, model: m, notes: "test", to: path)
-        XCTAssertEqual(try XCTUnwrap(RouterFile.load(path: path, model: m) as? DecisionModule).weights, dm.weights)
-        func rewrite(_ edit: (inout [String: Any]) -> Void) throws -> String {
-            var j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
-            XCTAssertEqual(j["version"] as? Int, 2)
-            edit(&j)
-            let p = dir.appendingPathComponent("edit-\(UUID().uuidString).json").path
-            try JSONSerialization.data(withJSONObject: j).write(to: URL(fileURLWithPath: p))
-            return p
-        }
+        let saved = try SavedModuleCopy(dm, model: m, tag: "sets")
+        defer { saved.remove() }
+        XCTAssertEqual(try XCTUnwrap(RouterFile.load(path: saved.path, model: m) as? DecisionModule).weights, dm.weights)
+        let rewrite = saved.edited
         XCTAssertThrowsError(try RouterFile.load(path: try rewrite { $0["prior_by_count"] = [1, 2] }, model: m)) { e in
             XCTAssertTrue("\(e)".contains("prior_by_count has 2 values"), "\(e)")
         }

@@ -118,8 +118,8 @@ public final class ChatEvaluator {
 
     /// Teacher-forces the reference reply through the session as configured (selector,
     /// policy) and measures its divergence from the reference. `batched` runs the reply as
-    /// one chunk after the prompt: the same numbers for the full model or a static layer
-    /// set, but not for a per-token router (which must decide at every step).
+    /// one chunk after the prompt: the same numbers for the full model, a static layer set or
+    /// a `RowwiseLayerSelector` (one decision per row), but not for other per-token routers.
     public func compare(_ ref: ChatReference, batched: Bool = false) throws -> ChatDivergence {
         session.reset()
         var d = ChatDivergence()
@@ -131,7 +131,7 @@ public final class ChatEvaluator {
         let m = ref.reply.count - 1
         guard m >= 1 else { return d }
         if batched && m <= session.batch.maxTokens {
-            try session.evaluate(ref.prompt + ref.reply[0..<m])
+            try session.evaluate(ref.prompt + ref.reply[0..<m], decideEveryToken: session.selector is RowwiseLayerSelector)
             session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
             for t in 1...m { add(rows + (t - 1) * vocab, t: t, ref, &d) }
         } else {

@@ -39,7 +39,8 @@ public struct HellaSwagTask: Sendable, Equatable {
 public final class HellaSwagEvaluator {
     public let session: Session
     /// Score each ending as one batch after its context (exactly the per-token result for
-    /// the full model or a static layer set; a per-token router needs batched = false).
+    /// the full model, a static layer set or a `RowwiseLayerSelector`; other per-token
+    /// routers need batched = false).
     public let batched: Bool
     /// [session.batch.maxTokens × vocab] logits of an ending's rows (batched mode)
     private let rows: UnsafeMutablePointer<Float>
@@ -66,7 +67,7 @@ public final class HellaSwagEvaluator {
             if batched && ids.count > 1 && ids.count - 1 <= session.batch.maxTokens {
                 // The cache holds ctx, so exactly the ending's first m-1 tokens run as one chunk.
                 let m = ids.count - 1
-                try session.evaluate(ctx + ids[0..<m])
+                try session.evaluate(ctx + ids[0..<m], decideEveryToken: session.selector is RowwiseLayerSelector)
                 session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
                 for i in 0..<m { sum -= PerplexityEvaluator.negativeLogProb(rows + i * vocab, count: vocab, target: Int(ids[i + 1])) }
             } else {

@@ -73,7 +73,8 @@ public final class PerplexityEvaluator {
 
     /// Scores one chunk with a per-token router, as generation would use it: the unscored
     /// first half is a prompt (one decision, one batch), then every scored position is a
-    /// decode step with its own decision from the context so far.
+    /// decode step with its own decision from the context so far (run as one batch when the
+    /// selector can make those decisions per row: the same numbers, several times faster).
     public func scoreChunkRouted(_ tokens: ArraySlice<Int32>, selector: LayerSelector, policy: KVPolicy) -> (nll: Double, count: Int) {
         let n = tokens.count
         precondition(n == contextSize)
@@ -87,6 +88,19 @@ public final class PerplexityEvaluator {
         let runs = selector.selectLayers(chunkStart: 0, count: first, batch: batch, cache: cache)
         t.prefillLayers(1..<L, n: first, start: 0, batch, cache, runs: { runs[$0] }, policy: policy)
         var nll = 0.0
+        if let rowwise = selector as? RowwiseLayerSelector {
+            // The same decisions as the decode loop below, made per row of one batch.
+            let m = n - 1 - first
+            t.prefillEmbed(chunk[first..<(n - 1)], start: first, batch, cache)
+            t.prefillLayers(0..<1, n: m, start: first, batch, cache)
+            let rows = rowwise.selectLayers(rowsFrom: first, count: m, batch: batch, cache: cache)
+            t.prefillLayers(1..<L, n: m, start: first, batch, cache, rowRuns: rows, policy: policy)
+            t.batchLogitsAll(n: m, batch, logits)
+            for j in 0..<m {
+                nll += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[first + j + 1]))
+            }
+            return (nll, m)
+        }
         for pos in first..<(n - 1) {
             t.embed(chunk[pos], decode)
             t.runLayer(0, pos: pos, decode, cache)

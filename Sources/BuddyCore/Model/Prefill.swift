@@ -14,6 +14,7 @@ public final class BatchState: @unchecked Sendable {
     public let att: UnsafeMutablePointer<Float>     // [maxTokens × qDim]
     public let g: UnsafeMutablePointer<Float>       // [maxTokens × ffnDim]
     public let u: UnsafeMutablePointer<Float>       // [maxTokens × ffnDim]
+    public let saved: UnsafeMutablePointer<Float>   // [maxTokens × dim] residual streams before a layer some rows skip
     public let slab: UnsafeMutablePointer<Float>    // [slabRows × max(dim, ffnDim)] dequantised weights
     public let slabRows: Int
     public let scores: UnsafeMutablePointer<Float>  // [threads × capacity]
@@ -39,6 +40,7 @@ public final class BatchState: @unchecked Sendable {
         att = .allocate(capacity: maxTokens * c.qDim)
         g = .allocate(capacity: maxTokens * c.ffnDim)
         u = .allocate(capacity: maxTokens * c.ffnDim)
+        saved = .allocate(capacity: maxTokens * c.dim)
         // Only weights without an 8-bit kernel go through sgemm; their slab holds 1024 rows.
         slabRows = 1024
         slab = .allocate(capacity: slabRows * wideIn)
@@ -50,7 +52,7 @@ public final class BatchState: @unchecked Sendable {
     }
 
     deinit {
-        for p in [x, xb, q, k, v, att, g, u, slab, scores, ad, ads] { p.deallocate() }
+        for p in [x, xb, q, k, v, att, g, u, saved, slab, scores, ad, ads] { p.deallocate() }
         aq.deallocate()
         asums.deallocate()
     }
@@ -124,7 +126,37 @@ extension Transformer {
         cache.count = max(cache.count, start + n)
     }
 
-    func prefillLayer(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache) {
+    /// `prefillLayers` with one decision per row: rowRuns[i][l] says whether row i (position
+    /// start+i) runs layer l. The result equals decoding the rows one at a time with those
+    /// decisions: a layer that only some rows run is computed for the whole chunk, then the
+    /// rows that skip it get their residual stream back and their cache entry follows
+    /// `policy` (so later rows see exactly what token-by-token decoding would leave).
+    public func prefillLayers(_ range: Range<Int>, n: Int, start: Int, _ b: BatchState, _ cache: KVCache,
+                              rowRuns: [[Bool]], policy: KVPolicy = .mask) {
+        precondition(rowRuns.count == n, "one layer mask per row")
+        let dim = config.dim
+        for l in range {
+            let running = rowRuns.reduce(0) { $0 + ($1[l] ? 1 : 0) }
+            if running == n {
+                prefillLayer(l, n: n, start: start, b, cache)
+            } else if running == 0 {
+                skipLayerBatch(l, n: n, start: start, policy: policy, b, cache)
+            } else {
+                b.saved.update(from: b.x, count: n * dim)
+                prefillLayer(l, n: n, start: start, b, cache, skipping: { !rowRuns[$0][l] }, policy: policy)
+                for i in 0..<n where !rowRuns[i][l] {
+                    (b.x + i * dim).update(from: b.saved + i * dim, count: dim)
+                }
+            }
+        }
+        cache.count = max(cache.count, start + n)
+    }
+
+    /// One layer over the chunk. Rows for which `skipping(i)` holds leave the cache entry
+    /// that `policy` prescribes for a skipped layer (`fill`: the K/V computed here, as decoding
+    /// computes them; `zero`: zeros; `mask`: none), before any row attends.
+    func prefillLayer(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache,
+                      skipping: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) {
         let c = config, w = layers[l]
         let dim = c.dim, qd = c.qDim, kvd = c.kvDim, hd = c.headDim
         for i in 0..<n { rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
@@ -141,9 +173,14 @@ extension Transformer {
             Transformer.roundToHalf(q, qd)
             Transformer.roundToHalf(k, kvd)
             Transformer.roundToHalf(v, kvd)
-            cache.key(l, start + i).update(from: k, count: kvd)
-            cache.value(l, start + i).update(from: v, count: kvd)
-            cache.setPresent(l, start + i, true)
+            if skipping?(i) == true && policy == .zero {
+                cache.key(l, start + i).update(repeating: 0, count: kvd)
+                cache.value(l, start + i).update(repeating: 0, count: kvd)
+            } else {
+                cache.key(l, start + i).update(from: k, count: kvd)
+                cache.value(l, start + i).update(from: v, count: kvd)
+            }
+            cache.setPresent(l, start + i, skipping?(i) != true || policy != .mask)
         }
         if b.trace != nil {
             for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }

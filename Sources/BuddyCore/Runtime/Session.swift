@@ -9,6 +9,16 @@ public protocol LayerSelector: AnyObject {
     func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool]
 }
 
+/// A selector whose decision for a token depends only on layer 0's output and cache (the
+/// Decision Module's view), so that for a chunk whose layer 0 has run it can say what each
+/// row would get if the rows were decoded one at a time. Evaluations use it to teacher-force
+/// whole sequences as one batch with exactly the decisions of token-by-token routing.
+public protocol RowwiseLayerSelector: LayerSelector {
+    /// Decisions for rows chunkStart ..< chunkStart+count, in order, each as a decode step at
+    /// that position would make it (updating the selector's state the same way).
+    func selectLayers(rowsFrom chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [[Bool]]
+}
+
 /// Errors a generation can end with, worded for users.
 public enum SessionError: Error, CustomStringConvertible {
     case contextFull(needed: Int, capacity: Int)
@@ -55,7 +65,11 @@ public final class Session: @unchecked Sendable {
 
     /// Make the cache hold exactly `prompt`, evaluating only what differs from what is
     /// cached. Leaves the logits of the last prompt token in decode.logits.
-    public func evaluate(_ prompt: [Int32]) throws {
+    ///
+    /// With `decideEveryToken` the new tokens get one routing decision each, as if they were
+    /// decoded one at a time (teacher forcing), still as one batch; the selector must then
+    /// be a `RowwiseLayerSelector`.
+    public func evaluate(_ prompt: [Int32], decideEveryToken: Bool = false) throws {
         guard !prompt.isEmpty else { throw SessionError.emptyPrompt }
         guard prompt.count <= capacity else { throw SessionError.contextFull(needed: prompt.count, capacity: capacity) }
         var common = 0
@@ -72,7 +86,16 @@ public final class Session: @unchecked Sendable {
             let chunk = prompt[start..<start + n]
             t.prefillEmbed(chunk, start: start, batch, cache)
             var runs = [Bool](repeating: true, count: L)
-            if let selector {
+            if decideEveryToken, let selector {
+                guard let rowwise = selector as? RowwiseLayerSelector else {
+                    preconditionFailure("decideEveryToken needs a RowwiseLayerSelector")
+                }
+                t.prefillLayers(0..<1, n: n, start: start, batch, cache)
+                let rows = rowwise.selectLayers(rowsFrom: start, count: n, batch: batch, cache: cache)
+                t.prefillLayers(1..<L, n: n, start: start, batch, cache, rowRuns: rows, policy: policy)
+                runs = rows[n - 1]
+                layerTokenCount += rows.reduce(0) { $0 + $1.filter { $0 }.count } - mask(runs).count * n
+            } else if let selector {
                 // The routing context needs layer 0's output and K/V for the chunk first.
                 t.prefillLayers(0..<1, n: n, start: start, batch, cache)
                 runs = selector.selectLayers(chunkStart: start, count: n, batch: batch, cache: cache)

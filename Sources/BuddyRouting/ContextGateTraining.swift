@@ -1,0 +1,129 @@
+import BuddyCore
+import Foundation
+
+/// Fits a Decision Module's context gate and picks its two tables of layer sets.
+///
+/// The gate is a logistic regression on the module's normalised pooled part of the input
+/// (mean K and V of layer 0 over the context so far); h0 and the budget get zero weight, so the
+/// gate follows the kind of context, not the token. Its label is "conversation" (1) against
+/// "running prose" (0). Each table is chosen per k on validation data of its kind, among
+/// candidate routers' sets, by mean KL from full depth.
+public enum ContextGateTraining {
+    /// The pooled inputs (mean K0, mean V0: [2·kvDim], not normalised) at positions
+    /// from `first` on, every `stride`-th, of `tokens` (layer 0 is all it runs).
+    public static func pooledInputs(model: LanguageModel, tokens: [Int32], first: Int, stride: Int,
+                                    scratch: PerplexityEvaluator) -> [[Float]] {
+        let t = model.transformer, b = scratch.batch, cache = scratch.cache
+        let n = tokens.count, kvDim = model.config.kvDim
+        precondition(n <= b.maxTokens && n <= cache.capacity, "sequence longer than the scratch batch")
+        cache.truncate(to: 0)
+        t.prefillEmbed(tokens[...], start: 0, b, cache)
+        t.prefillLayers(0..<1, n: n, start: 0, b, cache)
+        var pooled = PooledContext(kvDim: kvDim)
+        var out: [[Float]] = []
+        var row = [Float](repeating: 0, count: 2 * kvDim)
+        for pos in Swift.stride(from: first, to: n, by: max(1, stride)) {
+            pooled.update(cache: cache, through: pos + 1)
+            row.withUnsafeMutableBufferPointer { pooled.writeMeans(into: $0.baseAddress!) }
+            out.append(row)
+        }
+        return out
+    }
+
+    public struct GateFit: Sendable {
+        public var gate: (weights: [Float], bias: Float)
+        public var trainAccuracy: Double
+    }
+
+    /// Logistic regression by full-batch gradient descent (Adam, L2 `decay`, fixed steps; the
+    /// two classes weighted equally) on inputs normalised as `module` normalises them.
+    public static func fitGate(module: DecisionModule, positives: [[Float]], negatives: [[Float]],
+                               steps: Int = 400, learningRate: Float = 0.05, decay: Float = 1e-3) -> GateFit {
+        let d = 2 * module.kvDim, inDim = module.inputDim
+        let mean = module.weights.inputMean, scale = module.weights.inputScale
+        func normalise(_ x: [Float]) -> [Float] { (0..<d).map { (x[$0] - mean[$0]) * scale[$0] } }
+        let xs = positives.map(normalise) + negatives.map(normalise)
+        let ys = [Float](repeating: 1, count: positives.count) + [Float](repeating: 0, count: negatives.count)
+        let weightOf: [Float] = [0.5 / Float(max(negatives.count, 1)), 0.5 / Float(max(positives.count, 1))]
+        var w = [Float](repeating: 0, count: d), bias: Float = 0
+        var mw = w, vw = w, mb: Float = 0, vb: Float = 0
+        let beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
+        for step in 1...max(1, steps) {
+            var gw = [Float](repeating: 0, count: d), gb: Float = 0
+            for (x, y) in zip(xs, ys) {
+                var s = bias
+                for i in 0..<d { s += w[i] * x[i] }
+                let p = 1 / (1 + exp(-s))
+                let g = (p - y) * weightOf[Int(y)]
+                for i in 0..<d { gw[i] += g * x[i] }
+                gb += g
+            }
+            for i in 0..<d { gw[i] += decay * w[i] }
+            let c1 = 1 - pow(beta1, Float(step)), c2 = 1 - pow(beta2, Float(step))
+            for i in 0..<d {
+                mw[i] = beta1 * mw[i] + (1 - beta1) * gw[i]
+                vw[i] = beta2 * vw[i] + (1 - beta2) * gw[i] * gw[i]
+                w[i] -= learningRate * (mw[i] / c1) / ((vw[i] / c2).squareRoot() + eps)
+            }
+            mb = beta1 * mb + (1 - beta1) * gb
+            vb = beta2 * vb + (1 - beta2) * gb * gb
+            bias -= learningRate * (mb / c1) / ((vb / c2).squareRoot() + eps)
+        }
+        var full = [Float](repeating: 0, count: inDim)
+        for i in 0..<d { full[i] = w[i] }
+        let gate = (weights: full, bias: bias)
+        let accuracy = balancedAccuracy(gate: gate, module: module, positives: positives, negatives: negatives)
+        return GateFit(gate: gate, trainAccuracy: accuracy)
+    }
+
+    /// Mean of the two classes' hit rates for a gate on raw pooled inputs.
+    public static func balancedAccuracy(gate: (weights: [Float], bias: Float), module: DecisionModule,
+                                        positives: [[Float]], negatives: [[Float]]) -> Double {
+        let mean = module.weights.inputMean, scale = module.weights.inputScale
+        func on(_ x: [Float]) -> Bool {
+            var s = gate.bias
+            for i in 0..<x.count { s += gate.weights[i] * (x[i] - mean[i]) * scale[i] }
+            return s > 0
+        }
+        let tp = Double(positives.filter(on).count) / Double(max(positives.count, 1))
+        let tn = Double(negatives.filter { !on($0) }.count) / Double(max(negatives.count, 1))
+        return (tp + tn) / 2
+    }
+
+    /// For each k in `ks`, the candidate set with the lowest mean KL from full depth on
+    /// `search`'s sequences. candidates[c][k] is candidate c's set of k routable layers.
+    /// Returns per k the chosen candidate's index and every candidate's KL (sets shared by
+    /// several candidates are evaluated once).
+    public static func chooseSets(search: LayerSetSearch, candidates: [[Int: [Int]]], ks: [Int],
+                                  progress: ((Int) -> Void)? = nil) -> [Int: (chosen: Int, kl: [Double])] {
+        let L = search.model.config.layers
+        var memo: [[Int]: Double] = [:]
+        var result: [Int: (chosen: Int, kl: [Double])] = [:]
+        var done = 0
+        for k in ks {
+            var kls: [Double] = []
+            for c in candidates {
+                guard let set = c[k]?.sorted() else { kls.append(.infinity); continue }
+                if let v = memo[set] { kls.append(v); continue }
+                let v = search.objective((0..<L).map { $0 == 0 || $0 == L - 1 || set.contains($0) })
+                memo[set] = v
+                kls.append(v)
+                done += 1
+                progress?(done)
+            }
+            let best = kls.indices.min { kls[$0] < kls[$1] || (kls[$0] == kls[$1] && $0 < $1) }!
+            result[k] = (best, kls)
+        }
+        return result
+    }
+
+    /// The set a router runs with k routable layers when that choice depends on k alone.
+    public static func sets(of selector: BudgetedLayerSelector, routable: Int) -> [Int: [Int]] {
+        var out: [Int: [Int]] = [:]
+        for k in 1...routable {
+            guard let m = Routers.fixedMask(selector, budget: Double(k) / Double(routable)) else { continue }
+            out[k] = (1...routable).filter { m[$0] }
+        }
+        return out
+    }
+}

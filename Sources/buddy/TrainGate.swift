@@ -1,0 +1,153 @@
+import ArgumentParser
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+struct TrainGate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gate",
+        abstract: "Give the Decision Module one table of layer sets for prose and one for conversation, and the gate that picks between them.",
+        discussion: """
+            Which layers a budget should drop depends on the kind of context: a conversation
+            can spare layers that running prose cannot (docs/TRAINING.md). This command
+            1. picks, for every k from --min-kept to all-but-one, the prose table's set among
+               the --text-candidates routers' sets by mean KL from full depth on validation
+               text (--validation-chunks WikiText-2 chunks of 512 tokens after
+               --validation-skip-chunks, second halves scored, as perplexity scores them), and
+               the conversation table's set among the --chat-candidates on the full model's
+               greedy replies to train-split prompts --validation-chat-skip ..< +
+               --validation-chat-prompts (not used by the searches);
+            2. fits the gate, a logistic regression on the pooled first-layer keys and values
+               (the Decision Module's context summary), on every 8th position of
+               --gate-text-chunks text chunks (label prose) and every 2nd position of the first
+               --gate-chat-prompts train-split conversations (label conversation);
+            3. writes --base's module with the two tables and the gate (router format 3).
+            Below --min-kept both tables take their first candidate's sets.
+            Reproduce the shipped router with:
+              buddy train gate --data ../shared/data/wikitext2_valid.txt \\
+                --chat-data ../shared/data/mt_bench_questions.jsonl \\
+                --text-candidates routers/search-text.json,sleb,shortgpt \\
+                --chat-candidates routers/search-chat.json,routers/search-mixed.json,sleb,shortgpt \\
+                --out routers/buddy-router.json
+            """)
+
+    @Option(name: .long, help: "WikiText-2 validation file (gate training and validation text).")
+    var data: String
+    @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.")
+    var chatData: String
+    @Option(name: .long, help: "Comma-separated routers (names or files) whose sets compete for the prose table; the first also fills k below --min-kept.")
+    var textCandidates: String
+    @Option(name: .long, help: "Comma-separated routers whose sets compete for the conversation table.")
+    var chatCandidates: String
+    @Option(name: .long, help: "Text chunks of 512 tokens (from the start of --data) for fitting the gate.")
+    var gateTextChunks: Int = 16
+    @Option(name: .long, help: "Train-split conversations (from the first) for fitting the gate.")
+    var gateChatPrompts: Int = 16
+    @Option(name: .long, help: "512-token chunks of --data skipped before the validation text.")
+    var validationSkipChunks: Int = 16
+    @Option(name: .long, help: "512-token chunks of validation text.")
+    var validationChunks: Int = 4
+    @Option(name: .long, help: "Train-split prompts skipped before the validation conversations.")
+    var validationChatSkip: Int = 16
+    @Option(name: .long, help: "Validation conversations.")
+    var validationChatPrompts: Int = 24
+    @Option(name: .long, help: "Reply tokens per conversation.")
+    var replyTokens: Int = 48
+    @Option(name: .long, help: "Smallest number of routable layers whose set is chosen on validation data.")
+    var minKept: Int = 14
+    @Option(name: .long, help: "Decision module whose normalisation and learned part are kept.")
+    var base: String = "buddy"
+    @Option(name: .long, help: "Where to write the router (written atomically).")
+    var out: String
+    @OptionGroup var modelOptions: ModelOptions
+
+    func validate() throws {
+        guard gateTextChunks >= 1, gateChatPrompts >= 1 else { throw ValidationError("--gate-text-chunks and --gate-chat-prompts must be at least 1") }
+        guard validationSkipChunks >= 0, validationChunks >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
+            throw ValidationError("validation ranges must be non-negative and not empty")
+        }
+        guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
+        guard minKept >= 1 else { throw ValidationError("--min-kept must be at least 1") }
+        try modelOptions.validateThreads()
+    }
+
+    func run() throws {
+        let model = try modelOptions.load()
+        let c = model.config, L = c.layers, routable = L - 2
+        guard minKept < routable else { throw CLIError("--min-kept must be below the \(routable) routable layers") }
+        guard let baseModule = try Routers.make(base, model: model) as? DecisionModule else { throw CLIError("--base must be a decision module") }
+        func candidates(_ list: String, _ flag: String) throws -> [(name: String, sets: [Int: [Int]])] {
+            let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            guard !names.isEmpty else { throw CLIError("\(flag) names no router") }
+            return try names.map { name in
+                let selector = try Routers.make(name, model: model)
+                let sets = ContextGateTraining.sets(of: selector, routable: routable)
+                guard sets.count == routable else { throw CLIError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
+                return (name, sets)
+            }
+        }
+        let textCands = try candidates(textCandidates, "--text-candidates")
+        let chatCands = try candidates(chatCandidates, "--chat-candidates")
+        let t0 = Date()
+
+        // 1. Validation: one set per k and kind of context.
+        let ids = try TrainingData.textTokens(data, model: model)
+        let valText = try TrainingData.textSequences(ids, chunks: validationSkipChunks..<(validationSkipChunks + validationChunks),
+                                                     length: 512, firstScored: 256, path: data)
+        let valChat = try TrainingData.chatSequences(model: model, path: chatData, prompts: validationChatSkip..<(validationChatSkip + validationChatPrompts),
+                                                     replyTokens: replyTokens, threads: modelOptions.threads)
+        let ks = Array((minKept..<routable).reversed())
+        func choose(_ label: String, _ seqs: [SearchSequence], _ cands: [(name: String, sets: [Int: [Int]])]) -> [Int: (chosen: Int, kl: [Double])] {
+            let search = LayerSetSearch(model: model, sequences: seqs, threads: modelOptions.threads)
+            let distinct = ks.reduce(0) { n, k in n + Set(cands.map { $0.sets[k]! }).count }
+            let bar = ProgressBar("validating \(label) sets", total: distinct)
+            let r = ContextGateTraining.chooseSets(search: search, candidates: cands.map(\.sets), ks: ks) { bar.update($0) }
+            bar.update(distinct, detail: "\(search.scoredCount) positions")
+            return r
+        }
+        let textChoice = choose("prose", valText, textCands)
+        let chatChoice = choose("conversation", valChat, chatCands)
+        func table(_ choice: [Int: (chosen: Int, kl: [Double])], _ cands: [(name: String, sets: [Int: [Int]])]) -> [Float] {
+            var sets = cands[0].sets
+            for (k, ch) in choice { sets[k] = cands[ch.chosen].sets[k] }
+            return DecisionModule.priorTable(sets: sets, fallback: baseModule.weights.prior, routable: routable)
+        }
+        func report(_ label: String, _ choice: [Int: (chosen: Int, kl: [Double])], _ cands: [(name: String, sets: [Int: [Int]])]) {
+            print("\(label): validation KL from full depth (mean per scored position), chosen set marked *")
+            print("| k | budget | " + cands.map(\.name).joined(separator: " | ") + " |")
+            print("|---|---|" + String(repeating: "---|", count: cands.count))
+            for k in ks {
+                let ch = choice[k]!
+                let cells = ch.kl.indices.map { String(format: "%.4f", ch.kl[$0]) + ($0 == ch.chosen ? "*" : "") }
+                print(String(format: "| %d | %.2f | ", k, Double(k) / Double(routable)) + cells.joined(separator: " | ") + " |")
+            }
+        }
+        report("prose", textChoice, textCands)
+        report("conversation", chatChoice, chatCands)
+
+        // 2. The gate.
+        let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
+        func pooled(_ seqs: [SearchSequence], stride: Int) -> [[Float]] {
+            seqs.flatMap { ContextGateTraining.pooledInputs(model: model, tokens: $0.tokens, first: 0, stride: stride, scratch: scratch) }
+        }
+        let gateText = try TrainingData.textSequences(ids, chunks: 0..<gateTextChunks, length: 512, firstScored: 256, path: data)
+        let gateChat = try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<gateChatPrompts, replyTokens: replyTokens, threads: modelOptions.threads)
+        let prose = pooled(gateText, stride: 8), conversation = pooled(gateChat, stride: 2)
+        let fit = ContextGateTraining.fitGate(module: baseModule, positives: conversation, negatives: prose)
+        let valAccuracy = ContextGateTraining.balancedAccuracy(gate: fit.gate, module: baseModule,
+                                                               positives: pooled(valChat, stride: 1), negatives: pooled(valText, stride: 1))
+        print(String(format: "gate: %d prose and %d conversation positions; balanced accuracy %.4f (train), %.4f (validation, every position)",
+                     prose.count, conversation.count, fit.trainAccuracy, valAccuracy))
+
+        // 3. The module.
+        var w = baseModule.weights
+        w.priorByCount = table(textChoice, textCands)
+        w.gate = DecisionModule.ContextGate(weights: fit.gate.weights, bias: fit.gate.bias, priorByCount: table(chatChoice, chatCands))
+        let module = try DecisionModule(name: "buddy", layers: L, dim: c.dim, kvDim: c.kvDim, hidden: baseModule.hidden, weights: w)
+        let notes = String(format: "buddy train gate --text-candidates %@ --chat-candidates %@ --gate-text-chunks %d --gate-chat-prompts %d --validation-skip-chunks %d --validation-chunks %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-kept %d --base %@; gate balanced accuracy %.4f train, %.4f validation; %.0f s",
+                           textCandidates, chatCandidates, gateTextChunks, gateChatPrompts, validationSkipChunks, validationChunks, validationChatSkip,
+                           validationChatPrompts, replyTokens, minKept, base, fit.trainAccuracy, valAccuracy, Date().timeIntervalSince(t0))
+        try RouterFile.save(module, model: model, notes: notes, to: out)
+        print("written to \(out)")
+    }
+}

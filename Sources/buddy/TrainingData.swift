@@ -1,0 +1,45 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// The text and chat sequences that `buddy train sets` and `buddy train gate` measure on.
+enum TrainingData {
+    /// The whole text file as tokens (a trailing newline dropped, as the evaluation reads it).
+    static func textTokens(_ path: String, model: LanguageModel) throws -> [Int32] {
+        guard var text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read data file '\(path)'") }
+        if text.hasSuffix("\n") { text.removeLast() }
+        return model.tokenizer.encode(text, parseSpecial: false)
+    }
+
+    /// Chunks `chunks` of `length` tokens, each scored from position `firstScored` on.
+    static func textSequences(_ ids: [Int32], chunks: Range<Int>, length: Int, firstScored: Int, path: String) throws -> [SearchSequence] {
+        guard ids.count >= chunks.upperBound * length else {
+            throw CLIError("'\(path)' holds \(ids.count) tokens, fewer than \(chunks.upperBound) chunks of \(length)")
+        }
+        return chunks.map { i in SearchSequence(tokens: Array(ids[(i * length)..<((i + 1) * length)]), scored: firstScored..<(length - 1)) }
+    }
+
+    /// Train-split chat prompts `prompts` with the full model's greedy replies of up to
+    /// `replyTokens`; the positions that predict the reply are scored.
+    static func chatSequences(model: LanguageModel, path: String, prompts range: Range<Int>, replyTokens: Int, threads: Int) throws -> [SearchSequence] {
+        guard let chatText = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read chat prompts '\(path)'") }
+        let all = try ChatPromptSet.parse(chatText, split: .train)
+        let prompts = all[min(range.lowerBound, all.count)..<min(range.upperBound, all.count)]
+        guard !prompts.isEmpty || range.isEmpty else { throw CLIError("'\(path)' has only \(all.count) train-split prompts") }
+        var sequences: [SearchSequence] = []
+        guard !prompts.isEmpty else { return sequences }
+        let session = Session(model: model, capacity: 512, threads: threads, batchSize: 512)
+        let chat = ChatEvaluator(session: session)
+        let bar = ProgressBar("full-depth replies", total: prompts.count)
+        for (i, p) in prompts.enumerated() {
+            let prompt = chat.promptTokens(p.text)
+            guard prompt.count + replyTokens <= 512 else { bar.update(i + 1, detail: "prompt \(p.id) too long, skipped"); continue }
+            let ref = try chat.reference(prompt: prompt, maxTokens: replyTokens)
+            // Position p predicts token p+1: score the positions that predict the reply.
+            let tokens = prompt + ref.reply
+            sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
+            bar.update(i + 1, detail: "\(ref.reply.count) reply tokens")
+        }
+        return sequences
+    }
+}
