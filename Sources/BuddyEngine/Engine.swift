@@ -48,8 +48,11 @@ public struct StepInfo: Sendable, Equatable {
     /// Budget the step ran under, and the routable-layer count it implies.
     public var budget: Double
     public var k: Int
-    public init(step: Int, layers: [Int], scores: [Float]?, budget: Double, k: Int) {
+    /// Which table of layer sets the router used (a gated Decision Module), if it has several.
+    public var layerSets: String?
+    public init(step: Int, layers: [Int], scores: [Float]?, budget: Double, k: Int, layerSets: String? = nil) {
         self.step = step; self.layers = layers; self.scores = scores; self.budget = budget; self.k = k
+        self.layerSets = layerSets
     }
 }
 
@@ -370,7 +373,7 @@ public final class ChatEngine: @unchecked Sendable {
                 // The layers of this token were chosen under the budget applied before now.
                 let budget = appliedBudget
                 let k = LayerBudget.routableCount(budget: budget, layers: L)
-                let info = StepInfo(step: tok.step, layers: tok.layers, scores: router.lastScores, budget: budget, k: k)
+                let info = StepInfo(step: tok.step, layers: tok.layers, scores: router.lastScores, budget: budget, k: k, layerSets: router.layerSetLabel)
                 answer += tok.text
                 steps += 1
                 layerSum += tok.layers.count

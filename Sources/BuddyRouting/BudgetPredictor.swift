@@ -183,6 +183,7 @@ public final class AutoBudgetSelector: BudgetedLayerSelector, @unchecked Sendabl
         set { inner.budget = newValue }
     }
     public var lastScores: [Float]? { inner.lastScores }
+    public var layerSetLabel: String? { inner.layerSetLabel }
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
         inner.selectLayers(position: position, state: state, cache: cache)

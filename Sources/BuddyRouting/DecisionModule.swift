@@ -160,6 +160,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
 
     /// Whether the gate picked its table at the last decision (nil without a gate).
     public private(set) var lastGateOn: Bool?
+    public var layerSetLabel: String? { lastGateOn.map { $0 ? "conversation sets" : "prose sets" } }
 
     /// The MLP on a full input vector, plus the prior for `kept` layers.
     public func forward(_ x: [Float], kept: Int) -> [Float] {

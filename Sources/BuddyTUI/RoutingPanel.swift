@@ -10,6 +10,8 @@ public struct RoutingPanelState: Sendable {
         public var heat: [Int]?
         public var budgetChanged: Bool
         public var k: Int
+        /// The router's table of layer sets at this step, when it has several.
+        public var layerSets: String? = nil
         public var isGap: Bool { ran.isEmpty }
     }
 
@@ -53,7 +55,7 @@ public struct RoutingPanelState: Sendable {
         }
         let changed = lastBudget != nil && lastBudget != s.budget
         lastBudget = s.budget
-        append(Column(ran: ran, heat: heat, budgetChanged: changed, k: s.k))
+        append(Column(ran: ran, heat: heat, budgetChanged: changed, k: s.k, layerSets: s.layerSets))
     }
 
     private mutating func append(_ c: Column) {
@@ -155,7 +157,8 @@ public enum RoutingPanel {
         }
         if legendY + 1 < r.maxY, let last = st.columns.last(where: { !$0.isGap }) {
             let k = RoutingPanelState.executedRoutable(last)
-            c.put(x0, legendY + 1, " last step: \(k)/\(st.routable) routable + 2 fixed", .dim, columns: w)
+            let sets = last.layerSets.map { " · " + $0 } ?? ""
+            c.put(x0, legendY + 1, " last step: \(k)/\(st.routable) routable + 2 fixed" + sets, .dim, columns: w)
         }
     }
 

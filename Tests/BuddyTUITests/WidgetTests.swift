@@ -121,6 +121,15 @@ final class RoutingPanelTests: XCTestCase {
             XCTAssertEqual(parsePanel(c, l.panel, layers: 30), [28, 28, 28, 28, 28, 25, 25, 25, 25], "\(w)×\(h):\n\(c.text)")
             XCTAssertTrue(c.text.contains("▾"), "budget-change marker")
             XCTAssertTrue(c.text.contains(" 0*") && c.text.contains("29*") || c.text.contains("28*"), "fixed layers marked")
+            guard w >= 160 else { continue }   // the narrow panel cuts the line short
+            XCTAssertTrue(c.text.contains("last step: 25/28 routable + 2 fixed"), "\(w)×\(h):\n\(c.text)")
+            XCTAssertFalse(c.text.contains("sets"), "a router with one table names none")
+            var gated = step(9, budget: 0.9)
+            gated.layerSets = "conversation sets"
+            p.record(gated)
+            let c2 = TextCanvas(width: w, height: h)
+            RoutingPanel.draw(p, in: l.panel, on: c2)
+            XCTAssertTrue(c2.text.contains("last step: 25/28 routable + 2 fixed · conversation sets"), "\(w)×\(h):\n\(c2.text)")
         }
     }
 }

@@ -36,4 +36,11 @@ public protocol BudgetedLayerSelector: LayerSelector {
     /// Scores of the routable layers at the last decision (index i is layer i+1); nil for
     /// routers without per-token scores.
     var lastScores: [Float]? { get }
+    /// Which of the router's tables of layer sets made the last decision ("conversation
+    /// sets", "prose sets"), for routers with more than one; nil otherwise.
+    var layerSetLabel: String? { get }
+}
+
+extension BudgetedLayerSelector {
+    public var layerSetLabel: String? { nil }
 }
