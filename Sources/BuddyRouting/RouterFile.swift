@@ -9,6 +9,8 @@ import Foundation
 ///      "dim": 576, "kv_dim": 192, "hidden": 64,                      // kind "decision-module"
 ///      "input_mean": [...], "input_scale": [...], "w1": [...], "b1": [...],
 ///      "w2": [...], "b2": [...], "prior": [...], "prior_weight": 1.0,
+///      "prior_by_count": [...],                                      // optional, version 2
+///      "context_gate": {"weights": [...], "bias": b, "prior_by_count": [...]},  // optional, version 3
 ///      "notes": "how it was made"}
 ///
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
