@@ -23,11 +23,13 @@ struct TrainGate: ParsableCommand {
                --gate-chat-prompts train-split conversations (label conversation);
             3. writes --base's module with the two tables and the gate (router format 3).
             Below --min-kept both tables take their first candidate's sets.
-            Reproduce the shipped router with:
+            The shipped router was made with (the candidate files come from three runs of
+            `buddy train sets`, docs/TRAINING.md):
               buddy train gate --data ../shared/data/wikitext2_valid.txt \\
-                --chat-data ../shared/data/mt_bench_questions.jsonl \\
-                --text-candidates routers/search-text.json,sleb,shortgpt \\
-                --chat-candidates routers/search-chat.json,routers/search-mixed.json,sleb,shortgpt \\
+                --chat-data ../shared/data/mt_bench_questions.jsonl --base sets-mixed.json \\
+                --text-candidates sets-text.json,sleb,shortgpt,sets-mixed.json \\
+                --chat-candidates sets-chat.json,sets-mixed.json,sleb,shortgpt \\
+                --gate-text-chunks 14 --validation-skip-chunks 14 --validation-chunks 6 \\
                 --out routers/buddy-router.json
             """)
 
