@@ -88,7 +88,9 @@ print("# Evaluation\n")
 print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
       "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine, KV policy `mask`. "
       "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it is evaluated as it runs in "
-      "generation (in batch when its choice depends on the budget alone, which gives the same logits). The last "
+      "generation: one decision per token from the context so far (teacher-forced sequences run as one batch with "
+      "one decision per row, which gives token-by-token routing's decisions). Its context gate picks a table of layer "
+      "sets for prose or for conversation (docs/TRAINING.md). The last "
       "column compares it with the better of `sleb` and `shortgpt` at that budget. A dash is a cell not measured (see the notes)." +
       (" † The shipped module's learned part is zero (training chose α = 0: it did not beat its prior on held-out "
        "text), so it selects exactly SLEB's layers for every token (checked by `RoutingTests`); † cells repeat "
