@@ -8,29 +8,34 @@ struct TrainGate: ParsableCommand {
         commandName: "gate",
         abstract: "Give the Decision Module one table of layer sets for prose and one for conversation, and the gate that picks between them.",
         discussion: """
-            Which layers a budget should drop depends on the kind of context: a conversation
-            can spare layers that running prose cannot (docs/TRAINING.md). This command
-            1. picks, for every k from --min-kept to all-but-one, the prose table's set among
-               the --text-candidates routers' sets by mean KL from full depth on validation
-               text (--validation-chunks WikiText-2 chunks of 512 tokens after
-               --validation-skip-chunks, second halves scored, as perplexity scores them), and
-               the conversation table's set among the --chat-candidates on the full model's
-               greedy replies to train-split prompts --validation-chat-skip ..< +
-               --validation-chat-prompts (not used by the searches);
-            2. fits the gate, a logistic regression on the pooled first-layer keys and values
-               (the Decision Module's context summary), on every 8th position of
-               --gate-text-chunks text chunks (label prose) and every 2nd position of the first
-               --gate-chat-prompts train-split conversations (label conversation);
-            3. writes --base's module with the two tables and the gate (router format 3).
+            Which layers a budget should drop depends on the kind of context: a
+            conversation can spare layers that running prose cannot
+            (docs/TRAINING.md). This command
+            1. picks, for every k from --min-kept to all-but-one, the prose
+               table's set among the --text-candidates routers' sets by mean KL
+               from full depth on validation text (--validation-chunks
+               WikiText-2 chunks of 512 tokens after --validation-skip-chunks,
+               second halves scored, as perplexity scores them), and the
+               conversation table's set among the --chat-candidates on the full
+               model's greedy replies to the train-split prompts after
+               --validation-chat-skip (--validation-chat-prompts of them);
+            2. fits the gate, a logistic regression on the pooled first-layer
+               keys and values (the Decision Module's context summary), on
+               every 8th position of --gate-text-chunks text chunks (prose) and
+               every 2nd position of the first --gate-chat-prompts train-split
+               conversations;
+            3. writes --base's module with the two tables and the gate (router
+               format 3).
             Below --min-kept both tables take their first candidate's sets.
-            The shipped router was made with (the candidate files come from three runs of
-            `buddy train sets`, docs/TRAINING.md):
+            The shipped router was made with (the candidate files come from
+            three runs of `buddy train sets`, docs/TRAINING.md):
               buddy train gate --data ../shared/data/wikitext2_valid.txt \\
-                --chat-data ../shared/data/mt_bench_questions.jsonl --base sets-mixed.json \\
+                --chat-data ../shared/data/mt_bench_questions.jsonl \\
+                --base sets-mixed.json \\
                 --text-candidates sets-text.json,sleb,shortgpt,sets-mixed.json \\
                 --chat-candidates sets-chat.json,sets-mixed.json,sleb,shortgpt \\
-                --gate-text-chunks 14 --validation-skip-chunks 14 --validation-chunks 6 \\
-                --out routers/buddy-router.json
+                --gate-text-chunks 14 --validation-skip-chunks 14 \\
+                --validation-chunks 6 --out routers/buddy-router.json
             """)
 
     @Option(name: .long, help: "WikiText-2 validation file (gate training and validation text).")
