@@ -60,6 +60,14 @@ struct TrainGate: ParsableCommand {
     var validationChatPrompts: Int = 24
     @Option(name: .long, help: "Reply tokens per conversation.")
     var replyTokens: Int = 48
+    @Option(name: .long, help: "HellaSwag tasks file whose contexts (with their gold endings) are more prose for fitting the gate.")
+    var extraProse: String?
+    @Option(name: .long, help: "Tasks of --extra-prose skipped first (the evaluation uses the first 400).")
+    var extraProseSkip: Int = 1000
+    @Option(name: .long, help: "Tasks of --extra-prose used.")
+    var extraProseCount: Int = 400
+    @Option(name: .long, help: "A gated router whose two tables are kept as they are (skips the validation step; only the gate is refitted).")
+    var tablesFrom: String?
     @Option(name: .long, help: "Smallest number of routable layers whose set is chosen on validation data.")
     var minKept: Int = 14
     @Option(name: .long, help: "Decision module whose normalisation and learned part are kept.")
@@ -74,6 +82,7 @@ struct TrainGate: ParsableCommand {
             throw ValidationError("validation ranges must be non-negative and not empty")
         }
         guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
+        guard extraProseSkip >= 0, extraProseCount >= 1 else { throw ValidationError("--extra-prose-skip must be >= 0 and --extra-prose-count >= 1") }
         guard minKept >= 1 else { throw ValidationError("--min-kept must be at least 1") }
         try modelOptions.validateThreads()
     }
@@ -93,9 +102,16 @@ struct TrainGate: ParsableCommand {
                 return (name, sets)
             }
         }
-        let textCands = try candidates(textCandidates, "--text-candidates")
-        let chatCands = try candidates(chatCandidates, "--chat-candidates")
         let t0 = Date()
+        var keptTables: (prose: [Float], conversation: [Float])?
+        if let tablesFrom {
+            guard let m = try Routers.make(tablesFrom, model: model) as? DecisionModule, let p = m.weights.priorByCount, let g = m.weights.gate else {
+                throw CLIError("--tables-from must be a decision module with a context gate")
+            }
+            keptTables = (p, g.priorByCount)
+        }
+        let textCands = keptTables == nil ? try candidates(textCandidates, "--text-candidates") : []
+        let chatCands = keptTables == nil ? try candidates(chatCandidates, "--chat-candidates") : []
 
         // 1. Validation: one set per k and kind of context.
         let ids = try TrainingData.textTokens(data, model: model)
@@ -112,8 +128,8 @@ struct TrainGate: ParsableCommand {
             bar.update(distinct, detail: "\(search.scoredCount) positions")
             return r
         }
-        let textChoice = choose("prose", valText, textCands)
-        let chatChoice = choose("conversation", valChat, chatCands)
+        let textChoice = keptTables == nil ? choose("prose", valText, textCands) : [:]
+        let chatChoice = keptTables == nil ? choose("conversation", valChat, chatCands) : [:]
         func table(_ choice: [Int: (chosen: Int, kl: [Double])], _ cands: [(name: String, sets: [Int: [Int]])]) -> [Float] {
             var sets = cands[0].sets
             for (k, ch) in choice { sets[k] = cands[ch.chosen].sets[k] }
@@ -129,8 +145,10 @@ struct TrainGate: ParsableCommand {
                 print(String(format: "| %d | %.2f | ", k, Double(k) / Double(routable)) + cells.joined(separator: " | ") + " |")
             }
         }
-        report("prose", textChoice, textCands)
-        report("conversation", chatChoice, chatCands)
+        if keptTables == nil {
+            report("prose", textChoice, textCands)
+            report("conversation", chatChoice, chatCands)
+        }
 
         // 2. The gate.
         let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
@@ -139,7 +157,20 @@ struct TrainGate: ParsableCommand {
         }
         let gateText = try TrainingData.textSequences(ids, chunks: 0..<gateTextChunks, length: 512, firstScored: 256, path: data)
         let gateChat = try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<gateChatPrompts, replyTokens: replyTokens, threads: modelOptions.threads)
-        let prose = pooled(gateText, stride: 8), conversation = pooled(gateChat, stride: 2)
+        var prose = pooled(gateText, stride: 8)
+        let conversation = pooled(gateChat, stride: 2)
+        if let extraProse {
+            guard let text = try? String(contentsOfFile: extraProse, encoding: .utf8) else { throw CLIError("cannot read '\(extraProse)'") }
+            let tasks: [HellaSwagTask]
+            do { tasks = try HellaSwagTask.parse(text) } catch { throw CLIError("\(extraProse): \(error)") }
+            let chosen = tasks.dropFirst(extraProseSkip).prefix(extraProseCount)
+            guard !chosen.isEmpty else { throw CLIError("'\(extraProse)' has no tasks after the first \(extraProseSkip)") }
+            for t in chosen {
+                let ids = Array(model.tokenizer.encode(t.context + " " + t.endings[t.gold], parseSpecial: false).prefix(512))
+                guard ids.count >= 2 else { continue }
+                prose += ContextGateTraining.pooledInputs(model: model, tokens: ids, first: 0, stride: 4, scratch: scratch)
+            }
+        }
         let fit = ContextGateTraining.fitGate(module: baseModule, positives: conversation, negatives: prose)
         let valAccuracy = ContextGateTraining.balancedAccuracy(gate: fit.gate, module: baseModule,
                                                                positives: pooled(valChat, stride: 1), negatives: pooled(valText, stride: 1))
@@ -148,13 +179,16 @@ struct TrainGate: ParsableCommand {
 
         // 3. The module.
         var w = baseModule.weights
-        w.priorByCount = table(textChoice, textCands)
-        w.gate = DecisionModule.ContextGate(weights: fit.gate.weights, bias: fit.gate.bias, priorByCount: table(chatChoice, chatCands))
+        w.priorByCount = keptTables?.prose ?? table(textChoice, textCands)
+        w.gate = DecisionModule.ContextGate(weights: fit.gate.weights, bias: fit.gate.bias,
+                                            priorByCount: keptTables?.conversation ?? table(chatChoice, chatCands))
         let module = try DecisionModule(name: "buddy", layers: L, dim: c.dim, kvDim: c.kvDim, hidden: baseModule.hidden, weights: w)
         let notes = String(format: "buddy train gate --text-candidates %@ --chat-candidates %@ --gate-text-chunks %d --gate-chat-prompts %d --validation-skip-chunks %d --validation-chunks %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-kept %d --base %@; gate balanced accuracy %.4f train, %.4f validation; %.0f s",
                            textCandidates, chatCandidates, gateTextChunks, gateChatPrompts, validationSkipChunks, validationChunks, validationChatSkip,
                            validationChatPrompts, replyTokens, minKept, base, fit.trainAccuracy, valAccuracy, Date().timeIntervalSince(t0))
-        try RouterFile.save(module, model: model, notes: notes, to: out)
+        let extras = (extraProse.map { String(format: "; extra prose: %@ tasks %d..<%d", $0, extraProseSkip, extraProseSkip + extraProseCount) } ?? "")
+            + (tablesFrom.map { "; tables kept from \($0)" } ?? "")
+        try RouterFile.save(module, model: model, notes: notes + extras, to: out)
         print("written to \(out)")
     }
 }
