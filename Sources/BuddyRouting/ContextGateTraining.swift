@@ -40,9 +40,7 @@ public enum ContextGateTraining {
     public static func fitGate(module: DecisionModule, positives: [[Float]], negatives: [[Float]],
                                steps: Int = 400, learningRate: Float = 0.05, decay: Float = 1e-3) -> GateFit {
         let d = 2 * module.kvDim, inDim = module.inputDim
-        let mean = module.weights.inputMean, scale = module.weights.inputScale
-        func normalise(_ x: [Float]) -> [Float] { (0..<d).map { (x[$0] - mean[$0]) * scale[$0] } }
-        let xs = positives.map(normalise) + negatives.map(normalise)
+        let xs = (positives + negatives).map { normalised($0, module: module) }
         let ys = [Float](repeating: 1, count: positives.count) + [Float](repeating: 0, count: negatives.count)
         let weightOf: [Float] = [0.5 / Float(max(negatives.count, 1)), 0.5 / Float(max(positives.count, 1))]
         var w = [Float](repeating: 0, count: d), bias: Float = 0
@@ -76,13 +74,19 @@ public enum ContextGateTraining {
         return GateFit(gate: gate, trainAccuracy: accuracy)
     }
 
+    /// A raw pooled input ([2·kvDim]) normalised as the module normalises that part of its input.
+    static func normalised(_ x: [Float], module: DecisionModule) -> [Float] {
+        let mean = module.weights.inputMean, scale = module.weights.inputScale
+        return x.indices.map { (x[$0] - mean[$0]) * scale[$0] }
+    }
+
     /// Mean of the two classes' hit rates for a gate on raw pooled inputs.
     public static func balancedAccuracy(gate: (weights: [Float], bias: Float), module: DecisionModule,
                                         positives: [[Float]], negatives: [[Float]]) -> Double {
-        let mean = module.weights.inputMean, scale = module.weights.inputScale
         func on(_ x: [Float]) -> Bool {
+            let z = normalised(x, module: module)
             var s = gate.bias
-            for i in 0..<x.count { s += gate.weights[i] * (x[i] - mean[i]) * scale[i] }
+            for i in 0..<z.count { s += gate.weights[i] * z[i] }
             return s > 0
         }
         let tp = Double(positives.filter(on).count) / Double(max(positives.count, 1))

@@ -43,9 +43,9 @@ struct TrainGate: ParsableCommand {
     @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.")
     var chatData: String
     @Option(name: .long, help: "Comma-separated routers (names or files) whose sets compete for the prose table; the first also fills k below --min-kept.")
-    var textCandidates: String
+    var textCandidates: String?
     @Option(name: .long, help: "Comma-separated routers whose sets compete for the conversation table.")
-    var chatCandidates: String
+    var chatCandidates: String?
     @Option(name: .long, help: "Text chunks of 512 tokens (from the start of --data) for fitting the gate.")
     var gateTextChunks: Int = 16
     @Option(name: .long, help: "Train-split conversations (from the first) for fitting the gate.")
@@ -82,6 +82,11 @@ struct TrainGate: ParsableCommand {
             throw ValidationError("validation ranges must be non-negative and not empty")
         }
         guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
+        if tablesFrom == nil {
+            guard textCandidates != nil, chatCandidates != nil else { throw ValidationError("--text-candidates and --chat-candidates are needed (or --tables-from)") }
+        } else {
+            guard textCandidates == nil, chatCandidates == nil else { throw ValidationError("--tables-from keeps its tables: give no --text-candidates or --chat-candidates") }
+        }
         guard extraProseSkip >= 0, extraProseCount >= 1 else { throw ValidationError("--extra-prose-skip must be >= 0 and --extra-prose-count >= 1") }
         guard minKept >= 1 else { throw ValidationError("--min-kept must be at least 1") }
         try modelOptions.validateThreads()
@@ -102,53 +107,47 @@ struct TrainGate: ParsableCommand {
                 return (name, sets)
             }
         }
-        let t0 = Date()
-        var keptTables: (prose: [Float], conversation: [Float])?
+        /// Each k's set among the candidates' by validation KL on `seqs`, reported as a table.
+        func validatedTable(_ label: String, _ cands: [(name: String, sets: [Int: [Int]])], _ seqs: [SearchSequence]) -> [Float] {
+            let ks = Array((minKept..<routable).reversed())
+            let search = LayerSetSearch(model: model, sequences: seqs, threads: modelOptions.threads)
+            let distinct = ks.reduce(0) { n, k in n + Set(cands.map { $0.sets[k]! }).count }
+            let bar = ProgressBar("validating \(label) sets", total: distinct)
+            let choice = ContextGateTraining.chooseSets(search: search, candidates: cands.map(\.sets), ks: ks) { bar.update($0) }
+            bar.update(distinct, detail: "\(search.scoredCount) positions")
+            print("\(label): validation KL from full depth (mean per scored position), chosen set marked *")
+            print("| k | budget | " + cands.map(\.name).joined(separator: " | ") + " |")
+            print("|---|---|" + String(repeating: "---|", count: cands.count))
+            var sets = cands[0].sets
+            for k in ks {
+                let ch = choice[k]!
+                sets[k] = cands[ch.chosen].sets[k]
+                let cells = ch.kl.indices.map { String(format: "%.4f", ch.kl[$0]) + ($0 == ch.chosen ? "*" : "") }
+                print(String(format: "| %d | %.2f | ", k, Double(k) / Double(routable)) + cells.joined(separator: " | ") + " |")
+            }
+            return DecisionModule.priorTable(sets: sets, fallback: baseModule.weights.prior, routable: routable)
+        }
+
+        // Candidates or kept tables first, so that a bad name fails before any work.
+        var kept: (prose: [Float], conversation: [Float])?
         if let tablesFrom {
             guard let m = try Routers.make(tablesFrom, model: model) as? DecisionModule, let p = m.weights.priorByCount, let g = m.weights.gate else {
                 throw CLIError("--tables-from must be a decision module with a context gate")
             }
-            keptTables = (p, g.priorByCount)
+            kept = (p, g.priorByCount)
         }
-        let textCands = keptTables == nil ? try candidates(textCandidates, "--text-candidates") : []
-        let chatCands = keptTables == nil ? try candidates(chatCandidates, "--chat-candidates") : []
+        let competing = kept != nil ? nil : (prose: try candidates(textCandidates!, "--text-candidates"),
+                                             conversation: try candidates(chatCandidates!, "--chat-candidates"))
+        let t0 = Date()
 
-        // 1. Validation: one set per k and kind of context.
+        // 1. Validation: one set per k and kind of context (or the tables of --tables-from).
         let ids = try TrainingData.textTokens(data, model: model)
         let valText = try TrainingData.textSequences(ids, chunks: validationSkipChunks..<(validationSkipChunks + validationChunks),
                                                      length: 512, firstScored: 256, path: data)
         let valChat = try TrainingData.chatSequences(model: model, path: chatData, prompts: validationChatSkip..<(validationChatSkip + validationChatPrompts),
                                                      replyTokens: replyTokens, threads: modelOptions.threads)
-        let ks = Array((minKept..<routable).reversed())
-        func choose(_ label: String, _ seqs: [SearchSequence], _ cands: [(name: String, sets: [Int: [Int]])]) -> [Int: (chosen: Int, kl: [Double])] {
-            let search = LayerSetSearch(model: model, sequences: seqs, threads: modelOptions.threads)
-            let distinct = ks.reduce(0) { n, k in n + Set(cands.map { $0.sets[k]! }).count }
-            let bar = ProgressBar("validating \(label) sets", total: distinct)
-            let r = ContextGateTraining.chooseSets(search: search, candidates: cands.map(\.sets), ks: ks) { bar.update($0) }
-            bar.update(distinct, detail: "\(search.scoredCount) positions")
-            return r
-        }
-        let textChoice = keptTables == nil ? choose("prose", valText, textCands) : [:]
-        let chatChoice = keptTables == nil ? choose("conversation", valChat, chatCands) : [:]
-        func table(_ choice: [Int: (chosen: Int, kl: [Double])], _ cands: [(name: String, sets: [Int: [Int]])]) -> [Float] {
-            var sets = cands[0].sets
-            for (k, ch) in choice { sets[k] = cands[ch.chosen].sets[k] }
-            return DecisionModule.priorTable(sets: sets, fallback: baseModule.weights.prior, routable: routable)
-        }
-        func report(_ label: String, _ choice: [Int: (chosen: Int, kl: [Double])], _ cands: [(name: String, sets: [Int: [Int]])]) {
-            print("\(label): validation KL from full depth (mean per scored position), chosen set marked *")
-            print("| k | budget | " + cands.map(\.name).joined(separator: " | ") + " |")
-            print("|---|---|" + String(repeating: "---|", count: cands.count))
-            for k in ks {
-                let ch = choice[k]!
-                let cells = ch.kl.indices.map { String(format: "%.4f", ch.kl[$0]) + ($0 == ch.chosen ? "*" : "") }
-                print(String(format: "| %d | %.2f | ", k, Double(k) / Double(routable)) + cells.joined(separator: " | ") + " |")
-            }
-        }
-        if keptTables == nil {
-            report("prose", textChoice, textCands)
-            report("conversation", chatChoice, chatCands)
-        }
+        let tables = kept ?? (validatedTable("prose", competing!.prose, valText),
+                              validatedTable("conversation", competing!.conversation, valChat))
 
         // 2. The gate.
         let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
@@ -179,15 +178,14 @@ struct TrainGate: ParsableCommand {
 
         // 3. The module.
         var w = baseModule.weights
-        w.priorByCount = keptTables?.prose ?? table(textChoice, textCands)
-        w.gate = DecisionModule.ContextGate(weights: fit.gate.weights, bias: fit.gate.bias,
-                                            priorByCount: keptTables?.conversation ?? table(chatChoice, chatCands))
+        w.priorByCount = tables.prose
+        w.gate = DecisionModule.ContextGate(weights: fit.gate.weights, bias: fit.gate.bias, priorByCount: tables.conversation)
         let module = try DecisionModule(name: "buddy", layers: L, dim: c.dim, kvDim: c.kvDim, hidden: baseModule.hidden, weights: w)
-        let notes = String(format: "buddy train gate --text-candidates %@ --chat-candidates %@ --gate-text-chunks %d --gate-chat-prompts %d --validation-skip-chunks %d --validation-chunks %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-kept %d --base %@; gate balanced accuracy %.4f train, %.4f validation; %.0f s",
-                           textCandidates, chatCandidates, gateTextChunks, gateChatPrompts, validationSkipChunks, validationChunks, validationChatSkip,
+        let sources = tablesFrom.map { "--tables-from \($0)" } ?? "--text-candidates \(textCandidates!) --chat-candidates \(chatCandidates!)"
+        let notes = String(format: "buddy train gate %@ --gate-text-chunks %d --gate-chat-prompts %d --validation-skip-chunks %d --validation-chunks %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-kept %d --base %@; gate balanced accuracy %.4f train, %.4f validation; %.0f s",
+                           sources, gateTextChunks, gateChatPrompts, validationSkipChunks, validationChunks, validationChatSkip,
                            validationChatPrompts, replyTokens, minKept, base, fit.trainAccuracy, valAccuracy, Date().timeIntervalSince(t0))
-        let extras = (extraProse.map { String(format: "; extra prose: %@ tasks %d..<%d", $0, extraProseSkip, extraProseSkip + extraProseCount) } ?? "")
-            + (tablesFrom.map { "; tables kept from \($0)" } ?? "")
+        let extras = extraProse.map { String(format: "; extra prose: %@ tasks %d..<%d", $0, extraProseSkip, extraProseSkip + extraProseCount) } ?? ""
         try RouterFile.save(module, model: model, notes: notes + extras, to: out)
         print("written to \(out)")
     }

@@ -85,26 +85,26 @@ public final class Session: @unchecked Sendable {
             let n = min(batch.maxTokens, prompt.count - start)
             let chunk = prompt[start..<start + n]
             t.prefillEmbed(chunk, start: start, batch, cache)
-            var runs = [Bool](repeating: true, count: L)
-            if decideEveryToken, let selector {
-                guard let rowwise = selector as? RowwiseLayerSelector else {
-                    preconditionFailure("decideEveryToken needs a RowwiseLayerSelector")
-                }
-                t.prefillLayers(0..<1, n: n, start: start, batch, cache)
-                let rows = rowwise.selectLayers(rowsFrom: start, count: n, batch: batch, cache: cache)
-                t.prefillLayers(1..<L, n: n, start: start, batch, cache, rowRuns: rows, policy: policy)
-                runs = rows[n - 1]
-                layerTokenCount += rows.reduce(0) { $0 + $1.filter { $0 }.count } - mask(runs).count * n
-            } else if let selector {
+            if let selector {
                 // The routing context needs layer 0's output and K/V for the chunk first.
                 t.prefillLayers(0..<1, n: n, start: start, batch, cache)
-                runs = selector.selectLayers(chunkStart: start, count: n, batch: batch, cache: cache)
-                t.prefillLayers(1..<L, n: n, start: start, batch, cache, runs: { runs[$0] }, policy: policy)
+                let rows: [[Bool]]
+                if decideEveryToken {
+                    guard let rowwise = selector as? RowwiseLayerSelector else {
+                        preconditionFailure("decideEveryToken needs a RowwiseLayerSelector")
+                    }
+                    rows = rowwise.selectLayers(rowsFrom: start, count: n, batch: batch, cache: cache)
+                } else {
+                    rows = [[Bool]](repeating: selector.selectLayers(chunkStart: start, count: n, batch: batch, cache: cache), count: n)
+                }
+                t.prefillLayers(1..<L, n: n, start: start, batch, cache, rowRuns: rows, policy: policy)
+                lastLayers = mask(rows[n - 1])
+                layerTokenCount += rows.reduce(0) { $0 + $1.filter { $0 }.count }
             } else {
                 t.prefillLayers(0..<L, n: n, start: start, batch, cache)
+                lastLayers = Array(0..<L)
+                layerTokenCount += L * n
             }
-            lastLayers = mask(runs)
-            layerTokenCount += lastLayers.count * n
             tokens.append(contentsOf: chunk)
             start += n
             lastCount = n
