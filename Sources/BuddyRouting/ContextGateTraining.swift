@@ -35,38 +35,16 @@ public enum ContextGateTraining {
         public var trainAccuracy: Double
     }
 
-    /// Logistic regression by full-batch gradient descent (Adam, L2 `decay`, fixed steps; the
-    /// two classes weighted equally) on inputs normalised as `module` normalises them.
+    /// Logistic regression (the two classes weighted equally) on inputs normalised as `module`
+    /// normalises them.
     public static func fitGate(module: DecisionModule, positives: [[Float]], negatives: [[Float]],
                                steps: Int = 400, learningRate: Float = 0.05, decay: Float = 1e-3) -> GateFit {
         let d = 2 * module.kvDim, inDim = module.inputDim
         let xs = (positives + negatives).map { normalised($0, module: module) }
         let ys = [Float](repeating: 1, count: positives.count) + [Float](repeating: 0, count: negatives.count)
         let weightOf: [Float] = [0.5 / Float(max(negatives.count, 1)), 0.5 / Float(max(positives.count, 1))]
-        var w = [Float](repeating: 0, count: d), bias: Float = 0
-        var mw = w, vw = w, mb: Float = 0, vb: Float = 0
-        let beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8
-        for step in 1...max(1, steps) {
-            var gw = [Float](repeating: 0, count: d), gb: Float = 0
-            for (x, y) in zip(xs, ys) {
-                var s = bias
-                for i in 0..<d { s += w[i] * x[i] }
-                let p = 1 / (1 + exp(-s))
-                let g = (p - y) * weightOf[Int(y)]
-                for i in 0..<d { gw[i] += g * x[i] }
-                gb += g
-            }
-            for i in 0..<d { gw[i] += decay * w[i] }
-            let c1 = 1 - pow(beta1, Float(step)), c2 = 1 - pow(beta2, Float(step))
-            for i in 0..<d {
-                mw[i] = beta1 * mw[i] + (1 - beta1) * gw[i]
-                vw[i] = beta2 * vw[i] + (1 - beta2) * gw[i] * gw[i]
-                w[i] -= learningRate * (mw[i] / c1) / ((vw[i] / c2).squareRoot() + eps)
-            }
-            mb = beta1 * mb + (1 - beta1) * gb
-            vb = beta2 * vb + (1 - beta2) * gb * gb
-            bias -= learningRate * (mb / c1) / ((vb / c2).squareRoot() + eps)
-        }
+        let (w, bias) = LogisticRegression.fit(inputs: xs, labels: ys, exampleWeights: ys.map { weightOf[Int($0)] },
+                                               steps: steps, learningRate: learningRate, decay: decay)
         var full = [Float](repeating: 0, count: inDim)
         for i in 0..<d { full[i] = w[i] }
         let gate = (weights: full, bias: bias)

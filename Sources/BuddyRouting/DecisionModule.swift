@@ -26,13 +26,32 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         public var priorWeight: Float
         public var priorByCount: [Float]? // [routable (k = 1...routable) × routable], optional
         public var gate: ContextGate?
+        public var tokenSwitches: [TokenSwitch]
 
         public init(inputMean: [Float], inputScale: [Float], w1: [Float], b1: [Float], w2: [Float], b2: [Float], prior: [Float], priorWeight: Float,
-                    priorByCount: [Float]? = nil, gate: ContextGate? = nil) {
+                    priorByCount: [Float]? = nil, gate: ContextGate? = nil, tokenSwitches: [TokenSwitch] = []) {
             self.inputMean = inputMean; self.inputScale = inputScale
             self.w1 = w1; self.b1 = b1; self.w2 = w2; self.b2 = b2
             self.prior = prior; self.priorWeight = priorWeight; self.priorByCount = priorByCount
             self.gate = gate
+            self.tokenSwitches = tokenSwitches
+        }
+    }
+
+    /// A per-token choice between the table's set for `kept` layers and one `alternative`
+    /// set of the same size: `weights · z + bias > 0` (z the normalised input, so the newest
+    /// token's h0 counts as well as the pooled context) runs the alternative for this token.
+    /// Different tokens are served best by different layers (docs/TRAINING.md); a switch is
+    /// trained on which of its two sets gives the lower KL from full depth, token by token.
+    public struct TokenSwitch: Sendable, Equatable {
+        public var kept: Int              // routable layers kept (the row of the table it refines)
+        public var conversation: Bool     // refines the context gate's table, else the module's own
+        public var alternative: [Int]     // [kept] routable layers (1...layers-2), ascending
+        public var weights: [Float]       // [inputDim]
+        public var bias: Float
+        public init(kept: Int, conversation: Bool, alternative: [Int], weights: [Float], bias: Float) {
+            self.kept = kept; self.conversation = conversation; self.alternative = alternative
+            self.weights = weights; self.bias = bias
         }
     }
 
@@ -128,6 +147,21 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
             try check("context_gate.prior_by_count", g.priorByCount, routable * routable)
             guard g.bias.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "context_gate.bias is not finite") }
         }
+        var seen = Set<[Int]>()
+        for (i, t) in w.tokenSwitches.enumerated() {
+            let field = "token_switches[\(i)]"
+            guard (1...routable).contains(t.kept) else { throw RoutingError.badRouterFile(path: name, reason: "\(field).kept \(t.kept) is outside 1...\(routable)") }
+            guard t.alternative.count == t.kept, t.alternative == t.alternative.sorted(), Set(t.alternative).count == t.kept,
+                  t.alternative.allSatisfy({ (1...routable).contains($0) }) else {
+                throw RoutingError.badRouterFile(path: name, reason: "\(field).alternative must be \(t.kept) distinct routable layers in ascending order")
+            }
+            try check("\(field).weights", t.weights, inDim)
+            guard t.bias.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "\(field).bias is not finite") }
+            guard !t.conversation || w.gate != nil else { throw RoutingError.badRouterFile(path: name, reason: "\(field) refines the conversation table of a module without a context gate") }
+            guard seen.insert([t.kept, t.conversation ? 1 : 0]).inserted else {
+                throw RoutingError.badRouterFile(path: name, reason: "\(field) repeats a switch for k = \(t.kept)")
+            }
+        }
         guard w.priorWeight.isFinite else { throw RoutingError.badRouterFile(path: name, reason: "prior_weight is not finite") }
     }
 
@@ -160,7 +194,22 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
 
     /// Whether the gate picked its table at the last decision (nil without a gate).
     public private(set) var lastGateOn: Bool?
-    public var layerSetLabel: String? { lastGateOn.map { $0 ? "conversation sets" : "prose sets" } }
+    /// Whether a token switch ran its alternative set at the last decision.
+    public private(set) var lastSwitched = false
+    public var layerSetLabel: String? {
+        guard let on = lastGateOn else { return lastSwitched ? "token switch" : nil }
+        return (on ? "conversation sets" : "prose sets") + (lastSwitched ? ", token switch" : "")
+    }
+
+    /// The alternative set of the switch for (kept, table) when its test passes on z.
+    func switchedSet(_ z: [Float], kept: Int, conversation: Bool) -> [Int]? {
+        for t in weights.tokenSwitches where t.kept == kept && t.conversation == conversation {
+            var s = t.bias
+            z.withUnsafeBufferPointer { zp in t.weights.withUnsafeBufferPointer { s += bk_dot_f32($0.baseAddress!, zp.baseAddress!, Int32(zp.count)) } }
+            return s > 0 ? t.alternative : nil
+        }
+        return nil
+    }
 
     /// The MLP on a full input vector, plus the prior for `kept` layers.
     public func forward(_ x: [Float], kept: Int) -> [Float] {
@@ -182,6 +231,12 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
                     scores[r] = bk_dot_f32(w2.baseAddress! + r * hidden, hp.baseAddress!, Int32(hidden)) + w.b2[r] + w.priorWeight * prior[prior.startIndex + r]
                 }
             }
+        }
+        lastSwitched = false
+        if !w.tokenSwitches.isEmpty, let alternative = switchedSet(z, kept: min(max(kept, 1), routable), conversation: gated) {
+            // Lift the alternative's layers far above the rest, so the top k are exactly its set.
+            for layer in alternative { scores[layer - 1] += 1e4 }
+            lastSwitched = true
         }
         return scores
     }
@@ -243,7 +298,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     /// only and evaluation may run whole sequences as one batch. nil when the module routes
     /// per token.
     public func fixedMask(budget: Double) -> [Bool]? {
-        guard weights.gate == nil, weights.w2.allSatisfy({ $0 == 0 }), weights.b2.allSatisfy({ $0 == 0 }) else { return nil }
+        guard weights.gate == nil, weights.tokenSwitches.isEmpty, weights.w2.allSatisfy({ $0 == 0 }), weights.b2.allSatisfy({ $0 == 0 }) else { return nil }
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
         let s = priorScores(kept: k).map { weights.priorWeight * $0 }
         return LayerBudget.mask(layers: layers, chosen: LayerBudget.topK(Array(s), k: k))

@@ -97,15 +97,17 @@ public final class LayerSetSearch {
     }
 
     /// Σ over the scored rows in `logits` of KL(full ‖ routed) for sequence i.
-    func klSum(sequence i: Int) -> Double {
+    func klSum(sequence i: Int) -> Double { rowKL(sequence: i).reduce(0, +) }
+
+    /// KL(full ‖ routed) of each scored row in `logits`, for sequence i.
+    func rowKL(sequence i: Int) -> [Double] {
         let vocab = model.config.vocabSize, rows = sequences[i].scored.count
         let pool = scorer.batch.pool
         let tasks = min(rows, 4 * pool.threads)
-        var partial = [Double](repeating: 0, count: max(tasks, 1))
-        partial.withUnsafeMutableBufferPointer { out in
+        var kl = [Double](repeating: 0, count: rows)
+        kl.withUnsafeMutableBufferPointer { out in
             let out = out.baseAddress!
             pool.parallelFor(tasks) { task in
-                var sum = 0.0
                 for r in stride(from: task, to: rows, by: tasks) {
                     let row = self.logits + r * vocab, p = self.fullProbs[i] + r * vocab
                     var m = -Float.infinity
@@ -113,12 +115,21 @@ public final class LayerSetSearch {
                     var z = 0.0, cross = 0.0
                     for j in 0..<vocab { z += Double(expf(row[j] - m)); cross += Double(p[j] * row[j]) }
                     // KL = Σ p log p − Σ p log q, and log q = logit − logsumexp.
-                    sum += self.fullNegEntropy[i][r] - (cross - Double(m) - log(z))
+                    out[r] = self.fullNegEntropy[i][r] - (cross - Double(m) - log(z))
                 }
-                out[task] = sum
             }
         }
-        return partial.reduce(0, +)
+        return kl
+    }
+
+    /// KL from full depth at every scored position (sequences in order) when `runs` run for
+    /// every token: the per-token costs a token switch is trained on.
+    public func positionKL(_ runs: [Bool]) -> [Double] {
+        var out: [Double] = []
+        out.reserveCapacity(scoredCount)
+        for (i, s) in sequences.enumerated() { run(s, from: 0, runs: runs); out += rowKL(sequence: i) }
+        evaluations += 1
+        return out
     }
 
     /// Mean KL from full depth when `runs` (all layers, first and last included) run for every token.

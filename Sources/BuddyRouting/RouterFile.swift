@@ -11,14 +11,17 @@ import Foundation
 ///      "w2": [...], "b2": [...], "prior": [...], "prior_weight": 1.0,
 ///      "prior_by_count": [...],                                      // optional, version 2
 ///      "context_gate": {"weights": [...], "bias": b, "prior_by_count": [...]},  // optional, version 3
+///      "token_switches": [{"kept": k, "table": "prose" | "conversation",          // optional, version 4
+///                          "alternative": [layers], "weights": [...], "bias": b}, ...],
 ///      "notes": "how it was made"}
 ///
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
 public enum RouterFile {
     public static let format = "buddy-router"
     /// Version 2 added the optional "prior_by_count" table of decision modules, version 3 the
-    /// optional "context_gate" ({"weights", "bias", "prior_by_count"}); older files are still read.
-    public static let version = 3
+    /// optional "context_gate" ({"weights", "bias", "prior_by_count"}), version 4 the optional
+    /// "token_switches"; older files are still read.
+    public static let version = 4
 
     /// Reads a router-format file and checks what every kind shares: JSON object, format,
     /// version and the model fingerprint.
@@ -71,7 +74,7 @@ public enum RouterFile {
                 w1: try floats("w1"), b1: try floats("b1"), w2: try floats("w2"), b2: try floats("b2"),
                 prior: try floats("prior"), priorWeight: (j["prior_weight"] as? NSNumber)?.floatValue ?? 1,
                 priorByCount: j["prior_by_count"] == nil ? nil : try floats("prior_by_count"),
-                gate: try contextGate(j, path: path))
+                gate: try contextGate(j, path: path), tokenSwitches: try tokenSwitches(j, path: path))
             do {
                 return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: w)
             } catch let RoutingError.badRouterFile(_, reason) {
@@ -92,6 +95,26 @@ public enum RouterFile {
             }
         }
         return DecisionModule.ContextGate(weights: try floats("weights"), bias: bias.floatValue, priorByCount: try floats("prior_by_count"))
+    }
+
+    static func tokenSwitches(_ j: [String: Any], path: String) throws -> [DecisionModule.TokenSwitch] {
+        guard let raw = j["token_switches"] else { return [] }
+        guard let list = raw as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "token_switches is not a list") }
+        return try list.enumerated().map { i, item in
+            let field = "token_switches[\(i)]"
+            guard let t = item as? [String: Any] else { throw RoutingError.badRouterFile(path: path, reason: "\(field) is not an object") }
+            guard let kept = t["kept"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).kept") }
+            guard let table = t["table"] as? String, table == "prose" || table == "conversation" else {
+                throw RoutingError.badRouterFile(path: path, reason: "\(field).table must be \"prose\" or \"conversation\"")
+            }
+            guard let alternative = t["alternative"] as? [Int] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).alternative (a list of layers)") }
+            guard let bias = t["bias"] as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).bias") }
+            let weights: [Float]
+            do { weights = try numbers(t, "weights", path: path).map(Float.init) } catch let RoutingError.badRouterFile(_, reason) {
+                throw RoutingError.badRouterFile(path: path, reason: "\(field): " + reason)
+            }
+            return DecisionModule.TokenSwitch(kept: kept, conversation: table == "conversation", alternative: alternative, weights: weights, bias: bias.floatValue)
+        }
     }
 
     /// Loads a budget predictor ("kind": "budget-predictor"), checked against the model.
@@ -138,6 +161,12 @@ public enum RouterFile {
         ]
         if let t = w.priorByCount { object["prior_by_count"] = t }
         if let g = w.gate { object["context_gate"] = ["weights": g.weights, "bias": g.bias, "prior_by_count": g.priorByCount] as [String: Any] }
+        if !w.tokenSwitches.isEmpty {
+            object["token_switches"] = w.tokenSwitches.map {
+                ["kept": $0.kept, "table": $0.conversation ? "conversation" : "prose", "alternative": $0.alternative,
+                 "weights": $0.weights, "bias": $0.bias] as [String: Any]
+            }
+        }
         try write(object, to: path)
     }
 

@@ -1,0 +1,173 @@
+import ArgumentParser
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+struct TrainSwitches: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switches",
+        abstract: "Teach a gated Decision Module to route token by token: per budget, a switch between its set and an alternative set.",
+        discussion: """
+            Within one kind of context, different tokens are served best by
+            different layers (docs/TRAINING.md). For every k in --kept and each of
+            the router's two tables (prose, conversation), this command
+            1. measures, at every scored position of the training data, the KL
+               from full depth of the table's set and of every --candidates
+               router's set of k layers (each run for all tokens);
+            2. fits, per alternative, a switch: a cost-weighted logistic
+               regression on the Decision Module's input (pooled first-layer
+               keys and values plus the newest token's h0) that sends a token to
+               the alternative where it had the lower KL;
+            3. keeps the alternative whose switch has the lowest mean KL on the
+               validation data, if that beats the table's set alone by more
+               than --min-gain (relative); else k keeps its one set.
+            Text: --text-chunks WikiText-2 chunks of 512 tokens from the start,
+            scored from --text-first-scored on; validation text is the chunks
+            after --validation-skip-chunks, second halves scored, as perplexity
+            scores them. Conversations: the full model's greedy replies to the
+            first --chat-prompts train-split prompts, validated on the next
+            --validation-chat-prompts after --validation-chat-skip.
+            Validation figures assume every token of a sequence ran the same
+            set; a switched router mixes sets, so check it with `buddy eval`.
+            """)
+
+    @Option(name: .long, help: "WikiText-2 validation file (training and validation text).")
+    var data: String
+    @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.")
+    var chatData: String
+    @Option(name: .long, help: "Gated Decision Module to refine (its tables and gate are kept).")
+    var router: String = "buddy"
+    @Option(name: .long, help: "Comma-separated routers (names or files) whose sets are the alternatives.")
+    var candidates: String = "sleb,shortgpt"
+    @Option(name: .long, help: "Comma-separated numbers of routable layers kept to fit switches for.")
+    var kept: String = "27,25,22,20,17,14"
+    @Option(name: .long, help: "Training text chunks of 512 tokens (from the start of --data).")
+    var textChunks: Int = 14
+    @Option(name: .long, help: "First scored position in each training text chunk.")
+    var textFirstScored: Int = 128
+    @Option(name: .long, help: "512-token chunks of --data skipped before the validation text.")
+    var validationSkipChunks: Int = 14
+    @Option(name: .long, help: "512-token chunks of validation text.")
+    var validationChunks: Int = 6
+    @Option(name: .long, help: "Train-split conversations (from the first) for training.")
+    var chatPrompts: Int = 16
+    @Option(name: .long, help: "Train-split prompts skipped before the validation conversations.")
+    var validationChatSkip: Int = 16
+    @Option(name: .long, help: "Validation conversations.")
+    var validationChatPrompts: Int = 24
+    @Option(name: .long, help: "Reply tokens per conversation.")
+    var replyTokens: Int = 48
+    @Option(name: .long, help: "Relative validation KL gain a switch must bring to be kept.")
+    var minGain: Double = 0.01
+    @Option(name: .long, help: "L2 weight decay of the switches' logistic regression.")
+    var decay: Float = 1e-2
+    @Option(name: .long, help: "Where to write the router (written atomically).")
+    var out: String
+    @OptionGroup var modelOptions: ModelOptions
+
+    func validate() throws {
+        guard textChunks >= 1, textFirstScored >= 1, textFirstScored < 511 else { throw ValidationError("--text-chunks must be >= 1 and --text-first-scored in 1...510") }
+        guard validationSkipChunks >= 0, validationChunks >= 1, chatPrompts >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
+            throw ValidationError("data ranges must be non-negative and not empty")
+        }
+        guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
+        guard minGain >= 0, minGain < 1 else { throw ValidationError("--min-gain must be in [0, 1)") }
+        guard decay >= 0, decay.isFinite else { throw ValidationError("--decay must be >= 0") }
+        try modelOptions.validateThreads()
+    }
+
+    func run() throws {
+        let model = try modelOptions.load()
+        let L = model.config.layers, routable = L - 2
+        guard let module = try Routers.make(router, model: model) as? DecisionModule, module.weights.gate != nil else {
+            throw CLIError("--router must be a decision module with a context gate (buddy train gate)")
+        }
+        let ks = try kept.split(separator: ",").map { part -> Int in
+            guard let k = Int(part.trimmingCharacters(in: .whitespaces)), (1..<routable).contains(k) else {
+                throw CLIError("--kept: '\(part)' is not a number of layers in 1...\(routable - 1)")
+            }
+            return k
+        }
+        let names = candidates.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !names.isEmpty else { throw CLIError("--candidates names no router") }
+        let alternatives = try names.map { name -> (name: String, sets: [Int: [Int]]) in
+            let sets = ContextGateTraining.sets(of: try Routers.make(name, model: model), routable: routable)
+            guard sets.count == routable else { throw CLIError("--candidates: '\(name)' does not run one set per budget") }
+            return (name, sets)
+        }
+        let t0 = Date()
+
+        let ids = try TrainingData.textTokens(data, model: model)
+        let text = (train: try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: 512, firstScored: textFirstScored, path: data),
+                    validation: try TrainingData.textSequences(ids, chunks: validationSkipChunks..<(validationSkipChunks + validationChunks),
+                                                               length: 512, firstScored: 256, path: data))
+        let chat = (train: try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens, threads: modelOptions.threads),
+                    validation: try TrainingData.chatSequences(model: model, path: chatData, prompts: validationChatSkip..<(validationChatSkip + validationChatPrompts),
+                                                               replyTokens: replyTokens, threads: modelOptions.threads))
+        let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
+        var switches: [DecisionModule.TokenSwitch] = []
+        var report: [String] = []
+
+        for (conversation, data) in [(false, text), (true, chat)] {
+            let label = conversation ? "conversation" : "prose"
+            let train = LayerSetSearch(model: model, sequences: data.train, threads: modelOptions.threads)
+            let validation = LayerSetSearch(model: model, sequences: data.validation, threads: modelOptions.threads)
+            let zTrain = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.train, scratch: scratch)
+            let zValidation = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.validation, scratch: scratch)
+            func mask(_ set: [Int]) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || set.contains($0) } }
+            let work = ks.reduce(0) { n, k in n + 1 + Set(alternatives.map { $0.sets[k]! }).count }
+            let bar = ProgressBar("\(label) switches", total: work)
+            var done = 0
+            print("\(label): \(train.scoredCount) training and \(validation.scoredCount) validation positions; mean KL from full depth")
+            print("| k | table's set (train / val) | alternative | alternative alone (val) | per-token oracle (val) | switched (train / val) | switched share (val) | kept |")
+            print("|---|---|---|---|---|---|---|---|")
+            for k in ks {
+                let base = Array(LayerBudget.topK(Array(module.priorScores(kept: k, gated: conversation)), k: k))
+                let baseTrain = train.positionKL(mask(base)), baseValidation = validation.positionKL(mask(base))
+                let baseMean = (train: mean(baseTrain), validation: mean(baseValidation))
+                done += 1; bar.update(done, detail: "k \(k)")
+                var best: (name: String, set: [Int], fit: TokenSwitchTraining.Fit, alone: Double, oracle: Double,
+                           train: Double, validation: Double, share: Double)?
+                var tried = Set<[Int]>([base])
+                for alt in alternatives {
+                    let set = alt.sets[k]!.sorted()
+                    guard tried.insert(set).inserted else { continue }
+                    let altTrain = train.positionKL(mask(set)), altValidation = validation.positionKL(mask(set))
+                    let fit = TokenSwitchTraining.fit(inputs: zTrain, base: baseTrain, alternative: altTrain, decay: decay)
+                    let onTrain = TokenSwitchTraining.switchedCost(fit, inputs: zTrain, base: baseTrain, alternative: altTrain)
+                    let onValidation = TokenSwitchTraining.switchedCost(fit, inputs: zValidation, base: baseValidation, alternative: altValidation)
+                    let oracle = mean(zip(baseValidation, altValidation).map { min($0, $1) })
+                    if best == nil || onValidation.cost < best!.validation {
+                        best = (alt.name, set, fit, mean(altValidation), oracle, onTrain.cost, onValidation.cost, onValidation.share)
+                    }
+                    done += 1; bar.update(done, detail: "k \(k), \(alt.name)")
+                }
+                guard let b = best else {
+                    print(String(format: "| %d | %.4f / %.4f | (every candidate runs this set) | | | | | no |", k, baseMean.train, baseMean.validation))
+                    continue
+                }
+                let keep = b.validation < baseMean.validation * (1 - minGain)
+                if keep {
+                    switches.append(DecisionModule.TokenSwitch(kept: k, conversation: conversation, alternative: b.set,
+                                                              weights: b.fit.weights, bias: b.fit.bias))
+                }
+                let row = String(format: "| %d | %.4f / %.4f | %@ | %.4f | %.4f | %.4f / %.4f | %.2f | %@ |", k, baseMean.train, baseMean.validation,
+                                 b.name, b.alone, b.oracle, b.train, b.validation, b.share, keep ? "yes" : "no")
+                print(row)
+                report.append("\(label) k\(k): \(keep ? "switch to \(b.name)" : "none")")
+            }
+            bar.update(work, detail: "done")
+        }
+
+        var w = module.weights
+        w.tokenSwitches = switches
+        let refined = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
+        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g; %@; %.0f s",
+                           router, candidates, kept, textChunks, textFirstScored, validationSkipChunks, validationChunks, chatPrompts,
+                           validationChatSkip, validationChatPrompts, replyTokens, minGain, Double(decay), report.joined(separator: "; "), Date().timeIntervalSince(t0))
+        try RouterFile.save(refined, model: model, notes: notes, to: out)
+        print("\(switches.count) switches; written to \(out)")
+    }
+
+    func mean(_ a: [Double]) -> Double { a.reduce(0, +) / Double(max(a.count, 1)) }
+}
