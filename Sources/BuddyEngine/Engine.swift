@@ -16,6 +16,8 @@ public struct EngineOptions: Sendable {
     /// Budget predictor file (nil: the one shipped in routers/ for this model).
     public var predictorPath: String?
     public var system: String?
+    /// What a skipped layer leaves in the KV cache (fill: the router mixes sets token by token).
+    public var kvPolicy: KVPolicy = .fill
     public var maxTokens = 512
     public var context = 2048
     public var threads = 2
@@ -211,6 +213,7 @@ public final class ChatEngine: @unchecked Sendable {
         timed = TimedSelector(router)
         session = Session(model: model, capacity: options.context, threads: options.threads)
         session.selector = timed
+        session.policy = options.kvPolicy
         conversation = Conversation(template: model.template, system: options.system)
         sampler = Sampler(options.sampling)
         let name = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent

@@ -35,14 +35,14 @@ public enum ContextGateTraining {
         public var trainAccuracy: Double
     }
 
-    /// Logistic regression (the two classes weighted equally) on inputs normalised as `module`
-    /// normalises them.
-    public static func fitGate(module: DecisionModule, positives: [[Float]], negatives: [[Float]],
+    /// Logistic regression on inputs normalised as `module` normalises them; the positive class
+    /// weighs `positiveWeight` in all, the negative class the rest (equally by default).
+    public static func fitGate(module: DecisionModule, positives: [[Float]], negatives: [[Float]], positiveWeight: Float = 0.5,
                                steps: Int = 400, learningRate: Float = 0.05, decay: Float = 1e-3) -> GateFit {
         let d = 2 * module.kvDim, inDim = module.inputDim
         let xs = (positives + negatives).map { normalised($0, module: module) }
         let ys = [Float](repeating: 1, count: positives.count) + [Float](repeating: 0, count: negatives.count)
-        let weightOf: [Float] = [0.5 / Float(max(negatives.count, 1)), 0.5 / Float(max(positives.count, 1))]
+        let weightOf: [Float] = [(1 - positiveWeight) / Float(max(negatives.count, 1)), positiveWeight / Float(max(positives.count, 1))]
         let (w, bias) = LogisticRegression.fit(inputs: xs, labels: ys, exampleWeights: ys.map { weightOf[Int($0)] },
                                                steps: steps, learningRate: learningRate, decay: decay)
         var full = [Float](repeating: 0, count: inDim)
@@ -61,6 +61,13 @@ public enum ContextGateTraining {
     /// Mean of the two classes' hit rates for a gate on raw pooled inputs.
     public static func balancedAccuracy(gate: (weights: [Float], bias: Float), module: DecisionModule,
                                         positives: [[Float]], negatives: [[Float]]) -> Double {
+        let r = hitRates(gate: gate, module: module, positives: positives, negatives: negatives)
+        return (r.positives + r.negatives) / 2
+    }
+
+    /// The share of positives the gate turns on and the share of negatives it leaves off.
+    public static func hitRates(gate: (weights: [Float], bias: Float), module: DecisionModule,
+                                positives: [[Float]], negatives: [[Float]]) -> (positives: Double, negatives: Double) {
         func on(_ x: [Float]) -> Bool {
             let z = normalised(x, module: module)
             var s = gate.bias
@@ -69,7 +76,7 @@ public enum ContextGateTraining {
         }
         let tp = Double(positives.filter(on).count) / Double(max(positives.count, 1))
         let tn = Double(negatives.filter { !on($0) }.count) / Double(max(negatives.count, 1))
-        return (tp + tn) / 2
+        return (tp, tn)
     }
 
     /// For each k in `ks`, the candidate set with the lowest mean KL from full depth on

@@ -14,6 +14,8 @@ import Foundation
 /// (row k−1 for k routable layers kept: the set found by `LayerSetSearch`), else the single
 /// ranking prior. With W2 = 0 and b2 = 0 the scores are the prior alone, so a module
 /// initialised from a static ranking (or from per-budget sets) makes exactly that choice.
+/// A context gate (optional) picks a second table for conversations; a token switch
+/// (optional, per k and table) runs an alternative set for the tokens its linear test picks.
 public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, @unchecked Sendable {
     public struct Weights: Sendable, Equatable {
         public var inputMean: [Float]    // [inputDim]

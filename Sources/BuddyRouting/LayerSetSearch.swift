@@ -132,6 +132,28 @@ public final class LayerSetSearch {
         return out
     }
 
+    /// Mean KL from full depth when `selector` decides every token's layers from the context so
+    /// far (one decision per row of each teacher-forced sequence, as `buddy eval` routes) and
+    /// skipped layers leave the cache as `policy` says. Unlike `objective`, tokens may run
+    /// different sets, so this measures what mixing them costs.
+    public func routedKL(_ selector: DecisionModule, policy: KVPolicy) -> Double {
+        let t = model.transformer, b = scorer.batch, cache = scorer.cache, L = model.config.layers
+        var total = 0.0
+        for (i, s) in sequences.enumerated() {
+            let n = s.tokens.count
+            selector.resetContext()
+            cache.truncate(to: 0)
+            t.prefillEmbed(s.tokens[...], start: 0, b, cache)
+            t.prefillLayers(0..<1, n: n, start: 0, b, cache)
+            let rows = selector.selectLayers(rowsFrom: 0, count: n, batch: b, cache: cache)
+            t.prefillLayers(1..<L, n: n, start: 0, b, cache, rowRuns: rows, policy: policy)
+            t.batchLogits(rows: s.scored, b, logits)
+            total += klSum(sequence: i)
+        }
+        evaluations += 1
+        return total / Double(max(scoredCount, 1))
+    }
+
     /// Mean KL from full depth when `runs` (all layers, first and last included) run for every token.
     public func objective(_ runs: [Bool]) -> Double {
         var total = 0.0

@@ -24,8 +24,8 @@ struct Bench: ParsableCommand {
     var runs: Int = 3
     @Option(name: .long, help: "Router for budgets below 1 (default: buddy if trained, else an evenly spread layer subset).")
     var router: String?
-    @Option(name: .long, help: "KV policy for skipped layers.")
-    var kvPolicy: KVPolicy = .mask
+    @Option(name: .long, help: "KV policy for skipped layers (fill, mask, zero).")
+    var kvPolicy: KVPolicy = .fill
     @Flag(name: .long, help: "One JSON object per budget.")
     var json = false
     @OptionGroup var modelOptions: ModelOptions

@@ -26,6 +26,8 @@ struct Chat: ParsableCommand {
     var qualityTolerance: Double = BudgetPredictor.defaultTolerance
     @Option(name: .long, help: "Router: buddy (default; falls back to even until trained), shortgpt, sleb, last, random, even, or a router file.")
     var router: String?
+    @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (default), mask or zero (see `buddy generate --help`).")
+    var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")
@@ -57,6 +59,7 @@ struct Chat: ParsableCommand {
         opts.budget = budget.value ?? 1
         opts.auto = budget.value == nil
         opts.qualityTolerance = qualityTolerance
+        opts.kvPolicy = kvPolicy
         opts.system = system
         opts.maxTokens = maxTokens
         opts.context = context

@@ -256,8 +256,8 @@ struct EvalRoutingOptions: ParsableArguments {
     var methods: String = "buddy"
     @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).")
     var router: String?
-    @Option(name: .long, help: "KV policy for skipped layers: mask, zero or fill.")
-    var kvPolicy: KVPolicy = .mask
+    @Option(name: .long, help: "KV policy for skipped layers: fill (default: compute only their K/V), mask or zero. Static sets give the same results under all three.")
+    var kvPolicy: KVPolicy = .fill
 
     var methodList: [String] { methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
     func budgetList() throws -> [Double] { try parseBudgets(budgets) }

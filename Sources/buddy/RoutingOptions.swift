@@ -31,8 +31,8 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: "Which layers run under the budget: buddy (the trained Decision Module), shortgpt, sleb, last, random, even, or a router/ranking file.")
     var router: String = "buddy"
 
-    @Option(name: .long, help: "What a skipped layer leaves in the KV cache: mask (later tokens ignore it), zero (zero-filled entries, the paper's choice), fill (compute only K/V for it).")
-    var kvPolicy: KVPolicy = .mask
+    @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (compute only its K/V: about 6 % of a layer; the default, since the router mixes layer sets token by token), mask (later tokens ignore it), zero (zero-filled entries, the paper's choice).")
+    var kvPolicy: KVPolicy = .fill
 
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).")
     var rerouteEvery: Int = 1

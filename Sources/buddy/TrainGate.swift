@@ -60,6 +60,12 @@ struct TrainGate: ParsableCommand {
     var validationChatPrompts: Int = 24
     @Option(name: .long, help: "Reply tokens per conversation.")
     var replyTokens: Int = 48
+    @Option(name: .long, help: "More 512-token chunks of --data as prose for fitting the gate, as FIRST..<END (e.g. 84..<164, past the chunks the evaluation scores).")
+    var gateExtraChunks: String?
+    @Option(name: .long, help: "More 512-token chunks of --data on which the gate's accuracy is validated, as FIRST..<END.")
+    var validationExtraChunks: String?
+    @Option(name: .long, help: "Share of the gate's training loss on the conversation class (the prose class has the rest).")
+    var conversationWeight: Double = 0.5
     @Option(name: .long, help: "HellaSwag tasks file whose contexts (with their gold endings) are more prose for fitting the gate.")
     var extraProse: String?
     @Option(name: .long, help: "Tasks of --extra-prose skipped first (the evaluation uses the first 400).")
@@ -76,6 +82,15 @@ struct TrainGate: ParsableCommand {
     var out: String
     @OptionGroup var modelOptions: ModelOptions
 
+    /// "FIRST..<END" as a range of chunks.
+    func chunkRange(_ text: String, _ flag: String) throws -> Range<Int> {
+        let parts = text.components(separatedBy: "..<")
+        guard parts.count == 2, let a = Int(parts[0]), let b = Int(parts[1]), a >= 0, a < b else {
+            throw ValidationError("\(flag) must be FIRST..<END with 0 <= FIRST < END, not '\(text)'")
+        }
+        return a..<b
+    }
+
     func validate() throws {
         guard gateTextChunks >= 1, gateChatPrompts >= 1 else { throw ValidationError("--gate-text-chunks and --gate-chat-prompts must be at least 1") }
         guard validationSkipChunks >= 0, validationChunks >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
@@ -88,7 +103,10 @@ struct TrainGate: ParsableCommand {
             guard textCandidates == nil, chatCandidates == nil else { throw ValidationError("--tables-from keeps its tables: give no --text-candidates or --chat-candidates") }
         }
         guard extraProseSkip >= 0, extraProseCount >= 1 else { throw ValidationError("--extra-prose-skip must be >= 0 and --extra-prose-count >= 1") }
+        guard conversationWeight > 0, conversationWeight < 1 else { throw ValidationError("--conversation-weight must be between 0 and 1") }
         guard minKept >= 1 else { throw ValidationError("--min-kept must be at least 1") }
+        _ = try gateExtraChunks.map { try chunkRange($0, "--gate-extra-chunks") }
+        _ = try validationExtraChunks.map { try chunkRange($0, "--validation-extra-chunks") }
         try modelOptions.validateThreads()
     }
 
@@ -157,6 +175,10 @@ struct TrainGate: ParsableCommand {
         let gateText = try TrainingData.textSequences(ids, chunks: 0..<gateTextChunks, length: 512, firstScored: 256, path: data)
         let gateChat = try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<gateChatPrompts, replyTokens: replyTokens, threads: modelOptions.threads)
         var prose = pooled(gateText, stride: 8)
+        if let gateExtraChunks {
+            let extra = try TrainingData.textSequences(ids, chunks: try chunkRange(gateExtraChunks, "--gate-extra-chunks"), length: 512, firstScored: 256, path: data)
+            prose += pooled(extra, stride: 8)
+        }
         let conversation = pooled(gateChat, stride: 2)
         if let extraProse {
             guard let text = try? String(contentsOfFile: extraProse, encoding: .utf8) else { throw CLIError("cannot read '\(extraProse)'") }
@@ -170,11 +192,23 @@ struct TrainGate: ParsableCommand {
                 prose += ContextGateTraining.pooledInputs(model: model, tokens: ids, first: 0, stride: 4, scratch: scratch)
             }
         }
-        let fit = ContextGateTraining.fitGate(module: baseModule, positives: conversation, negatives: prose)
-        let valAccuracy = ContextGateTraining.balancedAccuracy(gate: fit.gate, module: baseModule,
-                                                               positives: pooled(valChat, stride: 1), negatives: pooled(valText, stride: 1))
-        print(String(format: "gate: %d prose and %d conversation positions; balanced accuracy %.4f (train), %.4f (validation, every position)",
-                     prose.count, conversation.count, fit.trainAccuracy, valAccuracy))
+        let fit = ContextGateTraining.fitGate(module: baseModule, positives: conversation, negatives: prose, positiveWeight: Float(conversationWeight))
+        let valChatPooled = pooled(valChat, stride: 1)
+        let valRates = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: valChatPooled, negatives: pooled(valText, stride: 1))
+        let valAccuracy = (valRates.positives + valRates.negatives) / 2
+        print(String(format: "gate: %d prose and %d conversation positions; balanced accuracy %.4f (train), %.4f (validation, every position: prose %.4f, conversation %.4f right)",
+                     prose.count, conversation.count, fit.trainAccuracy, valAccuracy, valRates.negatives, valRates.positives))
+        let replies = valChat.flatMap { ContextGateTraining.pooledInputs(model: model, tokens: $0.tokens, first: $0.scored.lowerBound, stride: 1, scratch: scratch) }
+        let replyRate = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: replies, negatives: []).positives
+        print(String(format: "gate: conversation %.4f right at the validation replies' positions", replyRate))
+        var extraAccuracy = String(format: ", conversation %.4f right at validation reply positions", replyRate)
+        if let validationExtraChunks {
+            let range = try chunkRange(validationExtraChunks, "--validation-extra-chunks")
+            let extra = try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: 256, path: data)
+            let prose = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: [], negatives: pooled(extra, stride: 4)).negatives
+            extraAccuracy = String(format: ", prose %.4f right on text chunks %@", prose, validationExtraChunks)
+            print("gate:" + extraAccuracy.dropFirst(1))
+        }
 
         // 3. The module.
         var w = baseModule.weights
@@ -182,10 +216,12 @@ struct TrainGate: ParsableCommand {
         w.gate = DecisionModule.ContextGate(weights: fit.gate.weights, bias: fit.gate.bias, priorByCount: tables.conversation)
         let module = try DecisionModule(name: "buddy", layers: L, dim: c.dim, kvDim: c.kvDim, hidden: baseModule.hidden, weights: w)
         let sources = tablesFrom.map { "--tables-from \($0)" } ?? "--text-candidates \(textCandidates!) --chat-candidates \(chatCandidates!)"
-        let notes = String(format: "buddy train gate %@ --gate-text-chunks %d --gate-chat-prompts %d --validation-skip-chunks %d --validation-chunks %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-kept %d --base %@; gate balanced accuracy %.4f train, %.4f validation; %.0f s",
+        let notes = String(format: "buddy train gate %@ --gate-text-chunks %d --gate-chat-prompts %d --validation-skip-chunks %d --validation-chunks %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --conversation-weight %g --min-kept %d --base %@; gate balanced accuracy %.4f train, %.4f validation; %.0f s",
                            sources, gateTextChunks, gateChatPrompts, validationSkipChunks, validationChunks, validationChatSkip,
-                           validationChatPrompts, replyTokens, minKept, base, fit.trainAccuracy, valAccuracy, Date().timeIntervalSince(t0))
-        let extras = extraProse.map { String(format: "; extra prose: %@ tasks %d..<%d", $0, extraProseSkip, extraProseSkip + extraProseCount) } ?? ""
+                           validationChatPrompts, replyTokens, conversationWeight, minKept, base, fit.trainAccuracy, valAccuracy, Date().timeIntervalSince(t0))
+        let moreText = gateExtraChunks.map { "; more gate text: chunks \($0)" } ?? ""
+        let hellaSwag = extraProse.map { String(format: "; extra prose: %@ tasks %d..<%d", $0, extraProseSkip, extraProseSkip + extraProseCount) } ?? ""
+        let extras = moreText + extraAccuracy + hellaSwag
         try RouterFile.save(module, model: model, notes: notes + extras, to: out)
         print("written to \(out)")
     }

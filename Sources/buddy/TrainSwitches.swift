@@ -18,17 +18,22 @@ struct TrainSwitches: ParsableCommand {
                regression on the Decision Module's input (pooled first-layer
                keys and values plus the newest token's h0) that sends a token to
                the alternative where it had the lower KL;
-            3. keeps the alternative whose switch has the lowest mean KL on the
-               validation data, if that beats the table's set alone by more
-               than --min-gain (relative); else k keeps its one set.
+            3. takes the alternative whose switch has the lowest mean KL on the
+               validation data when every token runs its choice's set, then
+               routes the validation data for real (tokens run different sets,
+               skipped layers leave the cache as --kv-policy says) and keeps the
+               switch if its mean KL from full depth beats the table's set alone
+               by more than --min-gain (relative); else k keeps its one set.
             Text: --text-chunks WikiText-2 chunks of 512 tokens from the start,
             scored from --text-first-scored on; validation text is the chunks
             after --validation-skip-chunks, second halves scored, as perplexity
             scores them. Conversations: the full model's greedy replies to the
             first --chat-prompts train-split prompts, validated on the next
             --validation-chat-prompts after --validation-chat-skip.
-            Validation figures assume every token of a sequence ran the same
-            set; a switched router mixes sets, so check it with `buddy eval`.
+            Mixing sets costs little under --kv-policy fill and much under mask
+            (a token then cannot attend to the keys of earlier tokens that
+            skipped the layer); the shipped router was made and is evaluated
+            with fill, the default.
             """)
 
     @Option(name: .long, help: "WikiText-2 validation file (training and validation text).")
@@ -59,6 +64,8 @@ struct TrainSwitches: ParsableCommand {
     var replyTokens: Int = 48
     @Option(name: .long, help: "Relative validation KL gain a switch must bring to be kept.")
     var minGain: Double = 0.01
+    @Option(name: .long, help: "What a skipped layer leaves in the KV cache while validating routed (mask, zero, fill).")
+    var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "L2 weight decay of the switches' logistic regression.")
     var decay: Float = 1e-2
     @Option(name: .long, help: "Where to write the router (written atomically).")
@@ -119,8 +126,8 @@ struct TrainSwitches: ParsableCommand {
             let bar = ProgressBar("\(label) switches", total: work)
             var done = 0
             print("\(label): \(train.scoredCount) training and \(validation.scoredCount) validation positions; mean KL from full depth")
-            print("| k | table's set (train / val) | alternative | alternative alone (val) | per-token oracle (val) | switched (train / val) | switched share (val) | kept |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| k | table's set (train / val) | alternative | alternative alone (val) | per-token oracle (val) | switched (train / val) | switched share (val) | routed val: table / switched | kept |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for k in ks {
                 let base = Array(LayerBudget.topK(Array(module.priorScores(kept: k, gated: conversation)), k: k))
                 let baseTrain = train.positionKL(mask(base)), baseValidation = validation.positionKL(mask(base))
@@ -143,16 +150,23 @@ struct TrainSwitches: ParsableCommand {
                     done += 1; bar.update(done, detail: "k \(k), \(alt.name)")
                 }
                 guard let b = best else {
-                    print(String(format: "| %d | %.4f / %.4f | (every candidate runs this set) | | | | | no |", k, baseMean.train, baseMean.validation))
+                    print(String(format: "| %d | %.4f / %.4f | (every candidate runs this set) | | | | | | no |", k, baseMean.train, baseMean.validation))
                     continue
                 }
-                let keep = b.validation < baseMean.validation * (1 - minGain)
-                if keep {
-                    switches.append(DecisionModule.TokenSwitch(kept: k, conversation: conversation, alternative: b.set,
-                                                              weights: b.fit.weights, bias: b.fit.bias))
+                // Routed for real: the module with this one switch against the module without.
+                let candidate = DecisionModule.TokenSwitch(kept: k, conversation: conversation, alternative: b.set, weights: b.fit.weights, bias: b.fit.bias)
+                func routed(_ extra: [DecisionModule.TokenSwitch]) throws -> Double {
+                    var w = module.weights
+                    w.tokenSwitches = extra
+                    let m = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
+                    m.budget = Double(k) / Double(routable)
+                    return validation.routedKL(m, policy: kvPolicy)
                 }
-                let row = String(format: "| %d | %.4f / %.4f | %@ | %.4f | %.4f | %.4f / %.4f | %.2f | %@ |", k, baseMean.train, baseMean.validation,
-                                 b.name, b.alone, b.oracle, b.train, b.validation, b.share, keep ? "yes" : "no")
+                let routedTable = try routed([]), routedSwitched = try routed([candidate])
+                let keep = routedSwitched < routedTable * (1 - minGain)
+                if keep { switches.append(candidate) }
+                let row = String(format: "| %d | %.4f / %.4f | %@ | %.4f | %.4f | %.4f / %.4f | %.2f | %.4f / %.4f | %@ |", k, baseMean.train, baseMean.validation,
+                                 b.name, b.alone, b.oracle, b.train, b.validation, b.share, routedTable, routedSwitched, keep ? "yes" : "no")
                 print(row)
                 report.append("\(label) k\(k): \(keep ? "switch to \(b.name)" : "none")")
             }
@@ -162,9 +176,9 @@ struct TrainSwitches: ParsableCommand {
         var w = module.weights
         w.tokenSwitches = switches
         let refined = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
-        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g; %@; %.0f s",
+        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
                            router, candidates, kept, textChunks, textFirstScored, validationSkipChunks, validationChunks, chatPrompts,
-                           validationChatSkip, validationChatPrompts, replyTokens, minGain, Double(decay), report.joined(separator: "; "), Date().timeIntervalSince(t0))
+                           validationChatSkip, validationChatPrompts, replyTokens, minGain, Double(decay), kvPolicy.rawValue, report.joined(separator: "; "), Date().timeIntervalSince(t0))
         try RouterFile.save(refined, model: model, notes: notes, to: out)
         print("\(switches.count) switches; written to \(out)")
     }

@@ -24,6 +24,9 @@ final class RouterFuzzTests: XCTestCase {
             // ... and a context gate with a second table (format version 3).
             w.gate = DecisionModule.ContextGate(weights: [Float](repeating: 0.01, count: d + 4), bias: -0.5,
                                                 priorByCount: DecisionModule.priorTable(sets: [20: Array(5...24)], fallback: w.prior, routable: L - 2))
+            // ... and token switches (format version 4).
+            w.tokenSwitches = [DecisionModule.TokenSwitch(kept: 20, conversation: true, alternative: Array(9...28), weights: [Float](repeating: 0.02, count: d + 4), bias: 0.1),
+                               DecisionModule.TokenSwitch(kept: 27, conversation: false, alternative: Array(1...27), weights: [Float](repeating: -0.01, count: d + 4), bias: 0)]
             try RouterFile.save(try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 2, weights: w), model: m, notes: "seed", to: e)
             try RouterFile.save(StaticRanking.dropLast(layers: L), model: m, notes: "seed", to: b)
             let p = try BudgetPredictor(budgets: [0.5, 0.9], featureDim: d, mean: [Float](repeating: 0, count: d), scale: [Float](repeating: 1, count: d),

@@ -85,6 +85,28 @@ final class TokenSwitchTests: XCTestCase {
         XCTAssertEqual(batched.nll / Double(batched.count), stepped.nll / Double(stepped.count), accuracy: 0.01)
     }
 
+    /// Routed validation KL equals the static objective when every token runs the same set,
+    /// whichever set the switch picks, under every KV policy.
+    func testRoutedKLMatchesStaticSetsWhenNothingMixes() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, routable = L - 2
+        let base = (1...routable).filter { $0 != 5 && $0 != 17 }, alternative = (1...routable).filter { $0 != 24 && $0 != 26 }
+        let ids = m.tokenizer.encode("The river rose after three days of rain, and the town council met at night to plan what to do next.", parseSpecial: false)
+        let search = LayerSetSearch(model: m, sequences: [SearchSequence(tokens: ids, scored: 4..<(ids.count - 1))], threads: 2)
+        func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: set) }
+        let staticBase = search.objective(mask(base)), staticAlternative = search.objective(mask(alternative))
+        XCTAssertGreaterThan(abs(staticBase - staticAlternative), 1e-3, "the two sets differ")
+        for policy in KVPolicy.allCases {
+            for (bias, want) in [(Float(-1), staticBase), (Float(1), staticAlternative)] {
+                let dm = try switchedModule(m, base: base, alternative: alternative, weights: nil, bias: bias)
+                XCTAssertEqual(search.routedKL(dm, policy: policy), want, accuracy: 1e-4, "bias \(bias), \(policy)")
+            }
+        }
+        // Per-token positions agree with the mean.
+        let perPosition = search.positionKL(mask(base))
+        XCTAssertEqual(perPosition.reduce(0, +) / Double(perPosition.count), staticBase, accuracy: 1e-9)
+    }
+
     /// The fit sends a token to the alternative where that set was cheaper, by the input alone.
     func testFitLearnsWhichSetServesEachToken() {
         var rng = SeededRNG(seed: 5)

@@ -43,7 +43,9 @@ public final class Session: @unchecked Sendable {
     /// Tokens whose K/V are in the cache, in order.
     public private(set) var tokens: [Int32] = []
     public var selector: LayerSelector?
-    public var policy: KVPolicy = .mask
+    /// What skipped layers leave in the cache. fill by default: a router that changes the set
+    /// from token to token needs earlier tokens' keys in layers they skipped.
+    public var policy: KVPolicy = .fill
     /// Layers run for the most recent token (decode) or chunk (prefill).
     public private(set) var lastLayers: [Int] = []
     /// Sum over processed tokens of the number of layers each ran.
