@@ -86,11 +86,14 @@ def table(title, rows, key, fmt, note, lower_is_better=None):
     print()
 print("# Evaluation\n")
 print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
-      "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine, KV policy `mask`. "
+      "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine. KV policy `fill` (the default) for "
+      "`buddy`; the static baselines run one set for every token, so no token ever reads a skipped layer's cache and "
+      "all three policies give them the same numbers (their rows were measured under `mask`). "
       "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it is evaluated as it runs in "
       "generation: one decision per token from the context so far (teacher-forced sequences run as one batch with "
       "one decision per row, which gives token-by-token routing's decisions). Its context gate picks a table of layer "
-      "sets for prose or for conversation (docs/TRAINING.md). The last "
+      "sets for prose or for conversation, and per budget a token switch may send the token to an alternative set "
+      "(docs/TRAINING.md). The last "
       "column compares it with the better of `sleb` and `shortgpt` at that budget. A dash is a cell not measured (see the notes)." +
       (" † The shipped module's learned part is zero (training chose α = 0: it did not beat its prior on held-out "
        "text), so it selects exactly SLEB's layers for every token (checked by `RoutingTests`); † cells repeat "
