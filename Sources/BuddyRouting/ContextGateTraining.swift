@@ -13,18 +13,30 @@ public enum ContextGateTraining {
     /// from `first` on, every `stride`-th, of `tokens` (layer 0 is all it runs).
     public static func pooledInputs(model: LanguageModel, tokens: [Int32], first: Int, stride: Int,
                                     scratch: PerplexityEvaluator) -> [[Float]] {
+        pooledInputs(model: model, tokens: tokens, positions: Swift.stride(from: first, to: tokens.count, by: max(1, stride)), scratch: scratch)
+    }
+
+    /// The Decision Module's raw input at `positions` (ascending) of `tokens`, as a decode step
+    /// there would see it: mean K0 and mean V0 over the context through that position
+    /// ([2·kvDim]), followed by that token's h0 ([dim]) when `withHiddenState`; not normalised,
+    /// no budget part. Layer 0 is all it runs.
+    public static func pooledInputs(model: LanguageModel, tokens: [Int32], positions: some Sequence<Int>, withHiddenState: Bool = false,
+                                    scratch: PerplexityEvaluator) -> [[Float]] {
         let t = model.transformer, b = scratch.batch, cache = scratch.cache
-        let n = tokens.count, kvDim = model.config.kvDim
+        let n = tokens.count, kvDim = model.config.kvDim, dim = model.config.dim
         precondition(n <= b.maxTokens && n <= cache.capacity, "sequence longer than the scratch batch")
         cache.truncate(to: 0)
         t.prefillEmbed(tokens[...], start: 0, b, cache)
         t.prefillLayers(0..<1, n: n, start: 0, b, cache)
         var pooled = PooledContext(kvDim: kvDim)
         var out: [[Float]] = []
-        var row = [Float](repeating: 0, count: 2 * kvDim)
-        for pos in Swift.stride(from: first, to: n, by: max(1, stride)) {
+        var row = [Float](repeating: 0, count: 2 * kvDim + (withHiddenState ? dim : 0))
+        for pos in positions {
             pooled.update(cache: cache, through: pos + 1)
-            row.withUnsafeMutableBufferPointer { pooled.writeMeans(into: $0.baseAddress!) }
+            row.withUnsafeMutableBufferPointer { r in
+                pooled.writeMeans(into: r.baseAddress!)
+                if withHiddenState { (r.baseAddress! + 2 * kvDim).update(from: b.x + pos * dim, count: dim) }
+            }
             out.append(row)
         }
         return out
@@ -52,7 +64,8 @@ public enum ContextGateTraining {
         return GateFit(gate: gate, trainAccuracy: accuracy)
     }
 
-    /// A raw pooled input ([2·kvDim]) normalised as the module normalises that part of its input.
+    /// A raw input (a prefix of the module's input: [2·kvDim] pooled, optionally h0) normalised
+    /// as the module normalises that part of its input.
     static func normalised(_ x: [Float], module: DecisionModule) -> [Float] {
         let mean = module.weights.inputMean, scale = module.weights.inputScale
         return x.indices.map { (x[$0] - mean[$0]) * scale[$0] }
@@ -94,7 +107,7 @@ public enum ContextGateTraining {
             for c in candidates {
                 guard let set = c[k]?.sorted() else { kls.append(.infinity); continue }
                 if let v = memo[set] { kls.append(v); continue }
-                let v = search.objective((0..<L).map { $0 == 0 || $0 == L - 1 || set.contains($0) })
+                let v = search.objective(LayerBudget.mask(layers: L, chosen: set))
                 memo[set] = v
                 kls.append(v)
                 done += 1

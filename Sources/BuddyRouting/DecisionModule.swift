@@ -206,9 +206,8 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     /// The alternative set of the switch for (kept, table) when its test passes on z.
     func switchedSet(_ z: [Float], kept: Int, conversation: Bool) -> [Int]? {
         for t in weights.tokenSwitches where t.kept == kept && t.conversation == conversation {
-            var s = t.bias
-            z.withUnsafeBufferPointer { zp in t.weights.withUnsafeBufferPointer { s += bk_dot_f32($0.baseAddress!, zp.baseAddress!, Int32(zp.count)) } }
-            return s > 0 ? t.alternative : nil
+            // The same dot product the switch was fitted and measured with.
+            return t.bias + LogisticRegression.dot(t.weights, z) > 0 ? t.alternative : nil
         }
         return nil
     }

@@ -1,5 +1,4 @@
 import BuddyCore
-import CKernels
 import Foundation
 
 /// Fits token switches: per table and k, a linear test on the Decision Module's normalised
@@ -17,30 +16,11 @@ public enum TokenSwitchTraining {
     /// switch serves one k) at every scored position of `sequences`, in order. Only layer 0 runs.
     public static func inputs(model: LanguageModel, module: DecisionModule, sequences: [SearchSequence],
                               scratch: PerplexityEvaluator) -> [[Float]] {
-        let t = model.transformer, b = scratch.batch, cache = scratch.cache
-        let kvDim = model.config.kvDim, dim = model.config.dim, inDim = module.inputDim
-        let mean = module.weights.inputMean, scale = module.weights.inputScale
-        var out: [[Float]] = []
-        var x = [Float](repeating: 0, count: inDim)
-        for s in sequences {
-            let n = s.tokens.count
-            precondition(n <= b.maxTokens && n <= cache.capacity, "sequence longer than the scratch batch")
-            cache.truncate(to: 0)
-            t.prefillEmbed(s.tokens[...], start: 0, b, cache)
-            t.prefillLayers(0..<1, n: n, start: 0, b, cache)
-            var pooled = PooledContext(kvDim: kvDim)
-            for pos in s.scored {
-                pooled.update(cache: cache, through: pos + 1)
-                x.withUnsafeMutableBufferPointer { p in
-                    pooled.writeMeans(into: p.baseAddress!)
-                    (p.baseAddress! + 2 * kvDim).update(from: b.x + pos * dim, count: dim)
-                }
-                var z = [Float](repeating: 0, count: inDim)
-                for i in 0..<(2 * kvDim + dim) { z[i] = (x[i] - mean[i]) * scale[i] }
-                out.append(z)
-            }
+        let budgetPart = [Float](repeating: 0, count: BudgetEncoding.count)
+        return sequences.flatMap { s in
+            ContextGateTraining.pooledInputs(model: model, tokens: s.tokens, positions: s.scored, withHiddenState: true, scratch: scratch)
+                .map { ContextGateTraining.normalised($0, module: module) + budgetPart }
         }
-        return out
     }
 
     public struct Fit: Sendable {

@@ -25,7 +25,7 @@ struct TrainGate: ParsableCommand {
                every 2nd position of the first --gate-chat-prompts train-split
                conversations;
             3. writes --base's module with the two tables and the gate (router
-               format 3).
+               format 3 and later).
             Below --min-kept both tables take their first candidate's sets.
             The shipped router was made with (the candidate files come from
             three runs of `buddy train sets`, docs/TRAINING.md):
@@ -115,16 +115,6 @@ struct TrainGate: ParsableCommand {
         let c = model.config, L = c.layers, routable = L - 2
         guard minKept < routable else { throw CLIError("--min-kept must be below the \(routable) routable layers") }
         guard let baseModule = try Routers.make(base, model: model) as? DecisionModule else { throw CLIError("--base must be a decision module") }
-        func candidates(_ list: String, _ flag: String) throws -> [(name: String, sets: [Int: [Int]])] {
-            let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-            guard !names.isEmpty else { throw CLIError("\(flag) names no router") }
-            return try names.map { name in
-                let selector = try Routers.make(name, model: model)
-                let sets = ContextGateTraining.sets(of: selector, routable: routable)
-                guard sets.count == routable else { throw CLIError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
-                return (name, sets)
-            }
-        }
         /// Each k's set among the candidates' by validation KL on `seqs`, reported as a table.
         func validatedTable(_ label: String, _ cands: [(name: String, sets: [Int: [Int]])], _ seqs: [SearchSequence]) -> [Float] {
             let ks = Array((minKept..<routable).reversed())
@@ -154,8 +144,8 @@ struct TrainGate: ParsableCommand {
             }
             kept = (p, g.priorByCount)
         }
-        let competing = kept != nil ? nil : (prose: try candidates(textCandidates!, "--text-candidates"),
-                                             conversation: try candidates(chatCandidates!, "--chat-candidates"))
+        let competing = kept != nil ? nil : (prose: try TrainingData.candidateSets(textCandidates!, flag: "--text-candidates", model: model),
+                                             conversation: try TrainingData.candidateSets(chatCandidates!, flag: "--chat-candidates", model: model))
         let t0 = Date()
 
         // 1. Validation: one set per k and kind of context (or the tables of --tables-from).
@@ -193,22 +183,23 @@ struct TrainGate: ParsableCommand {
             }
         }
         let fit = ContextGateTraining.fitGate(module: baseModule, positives: conversation, negatives: prose, positiveWeight: Float(conversationWeight))
-        let valChatPooled = pooled(valChat, stride: 1)
+        // Every position of each validation conversation; its replies' positions are a suffix.
+        let valChatRows = valChat.map { ContextGateTraining.pooledInputs(model: model, tokens: $0.tokens, first: 0, stride: 1, scratch: scratch) }
+        let valChatPooled = valChatRows.flatMap { $0 }
         let valRates = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: valChatPooled, negatives: pooled(valText, stride: 1))
         let valAccuracy = (valRates.positives + valRates.negatives) / 2
         print(String(format: "gate: %d prose and %d conversation positions; balanced accuracy %.4f (train), %.4f (validation, every position: prose %.4f, conversation %.4f right)",
                      prose.count, conversation.count, fit.trainAccuracy, valAccuracy, valRates.negatives, valRates.positives))
-        let replies = valChat.flatMap { ContextGateTraining.pooledInputs(model: model, tokens: $0.tokens, first: $0.scored.lowerBound, stride: 1, scratch: scratch) }
-        let replyRate = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: replies, negatives: []).positives
-        print(String(format: "gate: conversation %.4f right at the validation replies' positions", replyRate))
-        var extraAccuracy = String(format: ", conversation %.4f right at validation reply positions", replyRate)
+        let replies = zip(valChat, valChatRows).flatMap { s, rows in rows[s.scored.lowerBound...] }
+        let replyRate = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: Array(replies), negatives: []).positives
+        var findings = [String(format: "conversation %.4f right at validation reply positions", replyRate)]
         if let validationExtraChunks {
             let range = try chunkRange(validationExtraChunks, "--validation-extra-chunks")
             let extra = try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: 256, path: data)
             let prose = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: [], negatives: pooled(extra, stride: 4)).negatives
-            extraAccuracy = String(format: ", prose %.4f right on text chunks %@", prose, validationExtraChunks)
-            print("gate:" + extraAccuracy.dropFirst(1))
+            findings.append(String(format: "prose %.4f right on text chunks %@", prose, validationExtraChunks))
         }
+        for f in findings { print("gate: " + f) }
 
         // 3. The module.
         var w = baseModule.weights
@@ -221,7 +212,7 @@ struct TrainGate: ParsableCommand {
                            validationChatPrompts, replyTokens, conversationWeight, minKept, base, fit.trainAccuracy, valAccuracy, Date().timeIntervalSince(t0))
         let moreText = gateExtraChunks.map { "; more gate text: chunks \($0)" } ?? ""
         let hellaSwag = extraProse.map { String(format: "; extra prose: %@ tasks %d..<%d", $0, extraProseSkip, extraProseSkip + extraProseCount) } ?? ""
-        let extras = moreText + extraAccuracy + hellaSwag
+        let extras = moreText + findings.map { "; " + $0 }.joined() + hellaSwag
         try RouterFile.save(module, model: model, notes: notes + extras, to: out)
         print("written to \(out)")
     }

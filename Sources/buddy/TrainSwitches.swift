@@ -95,13 +95,7 @@ struct TrainSwitches: ParsableCommand {
             }
             return k
         }
-        let names = candidates.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard !names.isEmpty else { throw CLIError("--candidates names no router") }
-        let alternatives = try names.map { name -> (name: String, sets: [Int: [Int]]) in
-            let sets = ContextGateTraining.sets(of: try Routers.make(name, model: model), routable: routable)
-            guard sets.count == routable else { throw CLIError("--candidates: '\(name)' does not run one set per budget") }
-            return (name, sets)
-        }
+        let alternatives = try TrainingData.candidateSets(candidates, flag: "--candidates", model: model)
         let t0 = Date()
 
         let ids = try TrainingData.textTokens(data, model: model)
@@ -121,7 +115,7 @@ struct TrainSwitches: ParsableCommand {
             let validation = LayerSetSearch(model: model, sequences: data.validation, threads: modelOptions.threads)
             let zTrain = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.train, scratch: scratch)
             let zValidation = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.validation, scratch: scratch)
-            func mask(_ set: [Int]) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || set.contains($0) } }
+            func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: set) }
             let work = ks.reduce(0) { n, k in n + 1 + Set(alternatives.map { $0.sets[k]! }).count }
             let bar = ProgressBar("\(label) switches", total: work)
             var done = 0
@@ -129,7 +123,7 @@ struct TrainSwitches: ParsableCommand {
             print("| k | table's set (train / val) | alternative | alternative alone (val) | per-token oracle (val) | switched (train / val) | switched share (val) | routed val: table / switched | kept |")
             print("|---|---|---|---|---|---|---|---|---|")
             for k in ks {
-                let base = Array(LayerBudget.topK(Array(module.priorScores(kept: k, gated: conversation)), k: k))
+                let base = LayerBudget.topK(Array(module.priorScores(kept: k, gated: conversation)), k: k)
                 let baseTrain = train.positionKL(mask(base)), baseValidation = validation.positionKL(mask(base))
                 let baseMean = (train: mean(baseTrain), validation: mean(baseValidation))
                 done += 1; bar.update(done, detail: "k \(k)")

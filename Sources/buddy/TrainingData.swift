@@ -11,6 +11,19 @@ enum TrainingData {
         return model.tokenizer.encode(text, parseSpecial: false)
     }
 
+    /// Each router named in the comma-separated `list` with its set for every k; a router whose
+    /// choice depends on more than k (it routes per token) is refused, naming `flag`.
+    static func candidateSets(_ list: String, flag: String, model: LanguageModel) throws -> [(name: String, sets: [Int: [Int]])] {
+        let routable = model.config.layers - 2
+        let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !names.isEmpty else { throw CLIError("\(flag) names no router") }
+        return try names.map { name in
+            let sets = ContextGateTraining.sets(of: try Routers.make(name, model: model), routable: routable)
+            guard sets.count == routable else { throw CLIError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
+            return (name, sets)
+        }
+    }
+
     /// Chunks `chunks` of `length` tokens, each scored from position `firstScored` on.
     static func textSequences(_ ids: [Int32], chunks: Range<Int>, length: Int, firstScored: Int, path: String) throws -> [SearchSequence] {
         guard ids.count >= chunks.upperBound * length else {
