@@ -48,7 +48,10 @@ public final class LayerSetSearch {
     /// Put-back steps taken by the last search (resumed ones included).
     public private(set) var inclusions = 0
 
-    public init(model: LanguageModel, sequences: [SearchSequence], threads: Int = 2) {
+    /// Runs every sequence at full depth once (the reference distributions); `progress` is told
+    /// (sequences done, total) after each, as this takes minutes for a few dozen chunks.
+    public init(model: LanguageModel, sequences: [SearchSequence], threads: Int = 2,
+                progress: ((Int, Int) -> Void)? = nil) {
         let c = model.config
         let maxLength = sequences.map(\.tokens.count).max() ?? 1
         self.model = model
@@ -76,6 +79,7 @@ public final class LayerSetSearch {
             }
             fullProbs.append(probs)
             fullNegEntropy.append(negEntropy)
+            progress?(fullProbs.count, sequences.count)
         }
     }
     deinit { logits.deallocate(); fullProbs.forEach { $0.deallocate() } }

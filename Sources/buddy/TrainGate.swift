@@ -83,14 +83,6 @@ struct TrainGate: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     /// "FIRST..<END" as a range of chunks.
-    func chunkRange(_ text: String, _ flag: String) throws -> Range<Int> {
-        let parts = text.components(separatedBy: "..<")
-        guard parts.count == 2, let a = Int(parts[0]), let b = Int(parts[1]), a >= 0, a < b else {
-            throw ValidationError("\(flag) must be FIRST..<END with 0 <= FIRST < END, not '\(text)'")
-        }
-        return a..<b
-    }
-
     func validate() throws {
         guard gateTextChunks >= 1, gateChatPrompts >= 1 else { throw ValidationError("--gate-text-chunks and --gate-chat-prompts must be at least 1") }
         guard validationSkipChunks >= 0, validationChunks >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
@@ -105,8 +97,8 @@ struct TrainGate: ParsableCommand {
         guard extraProseSkip >= 0, extraProseCount >= 1 else { throw ValidationError("--extra-prose-skip must be >= 0 and --extra-prose-count >= 1") }
         guard conversationWeight > 0, conversationWeight < 1 else { throw ValidationError("--conversation-weight must be between 0 and 1") }
         guard minKept >= 1 else { throw ValidationError("--min-kept must be at least 1") }
-        _ = try gateExtraChunks.map { try chunkRange($0, "--gate-extra-chunks") }
-        _ = try validationExtraChunks.map { try chunkRange($0, "--validation-extra-chunks") }
+        _ = try gateExtraChunks.map { try TrainingData.chunkRange($0, "--gate-extra-chunks") }
+        _ = try validationExtraChunks.map { try TrainingData.chunkRange($0, "--validation-extra-chunks") }
         try modelOptions.validateThreads()
     }
 
@@ -118,7 +110,7 @@ struct TrainGate: ParsableCommand {
         /// Each k's set among the candidates' by validation KL on `seqs`, reported as a table.
         func validatedTable(_ label: String, _ cands: [(name: String, sets: [Int: [Int]])], _ seqs: [SearchSequence]) -> [Float] {
             let ks = Array((minKept..<routable).reversed())
-            let search = LayerSetSearch(model: model, sequences: seqs, threads: modelOptions.threads)
+            let search = TrainingData.search(model: model, sequences: seqs, threads: modelOptions.threads, label: label)
             let distinct = ks.reduce(0) { n, k in n + Set(cands.map { $0.sets[k]! }).count }
             let bar = ProgressBar("validating \(label) sets", total: distinct)
             let choice = ContextGateTraining.chooseSets(search: search, candidates: cands.map(\.sets), ks: ks) { bar.update($0) }
@@ -166,7 +158,7 @@ struct TrainGate: ParsableCommand {
         let gateChat = try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<gateChatPrompts, replyTokens: replyTokens, threads: modelOptions.threads)
         var prose = pooled(gateText, stride: 8)
         if let gateExtraChunks {
-            let extra = try TrainingData.textSequences(ids, chunks: try chunkRange(gateExtraChunks, "--gate-extra-chunks"), length: 512, firstScored: 256, path: data)
+            let extra = try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(gateExtraChunks, "--gate-extra-chunks"), length: 512, firstScored: 256, path: data)
             prose += pooled(extra, stride: 8)
         }
         let conversation = pooled(gateChat, stride: 2)
@@ -194,7 +186,7 @@ struct TrainGate: ParsableCommand {
         let replyRate = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: Array(replies), negatives: []).positives
         var findings = [String(format: "conversation %.4f right at validation reply positions", replyRate)]
         if let validationExtraChunks {
-            let range = try chunkRange(validationExtraChunks, "--validation-extra-chunks")
+            let range = try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks")
             let extra = try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: 256, path: data)
             let prose = ContextGateTraining.hitRates(gate: fit.gate, module: baseModule, positives: [], negatives: pooled(extra, stride: 4)).negatives
             findings.append(String(format: "prose %.4f right on text chunks %@", prose, validationExtraChunks))

@@ -83,7 +83,7 @@ struct TrainSets: ParsableCommand {
         let ids = try TrainingData.textTokens(data, model: model)
         var sequences = try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: textChunk, firstScored: 16, path: data)
         sequences += try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens, threads: modelOptions.threads)
-        let search = LayerSetSearch(model: model, sequences: sequences, threads: modelOptions.threads)
+        let search = TrainingData.search(model: model, sequences: sequences, threads: modelOptions.threads, label: "training data")
         print("training data: \(textChunks) text chunks and \(sequences.count - textChunks) chat replies, \(search.scoredCount) scored positions")
 
         // Resume when a checkpoint of the same search exists.

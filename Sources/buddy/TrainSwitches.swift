@@ -33,7 +33,11 @@ struct TrainSwitches: ParsableCommand {
             Mixing sets costs little under --kv-policy fill and much under mask
             (a token then cannot attend to the keys of earlier tokens that
             skipped the layer); the shipped router was made and is evaluated
-            with fill, the default.
+            with fill, the default. The --router's switches for budgets not in --kept
+            are carried over unchanged, so one budget can be refitted alone.
+            --text-extra-chunks and --validation-extra-chunks add text from later in
+            the file (chunks 84 and up lie past the 64 that buddy eval perplexity
+            --skip-chunks 20 scores).
             """)
 
     @Option(name: .long, help: "WikiText-2 validation file (training and validation text).")
@@ -54,6 +58,10 @@ struct TrainSwitches: ParsableCommand {
     var validationSkipChunks: Int = 14
     @Option(name: .long, help: "512-token chunks of validation text.")
     var validationChunks: Int = 6
+    @Option(name: .long, help: "More 512-token training chunks of --data, as FIRST..<END (e.g. 84..<124, past the chunks the evaluation scores), scored like --text-chunks.")
+    var textExtraChunks: String?
+    @Option(name: .long, help: "More 512-token validation chunks of --data, as FIRST..<END (e.g. 164..<204), second halves scored.")
+    var validationExtraChunks: String?
     @Option(name: .long, help: "Train-split conversations (from the first) for training.")
     var chatPrompts: Int = 16
     @Option(name: .long, help: "Train-split prompts skipped before the validation conversations.")
@@ -80,6 +88,8 @@ struct TrainSwitches: ParsableCommand {
         guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
         guard minGain >= 0, minGain < 1 else { throw ValidationError("--min-gain must be in [0, 1)") }
         guard decay >= 0, decay.isFinite else { throw ValidationError("--decay must be >= 0") }
+        _ = try textExtraChunks.map { try TrainingData.chunkRange($0, "--text-extra-chunks") }
+        _ = try validationExtraChunks.map { try TrainingData.chunkRange($0, "--validation-extra-chunks") }
         try modelOptions.validateThreads()
     }
 
@@ -99,20 +109,32 @@ struct TrainSwitches: ParsableCommand {
         let t0 = Date()
 
         let ids = try TrainingData.textTokens(data, model: model)
-        let text = (train: try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: 512, firstScored: textFirstScored, path: data),
+        var text = (train: try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: 512, firstScored: textFirstScored, path: data),
                     validation: try TrainingData.textSequences(ids, chunks: validationSkipChunks..<(validationSkipChunks + validationChunks),
                                                                length: 512, firstScored: 256, path: data))
+        if let textExtraChunks {
+            text.train += try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"),
+                                                         length: 512, firstScored: textFirstScored, path: data)
+        }
+        if let validationExtraChunks {
+            text.validation += try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"),
+                                                              length: 512, firstScored: 256, path: data)
+        }
         let chat = (train: try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens, threads: modelOptions.threads),
                     validation: try TrainingData.chatSequences(model: model, path: chatData, prompts: validationChatSkip..<(validationChatSkip + validationChatPrompts),
                                                                replyTokens: replyTokens, threads: modelOptions.threads))
         let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
-        var switches: [DecisionModule.TokenSwitch] = []
+        // Switches of the input router for budgets not refitted here stay as they are.
+        var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) }
+        if !switches.isEmpty {
+            print("kept from --router: switches for k = " + switches.map { "\($0.kept) (\($0.conversation ? "conversation" : "prose"))" }.joined(separator: ", "))
+        }
         var report: [String] = []
 
         for (conversation, data) in [(false, text), (true, chat)] {
             let label = conversation ? "conversation" : "prose"
-            let train = LayerSetSearch(model: model, sequences: data.train, threads: modelOptions.threads)
-            let validation = LayerSetSearch(model: model, sequences: data.validation, threads: modelOptions.threads)
+            let train = TrainingData.search(model: model, sequences: data.train, threads: modelOptions.threads, label: "\(label) training")
+            let validation = TrainingData.search(model: model, sequences: data.validation, threads: modelOptions.threads, label: "\(label) validation")
             let zTrain = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.train, scratch: scratch)
             let zValidation = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.validation, scratch: scratch)
             func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: set) }
@@ -151,7 +173,7 @@ struct TrainSwitches: ParsableCommand {
                 let candidate = DecisionModule.TokenSwitch(kept: k, conversation: conversation, alternative: b.set, weights: b.fit.weights, bias: b.fit.bias)
                 func routed(_ extra: [DecisionModule.TokenSwitch]) throws -> Double {
                     var w = module.weights
-                    w.tokenSwitches = extra
+                    w.tokenSwitches = extra  // this k's switch alone: the others do not act at this budget
                     let m = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
                     m.budget = Double(k) / Double(routable)
                     return validation.routedKL(m, policy: kvPolicy)
@@ -170,8 +192,9 @@ struct TrainSwitches: ParsableCommand {
         var w = module.weights
         w.tokenSwitches = switches
         let refined = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
-        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
-                           router, candidates, kept, textChunks, textFirstScored, validationSkipChunks, validationChunks, chatPrompts,
+        let extras = (textExtraChunks.map { " --text-extra-chunks \"\($0)\"" } ?? "") + (validationExtraChunks.map { " --validation-extra-chunks \"\($0)\"" } ?? "")
+        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d%@ --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
+                           router, candidates, kept, textChunks, textFirstScored, validationSkipChunks, validationChunks, extras, chatPrompts,
                            validationChatSkip, validationChatPrompts, replyTokens, minGain, Double(decay), kvPolicy.rawValue, report.joined(separator: "; "), Date().timeIntervalSince(t0))
         try RouterFile.save(refined, model: model, notes: notes, to: out)
         print("\(switches.count) switches; written to \(out)")

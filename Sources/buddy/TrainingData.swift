@@ -1,3 +1,4 @@
+import ArgumentParser
 import BuddyCore
 import BuddyRouting
 import Foundation
@@ -22,6 +23,21 @@ enum TrainingData {
             guard sets.count == routable else { throw CLIError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
             return (name, sets)
         }
+    }
+
+    /// A layer-set search over `sequences`, its full-depth reference pass shown as a progress bar.
+    static func search(model: LanguageModel, sequences: [SearchSequence], threads: Int, label: String) -> LayerSetSearch {
+        let bar = ProgressBar("full-depth references (\(label))", total: sequences.count)
+        return LayerSetSearch(model: model, sequences: sequences, threads: threads) { bar.update($0, detail: "of \($1) sequences") }
+    }
+
+    /// A range of chunks given on the command line as FIRST..<END; `flag` names the option in the error.
+    static func chunkRange(_ text: String, _ flag: String) throws -> Range<Int> {
+        let parts = text.components(separatedBy: "..<")
+        guard parts.count == 2, let a = Int(parts[0]), let b = Int(parts[1]), a >= 0, a < b else {
+            throw ValidationError("\(flag) must be FIRST..<END with 0 <= FIRST < END, not '\(text)'")
+        }
+        return a..<b
     }
 
     /// Chunks `chunks` of `length` tokens, each scored from position `firstScored` on.
