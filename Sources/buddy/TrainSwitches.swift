@@ -62,6 +62,10 @@ struct TrainSwitches: ParsableCommand {
     var textExtraChunks: String?
     @Option(name: .long, help: "More 512-token validation chunks of --data, as FIRST..<END (e.g. 164..<204), second halves scored.")
     var validationExtraChunks: String?
+    @Option(name: .long, help: "Which tables to fit switches for: prose, conversation or both (comma-separated).")
+    var tables: String = "prose,conversation"
+    @Flag(name: .long, help: "Also use each train-split question's follow-up turn (after the full model's first reply) as a conversation, for training and validation.")
+    var secondTurns = false
     @Option(name: .long, help: "Train-split conversations (from the first) for training.")
     var chatPrompts: Int = 16
     @Option(name: .long, help: "Train-split prompts skipped before the validation conversations.")
@@ -88,9 +92,20 @@ struct TrainSwitches: ParsableCommand {
         guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
         guard minGain >= 0, minGain < 1 else { throw ValidationError("--min-gain must be in [0, 1)") }
         guard decay >= 0, decay.isFinite else { throw ValidationError("--decay must be >= 0") }
+        _ = try fittedTables()
         _ = try textExtraChunks.map { try TrainingData.chunkRange($0, "--text-extra-chunks") }
         _ = try validationExtraChunks.map { try TrainingData.chunkRange($0, "--validation-extra-chunks") }
         try modelOptions.validateThreads()
+    }
+
+    /// Which tables are fitted: (prose, conversation).
+    func fittedTables() throws -> (prose: Bool, conversation: Bool) {
+        let names = tables.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        for n in names where n != "prose" && n != "conversation" {
+            throw ValidationError("--tables: '\(n)' is not a table (prose, conversation)")
+        }
+        guard !names.isEmpty else { throw ValidationError("--tables names no table") }
+        return (names.contains("prose"), names.contains("conversation"))
     }
 
     func run() throws {
@@ -106,32 +121,37 @@ struct TrainSwitches: ParsableCommand {
             return k
         }
         let alternatives = try TrainingData.candidateSets(candidates, flag: "--candidates", model: model)
+        let fitted = try fittedTables()
         let t0 = Date()
 
         let ids = try TrainingData.textTokens(data, model: model)
         var text = (train: try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: 512, firstScored: textFirstScored, path: data),
                     validation: try TrainingData.textSequences(ids, chunks: validationSkipChunks..<(validationSkipChunks + validationChunks),
                                                                length: 512, firstScored: 256, path: data))
-        if let textExtraChunks {
+        if !fitted.prose { text = ([], []) }
+        if fitted.prose, let textExtraChunks {
             text.train += try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"),
                                                          length: 512, firstScored: textFirstScored, path: data)
         }
-        if let validationExtraChunks {
+        if fitted.prose, let validationExtraChunks {
             text.validation += try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"),
                                                               length: 512, firstScored: 256, path: data)
         }
-        let chat = (train: try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens, threads: modelOptions.threads),
-                    validation: try TrainingData.chatSequences(model: model, path: chatData, prompts: validationChatSkip..<(validationChatSkip + validationChatPrompts),
-                                                               replyTokens: replyTokens, threads: modelOptions.threads))
+        let chatTrain = fitted.conversation ? 0..<chatPrompts : 0..<0
+        let chatValidation = fitted.conversation ? validationChatSkip..<(validationChatSkip + validationChatPrompts) : 0..<0
+        let chat = (train: try TrainingData.chatSequences(model: model, path: chatData, prompts: chatTrain, replyTokens: replyTokens,
+                                                          threads: modelOptions.threads, secondTurns: secondTurns),
+                    validation: try TrainingData.chatSequences(model: model, path: chatData, prompts: chatValidation, replyTokens: replyTokens,
+                                                               threads: modelOptions.threads, secondTurns: secondTurns))
         let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
         // Switches of the input router for budgets not refitted here stay as they are.
-        var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) }
+        var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) || !($0.conversation ? fitted.conversation : fitted.prose) }
         if !switches.isEmpty {
             print("kept from --router: switches for k = " + switches.map { "\($0.kept) (\($0.conversation ? "conversation" : "prose"))" }.joined(separator: ", "))
         }
         var report: [String] = []
 
-        for (conversation, data) in [(false, text), (true, chat)] {
+        for (conversation, data) in [(false, text), (true, chat)] where conversation ? fitted.conversation : fitted.prose {
             let label = conversation ? "conversation" : "prose"
             let train = TrainingData.search(model: model, sequences: data.train, threads: modelOptions.threads, label: "\(label) training")
             let validation = TrainingData.search(model: model, sequences: data.validation, threads: modelOptions.threads, label: "\(label) validation")
@@ -192,7 +212,7 @@ struct TrainSwitches: ParsableCommand {
         var w = module.weights
         w.tokenSwitches = switches
         let refined = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
-        let extras = (textExtraChunks.map { " --text-extra-chunks \"\($0)\"" } ?? "") + (validationExtraChunks.map { " --validation-extra-chunks \"\($0)\"" } ?? "")
+        let extras = " --tables \(tables)" + (secondTurns ? " --second-turns" : "") + (textExtraChunks.map { " --text-extra-chunks \"\($0)\"" } ?? "") + (validationExtraChunks.map { " --validation-extra-chunks \"\($0)\"" } ?? "")
         let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d%@ --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
                            router, candidates, kept, textChunks, textFirstScored, validationSkipChunks, validationChunks, extras, chatPrompts,
                            validationChatSkip, validationChatPrompts, replyTokens, minGain, Double(decay), kvPolicy.rawValue, report.joined(separator: "; "), Date().timeIntervalSince(t0))

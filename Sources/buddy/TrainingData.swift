@@ -49,8 +49,11 @@ enum TrainingData {
     }
 
     /// Train-split chat prompts `prompts` with the full model's greedy replies of up to
-    /// `replyTokens`; the positions that predict the reply are scored.
-    static func chatSequences(model: LanguageModel, path: String, prompts range: Range<Int>, replyTokens: Int, threads: Int) throws -> [SearchSequence] {
+    /// `replyTokens`; the positions that predict the reply are scored. With `secondTurns`, each
+    /// prompt that has a follow-up question adds a second conversation: first question, the
+    /// full model's reply to it, the follow-up, and the full model's reply to that (scored).
+    static func chatSequences(model: LanguageModel, path: String, prompts range: Range<Int>, replyTokens: Int, threads: Int,
+                              secondTurns: Bool = false) throws -> [SearchSequence] {
         guard let chatText = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read chat prompts '\(path)'") }
         let all = try ChatPromptSet.parse(chatText, split: .train)
         let prompts = all[min(range.lowerBound, all.count)..<min(range.upperBound, all.count)]
@@ -67,7 +70,19 @@ enum TrainingData {
             // Position p predicts token p+1: score the positions that predict the reply.
             let tokens = prompt + ref.reply
             sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
-            bar.update(i + 1, detail: "\(ref.reply.count) reply tokens")
+            var detail = "\(ref.reply.count) reply tokens"
+            if secondTurns, let followUp = p.followUp {
+                let second = chat.promptTokens([ChatMessage(role: .user, content: p.text),
+                                                ChatMessage(role: .assistant, content: model.tokenizer.decode(ref.reply)),
+                                                ChatMessage(role: .user, content: followUp)])
+                if second.count + replyTokens <= 512 {
+                    let ref2 = try chat.reference(prompt: second, maxTokens: replyTokens)
+                    let tokens2 = second + ref2.reply
+                    sequences.append(SearchSequence(tokens: tokens2, scored: (second.count - 1)..<(tokens2.count - 1)))
+                    detail += ", second turn \(ref2.reply.count)"
+                }
+            }
+            bar.update(i + 1, detail: detail)
         }
         return sequences
     }

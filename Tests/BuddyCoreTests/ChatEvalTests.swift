@@ -10,6 +10,23 @@ final class ChatEvalTests: XCTestCase {
         XCTAssertEqual(try ChatPromptSet.parse(text, split: .heldout).map(\.id), ["81", "83"])
         XCTAssertThrowsError(try ChatPromptSet.parse(lines[0] + "\nnot json\n")) { XCTAssertTrue("\($0)".contains("line 2"), "\($0)") }
         XCTAssertThrowsError(try ChatPromptSet.parse(#"{"turns": []}"#)) { XCTAssertTrue("\($0)".contains("turns"), "\($0)") }
+        // The follow-up turn is kept when there is one (and not empty).
+        XCTAssertEqual(try ChatPromptSet.parse(text).map(\.followUp), Array(repeating: "second", count: 5))
+        XCTAssertEqual(try ChatPromptSet.parse(#"{"turns": ["only"]}"# + "\n" + #"{"turns": ["a", ""]}"#).map(\.followUp), [nil, nil])
+    }
+
+    /// A follow-up conversation renders both user turns and the assistant's reply between them, in
+    /// the template's order, ending ready for the assistant.
+    func testFollowUpPromptRendersTheWholeConversation() throws {
+        let m = try TestSupport.model()
+        let ev = ChatEvaluator(session: Session(model: m, capacity: 512, threads: 1))
+        let ids = ev.promptTokens([ChatMessage(role: .user, content: "Name a colour."), ChatMessage(role: .assistant, content: "Blue."),
+                                   ChatMessage(role: .user, content: "Another?")])
+        let text = m.tokenizer.decode(ids, includeSpecial: true)
+        let conversation = "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>\n"
+            + "<|im_start|>user\nAnother?<|im_end|>\n<|im_start|>assistant\n"
+        XCTAssertTrue(text.hasSuffix(conversation), text)
+        XCTAssertEqual(ev.promptTokens("Name a colour."), ev.promptTokens([ChatMessage(role: .user, content: "Name a colour.")]))
     }
 
     /// The full model teacher-forced along its own greedy reply reproduces it exactly.

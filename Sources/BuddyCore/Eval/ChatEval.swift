@@ -8,6 +8,8 @@ public struct ChatPrompt: Sendable, Equatable {
     public let id: String
     public let category: String
     public let text: String
+    /// The question's second user turn, if it has one (MT-Bench asks a follow-up).
+    public let followUp: String?
 }
 
 public enum ChatPromptSplit: String, Sendable, CaseIterable {
@@ -33,7 +35,8 @@ public enum ChatPromptSet {
                 throw ParseError(line: i + 1, reason: "missing a non-empty \"turns\" list of strings")
             }
             let id = (obj["question_id"] as? NSNumber)?.stringValue ?? (obj["question_id"] as? String) ?? "\(i + 1)"
-            prompts.append(ChatPrompt(id: id, category: obj["category"] as? String ?? "", text: first))
+            let second = turns.count > 1 && !turns[1].isEmpty ? turns[1] : nil
+            prompts.append(ChatPrompt(id: id, category: obj["category"] as? String ?? "", text: first, followUp: second))
         }
         switch split {
         case .all: return prompts
@@ -83,9 +86,12 @@ public final class ChatEvaluator {
     deinit { rows.deallocate() }
 
     /// Token ids of one user turn in the model's chat template (with its default system prompt).
-    public func promptTokens(_ text: String) -> [Int32] {
+    public func promptTokens(_ text: String) -> [Int32] { promptTokens([ChatMessage(role: .user, content: text)]) }
+
+    /// A conversation so far, rendered with the model's template and ready for the assistant's turn.
+    public func promptTokens(_ messages: [ChatMessage]) -> [Int32] {
         let model = session.model
-        var ids = model.tokenizer.encode(model.template.render([ChatMessage(role: .user, content: text)]), parseSpecial: true)
+        var ids = model.tokenizer.encode(model.template.render(messages), parseSpecial: true)
         if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
         return ids
     }
