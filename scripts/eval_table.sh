@@ -83,7 +83,7 @@ def table(title, rows, key, fmt, note, lower_is_better=None, standard_error=None
                 if fmt(mine) == fmt(v): extra = f" equal ({m}) |"
                 else:
                     # For a sampled accuracy, how far apart in standard errors of the sample.
-                    se = f", {abs(mine - v) / standard_error(v):.1f} s.e." if standard_error else ""
+                    se = f", {abs(mine - v) / standard_error(v, value(rows, m, b, 'n')):.1f} s.e." if standard_error else ""
                     extra = f" {'**better**' if better else 'worse'} ({rel:+.1f} % vs {m}{se}) |"
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |" + extra)
     print()
@@ -109,7 +109,7 @@ def acc(v): return f"{v:.3f}"
 table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
       "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
       "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)", lower_is_better=False,
-      standard_error=lambda p: math.sqrt(p * (1 - p) / 400))
+      standard_error=lambda p, n: math.sqrt(p * (1 - p) / n))
 table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
       "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
       "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)

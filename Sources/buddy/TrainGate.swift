@@ -82,7 +82,6 @@ struct TrainGate: ParsableCommand {
     var out: String
     @OptionGroup var modelOptions: ModelOptions
 
-    /// "FIRST..<END" as a range of chunks.
     func validate() throws {
         guard gateTextChunks >= 1, gateChatPrompts >= 1 else { throw ValidationError("--gate-text-chunks and --gate-chat-prompts must be at least 1") }
         guard validationSkipChunks >= 0, validationChunks >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {

@@ -98,14 +98,19 @@ struct TrainSwitches: ParsableCommand {
         try modelOptions.validateThreads()
     }
 
-    /// Which tables are fitted: (prose, conversation).
-    func fittedTables() throws -> (prose: Bool, conversation: Bool) {
+    /// The tables --tables names.
+    struct FittedTables {
+        var prose: Bool, conversation: Bool
+        func includes(conversation table: Bool) -> Bool { table ? conversation : prose }
+    }
+
+    func fittedTables() throws -> FittedTables {
         let names = tables.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         for n in names where n != "prose" && n != "conversation" {
             throw ValidationError("--tables: '\(n)' is not a table (prose, conversation)")
         }
         guard !names.isEmpty else { throw ValidationError("--tables names no table") }
-        return (names.contains("prose"), names.contains("conversation"))
+        return FittedTables(prose: names.contains("prose"), conversation: names.contains("conversation"))
     }
 
     func run() throws {
@@ -124,18 +129,18 @@ struct TrainSwitches: ParsableCommand {
         let fitted = try fittedTables()
         let t0 = Date()
 
-        let ids = try TrainingData.textTokens(data, model: model)
-        var text = (train: try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: 512, firstScored: textFirstScored, path: data),
-                    validation: try TrainingData.textSequences(ids, chunks: validationSkipChunks..<(validationSkipChunks + validationChunks),
-                                                               length: 512, firstScored: 256, path: data))
-        if !fitted.prose { text = ([], []) }
-        if fitted.prose, let textExtraChunks {
-            text.train += try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"),
-                                                         length: 512, firstScored: textFirstScored, path: data)
-        }
-        if fitted.prose, let validationExtraChunks {
-            text.validation += try TrainingData.textSequences(ids, chunks: try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"),
-                                                              length: 512, firstScored: 256, path: data)
+        var text: (train: [SearchSequence], validation: [SearchSequence]) = ([], [])
+        if fitted.prose {
+            let ids = try TrainingData.textTokens(data, model: model)
+            func chunks(_ range: Range<Int>, firstScored: Int) throws -> [SearchSequence] {
+                try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: firstScored, path: data)
+            }
+            text.train = try chunks(0..<textChunks, firstScored: textFirstScored)
+            text.validation = try chunks(validationSkipChunks..<(validationSkipChunks + validationChunks), firstScored: 256)
+            if let textExtraChunks { text.train += try chunks(try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"), firstScored: textFirstScored) }
+            if let validationExtraChunks {
+                text.validation += try chunks(try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"), firstScored: 256)
+            }
         }
         let chatTrain = fitted.conversation ? 0..<chatPrompts : 0..<0
         let chatValidation = fitted.conversation ? validationChatSkip..<(validationChatSkip + validationChatPrompts) : 0..<0
@@ -145,13 +150,13 @@ struct TrainSwitches: ParsableCommand {
                                                                threads: modelOptions.threads, secondTurns: secondTurns))
         let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
         // Switches of the input router for budgets not refitted here stay as they are.
-        var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) || !($0.conversation ? fitted.conversation : fitted.prose) }
+        var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) || !fitted.includes(conversation: $0.conversation) }
         if !switches.isEmpty {
             print("kept from --router: switches for k = " + switches.map { "\($0.kept) (\($0.conversation ? "conversation" : "prose"))" }.joined(separator: ", "))
         }
         var report: [String] = []
 
-        for (conversation, data) in [(false, text), (true, chat)] where conversation ? fitted.conversation : fitted.prose {
+        for (conversation, data) in [(false, text), (true, chat)] where fitted.includes(conversation: conversation) {
             let label = conversation ? "conversation" : "prose"
             let train = TrainingData.search(model: model, sequences: data.train, threads: modelOptions.threads, label: "\(label) training")
             let validation = TrainingData.search(model: model, sequences: data.validation, threads: modelOptions.threads, label: "\(label) validation")

@@ -60,27 +60,28 @@ enum TrainingData {
         guard !prompts.isEmpty || range.isEmpty else { throw CLIError("'\(path)' has only \(all.count) train-split prompts") }
         var sequences: [SearchSequence] = []
         guard !prompts.isEmpty else { return sequences }
-        let session = Session(model: model, capacity: 512, threads: threads, batchSize: 512)
+        let capacity = 512
+        let session = Session(model: model, capacity: capacity, threads: threads, batchSize: capacity)
         let chat = ChatEvaluator(session: session)
+        /// The full model's greedy reply to `prompt` appended as a scored sequence (nil when
+        /// prompt and reply would not fit the session).
+        func reply(to prompt: [Int32]) throws -> [Int32]? {
+            guard prompt.count + replyTokens <= capacity else { return nil }
+            let reply = try chat.reference(prompt: prompt, maxTokens: replyTokens).reply
+            // Position p predicts token p+1: score the positions that predict the reply.
+            let tokens = prompt + reply
+            sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
+            return reply
+        }
         let bar = ProgressBar("full-depth replies", total: prompts.count)
         for (i, p) in prompts.enumerated() {
-            let prompt = chat.promptTokens(p.text)
-            guard prompt.count + replyTokens <= 512 else { bar.update(i + 1, detail: "prompt \(p.id) too long, skipped"); continue }
-            let ref = try chat.reference(prompt: prompt, maxTokens: replyTokens)
-            // Position p predicts token p+1: score the positions that predict the reply.
-            let tokens = prompt + ref.reply
-            sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
-            var detail = "\(ref.reply.count) reply tokens"
-            if secondTurns, let followUp = p.followUp {
-                let second = chat.promptTokens([ChatMessage(role: .user, content: p.text),
-                                                ChatMessage(role: .assistant, content: model.tokenizer.decode(ref.reply)),
-                                                ChatMessage(role: .user, content: followUp)])
-                if second.count + replyTokens <= 512 {
-                    let ref2 = try chat.reference(prompt: second, maxTokens: replyTokens)
-                    let tokens2 = second + ref2.reply
-                    sequences.append(SearchSequence(tokens: tokens2, scored: (second.count - 1)..<(tokens2.count - 1)))
-                    detail += ", second turn \(ref2.reply.count)"
-                }
+            guard let first = try reply(to: chat.promptTokens(p.text)) else { bar.update(i + 1, detail: "prompt \(p.id) too long, skipped"); continue }
+            var detail = "\(first.count) reply tokens"
+            if secondTurns, let followUp = p.followUp,
+               let second = try reply(to: chat.promptTokens([ChatMessage(role: .user, content: p.text),
+                                                             ChatMessage(role: .assistant, content: model.tokenizer.decode(first)),
+                                                             ChatMessage(role: .user, content: followUp)])) {
+                detail += ", second turn \(second.count)"
             }
             bar.update(i + 1, detail: detail)
         }
