@@ -325,6 +325,28 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         return t
     }
 
+    /// `set` (routable layers, 1...layers-2) becomes the k-layer row of the conversation table
+    /// when `conversation`, else of the module's own table (which is created from the single
+    /// prior when the module has none). Token switches are left as they are.
+    public func replacingSet(kept k: Int, conversation: Bool, with set: [Int]) throws -> DecisionModule {
+        let routable = self.routable
+        guard set.count == k, Set(set).count == k, set.allSatisfy({ (1...routable).contains($0) }) else {
+            throw RoutingError.invalidRanking("expected \(k) distinct routable layers in 1...\(routable), got \(set)")
+        }
+        let row = DecisionModule.priorTable(sets: [k: set], fallback: weights.prior, routable: routable)[((k - 1) * routable)..<(k * routable)]
+        var w = weights
+        if conversation {
+            guard var g = w.gate else { throw RoutingError.badRouterFile(path: name, reason: "the module has no conversation table (no context gate)") }
+            g.priorByCount.replaceSubrange(((k - 1) * routable)..<(k * routable), with: row)
+            w.gate = g
+        } else {
+            var t = w.priorByCount ?? (1...routable).flatMap { _ in weights.prior }
+            t.replaceSubrange(((k - 1) * routable)..<(k * routable), with: row)
+            w.priorByCount = t
+        }
+        return try DecisionModule(name: name, layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: w)
+    }
+
     /// Forget the pooled context (a new conversation).
     public func resetContext() { pooled.reset(); lastMask = nil }
 }

@@ -260,6 +260,55 @@ public final class LayerSetSearch {
 }
 
 extension LayerSetSearch {
+    /// One accepted step of `swapSearch`.
+    public struct Swap: Sendable, Equatable {
+        public var dropped: Int, added: Int
+        public var kl: Double   // mean KL of the set after the swap
+    }
+
+    /// Local search at one size: from `start` (k routable layers), repeatedly exchange one kept
+    /// layer for one dropped layer while that lowers the mean KL, for at most `rounds` swaps.
+    ///
+    /// A backward search only ever removes layers from bigger sets, so at small k it can be
+    /// stuck with an early removal that a static method (SLEB, ShortGPT) never made; a swap
+    /// search starting from such a method's set can only match or improve on it (on this
+    /// data). All k × (routable − k) swaps cost too much at small k on long sequences, so each
+    /// round first scores every single removal and every single addition, then tries every swap
+    /// that involves one of the `shortlist` cheapest removals or one of the `shortlist` most
+    /// useful additions (a shortlist of k or more tries them all).
+    /// progress(evaluations so far, message).
+    public func swapSearch(start: [Int], rounds: Int, shortlist: Int,
+                           progress: ((Int, String) -> Void)? = nil) -> (kept: [Int], kl: Double, swaps: [Swap]) {
+        let L = model.config.layers, routable = L - 2
+        func mask(_ kept: Set<Int>) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || kept.contains($0) } }
+        var current = Set(start)
+        var kl = objective(mask(current))
+        var swaps: [Swap] = []
+        progress?(evaluations, String(format: "start KL %.4f", kl))
+        for _ in 0..<rounds {
+            let kept = current.sorted(), dropped = Set(1...routable).subtracting(current).sorted()
+            guard !kept.isEmpty, !dropped.isEmpty else { break }
+            let base = mask(current)
+            let removals = objectives(base: base, candidates: kept.map { mask(current.subtracting([$0])) })
+            let additions = objectives(base: base, candidates: dropped.map { mask(current.union([$0])) })
+            let outs = Set(kept.indices.sorted { removals[$0] < removals[$1] }.prefix(shortlist).map { kept[$0] })
+            let ins = Set(dropped.indices.sorted { additions[$0] < additions[$1] }.prefix(shortlist).map { dropped[$0] })
+            let pairs = kept.flatMap { o in dropped.map { (o, $0) } }.filter { outs.contains($0.0) || ins.contains($0.1) }
+            let scores = objectives(base: base, candidates: pairs.map { mask(current.subtracting([$0.0]).union([$0.1])) })
+            let i = scores.indices.min { scores[$0] < scores[$1] }!
+            guard scores[i] < kl - 1e-9 else {
+                progress?(evaluations, String(format: "no swap lowers KL %.4f", kl))
+                break
+            }
+            current.remove(pairs[i].0)
+            current.insert(pairs[i].1)
+            kl = scores[i]
+            swaps.append(Swap(dropped: pairs[i].0, added: pairs[i].1, kl: kl))
+            progress?(evaluations, String(format: "swap %d for %d, KL %.4f", pairs[i].0, pairs[i].1, kl))
+        }
+        return (current.sorted(), kl, swaps)
+    }
+
     /// Sets for every k in 1...routable: the searched ones where the search went, and below
     /// its smallest k the smallest searched set thinned in the order of `ranking` (least
     /// important first), so every budget of the slider has a set.

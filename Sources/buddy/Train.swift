@@ -6,7 +6,7 @@ import Foundation
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the Decision Module (default) or the Budget Predictor for this model.",
-        subcommands: [TrainRouter.self, TrainSets.self, TrainGate.self, TrainSwitches.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
+        subcommands: [TrainRouter.self, TrainSets.self, TrainGate.self, TrainSwitches.self, TrainSwap.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
 }
 
 struct TrainRouter: ParsableCommand {

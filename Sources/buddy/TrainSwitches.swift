@@ -40,40 +40,15 @@ struct TrainSwitches: ParsableCommand {
             --skip-chunks 20 scores).
             """)
 
-    @Option(name: .long, help: "WikiText-2 validation file (training and validation text).")
-    var data: String
-    @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.")
-    var chatData: String
+    @OptionGroup var dataOptions: RefitDataOptions
     @Option(name: .long, help: "Gated Decision Module to refine (its tables and gate are kept).")
     var router: String = "buddy"
     @Option(name: .long, help: "Comma-separated routers (names or files) whose sets are the alternatives.")
     var candidates: String = "sleb,shortgpt"
     @Option(name: .long, help: "Comma-separated numbers of routable layers kept to fit switches for.")
     var kept: String = "27,25,22,20,17,14"
-    @Option(name: .long, help: "Training text chunks of 512 tokens (from the start of --data).")
-    var textChunks: Int = 14
-    @Option(name: .long, help: "First scored position in each training text chunk.")
-    var textFirstScored: Int = 128
-    @Option(name: .long, help: "512-token chunks of --data skipped before the validation text.")
-    var validationSkipChunks: Int = 14
-    @Option(name: .long, help: "512-token chunks of validation text.")
-    var validationChunks: Int = 6
-    @Option(name: .long, help: "More 512-token training chunks of --data, as FIRST..<END (e.g. 84..<124, past the chunks the evaluation scores), scored like --text-chunks.")
-    var textExtraChunks: String?
-    @Option(name: .long, help: "More 512-token validation chunks of --data, as FIRST..<END (e.g. 164..<204), second halves scored.")
-    var validationExtraChunks: String?
     @Option(name: .long, help: "Which tables to fit switches for: prose, conversation or both (comma-separated).")
     var tables: String = "prose,conversation"
-    @Flag(name: .long, help: "Also use each train-split question's follow-up turn (after the full model's first reply) as a conversation, for training and validation.")
-    var secondTurns = false
-    @Option(name: .long, help: "Train-split conversations (from the first) for training.")
-    var chatPrompts: Int = 16
-    @Option(name: .long, help: "Train-split prompts skipped before the validation conversations.")
-    var validationChatSkip: Int = 16
-    @Option(name: .long, help: "Validation conversations.")
-    var validationChatPrompts: Int = 24
-    @Option(name: .long, help: "Reply tokens per conversation.")
-    var replyTokens: Int = 48
     @Option(name: .long, help: "Relative validation KL gain a switch must bring to be kept.")
     var minGain: Double = 0.01
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache while validating routed (mask, zero, fill).")
@@ -85,16 +60,9 @@ struct TrainSwitches: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     func validate() throws {
-        guard textChunks >= 1, textFirstScored >= 1, textFirstScored < 511 else { throw ValidationError("--text-chunks must be >= 1 and --text-first-scored in 1...510") }
-        guard validationSkipChunks >= 0, validationChunks >= 1, chatPrompts >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
-            throw ValidationError("data ranges must be non-negative and not empty")
-        }
-        guard (1...256).contains(replyTokens) else { throw ValidationError("--reply-tokens must be 1...256") }
         guard minGain >= 0, minGain < 1 else { throw ValidationError("--min-gain must be in [0, 1)") }
         guard decay >= 0, decay.isFinite else { throw ValidationError("--decay must be >= 0") }
         _ = try fittedTables()
-        _ = try textExtraChunks.map { try TrainingData.chunkRange($0, "--text-extra-chunks") }
-        _ = try validationExtraChunks.map { try TrainingData.chunkRange($0, "--validation-extra-chunks") }
         try modelOptions.validateThreads()
     }
 
@@ -129,25 +97,8 @@ struct TrainSwitches: ParsableCommand {
         let fitted = try fittedTables()
         let t0 = Date()
 
-        var text: (train: [SearchSequence], validation: [SearchSequence]) = ([], [])
-        if fitted.prose {
-            let ids = try TrainingData.textTokens(data, model: model)
-            func chunks(_ range: Range<Int>, firstScored: Int) throws -> [SearchSequence] {
-                try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: firstScored, path: data)
-            }
-            text.train = try chunks(0..<textChunks, firstScored: textFirstScored)
-            text.validation = try chunks(validationSkipChunks..<(validationSkipChunks + validationChunks), firstScored: 256)
-            if let textExtraChunks { text.train += try chunks(try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"), firstScored: textFirstScored) }
-            if let validationExtraChunks {
-                text.validation += try chunks(try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"), firstScored: 256)
-            }
-        }
-        let chatTrain = fitted.conversation ? 0..<chatPrompts : 0..<0
-        let chatValidation = fitted.conversation ? validationChatSkip..<(validationChatSkip + validationChatPrompts) : 0..<0
-        let chat = (train: try TrainingData.chatSequences(model: model, path: chatData, prompts: chatTrain, replyTokens: replyTokens,
-                                                          threads: modelOptions.threads, secondTurns: secondTurns),
-                    validation: try TrainingData.chatSequences(model: model, path: chatData, prompts: chatValidation, replyTokens: replyTokens,
-                                                               threads: modelOptions.threads, secondTurns: secondTurns))
+        let text = try dataOptions.text(model: model, prose: fitted.prose)
+        let chat = try dataOptions.chat(model: model, conversation: fitted.conversation, threads: modelOptions.threads)
         let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
         // Switches of the input router for budgets not refitted here stay as they are.
         var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) || !fitted.includes(conversation: $0.conversation) }
@@ -217,10 +168,9 @@ struct TrainSwitches: ParsableCommand {
         var w = module.weights
         w.tokenSwitches = switches
         let refined = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
-        let extras = " --tables \(tables)" + (secondTurns ? " --second-turns" : "") + (textExtraChunks.map { " --text-extra-chunks \"\($0)\"" } ?? "") + (validationExtraChunks.map { " --validation-extra-chunks \"\($0)\"" } ?? "")
-        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d%@ --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
-                           router, candidates, kept, textChunks, textFirstScored, validationSkipChunks, validationChunks, extras, chatPrompts,
-                           validationChatSkip, validationChatPrompts, replyTokens, minGain, Double(decay), kvPolicy.rawValue, report.joined(separator: "; "), Date().timeIntervalSince(t0))
+        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --tables %@ %@ --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
+                           router, candidates, kept, tables, dataOptions.commandLine, minGain, Double(decay), kvPolicy.rawValue,
+                           report.joined(separator: "; "), Date().timeIntervalSince(t0))
         try RouterFile.save(refined, model: model, notes: notes, to: out)
         print("\(switches.count) switches; written to \(out)")
     }

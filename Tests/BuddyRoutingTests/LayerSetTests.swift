@@ -44,6 +44,63 @@ final class LayerSetTests: XCTestCase {
         for k in 1..<(routable - 2) { XCTAssertTrue(Set(sets[k]!).isSubset(of: Set(sets[k + 1]!)), "k \(k)") }
     }
 
+    /// With a shortlist as big as the set, one round of the swap search takes the best of all
+    /// single swaps (checked by brute force); every round lowers the KL it reports, which is the
+    /// found set's own; the size never changes. A smaller shortlist tries fewer swaps.
+    func testSwapSearchTakesTheBestSwapAndReportsItsSetsKL() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, routable = L - 2
+        let ids = m.tokenizer.encode("The bell rang twice before the doors opened and the crowd moved in from the rain.", parseSpecial: false)
+        let search = LayerSetSearch(model: m, sequences: [SearchSequence(tokens: ids, scored: 3..<(ids.count - 1))], threads: 2)
+        func runs(_ kept: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
+        let start = (1...routable).filter { $0 != 1 && $0 != 20 }   // layer 1 is one this model cannot spare
+        let startKL = search.objective(runs(start))
+        var bruteForce: (kl: Double, out: Int, in: Int) = (.infinity, 0, 0)
+        for o in start { for a in [1, 20] {
+            let kl = search.objective(runs(start.filter { $0 != o } + [a]))
+            if kl < bruteForce.kl { bruteForce = (kl, o, a) }
+        } }
+        XCTAssertLessThan(bruteForce.kl, startKL, "some swap helps this start")
+
+        let one = search.swapSearch(start: start, rounds: 1, shortlist: start.count)
+        XCTAssertEqual(one.swaps.map { [$0.dropped, $0.added] }, [[bruteForce.out, bruteForce.in]])
+        XCTAssertEqual(one.kl, bruteForce.kl, accuracy: 1e-12)
+
+        let evaluationsBefore = search.evaluations
+        let many = search.swapSearch(start: start, rounds: 2, shortlist: 1)
+        // Per round: 1 start + 26 removals + 2 additions + swaps with the best removal (2) or the best addition (26), one shared.
+        XCTAssertLessThanOrEqual(search.evaluations - evaluationsBefore, 1 + 2 * (28 + 27))
+        XCTAssertEqual(many.kept.count, start.count)
+        XCTAssertEqual(many.kl, search.objective(runs(many.kept)), accuracy: 1e-12)
+        XCTAssertLessThan(many.kl, startKL)
+        for (a, b) in zip([startKL] + many.swaps.map(\.kl), many.swaps.map(\.kl)) { XCTAssertLessThan(b, a) }
+    }
+
+    /// Replacing one row of a table changes the set the module runs at that k and table only.
+    func testReplacingSetChangesOneRowOfOneTable() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, routable = L - 2
+        let base = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 3), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 1)
+        var w = base.weights
+        w.priorByCount = DecisionModule.priorTable(sets: [:], fallback: w.prior, routable: routable)
+        w.gate = DecisionModule.ContextGate(weights: [Float](repeating: 0, count: base.inputDim), bias: 0,
+                                            priorByCount: DecisionModule.priorTable(sets: [14: Array(1...14)], fallback: w.prior, routable: routable))
+        let dm = try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, weights: w)
+        func set(_ d: DecisionModule, _ k: Int, conversation: Bool) -> [Int] { LayerBudget.topK(Array(d.priorScores(kept: k, gated: conversation)), k: k).sorted() }
+        let new = [1, 2, 3, 5, 8, 9, 10, 11, 19, 20, 21, 22, 24, 28]
+        let replaced = try dm.replacingSet(kept: 14, conversation: true, with: new)
+        XCTAssertEqual(set(replaced, 14, conversation: true), new)
+        XCTAssertEqual(set(dm, 14, conversation: true), Array(1...14), "the original is untouched")
+        for k in [13, 15] { XCTAssertEqual(set(replaced, k, conversation: true), set(dm, k, conversation: true)) }
+        for k in [13, 14, 15] { XCTAssertEqual(set(replaced, k, conversation: false), set(dm, k, conversation: false)) }
+        let prose = try dm.replacingSet(kept: 14, conversation: false, with: new)
+        XCTAssertEqual(set(prose, 14, conversation: false), new)
+        XCTAssertEqual(set(prose, 14, conversation: true), Array(1...14))
+        XCTAssertThrowsError(try dm.replacingSet(kept: 14, conversation: true, with: Array(1...13)))
+        XCTAssertThrowsError(try dm.replacingSet(kept: 2, conversation: true, with: [0, 5]))
+        XCTAssertThrowsError(try base.replacingSet(kept: 2, conversation: true, with: [3, 5]), "no conversation table without a gate")
+    }
+
     /// A module with per-budget sets runs exactly the set of its k in prefill and decode (the
     /// sets need not be nested), falls back to its ranking elsewhere, and round-trips through a
     /// version-2 router file; a version-1 file without the table still loads.
