@@ -103,6 +103,8 @@ extension Eval {
         var csv: String?
         @Option(name: .long, help: "Also draw acc_norm against budget, one line per method, as SVG.")
         var plot: String?
+        @Option(name: .long, help: "Also write every task's result as CSV (method,budget,kv_policy,task,gold,chosen), for paired comparisons of methods on the same tasks (scripts/hellaswag_paired.sh).")
+        var items: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws {
@@ -121,10 +123,13 @@ extension Eval {
             session.policy = kvPolicy
             var table = EvalTable(metrics: ["acc_norm", "n"], headers: ["acc_norm", "n"], formats: ["%.4f", "%.0f"], kvPolicy: kvPolicy.rawValue)
             table.derived = [("± s.e.", { v in String(format: "%.4f", (v[0] * (1 - v[0]) / v[1]).squareRoot()) })]
+            var itemRows = ["method,budget,kv_policy,task,gold,chosen"]
+            var fullDepthItems: [String] = []   // task,gold,chosen at full depth, the same for every method
             for method in routing.methodList {
                 for b in try routing.budgetList() {
                     if b >= 1, let done = table.rows.first(where: { $0.budget >= 1 }) {
                         table.add(method, b, done.values)
+                        itemRows += fullDepthItems.map { "\(method),\(b),\(kvPolicy.rawValue),\($0)" }
                         continue
                     }
                     session.selector = try routing.selector(method: method, budget: b, model: model)
@@ -135,7 +140,10 @@ extension Eval {
                     var correct = 0
                     for (i, t) in tasks.enumerated() {
                         session.reset()
-                        if try ev.score(t).best == t.gold { correct += 1 }
+                        let best = try ev.score(t).best
+                        if best == t.gold { correct += 1 }
+                        itemRows.append("\(method),\(b),\(kvPolicy.rawValue),\(i),\(t.gold),\(best)")
+                        if b >= 1 { fullDepthItems.append("\(i),\(t.gold),\(best)") }
                         bar.update(i + 1, detail: String(format: "acc_norm %.3f", Double(correct) / Double(i + 1)))
                     }
                     table.add(method, b, [Double(correct) / Double(tasks.count), Double(tasks.count)])
@@ -143,6 +151,7 @@ extension Eval {
             }
             print(table.markdown(), terminator: "")
             try table.save(csv: csv, plot: plot, title: "HellaSwag acc_norm against budget", logScale: false)
+            if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
         }
     }
 }
