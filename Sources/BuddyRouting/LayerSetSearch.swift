@@ -47,6 +47,9 @@ public final class LayerSetSearch {
     public private(set) var evaluations = 0
     /// Put-back steps taken by the last search (resumed ones included).
     public private(set) var inclusions = 0
+    /// Told the evaluations done so far, fractions included, after every sequence of a batch of
+    /// candidates: a batch of a hundred sets takes many minutes on long sequences.
+    public var onProgress: ((Double) -> Void)?
 
     /// Runs every sequence at full depth once (the reference distributions); `progress` is told
     /// (sequences done, total) after each, as this takes minutes for a few dozen chunks.
@@ -161,7 +164,11 @@ public final class LayerSetSearch {
     /// Mean KL from full depth when `runs` (all layers, first and last included) run for every token.
     public func objective(_ runs: [Bool]) -> Double {
         var total = 0.0
-        for (i, s) in sequences.enumerated() { run(s, from: 0, runs: runs); total += klSum(sequence: i) }
+        for (i, s) in sequences.enumerated() {
+            run(s, from: 0, runs: runs)
+            total += klSum(sequence: i)
+            onProgress?(Double(evaluations) + Double(i + 1) / Double(sequences.count))
+        }
         evaluations += 1
         return total / Double(max(scoredCount, 1))
     }
@@ -185,6 +192,7 @@ public final class LayerSetSearch {
                 }
                 totals[ci] += klSum(sequence: i)
             }
+            onProgress?(Double(evaluations) + Double(candidates.count) * Double(i + 1) / Double(sequences.count))
         }
         evaluations += candidates.count
         return totals.map { $0 / Double(max(scoredCount, 1)) }

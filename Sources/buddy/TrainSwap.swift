@@ -75,11 +75,17 @@ struct TrainSwap: ParsableCommand {
         print("\(table), k = \(kept): \(train.scoredCount) training and \(validation.scoredCount) validation positions; mean KL from full depth")
 
         let perRound = routable + min(shortlist, kept) * (routable - kept) + min(shortlist, routable - kept) * kept
-        let bar = ProgressBar("swap search", total: 1 + rounds * perRound)
+        // The bar counts evaluated sets; a round can end the search early.
+        let total = 1 + rounds * perRound
+        let bar = ProgressBar("swap search", total: total)
+        var latest = ""
+        train.onProgress = { bar.update(min(Int($0), total), detail: latest) }
         let found = train.swapSearch(start: startSet, rounds: rounds, shortlist: shortlist) { evaluations, message in
-            bar.update(min(evaluations, 1 + rounds * perRound), detail: message)
+            latest = message
+            bar.update(min(evaluations, total), detail: message)
         }
-        bar.update(1 + rounds * perRound, detail: "done")
+        train.onProgress = nil
+        bar.update(total, detail: "done")
         func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: set) }
         print("| set | layers | train | validation |")
         print("|---|---|---|---|")
