@@ -20,7 +20,7 @@ run)
   $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 20 --chunks 64 \
     --budgets $budgets --methods $methods --csv eval/ppl.csv > /dev/null
   $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
-    --budgets $budgets --methods $methods --csv eval/hellaswag.csv > /dev/null
+    --budgets $budgets --methods $methods --csv eval/hellaswag.csv --items eval/hellaswag-items.csv > /dev/null
   $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
     --budgets $budgets --methods $methods --csv eval/chat.csv > /dev/null
   $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 --csv eval/auto.csv > eval/auto.md
@@ -31,7 +31,11 @@ render)
   $buddy eval plot --csv eval/ppl.csv --metric ppl --log --title "WikiText-2 perplexity (64 held-out chunks)" --out eval/ppl.svg > /dev/null
   $buddy eval plot --csv eval/hellaswag.csv --metric acc_norm --title "HellaSwag acc_norm (400 tasks)" --out eval/hellaswag.svg > /dev/null
   $buddy eval plot --csv eval/chat.csv --metric kl --log --title "Chat: KL from full depth (40 held-out MT-Bench prompts)" --out eval/chat.svg > /dev/null
-  python3 - > EVAL.md <<'PY'
+  paired=""
+  if [ -f eval/hellaswag-items.csv ]; then
+    paired="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy $m eval/hellaswag-items.csv; echo; done)"
+  fi
+  PAIRED="$paired" python3 - > EVAL.md <<'PY'
 import csv, json, math, os
 def load(name):
     p = os.path.join("eval", name)
@@ -110,6 +114,13 @@ table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
       "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
       "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)", lower_is_better=False,
       standard_error=lambda p, n: math.sqrt(p * (1 - p) / n))
+if os.environ.get("PAIRED", "").strip():
+    print("### HellaSwag, paired: buddy against each static method on the same tasks\n\n"
+          "Both methods answer the same 400 tasks, so the noise that matters for their difference is that of the "
+          "per-task differences: the paired standard error below (`scripts/hellaswag_paired.sh` on "
+          "`eval/hellaswag-items.csv`, written by `buddy eval hellaswag --items`). Only budgets measured with "
+          "`--items` appear.\n")
+    print(os.environ["PAIRED"].strip() + "\n")
 table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
       "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
       "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)

@@ -74,7 +74,9 @@ struct TrainSwap: ParsableCommand {
         let validation = TrainingData.search(model: model, sequences: data.validation, threads: modelOptions.threads, label: "\(table) validation")
         print("\(table), k = \(kept): \(train.scoredCount) training and \(validation.scoredCount) validation positions; mean KL from full depth")
 
-        let perRound = routable + min(shortlist, kept) * (routable - kept) + min(shortlist, routable - kept) * kept
+        // Single removals and additions, then the swaps of a shortlisted removal or addition (counted once).
+        let (outs, ins) = (min(shortlist, kept), min(shortlist, routable - kept))
+        let perRound = routable + outs * (routable - kept) + ins * kept - outs * ins
         // The bar counts evaluated sets; a round can end the search early.
         let total = 1 + rounds * perRound
         let bar = ProgressBar("swap search", total: total)
