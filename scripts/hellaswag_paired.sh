@@ -18,6 +18,7 @@ fi
 a="$1"; b="$2"; shift 2
 for f in "$@"; do [ -r "$f" ] || { echo "$0: cannot read '$f'" >&2; exit 1; }; done
 awk -F, -v A="$a" -v B="$b" '
+    { sub(/\r$/, "") }
     FNR == 1 { if ($0 != "method,budget,kv_policy,task,gold,chosen") { print FILENAME ": not a buddy eval hellaswag --items file" > "/dev/stderr"; bad = 1; exit 1 } next }
     $1 == A || $1 == B {
         key = $1 SUBSEP ($2 + 0) SUBSEP $4
