@@ -112,7 +112,8 @@ table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}
 def acc(v): return f"{v:.3f}"
 table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
       "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
-      "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)", lower_is_better=False,
+      "(√(p(1−p)/400)); chance is 0.25. The last column's s.e. is that of one accuracy; for the difference "
+      "between two methods on the same tasks see the paired comparison below. ![](eval/hellaswag.svg)", lower_is_better=False,
       standard_error=lambda p, n: math.sqrt(p * (1 - p) / n))
 if os.environ.get("PAIRED", "").strip():
     print("### HellaSwag, paired: buddy against each static method on the same tasks\n\n"
