@@ -228,7 +228,7 @@ public final class LayerSetSearch {
                        checkpoint: ((State) throws -> Void)? = nil,
                        progress: ((Int, Int, String) -> Void)? = nil) throws -> [Int: Found] {
         let L = model.config.layers, routable = L - 2
-        func mask(_ kept: Set<Int>) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || kept.contains($0) } }
+        func mask(_ kept: Set<Int>) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
         let start = state ?? State(routable: routable)
         var best = start.best
         var current = Set(start.current)
@@ -288,7 +288,7 @@ extension LayerSetSearch {
     public func swapSearch(start: [Int], rounds: Int, shortlist: Int,
                            progress: ((Int, String) -> Void)? = nil) -> (kept: [Int], kl: Double, swaps: [Swap]) {
         let L = model.config.layers, routable = L - 2
-        func mask(_ kept: Set<Int>) -> [Bool] { (0..<L).map { $0 == 0 || $0 == L - 1 || kept.contains($0) } }
+        func mask(_ kept: Set<Int>) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
         var current = Set(start)
         var kl = objective(mask(current))
         var swaps: [Swap] = []

@@ -92,7 +92,8 @@ struct TrainSwap: ParsableCommand {
         print("| set | layers | train | validation |")
         print("|---|---|---|---|")
         let sets = [("table's", tableSet), ("start", startSet), ("found", found.kept)]
-        var seen: [[Int]: (Double, Double)] = [:]
+        // The search already measured the found set on the training data.
+        var seen: [[Int]: (Double, Double)] = [found.kept: (found.kl, validation.objective(mask(found.kept)))]
         for (name, set) in sets {
             let kl = seen[set] ?? (train.objective(mask(set)), validation.objective(mask(set)))
             seen[set] = kl
