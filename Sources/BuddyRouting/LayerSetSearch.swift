@@ -268,51 +268,65 @@ public final class LayerSetSearch {
 }
 
 extension LayerSetSearch {
-    /// One accepted step of `swapSearch`.
+    /// One accepted step of `swapSearch`: the layers taken out and put in (as many of each).
     public struct Swap: Sendable, Equatable {
-        public var dropped: Int, added: Int
+        public var dropped: [Int], added: [Int]
         public var kl: Double   // mean KL of the set after the swap
     }
 
-    /// Local search at one size: from `start` (k routable layers), repeatedly exchange one kept
-    /// layer for one dropped layer while that lowers the mean KL, for at most `rounds` swaps.
+    /// Local search at one size: from `start` (k routable layers), repeatedly exchange `size`
+    /// kept layers for as many dropped layers while that lowers the mean KL, for at most
+    /// `rounds` swaps.
     ///
     /// A backward search only ever removes layers from bigger sets, so at small k it can be
     /// stuck with an early removal that a static method (SLEB, ShortGPT) never made; a swap
     /// search starting from such a method's set can only match or improve on it (on this
     /// data). All k × (routable − k) swaps cost too much at small k on long sequences, so each
-    /// round first scores every single removal and every single addition, then tries every swap
-    /// that involves one of the `shortlist` cheapest removals or one of the `shortlist` most
-    /// useful additions (a shortlist of k or more tries them all).
+    /// round first scores every single removal and every single addition, then tries the swaps
+    /// among the `shortlist` cheapest removals and the `shortlist` most useful additions:
+    ///  * size 1: every swap that involves one of them (a shortlist of k or more tries them all);
+    ///  * size 2: every pair of shortlisted removals with every pair of shortlisted additions,
+    ///    (shortlist choose 2)² sets. A set where no single swap helps can still gain from a
+    ///    double one when two layers only matter together.
     /// progress(evaluations so far, message).
-    public func swapSearch(start: [Int], rounds: Int, shortlist: Int,
+    public func swapSearch(start: [Int], rounds: Int, shortlist: Int, size: Int = 1,
                            progress: ((Int, String) -> Void)? = nil) -> (kept: [Int], kl: Double, swaps: [Swap]) {
+        precondition(size == 1 || size == 2, "swaps of one or two layers")
         let L = model.config.layers, routable = L - 2
         func mask(_ kept: Set<Int>) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
+        func pairs(_ xs: [Int]) -> [[Int]] { xs.indices.flatMap { i in xs[(i + 1)...].map { [xs[i], $0] } } }
         var current = Set(start)
         var kl = objective(mask(current))
         var swaps: [Swap] = []
         progress?(evaluations, String(format: "start KL %.4f", kl))
         for _ in 0..<rounds {
             let kept = current.sorted(), dropped = Set(1...routable).subtracting(current).sorted()
-            guard !kept.isEmpty, !dropped.isEmpty else { break }
+            guard kept.count >= size, dropped.count >= size else { break }
             let base = mask(current)
             let removals = objectives(base: base, candidates: kept.map { mask(current.subtracting([$0])) })
             let additions = objectives(base: base, candidates: dropped.map { mask(current.union([$0])) })
-            let outs = Set(kept.indices.sorted { removals[$0] < removals[$1] }.prefix(shortlist).map { kept[$0] })
-            let ins = Set(dropped.indices.sorted { additions[$0] < additions[$1] }.prefix(shortlist).map { dropped[$0] })
-            let pairs = kept.flatMap { o in dropped.map { (o, $0) } }.filter { outs.contains($0.0) || ins.contains($0.1) }
-            let scores = objectives(base: base, candidates: pairs.map { mask(current.subtracting([$0.0]).union([$0.1])) })
+            let outs = kept.indices.sorted { removals[$0] < removals[$1] }.prefix(shortlist).map { kept[$0] }
+            let ins = dropped.indices.sorted { additions[$0] < additions[$1] }.prefix(shortlist).map { dropped[$0] }
+            let candidates: [(out: [Int], in: [Int])]
+            if size == 1 {
+                let (o, a) = (Set(outs), Set(ins))
+                candidates = kept.flatMap { k in dropped.map { ([k], [$0]) } }.filter { o.contains($0.0[0]) || a.contains($0.1[0]) }
+            } else {
+                candidates = pairs(outs.sorted()).flatMap { o in pairs(ins.sorted()).map { (o, $0) } }
+            }
+            guard !candidates.isEmpty else { break }
+            let scores = objectives(base: base, candidates: candidates.map { mask(current.subtracting($0.out).union($0.in)) })
             let i = scores.indices.min { scores[$0] < scores[$1] }!
+            let names = { (xs: [Int]) in xs.map(String.init).joined(separator: "+") }
             guard scores[i] < kl - 1e-9 else {
                 progress?(evaluations, String(format: "no swap lowers KL %.4f", kl))
                 break
             }
-            current.remove(pairs[i].0)
-            current.insert(pairs[i].1)
+            current.subtract(candidates[i].out)
+            current.formUnion(candidates[i].in)
             kl = scores[i]
-            swaps.append(Swap(dropped: pairs[i].0, added: pairs[i].1, kl: kl))
-            progress?(evaluations, String(format: "swap %d for %d, KL %.4f", pairs[i].0, pairs[i].1, kl))
+            swaps.append(Swap(dropped: candidates[i].out, added: candidates[i].in, kl: kl))
+            progress?(evaluations, String(format: "swap %@ for %@, KL %.4f", names(candidates[i].out), names(candidates[i].in), kl))
         }
         return (current.sorted(), kl, swaps)
     }

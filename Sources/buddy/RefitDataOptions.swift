@@ -22,6 +22,8 @@ struct RefitDataOptions: ParsableArguments {
     var textExtraChunks: String?
     @Option(name: .long, help: "More 512-token validation chunks of --data, as FIRST..<END (e.g. 164..<204), second halves scored.")
     var validationExtraChunks: String?
+    @Option(name: .long, help: "Tokens used from the start of every 512-token text chunk, training and validation alike (e.g. 128 for short contexts, like HellaSwag's); validation then scores the window's second half.")
+    var textWindow: Int = 512
     @Flag(name: .long, help: "Also use each train-split question's follow-up turn (after the full model's first reply) as a conversation, for training and validation.")
     var secondTurns = false
     @Option(name: .long, help: "Train-split conversations (from the first) for training.")
@@ -34,7 +36,10 @@ struct RefitDataOptions: ParsableArguments {
     var replyTokens: Int = 48
 
     func validate() throws {
-        guard textChunks >= 1, textFirstScored >= 1, textFirstScored < 511 else { throw ValidationError("--text-chunks must be >= 1 and --text-first-scored in 1...510") }
+        guard (8...512).contains(textWindow) else { throw ValidationError("--text-window must be 8...512") }
+        guard textChunks >= 1, textFirstScored >= 1, textFirstScored < textWindow - 1 else {
+            throw ValidationError("--text-chunks must be >= 1 and --text-first-scored in 1...\(textWindow - 2)")
+        }
         guard validationSkipChunks >= 0, validationChunks >= 1, chatPrompts >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
             throw ValidationError("data ranges must be non-negative and not empty")
         }
@@ -49,14 +54,18 @@ struct RefitDataOptions: ParsableArguments {
     func text(model: LanguageModel, prose: Bool) throws -> Split {
         guard prose else { return ([], []) }
         let ids = try TrainingData.textTokens(data, model: model)
+        // Chunks stay numbered in 512-token units whatever the window, so a window never reaches
+        // into the chunks the evaluation scores.
         func chunks(_ range: Range<Int>, firstScored: Int) throws -> [SearchSequence] {
-            try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: firstScored, path: data)
+            try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: firstScored, path: data).map {
+                SearchSequence(tokens: Array($0.tokens.prefix(textWindow)), scored: firstScored..<(textWindow - 1))
+            }
         }
         var train = try chunks(0..<textChunks, firstScored: textFirstScored)
-        var validation = try chunks(validationSkipChunks..<(validationSkipChunks + validationChunks), firstScored: 256)
+        var validation = try chunks(validationSkipChunks..<(validationSkipChunks + validationChunks), firstScored: textWindow / 2)
         if let textExtraChunks { train += try chunks(try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"), firstScored: textFirstScored) }
         if let validationExtraChunks {
-            validation += try chunks(try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"), firstScored: 256)
+            validation += try chunks(try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"), firstScored: textWindow / 2)
         }
         return (train, validation)
     }
@@ -75,6 +84,6 @@ struct RefitDataOptions: ParsableArguments {
         String(format: "--text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d", textChunks, textFirstScored, validationSkipChunks, validationChunks)
             + (textExtraChunks.map { " --text-extra-chunks \"\($0)\"" } ?? "") + (validationExtraChunks.map { " --validation-extra-chunks \"\($0)\"" } ?? "")
             + String(format: " --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d", chatPrompts, validationChatSkip, validationChatPrompts, replyTokens)
-            + (secondTurns ? " --second-turns" : "")
+            + (textWindow == 512 ? "" : " --text-window \(textWindow)") + (secondTurns ? " --second-turns" : "")
     }
 }

@@ -14,11 +14,12 @@ struct TrainSwap: ParsableCommand {
             conversation) of a gated --router, this command
             1. starts from the set of k layers that --start runs (a router name or
                file; by default the table's own set);
-            2. swaps one kept layer for one skipped layer while that lowers the
-               mean KL from full depth on the training data (every token runs the
-               set), at most --rounds times; each round scores every single removal
-               and addition, then tries every swap that involves one of the
-               --shortlist best removals or additions;
+            2. swaps one kept layer for one skipped layer (two for two with
+               --swap-size 2) while that lowers the mean KL from full depth on the
+               training data (every token runs the set), at most --rounds times;
+               each round scores every single removal and addition, then tries
+               every swap that involves one of the --shortlist best removals or
+               additions (size 2: every pair of them with every pair);
             3. routes the validation data for real with the found set in the
                table and with the table as it was (--kv-policy), and keeps the new
                set if it lowers the mean KL by more than --min-gain (relative).
@@ -39,6 +40,8 @@ struct TrainSwap: ParsableCommand {
     var rounds: Int = 6
     @Option(name: .long, help: "Removals and additions per round whose swaps are tried (as many as the set's size tries every swap).")
     var shortlist: Int = 3
+    @Option(name: .long, help: "Layers exchanged per swap: 1, or 2 (every pair of the shortlisted removals with every pair of the shortlisted additions).")
+    var swapSize: Int = 1
     @Option(name: .long, help: "Relative validation KL gain the new set must bring to be kept.")
     var minGain: Double = 0.01
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache while validating routed (mask, zero, fill).")
@@ -50,6 +53,8 @@ struct TrainSwap: ParsableCommand {
     func validate() throws {
         guard table == "prose" || table == "conversation" else { throw ValidationError("--table must be prose or conversation, not '\(table)'") }
         guard rounds >= 1, shortlist >= 1 else { throw ValidationError("--rounds and --shortlist must be >= 1") }
+        guard swapSize == 1 || swapSize == 2 else { throw ValidationError("--swap-size must be 1 or 2") }
+        guard swapSize == 1 || shortlist >= 2 else { throw ValidationError("--swap-size 2 needs --shortlist >= 2") }
         guard minGain >= 0, minGain < 1 else { throw ValidationError("--min-gain must be in [0, 1)") }
         try modelOptions.validateThreads()
     }
@@ -76,13 +81,14 @@ struct TrainSwap: ParsableCommand {
 
         // Single removals and additions, then the swaps of a shortlisted removal or addition (counted once).
         let (outs, ins) = (min(shortlist, kept), min(shortlist, routable - kept))
-        let perRound = routable + outs * (routable - kept) + ins * kept - outs * ins
+        let perRound = routable + (swapSize == 1 ? outs * (routable - kept) + ins * kept - outs * ins
+                                                 : outs * (outs - 1) / 2 * ins * (ins - 1) / 2)
         // The bar counts evaluated sets; a round can end the search early.
         let total = 1 + rounds * perRound
         let bar = ProgressBar("swap search", total: total)
         var latest = ""
         train.onProgress = { bar.update(min(Int($0), total), detail: latest) }
-        let found = train.swapSearch(start: startSet, rounds: rounds, shortlist: shortlist) { evaluations, message in
+        let found = train.swapSearch(start: startSet, rounds: rounds, shortlist: shortlist, size: swapSize) { evaluations, message in
             latest = message
             bar.update(min(evaluations, total), detail: message)
         }
@@ -99,7 +105,8 @@ struct TrainSwap: ParsableCommand {
             seen[set] = kl
             print(String(format: "| %@ | %@ | %.4f | %.4f |", name, set.map(String.init).joined(separator: " "), kl.0, kl.1))
         }
-        for s in found.swaps { print(String(format: "swap: %d out, %d in, train KL %.4f", s.dropped, s.added, s.kl)) }
+        func names(_ layers: [Int]) -> String { layers.map(String.init).joined(separator: " ") }
+        for s in found.swaps { print(String(format: "swap: %@ out, %@ in, train KL %.4f", names(s.dropped), names(s.added), s.kl)) }
 
         // Routed for real, at this budget, with the module's switches as they are.
         let candidate = try module.replacingSet(kept: kept, conversation: conversation, with: found.kept)
@@ -113,8 +120,8 @@ struct TrainSwap: ParsableCommand {
         print(String(format: "routed validation: table %.4f, found %.4f (%+.1f %%): %@", before, after, 100 * (after / before - 1),
                      keep ? "kept" : "not kept (gain below --min-gain)"))
         let notes = String(
-            format: "buddy train swap --router %@ --table %@ --kept %d --start %@ --rounds %d --shortlist %d %@ --min-gain %g --kv-policy %@; %@ k%d: %@ (routed validation %.4f -> %.4f); %.0f s",
-            router, table, kept, start ?? "table", rounds, shortlist, dataOptions.commandLine, minGain, kvPolicy.rawValue, table, kept,
+            format: "buddy train swap --router %@ --table %@ --kept %d --start %@ --rounds %d --shortlist %d --swap-size %d %@ --min-gain %g --kv-policy %@; %@ k%d: %@ (routed validation %.4f -> %.4f); %.0f s",
+            router, table, kept, start ?? "table", rounds, shortlist, swapSize, dataOptions.commandLine, minGain, kvPolicy.rawValue, table, kept,
             keep ? "set \(found.kept.map(String.init).joined(separator: " "))" : "unchanged", before, after, Date().timeIntervalSince(t0))
         try RouterFile.save(keep ? candidate : module, model: model, notes: notes, to: out)
         print("written to \(out)")

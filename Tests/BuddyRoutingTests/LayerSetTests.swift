@@ -44,15 +44,19 @@ final class LayerSetTests: XCTestCase {
         for k in 1..<(routable - 2) { XCTAssertTrue(Set(sets[k]!).isSubset(of: Set(sets[k + 1]!)), "k \(k)") }
     }
 
+    /// A search over one short sentence of the default model, for the swap tests.
+    private func swapFixture() throws -> (search: LayerSetSearch, routable: Int) {
+        let m = try RoutingTests.sharedModel()
+        let ids = m.tokenizer.encode("The bell rang twice before the doors opened and the crowd moved in from the rain.", parseSpecial: false)
+        return (LayerSetSearch(model: m, sequences: [SearchSequence(tokens: ids, scored: 3..<(ids.count - 1))], threads: 2), m.config.layers - 2)
+    }
+
     /// With a shortlist as big as the set, one round of the swap search takes the best of all
     /// single swaps (checked by brute force); every round lowers the KL it reports, which is the
     /// found set's own; the size never changes. A smaller shortlist tries fewer swaps.
     func testSwapSearchTakesTheBestSwapAndReportsItsSetsKL() throws {
-        let m = try RoutingTests.sharedModel()
-        let L = m.config.layers, routable = L - 2
-        let ids = m.tokenizer.encode("The bell rang twice before the doors opened and the crowd moved in from the rain.", parseSpecial: false)
-        let search = LayerSetSearch(model: m, sequences: [SearchSequence(tokens: ids, scored: 3..<(ids.count - 1))], threads: 2)
-        func runs(_ kept: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
+        let (search, routable) = try swapFixture()
+        func runs(_ kept: [Int]) -> [Bool] { LayerBudget.mask(layers: routable + 2, chosen: kept) }
         let start = (1...routable).filter { $0 != 1 && $0 != 20 }   // layer 1 is one this model cannot spare
         let startKL = search.objective(runs(start))
         var bruteForce: (kl: Double, out: Int, in: Int) = (.infinity, 0, 0)
@@ -63,7 +67,7 @@ final class LayerSetTests: XCTestCase {
         XCTAssertLessThan(bruteForce.kl, startKL, "some swap helps this start")
 
         let one = search.swapSearch(start: start, rounds: 1, shortlist: start.count)
-        XCTAssertEqual(one.swaps.map { [$0.dropped, $0.added] }, [[bruteForce.out, bruteForce.in]])
+        XCTAssertEqual(one.swaps.map { $0.dropped + $0.added }, [[bruteForce.out, bruteForce.in]])
         XCTAssertEqual(one.kl, bruteForce.kl, accuracy: 1e-12)
 
         let evaluationsBefore = search.evaluations
@@ -74,6 +78,30 @@ final class LayerSetTests: XCTestCase {
         XCTAssertEqual(many.kl, search.objective(runs(many.kept)), accuracy: 1e-12)
         XCTAssertLessThan(many.kl, startKL)
         for (a, b) in zip([startKL] + many.swaps.map(\.kl), many.swaps.map(\.kl)) { XCTAssertLessThan(b, a) }
+    }
+
+    /// A double swap takes the best pair of shortlisted removals with the best pair of
+    /// shortlisted additions (checked by brute force over the same shortlists).
+    func testDoubleSwapTakesTheBestPairOfTheShortlists() throws {
+        let (search, routable) = try swapFixture()
+        func runs(_ kept: [Int]) -> [Bool] { LayerBudget.mask(layers: routable + 2, chosen: kept) }
+        let start = (1...routable).filter { ![1, 2, 20].contains($0) }
+        let startKL = search.objective(runs(start))
+        // The shortlists as the search builds them: the 3 cheapest removals, the 3 best additions (all of them here).
+        let removalKL = Dictionary(uniqueKeysWithValues: start.map { o in (o, search.objective(runs(start.filter { $0 != o }))) })
+        let outs = start.sorted { removalKL[$0]! < removalKL[$1]! }.prefix(3)
+        var best: (kl: Double, out: [Int], in: [Int]) = (startKL, [], [])
+        for a in outs { for b in outs where a < b { for add in [[1, 2], [1, 20], [2, 20]] {
+            let kl = search.objective(runs(start.filter { $0 != a && $0 != b } + add))
+            if kl < best.kl - 1e-9 { best = (kl, [a, b], add) }
+        } } }
+        XCTAssertFalse(best.out.isEmpty, "some double swap helps this start")
+
+        let found = search.swapSearch(start: start, rounds: 1, shortlist: 3, size: 2)
+        XCTAssertEqual(found.swaps.map { $0.dropped + $0.added }, [best.out + best.in])
+        XCTAssertEqual(found.kl, best.kl, accuracy: 1e-12)
+        XCTAssertEqual(found.kept.count, start.count)
+        XCTAssertEqual(found.kl, search.objective(runs(found.kept)), accuracy: 1e-12)
     }
 
     /// Replacing one row of a table changes the set the module runs at that k and table only.
