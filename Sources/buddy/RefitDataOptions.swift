@@ -22,8 +22,9 @@ struct RefitDataOptions: ParsableArguments {
     var textExtraChunks: String?
     @Option(name: .long, help: "More 512-token validation chunks of --data, as FIRST..<END (e.g. 164..<204), second halves scored.")
     var validationExtraChunks: String?
-    @Option(name: .long, help: "Tokens used from the start of every 512-token text chunk, training and validation alike (e.g. 128 for short contexts, like HellaSwag's); validation then scores the window's second half.")
-    var textWindow: Int = 512
+    @Option(name: .long, help: ArgumentHelp("Windows taken from the start of every 512-token text chunk, training and validation alike, as a list (e.g. 512,128: long contexts and short ones like HellaSwag's).",
+                                            discussion: "Each chunk gives one sequence per window. In training the whole chunk (512) is scored from --text-first-scored and a shorter window from position 1, so a shorter window may not reach past --text-first-scored when 512 is listed too; in validation every window scores its second half."))
+    var textWindows: String = "512"
     @Flag(name: .long, help: "Also use each train-split question's follow-up turn (after the full model's first reply) as a conversation, for training and validation.")
     var secondTurns = false
     @Option(name: .long, help: "Train-split conversations (from the first) for training.")
@@ -36,10 +37,8 @@ struct RefitDataOptions: ParsableArguments {
     var replyTokens: Int = 48
 
     func validate() throws {
-        guard (8...512).contains(textWindow) else { throw ValidationError("--text-window must be 8...512") }
-        guard textChunks >= 1, textFirstScored >= 1, textFirstScored < textWindow - 1 else {
-            throw ValidationError("--text-chunks must be >= 1 and --text-first-scored in 1...\(textWindow - 2)")
-        }
+        guard textChunks >= 1, textFirstScored >= 1, textFirstScored < 511 else { throw ValidationError("--text-chunks must be >= 1 and --text-first-scored in 1...510") }
+        _ = try windows()
         guard validationSkipChunks >= 0, validationChunks >= 1, chatPrompts >= 1, validationChatSkip >= 0, validationChatPrompts >= 1 else {
             throw ValidationError("data ranges must be non-negative and not empty")
         }
@@ -50,22 +49,38 @@ struct RefitDataOptions: ParsableArguments {
 
     typealias Split = (train: [SearchSequence], validation: [SearchSequence])
 
+    /// The parsed --text-windows, longest first.
+    func windows() throws -> [Int] {
+        let parts = textWindows.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let ws = parts.compactMap { Int($0) }
+        guard !ws.isEmpty, ws.count == parts.count, ws.allSatisfy({ (8...512).contains($0) }), Set(ws).count == ws.count else {
+            throw ValidationError("--text-windows must list distinct token counts in 8...512, not '\(textWindows)'")
+        }
+        if ws.contains(512), let w = ws.first(where: { $0 < 512 && $0 - 1 > textFirstScored }) {
+            throw ValidationError("--text-windows: window \(w) would score positions the 512-token chunk scores from --text-first-scored \(textFirstScored) again")
+        }
+        return ws.sorted(by: >)
+    }
+
     /// Training and validation text (empty unless `prose`; the file is read only then).
     func text(model: LanguageModel, prose: Bool) throws -> Split {
         guard prose else { return ([], []) }
         let ids = try TrainingData.textTokens(data, model: model)
+        let windows = try windows()
         // Chunks stay numbered in 512-token units whatever the window, so a window never reaches
         // into the chunks the evaluation scores.
-        func chunks(_ range: Range<Int>, firstScored: Int) throws -> [SearchSequence] {
-            try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: firstScored, path: data).map {
-                SearchSequence(tokens: Array($0.tokens.prefix(textWindow)), scored: firstScored..<(textWindow - 1))
+        func chunks(_ range: Range<Int>, validation: Bool) throws -> [SearchSequence] {
+            let whole = try TrainingData.textSequences(ids, chunks: range, length: 512, firstScored: 1, path: data)
+            return windows.flatMap { w in
+                let first = validation ? w / 2 : (w == 512 ? textFirstScored : 1)
+                return whole.map { SearchSequence(tokens: Array($0.tokens.prefix(w)), scored: first..<(w - 1)) }
             }
         }
-        var train = try chunks(0..<textChunks, firstScored: textFirstScored)
-        var validation = try chunks(validationSkipChunks..<(validationSkipChunks + validationChunks), firstScored: textWindow / 2)
-        if let textExtraChunks { train += try chunks(try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"), firstScored: textFirstScored) }
+        var train = try chunks(0..<textChunks, validation: false)
+        var validation = try chunks(validationSkipChunks..<(validationSkipChunks + validationChunks), validation: true)
+        if let textExtraChunks { train += try chunks(try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks"), validation: false) }
         if let validationExtraChunks {
-            validation += try chunks(try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"), firstScored: textWindow / 2)
+            validation += try chunks(try TrainingData.chunkRange(validationExtraChunks, "--validation-extra-chunks"), validation: true)
         }
         return (train, validation)
     }
@@ -84,6 +99,6 @@ struct RefitDataOptions: ParsableArguments {
         String(format: "--text-chunks %d --text-first-scored %d --validation-skip-chunks %d --validation-chunks %d", textChunks, textFirstScored, validationSkipChunks, validationChunks)
             + (textExtraChunks.map { " --text-extra-chunks \"\($0)\"" } ?? "") + (validationExtraChunks.map { " --validation-extra-chunks \"\($0)\"" } ?? "")
             + String(format: " --chat-prompts %d --validation-chat-skip %d --validation-chat-prompts %d --reply-tokens %d", chatPrompts, validationChatSkip, validationChatPrompts, replyTokens)
-            + (textWindow == 512 ? "" : " --text-window \(textWindow)") + (secondTurns ? " --second-turns" : "")
+            + (textWindows == "512" ? "" : " --text-windows \(textWindows)") + (secondTurns ? " --second-turns" : "")
     }
 }
