@@ -96,7 +96,9 @@ extension Eval {
                 """)
         @Option(name: .long, help: "Task file (6 lines per task).")
         var data: String
-        @Option(name: .long, help: "Use only the first N tasks.")
+        @Option(name: .long, help: "Skip the first N tasks (to extend an earlier run on the following ones; --items numbers tasks from the start of the file).")
+        var skip: Int = 0
+        @Option(name: .long, help: "Use only the first N tasks (after --skip).")
         var limit: Int?
         @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,acc_norm,n).")
@@ -109,6 +111,7 @@ extension Eval {
 
         func validate() throws {
             if let limit, limit < 1 { throw ValidationError("--limit must be at least 1") }
+            guard skip >= 0 else { throw ValidationError("--skip must not be negative") }
             try modelOptions.validateThreads()
         }
 
@@ -116,6 +119,8 @@ extension Eval {
             guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)'") }
             var tasks: [HellaSwagTask]
             do { tasks = try HellaSwagTask.parse(text) } catch { throw CLIError("\(error)") }
+            guard skip < tasks.count else { throw CLIError("--skip \(skip): '\(data)' has only \(tasks.count) tasks") }
+            tasks = Array(tasks.dropFirst(skip))
             if let limit { tasks = Array(tasks.prefix(limit)) }
             let model = try modelOptions.load()
             let session = Session(model: model, capacity: 512, threads: modelOptions.threads, batchSize: 128)
@@ -142,8 +147,8 @@ extension Eval {
                         session.reset()
                         let best = try ev.score(t).best
                         if best == t.gold { correct += 1 }
-                        itemRows.append("\(method),\(b),\(kvPolicy.rawValue),\(i),\(t.gold),\(best)")
-                        if b >= 1 { fullDepthItems.append("\(i),\(t.gold),\(best)") }
+                        itemRows.append("\(method),\(b),\(kvPolicy.rawValue),\(skip + i),\(t.gold),\(best)")
+                        if b >= 1 { fullDepthItems.append("\(skip + i),\(t.gold),\(best)") }
                         bar.update(i + 1, detail: String(format: "acc_norm %.3f", Double(correct) / Double(i + 1)))
                     }
                     table.add(method, b, [Double(correct) / Double(tasks.count), Double(tasks.count)])
