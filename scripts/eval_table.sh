@@ -21,6 +21,14 @@ run)
     --budgets $budgets --methods $methods --csv eval/ppl.csv > /dev/null
   $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
     --budgets $budgets --methods $methods --csv eval/hellaswag.csv --items eval/hellaswag-items.csv > /dev/null
+  # Tasks 400-999 for buddy and the best static method on the first 400 at each budget, for the
+  # paired comparison over 1,000 tasks.
+  $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 600 \
+    --budgets 0.95,0.9,0.8,0.7 --methods buddy,shortgpt --items eval/hellaswag-items-extra-a.csv > /dev/null
+  $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 600 \
+    --budgets 0.6,0.5 --methods buddy,sleb --items eval/hellaswag-items-extra-b.csv > /dev/null
+  { cat eval/hellaswag-items-extra-a.csv; tail -n +2 eval/hellaswag-items-extra-b.csv; } > eval/hellaswag-items-extra.csv
+  rm eval/hellaswag-items-extra-a.csv eval/hellaswag-items-extra-b.csv
   $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
     --budgets $budgets --methods $methods --csv eval/chat.csv > /dev/null
   $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 --csv eval/auto.csv > eval/auto.md
