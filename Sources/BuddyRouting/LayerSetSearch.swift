@@ -295,6 +295,7 @@ extension LayerSetSearch {
         let L = model.config.layers, routable = L - 2
         func mask(_ kept: Set<Int>) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
         func pairs(_ xs: [Int]) -> [[Int]] { xs.indices.flatMap { i in xs[(i + 1)...].map { [xs[i], $0] } } }
+        func names(_ xs: [Int]) -> String { xs.map(String.init).joined(separator: "+") }
         var current = Set(start)
         var kl = objective(mask(current))
         var swaps: [Swap] = []
@@ -317,7 +318,6 @@ extension LayerSetSearch {
             guard !candidates.isEmpty else { break }
             let scores = objectives(base: base, candidates: candidates.map { mask(current.subtracting($0.out).union($0.in)) })
             let i = scores.indices.min { scores[$0] < scores[$1] }!
-            let names = { (xs: [Int]) in xs.map(String.init).joined(separator: "+") }
             guard scores[i] < kl - 1e-9 else {
                 progress?(evaluations, String(format: "no swap lowers KL %.4f", kl))
                 break

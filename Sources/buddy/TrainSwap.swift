@@ -95,6 +95,7 @@ struct TrainSwap: ParsableCommand {
         train.onProgress = nil
         bar.update(total, detail: "done")
         func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: set) }
+        func names(_ layers: [Int]) -> String { layers.map(String.init).joined(separator: " ") }
         print("| set | layers | train | validation |")
         print("|---|---|---|---|")
         let sets = [("table's", tableSet), ("start", startSet), ("found", found.kept)]
@@ -103,9 +104,8 @@ struct TrainSwap: ParsableCommand {
         for (name, set) in sets {
             let kl = seen[set] ?? (train.objective(mask(set)), validation.objective(mask(set)))
             seen[set] = kl
-            print(String(format: "| %@ | %@ | %.4f | %.4f |", name, set.map(String.init).joined(separator: " "), kl.0, kl.1))
+            print(String(format: "| %@ | %@ | %.4f | %.4f |", name, names(set), kl.0, kl.1))
         }
-        func names(_ layers: [Int]) -> String { layers.map(String.init).joined(separator: " ") }
         for s in found.swaps { print(String(format: "swap: %@ out, %@ in, train KL %.4f", names(s.dropped), names(s.added), s.kl)) }
 
         // Routed for real, at this budget, with the module's switches as they are.
@@ -122,7 +122,7 @@ struct TrainSwap: ParsableCommand {
         let notes = String(
             format: "buddy train swap --router %@ --table %@ --kept %d --start %@ --rounds %d --shortlist %d --swap-size %d %@ --min-gain %g --kv-policy %@; %@ k%d: %@ (routed validation %.4f -> %.4f); %.0f s",
             router, table, kept, start ?? "table", rounds, shortlist, swapSize, dataOptions.commandLine, minGain, kvPolicy.rawValue, table, kept,
-            keep ? "set \(found.kept.map(String.init).joined(separator: " "))" : "unchanged", before, after, Date().timeIntervalSince(t0))
+            keep ? "set \(names(found.kept))" : "unchanged", before, after, Date().timeIntervalSince(t0))
         try RouterFile.save(keep ? candidate : module, model: model, notes: notes, to: out)
         print("written to \(out)")
     }
