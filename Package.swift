@@ -30,7 +30,7 @@ let package = Package(
         // Knows nothing of Dispatch queues owned by the app or of curses.
         .target(name: "BuddyCore", dependencies: ["CBLAS", "CKernels"], swiftSettings: computeFlags),
         // Routing library: Decision Module, budgets, static baselines, training.
-        .target(name: "BuddyRouting", dependencies: ["BuddyCore", "CKernels"], swiftSettings: computeFlags),
+        .target(name: "BuddyRouting", dependencies: ["BuddyCore", "CKernels", "CBLAS"], swiftSettings: computeFlags),
         // Engine: owns the model on one serial queue, emits Sendable events.
         .target(name: "BuddyEngine", dependencies: ["BuddyCore", "BuddyRouting"]),
         // Terminal UI: the only target that imports ncurses.

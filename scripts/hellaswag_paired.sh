@@ -19,7 +19,9 @@ a="$1"; b="$2"; shift 2
 for f in "$@"; do [ -r "$f" ] || { echo "$0: cannot read '$f'" >&2; exit 1; }; done
 awk -F, -v A="$a" -v B="$b" '
     { sub(/\r$/, "") }
-    FNR == 1 { if ($0 != "method,budget,kv_policy,task,gold,chosen") { print FILENAME ": not a buddy eval hellaswag --items file" > "/dev/stderr"; bad = 1; exit 1 } next }
+    FNR == 1 { if ($0 != "method,budget,kv_policy,task,gold,chosen" && $0 != "method,budget,kv_policy,task,gold,chosen,stand_ins") { print FILENAME ": not a buddy eval hellaswag --items file" > "/dev/stderr"; bad = 1; exit 1 } next }
+    # Rows with stand-ins on count as the method "NAME+stand-ins" (files from before have none).
+    $7 == "on" { $1 = $1 "+stand-ins" }
     $1 == A || $1 == B {
         key = $1 SUBSEP ($2 + 0) SUBSEP $4
         ok = ($5 == $6) ? 1 : 0

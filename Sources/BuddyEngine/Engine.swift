@@ -18,6 +18,8 @@ public struct EngineOptions: Sendable {
     public var system: String?
     /// What a skipped layer leaves in the KV cache (fill: the router mixes sets token by token).
     public var kvPolicy: KVPolicy = .fill
+    /// What a skipped layer adds to the residual stream (nil: nothing).
+    public var standIns: StandIns?
     public var maxTokens = 512
     public var context = 2048
     public var threads = 2
@@ -214,6 +216,7 @@ public final class ChatEngine: @unchecked Sendable {
         session = Session(model: model, capacity: options.context, threads: options.threads)
         session.selector = timed
         session.policy = options.kvPolicy
+        session.standIns = options.standIns
         conversation = Conversation(template: model.template, system: options.system)
         sampler = Sampler(options.sampling)
         let name = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent

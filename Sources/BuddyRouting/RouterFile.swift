@@ -176,30 +176,3 @@ public enum RouterFile {
         try AtomicFile.write(data, to: path)
     }
 }
-
-/// Writes a file so that readers see either the old or the new content, never a half.
-public enum AtomicFile {
-    public static func write(_ data: Data, to path: String) throws {
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent().path
-        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
-        guard FileManager.default.createFile(atPath: tmp, contents: nil) else {
-            throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: tmp])
-        }
-        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: tmp))
-        do {
-            try h.write(contentsOf: data)
-            try h.synchronize()
-            try h.close()
-        } catch {
-            try? h.close()
-            try? FileManager.default.removeItem(atPath: tmp)
-            throw error
-        }
-        guard rename(tmp, path) == 0 else {
-            let e = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(atPath: tmp)
-            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path, NSLocalizedDescriptionKey: e])
-        }
-    }
-}

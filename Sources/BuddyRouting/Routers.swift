@@ -46,11 +46,19 @@ public enum Routers {
         return try RouterFile.loadPredictor(path: p, model: model)
     }
 
+    /// The shipped stand-ins for this model (`routers/stand-ins.bin`), nil when there are none;
+    /// a file that exists but does not fit the model is an error, not silently ignored.
+    public static func standIns(model: LanguageModel, path: String? = nil) throws -> StandIns? {
+        guard let p = path ?? locate("stand-ins", model: model) else { return nil }
+        return try StandInFile.load(path: p, config: model.config, fingerprint: model.fingerprint)
+    }
+
     /// Where a named router lives, if anywhere.
     public static func locate(_ spec: String, model: LanguageModel) -> String? {
         let fm = FileManager.default
         if spec.contains("/") || spec.hasSuffix(".json") { return spec }
-        let file = spec == "buddy" ? "buddy-router.json" : spec == "budget-predictor" ? "budget-predictor.json" : "\(spec)-ranking.json"
+        let file = spec == "buddy" ? "buddy-router.json" : spec == "budget-predictor" ? "budget-predictor.json"
+            : spec == "stand-ins" ? StandInFile.defaultFileName : "\(spec)-ranking.json"
         var dirs = [URL(fileURLWithPath: model.path).deletingLastPathComponent().appendingPathComponent("../routers").standardized.path,
                     fm.currentDirectoryPath + "/routers"]
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()

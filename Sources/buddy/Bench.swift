@@ -26,6 +26,8 @@ struct Bench: ParsableCommand {
     var router: String?
     @Option(name: .long, help: "KV policy for skipped layers (fill, mask, zero).")
     var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.")
+    var standIns: StandInChoice = .auto
     @Flag(name: .long, help: "One JSON object per budget.")
     var json = false
     @OptionGroup var modelOptions: ModelOptions
@@ -66,6 +68,7 @@ struct Bench: ParsableCommand {
         // machine hits every budget alike; speed-ups are medians of ratios within a round.
         let budgetList = try parseBudgets(budgets)
         struct Series { var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = [], layersPerToken = 0.0 }
+        let standInWeights = try standIns.resolve(model: model)
         var selectors: [BudgetedLayerSelector?] = []
         for b in budgetList { selectors.append(b >= 1 ? nil : try Routers.make(routerSpec, model: model, budget: b)) }
         var series = [Series](repeating: Series(), count: budgetList.count)
@@ -73,6 +76,7 @@ struct Bench: ParsableCommand {
             for (i, selector) in selectors.enumerated() {
                 session.selector = selector
                 session.policy = kvPolicy
+                session.standIns = standInWeights
                 session.reset()
                 (selector as? DecisionModule)?.resetContext()
                 let routing0 = (selector as? DecisionModule)?.routingSeconds ?? 0

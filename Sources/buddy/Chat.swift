@@ -28,6 +28,8 @@ struct Chat: ParsableCommand {
     var router: String?
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (default), mask or zero (see `buddy generate --help`).")
     var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.")
+    var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")
@@ -60,6 +62,7 @@ struct Chat: ParsableCommand {
         opts.auto = budget.value == nil
         opts.qualityTolerance = qualityTolerance
         opts.kvPolicy = kvPolicy
+        opts.standIns = try standIns.resolve(model: model)
         opts.system = system
         opts.maxTokens = maxTokens
         opts.context = context

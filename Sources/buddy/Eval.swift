@@ -55,23 +55,26 @@ extension Eval {
             let total = min(available, chunks ?? available)
             let kvPolicy = routing.kvPolicy
             var table = EvalTable(metrics: ["ppl", "tokens"], headers: ["ppl", "tokens"], formats: ["%.3f", "%.0f"], kvPolicy: kvPolicy.rawValue)
+            for mode in try routing.standInModes(model: model) {
+            evaluator.standIns = mode.weights
             for method in routing.methodList {
                 for b in try routing.budgetList() {
                     // Budget 1 is the full model whatever the method; compute it once.
-                    if b >= 1, let done = table.rows.first(where: { $0.budget >= 1 }) {
-                        table.add(method, b, done.values)
+                    if b >= 1, let done = table.fullDepth {
+                        table.add(method, b, done.values, standIns: mode.label)
                         continue
                     }
                     let selector = try routing.selector(method: method, budget: b, model: model)
-                    let label = String(format: "%@ %.2f", method, b)
+                    let label = String(format: "%@ %.2f %@", method, b, mode.label == "off" ? "" : "+stand-ins")
                     let bar = ProgressBar(label, total: total)
                     let fixed = Routers.fixedMask(selector, budget: b)
                     let result = evaluator.evaluate(
                         tokens: tokens, maxChunks: total, firstChunk: skipChunks,
                         runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
                         progress: { done, _, partial in bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity)) })
-                    table.add(method, b, [result.perplexity, Double(result.count)])
+                    table.add(method, b, [result.perplexity, Double(result.count)], standIns: mode.label)
                 }
+            }
             }
             if table.rows.count == 1 {
                 let r = table.rows[0]
@@ -128,31 +131,34 @@ extension Eval {
             session.policy = kvPolicy
             var table = EvalTable(metrics: ["acc_norm", "n"], headers: ["acc_norm", "n"], formats: ["%.4f", "%.0f"], kvPolicy: kvPolicy.rawValue)
             table.derived = [("± s.e.", { v in String(format: "%.4f", (v[0] * (1 - v[0]) / v[1]).squareRoot()) })]
-            var itemRows = ["method,budget,kv_policy,task,gold,chosen"]
+            var itemRows = ["method,budget,kv_policy,task,gold,chosen,stand_ins"]
             var fullDepthItems: [String] = []   // task,gold,chosen at full depth, the same for every method
+            for mode in try routing.standInModes(model: model) {
+            session.standIns = mode.weights
             for method in routing.methodList {
                 for b in try routing.budgetList() {
-                    if b >= 1, let done = table.rows.first(where: { $0.budget >= 1 }) {
-                        table.add(method, b, done.values)
-                        itemRows += fullDepthItems.map { "\(method),\(b),\(kvPolicy.rawValue),\($0)" }
+                    if b >= 1, let done = table.fullDepth {
+                        table.add(method, b, done.values, standIns: mode.label)
+                        itemRows += fullDepthItems.map { "\(method),\(b),\(kvPolicy.rawValue),\($0),\(mode.label)" }
                         continue
                     }
                     session.selector = try routing.selector(method: method, budget: b, model: model)
                     // Static layer sets and routers that decide per row score each ending as one
                     // batch (same numbers, faster); other per-token routers run token by token.
                     let ev = HellaSwagEvaluator(session: session, batched: Routers.canBatch(session.selector as? BudgetedLayerSelector, budget: b))
-                    let bar = ProgressBar(String(format: "hellaswag %@ %.2f", method, b), total: tasks.count)
+                    let bar = ProgressBar(String(format: "hellaswag %@ %.2f %@", method, b, mode.label == "off" ? "" : "+stand-ins"), total: tasks.count)
                     var correct = 0
                     for (i, t) in tasks.enumerated() {
                         session.reset()
                         let best = try ev.score(t).best
                         if best == t.gold { correct += 1 }
-                        itemRows.append("\(method),\(b),\(kvPolicy.rawValue),\(skip + i),\(t.gold),\(best)")
+                        itemRows.append("\(method),\(b),\(kvPolicy.rawValue),\(skip + i),\(t.gold),\(best),\(mode.label)")
                         if b >= 1 { fullDepthItems.append("\(skip + i),\(t.gold),\(best)") }
                         bar.update(i + 1, detail: String(format: "acc_norm %.3f", Double(correct) / Double(i + 1)))
                     }
-                    table.add(method, b, [Double(correct) / Double(tasks.count), Double(tasks.count)])
+                    table.add(method, b, [Double(correct) / Double(tasks.count), Double(tasks.count)], standIns: mode.label)
                 }
+            }
             }
             print(table.markdown(), terminator: "")
             try table.save(csv: csv, plot: plot, title: "HellaSwag acc_norm against budget", logScale: false)
@@ -197,11 +203,13 @@ extension Eval {
             let evaluator = ChatEvaluator(session: session)
             // Every cell of the grid, each with its own router (per-token state lives in it).
             // A cell whose layers depend on the budget alone runs each reply as one batch.
-            var cells: [(method: String, budget: Double, selector: BudgetedLayerSelector?, batched: Bool)] = []
-            for method in routing.methodList {
-                for b in try routing.budgetList() {
-                    let selector = try routing.selector(method: method, budget: b, model: model)
-                    cells.append((method, b, selector, Routers.canBatch(selector, budget: b)))
+            var cells: [(method: String, budget: Double, selector: BudgetedLayerSelector?, batched: Bool, standIns: (label: String, weights: StandIns?))] = []
+            for mode in try routing.standInModes(model: model) {
+                for method in routing.methodList {
+                    for b in try routing.budgetList() {
+                        let selector = try routing.selector(method: method, budget: b, model: model)
+                        cells.append((method, b, selector, Routers.canBatch(selector, budget: b), mode))
+                    }
                 }
             }
             var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)
@@ -218,6 +226,7 @@ extension Eval {
                         totals[i].add(ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count))
                     } else {
                         session.selector = cell.selector
+                        session.standIns = cell.standIns.weights
                         totals[i].add(try evaluator.compare(ref, batched: cell.batched))
                     }
                     done += 1
@@ -226,7 +235,7 @@ extension Eval {
             }
             var table = EvalTable(metrics: ["kl", "top1_agreement", "tokens"], headers: ["KL (nats/token)", "top-1 agreement", "tokens"],
                                   formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: routing.kvPolicy.rawValue)
-            for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)]) }
+            for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)], standIns: cell.standIns.label) }
             print(table.markdown(), terminator: "")
             print("\(prompts.count) prompts (\(promptOptions.split) split), full-depth greedy replies of up to \(maxReply) tokens")
             try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
@@ -272,6 +281,23 @@ struct EvalRoutingOptions: ParsableArguments {
     var router: String?
     @Option(name: .long, help: "KV policy for skipped layers: fill (default: compute only their K/V), mask or zero. Static sets give the same results under all three.")
     var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "Comma-separated stand-in modes to compare, each on (the model's stand-ins), off (plain skip), auto (on when the model has stand-ins) or a stand-in file; e.g. on,off.")
+    var standIns: String = "auto"
+
+    /// The stand-in modes of the grid, each with its label for the table (on/off) and weights.
+    func standInModes(model: LanguageModel) throws -> [(label: String, weights: StandIns?)] {
+        var modes: [(label: String, weights: StandIns?)] = []
+        for part in standIns.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+            guard let choice = StandInChoice(argument: part) else { throw ValidationError("--stand-ins: empty entry") }
+            let w = try choice.resolve(model: model)
+            if case .file = choice, standIns.contains(",") {
+                modes.append((label: part, weights: w))   // several files: name them apart
+            } else {
+                modes.append((label: choice.label(w), weights: w))
+            }
+        }
+        return modes
+    }
 
     var methodList: [String] { methods.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
     func budgetList() throws -> [Double] { try parseBudgets(budgets) }
@@ -317,14 +343,18 @@ extension Eval {
             guard let header = lines.first, header.count >= 4, header[0] == "method", header[1] == "budget" else {
                 throw CLIError("'\(csv)' is not an eval CSV (expected a header starting method,budget,kv_policy)")
             }
-            let name = metric ?? header[3]
-            guard let col = header.firstIndex(of: name), col >= 3 else { throw CLIError("'\(csv)' has no column '\(name)' (columns: \(header.dropFirst(3).joined(separator: ", ")))") }
+            // CSVs from before stand-ins have no stand_ins column.
+            let standInColumn = header.firstIndex(of: "stand_ins")
+            let firstMetric = standInColumn.map { $0 + 1 } ?? 3
+            guard header.count > firstMetric else { throw CLIError("'\(csv)' has no metric columns") }
+            let name = metric ?? header[firstMetric]
+            guard let col = header.firstIndex(of: name), col >= firstMetric else { throw CLIError("'\(csv)' has no column '\(name)' (columns: \(header.dropFirst(firstMetric).joined(separator: ", ")))") }
             var table = EvalTable(metrics: [name], headers: [name], formats: ["%g"], kvPolicy: "")
             for (i, row) in lines.dropFirst().enumerated() {
                 guard row.count == header.count, let b = Double(row[1]), let v = Double(row[col]) else {
                     throw CLIError("'\(csv)' line \(i + 2): expected \(header.count) fields with numbers for budget and \(name)")
                 }
-                table.add(row[0], b, [v])
+                table.add(row[0], b, [v], standIns: standInColumn.map { row[$0] } ?? "off")
             }
             try table.save(csv: nil, plot: out, title: title ?? "\(name) against budget", logScale: log)
             print("wrote \(out)")

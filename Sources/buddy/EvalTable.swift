@@ -1,3 +1,4 @@
+import BuddyCore
 import BuddyRouting
 import Foundation
 
@@ -8,6 +9,7 @@ struct EvalTable {
     struct Row {
         var method: String
         var budget: Double
+        var standIns: String
         var values: [Double]
     }
     /// CSV column names of the metrics, in order; the first is the one plotted.
@@ -21,25 +23,29 @@ struct EvalTable {
     var derived: [(header: String, cell: ([Double]) -> String)] = []
     var rows: [Row] = []
 
-    mutating func add(_ method: String, _ budget: Double, _ values: [Double]) {
-        rows.append(Row(method: method, budget: budget, values: values))
+    mutating func add(_ method: String, _ budget: Double, _ values: [Double], standIns: String = "off") {
+        rows.append(Row(method: method, budget: budget, standIns: standIns, values: values))
     }
+
+    /// The full-depth row already measured (budget 1 runs every layer: the same for every
+    /// method and stand-in mode).
+    var fullDepth: Row? { rows.first { $0.budget >= 1 } }
 
     func markdown() -> String {
         let all = headers + derived.map(\.header)
-        var s = "| method | budget | kv_policy | " + all.joined(separator: " | ") + " |\n"
-        s += "|---|---|---|" + String(repeating: "---|", count: all.count) + "\n"
+        var s = "| method | budget | kv_policy | stand_ins | " + all.joined(separator: " | ") + " |\n"
+        s += "|---|---|---|---|" + String(repeating: "---|", count: all.count) + "\n"
         for r in rows {
             let cells = zip(formats, r.values).map { String(format: $0, $1) } + derived.map { $0.cell(r.values) }
-            s += String(format: "| %@ | %.2f | %@ | ", r.method, r.budget, kvPolicy) + cells.joined(separator: " | ") + " |\n"
+            s += String(format: "| %@ | %.2f | %@ | %@ | ", r.method, r.budget, kvPolicy, r.standIns) + cells.joined(separator: " | ") + " |\n"
         }
         return s
     }
 
     func csv() -> String {
-        var s = "method,budget,kv_policy," + metrics.joined(separator: ",") + "\n"
+        var s = "method,budget,kv_policy,stand_ins," + metrics.joined(separator: ",") + "\n"
         for r in rows {
-            s += String(format: "%@,%.2f,%@,", r.method, r.budget, kvPolicy) + r.values.map { v in
+            s += String(format: "%@,%.2f,%@,%@,", r.method, r.budget, kvPolicy, r.standIns) + r.values.map { v in
                 v == v.rounded() && abs(v) < 1e15 ? String(Int(v)) : String(format: "%.6g", v)
             }.joined(separator: ",") + "\n"
         }
@@ -52,8 +58,10 @@ struct EvalTable {
         if let plotPath {
             var series: [(String, [(Double, Double)])] = []
             for r in rows {
-                if let i = series.firstIndex(where: { $0.0 == r.method }) { series[i].1.append((r.budget, r.values[0])) } else {
-                    series.append((r.method, [(r.budget, r.values[0])]))
+                // One line per method and stand-in mode when the table holds both modes.
+                let name = Set(rows.map(\.standIns)).count > 1 ? "\(r.method) (stand-ins \(r.standIns))" : r.method
+                if let i = series.firstIndex(where: { $0.0 == name }) { series[i].1.append((r.budget, r.values[0])) } else {
+                    series.append((name, [(r.budget, r.values[0])]))
                 }
             }
             let svg = SVGPlot(title: title, xLabel: "compute budget (fraction of routable layers run)", yLabel: headers[0],

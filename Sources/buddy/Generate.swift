@@ -80,6 +80,7 @@ struct Generate: ParsableCommand {
         let session = Session(model: model, capacity: context, threads: modelOptions.threads)
         session.selector = try routing.makeSelector(model: model)
         session.policy = routing.kvPolicy
+        session.standIns = try routing.standIns.resolve(model: model)
         let text: String
         if chat {
             var messages: [ChatMessage] = []
@@ -106,7 +107,7 @@ struct Generate: ParsableCommand {
                 + "\"prefill_tok_s\":\(jsonNumber(stats.prefillTokensPerSecond)),\"decode_tok_s\":\(jsonNumber(stats.decodeTokensPerSecond)),"
                 + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber((session.selector as? AutoBudgetSelector)?.chosenBudget ?? routing.budget.value ?? 1)),\"budget_mode\":\(jsonString(routing.budget == .auto ? "auto" : "fixed")),"
                 + "\"router\":\(jsonString(session.selector.map { ($0 as? BudgetedLayerSelector)?.name ?? "router" } ?? "full")),"
-                + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
+                + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"stand_ins\":\(jsonString(session.standIns == nil ? "off" : "on")),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
         } else {
             Out.write(stats.trailingText + "\n")
         }

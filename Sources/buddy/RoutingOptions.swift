@@ -34,6 +34,9 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (compute only its K/V: about 6 % of a layer; the default, since the router mixes layer sets token by token), mask (later tokens ignore it), zero (zero-filled entries, the paper's choice).")
     var kvPolicy: KVPolicy = .fill
 
+    @Option(name: .long, help: "What a skipped layer adds instead of nothing: on (the model's stand-ins, routers/stand-ins.bin), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.")
+    var standIns: StandInChoice = .auto
+
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).")
     var rerouteEvery: Int = 1
 
@@ -73,4 +76,43 @@ func parseBudgets(_ text: String) throws -> [Double] {
         throw ValidationError("budgets must be a comma-separated list of numbers in (0, 1], e.g. 1,0.9,0.8")
     }
     return values
+}
+
+/// --stand-ins: what a skipped layer adds to the residual stream.
+/// auto (default): the model's shipped stand-ins (`routers/stand-ins.bin`) when it has them;
+/// on: those, and an error when there are none; off: nothing (the layer vanishes); a path:
+/// that stand-in file.
+enum StandInChoice: ExpressibleByArgument, Equatable {
+    case auto, on, off
+    case file(String)
+
+    init?(argument: String) {
+        switch argument.lowercased() {
+        case "auto": self = .auto
+        case "on": self = .on
+        case "off": self = .off
+        case "": return nil
+        default: self = .file(argument)
+        }
+    }
+    var defaultValueDescription: String { "auto" }
+
+    /// The stand-ins to install (nil: plain skipping), checked against the model.
+    func resolve(model: LanguageModel) throws -> StandIns? {
+        do {
+            switch self {
+            case .off: return nil
+            case .auto: return try Routers.standIns(model: model)
+            case .on:
+                guard let s = try Routers.standIns(model: model) else {
+                    throw CLIError("--stand-ins on: this model has no stand-in file (routers/\(StandInFile.defaultFileName)); make one with `buddy calibrate stand-ins`")
+                }
+                return s
+            case let .file(path): return try Routers.standIns(model: model, path: path)
+            }
+        } catch let e as StandInError { throw CLIError("\(e)") }
+    }
+
+    /// The label eval tables and JSON records use.
+    func label(_ resolved: StandIns?) -> String { resolved == nil ? "off" : "on" }
 }

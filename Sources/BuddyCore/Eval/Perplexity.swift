@@ -18,6 +18,11 @@ public final class PerplexityEvaluator {
     public let batch: BatchState
     public let cache: KVCache
     public let decode: DecodeState
+    /// What skipped layers add to the residual stream (nil: plain skip).
+    public var standIns: StandIns? {
+        get { decode.standIns }
+        set { decode.standIns = newValue; batch.standIns = newValue }
+    }
     /// [contextSize × vocab] logits of one chunk
     let logits: UnsafeMutablePointer<Float>
 

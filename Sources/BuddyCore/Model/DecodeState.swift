@@ -27,6 +27,10 @@ public final class DecodeState: @unchecked Sendable {
     /// Use the plain fp32 reference path (dequantised weights, fp32 activations, scalar code).
     public var reference = false
     public var trace: TraceSink?
+    /// What a skipped layer adds to the residual stream (nil: nothing, the layer vanishes).
+    public var standIns: StandIns? {
+        didSet { precondition((standIns?.maxRank ?? 0) <= config.dim && standIns.map { $0.dim == config.dim } ?? true, "stand-ins do not fit this model") }
+    }
 
     public init(config c: ModelConfig, capacity: Int, pool: ThreadPool) {
         config = c
@@ -152,8 +156,9 @@ extension Transformer {
         s.emit("l_out", l, s.x, c.dim)
     }
 
-    /// Account for a layer the token at `pos` does not run: the residual passes through
-    /// unchanged, and the cache entry follows the policy.
+    /// Account for a layer the token at `pos` does not run: the cache entry follows the
+    /// policy (under `fill` its K/V come from the layer's input), then the residual stream
+    /// passes through unchanged or gets the layer's stand-in when `s.standIns` has one.
     public func skipLayer(_ l: Int, pos: Int, policy: KVPolicy, _ s: DecodeState, _ cache: KVCache) {
         let c = config
         switch policy {
@@ -183,6 +188,13 @@ extension Transformer {
             cache.key(l, pos).update(from: s.k, count: c.kvDim)
             cache.value(l, pos).update(from: s.v, count: c.kvDim)
             cache.setPresent(l, pos, true)
+        }
+        if let standIns = s.standIns {
+            if s.reference {
+                standIns.applyRef(layer: l, s.x, normed: s.xb, projected: s.scratch)
+            } else {
+                standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch)
+            }
         }
     }
 

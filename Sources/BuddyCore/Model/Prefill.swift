@@ -25,6 +25,10 @@ public final class BatchState: @unchecked Sendable {
     public let capacity: Int
     public let pool: ThreadPool
     public var trace: TraceSink?
+    /// What a skipped layer adds to each row's residual stream (nil: nothing).
+    public var standIns: StandIns? {
+        didSet { precondition((standIns?.maxRank ?? 0) <= min(config.dim, config.ffnDim) && standIns.map { $0.dim == config.dim } ?? true, "stand-ins do not fit this model") }
+    }
 
     public init(config c: ModelConfig, maxTokens: Int, capacity: Int, pool: ThreadPool) {
         config = c
@@ -146,6 +150,7 @@ extension Transformer {
                 prefillLayer(l, n: n, start: start, b, cache, skipping: { !rowRuns[$0][l] }, policy: policy)
                 for i in 0..<n where !rowRuns[i][l] {
                     (b.x + i * dim).update(from: b.saved + i * dim, count: dim)
+                    applyStandIn(l, row: i, b)
                 }
             }
         }
@@ -208,7 +213,17 @@ extension Transformer {
         if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
     }
 
+    /// Row i's stand-in for layer l, with the decode path's kernel so that a batch and
+    /// token-by-token decoding give the same numbers.
+    @inline(__always)
+    func applyStandIn(_ l: Int, row i: Int, _ b: BatchState) {
+        guard let standIns = b.standIns else { return }
+        let dim = config.dim
+        standIns.apply(layer: l, b.x + i * dim, normed: b.xb + i * dim, projected: b.g + i * config.ffnDim)
+    }
+
     func skipLayerBatch(_ l: Int, n: Int, start: Int, policy: KVPolicy, _ b: BatchState, _ cache: KVCache) {
+        defer { for i in 0..<n { applyStandIn(l, row: i, b) } }
         let c = config, w = layers[l]
         switch policy {
         case .mask:

@@ -46,6 +46,12 @@ public final class Session: @unchecked Sendable {
     /// What skipped layers leave in the cache. fill by default: a router that changes the set
     /// from token to token needs earlier tokens' keys in layers they skipped.
     public var policy: KVPolicy = .fill
+    /// What a skipped layer adds to the residual stream instead of nothing (nil: plain skip).
+    /// Budget 1 runs every layer, so it is unaffected.
+    public var standIns: StandIns? {
+        get { decode.standIns }
+        set { decode.standIns = newValue; batch.standIns = newValue }
+    }
     /// Layers run for the most recent token (decode) or chunk (prefill).
     public private(set) var lastLayers: [Int] = []
     /// Sum over processed tokens of the number of layers each ran.
