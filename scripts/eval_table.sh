@@ -5,6 +5,8 @@
 # Data: ${BUDDY_DATA:-../shared/data}. Held-out choices: WikiText-2 chunks from 20 on (past all
 # calibration and training text), the first 400 HellaSwag tasks (never used for tuning), the
 # odd-position MT-Bench prompts (the even ones train the budget predictor).
+# These tables are plain skipping (--stand-ins off); scripts/eval_stand_ins.sh measures every
+# method with and without stand-ins.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -18,21 +20,21 @@ case "${1:-render}" in
 run)
   swift build -c release --product buddy
   $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 20 --chunks 64 \
-    --budgets $budgets --methods $methods --csv eval/ppl.csv > /dev/null
+    --budgets $budgets --methods $methods --stand-ins off --csv eval/ppl.csv > /dev/null
   $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
-    --budgets $budgets --methods $methods --csv eval/hellaswag.csv --items eval/hellaswag-items.csv > /dev/null
+    --budgets $budgets --methods $methods --stand-ins off --csv eval/hellaswag.csv --items eval/hellaswag-items.csv > /dev/null
   # Tasks 400-999 for buddy and the best static method on the first 400 at each budget, for the
   # paired comparison over 1,000 tasks.
   $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 600 \
-    --budgets 0.95,0.9,0.8,0.7 --methods buddy,shortgpt --items eval/hellaswag-items-extra-a.csv > /dev/null
+    --budgets 0.95,0.9,0.8,0.7 --methods buddy,shortgpt --stand-ins off --items eval/hellaswag-items-extra-a.csv > /dev/null
   $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 600 \
-    --budgets 0.6,0.5 --methods buddy,sleb --items eval/hellaswag-items-extra-b.csv > /dev/null
+    --budgets 0.6,0.5 --methods buddy,sleb --stand-ins off --items eval/hellaswag-items-extra-b.csv > /dev/null
   { cat eval/hellaswag-items-extra-a.csv; tail -n +2 eval/hellaswag-items-extra-b.csv; } > eval/hellaswag-items-extra.csv
   rm eval/hellaswag-items-extra-a.csv eval/hellaswag-items-extra-b.csv
   $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-    --budgets $budgets --methods $methods --csv eval/chat.csv > /dev/null
-  $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 --csv eval/auto.csv > eval/auto.md
-  $buddy bench --budgets $budgets --runs 5 --router buddy --json > eval/bench.jsonl
+    --budgets $budgets --methods $methods --stand-ins off --csv eval/chat.csv > /dev/null
+  $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 --stand-ins off --csv eval/auto.csv > eval/auto.md
+  $buddy bench --budgets $budgets --runs 5 --router buddy --stand-ins off --json > eval/bench.jsonl
   "$0" render
   ;;
 render)

@@ -8,6 +8,12 @@ public final class Calibrator {
     /// Scores chunks and owns the batch buffers and cache the measurements run in.
     let scorer: PerplexityEvaluator
     var batch: BatchState { scorer.batch }
+    /// Stand-ins for the layers a candidate set skips (nil: plain skipping): SLEB then removes
+    /// the layers whose stand-ins replace them best.
+    public var standIns: StandIns? {
+        get { scorer.standIns }
+        set { scorer.standIns = newValue }
+    }
     var cache: KVCache { scorer.cache }
 
     public init(model: LanguageModel, chunkSize: Int = 256, threads: Int = 2) {

@@ -4,10 +4,13 @@ import Foundation
 
 /// Sufficient statistics of one layer's regression problem: features x (the layer's input,
 /// RMS-normalised) and targets y (what the stand-in should add to the residual stream).
-/// Sums in double precision, so fits and validation errors come from these alone.
+/// Sums in double precision, so fits and validation errors come from these alone. Rows may
+/// carry weights: every sum (and the count) is then weighted.
 public struct RegressionStatistics: Sendable {
     public let dim: Int
-    public private(set) var count = 0
+    /// Σ weights (the number of rows when unweighted).
+    public private(set) var count = 0.0
+    public private(set) var rows = 0
     public private(set) var sumX: [Double]      // [dim]
     public private(set) var sumY: [Double]      // [dim]
     public private(set) var xx: [Double]        // [dim × dim] Σ x xᵀ
@@ -22,28 +25,39 @@ public struct RegressionStatistics: Sendable {
         xy = xx
     }
 
-    /// Adds m rows: x and y are [m × dim], row-major.
-    public mutating func add(x: [Double], y: [Double], rows m: Int) {
-        precondition(x.count >= m * dim && y.count >= m * dim)
+    /// Adds m rows: x and y are [m × dim], row-major; weights [m] (nil: all 1).
+    public mutating func add(x: [Double], y: [Double], rows m: Int, weights: [Double]? = nil) {
+        precondition(x.count >= m * dim && y.count >= m * dim && (weights?.count ?? m) >= m)
         guard m > 0 else { return }
         let d = Int32(dim)
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, Int32(m), 1, x, d, x, d, 1, &xx, d)
-        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, Int32(m), 1, x, d, y, d, 1, &xy, d)
-        for i in 0..<m {
-            for j in 0..<dim {
-                sumX[j] += x[i * dim + j]
-                let v = y[i * dim + j]
-                sumY[j] += v
-                yy += v * v
+        // Σ w x xᵀ and Σ w x yᵀ as products of √w-scaled rows.
+        var xs = x, ys = y
+        if let weights {
+            for i in 0..<m {
+                let s = weights[i].squareRoot()
+                for j in 0..<dim { xs[i * dim + j] *= s; ys[i * dim + j] *= s }
             }
         }
-        count += m
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, Int32(m), 1, xs, d, xs, d, 1, &xx, d)
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, Int32(m), 1, xs, d, ys, d, 1, &xy, d)
+        for i in 0..<m {
+            let w = weights?[i] ?? 1
+            for j in 0..<dim {
+                sumX[j] += w * x[i * dim + j]
+                let v = y[i * dim + j]
+                sumY[j] += w * v
+                yy += w * v * v
+            }
+            count += w
+        }
+        rows += m
     }
 
     public static func + (a: RegressionStatistics, b: RegressionStatistics) -> RegressionStatistics {
         precondition(a.dim == b.dim)
         var s = a
         s.count += b.count
+        s.rows += b.rows
         for i in 0..<a.dim { s.sumX[i] += b.sumX[i]; s.sumY[i] += b.sumY[i] }
         for i in 0..<a.xx.count { s.xx[i] += b.xx[i]; s.xy[i] += b.xy[i] }
         s.yy += b.yy
@@ -56,7 +70,7 @@ public struct RegressionStatistics: Sendable {
         let n = dim, r = f.rank
         var e = yy
         // − 2 Σ yᵀc + N‖c‖²
-        for i in 0..<n { e += -2 * f.bias[i] * sumY[i] + Double(count) * f.bias[i] * f.bias[i] }
+        for i in 0..<n { e += -2 * f.bias[i] * sumY[i] + count * f.bias[i] * f.bias[i] }
         guard r > 0 else { return e }
         // A·Σx  [r]
         var ax = [Double](repeating: 0, count: r)
@@ -82,7 +96,7 @@ public struct RegressionStatistics: Sendable {
     public var totalVariation: Double {
         guard count > 0 else { return 0 }
         var s = yy
-        for i in 0..<dim { s -= sumY[i] * sumY[i] / Double(count) }
+        for i in 0..<dim { s -= sumY[i] * sumY[i] / count }
         return s
     }
 }
@@ -149,8 +163,8 @@ public enum AffineFitter {
     /// Ridge λ is relative: the penalty is λ·tr(Cxx)/dim, so one grid serves every layer.
     public static func solve(_ s: RegressionStatistics, ridge: Double) throws -> Solution {
         let n = s.dim
-        guard s.count > 1 else { throw StandInFitError.tooFewRows(s.count) }
-        let N = Double(s.count)
+        guard s.rows > 1, s.count > 0 else { throw StandInFitError.tooFewRows(s.rows) }
+        let N = s.count
         let mx = s.sumX.map { $0 / N }, my = s.sumY.map { $0 / N }
         var cxx = s.xx, cxy = s.xy
         for i in 0..<n { for j in 0..<n { cxx[i * n + j] -= N * mx[i] * mx[j]; cxy[i * n + j] -= N * mx[i] * my[j] } }
@@ -261,7 +275,7 @@ public final class StandInCalibration {
     /// - progress: (layer done, layers) after each layer.
     public func fit(train: [[Int32]], validation: [[Int32]], scenarios: [[Bool]] = [],
                     ridges: [Double] = [1e-3, 1e-2, 1e-1], ranks: [Int] = [0, 16, 32, 64, 128],
-                    firstRow: Int = 1, notes: String = "",
+                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true, notes: String = "",
                     progress: ((Int, Int) -> Void)? = nil) throws -> (standIns: StandIns, report: [LayerReport]) {
         let c = model.config, L = c.layers, D = c.dim
         let t = model.transformer
@@ -287,21 +301,27 @@ public final class StandInCalibration {
             t.prefillLayers(l..<(l + 1), n: n, start: 0, batch, cache)
             x.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * D) }
         }
-        /// Regression rows from `input` towards `target`, rows firstRow..<n.
-        func rows(input: [Float], target: [Float], n: Int) -> (x: [Double], y: [Double], m: Int) {
-            let m = n - firstRow
+        /// Regression rows from `input` towards `target`: every rowStride-th row from firstRow
+        /// (neighbouring tokens are alike; the statistics cost grows with the rows).
+        /// With relativeError each row weighs 1/mean(input²): later layers see the residual
+        /// stream RMS-normalised, so an error matters in proportion to the stream's scale, and a
+        /// few tokens with huge activations must not dominate the fit.
+        func rows(input: [Float], target: [Float], n: Int) -> (x: [Double], y: [Double], m: Int, w: [Double]?) {
+            let m = (n - firstRow + rowStride - 1) / rowStride
             var xs = [Double](repeating: 0, count: m * D), ys = xs
+            var ws = [Double](repeating: 1, count: m)
             for i in 0..<m {
-                let r = (i + firstRow) * D
+                let r = (firstRow + i * rowStride) * D
                 var ss: Float = 0
                 for j in 0..<D { ss += input[r + j] * input[r + j] }
+                ws[i] = 1 / (Double(ss) / Double(D) + Double(eps))
                 let scale = 1 / (ss / Float(D) + eps).squareRoot()
                 for j in 0..<D {
                     xs[i * D + j] = Double(input[r + j] * scale)
                     ys[i * D + j] = Double(target[r + j] - input[r + j])
                 }
             }
-            return (xs, ys, m)
+            return (xs, ys, m, relativeError ? ws : nil)
         }
 
         for l in 0..<L {
@@ -316,8 +336,8 @@ public final class StandInCalibration {
                     continue
                 }
                 let full = states[si][0]
-                func add(_ r: (x: [Double], y: [Double], m: Int)) {
-                    if si < train.count { trainStats.add(x: r.x, y: r.y, rows: r.m) } else { valStats.add(x: r.x, y: r.y, rows: r.m) }
+                func add(_ r: (x: [Double], y: [Double], m: Int, w: [Double]?)) {
+                    if si < train.count { trainStats.add(x: r.x, y: r.y, rows: r.m, weights: r.w) } else { valStats.add(x: r.x, y: r.y, rows: r.m, weights: r.w) }
                 }
                 add(rows(input: input, target: full, n: n))
                 for (s, mask) in scenarios.enumerated() {
@@ -331,7 +351,7 @@ public final class StandInCalibration {
                 let final = try AffineFitter.solve(trainStats + valStats, ridge: choice.ridge).truncate(rank: choice.rank)
                 layers[l] = final.standIn()
                 report.append(LayerReport(layer: l, rank: choice.rank, ridge: choice.ridge, validationR2: choice.validationR2,
-                                          biasOnlyR2: biasOnly, trainRows: trainStats.count, validationRows: valStats.count))
+                                          biasOnlyR2: biasOnly, trainRows: trainStats.rows, validationRows: valStats.rows))
                 // Scenarios that skip l now carry its stand-in forward.
                 let single = try StandIns(dim: D, eps: eps, layers: (0..<L).map { $0 == l ? layers[l] : nil })
                 let normed = UnsafeMutablePointer<Float>.allocate(capacity: D), projected = UnsafeMutablePointer<Float>.allocate(capacity: D)

@@ -61,8 +61,8 @@ struct Bench: ParsableCommand {
         let routerSpec = router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
         if !json {
             print("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(modelOptions.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)")
-            print("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | peak RSS MB |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | stand-in share | peak RSS MB |")
+            print("|---|---|---|---|---|---|---|---|---|")
         }
         // Rounds alternate over the budgets (1, 0.75, 0.5, 1, 0.75, …) so that drift of a noisy
         // machine hits every budget alike; speed-ups are medians of ratios within a round.
@@ -101,19 +101,39 @@ struct Bench: ParsableCommand {
             if r > 0 && !json { Out.err("round \(r)/\(runs): decode " + series.map { String(format: "%.1f", $0.decode.last!) }.joined(separator: " / ") + " tok/s") }
         }
         let fullIndex = budgetList.firstIndex { $0 >= 1 }
+        let standInSeconds = standInWeights.map(Bench.secondsPerStandIn) ?? 0
         for (i, b) in budgetList.enumerated() {
             let s = series[i]
             let p = Bench.median(s.prefill), d = Bench.median(s.decode), share = Bench.median(s.shares)
             // Speed-up over full depth: the median over rounds of this round's ratio.
             let speedup = fullIndex.map { f in Bench.median(zip(s.decode, series[f].decode).map { $0 / $1 }) }
             let rss = Bench.peakRSSMegabytes()
+            // Stand-ins run once per skipped routable layer: their time per token over the step's.
+            let skipped = Double(model.config.layers) - s.layersPerToken
+            let standInShare = skipped * standInSeconds * d
             if json {
                 print("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(modelOptions.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),"
                     + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
-                print(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, rss))
+                print(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, 100 * standInShare, rss))
             }
         }
+    }
+}
+
+extension Bench {
+    /// Mean time of one stand-in over the routable layers, measured apart (the decode loop
+    /// is not instrumented): 200 applications of each layer's map to a residual vector.
+    static func secondsPerStandIn(_ s: StandIns) -> Double {
+        let routable = 1..<(s.layers.count - 1)
+        var x = [Float](repeating: 0.1, count: s.dim), normed = x, projected = [Float](repeating: 0, count: max(1, s.maxRank))
+        let reps = 200
+        let t0 = monotonicSeconds()
+        for _ in 0..<reps {
+            // The input is normalised inside, so repeated application stays finite.
+            for l in routable { s.apply(layer: l, &x, normed: &normed, projected: &projected) }
+        }
+        return (monotonicSeconds() - t0) / Double(reps * routable.count)
     }
 }

@@ -33,6 +33,8 @@ struct Calibrate: ParsableCommand {
     var tokens: Int = 2048
     @Option(name: .long, help: "Tokens per calibration chunk.")
     var chunk: Int = 256
+    @Option(name: .customLong("with-stand-ins"), help: "(sleb) a stand-in file: removed layers apply their stand-ins while SLEB measures.")
+    var withStandIns: String?
     @OptionGroup var standIns: StandInCalibrationOptions
     @OptionGroup var modelOptions: ModelOptions
 
@@ -48,6 +50,7 @@ struct Calibrate: ParsableCommand {
         let ids = Array(model.tokenizer.encode(text, parseSpecial: false).prefix(tokens))
         guard ids.count >= chunk else { throw CLIError("'\(data)' has only \(ids.count) tokens") }
         let cal = Calibrator(model: model, chunkSize: chunk, threads: modelOptions.threads)
+        if let withStandIns { cal.standIns = try StandInChoice.file(withStandIns).resolve(model: model) }
         let ranking: StaticRanking
         switch method {
         case .shortgpt:
@@ -61,6 +64,7 @@ struct Calibrate: ParsableCommand {
             ranking = try cal.slebRanking(tokens: ids) { done, _, detail in bar.update(done, detail: detail) }
         }
         let notes = "buddy calibrate \(method.rawValue) --data \(URL(fileURLWithPath: data).lastPathComponent) --tokens \(ids.count) --chunk \(chunk)"
+            + (withStandIns.map { " --with-stand-ins \(URL(fileURLWithPath: $0).lastPathComponent)" } ?? "")
         try RouterFile.save(ranking, model: model, notes: notes, to: out)
         print("\(method.rawValue) ranking (most important first): \(ranking.ranking.map(String.init).joined(separator: " "))")
         print("written to \(out)")

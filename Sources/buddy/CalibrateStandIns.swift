@@ -22,6 +22,10 @@ struct StandInCalibrationOptions: ParsableArguments {
     var scenarios: String = "sleb,shortgpt"
     @Option(name: .long, help: "(stand-ins) budgets of the routed scenarios.")
     var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
+    @Option(name: .long, help: "(stand-ins) use every N-th token of each sequence as a regression row.")
+    var rowStride: Int = 2
+    @Option(name: .long, help: "(stand-ins) weigh each token by 1/mean square of its residual stream (errors relative to the stream's scale) or not.")
+    var relativeError: Bool = true
     @Option(name: .long, help: "(stand-ins) ranks to choose from per layer.")
     var ranks: String = "0,16,32,64,128"
     @Option(name: .long, help: "(stand-ins) relative ridge penalties to choose from per layer.")
@@ -77,11 +81,12 @@ struct StandInCalibrationOptions: ParsableArguments {
         }
         let command = "buddy calibrate stand-ins --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
             + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" } ?? "")
-            + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --ranks \(ranks) --ridges \(ridges)"
+            + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError) --ranks \(ranks) --ridges \(ridges)"
         let bar = ProgressBar("stand-ins", total: L)
         let start = Date()
         let cal = StandInCalibration(model: model, threads: threads, maxTokens: max(chunk, (train + validation).map(\.count).max() ?? chunk))
-        let fitted = try cal.fit(train: train, validation: validation, scenarios: masks, ridges: ridgeList, ranks: rankList) { done, _ in bar.update(done) }
+        let fitted = try cal.fit(train: train, validation: validation, scenarios: masks, ridges: ridgeList, ranks: rankList,
+                                rowStride: rowStride, relativeError: relativeError) { done, _ in bar.update(done) }
         let rows = fitted.report.map { String(format: "%d:r%d/λ%g/R²%.3f", $0.layer, $0.rank, $0.ridge, $0.validationR2) }.joined(separator: " ")
         let notes = "\(command)\n\(train.count) fit / \(validation.count) validation sequences, \(masks.count) routed scenarios; per layer rank/ridge/validation R²: \(rows)"
         let standIns = try StandIns(dim: fitted.standIns.dim, eps: fitted.standIns.eps, layers: fitted.standIns.layers, notes: notes)

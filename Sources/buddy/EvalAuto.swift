@@ -25,6 +25,8 @@ extension Eval {
         var predictor: String?
         @Option(name: .long, help: "Router the budgets are run with.")
         var router: String = "buddy"
+        @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.")
+        var standIns: StandInChoice = .auto
         @Option(name: .long, help: "Also write one CSV row per prompt and tolerance (tolerance,id,category,chosen_budget,kl,top1_agreement,tokens).")
         var csv: String?
         @OptionGroup var modelOptions: ModelOptions
@@ -42,6 +44,7 @@ extension Eval {
             let model = try modelOptions.load()
             let L = model.config.layers
             let session = Session(model: model, capacity: 2048, threads: modelOptions.threads, batchSize: 256)
+            session.standIns = try standIns.resolve(model: model)
             let evaluator = ChatEvaluator(session: session)
             let predictorModel: BudgetPredictor
             let grid: [Double]
