@@ -142,6 +142,61 @@ table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", 
       "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
       "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)
 table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
+# Stand-ins (scripts/eval_stand_ins.sh): every method with and without them on the same data.
+si_ppl, si_chat = load("stand-ins-ppl.csv"), load("stand-ins-chat.csv")
+def si_value(rows, m, b, mode, key):
+    for r in rows:
+        if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9 and r.get("stand_ins") == mode: return float(r[key])
+    return None
+def si_table(title, rows, key, fmt, note, lower_is_better=True):
+    si_methods = [m for m in methods if any(r["method"] == m for r in rows)]
+    si_budgets = sorted({float(r["budget"]) for r in rows}, reverse=True)
+    full = next((float(r[key]) for r in rows if float(r["budget"]) >= 1), None)
+    print(f"### {title}\n\n{note}\n")
+    print("| budget | k/28 | " + " | ".join(f"{m} off | {m} on" for m in si_methods) + " | buddy on vs best static on | buddy on / full depth |")
+    print("|---|---|" + "---|---|" * len(si_methods) + "---|---|")
+    for b in si_budgets:
+        k = min(28, max(1, math.floor(b * 28 + 0.5)))
+        cells = []
+        for m in si_methods:
+            for mode in ("off", "on"):
+                v = si_value(rows, m, b, mode, key)
+                cells.append(fmt(v) if v is not None else "—")
+        mine = si_value(rows, "buddy", b, "on", key)
+        static = [(si_value(rows, m, b, "on", key), m) for m in si_methods if m != "buddy"]
+        static = [(v, m) for v, m in static if v is not None]
+        if b >= 1 or mine is None or not static: extra, ratio = "—", "—"
+        else:
+            v, m = (min if lower_is_better else max)(static)
+            better = mine < v if lower_is_better else mine > v
+            extra = f"{'**better**' if better else 'worse'} ({(mine - v) / v * 100:+.1f} % vs {m})"
+            ratio = f"{mine / full:.2f}×" if full and key == "ppl" else "—"
+        print(f"| {b:.2f} | {k} | " + " | ".join(cells) + f" | {extra} | {ratio} |")
+    print()
+if si_ppl or si_chat:
+    print("## Stand-ins: each method with (on) and without (off) them\n\n"
+          "A skipped layer adds its stand-in, a low-rank affine map of its normalised input fitted in closed form "
+          "(`routers/stand-ins.bin`, docs/STAND-INS.md: fitted on WikiText-2 chunks 0–13 and train-split chat prompts 0–15, "
+          "rank and ridge chosen on chunks 14–19 and prompts 16–23). Every method gets the same stand-ins. "
+          "Measured by `scripts/eval_stand_ins.sh run`; KV policy `fill`.\n")
+    if si_ppl:
+        si_table("WikiText-2 perplexity", si_ppl, "ppl", lambda v: f"{v:.2f}",
+                 "16 chunks from chunk 36 (tokens 18,432–26,623), second halves scored; none of this text was used to fit, "
+                 "select or look at the stand-ins.")
+    if si_chat:
+        si_table("Chat: KL from full depth (nats per token)", si_chat, "kl", lambda v: f"{v:.3f}",
+                 "The 40 held-out MT-Bench first turns, full model's greedy replies (≤ 128 tokens) teacher-forced.")
+        si_table("Chat: top-1 agreement with the full model (higher is better)",
+                 si_chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
+    si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
+    if si_bench:
+        print("### Decode speed with stand-ins on (buddy router, `buddy bench --stand-ins on`)\n")
+        print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share |")
+        print("|---|---|---|---|---|---|")
+        for r in si_bench:
+            print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {r.get('decode_speedup') or 1:.2f} | "
+                  f"{100 * r.get('routing_share', 0):.2f} % | {100 * r.get('stand_in_share', 0):.2f} % |")
+        print()
 bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []
 if bench:
     print("## Decode speed (buddy router, 512-token prompt, 128 decoded, 2 threads)\n\nThis VM is noisy (the same command varies by ±20 % between minutes); `buddy bench` therefore runs the budgets in turn within each round, and the speed-up is the median of the per-round ratios to full depth. Issue 3 tracks speed.\n")
