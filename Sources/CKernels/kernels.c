@@ -82,6 +82,13 @@ int bk_has_avx2(void) {
 void bk_force_portable(int on) { force_portable = on; }
 
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+// 5-bit weight k of a Q5_0/Q5_1 block whose 32-bit qh word is at q (its 16 nibble bytes follow).
+static inline int q5_at(const uint8_t *q, uint32_t qh, int k) {
+    int nib = k < 16 ? (q[4 + k] & 0x0f) : (q[4 + k - 16] >> 4);
+    return nib | (int)((qh >> k) & 1) << 4;
+}
 
 // ---------------------------------------------------------------- portable kernels
 
@@ -124,6 +131,27 @@ static float dot_q4_0_portable(const uint8_t *p, const int8_t *qs, const float *
         acc += h2f(load_u16(p)) * d[b] * (float)isum;
         (void)sums;
     }
+    return acc;
+}
+
+// Σ (q - bias)·a over one Q5 block (qh word at q, nibbles after it).
+static inline int32_t q5_block_isum(const uint8_t *q, const int8_t *a, int bias) {
+    uint32_t qh = load_u32(q);
+    int32_t isum = 0;
+    for (int k = 0; k < 32; k++) isum += (q5_at(q, qh, k) - bias) * a[k];
+    return isum;
+}
+
+static float dot_q5_0_portable(const uint8_t *p, const int8_t *qs, const float *d, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 22) acc += h2f(load_u16(p)) * d[b] * (float)q5_block_isum(p + 2, qs + 32 * b, 16);
+    return acc;
+}
+
+static float dot_q5_1_portable(const uint8_t *p, const int8_t *qs, const float *d, const float *ds, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 24)
+        acc += h2f(load_u16(p)) * d[b] * (float)q5_block_isum(p + 4, qs + 32 * b, 0) + h2f(load_u16(p + 2)) * ds[b];
     return acc;
 }
 
@@ -194,6 +222,22 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
     return _mm256_set_m128i(hi, lo);   // weights 0..15 then 16..31
 }
 
+// The 32 fifth bits of a Q5 block as bytes of 0 or 16, in weight order (byte k <- bit k of qh).
+BK_AVX2 static inline __m256i q5_high_bits(const uint8_t *qhp) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)load_u32(qhp)), spread);
+    __m256i on = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+    return _mm256_and_si256(on, _mm256_set1_epi8(16));
+}
+
+// 5-bit weights 0..31 of a Q5 block (qh word at q) as unsigned bytes.
+BK_AVX2 static inline __m256i unpack_q5(const uint8_t *q) { return _mm256_or_si256(unpack_nibbles(q + 4), q5_high_bits(q)); }
+
+// The weights of a Q4_1 block (bytes == 20, nibbles at p + 4) or a Q5_1 block (qh word at p + 4).
+BK_AVX2 static inline __m256i unpack_q_1(const uint8_t *p, int bytes) { return bytes == 24 ? unpack_q5(p + 4) : unpack_nibbles(p + 4); }
+
 // Two accumulators per dot product (even and odd blocks) hide the FMA latency of the
 // loop-carried sum. matvec and gemm use the same macro per (row, token, block) and combine
 // the two halves the same way, so a batched prompt and token-by-token decode stay
@@ -203,15 +247,16 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
     ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * (D)[B]), _mm256_cvtepi32_ps(prod_), ACC); \
     M += wm_ * (DS)[B]; }
 
-BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, const float *ds, float *y) {
+// Q4_1 (bytes = 20) and Q5_1 (bytes = 24).
+BK_AVX2 static void matvec_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
+                                     const int8_t *qs, const float *d, const float *ds, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
         float m0 = 0, m1 = 0;
-        for (int b = 0; b < blocks; b++, p += 20) {
-            __m256i q_ = unpack_nibbles(p + 4);
+        for (int b = 0; b < blocks; b++, p += bytes) {
+            __m256i q_ = unpack_q_1(p, bytes);
             float wd_ = h2f_avx(p), wm_ = h2f_avx(p + 2);
             if (b & 1) BK_Q4_1_STEP(p, qs, d, ds, b, acc1, m1) else BK_Q4_1_STEP(p, qs, d, ds, b, acc0, m0)
         }
@@ -220,7 +265,7 @@ BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1
 }
 
 // Four tokens per pass over a weight row: each block is unpacked once and used four times.
-BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
+BK_AVX2 static void gemm_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
                                     const int8_t *qs, const float *d, const float *ds, float *y, int ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int cols = 32 * blocks;
@@ -234,8 +279,8 @@ BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
             const float *s0 = ds + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;
             const uint8_t *p = row;
-            for (int b = 0; b < blocks; b++, p += 20) {
-                __m256i q_ = unpack_nibbles(p + 4);
+            for (int b = 0; b < blocks; b++, p += bytes) {
+                __m256i q_ = unpack_q_1(p, bytes);
                 float wd_ = h2f_avx(p), wm_ = h2f_avx(p + 2);
                 if (b & 1) {
                     BK_Q4_1_STEP(p, x0, d0, s0, b, a01, m01) BK_Q4_1_STEP(p, x1, d1, s1, b, a11, m11)
@@ -251,27 +296,28 @@ BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31)) + (m30 + m31);
         }
         for (; t < n; t++)
-            matvec_q4_1_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, ds + (size_t)t * blocks,
+            matvec_q_1_avx2(w, rb, bytes, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, ds + (size_t)t * blocks,
                              y + (size_t)t * ldy + (r - r0));
     }
 }
 
-BK_AVX2 static void matvec_q4_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+// Q4_0 (bytes = 18, w = d(q - 8)) and Q5_0 (bytes = 22, w = d(q - 16)).
+BK_AVX2 static void matvec_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
+                                     const int8_t *qs, const float *d, const int32_t *sums, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
         __m256 acc = _mm256_setzero_ps();
         float bias = 0;
-        for (int b = 0; b < blocks; b++, p += 18) {
-            __m256i q = unpack_nibbles(p + 2);
+        for (int b = 0; b < blocks; b++, p += bytes) {
+            __m256i q = bytes == 22 ? unpack_q5(p + 2) : unpack_nibbles(p + 2);
             __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
             __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
             float dd = h2f_avx(p) * d[b];
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
-            bias += dd * (float)sums[b];   // (q - 8)·a = q·a - 8 Σa
+            bias += dd * (float)sums[b];   // (q - 8)·a = q·a - 8 Σa (16 for Q5_0)
         }
-        y[r - r0] = hsum256(acc) - 8.0f * bias;
+        y[r - r0] = hsum256(acc) - (bytes == 22 ? 16.0f : 8.0f) * bias;
     }
 }
 
@@ -387,8 +433,10 @@ void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
 #if BK_X86
     if (bk_has_avx2()) {
         switch (type) {
-        case 3: matvec_q4_1_avx2(base, rb, r0, r1, blocks, qs, d, ds, y); return;
-        case 2: matvec_q4_0_avx2(base, rb, r0, r1, blocks, qs, d, sums, y); return;
+        case 3: matvec_q_1_avx2(base, rb, 20, r0, r1, blocks, qs, d, ds, y); return;
+        case 7: matvec_q_1_avx2(base, rb, 24, r0, r1, blocks, qs, d, ds, y); return;
+        case 2: matvec_q_0_avx2(base, rb, 18, r0, r1, blocks, qs, d, sums, y); return;
+        case 6: matvec_q_0_avx2(base, rb, 22, r0, r1, blocks, qs, d, sums, y); return;
         case 8: matvec_q8_0_avx2(base, rb, r0, r1, blocks, qs, d, y); return;
         }
     }
@@ -399,6 +447,8 @@ void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
         case 3: y[r - r0] = dot_q4_1_portable(p, qs, d, ds, blocks); break;
         case 2: y[r - r0] = dot_q4_0_portable(p, qs, d, sums, blocks); break;
         case 8: y[r - r0] = dot_q8_0_portable(p, qs, d, blocks); break;
+        case 6: y[r - r0] = dot_q5_0_portable(p, qs, d, blocks); break;
+        case 7: y[r - r0] = dot_q5_1_portable(p, qs, d, ds, blocks); break;
         default: y[r - r0] = NAN; break;
         }
     }
@@ -410,7 +460,7 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     const int blocks = cols / 32;
 #if BK_X86
     if (bk_has_avx2()) {
-        if (type == 3) { gemm_q4_1_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
+        if (type == 3 || type == 7) { gemm_q_1_avx2((const uint8_t *)w, rb, type == 3 ? 20 : 24, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
         if (type == 8) { gemm_q8_0_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, y, ldy); return; }
     }
 #endif
@@ -449,6 +499,20 @@ int bk_dequantize_row(int type, const void *src, float *dst, int count) {
                 dst[32 * b + j] = dd * (float)((p[2 + j] & 0x0f) - 8);
                 dst[32 * b + j + 16] = dd * (float)((p[2 + j] >> 4) - 8);
             }
+        }
+        return 1;
+    case 6:
+        for (int b = 0; b < count / 32; b++, p += 22) {
+            float dd = h2f(load_u16(p));
+            uint32_t qh = load_u32(p + 2);
+            for (int k = 0; k < 32; k++) dst[32 * b + k] = dd * (float)(q5_at(p + 2, qh, k) - 16);
+        }
+        return 1;
+    case 7:
+        for (int b = 0; b < count / 32; b++, p += 24) {
+            float dd = h2f(load_u16(p)), m = h2f(load_u16(p + 2));
+            uint32_t qh = load_u32(p + 4);
+            for (int k = 0; k < 32; k++) dst[32 * b + k] = dd * (float)q5_at(p + 4, qh, k) + m;
         }
         return 1;
     case 8:

@@ -99,6 +99,33 @@ public func dotQ4_0Ref(_ row: UnsafeRawPointer, _ a: Q8Activations, blocks: Int)
     return acc
 }
 
+/// Σ (q - bias)·a over the 32 weights of one Q5 block (qh word at `q`) and activation block b.
+@inline(__always) func q5BlockSum(_ q: UnsafeRawPointer, _ a: Q8Activations, _ b: Int, bias: Int) -> Int32 {
+    var isum: Int32 = 0
+    for k in 0..<32 { isum += Int32(q5Value(q, k) - bias) * Int32(a.qs[32 * b + k]) }
+    return isum
+}
+
+/// Q5_0: Σ_b d_w·d_a·Σ (q - 16)·a
+public func dotQ5_0Ref(_ row: UnsafeRawPointer, _ a: Q8Activations, blocks: Int) -> Float {
+    var acc: Float = 0
+    for b in 0..<blocks {
+        let p = row + b * QK.q5_0Bytes
+        acc += loadHalf(p, 0) * a.d[b] * Float(q5BlockSum(p + 2, a, b, bias: 16))
+    }
+    return acc
+}
+
+/// Q5_1: Σ_b d_w·d_a·Σ q·a + m_w·s_a
+public func dotQ5_1Ref(_ row: UnsafeRawPointer, _ a: Q8Activations, blocks: Int) -> Float {
+    var acc: Float = 0
+    for b in 0..<blocks {
+        let p = row + b * QK.q5_1Bytes
+        acc += loadHalf(p, 0) * a.d[b] * Float(q5BlockSum(p + 4, a, b, bias: 0)) + loadHalf(p, 2) * a.ds[b]
+    }
+    return acc
+}
+
 /// Q8_0: Σ_b d_w·d_a·Σ q·a
 public func dotQ8_0Ref(_ row: UnsafeRawPointer, _ a: Q8Activations, blocks: Int) -> Float {
     var acc: Float = 0

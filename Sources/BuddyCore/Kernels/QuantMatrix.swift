@@ -22,7 +22,12 @@ public struct QuantMatrix: @unchecked Sendable {
     }
 
     /// Whether dot products quantise the input to 8 bits (as llama.cpp does for these types).
-    public var usesQ8Input: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
+    public var usesQ8Input: Bool {
+        switch type {
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0: return true
+        default: return false
+        }
+    }
 
     @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
 
@@ -32,7 +37,7 @@ public struct QuantMatrix: @unchecked Sendable {
     public func dot(row r: Int, _ x: UnsafePointer<Float>, _ xq: Q8Activations, scratch: UnsafeMutablePointer<Float>) -> Float {
         let p = row(r)
         switch type {
-        case .q4_1, .q8_0, .q4_0: return dotQuantized(type, p, xq, cols: cols)
+        case .q4_1, .q8_0, .q4_0, .q5_0, .q5_1: return dotQuantized(type, p, xq, cols: cols)
         case .f32: return dotF32(p.assumingMemoryBound(to: Float.self), x, count: cols)
         default:
             // Types without a dedicated kernel: dequantise the row, then a float dot.

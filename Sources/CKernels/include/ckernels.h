@@ -21,7 +21,7 @@ void bk_force_portable(int on);
 void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums, float *ds);
 
 /// y[r - row_begin] = row r · activations for r in [row_begin, row_end).
-/// type: 2 = Q4_0, 3 = Q4_1, 8 = Q8_0 (ggml numbering). cols % 32 == 0.
+/// type: 2 = Q4_0, 3 = Q4_1, 6 = Q5_0, 7 = Q5_1, 8 = Q8_0 (ggml numbering). cols % 32 == 0.
 void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
                  const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y);
 
@@ -33,7 +33,8 @@ void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int r
 void bk_gemm_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
                int n, const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y, int ldy);
 
-/// Dequantise `count` elements of one row of `type` (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, 30 BF16).
+/// Dequantise `count` elements of one row of `type` (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1,
+/// 8 Q8_0, 30 BF16).
 /// Returns 0 for unsupported types.
 int bk_dequantize_row(int type, const void *src, float *dst, int count);
 
