@@ -167,6 +167,113 @@ static float dot_q8_0_portable(const uint8_t *p, const int8_t *qs, const float *
     return acc;
 }
 
+
+// ---------------------------------------------------------------- K-quants on Q8_K activations
+
+static void quantize_q8k_portable(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+    for (int b = 0; b < n / 256; b++) {
+        const float *v = x + 256 * b;
+        int8_t *q = qs + 256 * b;
+        float amax = 0, peak = 0;   // the first value of largest magnitude, with its sign
+        for (int j = 0; j < 256; j++) { float a = fabsf(v[j]); if (a > amax) { amax = a; peak = v[j]; } }
+        if (amax == 0) {
+            d[b] = 0;
+            memset(q, 0, 256);
+            for (int g = 0; g < 16; g++) bsums[16 * b + g] = 0;
+            continue;
+        }
+        float iscale = -127.0f / peak;
+        for (int j = 0; j < 256; j++) {
+            int r = (int)nearbyintf(iscale * v[j]);
+            q[j] = (int8_t)(r > 127 ? 127 : r);
+        }
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += q[16 * g + j];
+            bsums[16 * b + g] = (int16_t)s;
+        }
+        d[b] = 1.0f / iscale;
+    }
+}
+
+// The 6-bit scales and mins of a Q4_K/Q5_K super-block (12 packed bytes at s).
+static inline void kq_scales(const uint8_t *s, int32_t sc[8], int32_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0f) | (s[j] >> 6) << 4;
+        mn[j + 4] = (s[j + 8] >> 4) | (s[j + 4] >> 6) << 4;
+    }
+}
+
+// Σ_j mins_j · (sum of the 32 activations of sub-block j).
+static inline int32_t kq_min_sum(const int32_t mn[8], const int16_t *bs) {
+    int32_t s = 0;
+    for (int j = 0; j < 8; j++) s += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+    return s;
+}
+
+// One super-block's contribution. Two products in separate statements, so no compiler fuses
+// them into an FMA: every path (and the Swift twin) rounds the same way.
+static inline float kq_term(float dw, float dmw, float da, int32_t isum, int32_t imin) {
+    float main = (dw * da) * (float)isum;
+    float off = (dmw * da) * (float)imin;
+    return main - off;
+}
+
+// Q4_K (bytes 144) and Q5_K (bytes 176): w = d·sc·q - dmin·m per sub-block of 32.
+static float dot_q45k_portable(const uint8_t *p, int bytes, const int8_t *qs, const float *d, const int16_t *bsums, int sblocks) {
+    const int five = bytes == 176;
+    float acc = 0;
+    for (int b = 0; b < sblocks; b++, p += bytes) {
+        int32_t sc[8], mn[8];
+        kq_scales(p + 4, sc, mn);
+        const uint8_t *qh = p + 16, *ql = p + (five ? 48 : 16);
+        const int8_t *a = qs + 256 * b;
+        int32_t isum = 0;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = ql + 32 * (j / 2);
+            int32_t s = 0;
+            for (int l = 0; l < 32; l++) {
+                int v = (j & 1) ? q[l] >> 4 : q[l] & 0x0f;
+                if (five) v |= ((qh[l] >> j) & 1) << 4;
+                s += v * a[32 * j + l];
+            }
+            isum += sc[j] * s;
+        }
+        acc += kq_term(h2f(load_u16(p)), h2f(load_u16(p + 2)), d[b], isum, kq_min_sum(mn, bsums + 16 * b));
+    }
+    return acc;
+}
+
+// Q6_K: 210 bytes; w = d·sc·(q - 32) with a signed 8-bit scale per 16 weights.
+static float dot_q6k_portable(const uint8_t *p, const int8_t *qs, const float *d, int sblocks) {
+    float acc = 0;
+    for (int b = 0; b < sblocks; b++, p += 210) {
+        const int8_t *a = qs + 256 * b;
+        const int8_t *sc = (const int8_t *)(p + 192);
+        int32_t isum = 0;
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = p + 64 * h, *qh = p + 128 + 32 * h;
+            int32_t s[8] = {0};   // per 16 weights of this half
+            for (int l = 0; l < 32; l++) {
+                int q0 = (ql[l] & 0x0f) | (qh[l] & 3) << 4;
+                int q1 = (ql[l + 32] & 0x0f) | ((qh[l] >> 2) & 3) << 4;
+                int q2 = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4;
+                int q3 = (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4;
+                const int8_t *ah = a + 128 * h + l;
+                s[l / 16] += (q0 - 32) * ah[0];
+                s[2 + l / 16] += (q1 - 32) * ah[32];
+                s[4 + l / 16] += (q2 - 32) * ah[64];
+                s[6 + l / 16] += (q3 - 32) * ah[96];
+            }
+            for (int g = 0; g < 8; g++) isum += sc[8 * h + g] * s[g];
+        }
+        acc += kq_term(h2f(load_u16(p + 208)), 0.0f, d[b], isum, 0);
+    }
+    return acc;
+}
+
 // ---------------------------------------------------------------- AVX2 kernels
 
 #if BK_X86
@@ -375,6 +482,82 @@ BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
     }
 }
 
+
+BK_AVX2 static inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// Same integer sums as dot_q45k_portable, 32 weights per instruction.
+BK_AVX2 static void matvec_q45k_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int sblocks,
+                                      const int8_t *qs, const float *d, const int16_t *bsums, float *y) {
+    const int five = bytes == 176;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bit = _mm256_set1_epi8(1);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        float acc = 0;
+        for (int b = 0; b < sblocks; b++, p += bytes) {
+            int32_t sc[8], mn[8];
+            kq_scales(p + 4, sc, mn);
+            const uint8_t *ql = p + (five ? 48 : 16);
+            const int8_t *a = qs + 256 * b;
+            __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+            __m256i sum = _mm256_setzero_si256();
+            for (int g = 0; g < 4; g++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(ql + 32 * g));
+                __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                if (five) {
+                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), bit), 4));
+                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), bit), 4));
+                }
+                __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(a + 64 * g)));
+                __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 64 * g + 32)));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p0, _mm256_set1_epi16((short)sc[2 * g])));
+                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p1, _mm256_set1_epi16((short)sc[2 * g + 1])));
+            }
+            acc += kq_term(h2f_avx(p), h2f_avx(p + 2), d[b], hsum_epi32(sum), kq_min_sum(mn, bsums + 16 * b));
+        }
+        y[r - r0] = acc;
+    }
+}
+
+// Q6_K: the unsigned 6-bit values against the activations, then the -32 offset through bsums.
+BK_AVX2 static void matvec_q6k_avx2(const uint8_t *w, size_t rb, int r0, int r1, int sblocks,
+                                     const int8_t *qs, const float *d, const int16_t *bsums, float *y) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        float acc = 0;
+        for (int b = 0; b < sblocks; b++, p += 210) {
+            const int8_t *a = qs + 256 * b, *sc = (const int8_t *)(p + 192);
+            const int16_t *bs = bsums + 16 * b;
+            int32_t offset = 0;
+            for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
+            __m256i sum = _mm256_setzero_si256();
+            for (int h = 0; h < 2; h++) {
+                __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+                __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+                __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+                __m256i q[4];
+                q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
+                q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
+                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
+                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
+                for (int k = 0; k < 4; k++) {
+                    const int s0 = sc[8 * h + 2 * k], s1 = sc[8 * h + 2 * k + 1];
+                    __m256i prod = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(a + 128 * h + 32 * k)));
+                    __m256i scales = _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
+                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(prod, scales));
+                }
+            }
+            acc += kq_term(h2f_avx(p + 208), 0.0f, d[b], hsum_epi32(sum) - 32 * offset, 0);
+        }
+        y[r - r0] = acc;
+    }
+}
+
 BK_AVX2 static float dot_f32_avx2(const float *x, const float *y, int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int i = 0;
@@ -469,6 +652,43 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     for (int t = 0; t < n; t++)
         bk_matvec_q(type, w, rb, r0, r1, cols, qs + (size_t)t * cols, d + (size_t)t * blocks, sums + (size_t)t * blocks,
                     ds + (size_t)t * blocks, y + (size_t)t * ldy);
+}
+
+void bk_quantize_q8k(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+    quantize_q8k_portable(x, n, qs, d, bsums);
+}
+
+void bk_matvec_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
+                  const int8_t *qs, const float *d, const int16_t *bsums, float *y) {
+    init_half_table();
+    const uint8_t *base = (const uint8_t *)w;
+    const int sblocks = cols / 256;
+#if BK_X86
+    if (bk_has_avx2()) {
+        switch (type) {
+        case 12: matvec_q45k_avx2(base, rb, 144, r0, r1, sblocks, qs, d, bsums, y); return;
+        case 13: matvec_q45k_avx2(base, rb, 176, r0, r1, sblocks, qs, d, bsums, y); return;
+        case 14: matvec_q6k_avx2(base, rb, r0, r1, sblocks, qs, d, bsums, y); return;
+        }
+    }
+#endif
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = base + (size_t)r * rb;
+        switch (type) {
+        case 12: y[r - r0] = dot_q45k_portable(p, 144, qs, d, bsums, sblocks); break;
+        case 13: y[r - r0] = dot_q45k_portable(p, 176, qs, d, bsums, sblocks); break;
+        case 14: y[r - r0] = dot_q6k_portable(p, qs, d, sblocks); break;
+        default: y[r - r0] = NAN; break;
+        }
+    }
+}
+
+void bk_gemm_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
+                int n, const int8_t *qs, const float *d, const int16_t *bsums, float *y, int ldy) {
+    const int sblocks = cols / 256;
+    for (int t = 0; t < n; t++)
+        bk_matvec_qk(type, w, rb, r0, r1, cols, qs + (size_t)t * cols, d + (size_t)t * sblocks, bsums + (size_t)t * 16 * sblocks,
+                     y + (size_t)t * ldy);
 }
 
 int bk_dequantize_row(int type, const void *src, float *dst, int count) {

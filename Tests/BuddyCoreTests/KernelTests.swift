@@ -15,20 +15,7 @@ final class KernelTests: XCTestCase {
         bk_force_portable(0)
     }
 
-    /// Random but valid blocks: finite half scales in a realistic range.
-    func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] {
-        let size = type.layout!.bytes
-        var out = r.bytes(blocks * size)
-        for b in 0..<blocks {
-            let scale = Float16(r.float(0.001, 0.05)).bitPattern
-            out[b * size] = UInt8(scale & 0xFF); out[b * size + 1] = UInt8(scale >> 8)
-            if type == .q4_1 || type == .q5_1 {
-                let m = Float16(r.float(-0.2, 0.2)).bitPattern
-                out[b * size + 2] = UInt8(m & 0xFF); out[b * size + 3] = UInt8(m >> 8)
-            }
-        }
-        return out
-    }
+    func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] { randomQuantBlocks(type, blocks: blocks, &r) }
 
     func testBlockLayoutsArePinned() {
         XCTAssertEqual(GGMLType.q4_0.layout!.bytes, 18)
@@ -128,12 +115,13 @@ final class KernelTests: XCTestCase {
 
     func testQuantizedDotsMatchReferenceAtOddBlockCounts() throws {
         var r = TestRandom(5)
-        let refs: [GGMLType: (UnsafeRawPointer, Q8Activations, Int) -> Float] = [
-            .q4_0: dotQ4_0Ref, .q4_1: dotQ4_1Ref, .q8_0: dotQ8_0Ref, .q5_0: dotQ5_0Ref, .q5_1: dotQ5_1Ref,
+        let refs: [(GGMLType, (UnsafeRawPointer, Q8Activations, Int) -> Float)] = [
+            (.q4_0, dotQ4_0Ref), (.q4_1, dotQ4_1Ref), (.q8_0, dotQ8_0Ref), (.q5_0, dotQ5_0Ref), (.q5_1, dotQ5_1Ref),
+            (.q4_K, dotQ4_KRef), (.q5_K, dotQ5_KRef), (.q6_K, dotQ6_KRef),
         ]
         for (type, ref) in refs {
-            for blocks in [1, 3, 7, 17, 33, 48] {
-                let n = 32 * blocks
+            for blocks in type.isKQuant ? [1, 2, 3, 5] : [1, 3, 7, 17, 33, 48] {
+                let n = type.layout!.elements * blocks
                 let row = randomBlocks(type, blocks: blocks, &r)
                 let x = r.floats(n, -2, 2)
                 var a = Q8Activations(capacity: n)
@@ -143,8 +131,10 @@ final class KernelTests: XCTestCase {
                     row.withUnsafeBytes { p in
                         let want = ref(p.baseAddress!, a, blocks)
                         let got = dotQuantized(type, p.baseAddress!, a, cols: n)
-                        // Same integer sums; only the float accumulation order differs.
-                        XCTAssertEqual(got, want, accuracy: 1e-4 * max(1, abs(want)), "\(type) \(blocks) blocks \(path)")
+                        // Same integer sums; for the 32-blocks only the float accumulation order
+                        // differs, the K-quants combine each super-block in one order everywhere.
+                        let tolerance: Float = type.isKQuant ? 0 : 1e-4 * max(1, abs(want))
+                        XCTAssertEqual(got, want, accuracy: tolerance, "\(type) \(blocks) blocks \(path)")
                     }
                 }
                 // And the quantised dot approximates the exact fp32 dot of dequantised weights.
@@ -153,21 +143,49 @@ final class KernelTests: XCTestCase {
                 let exact = zip(w, x).reduce(Float(0)) { $0 + $1.0 * $1.1 }
                 let approx = row.withUnsafeBytes { dotQuantized(type, $0.baseAddress!, a, cols: n) }
                 let scale = zip(w, x).reduce(Float(0)) { $0 + abs($1.0 * $1.1) }
+                XCTAssertGreaterThan(scale, 0)
                 XCTAssertEqual(approx, exact, accuracy: 0.02 * scale + 1e-5, "\(type) vs fp32")
+            }
+        }
+    }
+
+    func testQ8KActivationsMatchReference() throws {
+        var r = TestRandom(31)
+        for n in [256, 512, 1536] {
+            var x = r.floats(n, -3, 3)
+            // The first of two values of largest magnitude sets the scale's sign: -4 -> -127, 4 -> 127.
+            x[5] = -4; x[9] = 4
+            if n >= 512 { for j in 256..<512 { x[j] = 0 } }   // an all-zero super-block
+            try bothPaths { path in
+                var fast = Q8Activations(capacity: n), ref = Q8Activations(capacity: n)
+                defer { fast.deallocate(); ref.deallocate() }
+                x.withUnsafeBufferPointer { fast.quantize($0.baseAddress!, count: n); ref.quantizeRef($0.baseAddress!, count: n) }
+                XCTAssertTrue(fast.hasQ8K)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.kqs, count: n)), Array(UnsafeBufferPointer(start: ref.kqs, count: n)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.kd, count: n / 256)), Array(UnsafeBufferPointer(start: ref.kd, count: n / 256)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.kbsums, count: n / 16)), Array(UnsafeBufferPointer(start: ref.kbsums, count: n / 16)), path)
+                XCTAssertEqual(fast.kqs[5], -127); XCTAssertEqual(fast.kqs[9], 127)
+                XCTAssertEqual(fast.kd[0], 4 / 127, accuracy: 1e-7)
+                if n >= 512 { XCTAssertEqual(fast.kd[1], 0); XCTAssertEqual(fast.kbsums[16], 0) }
+                // The values reconstruct x to within half a step.
+                for i in 0..<n { XCTAssertEqual(Float(fast.kqs[i]) * fast.kd[i / 256], x[i], accuracy: abs(fast.kd[i / 256]) * 0.5 + 1e-7) }
+                let s0 = (0..<16).reduce(0) { $0 + Int(fast.kqs[$1]) }
+                XCTAssertEqual(Int(fast.kbsums[0]), s0)
             }
         }
     }
 
     func testFastDequantizeMatchesReference() throws {
         var r = TestRandom(8)
-        for type in [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0] {
+        for type in [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K] {
             for blocks in [1, 5, 19] {
+                let count = blocks * type.layout!.elements
                 let row = randomBlocks(type, blocks: blocks, &r)
-                var a = [Float](repeating: 0, count: 32 * blocks), b = a
+                var a = [Float](repeating: 0, count: count), b = a
                 try bothPaths { path in
                     row.withUnsafeBytes {
-                        dequantizeRowRef(type, $0.baseAddress!, &a, count: 32 * blocks)
-                        dequantizeRow(type, $0.baseAddress!, &b, count: 32 * blocks)
+                        dequantizeRowRef(type, $0.baseAddress!, &a, count: count)
+                        dequantizeRow(type, $0.baseAddress!, &b, count: count)
                     }
                     XCTAssertEqual(a, b, "\(type) \(path)")
                 }
@@ -246,6 +264,31 @@ final class KernelTests: XCTestCase {
                     }
                     XCTAssertEqual(batch, single, "\(type) n \(n) \(path)")
                     XCTAssertFalse(batch.contains { $0.isNaN }, "\(type) n \(n) \(path)")
+                }
+            }
+        }
+    }
+
+    func testKQuantGemmIsBitIdenticalToMatVecPerToken() throws {
+        var r = TestRandom(29)
+        let rows = 5, cols = 512, sb = cols / 256
+        for type in [GGMLType.q4_K, .q5_K, .q6_K] {
+            let data = randomBlocks(type, blocks: rows * sb, &r)
+            for n in [1, 3, 6] {
+                let x = r.floats(n * cols, -2, 2)
+                try bothPaths { path in
+                    let batch = Q8KBatch(rows: n, cols: cols)
+                    var y = [Float](repeating: .nan, count: n * rows)
+                    data.withUnsafeBytes { raw in
+                        let m = QuantMatrix(name: "w", type: type, rows: rows, cols: cols, data: raw.baseAddress!)
+                        x.withUnsafeBufferPointer { gemmQ8K(m, $0.baseAddress!, n: n, &y, ldy: rows, batch, pool: ThreadPool.shared(threads: 2)) }
+                        for t in 0..<n {
+                            var a = Q8Activations(capacity: cols)
+                            defer { a.deallocate() }
+                            x.withUnsafeBufferPointer { a.quantize($0.baseAddress! + t * cols, count: cols) }
+                            for i in 0..<rows { XCTAssertEqual(y[t * rows + i], dotQuantized(type, m.row(i), a, cols: cols), "\(type) n \(n) token \(t) row \(i) \(path)") }
+                        }
+                    }
                 }
             }
         }
