@@ -105,3 +105,20 @@ final class MixedQuantModelTests: XCTestCase {
     func testMixedTypesWithKQuantEmbeddingAndQ8Head() throws { try check(embedding: .q6_K, head: .q8_0) }
     func testMixedTypesWithQ5EmbeddingAndKQuantHead() throws { try check(embedding: .q5_0, head: .q5_K) }
 }
+
+final class TensorTypeShareTests: XCTestCase {
+    func testSharesCountEveryTensorOnceAndAddUpToTheTensorBytes() throws {
+        let f = try MixedQuantModel.file(embedding: .q6_K, head: .q8_0)
+        let shares = f.tensorTypeShares()
+        XCTAssertEqual(shares.reduce(0) { $0 + $1.tensors }, f.tensors.count)
+        XCTAssertEqual(shares.reduce(0) { $0 + $1.bytes }, f.tensors.reduce(0) { $0 + $1.byteCount })
+        XCTAssertEqual(Set(shares.map(\.type)), [.f32, .q4_0, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K])
+        XCTAssertEqual(shares.map(\.bytes), shares.map(\.bytes).sorted(by: >))
+        // Q4_K: layer 0's output (256 × 256) and down (256 × 512), layer 1's q (256 × 256).
+        let q4k = shares.first { $0.type == .q4_K }!
+        XCTAssertEqual(q4k.tensors, 3)
+        XCTAssertEqual(q4k.bytes, (256 * 256 * 2 + 256 * 512) / 256 * 144)
+        XCTAssertEqual(q4k.fileShare, Double(q4k.bytes) / Double(f.mapping.size))
+        XCTAssertLessThan(shares.reduce(0) { $0 + $1.fileShare }, 1)
+    }
+}
