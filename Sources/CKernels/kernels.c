@@ -408,23 +408,62 @@ BK_AVX2 static void gemm_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0
     }
 }
 
-// Q4_0 (bytes = 18, w = d(q - 8)) and Q5_0 (bytes = 22, w = d(q - 16)).
+// Q4_0 (bytes = 18, w = d(q - 8)) and Q5_0 (bytes = 22, w = d(q - 16)): q·a through maddubs,
+// the offset through the activation block sums. matvec and gemm share the step macro.
+BK_AVX2 static inline __m256i unpack_q_0(const uint8_t *p, int bytes) { return bytes == 22 ? unpack_q5(p + 2) : unpack_nibbles(p + 2); }
+
+#define BK_Q_0_STEP(A, D, S, B, ACC, BIAS) { \
+    __m256i prod_ = _mm256_madd_epi16(_mm256_maddubs_epi16(q_, _mm256_loadu_si256((const __m256i *)((A) + 32 * (B)))), ones); \
+    float dd_ = wd_ * (D)[B]; \
+    ACC = _mm256_fmadd_ps(_mm256_set1_ps(dd_), _mm256_cvtepi32_ps(prod_), ACC); \
+    BIAS += dd_ * (float)(S)[B]; }
+
 BK_AVX2 static void matvec_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
                                      const int8_t *qs, const float *d, const int32_t *sums, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
+    const float offset = bytes == 22 ? 16.0f : 8.0f;
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
         __m256 acc = _mm256_setzero_ps();
         float bias = 0;
         for (int b = 0; b < blocks; b++, p += bytes) {
-            __m256i q = bytes == 22 ? unpack_q5(p + 2) : unpack_nibbles(p + 2);
-            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
-            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
-            float dd = h2f_avx(p) * d[b];
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
-            bias += dd * (float)sums[b];   // (q - 8)·a = q·a - 8 Σa (16 for Q5_0)
+            __m256i q_ = unpack_q_0(p, bytes);
+            float wd_ = h2f_avx(p);
+            BK_Q_0_STEP(qs, d, sums, b, acc, bias)
         }
-        y[r - r0] = hsum256(acc) - (bytes == 22 ? 16.0f : 8.0f) * bias;
+        y[r - r0] = hsum256(acc) - offset * bias;
+    }
+}
+
+BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
+                                   const int8_t *qs, const float *d, const int32_t *sums, float *y, int ldy) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    const float offset = bytes == 22 ? 16.0f : 8.0f;
+    const int cols = 32 * blocks;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *row = w + (size_t)r * rb;
+        int t = 0;
+        for (; t + 4 <= n; t += 4) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            float b0 = 0, b1 = 0, b2 = 0, b3 = 0;
+            const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
+            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
+            const int32_t *s0 = sums + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;
+            const uint8_t *p = row;
+            for (int b = 0; b < blocks; b++, p += bytes) {
+                __m256i q_ = unpack_q_0(p, bytes);
+                float wd_ = h2f_avx(p);
+                BK_Q_0_STEP(x0, d0, s0, b, a0, b0) BK_Q_0_STEP(x1, d1, s1, b, a1, b1)
+                BK_Q_0_STEP(x2, d2, s2, b, a2, b2) BK_Q_0_STEP(x3, d3, s3, b, a3, b3)
+            }
+            y[(size_t)t * ldy + (r - r0)] = hsum256(a0) - offset * b0;
+            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(a1) - offset * b1;
+            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(a2) - offset * b2;
+            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(a3) - offset * b3;
+        }
+        for (; t < n; t++)
+            matvec_q_0_avx2(w, rb, bytes, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, sums + (size_t)t * blocks,
+                            y + (size_t)t * ldy + (r - r0));
     }
 }
 
@@ -490,71 +529,115 @@ BK_AVX2 static inline int32_t hsum_epi32(__m256i v) {
     return _mm_cvtsi128_si32(s);
 }
 
+// The K-quant AVX2 kernels work on one weight row against NT activation rows at once (NT = 1
+// for decode, 4 in the batched product): each super-block is unpacked once and used NT times.
+// Every (row, token) result is the same exact integer sums and the same scalar float steps, so
+// a batch gives bit for bit what token-by-token decoding gives.
+typedef struct { const int8_t *qs; const float *d; const int16_t *bsums; } kq_acts;
+
 // Same integer sums as dot_q45k_portable, 32 weights per instruction.
-BK_AVX2 static void matvec_q45k_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int sblocks,
-                                      const int8_t *qs, const float *d, const int16_t *bsums, float *y) {
+BK_AVX2 static inline __attribute__((always_inline)) void q45k_row_avx2(const uint8_t *p, int bytes, int sblocks, const int nt,
+                                                                        const kq_acts *a, float *out) {
     const int five = bytes == 176;
     const __m256i low4 = _mm256_set1_epi8(0x0f), bit = _mm256_set1_epi8(1);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *p = w + (size_t)r * rb;
-        float acc = 0;
-        for (int b = 0; b < sblocks; b++, p += bytes) {
-            int32_t sc[8], mn[8];
-            kq_scales(p + 4, sc, mn);
-            const uint8_t *ql = p + (five ? 48 : 16);
-            const int8_t *a = qs + 256 * b;
-            __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
-            __m256i sum = _mm256_setzero_si256();
-            for (int g = 0; g < 4; g++) {
-                __m256i raw = _mm256_loadu_si256((const __m256i *)(ql + 32 * g));
-                __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
-                if (five) {
-                    lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), bit), 4));
-                    hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), bit), 4));
-                }
-                __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(a + 64 * g)));
-                __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 64 * g + 32)));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p0, _mm256_set1_epi16((short)sc[2 * g])));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p1, _mm256_set1_epi16((short)sc[2 * g + 1])));
+    float acc[4] = {0, 0, 0, 0};
+    for (int b = 0; b < sblocks; b++, p += bytes) {
+        int32_t sc[8], mn[8];
+        kq_scales(p + 4, sc, mn);
+        const uint8_t *ql = p + (five ? 48 : 16);
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+        __m256i sum[4];
+        for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(ql + 32 * g));
+            __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), bit), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), bit), 4));
             }
-            acc += kq_term(h2f_avx(p), h2f_avx(p + 2), d[b], hsum_epi32(sum), kq_min_sum(mn, bsums + 16 * b));
+            const __m256i s0 = _mm256_set1_epi16((short)sc[2 * g]), s1 = _mm256_set1_epi16((short)sc[2 * g + 1]);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *x = a[t].qs + 256 * b + 64 * g;
+                __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+                __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+                sum[t] = _mm256_add_epi32(sum[t], _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
+            }
         }
-        y[r - r0] = acc;
+        const float dw = h2f_avx(p), dmw = h2f_avx(p + 2);
+        for (int t = 0; t < nt; t++)
+            acc[t] += kq_term(dw, dmw, a[t].d[b], hsum_epi32(sum[t]), kq_min_sum(mn, a[t].bsums + 16 * b));
     }
+    for (int t = 0; t < nt; t++) out[t] = acc[t];
 }
 
 // Q6_K: the unsigned 6-bit values against the activations, then the -32 offset through bsums.
-BK_AVX2 static void matvec_q6k_avx2(const uint8_t *w, size_t rb, int r0, int r1, int sblocks,
-                                     const int8_t *qs, const float *d, const int16_t *bsums, float *y) {
+BK_AVX2 static inline __attribute__((always_inline)) void q6k_row_avx2(const uint8_t *p, int sblocks, const int nt,
+                                                                       const kq_acts *a, float *out) {
     const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *p = w + (size_t)r * rb;
-        float acc = 0;
-        for (int b = 0; b < sblocks; b++, p += 210) {
-            const int8_t *a = qs + 256 * b, *sc = (const int8_t *)(p + 192);
-            const int16_t *bs = bsums + 16 * b;
-            int32_t offset = 0;
-            for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
-            __m256i sum = _mm256_setzero_si256();
-            for (int h = 0; h < 2; h++) {
-                __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
-                __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
-                __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
-                __m256i q[4];
-                q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
-                q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
-                q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
-                q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
-                for (int k = 0; k < 4; k++) {
-                    const int s0 = sc[8 * h + 2 * k], s1 = sc[8 * h + 2 * k + 1];
-                    __m256i prod = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(a + 128 * h + 32 * k)));
-                    __m256i scales = _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
-                    sum = _mm256_add_epi32(sum, _mm256_madd_epi16(prod, scales));
+    float acc[4] = {0, 0, 0, 0};
+    for (int b = 0; b < sblocks; b++, p += 210) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        __m256i sum[4];
+        for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
+            for (int k = 0; k < 4; k++) {
+                const __m256i scales = _mm256_set_m128i(_mm_set1_epi16((short)sc[8 * h + 2 * k + 1]), _mm_set1_epi16((short)sc[8 * h + 2 * k]));
+                for (int t = 0; t < nt; t++) {
+                    __m256i prod = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(a[t].qs + 256 * b + 128 * h + 32 * k)));
+                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(prod, scales));
                 }
             }
-            acc += kq_term(h2f_avx(p + 208), 0.0f, d[b], hsum_epi32(sum) - 32 * offset, 0);
         }
-        y[r - r0] = acc;
+        const float dw = h2f_avx(p + 208);
+        for (int t = 0; t < nt; t++) {
+            const int16_t *bs = a[t].bsums + 16 * b;
+            int32_t offset = 0;
+            for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
+            acc[t] += kq_term(dw, 0.0f, a[t].d[b], hsum_epi32(sum[t]) - 32 * offset, 0);
+        }
+    }
+    for (int t = 0; t < nt; t++) out[t] = acc[t];
+}
+
+// Rows [r0, r1) of a Q4_K (12), Q5_K (13) or Q6_K (14) matrix against NT activation rows;
+// out[t * ldy + (r - r0)].
+BK_AVX2 static inline __attribute__((always_inline)) void kq_rows_avx2(int type, const uint8_t *w, size_t rb, int r0, int r1, int sblocks,
+                                                                       const int nt, const kq_acts *a, float *y, size_t ldy) {
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        float out[4];
+        if (type == 14) q6k_row_avx2(p, sblocks, nt, a, out);
+        else q45k_row_avx2(p, type == 13 ? 176 : 144, sblocks, nt, a, out);
+        for (int t = 0; t < nt; t++) y[t * ldy + (size_t)(r - r0)] = out[t];
+    }
+}
+
+BK_AVX2 static void matvec_qk_avx2(int type, const uint8_t *w, size_t rb, int r0, int r1, int sblocks, kq_acts a, float *y) {
+    kq_rows_avx2(type, w, rb, r0, r1, sblocks, 1, &a, y, 0);
+}
+
+BK_AVX2 static void gemm_qk_avx2(int type, const uint8_t *w, size_t rb, int r0, int r1, int sblocks, int n,
+                                 const int8_t *qs, const float *d, const int16_t *bsums, float *y, int ldy) {
+    const size_t cols = (size_t)256 * sblocks;
+    for (int r = r0; r < r1; r++) {   // one row at a time stays in cache across all tokens
+        int t = 0;
+        for (; t + 4 <= n; t += 4) {
+            kq_acts a[4];
+            for (int k = 0; k < 4; k++) a[k] = (kq_acts){ qs + (t + k) * cols, d + (size_t)(t + k) * sblocks, bsums + (size_t)(t + k) * 16 * sblocks };
+            kq_rows_avx2(type, w, rb, r, r + 1, sblocks, 4, a, y + (size_t)t * ldy + (r - r0), (size_t)ldy);
+        }
+        for (; t < n; t++) {
+            kq_acts a = { qs + t * cols, d + (size_t)t * sblocks, bsums + (size_t)t * 16 * sblocks };
+            kq_rows_avx2(type, w, rb, r, r + 1, sblocks, 1, &a, y + (size_t)t * ldy + (r - r0), 0);
+        }
     }
 }
 
@@ -643,6 +726,7 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     const int blocks = cols / 32;
 #if BK_X86
     if (bk_has_avx2()) {
+        if (type == 2 || type == 6) { gemm_q_0_avx2((const uint8_t *)w, rb, type == 2 ? 18 : 22, r0, r1, blocks, n, qs, d, sums, y, ldy); return; }
         if (type == 3 || type == 7) { gemm_q_1_avx2((const uint8_t *)w, rb, type == 3 ? 20 : 24, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
         if (type == 8) { gemm_q8_0_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, y, ldy); return; }
     }
@@ -665,11 +749,7 @@ void bk_matvec_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
     const int sblocks = cols / 256;
 #if BK_X86
     if (bk_has_avx2()) {
-        switch (type) {
-        case 12: matvec_q45k_avx2(base, rb, 144, r0, r1, sblocks, qs, d, bsums, y); return;
-        case 13: matvec_q45k_avx2(base, rb, 176, r0, r1, sblocks, qs, d, bsums, y); return;
-        case 14: matvec_q6k_avx2(base, rb, r0, r1, sblocks, qs, d, bsums, y); return;
-        }
+        if (type >= 12 && type <= 14) { matvec_qk_avx2(type, base, rb, r0, r1, sblocks, (kq_acts){ qs, d, bsums }, y); return; }
     }
 #endif
     for (int r = r0; r < r1; r++) {
@@ -686,6 +766,13 @@ void bk_matvec_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
 void bk_gemm_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
                 int n, const int8_t *qs, const float *d, const int16_t *bsums, float *y, int ldy) {
     const int sblocks = cols / 256;
+#if BK_X86
+    if (bk_has_avx2() && type >= 12 && type <= 14) {
+        init_half_table();
+        gemm_qk_avx2(type, (const uint8_t *)w, rb, r0, r1, sblocks, n, qs, d, bsums, y, ldy);
+        return;
+    }
+#endif
     for (int t = 0; t < n; t++)
         bk_matvec_qk(type, w, rb, r0, r1, cols, qs + (size_t)t * cols, d + (size_t)t * sblocks, bsums + (size_t)t * 16 * sblocks,
                      y + (size_t)t * ldy);
