@@ -28,7 +28,9 @@ enum MixedQuantModel {
         [.q4_K, .q5_K, .q5_0, .q6_K, .q5_1, .q8_0, .q6_K],
     ]
 
-    static func file(embedding: GGMLType, head: GGMLType) throws -> GGUFFile {
+    static func file(embedding: GGMLType, head: GGMLType) throws -> GGUFFile { try writer(embedding: embedding, head: head).parse() }
+
+    static func writer(embedding: GGMLType, head: GGMLType) -> GGUFWriter {
         var r = TestRandom(41)
         var w = TinyModel.header(arch: "llama", layers: layers, dim: dim, ffn: ffn, heads: heads, kvHeads: kvHeads)
         func add(_ name: String, _ type: GGMLType, cols: Int, rows: Int) {
@@ -51,7 +53,7 @@ enum MixedQuantModel {
         }
         w.addF32("output_norm.weight", dims: [dim], r.floats(dim, 0.5, 1.5))
         add("output.weight", head, cols: dim, rows: vocab)
-        return try w.parse()
+        return w
     }
 }
 
@@ -100,6 +102,17 @@ final class MixedQuantModelTests: XCTestCase {
         XCTAssertGreaterThan(spread, 0.5)
         XCTAssertLessThan(errors.max()!, 0.15 * spread, "\(embedding)/\(head): fast vs fp32 reference, worst logit")
         XCTAssertLessThan(mean, 0.01 * spread, "\(embedding)/\(head): fast vs fp32 reference, mean")
+    }
+
+    /// A type the engine has no kernels for is still refused by name when the model loads.
+    func testUnsupportedTypeIsRefusedWithItsName() throws {
+        var w = MixedQuantModel.writer(embedding: .q8_0, head: .q8_0)
+        let i = w.tensors.firstIndex { $0.name == "blk.1.ffn_up.weight" }!
+        w.tensors[i].type = GGMLType.q3_K.rawValue
+        w.tensors[i].data = [UInt8](repeating: 0, count: MixedQuantModel.ffn * MixedQuantModel.dim / 256 * 110)
+        XCTAssertThrowsError(try Transformer(file: w.parse())) {
+            XCTAssertEqual($0 as? GGUFError, .badTensorType(tensor: "blk.1.ffn_up.weight", type: "Q3_K", reason: "this type is not supported by the engine"))
+        }
     }
 
     func testMixedTypesWithKQuantEmbeddingAndQ8Head() throws { try check(embedding: .q6_K, head: .q8_0) }
