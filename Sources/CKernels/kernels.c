@@ -641,6 +641,46 @@ BK_AVX2 static void gemm_qk_avx2(int type, const uint8_t *w, size_t rb, int r0, 
     }
 }
 
+
+// bk_quantize_q8k with the same float steps as the portable path: bit-identical results.
+BK_AVX2 static void quantize_q8k_avx2(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+    const __m256 signmask = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / 256; b++) {
+        const float *v = x + 256 * b;
+        int8_t *q = qs + 256 * b;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 256; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(signmask, _mm256_loadu_ps(v + j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        if (amax == 0) {
+            d[b] = 0;
+            memset(q, 0, 256);
+            memset(bsums + 16 * b, 0, 16 * sizeof(int16_t));
+            continue;
+        }
+        float peak = 0;   // the first value of largest magnitude
+        const __m256 target = _mm256_set1_ps(amax);
+        for (int j = 0; j < 256; j += 8) {
+            int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(signmask, _mm256_loadu_ps(v + j)), target, _CMP_EQ_OQ));
+            if (hit) { peak = v[j + __builtin_ctz((unsigned)hit)]; break; }
+        }
+        const float iscale = -127.0f / peak;
+        const __m256 iv = _mm256_set1_ps(iscale);
+        const __m256i top = _mm256_set1_epi32(127);
+        for (int g = 0; g < 16; g++) {
+            __m256i i0 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 16 * g), iv), BK_ROUND_MODE)), top);
+            __m256i i1 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 16 * g + 8), iv), BK_ROUND_MODE)), top);
+            bsums[16 * b + g] = (int16_t)hsum_epi32(_mm256_add_epi32(i0, i1));
+            __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(i0), _mm256_extracti128_si256(i0, 1));
+            __m128i p16b = _mm_packs_epi32(_mm256_castsi256_si128(i1), _mm256_extracti128_si256(i1, 1));
+            _mm_storeu_si128((__m128i *)(q + 16 * g), _mm_packs_epi16(p16, p16b));
+        }
+        d[b] = 1.0f / iscale;
+    }
+}
+
 BK_AVX2 static float dot_f32_avx2(const float *x, const float *y, int n) {
     __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int i = 0;
@@ -739,6 +779,9 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
 }
 
 void bk_quantize_q8k(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+#if BK_X86
+    if (bk_has_avx2()) { quantize_q8k_avx2(x, n, qs, d, bsums); return; }
+#endif
     quantize_q8k_portable(x, n, qs, d, bsums);
 }
 
