@@ -408,63 +408,11 @@ BK_AVX2 static void gemm_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0
     }
 }
 
-// Q4_0 (bytes = 18, w = d(q - 8)) and Q5_0 (bytes = 22, w = d(q - 16)): q·a through maddubs,
-// the offset through the activation block sums. matvec and gemm share the step macro.
-BK_AVX2 static inline __m256i unpack_q_0(const uint8_t *p, int bytes) { return bytes == 22 ? unpack_q5(p + 2) : unpack_nibbles(p + 2); }
-
-#define BK_Q_0_STEP(A, D, S, B, ACC, BIAS) { \
-    __m256i prod_ = _mm256_madd_epi16(_mm256_maddubs_epi16(q_, _mm256_loadu_si256((const __m256i *)((A) + 32 * (B)))), ones); \
-    float dd_ = wd_ * (D)[B]; \
-    ACC = _mm256_fmadd_ps(_mm256_set1_ps(dd_), _mm256_cvtepi32_ps(prod_), ACC); \
-    BIAS += dd_ * (float)(S)[B]; }
-
-BK_AVX2 static void matvec_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
-                                     const int8_t *qs, const float *d, const int32_t *sums, float *y) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const float offset = bytes == 22 ? 16.0f : 8.0f;
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *p = w + (size_t)r * rb;
-        __m256 acc = _mm256_setzero_ps();
-        float bias = 0;
-        for (int b = 0; b < blocks; b++, p += bytes) {
-            __m256i q_ = unpack_q_0(p, bytes);
-            float wd_ = h2f_avx(p);
-            BK_Q_0_STEP(qs, d, sums, b, acc, bias)
-        }
-        y[r - r0] = hsum256(acc) - offset * bias;
-    }
-}
-
-BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
-                                   const int8_t *qs, const float *d, const int32_t *sums, float *y, int ldy) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    const float offset = bytes == 22 ? 16.0f : 8.0f;
-    const int cols = 32 * blocks;
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *row = w + (size_t)r * rb;
-        int t = 0;
-        for (; t + 4 <= n; t += 4) {
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            float b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-            const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
-            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
-            const int32_t *s0 = sums + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;
-            const uint8_t *p = row;
-            for (int b = 0; b < blocks; b++, p += bytes) {
-                __m256i q_ = unpack_q_0(p, bytes);
-                float wd_ = h2f_avx(p);
-                BK_Q_0_STEP(x0, d0, s0, b, a0, b0) BK_Q_0_STEP(x1, d1, s1, b, a1, b1)
-                BK_Q_0_STEP(x2, d2, s2, b, a2, b2) BK_Q_0_STEP(x3, d3, s3, b, a3, b3)
-            }
-            y[(size_t)t * ldy + (r - r0)] = hsum256(a0) - offset * b0;
-            y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(a1) - offset * b1;
-            y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(a2) - offset * b2;
-            y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(a3) - offset * b3;
-        }
-        for (; t < n; t++)
-            matvec_q_0_avx2(w, rb, bytes, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, sums + (size_t)t * blocks,
-                            y + (size_t)t * ldy + (r - r0));
-    }
+// The signed weights of a Q8_0 (bytes = 34), Q4_0 (18: q - 8) or Q5_0 (22: q - 16) block.
+BK_AVX2 static inline __m256i signed_weights(const uint8_t *p, int bytes) {
+    if (bytes == 34) return _mm256_loadu_si256((const __m256i *)(p + 2));
+    if (bytes == 22) return _mm256_sub_epi8(unpack_q5(p + 2), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(unpack_nibbles(p + 2), _mm256_set1_epi8(8));
 }
 
 #define BK_Q8_0_STEP(A, D, B, ACC) { \
@@ -472,15 +420,17 @@ BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0
     __m256i prod_ = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs_, _mm256_sign_epi8(a_, wv_)), ones); \
     ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * (D)[B]), _mm256_cvtepi32_ps(prod_), ACC); }
 
-BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, float *y) {
+// Q8_0, Q4_0 and Q5_0 (block size `bytes`): w·a as |w|·(a with w's sign), one step macro for
+// matvec and gemm.
+BK_AVX2 static void matvec_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
+                                     const int8_t *qs, const float *d, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-        for (int b = 0; b < blocks; b++, p += 34) {
+        for (int b = 0; b < blocks; b++, p += bytes) {
             // maddubs needs an unsigned operand: |w| · (a with w's sign)
-            __m256i wv_ = _mm256_loadu_si256((const __m256i *)(p + 2));
+            __m256i wv_ = signed_weights(p, bytes);
             __m256i wabs_ = _mm256_sign_epi8(wv_, wv_);
             float wd_ = h2f_avx(p);
             if (b & 1) BK_Q8_0_STEP(qs, d, b, acc1) else BK_Q8_0_STEP(qs, d, b, acc0)
@@ -489,8 +439,8 @@ BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1
     }
 }
 
-BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
-                                    const int8_t *qs, const float *d, float *y, int ldy) {
+BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
+                                   const int8_t *qs, const float *d, float *y, int ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int cols = 32 * blocks;
     for (int r = r0; r < r1; r++) {
@@ -501,8 +451,8 @@ BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
             const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
             const uint8_t *p = row;
-            for (int b = 0; b < blocks; b++, p += 34) {
-                __m256i wv_ = _mm256_loadu_si256((const __m256i *)(p + 2));
+            for (int b = 0; b < blocks; b++, p += bytes) {
+                __m256i wv_ = signed_weights(p, bytes);
                 __m256i wabs_ = _mm256_sign_epi8(wv_, wv_);
                 float wd_ = h2f_avx(p);
                 if (b & 1) {
@@ -517,7 +467,7 @@ BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31));
         }
         for (; t < n; t++)
-            matvec_q8_0_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, y + (size_t)t * ldy + (r - r0));
+            matvec_q_0_avx2(w, rb, bytes, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, y + (size_t)t * ldy + (r - r0));
     }
 }
 
@@ -741,9 +691,9 @@ void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
         switch (type) {
         case 3: matvec_q_1_avx2(base, rb, 20, r0, r1, blocks, qs, d, ds, y); return;
         case 7: matvec_q_1_avx2(base, rb, 24, r0, r1, blocks, qs, d, ds, y); return;
-        case 2: matvec_q_0_avx2(base, rb, 18, r0, r1, blocks, qs, d, sums, y); return;
-        case 6: matvec_q_0_avx2(base, rb, 22, r0, r1, blocks, qs, d, sums, y); return;
-        case 8: matvec_q8_0_avx2(base, rb, r0, r1, blocks, qs, d, y); return;
+        case 2: matvec_q_0_avx2(base, rb, 18, r0, r1, blocks, qs, d, y); return;
+        case 6: matvec_q_0_avx2(base, rb, 22, r0, r1, blocks, qs, d, y); return;
+        case 8: matvec_q_0_avx2(base, rb, 34, r0, r1, blocks, qs, d, y); return;
         }
     }
 #endif
@@ -766,9 +716,11 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     const int blocks = cols / 32;
 #if BK_X86
     if (bk_has_avx2()) {
-        if (type == 2 || type == 6) { gemm_q_0_avx2((const uint8_t *)w, rb, type == 2 ? 18 : 22, r0, r1, blocks, n, qs, d, sums, y, ldy); return; }
+        if (type == 2 || type == 6 || type == 8) {
+            gemm_q_0_avx2((const uint8_t *)w, rb, type == 2 ? 18 : type == 6 ? 22 : 34, r0, r1, blocks, n, qs, d, y, ldy);
+            return;
+        }
         if (type == 3 || type == 7) { gemm_q_1_avx2((const uint8_t *)w, rb, type == 3 ? 20 : 24, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
-        if (type == 8) { gemm_q8_0_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, y, ldy); return; }
     }
 #endif
     // Other types and the portable path: one matvec per token over the row range

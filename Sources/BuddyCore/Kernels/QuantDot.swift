@@ -2,8 +2,8 @@ import CKernels
 
 /// A vector quantised to 8 bits in blocks of 32, as llama.cpp quantises activations before
 /// a quantised dot product (its Q8_0/Q8_1 formats): per block a scale `d` (rounded to half
-/// precision, as ggml stores it) and the integer sum of the block's values, which the Q4_1
-/// kernel needs for its offset term and Q4_0 for its -8 bias.
+/// precision, as ggml stores it) and the integer sum of the block's values, from which the
+/// Q4_1/Q5_1 offset term d·Σa is formed (Q4_0/Q5_0/Q8_0 use signed weights and need no sum).
 public struct Q8Activations {
     public let capacity: Int
     /// [capacity] int8 values
