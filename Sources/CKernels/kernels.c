@@ -329,18 +329,19 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
     return _mm256_set_m128i(hi, lo);   // weights 0..15 then 16..31
 }
 
-// The 32 fifth bits of a Q5 block as bytes of 0 or 16, in weight order (byte k <- bit k of qh).
-BK_AVX2 static inline __m256i q5_high_bits(const uint8_t *qhp) {
+// The 32 fifth bits of a Q5 block as bytes of 0 or 0xff, in weight order (byte k <- bit k of qh).
+BK_AVX2 static inline __m256i q5_bit_mask(const uint8_t *qhp) {
     const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                             2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
     const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
     __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)load_u32(qhp)), spread);
-    __m256i on = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
-    return _mm256_and_si256(on, _mm256_set1_epi8(16));
+    return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
 }
 
 // 5-bit weights 0..31 of a Q5 block (qh word at q) as unsigned bytes.
-BK_AVX2 static inline __m256i unpack_q5(const uint8_t *q) { return _mm256_or_si256(unpack_nibbles(q + 4), q5_high_bits(q)); }
+BK_AVX2 static inline __m256i unpack_q5(const uint8_t *q) {
+    return _mm256_or_si256(unpack_nibbles(q + 4), _mm256_and_si256(q5_bit_mask(q), _mm256_set1_epi8(16)));
+}
 
 // The weights of a Q4_1 block (bytes == 20, nibbles at p + 4) or a Q5_1 block (qh word at p + 4).
 BK_AVX2 static inline __m256i unpack_q_1(const uint8_t *p, int bytes) { return bytes == 24 ? unpack_q5(p + 4) : unpack_nibbles(p + 4); }
@@ -411,7 +412,8 @@ BK_AVX2 static void gemm_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0
 // The signed weights of a Q8_0 (bytes = 34), Q4_0 (18: q - 8) or Q5_0 (22: q - 16) block.
 BK_AVX2 static inline __m256i signed_weights(const uint8_t *p, int bytes) {
     if (bytes == 34) return _mm256_loadu_si256((const __m256i *)(p + 2));
-    if (bytes == 22) return _mm256_sub_epi8(unpack_q5(p + 2), _mm256_set1_epi8(16));
+    // q - 16 is the nibble when the fifth bit is set, else the nibble - 16 (its top bits all ones)
+    if (bytes == 22) return _mm256_or_si256(unpack_nibbles(p + 6), _mm256_andnot_si256(q5_bit_mask(p + 2), _mm256_set1_epi8((char)0xf0)));
     return _mm256_sub_epi8(unpack_nibbles(p + 2), _mm256_set1_epi8(8));
 }
 
