@@ -82,6 +82,13 @@ int bk_has_avx2(void) {
 void bk_force_portable(int on) { force_portable = on; }
 
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+// 5-bit weight k of a Q5_0/Q5_1 block whose 32-bit qh word is at q (its 16 nibble bytes follow).
+static inline int q5_at(const uint8_t *q, uint32_t qh, int k) {
+    int nib = k < 16 ? (q[4 + k] & 0x0f) : (q[4 + k - 16] >> 4);
+    return nib | (int)((qh >> k) & 1) << 4;
+}
 
 // ---------------------------------------------------------------- portable kernels
 
@@ -127,6 +134,27 @@ static float dot_q4_0_portable(const uint8_t *p, const int8_t *qs, const float *
     return acc;
 }
 
+// Σ (q - bias)·a over one Q5 block (qh word at q, nibbles after it).
+static inline int32_t q5_block_isum(const uint8_t *q, const int8_t *a, int bias) {
+    uint32_t qh = load_u32(q);
+    int32_t isum = 0;
+    for (int k = 0; k < 32; k++) isum += (q5_at(q, qh, k) - bias) * a[k];
+    return isum;
+}
+
+static float dot_q5_0_portable(const uint8_t *p, const int8_t *qs, const float *d, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 22) acc += h2f(load_u16(p)) * d[b] * (float)q5_block_isum(p + 2, qs + 32 * b, 16);
+    return acc;
+}
+
+static float dot_q5_1_portable(const uint8_t *p, const int8_t *qs, const float *d, const float *ds, int blocks) {
+    float acc = 0;
+    for (int b = 0; b < blocks; b++, p += 24)
+        acc += h2f(load_u16(p)) * d[b] * (float)q5_block_isum(p + 4, qs + 32 * b, 0) + h2f(load_u16(p + 2)) * ds[b];
+    return acc;
+}
+
 static float dot_q8_0_portable(const uint8_t *p, const int8_t *qs, const float *d, int blocks) {
     float acc = 0;
     for (int b = 0; b < blocks; b++, p += 34) {
@@ -135,6 +163,113 @@ static float dot_q8_0_portable(const uint8_t *p, const int8_t *qs, const float *
         const int8_t *a = qs + 32 * b;
         for (int j = 0; j < 32; j++) isum += w[j] * a[j];
         acc += h2f(load_u16(p)) * d[b] * (float)isum;
+    }
+    return acc;
+}
+
+
+// ---------------------------------------------------------------- K-quants on Q8_K activations
+
+static void quantize_q8k_portable(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+    for (int b = 0; b < n / 256; b++) {
+        const float *v = x + 256 * b;
+        int8_t *q = qs + 256 * b;
+        float amax = 0, peak = 0;   // the first value of largest magnitude, with its sign
+        for (int j = 0; j < 256; j++) { float a = fabsf(v[j]); if (a > amax) { amax = a; peak = v[j]; } }
+        if (amax == 0) {
+            d[b] = 0;
+            memset(q, 0, 256);
+            for (int g = 0; g < 16; g++) bsums[16 * b + g] = 0;
+            continue;
+        }
+        float iscale = -127.0f / peak;
+        for (int j = 0; j < 256; j++) {
+            int r = (int)nearbyintf(iscale * v[j]);
+            q[j] = (int8_t)(r > 127 ? 127 : r);
+        }
+        for (int g = 0; g < 16; g++) {
+            int s = 0;
+            for (int j = 0; j < 16; j++) s += q[16 * g + j];
+            bsums[16 * b + g] = (int16_t)s;
+        }
+        d[b] = 1.0f / iscale;
+    }
+}
+
+// The 6-bit scales and mins of a Q4_K/Q5_K super-block (12 packed bytes at s).
+static inline void kq_scales(const uint8_t *s, int32_t sc[8], int32_t mn[8]) {
+    for (int j = 0; j < 4; j++) {
+        sc[j] = s[j] & 63;
+        mn[j] = s[j + 4] & 63;
+        sc[j + 4] = (s[j + 8] & 0x0f) | (s[j] >> 6) << 4;
+        mn[j + 4] = (s[j + 8] >> 4) | (s[j + 4] >> 6) << 4;
+    }
+}
+
+// Σ_j mins_j · (sum of the 32 activations of sub-block j).
+static inline int32_t kq_min_sum(const int32_t mn[8], const int16_t *bs) {
+    int32_t s = 0;
+    for (int j = 0; j < 8; j++) s += mn[j] * (bs[2 * j] + bs[2 * j + 1]);
+    return s;
+}
+
+// One super-block's contribution. Two products in separate statements, so no compiler fuses
+// them into an FMA: every path (and the Swift twin) rounds the same way.
+static inline float kq_term(float dw, float dmw, float da, int32_t isum, int32_t imin) {
+    float main = (dw * da) * (float)isum;
+    float off = (dmw * da) * (float)imin;
+    return main - off;
+}
+
+// Q4_K (bytes 144) and Q5_K (bytes 176): w = d·sc·q - dmin·m per sub-block of 32.
+static float dot_q45k_portable(const uint8_t *p, int bytes, const int8_t *qs, const float *d, const int16_t *bsums, int sblocks) {
+    const int five = bytes == 176;
+    float acc = 0;
+    for (int b = 0; b < sblocks; b++, p += bytes) {
+        int32_t sc[8], mn[8];
+        kq_scales(p + 4, sc, mn);
+        const uint8_t *qh = p + 16, *ql = p + (five ? 48 : 16);
+        const int8_t *a = qs + 256 * b;
+        int32_t isum = 0;
+        for (int j = 0; j < 8; j++) {
+            const uint8_t *q = ql + 32 * (j / 2);
+            int32_t s = 0;
+            for (int l = 0; l < 32; l++) {
+                int v = (j & 1) ? q[l] >> 4 : q[l] & 0x0f;
+                if (five) v |= ((qh[l] >> j) & 1) << 4;
+                s += v * a[32 * j + l];
+            }
+            isum += sc[j] * s;
+        }
+        acc += kq_term(h2f(load_u16(p)), h2f(load_u16(p + 2)), d[b], isum, kq_min_sum(mn, bsums + 16 * b));
+    }
+    return acc;
+}
+
+// Q6_K: 210 bytes; w = d·sc·(q - 32) with a signed 8-bit scale per 16 weights.
+static float dot_q6k_portable(const uint8_t *p, const int8_t *qs, const float *d, int sblocks) {
+    float acc = 0;
+    for (int b = 0; b < sblocks; b++, p += 210) {
+        const int8_t *a = qs + 256 * b;
+        const int8_t *sc = (const int8_t *)(p + 192);
+        int32_t isum = 0;
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = p + 64 * h, *qh = p + 128 + 32 * h;
+            int32_t s[8] = {0};   // per 16 weights of this half
+            for (int l = 0; l < 32; l++) {
+                int q0 = (ql[l] & 0x0f) | (qh[l] & 3) << 4;
+                int q1 = (ql[l + 32] & 0x0f) | ((qh[l] >> 2) & 3) << 4;
+                int q2 = (ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4;
+                int q3 = (ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4;
+                const int8_t *ah = a + 128 * h + l;
+                s[l / 16] += (q0 - 32) * ah[0];
+                s[2 + l / 16] += (q1 - 32) * ah[32];
+                s[4 + l / 16] += (q2 - 32) * ah[64];
+                s[6 + l / 16] += (q3 - 32) * ah[96];
+            }
+            for (int g = 0; g < 8; g++) isum += sc[8 * h + g] * s[g];
+        }
+        acc += kq_term(h2f(load_u16(p + 208)), 0.0f, d[b], isum, 0);
     }
     return acc;
 }
@@ -194,6 +329,23 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
     return _mm256_set_m128i(hi, lo);   // weights 0..15 then 16..31
 }
 
+// The 32 fifth bits of a Q5 block as bytes of 0 or 0xff, in weight order (byte k <- bit k of qh).
+BK_AVX2 static inline __m256i q5_bit_mask(const uint8_t *qhp) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201LL);
+    __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32((int)load_u32(qhp)), spread);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+}
+
+// 5-bit weights 0..31 of a Q5 block (qh word at q) as unsigned bytes.
+BK_AVX2 static inline __m256i unpack_q5(const uint8_t *q) {
+    return _mm256_or_si256(unpack_nibbles(q + 4), _mm256_and_si256(q5_bit_mask(q), _mm256_set1_epi8(16)));
+}
+
+// The weights of a Q4_1 block (bytes == 20, nibbles at p + 4) or a Q5_1 block (qh word at p + 4).
+BK_AVX2 static inline __m256i unpack_q_1(const uint8_t *p, int bytes) { return bytes == 24 ? unpack_q5(p + 4) : unpack_nibbles(p + 4); }
+
 // Two accumulators per dot product (even and odd blocks) hide the FMA latency of the
 // loop-carried sum. matvec and gemm use the same macro per (row, token, block) and combine
 // the two halves the same way, so a batched prompt and token-by-token decode stay
@@ -203,15 +355,16 @@ BK_AVX2 static inline __m256i unpack_nibbles(const uint8_t *q) {
     ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * (D)[B]), _mm256_cvtepi32_ps(prod_), ACC); \
     M += wm_ * (DS)[B]; }
 
-BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, const float *ds, float *y) {
+// Q4_1 (bytes = 20) and Q5_1 (bytes = 24).
+BK_AVX2 static void matvec_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
+                                     const int8_t *qs, const float *d, const float *ds, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
         float m0 = 0, m1 = 0;
-        for (int b = 0; b < blocks; b++, p += 20) {
-            __m256i q_ = unpack_nibbles(p + 4);
+        for (int b = 0; b < blocks; b++, p += bytes) {
+            __m256i q_ = unpack_q_1(p, bytes);
             float wd_ = h2f_avx(p), wm_ = h2f_avx(p + 2);
             if (b & 1) BK_Q4_1_STEP(p, qs, d, ds, b, acc1, m1) else BK_Q4_1_STEP(p, qs, d, ds, b, acc0, m0)
         }
@@ -220,7 +373,7 @@ BK_AVX2 static void matvec_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1
 }
 
 // Four tokens per pass over a weight row: each block is unpacked once and used four times.
-BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
+BK_AVX2 static void gemm_q_1_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
                                     const int8_t *qs, const float *d, const float *ds, float *y, int ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int cols = 32 * blocks;
@@ -234,8 +387,8 @@ BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
             const float *s0 = ds + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;
             const uint8_t *p = row;
-            for (int b = 0; b < blocks; b++, p += 20) {
-                __m256i q_ = unpack_nibbles(p + 4);
+            for (int b = 0; b < blocks; b++, p += bytes) {
+                __m256i q_ = unpack_q_1(p, bytes);
                 float wd_ = h2f_avx(p), wm_ = h2f_avx(p + 2);
                 if (b & 1) {
                     BK_Q4_1_STEP(p, x0, d0, s0, b, a01, m01) BK_Q4_1_STEP(p, x1, d1, s1, b, a11, m11)
@@ -251,28 +404,17 @@ BK_AVX2 static void gemm_q4_1_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31)) + (m30 + m31);
         }
         for (; t < n; t++)
-            matvec_q4_1_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, ds + (size_t)t * blocks,
+            matvec_q_1_avx2(w, rb, bytes, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, ds + (size_t)t * blocks,
                              y + (size_t)t * ldy + (r - r0));
     }
 }
 
-BK_AVX2 static void matvec_q4_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, const int32_t *sums, float *y) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    for (int r = r0; r < r1; r++) {
-        const uint8_t *p = w + (size_t)r * rb;
-        __m256 acc = _mm256_setzero_ps();
-        float bias = 0;
-        for (int b = 0; b < blocks; b++, p += 18) {
-            __m256i q = unpack_nibbles(p + 2);
-            __m256i a = _mm256_loadu_si256((const __m256i *)(qs + 32 * b));
-            __m256i prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones);
-            float dd = h2f_avx(p) * d[b];
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(prod), acc);
-            bias += dd * (float)sums[b];   // (q - 8)·a = q·a - 8 Σa
-        }
-        y[r - r0] = hsum256(acc) - 8.0f * bias;
-    }
+// The signed weights of a Q8_0 (bytes = 34), Q4_0 (18: q - 8) or Q5_0 (22: q - 16) block.
+BK_AVX2 static inline __m256i signed_weights(const uint8_t *p, int bytes) {
+    if (bytes == 34) return _mm256_loadu_si256((const __m256i *)(p + 2));
+    // q - 16 is the nibble when the fifth bit is set, else the nibble - 16 (its top bits all ones)
+    if (bytes == 22) return _mm256_or_si256(unpack_nibbles(p + 6), _mm256_andnot_si256(q5_bit_mask(p + 2), _mm256_set1_epi8((char)0xf0)));
+    return _mm256_sub_epi8(unpack_nibbles(p + 2), _mm256_set1_epi8(8));
 }
 
 #define BK_Q8_0_STEP(A, D, B, ACC) { \
@@ -280,15 +422,17 @@ BK_AVX2 static void matvec_q4_0_avx2(const uint8_t *w, size_t rb, int r0, int r1
     __m256i prod_ = _mm256_madd_epi16(_mm256_maddubs_epi16(wabs_, _mm256_sign_epi8(a_, wv_)), ones); \
     ACC = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * (D)[B]), _mm256_cvtepi32_ps(prod_), ACC); }
 
-BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks,
-                                      const int8_t *qs, const float *d, float *y) {
+// Q8_0, Q4_0 and Q5_0 (block size `bytes`): w·a as |w|·(a with w's sign), one step macro for
+// matvec and gemm.
+BK_AVX2 static void matvec_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks,
+                                     const int8_t *qs, const float *d, float *y) {
     const __m256i ones = _mm256_set1_epi16(1);
     for (int r = r0; r < r1; r++) {
         const uint8_t *p = w + (size_t)r * rb;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-        for (int b = 0; b < blocks; b++, p += 34) {
+        for (int b = 0; b < blocks; b++, p += bytes) {
             // maddubs needs an unsigned operand: |w| · (a with w's sign)
-            __m256i wv_ = _mm256_loadu_si256((const __m256i *)(p + 2));
+            __m256i wv_ = signed_weights(p, bytes);
             __m256i wabs_ = _mm256_sign_epi8(wv_, wv_);
             float wd_ = h2f_avx(p);
             if (b & 1) BK_Q8_0_STEP(qs, d, b, acc1) else BK_Q8_0_STEP(qs, d, b, acc0)
@@ -297,8 +441,8 @@ BK_AVX2 static void matvec_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1
     }
 }
 
-BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, int blocks, int n,
-                                    const int8_t *qs, const float *d, float *y, int ldy) {
+BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
+                                   const int8_t *qs, const float *d, float *y, int ldy) {
     const __m256i ones = _mm256_set1_epi16(1);
     const int cols = 32 * blocks;
     for (int r = r0; r < r1; r++) {
@@ -309,8 +453,8 @@ BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;
             const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;
             const uint8_t *p = row;
-            for (int b = 0; b < blocks; b++, p += 34) {
-                __m256i wv_ = _mm256_loadu_si256((const __m256i *)(p + 2));
+            for (int b = 0; b < blocks; b++, p += bytes) {
+                __m256i wv_ = signed_weights(p, bytes);
                 __m256i wabs_ = _mm256_sign_epi8(wv_, wv_);
                 float wd_ = h2f_avx(p);
                 if (b & 1) {
@@ -325,7 +469,167 @@ BK_AVX2 static void gemm_q8_0_avx2(const uint8_t *w, size_t rb, int r0, int r1, 
             y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31));
         }
         for (; t < n; t++)
-            matvec_q8_0_avx2(w, rb, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, y + (size_t)t * ldy + (r - r0));
+            matvec_q_0_avx2(w, rb, bytes, r, r + 1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks, y + (size_t)t * ldy + (r - r0));
+    }
+}
+
+
+BK_AVX2 static inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+// The K-quant AVX2 kernels work on one weight row against NT activation rows at once (NT = 1
+// for decode, 4 in the batched product): each super-block is unpacked once and used NT times.
+// Every (row, token) result is the same exact integer sums and the same scalar float steps, so
+// a batch gives bit for bit what token-by-token decoding gives.
+typedef struct { const int8_t *qs; const float *d; const int16_t *bsums; } kq_acts;
+
+// Same integer sums as dot_q45k_portable, 32 weights per instruction.
+BK_AVX2 static inline __attribute__((always_inline)) void q45k_row_avx2(const uint8_t *p, int bytes, int sblocks, const int nt,
+                                                                        const kq_acts *a, float *out) {
+    const int five = bytes == 176;
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bit = _mm256_set1_epi8(1);
+    float acc[4] = {0, 0, 0, 0};
+    for (int b = 0; b < sblocks; b++, p += bytes) {
+        int32_t sc[8], mn[8];
+        kq_scales(p + 4, sc, mn);
+        const uint8_t *ql = p + (five ? 48 : 16);
+        __m256i qh = five ? _mm256_loadu_si256((const __m256i *)(p + 16)) : _mm256_setzero_si256();
+        __m256i sum[4];
+        for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
+        for (int g = 0; g < 4; g++) {
+            __m256i raw = _mm256_loadu_si256((const __m256i *)(ql + 32 * g));
+            __m256i lo = _mm256_and_si256(raw, low4), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g), bit), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2 * g + 1), bit), 4));
+            }
+            const __m256i s0 = _mm256_set1_epi16((short)sc[2 * g]), s1 = _mm256_set1_epi16((short)sc[2 * g + 1]);
+            for (int t = 0; t < nt; t++) {
+                const int8_t *x = a[t].qs + 256 * b + 64 * g;
+                __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)x));
+                __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(x + 32)));
+                sum[t] = _mm256_add_epi32(sum[t], _mm256_add_epi32(_mm256_madd_epi16(p0, s0), _mm256_madd_epi16(p1, s1)));
+            }
+        }
+        const float dw = h2f_avx(p), dmw = h2f_avx(p + 2);
+        for (int t = 0; t < nt; t++)
+            acc[t] += kq_term(dw, dmw, a[t].d[b], hsum_epi32(sum[t]), kq_min_sum(mn, a[t].bsums + 16 * b));
+    }
+    for (int t = 0; t < nt; t++) out[t] = acc[t];
+}
+
+// Q6_K: the unsigned 6-bit values against the activations, then the -32 offset through bsums.
+BK_AVX2 static inline __attribute__((always_inline)) void q6k_row_avx2(const uint8_t *p, int sblocks, const int nt,
+                                                                       const kq_acts *a, float *out) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), two = _mm256_set1_epi8(3);
+    float acc[4] = {0, 0, 0, 0};
+    for (int b = 0; b < sblocks; b++, p += 210) {
+        const int8_t *sc = (const int8_t *)(p + 192);
+        __m256i sum[4];
+        for (int t = 0; t < nt; t++) sum[t] = _mm256_setzero_si256();
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(p + 64 * h));
+            __m256i l1 = _mm256_loadu_si256((const __m256i *)(p + 64 * h + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(p + 128 + 32 * h));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, low4), _mm256_slli_epi16(_mm256_and_si256(qh, two), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), two), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), two), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), two), 4));
+            for (int k = 0; k < 4; k++) {
+                const __m256i scales = _mm256_set_m128i(_mm_set1_epi16((short)sc[8 * h + 2 * k + 1]), _mm_set1_epi16((short)sc[8 * h + 2 * k]));
+                for (int t = 0; t < nt; t++) {
+                    __m256i prod = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(a[t].qs + 256 * b + 128 * h + 32 * k)));
+                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(prod, scales));
+                }
+            }
+        }
+        const float dw = h2f_avx(p + 208);
+        for (int t = 0; t < nt; t++) {
+            const int16_t *bs = a[t].bsums + 16 * b;
+            int32_t offset = 0;
+            for (int g = 0; g < 16; g++) offset += sc[g] * bs[g];
+            acc[t] += kq_term(dw, 0.0f, a[t].d[b], hsum_epi32(sum[t]) - 32 * offset, 0);
+        }
+    }
+    for (int t = 0; t < nt; t++) out[t] = acc[t];
+}
+
+// Rows [r0, r1) of a Q4_K (12), Q5_K (13) or Q6_K (14) matrix against NT activation rows;
+// out[t * ldy + (r - r0)].
+BK_AVX2 static inline __attribute__((always_inline)) void kq_rows_avx2(int type, const uint8_t *w, size_t rb, int r0, int r1, int sblocks,
+                                                                       const int nt, const kq_acts *a, float *y, size_t ldy) {
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = w + (size_t)r * rb;
+        float out[4];
+        if (type == 14) q6k_row_avx2(p, sblocks, nt, a, out);
+        else q45k_row_avx2(p, type == 13 ? 176 : 144, sblocks, nt, a, out);
+        for (int t = 0; t < nt; t++) y[t * ldy + (size_t)(r - r0)] = out[t];
+    }
+}
+
+BK_AVX2 static void matvec_qk_avx2(int type, const uint8_t *w, size_t rb, int r0, int r1, int sblocks, kq_acts a, float *y) {
+    kq_rows_avx2(type, w, rb, r0, r1, sblocks, 1, &a, y, 0);
+}
+
+BK_AVX2 static void gemm_qk_avx2(int type, const uint8_t *w, size_t rb, int r0, int r1, int sblocks, int n,
+                                 const int8_t *qs, const float *d, const int16_t *bsums, float *y, int ldy) {
+    const size_t cols = (size_t)256 * sblocks;
+    for (int r = r0; r < r1; r++) {   // one row at a time stays in cache across all tokens
+        int t = 0;
+        for (; t + 4 <= n; t += 4) {
+            kq_acts a[4];
+            for (int k = 0; k < 4; k++) a[k] = (kq_acts){ qs + (t + k) * cols, d + (size_t)(t + k) * sblocks, bsums + (size_t)(t + k) * 16 * sblocks };
+            kq_rows_avx2(type, w, rb, r, r + 1, sblocks, 4, a, y + (size_t)t * ldy + (r - r0), (size_t)ldy);
+        }
+        for (; t < n; t++) {
+            kq_acts a = { qs + t * cols, d + (size_t)t * sblocks, bsums + (size_t)t * 16 * sblocks };
+            kq_rows_avx2(type, w, rb, r, r + 1, sblocks, 1, &a, y + (size_t)t * ldy + (r - r0), 0);
+        }
+    }
+}
+
+
+// bk_quantize_q8k with the same float steps as the portable path: bit-identical results.
+BK_AVX2 static void quantize_q8k_avx2(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+    const __m256 signmask = _mm256_set1_ps(-0.0f);
+    for (int b = 0; b < n / 256; b++) {
+        const float *v = x + 256 * b;
+        int8_t *q = qs + 256 * b;
+        __m256 m = _mm256_setzero_ps();
+        for (int j = 0; j < 256; j += 8) m = _mm256_max_ps(m, _mm256_andnot_ps(signmask, _mm256_loadu_ps(v + j)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        const float amax = _mm_cvtss_f32(m4);
+        if (amax == 0) {
+            d[b] = 0;
+            memset(q, 0, 256);
+            memset(bsums + 16 * b, 0, 16 * sizeof(int16_t));
+            continue;
+        }
+        float peak = 0;   // the first value of largest magnitude
+        const __m256 target = _mm256_set1_ps(amax);
+        for (int j = 0; j < 256; j += 8) {
+            int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_andnot_ps(signmask, _mm256_loadu_ps(v + j)), target, _CMP_EQ_OQ));
+            if (hit) { peak = v[j + __builtin_ctz((unsigned)hit)]; break; }
+        }
+        const float iscale = -127.0f / peak;
+        const __m256 iv = _mm256_set1_ps(iscale);
+        const __m256i top = _mm256_set1_epi32(127);
+        for (int g = 0; g < 16; g++) {
+            __m256i i0 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 16 * g), iv), BK_ROUND_MODE)), top);
+            __m256i i1 = _mm256_min_epi32(_mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(v + 16 * g + 8), iv), BK_ROUND_MODE)), top);
+            bsums[16 * b + g] = (int16_t)hsum_epi32(_mm256_add_epi32(i0, i1));
+            __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(i0), _mm256_extracti128_si256(i0, 1));
+            __m128i p16b = _mm_packs_epi32(_mm256_castsi256_si128(i1), _mm256_extracti128_si256(i1, 1));
+            _mm_storeu_si128((__m128i *)(q + 16 * g), _mm_packs_epi16(p16, p16b));
+        }
+        d[b] = 1.0f / iscale;
     }
 }
 
@@ -387,9 +691,11 @@ void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
 #if BK_X86
     if (bk_has_avx2()) {
         switch (type) {
-        case 3: matvec_q4_1_avx2(base, rb, r0, r1, blocks, qs, d, ds, y); return;
-        case 2: matvec_q4_0_avx2(base, rb, r0, r1, blocks, qs, d, sums, y); return;
-        case 8: matvec_q8_0_avx2(base, rb, r0, r1, blocks, qs, d, y); return;
+        case 3: matvec_q_1_avx2(base, rb, 20, r0, r1, blocks, qs, d, ds, y); return;
+        case 7: matvec_q_1_avx2(base, rb, 24, r0, r1, blocks, qs, d, ds, y); return;
+        case 2: matvec_q_0_avx2(base, rb, 18, r0, r1, blocks, qs, d, y); return;
+        case 6: matvec_q_0_avx2(base, rb, 22, r0, r1, blocks, qs, d, y); return;
+        case 8: matvec_q_0_avx2(base, rb, 34, r0, r1, blocks, qs, d, y); return;
         }
     }
 #endif
@@ -399,6 +705,8 @@ void bk_matvec_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
         case 3: y[r - r0] = dot_q4_1_portable(p, qs, d, ds, blocks); break;
         case 2: y[r - r0] = dot_q4_0_portable(p, qs, d, sums, blocks); break;
         case 8: y[r - r0] = dot_q8_0_portable(p, qs, d, blocks); break;
+        case 6: y[r - r0] = dot_q5_0_portable(p, qs, d, blocks); break;
+        case 7: y[r - r0] = dot_q5_1_portable(p, qs, d, ds, blocks); break;
         default: y[r - r0] = NAN; break;
         }
     }
@@ -410,8 +718,11 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     const int blocks = cols / 32;
 #if BK_X86
     if (bk_has_avx2()) {
-        if (type == 3) { gemm_q4_1_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
-        if (type == 8) { gemm_q8_0_avx2((const uint8_t *)w, rb, r0, r1, blocks, n, qs, d, y, ldy); return; }
+        if (type == 2 || type == 6 || type == 8) {
+            gemm_q_0_avx2((const uint8_t *)w, rb, type == 2 ? 18 : type == 6 ? 22 : 34, r0, r1, blocks, n, qs, d, y, ldy);
+            return;
+        }
+        if (type == 3 || type == 7) { gemm_q_1_avx2((const uint8_t *)w, rb, type == 3 ? 20 : 24, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
     }
 #endif
     // Other types and the portable path: one matvec per token over the row range
@@ -419,6 +730,49 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
     for (int t = 0; t < n; t++)
         bk_matvec_q(type, w, rb, r0, r1, cols, qs + (size_t)t * cols, d + (size_t)t * blocks, sums + (size_t)t * blocks,
                     ds + (size_t)t * blocks, y + (size_t)t * ldy);
+}
+
+void bk_quantize_q8k(const float *x, int n, int8_t *qs, float *d, int16_t *bsums) {
+#if BK_X86
+    if (bk_has_avx2()) { quantize_q8k_avx2(x, n, qs, d, bsums); return; }
+#endif
+    quantize_q8k_portable(x, n, qs, d, bsums);
+}
+
+void bk_matvec_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
+                  const int8_t *qs, const float *d, const int16_t *bsums, float *y) {
+    init_half_table();
+    const uint8_t *base = (const uint8_t *)w;
+    const int sblocks = cols / 256;
+#if BK_X86
+    if (bk_has_avx2()) {
+        if (type >= 12 && type <= 14) { matvec_qk_avx2(type, base, rb, r0, r1, sblocks, (kq_acts){ qs, d, bsums }, y); return; }
+    }
+#endif
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = base + (size_t)r * rb;
+        switch (type) {
+        case 12: y[r - r0] = dot_q45k_portable(p, 144, qs, d, bsums, sblocks); break;
+        case 13: y[r - r0] = dot_q45k_portable(p, 176, qs, d, bsums, sblocks); break;
+        case 14: y[r - r0] = dot_q6k_portable(p, qs, d, sblocks); break;
+        default: y[r - r0] = NAN; break;
+        }
+    }
+}
+
+void bk_gemm_qk(int type, const void *w, size_t rb, int r0, int r1, int cols,
+                int n, const int8_t *qs, const float *d, const int16_t *bsums, float *y, int ldy) {
+    const int sblocks = cols / 256;
+#if BK_X86
+    if (bk_has_avx2() && type >= 12 && type <= 14) {
+        init_half_table();
+        gemm_qk_avx2(type, (const uint8_t *)w, rb, r0, r1, sblocks, n, qs, d, bsums, y, ldy);
+        return;
+    }
+#endif
+    for (int t = 0; t < n; t++)
+        bk_matvec_qk(type, w, rb, r0, r1, cols, qs + (size_t)t * cols, d + (size_t)t * sblocks, bsums + (size_t)t * 16 * sblocks,
+                     y + (size_t)t * ldy);
 }
 
 int bk_dequantize_row(int type, const void *src, float *dst, int count) {
@@ -449,6 +803,20 @@ int bk_dequantize_row(int type, const void *src, float *dst, int count) {
                 dst[32 * b + j] = dd * (float)((p[2 + j] & 0x0f) - 8);
                 dst[32 * b + j + 16] = dd * (float)((p[2 + j] >> 4) - 8);
             }
+        }
+        return 1;
+    case 6:
+        for (int b = 0; b < count / 32; b++, p += 22) {
+            float dd = h2f(load_u16(p));
+            uint32_t qh = load_u32(p + 2);
+            for (int k = 0; k < 32; k++) dst[32 * b + k] = dd * (float)(q5_at(p + 2, qh, k) - 16);
+        }
+        return 1;
+    case 7:
+        for (int b = 0; b < count / 32; b++, p += 24) {
+            float dd = h2f(load_u16(p)), m = h2f(load_u16(p + 2));
+            uint32_t qh = load_u32(p + 4);
+            for (int k = 0; k < 32; k++) dst[32 * b + k] = dd * (float)q5_at(p + 4, qh, k) + m;
         }
         return 1;
     case 8:

@@ -41,6 +41,11 @@ struct Inspect: ParsableCommand {
                 print("  \(k.padding(toLength: 42, withPad: " ", startingAt: 0)) \(s)")
             }
         }
+        print("\ntensor types:")
+        for share in f.tensorTypeShares() {
+            print("  " + share.type.description.padding(toLength: 8, withPad: " ", startingAt: 0)
+                + String(format: "%4d tensors %9.2f MB %6.2f %% of the file", share.tensors, Double(share.bytes) / 1e6, 100 * share.fileShare))
+        }
         print("\ntensors:")
         print("  " + "name".padding(toLength: 28, withPad: " ", startingAt: 0) + "type    shape")
         var bytes = 0

@@ -15,25 +15,20 @@ final class KernelTests: XCTestCase {
         bk_force_portable(0)
     }
 
-    /// Random but valid blocks: finite half scales in a realistic range.
-    func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] {
-        let size = type.layout!.bytes
-        var out = r.bytes(blocks * size)
-        for b in 0..<blocks {
-            let scale = Float16(r.float(0.001, 0.05)).bitPattern
-            out[b * size] = UInt8(scale & 0xFF); out[b * size + 1] = UInt8(scale >> 8)
-            if type == .q4_1 {
-                let m = Float16(r.float(-0.2, 0.2)).bitPattern
-                out[b * size + 2] = UInt8(m & 0xFF); out[b * size + 3] = UInt8(m >> 8)
-            }
-        }
-        return out
-    }
+    func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] { randomQuantBlocks(type, blocks: blocks, &r) }
 
     func testBlockLayoutsArePinned() {
         XCTAssertEqual(GGMLType.q4_0.layout!.bytes, 18)
         XCTAssertEqual(GGMLType.q4_1.layout!.bytes, 20)
         XCTAssertEqual(GGMLType.q8_0.layout!.bytes, 34)
+        XCTAssertEqual(GGMLType.q5_0.layout!.bytes, 22)
+        XCTAssertEqual(GGMLType.q5_1.layout!.bytes, 24)
+        XCTAssertEqual(GGMLType.q5_K.layout!.bytes, 176)
+        XCTAssertEqual(GGMLType.q5_0.layout!.elements, 32)
+        XCTAssertEqual(GGMLType.q5_K.layout!.elements, 256)
+        XCTAssertEqual(QK.q5_0Bytes, 2 + 4 + 16)
+        XCTAssertEqual(QK.q5_1Bytes, 2 + 2 + 4 + 16)
+        XCTAssertEqual(QK.q5_KBytes, 2 + 2 + 12 + 32 + 128)
         XCTAssertEqual(GGMLType.q4_K.layout!.bytes, 144)
         XCTAssertEqual(GGMLType.q6_K.layout!.bytes, 210)
         XCTAssertEqual(GGMLType.q4_1.layout!.elements, 32)
@@ -51,6 +46,35 @@ final class KernelTests: XCTestCase {
         var fast = [Float](repeating: 0, count: 32)
         block.withUnsafeBytes { dequantizeRow(.q4_1, $0.baseAddress!, &fast, count: 32) }
         XCTAssertEqual(fast, out)
+    }
+
+    func testHandComputedQ5Blocks() {
+        // Nibbles 0..15 low, 15..0 high; qh = 0xF0F0_0001 sets the fifth bit of weights 0,
+        // 20-23 and 28-31.
+        let qh: UInt32 = 0xF0F0_0001
+        var nibbles: [UInt8] = []
+        for j in 0..<16 { nibbles.append(UInt8(j) | UInt8(15 - j) << 4) }
+        var want = [Float](repeating: 0, count: 32)
+        for k in 0..<32 {
+            let q = (k < 16 ? k : 31 - k) + (qh >> UInt32(k) & 1 == 1 ? 16 : 0)
+            want[k] = Float(q)
+        }
+        XCTAssertEqual(Array(want[0..<2]), [16, 1]); XCTAssertEqual(want[20], 27); XCTAssertEqual(want[19], 12)
+        for (type, header) in [(GGMLType.q5_0, [Float16(0.5)]), (.q5_1, [Float16(0.5), Float16(-1)])] {
+            var block: [UInt8] = []
+            for h in header { withUnsafeBytes(of: h.bitPattern) { block += $0 } }
+            withUnsafeBytes(of: qh.littleEndian) { block += $0 }
+            block += nibbles
+            XCTAssertEqual(block.count, type.layout!.bytes)
+            let expected = want.map { type == .q5_0 ? 0.5 * ($0 - 16) : 0.5 * $0 - 1 }
+            var ref = [Float](repeating: .nan, count: 32), fast = ref
+            block.withUnsafeBytes {
+                dequantizeRowRef(type, $0.baseAddress!, &ref, count: 32)
+                dequantizeRow(type, $0.baseAddress!, &fast, count: 32)
+            }
+            XCTAssertEqual(ref, expected, "\(type)")
+            XCTAssertEqual(fast, expected, "\(type)")
+        }
     }
 
     func testHalfConversionMatchesSwiftFloat16() {
@@ -91,12 +115,13 @@ final class KernelTests: XCTestCase {
 
     func testQuantizedDotsMatchReferenceAtOddBlockCounts() throws {
         var r = TestRandom(5)
-        let refs: [GGMLType: (UnsafeRawPointer, Q8Activations, Int) -> Float] = [
-            .q4_0: dotQ4_0Ref, .q4_1: dotQ4_1Ref, .q8_0: dotQ8_0Ref,
+        let refs: [(GGMLType, (UnsafeRawPointer, Q8Activations, Int) -> Float)] = [
+            (.q4_0, dotQ4_0Ref), (.q4_1, dotQ4_1Ref), (.q8_0, dotQ8_0Ref), (.q5_0, dotQ5_0Ref), (.q5_1, dotQ5_1Ref),
+            (.q4_K, dotQ4_KRef), (.q5_K, dotQ5_KRef), (.q6_K, dotQ6_KRef),
         ]
         for (type, ref) in refs {
-            for blocks in [1, 3, 7, 17, 33, 48] {
-                let n = 32 * blocks
+            for blocks in type.isKQuant ? [1, 2, 3, 5] : [1, 3, 7, 17, 33, 48] {
+                let n = type.layout!.elements * blocks
                 let row = randomBlocks(type, blocks: blocks, &r)
                 let x = r.floats(n, -2, 2)
                 var a = Q8Activations(capacity: n)
@@ -106,8 +131,10 @@ final class KernelTests: XCTestCase {
                     row.withUnsafeBytes { p in
                         let want = ref(p.baseAddress!, a, blocks)
                         let got = dotQuantized(type, p.baseAddress!, a, cols: n)
-                        // Same integer sums; only the float accumulation order differs.
-                        XCTAssertEqual(got, want, accuracy: 1e-4 * max(1, abs(want)), "\(type) \(blocks) blocks \(path)")
+                        // Same integer sums; for the 32-blocks only the float accumulation order
+                        // differs, the K-quants combine each super-block in one order everywhere.
+                        let tolerance: Float = type.isKQuant ? 0 : 1e-4 * max(1, abs(want))
+                        XCTAssertEqual(got, want, accuracy: tolerance, "\(type) \(blocks) blocks \(path)")
                     }
                 }
                 // And the quantised dot approximates the exact fp32 dot of dequantised weights.
@@ -116,21 +143,49 @@ final class KernelTests: XCTestCase {
                 let exact = zip(w, x).reduce(Float(0)) { $0 + $1.0 * $1.1 }
                 let approx = row.withUnsafeBytes { dotQuantized(type, $0.baseAddress!, a, cols: n) }
                 let scale = zip(w, x).reduce(Float(0)) { $0 + abs($1.0 * $1.1) }
+                XCTAssertGreaterThan(scale, 0)
                 XCTAssertEqual(approx, exact, accuracy: 0.02 * scale + 1e-5, "\(type) vs fp32")
+            }
+        }
+    }
+
+    func testQ8KActivationsMatchReference() throws {
+        var r = TestRandom(31)
+        for n in [256, 512, 1536] {
+            var x = r.floats(n, -3, 3)
+            // The first of two values of largest magnitude sets the scale's sign: -4 -> -127, 4 -> 127.
+            x[5] = -4; x[9] = 4
+            if n >= 512 { for j in 256..<512 { x[j] = 0 } }   // an all-zero super-block
+            try bothPaths { path in
+                var fast = Q8Activations(capacity: n), ref = Q8Activations(capacity: n)
+                defer { fast.deallocate(); ref.deallocate() }
+                x.withUnsafeBufferPointer { fast.quantize($0.baseAddress!, count: n); ref.quantizeRef($0.baseAddress!, count: n) }
+                XCTAssertTrue(fast.hasQ8K)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.kqs, count: n)), Array(UnsafeBufferPointer(start: ref.kqs, count: n)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.kd, count: n / 256)), Array(UnsafeBufferPointer(start: ref.kd, count: n / 256)), path)
+                XCTAssertEqual(Array(UnsafeBufferPointer(start: fast.kbsums, count: n / 16)), Array(UnsafeBufferPointer(start: ref.kbsums, count: n / 16)), path)
+                XCTAssertEqual(fast.kqs[5], -127); XCTAssertEqual(fast.kqs[9], 127)
+                XCTAssertEqual(fast.kd[0], 4 / 127, accuracy: 1e-7)
+                if n >= 512 { XCTAssertEqual(fast.kd[1], 0); XCTAssertEqual(fast.kbsums[16], 0) }
+                // The values reconstruct x to within half a step.
+                for i in 0..<n { XCTAssertEqual(Float(fast.kqs[i]) * fast.kd[i / 256], x[i], accuracy: abs(fast.kd[i / 256]) * 0.5 + 1e-7) }
+                let s0 = (0..<16).reduce(0) { $0 + Int(fast.kqs[$1]) }
+                XCTAssertEqual(Int(fast.kbsums[0]), s0)
             }
         }
     }
 
     func testFastDequantizeMatchesReference() throws {
         var r = TestRandom(8)
-        for type in [GGMLType.q4_0, .q4_1, .q8_0] {
+        for type in [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K] {
             for blocks in [1, 5, 19] {
+                let count = blocks * type.layout!.elements
                 let row = randomBlocks(type, blocks: blocks, &r)
-                var a = [Float](repeating: 0, count: 32 * blocks), b = a
+                var a = [Float](repeating: 0, count: count), b = a
                 try bothPaths { path in
                     row.withUnsafeBytes {
-                        dequantizeRowRef(type, $0.baseAddress!, &a, count: 32 * blocks)
-                        dequantizeRow(type, $0.baseAddress!, &b, count: 32 * blocks)
+                        dequantizeRowRef(type, $0.baseAddress!, &a, count: count)
+                        dequantizeRow(type, $0.baseAddress!, &b, count: count)
                     }
                     XCTAssertEqual(a, b, "\(type) \(path)")
                 }
@@ -176,6 +231,69 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// The batched product gives exactly the matvec's numbers for every token (the prompt path
+    /// must be bit-identical to decoding token by token), including the tokens left over
+    /// after groups of four.
+    func testGemmIsBitIdenticalToMatVecPerToken() throws {
+        var r = TestRandom(23)
+        let rows = 5, cols = 96, blocks = cols / 32
+        for type in [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0] {
+            let data = randomBlocks(type, blocks: rows * blocks, &r)
+            let rowBytes = blocks * type.layout!.bytes
+            for n in [1, 4, 6] {
+                let x = r.floats(n * cols, -2, 2)
+                try bothPaths { path in
+                    let qs = UnsafeMutablePointer<Int8>.allocate(capacity: n * cols)
+                    let d = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks), ds = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks)
+                    let sums = UnsafeMutablePointer<Int32>.allocate(capacity: n * blocks)
+                    defer { qs.deallocate(); d.deallocate(); ds.deallocate(); sums.deallocate() }
+                    x.withUnsafeBufferPointer { xp in
+                        for t in 0..<n {
+                            bk_quantize_q8(xp.baseAddress! + t * cols, Int32(cols), qs + t * cols, d + t * blocks, sums + t * blocks, ds + t * blocks)
+                        }
+                    }
+                    var batch = [Float](repeating: .nan, count: n * rows), single = batch
+                    data.withUnsafeBytes { w in
+                        bk_gemm_q(Int32(type.rawValue), w.baseAddress!, rowBytes, 0, Int32(rows), Int32(cols), Int32(n), qs, d, sums, ds, &batch, Int32(rows))
+                        single.withUnsafeMutableBufferPointer { y in
+                            for t in 0..<n {
+                                bk_matvec_q(Int32(type.rawValue), w.baseAddress!, rowBytes, 0, Int32(rows), Int32(cols),
+                                            qs + t * cols, d + t * blocks, sums + t * blocks, ds + t * blocks, y.baseAddress! + t * rows)
+                            }
+                        }
+                    }
+                    XCTAssertEqual(batch, single, "\(type) n \(n) \(path)")
+                    XCTAssertFalse(batch.contains { $0.isNaN }, "\(type) n \(n) \(path)")
+                }
+            }
+        }
+    }
+
+    func testKQuantGemmIsBitIdenticalToMatVecPerToken() throws {
+        var r = TestRandom(29)
+        let rows = 5, cols = 512, sb = cols / 256
+        for type in [GGMLType.q4_K, .q5_K, .q6_K] {
+            let data = randomBlocks(type, blocks: rows * sb, &r)
+            for n in [1, 3, 6] {
+                let x = r.floats(n * cols, -2, 2)
+                try bothPaths { path in
+                    let batch = Q8KBatch(rows: n, cols: cols)
+                    var y = [Float](repeating: .nan, count: n * rows)
+                    data.withUnsafeBytes { raw in
+                        let m = QuantMatrix(name: "w", type: type, rows: rows, cols: cols, data: raw.baseAddress!)
+                        x.withUnsafeBufferPointer { gemmQ8K(m, $0.baseAddress!, n: n, &y, ldy: rows, batch, pool: ThreadPool.shared(threads: 2)) }
+                        for t in 0..<n {
+                            var a = Q8Activations(capacity: cols)
+                            defer { a.deallocate() }
+                            x.withUnsafeBufferPointer { a.quantize($0.baseAddress! + t * cols, count: cols) }
+                            for i in 0..<rows { XCTAssertEqual(y[t * rows + i], dotQuantized(type, m.row(i), a, cols: cols), "\(type) n \(n) token \(t) row \(i) \(path)") }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testThreadPoolRunsEveryTaskOnce() {
         let pool = ThreadPool.shared(threads: 2)
         for count in [0, 1, 2, 5, 64] {
@@ -195,7 +313,8 @@ final class DequantizeFixtureTests: XCTestCase {
     func testDequantizationMatchesGGUFReference() throws {
         let j = try TestSupport.fixture("quant_blocks.json")
         let cases = j["cases"] as! [[String: Any]]
-        let types: [String: GGMLType] = ["Q4_0": .q4_0, "Q4_1": .q4_1, "Q8_0": .q8_0, "Q4_K": .q4_K, "Q6_K": .q6_K]
+        let types: [String: GGMLType] = ["Q4_0": .q4_0, "Q4_1": .q4_1, "Q8_0": .q8_0, "Q4_K": .q4_K, "Q6_K": .q6_K,
+                                       "Q5_0": .q5_0, "Q5_1": .q5_1, "Q5_K": .q5_K]
         XCTAssertEqual(Set(cases.map { $0["type"] as! String }), Set(types.keys))
         for c in cases {
             let type = types[c["type"] as! String]!

@@ -8,8 +8,8 @@ enum TinyModel {
     static let dim = 64, heads = 4, kvHeads = 2, ffn = 96, vocab = 80, layers = 3
     static var headDim: Int { dim / heads }
 
-    static func writer(arch: String, seed: UInt64, tied: Bool = true) -> GGUFWriter {
-        var r = TestRandom(seed)
+    /// A writer holding the hyper-parameters of a model of this shape (context 64).
+    static func header(arch: String, layers: Int, dim: Int, ffn: Int, heads: Int, kvHeads: Int) -> GGUFWriter {
         var w = GGUFWriter()
         w.set("general.architecture", .string(arch))
         w.set("\(arch).block_count", .u32(UInt32(layers)))
@@ -20,6 +20,12 @@ enum TinyModel {
         w.set("\(arch).context_length", .u32(64))
         w.set("\(arch).rope.freq_base", .f32(10000))
         w.set("\(arch).attention.layer_norm_rms_epsilon", .f32(1e-6))
+        return w
+    }
+
+    static func writer(arch: String, seed: UInt64, tied: Bool = true) -> GGUFWriter {
+        var r = TestRandom(seed)
+        var w = header(arch: arch, layers: layers, dim: dim, ffn: ffn, heads: heads, kvHeads: kvHeads)
         let kv = kvHeads * headDim
         w.addF32("token_embd.weight", dims: [dim, vocab], r.floats(dim * vocab))
         for l in 0..<layers {

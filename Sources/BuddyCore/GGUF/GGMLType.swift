@@ -7,20 +7,26 @@ public enum GGMLType: UInt32, Sendable, CustomStringConvertible {
     case i8 = 24, i16 = 25, i32 = 26, i64 = 27, f64 = 28, iq1_m = 29, bf16 = 30
 
     /// (elements per block, bytes per block) for the types this engine can compute with.
-    /// Pinned against llama.cpp's layouts: Q4_0 = 18, Q4_1 = 20, Q8_0 = 34 bytes per 32 weights,
-    /// Q4_K = 144 and Q6_K = 210 bytes per 256 weights.
+    /// Pinned against llama.cpp's layouts: Q4_0 = 18, Q4_1 = 20, Q5_0 = 22, Q5_1 = 24, Q8_0 = 34
+    /// bytes per 32 weights; Q4_K = 144, Q5_K = 176 and Q6_K = 210 bytes per 256 weights.
     public var layout: (elements: Int, bytes: Int)? {
         switch self {
         case .f32: return (1, 4)
         case .f16, .bf16: return (1, 2)
         case .q4_0: return (32, 18)
         case .q4_1: return (32, 20)
+        case .q5_0: return (32, 22)
+        case .q5_1: return (32, 24)
         case .q8_0: return (32, 34)
         case .q4_K: return (256, 144)
+        case .q5_K: return (256, 176)
         case .q6_K: return (256, 210)
         default: return nil
         }
     }
+
+    /// The K-quants: 256-weight super-blocks whose dot products take Q8_K activations.
+    public var isKQuant: Bool { self == .q4_K || self == .q5_K || self == .q6_K }
 
     public var description: String {
         switch self {

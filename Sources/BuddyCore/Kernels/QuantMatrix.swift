@@ -21,8 +21,14 @@ public struct QuantMatrix: @unchecked Sendable {
         self.data = data
     }
 
-    /// Whether dot products quantise the input to 8 bits (as llama.cpp does for these types).
-    public var usesQ8Input: Bool { type == .q4_0 || type == .q4_1 || type == .q8_0 }
+    /// Whether dot products quantise the input to 8 bits (as llama.cpp does for these types):
+    /// Q8_0-style blocks of 32 for the 32-weight types, Q8_K super-blocks for the K-quants.
+    public var usesQ8Input: Bool {
+        switch type {
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K: return true
+        default: return false
+        }
+    }
 
     @inline(__always) public func row(_ r: Int) -> UnsafeRawPointer { data + r * rowBytes }
 
@@ -32,7 +38,7 @@ public struct QuantMatrix: @unchecked Sendable {
     public func dot(row r: Int, _ x: UnsafePointer<Float>, _ xq: Q8Activations, scratch: UnsafeMutablePointer<Float>) -> Float {
         let p = row(r)
         switch type {
-        case .q4_1, .q8_0, .q4_0: return dotQuantized(type, p, xq, cols: cols)
+        case .q4_1, .q8_0, .q4_0, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K: return dotQuantized(type, p, xq, cols: cols)
         case .f32: return dotF32(p.assumingMemoryBound(to: Float.self), x, count: cols)
         default:
             // Types without a dedicated kernel: dequantise the row, then a float dot.
@@ -111,7 +117,9 @@ public final class MatVec: @unchecked Sendable {
     @inline(__always)
     private func rowRange(_ m: QuantMatrix, _ lo: Int, _ hi: Int, _ x: UnsafePointer<Float>, _ xq: Q8Activations,
                           _ y: UnsafeMutablePointer<Float>, _ s: UnsafeMutablePointer<Float>) {
-        if m.usesQ8Input {
+        if m.type.isKQuant {
+            bk_matvec_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.kqs, xq.kd, xq.kbsums, y)
+        } else if m.usesQ8Input {
             bk_matvec_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.qs, xq.d, xq.sums, xq.ds, y)
         } else {
             for r in lo..<hi { y[r - lo] = m.dot(row: r, x, xq, scratch: s) }
@@ -141,5 +149,42 @@ public func gemmDequantized(_ m: QuantMatrix, _ x: UnsafePointer<Float>, n: Int,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(n), Int32(count), Int32(m.cols),
                     1, x, Int32(m.cols), slab, Int32(m.cols), 0, y + start, Int32(ldy))
         start += count
+    }
+}
+
+/// Rows of activations quantised to Q8_K for the batched K-quant product: [rows × cols] int8
+/// values, [rows × cols/256] scales, [rows × cols/16] sums of 16.
+public final class Q8KBatch: @unchecked Sendable {
+    public let qs: UnsafeMutablePointer<Int8>
+    public let d: UnsafeMutablePointer<Float>
+    public let bsums: UnsafeMutablePointer<Int16>
+
+    public init(rows: Int, cols: Int) {
+        qs = .allocate(capacity: rows * cols)
+        d = .allocate(capacity: rows * cols / 256)
+        bsums = .allocate(capacity: rows * cols / 16)
+    }
+    deinit { qs.deallocate(); d.deallocate(); bsums.deallocate() }
+}
+
+/// Y[n × m.rows] = X[n × m.cols] · mᵀ for a K-quant m, with exactly the per-(row, token)
+/// arithmetic of the decode matvec (bk_gemm_qk), so a prompt batch and token-by-token decoding
+/// give identical projections.
+public func gemmQ8K(_ m: QuantMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int,
+                    _ a: Q8KBatch, pool: ThreadPool) {
+    let cols = m.cols, sb = cols / 256
+    let tasks = pool.threads
+    let perRow = (n + tasks - 1) / tasks
+    pool.parallelFor(tasks) { t in
+        for i in min(n, t * perRow)..<min(n, (t + 1) * perRow) {
+            bk_quantize_q8k(x + i * cols, Int32(cols), a.qs + i * cols, a.d + i * sb, a.bsums + i * 16 * sb)
+        }
+    }
+    let per = (m.rows + tasks - 1) / tasks
+    pool.parallelFor(tasks) { t in
+        let lo = t * per, hi = min(m.rows, lo + per)
+        if lo < hi {
+            bk_gemm_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols), Int32(n), a.qs, a.d, a.bsums, y + lo, Int32(ldy))
+        }
     }
 }

@@ -22,6 +22,7 @@ public final class BatchState: @unchecked Sendable {
     public let ad: UnsafeMutablePointer<Float>      // [maxTokens × wideIn/32] their block scales
     public let asums: UnsafeMutablePointer<Int32>   // [maxTokens × wideIn/32] their block sums
     public let ads: UnsafeMutablePointer<Float>     // [maxTokens × wideIn/32] scale × sum (Q8_1 `s`)
+    public let kq: Q8KBatch                         // the same rows as Q8_K, for K-quant weights
     public let capacity: Int
     public let pool: ThreadPool
     public var trace: TraceSink?
@@ -53,6 +54,7 @@ public final class BatchState: @unchecked Sendable {
         ad = .allocate(capacity: maxTokens * wideIn / 32)
         asums = .allocate(capacity: maxTokens * wideIn / 32)
         ads = .allocate(capacity: maxTokens * wideIn / 32)
+        kq = Q8KBatch(rows: maxTokens, cols: wideIn)
     }
 
     deinit {
@@ -73,6 +75,10 @@ extension Transformer {
     /// are dequantised and multiplied with OpenBLAS.
     func gemm(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ b: BatchState, ldy: Int? = nil) {
         let ldy = ldy ?? m.rows
+        if m.type.isKQuant {
+            gemmQ8K(m, x, n: n, y, ldy: ldy, b.kq, pool: b.pool)
+            return
+        }
         guard m.usesQ8Input else {
             gemmDequantized(m, x, n: n, y, ldy: ldy, slab: b.slab, slabRows: b.slabRows, pool: b.pool)
             return

@@ -21,7 +21,7 @@ void bk_force_portable(int on);
 void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums, float *ds);
 
 /// y[r - row_begin] = row r · activations for r in [row_begin, row_end).
-/// type: 2 = Q4_0, 3 = Q4_1, 8 = Q8_0 (ggml numbering). cols % 32 == 0.
+/// type: 2 = Q4_0, 3 = Q4_1, 6 = Q5_0, 7 = Q5_1, 8 = Q8_0 (ggml numbering). cols % 32 == 0.
 void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
                  const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y);
 
@@ -33,7 +33,25 @@ void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int r
 void bk_gemm_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
                int n, const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y, int ldy);
 
-/// Dequantise `count` elements of one row of `type` (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 8 Q8_0, 30 BF16).
+/// Quantise x[0..n) (n % 256 == 0) to Q8_K super-blocks of 256 as llama.cpp pairs with its
+/// K-quants: per super-block a float scale d[n/256] (the value of largest magnitude maps to
+/// -127), int8 qs[n] (rounded to nearest even) and bsums[n/16], the sum of each run of 16.
+void bk_quantize_q8k(const float *x, int n, int8_t *qs, float *d, int16_t *bsums);
+
+/// y[r - row_begin] = row r · activations (quantised with bk_quantize_q8k) for r in
+/// [row_begin, row_end). type: 12 = Q4_K, 13 = Q5_K, 14 = Q6_K. cols % 256 == 0.
+/// Each super-block's integer sums are exact and combined in the same float order on every
+/// path, so the AVX2 and portable paths give bit-identical results.
+void bk_matvec_qk(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
+                  const int8_t *qs, const float *d, const int16_t *bsums, float *y);
+
+/// bk_matvec_qk for n activation rows (qs: n × cols; d: n × cols/256; bsums: n × cols/16):
+///   y[t * ldy + (r - row_begin)] = row r · activation t, with exactly bk_matvec_qk's arithmetic.
+void bk_gemm_qk(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
+                int n, const int8_t *qs, const float *d, const int16_t *bsums, float *y, int ldy);
+
+/// Dequantise `count` elements of one row of `type` (0 F32, 1 F16, 2 Q4_0, 3 Q4_1, 6 Q5_0, 7 Q5_1,
+/// 8 Q8_0, 30 BF16).
 /// Returns 0 for unsupported types.
 int bk_dequantize_row(int type, const void *src, float *dst, int count);
 
