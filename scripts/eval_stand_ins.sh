@@ -19,4 +19,6 @@ $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chu
   --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-ppl.csv
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
   --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-chat.csv
+$buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
+  --budgets 0.9,0.7,0.5 --methods buddy,sleb --stand-ins on --csv eval/stand-ins-hellaswag.csv
 $buddy bench --budgets 1,0.9,0.7,0.5 --runs 5 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl
