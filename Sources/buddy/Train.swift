@@ -251,6 +251,8 @@ struct TrainPredictor: ParsableCommand {
     var budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"
     @Option(name: .long, help: "Router whose quality curves are measured.")
     var router: String = "buddy"
+    @Option(name: .long, help: "Stand-ins the curves are measured with: on (the model's), off, or a file. Default: on when the model has stand-ins.")
+    var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Where to write the predictor (written atomically).")
     var out: String
     @Option(name: .long, help: "Measured curves, saved after each prompt and reused on the next run (default: <out>.curves.json).")
@@ -279,6 +281,8 @@ struct TrainPredictor: ParsableCommand {
         var router: String
         var budgets: [Double]
         var maxReply: Int
+        /// "on"/"off" (nil in files from before stand-ins: measured without them).
+        var standIns: String?
         var curves: [BudgetCurve]
     }
 
@@ -293,6 +297,8 @@ struct TrainPredictor: ParsableCommand {
         let chat: [ChatPrompt]
         do { chat = try ChatPromptSet.parse(chatText, split: .train) } catch { throw CLIError("\(chatData): \(error)") }
         let session = Session(model: model, capacity: 1024, threads: modelOptions.threads, batchSize: 256)
+        session.standIns = try standIns.resolve(model: model)
+        let standInLabel = session.standIns == nil ? "off" : "on"
         let evaluator = ChatEvaluator(session: session)
 
         // The prompts, in a fixed order: chat first, then seeded text segments.
@@ -313,11 +319,11 @@ struct TrainPredictor: ParsableCommand {
 
         // Resume from saved curves when they were measured the same way.
         let curvePath = curves ?? out + ".curves.json"
-        var file = CurveFile(modelFingerprint: model.fingerprint, router: router, budgets: grid, maxReply: maxReply, curves: [])
+        var file = CurveFile(modelFingerprint: model.fingerprint, router: router, budgets: grid, maxReply: maxReply, standIns: standInLabel, curves: [])
         let dec = JSONDecoder(); dec.keyDecodingStrategy = .convertFromSnakeCase
         if let data = FileManager.default.contents(atPath: curvePath) {
             if let saved = try? dec.decode(CurveFile.self, from: data), saved.modelFingerprint == model.fingerprint,
-               saved.router == router, saved.budgets == grid, saved.maxReply == maxReply {
+               saved.router == router, saved.budgets == grid, saved.maxReply == maxReply, (saved.standIns ?? "off") == standInLabel {
                 file.curves = saved.curves
                 Out.err("resuming: \(saved.curves.count) curves already measured in \(curvePath)")
             } else {
@@ -383,7 +389,7 @@ struct TrainPredictor: ParsableCommand {
         report(constant, "mean curve")
         let final = try BudgetPredictor.fit(features: usable.map(\.features), logKL: usable.map(logKL), budgets: grid, lambda: best!.lambda, router: router)
         let notes = "buddy train predictor: \(usable.count) prompts (\(chat.count) chat train-split, rest WikiText-2 segments from the first \(textTokens) tokens), "
-            + "continuations of \(maxReply) tokens, router \(router), ridge lambda \(best!.lambda) (validation MSE of log KL \(String(format: "%.4f", best!.val)))"
+            + "continuations of \(maxReply) tokens, router \(router), stand-ins \(standInLabel), ridge lambda \(best!.lambda) (validation MSE of log KL \(String(format: "%.4f", best!.val)))"
         try RouterFile.save(final, model: model, notes: notes, to: out)
         print("wrote \(out) (\(notes))")
     }
