@@ -53,6 +53,19 @@ public enum Routers {
         return try StandInFile.load(path: p, config: model.config, fingerprint: model.fingerprint)
     }
 
+    /// What `--stand-ins auto` installs: the stand-ins found for this model, or nil when there
+    /// are none or the file found was made for another model (the fingerprint ties it to one
+    /// file, so the same weights requantised, or any other GGUF, is "another model"). Without
+    /// this, the default `auto` made every command refuse such a model even at full depth,
+    /// where stand-ins are never used. A damaged file, or one of the wrong shape, is still an
+    /// error; `on` and an explicit file still refuse a mismatch.
+    public static func autoStandIns(model: LanguageModel, path: String? = nil) throws -> (standIns: StandIns?, mismatch: String?) {
+        do { return (try standIns(model: model, path: path), nil) } catch let e as StandInError {
+            guard case .wrongModel = e else { throw e }
+            return (nil, "\(e)")
+        }
+    }
+
     /// Where a named router lives, if anywhere.
     public static func locate(_ spec: String, model: LanguageModel) -> String? {
         let fm = FileManager.default

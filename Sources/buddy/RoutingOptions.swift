@@ -102,7 +102,10 @@ enum StandInChoice: ExpressibleByArgument, Equatable {
         do {
             switch self {
             case .off: return nil
-            case .auto: return try Routers.standIns(model: model)
+            case .auto:
+                let (s, mismatch) = try Routers.autoStandIns(model: model)
+                if let mismatch { FileHandle.standardError.write(Data("note: running without stand-ins: \(mismatch)\n".utf8)) }
+                return s
             case .on:
                 guard let s = try Routers.standIns(model: model) else {
                     throw CLIError("--stand-ins on: this model has no stand-in file (routers/\(StandInFile.defaultFileName)); make one with `buddy calibrate stand-ins`")

@@ -58,6 +58,31 @@ final class StandInFitTests: XCTestCase {
         for k in 0..<d { XCTAssertEqual(mean.bias[k], train.y.enumerated().filter { $0.offset % d == k }.reduce(0.0) { $0 + $1.element } / Double(n), accuracy: 1e-9) }
     }
 
+    /// `--stand-ins auto` (the default of generate, chat, bench and eval) on a model the stand-in
+    /// file was not made for, e.g. the default model requantised by llama.cpp: no stand-ins and a
+    /// reason, not a refusal (it used to stop every command, even at full depth). The explicit
+    /// path is still refused, and a damaged file is still an error under auto.
+    func testAutoStandInsRunWithoutThemOnAnotherModelButStillRefuseDamage() throws {
+        let m = try RoutingTests.sharedModel()
+        let shipped = try Routers.autoStandIns(model: m)
+        XCTAssertNotNil(shipped.standIns, "the shipped file fits the default model")
+        XCTAssertNil(shipped.mismatch)
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-auto-standins-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let foreign = dir.appendingPathComponent("foreign.bin").path
+        try StandInFile.save(StandIns.zero(config: m.config), fingerprint: "666241a2797c77f1-105454144", to: foreign)
+        XCTAssertThrowsError(try Routers.standIns(model: m, path: foreign)) { e in
+            guard case StandInError.wrongModel = e else { return XCTFail("\(e)") }
+        }
+        let auto = try Routers.autoStandIns(model: m, path: foreign)
+        XCTAssertNil(auto.standIns)
+        XCTAssertTrue(auto.mismatch?.contains("made for another model") ?? false, auto.mismatch ?? "nil")
+        let damaged = dir.appendingPathComponent("damaged.bin").path
+        try Data("BUDDYSTI".utf8).write(to: URL(fileURLWithPath: damaged))
+        XCTAssertThrowsError(try Routers.autoStandIns(model: m, path: damaged))
+    }
+
     /// The shipped stand-ins load for the default model, are refused for another, and the
     /// shipped router with them runs exactly k + 2 layers at every slider position.
     func testShippedStandInsLoadAndRoutingStaysStrict() throws {
