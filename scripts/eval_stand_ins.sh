@@ -21,4 +21,6 @@ $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-r
   --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-chat.csv
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
   --budgets 0.9,0.7,0.5 --methods buddy,sleb --stand-ins on --csv eval/stand-ins-hellaswag.csv
+$buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 \
+  --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
 $buddy bench --budgets 1,0.9,0.7,0.5 --runs 5 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl

@@ -195,6 +195,12 @@ if si_ppl or si_chat:
                  "acc_norm", lambda v: f"{v:.3f}",
                  "First 400 tasks (standard error of one accuracy ≈ 0.024); 'off' cells are the main table's runs.",
                  lower_is_better=False)
+    if os.path.exists("eval/stand-ins-auto.md"):
+        print("### The automatic budget with stand-ins\n\nThe Budget Predictor refitted to the quality curves measured with stand-ins "
+              "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
+              "--stand-ins on --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
+              "The plain-skip section above was measured with the previous predictor.\n")
+        print(open("eval/stand-ins-auto.md").read().replace("### Tolerance", "#### Tolerance"))
     si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:
         print("### Decode speed with stand-ins on (buddy router, `buddy bench --stand-ins on`)\n")
