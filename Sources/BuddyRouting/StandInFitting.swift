@@ -92,6 +92,11 @@ public struct RegressionStatistics: Sendable {
         return e
     }
 
+    /// The bias-only fit (rank 0): c = ȳ, whatever the ridge; no solve needed.
+    public var meanFit: AffineFit {
+        AffineFit(rank: 0, bias: sumY.map { count > 0 ? $0 / count : 0 }, down: [], up: [], ridge: 0)
+    }
+
     /// Σ‖y − ȳ‖²: the error of predicting the mean, for R².
     public var totalVariation: Double {
         guard count > 0 else { return 0 }
@@ -275,7 +280,7 @@ public final class StandInCalibration {
     /// - progress: (layer done, layers) after each layer.
     public func fit(train: [[Int32]], validation: [[Int32]], scenarios: [[Bool]] = [],
                     ridges: [Double] = [1e-3, 1e-2, 1e-1], ranks: [Int] = [0, 16, 32, 64, 128],
-                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true, notes: String = "",
+                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true,
                     progress: ((Int, Int) -> Void)? = nil) throws -> (standIns: StandIns, report: [LayerReport]) {
         let c = model.config, L = c.layers, D = c.dim
         let t = model.transformer
@@ -346,8 +351,7 @@ public final class StandInCalibration {
             }
             if routable {
                 let choice = try AffineFitter.select(train: trainStats, validation: valStats, ridges: ridges, ranks: ranks)
-                let biasOnly = valStats.totalVariation > 0
-                    ? 1 - valStats.squaredError(try AffineFitter.solve(trainStats, ridge: choice.ridge).truncate(rank: 0)) / valStats.totalVariation : 0
+                let biasOnly = valStats.totalVariation > 0 ? 1 - valStats.squaredError(trainStats.meanFit) / valStats.totalVariation : 0
                 let final = try AffineFitter.solve(trainStats + valStats, ridge: choice.ridge).truncate(rank: choice.rank)
                 layers[l] = final.standIn()
                 report.append(LayerReport(layer: l, rank: choice.rank, ridge: choice.ridge, validationR2: choice.validationR2,
@@ -366,6 +370,6 @@ public final class StandInCalibration {
             }
             progress?(l + 1, L)
         }
-        return (try StandIns(dim: D, eps: eps, layers: layers, notes: notes), report)
+        return (try StandIns(dim: D, eps: eps, layers: layers), report)
     }
 }

@@ -134,9 +134,9 @@ public enum StandInFile {
     static let maxHeaderBytes = 1 << 20
 
     public static func fnv64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-        return h
+        var h = FNV1a64()
+        for b in bytes { h.mix(b) }
+        return h.value
     }
 
     public static func encode(_ s: StandIns, fingerprint: String) throws -> Data {

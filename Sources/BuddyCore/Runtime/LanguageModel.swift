@@ -31,8 +31,8 @@ public final class LanguageModel: @unchecked Sendable {
     /// A short stable identity of the weights: size plus a hash of the tensor table and a
     /// sample of the data. Router and ranking files carry it so they refuse other models.
     public lazy var fingerprint: String = {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        func mix(_ b: UInt8) { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        var fnv = FNV1a64()
+        func mix(_ b: UInt8) { fnv.mix(b) }
         for t in file.tensors {
             for b in t.name.utf8 { mix(b) }
             for d in t.dims { for i in 0..<8 { mix(UInt8(truncatingIfNeeded: d >> (8 * i))) } }
@@ -41,7 +41,7 @@ public final class LanguageModel: @unchecked Sendable {
             let p = file.data(t)
             for i in 0..<min(64, t.byteCount) { mix(p.load(fromByteOffset: i, as: UInt8.self)) }
         }
-        return String(format: "%016llx-%d", h, file.mapping.size)
+        return String(format: "%016llx-%d", fnv.value, file.mapping.size)
     }()
 }
 
@@ -72,4 +72,11 @@ public enum ModelLocator {
         for c in candidates where FileManager.default.fileExists(atPath: c) { return c }
         throw NotFound(searched: candidates)
     }
+}
+
+/// 64-bit FNV-1a: the hash behind the model fingerprint and the stand-in files' checksums.
+public struct FNV1a64 {
+    public private(set) var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    public init() {}
+    @inline(__always) public mutating func mix(_ byte: UInt8) { value = (value ^ UInt64(byte)) &* 0x100_0000_01b3 }
 }
