@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #define BK_X86 1
 #define BK_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define BK_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
 #else
 #define BK_X86 0
 #endif
@@ -80,6 +81,26 @@ int bk_has_avx2(void) {
 }
 
 void bk_force_portable(int on) { force_portable = on; }
+
+static int force_no_vnni = 0;
+static int vnni_state = -1;
+
+// AVX-512 VNNI on 256-bit vectors (vpdpbusd): one instruction for the u8·s8 sums of four
+// that AVX2 forms with maddubs + madd. The integer sums are identical (the 16-bit pair sums
+// of the quantised types never saturate), so every path gives the same floats.
+int bk_has_vnni(void) {
+#if BK_X86
+    if (vnni_state < 0) {
+        __builtin_cpu_init();
+        vnni_state = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+    }
+    return vnni_state && !force_no_vnni && bk_has_avx2();
+#else
+    return 0;
+#endif
+}
+
+void bk_force_no_vnni(int on) { force_no_vnni = on; }
 
 static inline uint16_t load_u16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 static inline uint32_t load_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
@@ -474,6 +495,139 @@ BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0
 }
 
 
+// The prompt path for Q8_0/Q4_0/Q5_0. A block of weight rows is unpacked once into |w|, w
+// and the block scales (at most BK_UNPACK_BYTES, so it stays in L1 with a tile of four
+// tokens' activations); then every four-token tile runs over those rows. Streaming each
+// token tile once per row block instead of once per row keeps the loop out of L2. Per
+// (row, token, block) the arithmetic is exactly BK_Q8_0_STEP's (same integer sums, the
+// same scale product, the same even/odd accumulators), so the result equals
+// matvec_q_0_avx2's bit for bit.
+#define BK_UNPACK_BYTES 20480
+#define BK_GEMM_Q0_UNPACKED(NAME, TARGET, DOT4)                                                                   \
+TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,                \
+                        const int8_t *qs, const float *d, float *y, int ldy) {                                     \
+    const int cols = 32 * blocks;                                                                                  \
+    const __m256i ones = _mm256_set1_epi16(1); (void)ones;                                                         \
+    __m256i unpacked[BK_UNPACK_BYTES / 32];                                                                        \
+    float wscale[BK_UNPACK_BYTES / 64];                                                                            \
+    int rowsPerBlock = BK_UNPACK_BYTES / (64 * blocks);                                                            \
+    if (rowsPerBlock > 16) rowsPerBlock = 16;                                                                      \
+    const int tiles = n / 4;                                                                                       \
+    for (int rb0 = r0; rb0 < r1; rb0 += rowsPerBlock) {                                                            \
+        const int rb1 = rb0 + rowsPerBlock < r1 ? rb0 + rowsPerBlock : r1;                                         \
+        for (int r = rb0; r < rb1; r++) {                                                                          \
+            const uint8_t *p = w + (size_t)r * rb;                                                                 \
+            __m256i *u = unpacked + 2 * (size_t)(r - rb0) * blocks;                                                \
+            for (int b = 0; b < blocks; b++, p += bytes) {                                                         \
+                __m256i v = signed_weights(p, bytes);                                                              \
+                u[2 * b] = v; u[2 * b + 1] = _mm256_sign_epi8(v, v); wscale[(r - rb0) * blocks + b] = h2f_avx(p);  \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int tile = 0; tile < tiles; tile++) {                                                                 \
+            const int t = 4 * tile;                                                                                \
+            const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;             \
+            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;     \
+            for (int r = rb0; r < rb1; r++) {                                                                      \
+                const __m256i *u = unpacked + 2 * (size_t)(r - rb0) * blocks;                                      \
+                const float *ws = wscale + (r - rb0) * blocks;                                                     \
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00; \
+                for (int b = 0; b < blocks; b++) {                                                                 \
+                    const __m256i sg = u[2 * b], ab = u[2 * b + 1];                                                \
+                    const __m256 wdv = _mm256_set1_ps(ws[b]);                                                      \
+                    __m256i i0 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x0 + 32 * b)), sg)); \
+                    __m256i i1 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x1 + 32 * b)), sg)); \
+                    __m256i i2 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x2 + 32 * b)), sg)); \
+                    __m256i i3 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x3 + 32 * b)), sg)); \
+                    __m256 s0 = _mm256_mul_ps(wdv, _mm256_set1_ps(d0[b])), s1 = _mm256_mul_ps(wdv, _mm256_set1_ps(d1[b])); \
+                    __m256 s2 = _mm256_mul_ps(wdv, _mm256_set1_ps(d2[b])), s3 = _mm256_mul_ps(wdv, _mm256_set1_ps(d3[b])); \
+                    if (b & 1) {                                                                                   \
+                        a01 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(i0), a01); a11 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), a11); \
+                        a21 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(i2), a21); a31 = _mm256_fmadd_ps(s3, _mm256_cvtepi32_ps(i3), a31); \
+                    } else {                                                                                       \
+                        a00 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(i0), a00); a10 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), a10); \
+                        a20 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(i2), a20); a30 = _mm256_fmadd_ps(s3, _mm256_cvtepi32_ps(i3), a30); \
+                    }                                                                                              \
+                }                                                                                                  \
+                y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01));                                  \
+                y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11));                            \
+                y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21));                            \
+                y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31));                            \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int t = 4 * tiles; t < n; t++)                                                                        \
+            matvec_q_0_avx2(w, rb, bytes, rb0, rb1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks,         \
+                            y + (size_t)t * ldy + (rb0 - r0));                                                     \
+    }                                                                                                              \
+}
+
+// The same row-block tiling for Q4_1 and Q5_1 (unsigned weights plus an offset term),
+// with exactly BK_Q4_1_STEP's arithmetic, so it equals matvec_q_1_avx2 bit for bit.
+#define BK_GEMM_Q1_UNPACKED(NAME, TARGET, DOT4)                                                                   \
+TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,                \
+                        const int8_t *qs, const float *d, const float *ds, float *y, int ldy) {                    \
+    const int cols = 32 * blocks;                                                                                  \
+    const __m256i ones = _mm256_set1_epi16(1); (void)ones;                                                         \
+    __m256i unpacked[BK_UNPACK_BYTES / 32];                                                                        \
+    float wscale[BK_UNPACK_BYTES / 32], wmin[BK_UNPACK_BYTES / 32];                                                \
+    int rowsPerBlock = BK_UNPACK_BYTES / (32 * blocks);                                                            \
+    if (rowsPerBlock > 16) rowsPerBlock = 16;                                                                      \
+    const int tiles = n / 4;                                                                                       \
+    for (int rb0 = r0; rb0 < r1; rb0 += rowsPerBlock) {                                                            \
+        const int rb1 = rb0 + rowsPerBlock < r1 ? rb0 + rowsPerBlock : r1;                                         \
+        for (int r = rb0; r < rb1; r++) {                                                                          \
+            const uint8_t *p = w + (size_t)r * rb;                                                                 \
+            const int o = (r - rb0) * blocks;                                                                      \
+            for (int b = 0; b < blocks; b++, p += bytes) {                                                         \
+                unpacked[o + b] = unpack_q_1(p, bytes); wscale[o + b] = h2f_avx(p); wmin[o + b] = h2f_avx(p + 2);  \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int tile = 0; tile < tiles; tile++) {                                                                 \
+            const int t = 4 * tile;                                                                                \
+            const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;             \
+            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;     \
+            const float *s0 = ds + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;    \
+            for (int r = rb0; r < rb1; r++) {                                                                      \
+                const int o = (r - rb0) * blocks;                                                                  \
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00; \
+                float m00 = 0, m01 = 0, m10 = 0, m11 = 0, m20 = 0, m21 = 0, m30 = 0, m31 = 0;                      \
+                for (int b = 0; b < blocks; b++) {                                                                 \
+                    const __m256i q = unpacked[o + b];                                                             \
+                    const float wd_ = wscale[o + b], wm_ = wmin[o + b];                                            \
+                    __m256i i0 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x0 + 32 * b)));                      \
+                    __m256i i1 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x1 + 32 * b)));                      \
+                    __m256i i2 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x2 + 32 * b)));                      \
+                    __m256i i3 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x3 + 32 * b)));                      \
+                    if (b & 1) {                                                                                   \
+                        a01 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d0[b]), _mm256_cvtepi32_ps(i0), a01); m01 += wm_ * s0[b]; \
+                        a11 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d1[b]), _mm256_cvtepi32_ps(i1), a11); m11 += wm_ * s1[b]; \
+                        a21 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d2[b]), _mm256_cvtepi32_ps(i2), a21); m21 += wm_ * s2[b]; \
+                        a31 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d3[b]), _mm256_cvtepi32_ps(i3), a31); m31 += wm_ * s3[b]; \
+                    } else {                                                                                       \
+                        a00 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d0[b]), _mm256_cvtepi32_ps(i0), a00); m00 += wm_ * s0[b]; \
+                        a10 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d1[b]), _mm256_cvtepi32_ps(i1), a10); m10 += wm_ * s1[b]; \
+                        a20 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d2[b]), _mm256_cvtepi32_ps(i2), a20); m20 += wm_ * s2[b]; \
+                        a30 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d3[b]), _mm256_cvtepi32_ps(i3), a30); m30 += wm_ * s3[b]; \
+                    }                                                                                              \
+                }                                                                                                  \
+                y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01)) + (m00 + m01);                    \
+                y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11)) + (m10 + m11);              \
+                y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21)) + (m20 + m21);              \
+                y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31)) + (m30 + m31);              \
+            }                                                                                                      \
+        }                                                                                                          \
+        for (int t = 4 * tiles; t < n; t++)                                                                        \
+            matvec_q_1_avx2(w, rb, bytes, rb0, rb1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks,         \
+                            ds + (size_t)t * blocks, y + (size_t)t * ldy + (rb0 - r0));                            \
+    }                                                                                                              \
+}
+
+#define BK_DOT4_AVX2(U, S) _mm256_madd_epi16(_mm256_maddubs_epi16(U, S), ones)
+#define BK_DOT4_VNNI(U, S) _mm256_dpbusd_epi32(_mm256_setzero_si256(), U, S)
+BK_GEMM_Q0_UNPACKED(gemm_q_0_unpacked_avx2, BK_AVX2, BK_DOT4_AVX2)
+BK_GEMM_Q0_UNPACKED(gemm_q_0_unpacked_vnni, BK_VNNI, BK_DOT4_VNNI)
+BK_GEMM_Q1_UNPACKED(gemm_q_1_unpacked_avx2, BK_AVX2, BK_DOT4_AVX2)
+BK_GEMM_Q1_UNPACKED(gemm_q_1_unpacked_vnni, BK_VNNI, BK_DOT4_VNNI)
+
 BK_AVX2 static inline int32_t hsum_epi32(__m256i v) {
     __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
@@ -645,6 +799,36 @@ BK_AVX2 static float dot_f32_avx2(const float *x, const float *y, int n) {
     return s;
 }
 
+// One F16 (or BF16) weight row · fp32 activations, in fp32: the weights widen exactly, so
+// only the summation order differs from the scalar reference.
+BK_AVX2 static float dot_f16_avx2(const uint8_t *w, const float *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * i)));
+        __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * i + 16)));
+        a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
+    }
+    float s = hsum256(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) s += _cvtsh_ss(load_u16(w + 2 * i)) * x[i];
+    return s;
+}
+
+BK_AVX2 static float dot_bf16_avx2(const uint8_t *w, const float *x, int n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256i r0 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * i)));
+        __m256i r1 = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * i + 16)));
+        a0 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(r0, 16)), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(r1, 16)), _mm256_loadu_ps(x + i + 8), a1);
+    }
+    float s = hsum256(_mm256_add_ps(a0, a1));
+    for (; i < n; i++) { uint32_t b = (uint32_t)load_u16(w + 2 * i) << 16; float f; memcpy(&f, &b, 4); s += f * x[i]; }
+    return s;
+}
+
 BK_AVX2 static void axpy_f32_avx2(float a, const float *x, float *y, int n) {
     __m256 av = _mm256_set1_ps(a);
     int i = 0;
@@ -719,10 +903,19 @@ void bk_gemm_q(int type, const void *w, size_t rb, int r0, int r1, int cols,
 #if BK_X86
     if (bk_has_avx2()) {
         if (type == 2 || type == 6 || type == 8) {
-            gemm_q_0_avx2((const uint8_t *)w, rb, type == 2 ? 18 : type == 6 ? 22 : 34, r0, r1, blocks, n, qs, d, y, ldy);
+            const int bytes = type == 2 ? 18 : type == 6 ? 22 : 34;
+            if (64 * blocks > BK_UNPACK_BYTES) gemm_q_0_avx2((const uint8_t *)w, rb, bytes, r0, r1, blocks, n, qs, d, y, ldy);
+            else if (bk_has_vnni()) gemm_q_0_unpacked_vnni((const uint8_t *)w, rb, bytes, r0, r1, blocks, n, qs, d, y, ldy);
+            else gemm_q_0_unpacked_avx2((const uint8_t *)w, rb, bytes, r0, r1, blocks, n, qs, d, y, ldy);
             return;
         }
-        if (type == 3 || type == 7) { gemm_q_1_avx2((const uint8_t *)w, rb, type == 3 ? 20 : 24, r0, r1, blocks, n, qs, d, ds, y, ldy); return; }
+        if (type == 3 || type == 7) {
+            const int bytes = type == 3 ? 20 : 24;
+            if (32 * blocks > BK_UNPACK_BYTES) gemm_q_1_avx2((const uint8_t *)w, rb, bytes, r0, r1, blocks, n, qs, d, ds, y, ldy);
+            else if (bk_has_vnni()) gemm_q_1_unpacked_vnni((const uint8_t *)w, rb, bytes, r0, r1, blocks, n, qs, d, ds, y, ldy);
+            else gemm_q_1_unpacked_avx2((const uint8_t *)w, rb, bytes, r0, r1, blocks, n, qs, d, ds, y, ldy);
+            return;
+        }
     }
 #endif
     // Other types and the portable path: one matvec per token over the row range
@@ -836,6 +1029,23 @@ float bk_dot_f32(const float *x, const float *y, int n) {
     float s = 0;
     for (int i = 0; i < n; i++) s += x[i] * y[i];
     return s;
+}
+
+void bk_matvec_half(int type, const void *w, size_t rb, int r0, int r1, int cols, const float *x, float *y) {
+    init_half_table();
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *p = (const uint8_t *)w + (size_t)r * rb;
+        float s = 0;
+#if BK_X86
+        if (bk_has_avx2()) { y[r - r0] = type == 1 ? dot_f16_avx2(p, x, cols) : dot_bf16_avx2(p, x, cols); continue; }
+#endif
+        if (type == 1) {
+            for (int i = 0; i < cols; i++) s += h2f(load_u16(p + 2 * i)) * x[i];
+        } else {
+            for (int i = 0; i < cols; i++) { uint32_t b = (uint32_t)load_u16(p + 2 * i) << 16; float f; memcpy(&f, &b, 4); s += f * x[i]; }
+        }
+        y[r - r0] = s;
+    }
 }
 
 void bk_axpy_f32(float a, const float *x, float *y, int n) {

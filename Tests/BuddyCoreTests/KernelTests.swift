@@ -5,14 +5,19 @@ import XCTest
 /// Every fast kernel against its scalar twin, at odd lengths, on both the AVX2 and the
 /// portable C paths.
 final class KernelTests: XCTestCase {
-    override func tearDown() { bk_force_portable(0) }
+    override func tearDown() { bk_force_portable(0); bk_force_no_vnni(0) }
 
+    /// Runs `body` on every kernel path this machine has: AVX-512 VNNI (where present),
+    /// AVX2 and the portable C code.
     func bothPaths(_ body: (String) throws -> Void) rethrows {
-        for portable in [false, true] {
+        for (portable, noVNNI) in [(false, false), (false, true), (true, false)] {
             bk_force_portable(portable ? 1 : 0)
-            try body(portable ? "portable" : (bk_has_avx2() != 0 ? "avx2" : "native"))
+            bk_force_no_vnni(noVNNI ? 1 : 0)
+            if !portable && !noVNNI && bk_has_vnni() == 0 { continue }   // no VNNI here: the next pass is AVX2
+            try body(portable ? "portable" : bk_has_vnni() != 0 ? "vnni" : (bk_has_avx2() != 0 ? "avx2" : "native"))
         }
         bk_force_portable(0)
+        bk_force_no_vnni(0)
     }
 
     func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] { randomQuantBlocks(type, blocks: blocks, &r) }
@@ -210,6 +215,40 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// F16 and BF16 weight rows (what an F16 GGUF holds everywhere) through the decode
+    /// matvec, against the scalar reference of dequantised weights, at odd lengths.
+    func testHalfPrecisionMatVecMatchesReference() throws {
+        var r = TestRandom(44)
+        for type in [GGMLType.f16, .bf16] {
+            for cols in [1, 15, 16, 17, 33, 576] {
+                let rows = 5
+                let w = r.floats(rows * cols, -1, 1)
+                let bits: [UInt16] = w.map { type == .f16 ? Float16($0).bitPattern : UInt16($0.bitPattern >> 16) }
+                let x = r.floats(cols, -2, 2)
+                try bothPaths { path in
+                    bits.withUnsafeBytes { raw in
+                        let m = QuantMatrix(name: "w", type: type, rows: rows, cols: cols, data: raw.baseAddress!)
+                        var a = Q8Activations(capacity: 576)
+                        defer { a.deallocate() }
+                        let mv = MatVec(pool: ThreadPool.shared(threads: 1), maxCols: cols)
+                        var y = [Float](repeating: .nan, count: rows), scratch = [Float](repeating: 0, count: cols)
+                        x.withUnsafeBufferPointer { mv.run(m, $0.baseAddress!, a, &y) }
+                        for i in 0..<rows {
+                            let want = x.withUnsafeBufferPointer { m.dotReference(row: i, $0.baseAddress!, scratch: &scratch) }
+                            // Exact widening on both sides: only the summation order differs.
+                            XCTAssertEqual(y[i], want, accuracy: 1e-5 * Float(cols), "\(type) cols \(cols) row \(i) \(path)")
+                            // And the widened weight is the stored one (F16: round to nearest; BF16: truncation).
+                            let w0: Float = type == .f16 ? Float(Float16(w[i * cols])) : Float(bitPattern: UInt32(bits[i * cols]) << 16)
+                            var one = [Float](repeating: 0, count: cols); one[0] = 1
+                            let picked = one.withUnsafeBufferPointer { m.dot(row: i, $0.baseAddress!, a, scratch: &scratch) }
+                            XCTAssertEqual(picked, w0, "\(type) element 0 row \(i) \(path)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     func testMatVecAcrossThreadsMatchesSingleRows() {
         var r = TestRandom(21)
         let rows = 37, cols = 96
@@ -236,12 +275,14 @@ final class KernelTests: XCTestCase {
     /// after groups of four.
     func testGemmIsBitIdenticalToMatVecPerToken() throws {
         var r = TestRandom(23)
-        let rows = 5, cols = 96, blocks = cols / 32
+        let rows = 37, cols = 96, blocks = cols / 32   // 37 rows: several row blocks of the prompt kernels
         for type in [GGMLType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0] {
             let data = randomBlocks(type, blocks: rows * blocks, &r)
             let rowBytes = blocks * type.layout!.bytes
-            for n in [1, 4, 6] {
+            for n in [1, 4, 6, 9] {
                 let x = r.floats(n * cols, -2, 2)
+                var simdResults: [[Float]] = []
+                defer { if simdResults.count == 2 { XCTAssertEqual(simdResults[0], simdResults[1], "\(type) n \(n): VNNI equals AVX2") } }
                 try bothPaths { path in
                     let qs = UnsafeMutablePointer<Int8>.allocate(capacity: n * cols)
                     let d = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks), ds = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks)
@@ -264,6 +305,7 @@ final class KernelTests: XCTestCase {
                     }
                     XCTAssertEqual(batch, single, "\(type) n \(n) \(path)")
                     XCTAssertFalse(batch.contains { $0.isNaN }, "\(type) n \(n) \(path)")
+                    if path != "portable" { simdResults.append(batch) }
                 }
             }
         }

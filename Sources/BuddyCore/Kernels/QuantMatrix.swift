@@ -40,6 +40,10 @@ public struct QuantMatrix: @unchecked Sendable {
         switch type {
         case .q4_1, .q8_0, .q4_0, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K: return dotQuantized(type, p, xq, cols: cols)
         case .f32: return dotF32(p.assumingMemoryBound(to: Float.self), x, count: cols)
+        case .f16, .bf16:
+            var y: Float = 0
+            bk_matvec_half(Int32(type.rawValue), p, 0, 0, 1, Int32(cols), x, &y)
+            return y
         default:
             // Types without a dedicated kernel: dequantise the row, then a float dot.
             dequantizeRowRef(type, p, scratch, count: cols)
@@ -121,6 +125,8 @@ public final class MatVec: @unchecked Sendable {
             bk_matvec_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.kqs, xq.kd, xq.kbsums, y)
         } else if m.usesQ8Input {
             bk_matvec_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), xq.qs, xq.d, xq.sums, xq.ds, y)
+        } else if m.type == .f16 || m.type == .bf16 {
+            bk_matvec_half(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(m.cols), x, y)
         } else {
             for r in lo..<hi { y[r - lo] = m.dot(row: r, x, xq, scratch: s) }
         }

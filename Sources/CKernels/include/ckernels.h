@@ -14,6 +14,10 @@ extern "C" {
 int bk_has_avx2(void);
 /// Force the portable paths (tests use this to check both).
 void bk_force_portable(int on);
+/// 1 when AVX-512 VNNI kernels are used (x86 with avx512vl+avx512vnni, not forced off)
+int bk_has_vnni(void);
+/// tests: 1 = use the AVX2 kernels even where VNNI is available
+void bk_force_no_vnni(int on);
 
 /// Quantise x[0..n) (n % 32 == 0) to int8 blocks of 32: qs[n], d[n/32] (scale, rounded to
 /// half precision like ggml's Q8 formats), sums[n/32] (integer sum of each block) and
@@ -63,6 +67,8 @@ int bk_dequantize_row(int type, const void *src, float *dst, int count);
 void bk_attend(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
                int n, int hd, float scale, int half_weights, float *scores, float *out);
 
+/// rows [r0, r1) of an F16 (type 1) or BF16 (type 30) matrix · fp32 x, into y[0 ..< r1-r0]
+void bk_matvec_half(int type, const void *w, size_t rb, int r0, int r1, int cols, const float *x, float *y);
 float bk_dot_f32(const float *x, const float *y, int n);
 /// y += a * x
 void bk_axpy_f32(float a, const float *x, float *y, int n);
