@@ -210,7 +210,9 @@ public final class ChatEngine: @unchecked Sendable {
             // resort (it drops deep layers, which this model cannot spare).
             let fallback = ["sleb", "shortgpt"].compactMap { try? Routers.make($0, model: model, budget: budget) }.first
             router = try fallback ?? Routers.make("even", model: model, budget: budget)
-            notice = options.router == "buddy" ? "no trained buddy router yet; using the static \(router.name) ranking" : "router '\(options.router)' failed (\(error)); using \(router.name)"
+            // Say why (a missing file, or one made for another file of the model such as a
+            // requantised copy) so the user knows which calibration command fixes it.
+            notice = "router '\(options.router)' unavailable (\(error)); using the static \(router.name) ranking"
         }
         timed = TimedSelector(router)
         session = Session(model: model, capacity: options.context, threads: options.threads)
