@@ -225,7 +225,7 @@ final class EngineTests: XCTestCase {
         engine.send(.setBudget(2))
         engine.drain()
         // Falls back to the best static ranking shipped in routers/ (sleb, else shortgpt).
-        XCTAssertTrue(rec.notices.contains { $0.contains("router 'no-such-router' failed") && ($0.hasSuffix("using sleb") || $0.hasSuffix("using shortgpt")) },
+        XCTAssertTrue(rec.notices.contains { $0.contains("router 'no-such-router' unavailable (unknown router") && ($0.hasSuffix("using the static sleb ranking") || $0.hasSuffix("using the static shortgpt ranking")) },
                       "\(rec.notices)")
         // The shipped budget predictor switches auto on.
         XCTAssertTrue(rec.events.contains { if case .auto(true) = $0 { return true }; return false }, "\(rec.events.map(name))")
