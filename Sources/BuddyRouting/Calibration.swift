@@ -38,10 +38,8 @@ public final class Calibrator {
         var previous = [Float](repeating: 0, count: n * dim)
         for (ci, chunk) in parts.enumerated() {
             cache.truncate(to: 0)
-            model.transformer.prefillEmbed(chunk, start: 0, batch, cache)
-            previous.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * dim) }
-            for l in 0..<c.layers {
-                model.transformer.prefillLayers(l..<l + 1, n: n, start: 0, batch, cache)
+            /// Layer l's influence from the stream before it (in `previous`) and after it (in b.x).
+            func accumulate(_ l: Int) {
                 previous.withUnsafeMutableBufferPointer { prev in
                     for t in 0..<n {
                         let a = prev.baseAddress! + t * dim, b = batch.x + t * dim
@@ -49,9 +47,13 @@ public final class Calibrator {
                         for i in 0..<dim { dot += Double(a[i] * b[i]); na += Double(a[i] * a[i]); nb += Double(b[i] * b[i]) }
                         sums[l] += 1 - dot / max((na * nb).squareRoot(), 1e-30)
                     }
-                    prev.baseAddress!.update(from: batch.x, count: n * dim)
                 }
             }
+            model.transformer.routedForward(chunk, start: 0, batch, cache, routing: .allLayers) { l in
+                if l > 0 { accumulate(l - 1) }
+                previous.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: self.batch.x, count: n * dim) }
+            }
+            accumulate(c.layers - 1)
             count += n
             progress?(ci + 1, parts.count)
         }
@@ -104,14 +106,15 @@ public final class Calibrator {
             for chunk in parts {
                 let ids = Array(chunk)
                 cache.truncate(to: 0)
-                t.prefillEmbed(chunk, start: 0, batch, cache)
-                for l in 0..<L {
-                    before.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: l * n * dim).update(from: batch.x, count: n * dim) }
-                    t.prefillLayers(l..<l + 1, n: n, start: 0, batch, cache, runs: { runs[$0] }, policy: .mask)
+                t.routedForward(chunk, start: 0, batch, cache, routing: .fixed(runs)) { l in
+                    before.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: l * n * dim).update(from: self.batch.x, count: n * dim) }
                 }
                 for l in candidates {
+                    // Restart at l from the stream kept before it, with l removed as well.
                     before.withUnsafeBufferPointer { batch.x.update(from: $0.baseAddress! + l * n * dim, count: n * dim) }
-                    t.prefillLayers(l..<L, n: n, start: 0, batch, cache, runs: { $0 != l && runs[$0] }, policy: .mask)
+                    var without = runs
+                    without[l] = false
+                    t.routedForward(chunk, start: 0, batch, cache, routing: .fixed(without), fromLayer: l)
                     // Layer l is in the current model: give its cache entries back to later candidates.
                     for p in 0..<n { cache.setPresent(l, p, true) }
                     t.batchLogitsAll(n: n, batch, logits)

@@ -26,8 +26,7 @@ public enum ContextGateTraining {
         let n = tokens.count, kvDim = model.config.kvDim, dim = model.config.dim
         precondition(n <= b.maxTokens && n <= cache.capacity, "sequence longer than the scratch batch")
         cache.truncate(to: 0)
-        t.prefillEmbed(tokens[...], start: 0, b, cache)
-        t.prefillLayers(0..<1, n: n, start: 0, b, cache)
+        t.routedForward(tokens[...], start: 0, b, cache, endLayer: 1)
         var pooled = PooledContext(kvDim: kvDim)
         var out: [[Float]] = []
         var row = [Float](repeating: 0, count: 2 * kvDim + (withHiddenState ? dim : 0))

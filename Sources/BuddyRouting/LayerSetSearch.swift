@@ -91,14 +91,10 @@ public final class LayerSetSearch {
     /// or from = 0) with `runs`, leaving the scored rows' logits in `logits`.
     func run(_ s: SearchSequence, from: Int, runs: [Bool], keepStreams: Bool = false) {
         let t = model.transformer, b = scorer.batch, cache = scorer.cache
-        let n = s.tokens.count, dim = model.config.dim, L = model.config.layers
-        if from == 0 {
-            cache.truncate(to: 0)
-            t.prefillEmbed(s.tokens[...], start: 0, b, cache)
-        }
-        for l in from..<L {
-            if keepStreams { before.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: l * n * dim).update(from: b.x, count: n * dim) } }
-            t.prefillLayers(l..<l + 1, n: n, start: 0, b, cache, runs: { runs[$0] }, policy: .mask)
+        let n = s.tokens.count, dim = model.config.dim
+        if from == 0 { cache.truncate(to: 0) }
+        t.routedForward(s.tokens[...], start: 0, b, cache, routing: .fixed(runs), fromLayer: from) { l in
+            if keepStreams { self.before.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: l * n * dim).update(from: b.x, count: n * dim) } }
         }
         t.batchLogits(rows: s.scored, b, logits)
     }
@@ -144,16 +140,12 @@ public final class LayerSetSearch {
     /// skipped layers leave the cache as `policy` says. Unlike `objective`, tokens may run
     /// different sets, so this measures what mixing them costs.
     public func routedKL(_ selector: DecisionModule, policy: KVPolicy) -> Double {
-        let t = model.transformer, b = scorer.batch, cache = scorer.cache, L = model.config.layers
+        let t = model.transformer, b = scorer.batch, cache = scorer.cache
         var total = 0.0
         for (i, s) in sequences.enumerated() {
-            let n = s.tokens.count
             selector.resetContext()
             cache.truncate(to: 0)
-            t.prefillEmbed(s.tokens[...], start: 0, b, cache)
-            t.prefillLayers(0..<1, n: n, start: 0, b, cache)
-            let rows = selector.selectLayers(rowsFrom: 0, count: n, batch: b, cache: cache)
-            t.prefillLayers(1..<L, n: n, start: 0, b, cache, rowRuns: rows, policy: policy)
+            t.routedForward(s.tokens[...], start: 0, b, cache, routing: .perRow(selector), policy: policy)
             t.batchLogits(rows: s.scored, b, logits)
             total += klSum(sequence: i)
         }

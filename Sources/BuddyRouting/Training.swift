@@ -60,10 +60,10 @@ public final class RouterTrainer {
         let b = scorer.batch, cache = scorer.cache
         // Full depth, keeping the hidden states after layer 0 for the routing context.
         cache.truncate(to: 0)
-        t.prefillEmbed(chunk, start: 0, b, cache)
-        t.prefillLayers(0..<1, n: n, start: 0, b, cache)
-        let h0 = Array(UnsafeBufferPointer(start: b.x, count: n * dim))
-        t.prefillLayers(1..<L, n: n, start: 0, b, cache)
+        var h0: [Float] = []
+        t.routedForward(chunk, start: 0, b, cache) { l in
+            if l == 1 { h0 = Array(UnsafeBufferPointer(start: b.x, count: n * dim)) }
+        }
         t.batchLogitsAll(n: n, b, logits)
         for j in firstScored..<n { RouterTrainer.logSoftmax(logits + j * vocab, fullLogProbs + j * vocab, count: vocab) }
         // Routing inputs: pooled layer-0 K/V over 0...j, and h0 at j.
@@ -80,7 +80,9 @@ public final class RouterTrainer {
         var lp = [Float](repeating: 0, count: vocab)
         for l in 1..<L - 1 {
             cache.truncate(to: 0)
-            t.prefill(chunk, start: 0, b, cache, runs: { $0 != l }, policy: .mask)
+            var mask = t.fullDepthMask
+            mask[l] = false
+            t.routedForward(chunk, start: 0, b, cache, routing: .fixed(mask), policy: .mask)
             t.batchLogitsAll(n: n, b, logits)
             for j in firstScored..<n {
                 lp.withUnsafeMutableBufferPointer { RouterTrainer.logSoftmax(logits + j * vocab, $0.baseAddress!, count: vocab) }

@@ -56,7 +56,7 @@ public final class PerplexityEvaluator {
         if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { chunk[0] = bos }
         cache.truncate(to: 0)
         let t = model.transformer
-        t.prefill(chunk[...], start: 0, batch, cache, runs: runs, policy: policy)
+        t.routedForward(chunk[...], start: 0, batch, cache, routing: .fixed(layers: model.config.layers, runs: runs), policy: policy)
         t.batchLogitsAll(n: n, batch, logits)
         let vocab = model.config.vocabSize
         var nll = 0.0
@@ -86,20 +86,15 @@ public final class PerplexityEvaluator {
         var chunk = Array(tokens)
         if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { chunk[0] = bos }
         cache.truncate(to: 0)
-        let t = model.transformer, L = model.config.layers, vocab = model.config.vocabSize
+        let t = model.transformer, vocab = model.config.vocabSize
         let first = n / 2
-        t.prefillEmbed(chunk[0..<first], start: 0, batch, cache)
-        t.prefillLayers(0..<1, n: first, start: 0, batch, cache)
-        let runs = selector.selectLayers(chunkStart: 0, count: first, batch: batch, cache: cache)
-        t.prefillLayers(1..<L, n: first, start: 0, batch, cache, runs: { runs[$0] }, policy: policy)
+        // The unscored first half is a prompt: one decision, one batch.
+        t.routedForward(chunk[0..<first], start: 0, batch, cache, routing: .perChunk(selector), policy: policy)
         var nll = 0.0
         if let rowwise = selector as? RowwiseLayerSelector {
             // The same decisions as the decode loop below, made per row of one batch.
             let m = n - 1 - first
-            t.prefillEmbed(chunk[first..<(n - 1)], start: first, batch, cache)
-            t.prefillLayers(0..<1, n: m, start: first, batch, cache)
-            let rows = rowwise.selectLayers(rowsFrom: first, count: m, batch: batch, cache: cache)
-            t.prefillLayers(1..<L, n: m, start: first, batch, cache, rowRuns: rows, policy: policy)
+            t.routedForward(chunk[first..<(n - 1)], start: first, batch, cache, routing: .perRow(rowwise), policy: policy)
             t.batchLogitsAll(n: m, batch, logits)
             for j in 0..<m {
                 nll += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[first + j + 1]))
@@ -107,14 +102,7 @@ public final class PerplexityEvaluator {
             return (nll, m)
         }
         for pos in first..<(n - 1) {
-            t.embed(chunk[pos], decode)
-            t.runLayer(0, pos: pos, decode, cache)
-            let m = selector.selectLayers(position: pos, state: decode, cache: cache)
-            for l in 1..<L {
-                if m[l] { t.runLayer(l, pos: pos, decode, cache) } else { t.skipLayer(l, pos: pos, policy: policy, decode, cache) }
-            }
-            cache.count = pos + 1
-            t.computeLogits(decode)
+            t.routedForward(token: chunk[pos], pos: pos, decode, cache, routing: .perChunk(selector), policy: policy)
             nll += PerplexityEvaluator.negativeLogProb(decode.logits, count: vocab, target: Int(chunk[pos + 1]))
         }
         return (nll, n - 1 - first)

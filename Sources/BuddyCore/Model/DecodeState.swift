@@ -209,12 +209,7 @@ extension Transformer {
     @discardableResult
     public func forward(token: Int32, pos: Int, _ s: DecodeState, _ cache: KVCache,
                         runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) -> UnsafeMutablePointer<Float> {
-        embed(token, s)
-        for l in 0..<config.layers {
-            if runs?(l) ?? true { runLayer(l, pos: pos, s, cache) } else { skipLayer(l, pos: pos, policy: policy, s, cache) }
-        }
-        cache.count = pos + 1
-        computeLogits(s)
+        routedForward(token: token, pos: pos, s, cache, routing: .fixed(layers: config.layers, runs: runs), policy: policy)
         return s.logits
     }
 }

@@ -107,8 +107,7 @@ extension Transformer {
     /// `policy`. On return b.x holds each token's final residual stream.
     public func prefill(_ tokens: ArraySlice<Int32>, start: Int, _ b: BatchState, _ cache: KVCache,
                         runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) {
-        prefillEmbed(tokens, start: start, b, cache)
-        prefillLayers(0..<config.layers, n: tokens.count, start: start, b, cache, runs: runs, policy: policy)
+        routedForward(tokens, start: start, b, cache, routing: .fixed(layers: config.layers, runs: runs), policy: policy)
     }
 
     /// First half of `prefill`: the chunk's embeddings into b.x.

@@ -54,6 +54,8 @@ public final class Transformer: @unchecked Sendable {
     public let outputNorm: [Float]           // [dim]
     public let output: QuantMatrix           // [vocab × dim]; the embedding when tied
     public let tiedEmbeddings: Bool
+    /// [layers] all true: the mask full depth runs (kept so a decode step returns it without allocating)
+    public let fullDepthMask: [Bool]
     /// theta_scale = base^(-2/ropeDim); llama.cpp builds each angle as pos·scale·scale·…
     let ropeThetaScale: Float
 
@@ -61,6 +63,7 @@ public final class Transformer: @unchecked Sendable {
         self.file = file
         let c = try ModelConfig(gguf: file)
         config = c
+        fullDepthMask = [Bool](repeating: true, count: c.layers)
 
         func matrix(_ name: String, rows: Int, cols: Int) throws -> QuantMatrix {
             let t = try file.tensor(name)

@@ -52,8 +52,11 @@ public final class Session: @unchecked Sendable {
         get { decode.standIns }
         set { decode.standIns = newValue; batch.standIns = newValue }
     }
+    /// The mask the most recent token (decode) or chunk's last row (prefill) ran; kept as the
+    /// router returned it, so a decode step allocates nothing for it.
+    public private(set) var lastMask: [Bool] = []
     /// Layers run for the most recent token (decode) or chunk (prefill).
-    public private(set) var lastLayers: [Int] = []
+    public var lastLayers: [Int] { lastMask.indices.filter { lastMask[$0] } }
     /// Sum over processed tokens of the number of layers each ran.
     public private(set) var layerTokenCount = 0
 
@@ -68,8 +71,6 @@ public final class Session: @unchecked Sendable {
     }
 
     public func reset() { tokens.removeAll(); cache.truncate(to: 0) }
-
-    private func mask(_ runs: [Bool]) -> [Int] { runs.indices.filter { runs[$0] } }
 
     /// Make the cache hold exactly `prompt`, evaluating only what differs from what is
     /// cached. Leaves the logits of the last prompt token in decode.logits.
@@ -87,32 +88,15 @@ public final class Session: @unchecked Sendable {
         cache.truncate(to: common)
         tokens = Array(prompt[..<common])
         var start = common
-        let t = model.transformer, L = model.config.layers
+        let t = model.transformer
+        let routing = LayerRouting.session(selector, perRow: decideEveryToken)
         var lastCount = 0
         while start < prompt.count {
             let n = min(batch.maxTokens, prompt.count - start)
             let chunk = prompt[start..<start + n]
-            t.prefillEmbed(chunk, start: start, batch, cache)
-            if let selector {
-                // The routing context needs layer 0's output and K/V for the chunk first.
-                t.prefillLayers(0..<1, n: n, start: start, batch, cache)
-                let rows: [[Bool]]
-                if decideEveryToken {
-                    guard let rowwise = selector as? RowwiseLayerSelector else {
-                        preconditionFailure("decideEveryToken needs a RowwiseLayerSelector")
-                    }
-                    rows = rowwise.selectLayers(rowsFrom: start, count: n, batch: batch, cache: cache)
-                } else {
-                    rows = [[Bool]](repeating: selector.selectLayers(chunkStart: start, count: n, batch: batch, cache: cache), count: n)
-                }
-                t.prefillLayers(1..<L, n: n, start: start, batch, cache, rowRuns: rows, policy: policy)
-                lastLayers = mask(rows[n - 1])
-                layerTokenCount += rows.reduce(0) { $0 + $1.filter { $0 }.count }
-            } else {
-                t.prefillLayers(0..<L, n: n, start: start, batch, cache)
-                lastLayers = Array(0..<L)
-                layerTokenCount += L * n
-            }
+            let rows = t.routedForward(chunk, start: start, batch, cache, routing: routing, policy: policy)
+            lastMask = rows[n - 1]
+            layerTokenCount += rows.reduce(0) { $0 + Session.count($1) }
             tokens.append(contentsOf: chunk)
             start += n
             lastCount = n
@@ -125,20 +109,17 @@ public final class Session: @unchecked Sendable {
     public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
         let pos = tokens.count
         guard pos < capacity else { throw SessionError.contextFull(needed: pos + 1, capacity: capacity) }
-        let t = model.transformer
-        let s = decode
-        t.embed(token, s)
-        t.runLayer(0, pos: pos, s, cache)
-        var runs = [Bool](repeating: true, count: model.config.layers)
-        if let selector { runs = selector.selectLayers(position: pos, state: s, cache: cache) }
-        for l in 1..<model.config.layers {
-            if runs[l] { t.runLayer(l, pos: pos, s, cache) } else { t.skipLayer(l, pos: pos, policy: policy, s, cache) }
-        }
-        cache.count = pos + 1
+        let runs = model.transformer.routedForward(token: token, pos: pos, decode, cache,
+                                                   routing: .session(selector, perRow: false), policy: policy)
         tokens.append(token)
-        t.computeLogits(s)
-        lastLayers = mask(runs)
-        layerTokenCount += lastLayers.count
-        return s.logits
+        lastMask = runs
+        layerTokenCount += Session.count(runs)
+        return decode.logits
+    }
+
+    @inline(__always) static func count(_ mask: [Bool]) -> Int {
+        var c = 0
+        for run in mask where run { c += 1 }
+        return c
     }
 }
