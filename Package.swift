@@ -41,12 +41,14 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // Counts heap allocations by interposing malloc (test-only: proves a decode step allocates nothing).
+        .target(name: "CAllocationCounter"),
         // Seeded mutation fuzzing shared by the test targets (not shipped).
         .target(name: "BuddyFuzzSupport", dependencies: ["BuddyCore"]),
 
         .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels", "BuddyFuzzSupport"], swiftSettings: computeFlags),
         .testTarget(name: "BuddyEngineTests", dependencies: ["BuddyEngine", "BuddyCore", "BuddyRouting"]),
         .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore", "BuddyFuzzSupport"]),
-        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport", "CAllocationCounter"], swiftSettings: computeFlags),
     ]
 )

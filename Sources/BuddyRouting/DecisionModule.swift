@@ -81,19 +81,23 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     public var budget: Double = 1
     /// Re-decide every N decode steps (1 = every token, as the paper does).
     public var rerouteEvery = 1
-    public private(set) var lastScores: [Float]?
+    /// The scores of the last decision (a copy of the module's buffer once read).
+    public var lastScores: [Float]? { decisions > 0 ? scores : nil }
     /// Seconds spent deciding (context pooling + MLP + top-k), for overhead reports.
     public private(set) var routingSeconds = 0.0
     public private(set) var decisions = 0
 
     public private(set) var pooled: PooledContext
-    private var lastMask: [Bool]?
+    /// Whether maskBuffer holds a decision that may be kept (not after a rewind or reset).
+    private var hasDecision = false
     private var stepsSinceDecision = 0
     // Scratch buffers: nothing is allocated per token.
     private var input: [Float]
     private var z: [Float]
     private var h: [Float]
     private var scores: [Float]
+    /// [layers] the last decision's mask, rewritten in place (the caller copies it out).
+    private var maskBuffer: [Bool]
 
     public init(name: String = "buddy", layers: Int, dim: Int, kvDim: Int, hidden: Int, weights: Weights) throws {
         self.name = name
@@ -108,6 +112,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         z = input
         h = [Float](repeating: 0, count: hidden)
         scores = [Float](repeating: 0, count: layers - 2)
+        maskBuffer = [Bool](repeating: true, count: layers)
         try validate()
     }
 
@@ -245,13 +250,12 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     public func decide(hiddenState: UnsafePointer<Float>, cache: KVCache, through end: Int) -> [Bool] {
         let t0 = DispatchTime.now().uptimeNanoseconds
         pooled.update(cache: cache, through: end)
-        let s = score(hiddenState: hiddenState, budget: budget)
-        lastScores = s
+        _ = score(hiddenState: hiddenState, budget: budget)
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
-        let m = LayerBudget.mask(layers: layers, chosen: LayerBudget.topK(s, k: k))
+        LayerBudget.writeTopKMask(scores, k: k, into: &maskBuffer)
         routingSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) * 1e-9
         decisions += 1
-        return m
+        return maskBuffer
     }
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
@@ -260,17 +264,17 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
 
     func selectLayers(position: Int, hiddenState: UnsafePointer<Float>, cache: KVCache) -> [Bool] {
         // A rewound cache rewrote positions the sums already hold: rebuild them.
-        if position < pooled.count { pooled.reset(); lastMask = nil }
+        if position < pooled.count { pooled.reset(); hasDecision = false }
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
         // Between re-decisions keep the last set, unless the budget moved.
-        if let last = lastMask, stepsSinceDecision + 1 < rerouteEvery, last.filter({ $0 }).count == k + 2 {
+        if hasDecision, stepsSinceDecision + 1 < rerouteEvery, Session.count(maskBuffer) == k + 2 {
             stepsSinceDecision += 1
             pooled.update(cache: cache, through: position + 1)
-            return last
+            return maskBuffer
         }
         stepsSinceDecision = 0
         let m = decide(hiddenState: hiddenState, cache: cache, through: position + 1)
-        lastMask = m
+        hasDecision = true
         return m
     }
 
@@ -289,7 +293,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         // One decision per prompt chunk, from the chunk's last token and everything pooled so far.
         if chunkStart < pooled.count { pooled.reset() }
         let m = decide(hiddenState: batch.x + (count - 1) * dim, cache: cache, through: chunkStart + count)
-        lastMask = m
+        hasDecision = true
         stepsSinceDecision = 0
         return m
     }
@@ -348,5 +352,5 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     }
 
     /// Forget the pooled context (a new conversation).
-    public func resetContext() { pooled.reset(); lastMask = nil }
+    public func resetContext() { pooled.reset(); hasDecision = false }
 }

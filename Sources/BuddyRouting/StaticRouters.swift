@@ -20,12 +20,15 @@ public final class StaticRanking: BudgetedLayerSelector, @unchecked Sendable {
         self.layers = layers
         self.ranking = ranking
         self.budget = budget
+        masksByCount = (0...ranking.count).map { LayerBudget.mask(layers: layers, chosen: ranking.prefix($0)) }
     }
+
+    /// [k] the mask that keeps the first k of the ranking (made once: a decision allocates nothing)
+    private let masksByCount: [[Bool]]
 
     /// The layers run at a budget (first and last included), in order.
     public func mask(budget: Double) -> [Bool] {
-        let k = LayerBudget.routableCount(budget: budget, layers: layers)
-        return LayerBudget.mask(layers: layers, chosen: ranking.prefix(k))
+        masksByCount[LayerBudget.routableCount(budget: budget, layers: layers)]
     }
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { mask(budget: budget) }

@@ -67,7 +67,7 @@ public struct QuantMatrix: @unchecked Sendable {
 
 /// Matrix-vector products on the decode path. Rows are split into contiguous ranges, one
 /// per thread; each thread needs its own dequantisation scratch row for the generic path.
-public final class MatVec: @unchecked Sendable {
+public final class MatVec: ParallelTasks, @unchecked Sendable {
     public let pool: ThreadPool
     /// [tasksPerThread × threads × maxCols] scratch rows, one per task
     private let scratch: UnsafeMutablePointer<Float>
@@ -77,6 +77,8 @@ public final class MatVec: @unchecked Sendable {
         self.pool = pool
         self.maxCols = maxCols
         scratch = .allocate(capacity: MatVec.tasksPerThread * pool.threads * maxCols)
+        single = [QuantMatrix(name: "", type: .f32, rows: 0, cols: 0, data: UnsafeRawPointer(scratch))]
+        singleOutput = [scratch]
     }
     deinit { scratch.deallocate() }
 
@@ -87,33 +89,50 @@ public final class MatVec: @unchecked Sendable {
 
     /// y[0..<m.rows] = m · x. `xq` must hold x quantised when m.usesQ8Input.
     public func run(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ xq: Q8Activations, _ y: UnsafeMutablePointer<Float>) {
-        let tasks = taskCount(rows: m.rows)
-        let per = (m.rows + tasks - 1) / tasks
-        pool.parallelFor(tasks) { t in
-            let lo = t * per, hi = min(m.rows, lo + per)
-            if lo < hi { rowRange(m, lo, hi, x, xq, y + lo, scratch + t * maxCols) }
-        }
+        // The single matrix goes through the multi-matrix loop's fields (no array is built:
+        // `single` and `singleOutput` are reused).
+        single[0] = m
+        singleOutput[0] = y
+        run(single, x, xq, singleOutput)
     }
 
     /// Several matrices that share an input, in one parallel pass (Q/K/V, gate/up).
     public func run(_ ms: [QuantMatrix], _ x: UnsafePointer<Float>, _ xq: Q8Activations, _ ys: [UnsafeMutablePointer<Float>]) {
         let total = ms.reduce(0) { $0 + $1.rows }
         let tasks = taskCount(rows: total)
-        let per = (total + tasks - 1) / tasks
-        pool.parallelFor(tasks) { t in
-            let s = scratch + t * maxCols
-            var lo = t * per
-            let hi = min(total, lo + per)
-            var base = 0
-            for (i, m) in ms.enumerated() {
-                let end = base + m.rows
-                let stop = min(hi, end)
-                if lo < stop {
-                    rowRange(m, lo - base, stop - base, x, xq, ys[i] + (lo - base), s)
-                    lo = stop
-                }
-                base = end
+        loop = Loop(matrices: ms, outputs: ys, x: x, xq: xq, total: total, perTask: (total + tasks - 1) / tasks)
+        pool.parallelFor(tasks, self)
+        loop = nil   // drop the arrays, so `single` is uniquely held again
+    }
+
+    /// The running product's parameters, read by every task (set only between loops).
+    private struct Loop {
+        var matrices: [QuantMatrix]
+        var outputs: [UnsafeMutablePointer<Float>]
+        var x: UnsafePointer<Float>
+        var xq: Q8Activations
+        var total: Int
+        var perTask: Int
+    }
+    private var loop: Loop?
+    private var single: [QuantMatrix] = []
+    private var singleOutput: [UnsafeMutablePointer<Float>] = []
+
+    /// Task t: its contiguous range of the stacked rows of all the loop's matrices.
+    public func runTask(_ t: Int) {
+        guard let p = loop else { return }
+        let s = scratch + t * maxCols
+        var lo = t * p.perTask
+        let hi = min(p.total, lo + p.perTask)
+        var base = 0
+        for (i, m) in p.matrices.enumerated() {
+            let end = base + m.rows
+            let stop = min(hi, end)
+            if lo < stop {
+                rowRange(m, lo - base, stop - base, p.x, p.xq, p.outputs[i] + (lo - base), s)
+                lo = stop
             }
+            base = end
         }
     }
 

@@ -5,6 +5,12 @@ import Glibc
 import Darwin
 #endif
 
+/// The body of an allocation-free parallel loop: an object whose fields hold the loop's
+/// parameters, set before `ThreadPool.parallelFor(_:_:)` and read by every task.
+public protocol ParallelTasks: AnyObject {
+    func runTask(_ index: Int)
+}
+
 /// A persistent pool of worker threads for data-parallel loops on the decode path.
 ///
 /// A decode step issues ~150 parallel loops of a few microseconds each, so waking threads
@@ -18,7 +24,12 @@ public final class ThreadPool: @unchecked Sendable {
     private let finished = Atomic<Int>(0)
     private let pauseSink = Atomic<Bool>(false)
     private var taskCount = 0
-    private var job: ((Int) -> Void)?
+    /// The running loop's body. A plain (non-optional) function-typed property: an Optional
+    /// would store the closure behind a reabstraction thunk, allocated on every loop.
+    private var job: (Int) -> Void = ThreadPool.idle
+    private static func idle(_: Int) {}
+    /// The running loop's body when it is a `ParallelTasks` object (nil otherwise).
+    private var taskObject: ParallelTasks?
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
     private let sleepers = Atomic<Int>(0)
@@ -65,6 +76,8 @@ public final class ThreadPool: @unchecked Sendable {
     private static let cacheLock = Mutex<[Int: ThreadPool]>([:])
 
     /// Runs body(0..<count) across the pool and returns when all have finished.
+    /// Convenient, but `withoutActuallyEscaping` boxes the closure: one heap allocation per
+    /// loop. The decode path uses the `ParallelTasks` form below instead.
     public func parallelFor(_ count: Int, _ body: (Int) -> Void) {
         if threads == 1 || count <= 1 {
             for i in 0..<count { body(i) }
@@ -72,31 +85,55 @@ public final class ThreadPool: @unchecked Sendable {
         }
         withoutActuallyEscaping(body) { escaping in
             job = escaping
-            taskCount = count
-            nextTask.store(0, ordering: .relaxed)
-            finished.store(0, ordering: .relaxed)
-            generation.add(1, ordering: .sequentiallyConsistent)
-            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
-                pthread_mutex_lock(&mutex)
-                pthread_cond_broadcast(&cond)
-                pthread_mutex_unlock(&mutex)
-            }
-            runTasks()
-            // Wait until every worker has left this job before the closure goes out of scope.
-            var spins = 0
-            while finished.load(ordering: .acquiring) < threads - 1 {
-                spins += 1
-                // A descheduled worker (other processes on the same cores) cannot finish
-                // while we spin: give the core away now and then.
-                if spins & 16383 == 0 { sched_yield() } else { spinPause() }
-            }
-            job = nil
+            runJob(count)
+            job = ThreadPool.idle
+        }
+    }
+
+    /// Runs tasks.runTask(0..<count) across the pool: the object carries the loop's
+    /// parameters (set by its owner before the call), so nothing is allocated.
+    public func parallelFor(_ count: Int, _ tasks: ParallelTasks) {
+        if threads == 1 || count <= 1 {
+            for i in 0..<count { tasks.runTask(i) }
+            return
+        }
+        taskObject = tasks
+        runJob(count)
+        taskObject = nil
+    }
+
+    private func runJob(_ count: Int) {
+        taskCount = count
+        nextTask.store(0, ordering: .relaxed)
+        finished.store(0, ordering: .relaxed)
+        generation.add(1, ordering: .sequentiallyConsistent)
+        if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+            pthread_mutex_lock(&mutex)
+            pthread_cond_broadcast(&cond)
+            pthread_mutex_unlock(&mutex)
+        }
+        runTasks()
+        // Wait until every worker has left this job before its body goes out of scope.
+        var spins = 0
+        while finished.load(ordering: .acquiring) < threads - 1 {
+            spins += 1
+            // A descheduled worker (other processes on the same cores) cannot finish
+            // while we spin: give the core away now and then.
+            if spins & 16383 == 0 { sched_yield() } else { spinPause() }
         }
     }
 
     private func runTasks() {
-        let body = job!
         let n = taskCount
+        if let tasks = taskObject {
+            while true {
+                let i = nextTask.add(1, ordering: .relaxed).oldValue
+                if i >= n { break }
+                tasks.runTask(i)
+            }
+            return
+        }
+        let body = job
         while true {
             let i = nextTask.add(1, ordering: .relaxed).oldValue
             if i >= n { break }

@@ -24,6 +24,8 @@ public final class DecodeState: @unchecked Sendable {
     let qkvOut: [UnsafeMutablePointer<Float>]
     let kvOut: [UnsafeMutablePointer<Float>]
     let gateUpOut: [UnsafeMutablePointer<Float>]
+    /// The attention heads of one layer as a parallel loop (its parameters set per layer).
+    let attention = AttentionHeads()
     /// Use the plain fp32 reference path (dequantised weights, fp32 activations, scalar code).
     public var reference = false
     public var trace: TraceSink?
@@ -116,23 +118,18 @@ extension Transformer {
         cache.setPresent(l, pos, true)
 
         let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
-        let attend = { (h: Int) in
-            if s.reference {
-                self.attendHeadRef(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
-                                   scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: false)
-            } else {
-                self.attendHead(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
-                                scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: true)
+        if s.reference {
+            for h in 0..<heads {
+                attendHeadRef(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
+                              scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: false)
             }
-        }
-        if s.reference || pos < 64 {
-            for h in 0..<heads { attend(h) }
         } else {
             let pool = s.matvec.pool
-            let per = (heads + pool.threads - 1) / pool.threads
-            pool.parallelFor(pool.threads) { t in
-                for h in t * per..<min(heads, (t + 1) * per) { attend(h) }
-            }
+            // Short contexts are cheaper on one thread than waking the pool.
+            let tasks = pos < 64 ? 1 : pool.threads
+            s.attention.prepare(transformer: self, state: s, layer: l, pos: pos, cache: cache, tasks: tasks)
+            if tasks == 1 { s.attention.runTask(0) } else { pool.parallelFor(tasks, s.attention) }
+            s.attention.finish()
         }
         s.emit("attn_out", l, s.attOut, c.qDim)
         project(w.wo, s.attOut, s.xb, s, quantized: false)
@@ -211,5 +208,31 @@ extension Transformer {
                         runs: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) -> UnsafeMutablePointer<Float> {
         routedForward(token: token, pos: pos, s, cache, routing: .fixed(layers: config.layers, runs: runs), policy: policy)
         return s.logits
+    }
+}
+
+/// The heads of one layer's attention for one decode token, split into `tasks` contiguous
+/// groups. A reusable object rather than a closure, so the loop allocates nothing.
+final class AttentionHeads: ParallelTasks, @unchecked Sendable {
+    private unowned(unsafe) var transformer: Transformer?
+    private unowned(unsafe) var state: DecodeState?
+    private unowned(unsafe) var cache: KVCache?
+    private var layer = 0, pos = 0, perTask = 0
+
+    func prepare(transformer: Transformer, state: DecodeState, layer: Int, pos: Int, cache: KVCache, tasks: Int) {
+        self.transformer = transformer; self.state = state; self.cache = cache
+        self.layer = layer; self.pos = pos
+        perTask = (transformer.config.heads + tasks - 1) / tasks
+    }
+
+    func finish() { transformer = nil; state = nil; cache = nil }
+
+    func runTask(_ t: Int) {
+        guard let tr = transformer, let s = state, let cache else { return }
+        let c = tr.config, hd = c.headDim, cap = s.capacity
+        for h in t * perTask..<min(c.heads, (t + 1) * perTask) {
+            tr.attendHead(q: s.q + h * hd, kvHead: h / c.groupSize, layer: layer, pos: pos, cache: cache,
+                          scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: true)
+        }
     }
 }

@@ -22,8 +22,28 @@ public enum LayerBudget {
     /// Picks the k highest-scoring routable layers; ties go to the shallower layer so the
     /// choice is deterministic. scores[i] belongs to layer i+1.
     public static func topK(_ scores: [Float], k: Int) -> [Int] {
-        let order = scores.indices.sorted { scores[$0] > scores[$1] || (scores[$0] == scores[$1] && $0 < $1) }
-        return order.prefix(k).map { $0 + 1 }.sorted()
+        var m = [Bool](repeating: false, count: scores.count + 2)
+        writeTopKMask(scores, k: k, into: &m)
+        return (1...scores.count).filter { m[$0] }
+    }
+
+    /// The run mask of the k highest-scoring routable layers (first and last layer set),
+    /// written in place into `mask` ([scores.count + 2]) without allocating: the router's
+    /// per-token decision. Selection by repeated maximum; a strict comparison keeps the
+    /// shallower layer on ties (k ≤ 30 picks over ≤ 30 scores: cheaper than a sort).
+    public static func writeTopKMask(_ scores: [Float], k: Int, into mask: inout [Bool]) {
+        let r = scores.count
+        precondition(mask.count == r + 2, "mask has \(mask.count) entries for \(r) routable layers")
+        for l in 0..<mask.count { mask[l] = false }
+        mask[0] = true
+        mask[r + 1] = true
+        for _ in 0..<min(max(k, 0), r) {
+            var best = -1
+            for i in 0..<r where !mask[i + 1] {
+                if best < 0 || scores[i] > scores[best] { best = i }
+            }
+            mask[best + 1] = true
+        }
     }
 }
 

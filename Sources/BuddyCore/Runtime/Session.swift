@@ -68,9 +68,10 @@ public final class Session: @unchecked Sendable {
         cache = KVCache(layers: c.layers, capacity: self.capacity, kvDim: c.kvDim)
         decode = DecodeState(config: c, capacity: self.capacity, pool: pool)
         batch = BatchState(config: c, maxTokens: min(batchSize, self.capacity), capacity: self.capacity, pool: pool)
+        tokens.reserveCapacity(self.capacity)   // a decode step's append never grows it
     }
 
-    public func reset() { tokens.removeAll(); cache.truncate(to: 0) }
+    public func reset() { tokens.removeAll(keepingCapacity: true); cache.truncate(to: 0) }
 
     /// Make the cache hold exactly `prompt`, evaluating only what differs from what is
     /// cached. Leaves the logits of the last prompt token in decode.logits.
@@ -86,7 +87,7 @@ public final class Session: @unchecked Sendable {
         // Always re-evaluate at least the last token so its logits are fresh.
         if common == prompt.count { common -= 1 }
         cache.truncate(to: common)
-        tokens = Array(prompt[..<common])
+        tokens.removeLast(tokens.count - common)   // keeps the reserved capacity
         var start = common
         let t = model.transformer
         let routing = LayerRouting.session(selector, perRow: decideEveryToken)
@@ -112,12 +113,16 @@ public final class Session: @unchecked Sendable {
         let runs = model.transformer.routedForward(token: token, pos: pos, decode, cache,
                                                    routing: .session(selector, perRow: false), policy: policy)
         tokens.append(token)
-        lastMask = runs
+        // Copied element by element into the session's own buffer: keeping the router's array
+        // would make its next in-place decision copy it.
+        if lastMask.count != runs.count { lastMask = [Bool](repeating: false, count: runs.count) }
+        for l in 0..<runs.count { lastMask[l] = runs[l] }
         layerTokenCount += Session.count(runs)
         return decode.logits
     }
 
-    @inline(__always) static func count(_ mask: [Bool]) -> Int {
+    /// Layers a mask runs (a loop, not a filter: nothing allocated per token).
+    @inline(__always) public static func count(_ mask: [Bool]) -> Int {
         var c = 0
         for run in mask where run { c += 1 }
         return c

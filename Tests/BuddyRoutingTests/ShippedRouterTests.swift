@@ -1,0 +1,68 @@
+import BuddyCore
+import BuddyRouting
+import CAllocationCounter
+import XCTest
+
+/// The router and stand-ins users get by default (routers/ in the repository), under test.
+final class ShippedRouterTests: XCTestCase {
+    /// Every slider position: teacher-forcing a reply as one batch with one decision per row
+    /// gives the same layer masks and the same logits, bit for bit, as decoding it token by token.
+    func testShippedRouterBatchEqualsDecodeAtEverySliderPosition() throws {
+        let m = try RoutingTests.sharedModel()
+        let L = m.config.layers, vocab = m.config.vocabSize
+        let standIns = try Routers.standIns(model: m)
+        XCTAssertNotNil(standIns, "routers/\(StandInFile.defaultFileName) is missing")
+        let prompt = m.tokenizer.encode("Question: why is the sky blue? Answer:", parseSpecial: false)
+        let reply: [Int32] = m.tokenizer.encode(" Because sunlight is scattered by the air", parseSpecial: false)
+        XCTAssertGreaterThanOrEqual(reply.count, 5)
+        for slider in stride(from: 0.05, through: 1.0001, by: 0.05) {
+            let budget = min(1, slider)
+            let k = LayerBudget.routableCount(budget: budget, layers: L)
+            func session() throws -> Session {
+                let s = Session(model: m, capacity: 64, threads: 2, batchSize: 32)
+                s.standIns = standIns
+                s.selector = try Routers.make("buddy", model: m, budget: budget)
+                return s
+            }
+            let decoded = try session(), batched = try session()
+            try decoded.evaluate(prompt)
+            var decodedMasks: [[Bool]] = []
+            for t in reply {
+                try decoded.step(t)
+                decodedMasks.append(decoded.lastMask)
+                XCTAssertEqual(Session.count(decoded.lastMask), k + 2, "budget \(budget): exactly k + 2 layers")
+            }
+            try batched.evaluate(prompt)
+            try batched.evaluate(prompt + reply, decideEveryToken: true)
+            XCTAssertEqual(batched.lastMask, decodedMasks.last, "budget \(budget): last row's mask")
+            let a = Array(UnsafeBufferPointer(start: decoded.decode.logits, count: vocab))
+            let b = Array(UnsafeBufferPointer(start: batched.decode.logits, count: vocab))
+            XCTAssertEqual(a, b, "budget \(budget): batched logits equal decoded logits")
+            XCTAssertEqual(batched.layerTokenCount, (prompt.count + reply.count) * (k + 2), "budget \(budget): k + 2 layers for every token")
+        }
+    }
+
+    /// A decode step (the shipped router deciding, the layers it picks, stand-ins for the
+    /// rest, the logits) allocates nothing on the heap, on any thread.
+    func testDecodeStepAllocatesNothing() throws {
+        guard bac_available() != 0 else { throw XCTSkip("allocation counting needs Linux/glibc") }
+        // The counter itself sees an allocation.
+        bac_start()
+        let probe = [Int](repeating: 1, count: Int.random(in: 100...200))
+        XCTAssertGreaterThan(bac_stop(), 0, "the counter must see an allocation (\(probe.count))")
+        let m = try RoutingTests.sharedModel()
+        let vocab = m.config.vocabSize
+        for (name, budget) in [("buddy", 1.0), ("buddy", 0.7), ("buddy", 0.5), ("sleb", 0.7)] {
+            let s = Session(model: m, capacity: 128, threads: 2, batchSize: 16)
+            s.standIns = try Routers.standIns(model: m)
+            s.selector = try Routers.make(name, model: m, budget: budget)
+            try s.evaluate(m.tokenizer.encode("Once upon a time", parseSpecial: false))
+            var token = Sampler.argmax(s.decode.logits, count: vocab)
+            for _ in 0..<3 { try s.step(token); token = Sampler.argmax(s.decode.logits, count: vocab) }   // warm up
+            bac_start()
+            for _ in 0..<8 { try s.step(token); token = Sampler.argmax(s.decode.logits, count: vocab) }
+            let allocations = bac_stop()
+            XCTAssertEqual(allocations, 0, "\(name) at \(budget): heap allocations in 8 decode steps")
+        }
+    }
+}
