@@ -35,9 +35,15 @@ let package = Package(
         .target(name: "BuddyEngine", dependencies: ["BuddyCore", "BuddyRouting"]),
         // Terminal UI: the only target that imports ncurses.
         .target(name: "BuddyTUI", dependencies: ["BuddyEngine", "BuddyCore", "CNcursesw"]),
-        // The thin command-line executable.
+        // Training and calibration drivers: data assembly, checkpoints, router, set, gate, switch,
+        // swap and predictor fits, rankings and stand-ins.
+        .target(name: "BuddyTraining", dependencies: ["BuddyCore", "BuddyRouting"]),
+        // Evaluation drivers: perplexity, HellaSwag, chat and auto-budget runs, result tables,
+        // speed measurement and the soak test.
+        .target(name: "BuddyEvaluation", dependencies: ["BuddyCore", "BuddyRouting", "BuddyEngine"]),
+        // The thin command-line executable: argument parsing and printing.
         .executableTarget(name: "buddy", dependencies: [
-            "BuddyCore", "BuddyRouting", "BuddyEngine", "BuddyTUI",
+            "BuddyCore", "BuddyRouting", "BuddyEngine", "BuddyTUI", "BuddyTraining", "BuddyEvaluation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -49,6 +55,6 @@ let package = Package(
         .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels", "BuddyFuzzSupport"], swiftSettings: computeFlags),
         .testTarget(name: "BuddyEngineTests", dependencies: ["BuddyEngine", "BuddyCore", "BuddyRouting"]),
         .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore", "BuddyFuzzSupport"]),
-        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport", "CAllocationCounter"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport", "BuddyTraining", "BuddyEvaluation", "CAllocationCounter"], swiftSettings: computeFlags),
     ]
 )

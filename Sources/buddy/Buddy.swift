@@ -1,5 +1,6 @@
 import ArgumentParser
 import BuddyCore
+import BuddyRouting
 import Foundation
 
 @main
@@ -14,6 +15,29 @@ struct Buddy: ParsableCommand {
             """,
         subcommands: [Chat.self, Generate.self, Tokenize.self, Inspect.self, Eval.self, Calibrate.self, Train.self, Bench.self, Soak.self],
         defaultSubcommand: Chat.self)
+
+    /// As ArgumentParser's own, but a library's complaint about the command line reads as the
+    /// parser's (with the usage line).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let e as ToolError where e.isUsage {
+            exit(withError: ValidationError(e.description))
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Runs a library's validation, its complaints about the command line shown as the parser's.
+func validating(_ check: () throws -> Void) throws {
+    do { try check() } catch let e as ToolError where e.isUsage { throw ValidationError(e.description) }
+}
+
+extension Reporter {
+    /// Results to stdout, notes to stderr, progress as bars on stderr.
+    static var terminal: Reporter { Reporter(line: { print($0) }, note: Out.err, progress: { ProgressBar($0, total: $1) }) }
 }
 
 /// Options every model-using command shares.
@@ -29,9 +53,7 @@ struct ModelOptions: ParsableArguments {
         do { return try LanguageModel(path: path) } catch { throw CLIError("\(path): \(error)") }
     }
 
-    func validateThreads() throws {
-        guard (1...256).contains(threads) else { throw ValidationError("--threads must be between 1 and 256") }
-    }
+    func validateThreads() throws { try validating { try BuddyRouting.validateThreads(threads) } }
 }
 
 struct CLIError: Error, CustomStringConvertible {
@@ -48,22 +70,3 @@ enum Out {
         FileHandle.standardError.write((s + "\n").data(using: .utf8)!)
     }
 }
-
-/// Minimal JSON string escaping (RFC 8259).
-func jsonString(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
-        default: out.unicodeScalars.append(u)
-        }
-    }
-    return out + "\""
-}
-
-func jsonNumber(_ x: Double) -> String { x.isFinite ? String(format: "%.3f", x) : "null" }

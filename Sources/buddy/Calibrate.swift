@@ -1,7 +1,10 @@
 import ArgumentParser
 import BuddyCore
 import BuddyRouting
+import BuddyTraining
 import Foundation
+
+extension CalibrationRun.Method: ExpressibleByArgument {}
 
 struct Calibrate: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -21,52 +24,42 @@ struct Calibrate: ParsableCommand {
               buddy calibrate stand-ins --data ../shared/data/wikitext2_valid.txt --out routers/stand-ins.bin
             """)
 
-    enum Method: String, ExpressibleByArgument, CaseIterable { case shortgpt, sleb, standIns = "stand-ins" }
-
-    @Argument(help: "shortgpt, sleb or stand-ins.")
-    var method: Method
-    @Option(name: .long, help: "Calibration text file.")
-    var data: String
-    @Option(name: .long, help: "Where to write the ranking (JSON; written atomically).")
-    var out: String
-    @Option(name: .long, help: "Calibration tokens taken from the start of --data.")
-    var tokens: Int = 2048
-    @Option(name: .long, help: "Tokens per calibration chunk.")
-    var chunk: Int = 256
-    @Option(name: .customLong("with-stand-ins"), help: "(sleb) a stand-in file: removed layers apply their stand-ins while SLEB measures.")
-    var withStandIns: String?
+    @Argument(help: "shortgpt, sleb or stand-ins.") var method: CalibrationRun.Method
+    @Option(name: .long, help: "Calibration text file.") var data: String
+    @Option(name: .long, help: "Where to write the ranking (JSON; written atomically).") var out: String
+    @Option(name: .long, help: "Calibration tokens taken from the start of --data.") var tokens: Int = 2048
+    @Option(name: .long, help: "Tokens per calibration chunk.") var chunk: Int = 256
+    @Option(name: .customLong("with-stand-ins"), help: "(sleb) a stand-in file: removed layers apply their stand-ins while SLEB measures.") var withStandIns: String?
     @OptionGroup var standIns: StandInCalibrationOptions
     @OptionGroup var modelOptions: ModelOptions
 
-    func validate() throws {
-        guard chunk >= 16, chunk <= 2048 else { throw ValidationError("--chunk must be between 16 and 2048") }
-        guard tokens >= chunk else { throw ValidationError("--tokens must be at least --chunk (\(chunk))") }
+    var options: CalibrationRun.Options {
+        .init(method: method, data: data, out: out, tokens: tokens, chunk: chunk, withStandIns: withStandIns, standIns: standIns.fitting, threads: modelOptions.threads)
     }
+    func validate() throws { try validating(options.validate) }
 
-    func run() throws {
-        guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw CLIError("cannot read data file '\(data)' as UTF-8 text") }
-        let model = try modelOptions.load()
-        if method == .standIns { return try standIns.run(model: model, data: data, out: out, threads: modelOptions.threads) }
-        let ids = Array(model.tokenizer.encode(text, parseSpecial: false).prefix(tokens))
-        guard ids.count >= chunk else { throw CLIError("'\(data)' has only \(ids.count) tokens") }
-        let cal = Calibrator(model: model, chunkSize: chunk, threads: modelOptions.threads)
-        if let withStandIns { cal.standIns = try StandInChoice.file(withStandIns).resolve(model: model) }
-        let ranking: StaticRanking
-        switch method {
-        case .shortgpt:
-            let bar = ProgressBar("shortgpt", total: ids.count / chunk)
-            ranking = try cal.shortGPTRanking(tokens: ids) { done, _ in bar.update(done) }
-        case .standIns:
-            preconditionFailure("handled above")
-        case .sleb:
-            let routable = model.config.layers - 2
-            let bar = ProgressBar("sleb", total: routable * (routable + 1) / 2 - 1)
-            ranking = try cal.slebRanking(tokens: ids) { done, _, detail in bar.update(done, detail: detail) }
-        }
-        let notes = "buddy calibrate \(method.rawValue) --data \(URL(fileURLWithPath: data).lastPathComponent) --tokens \(ids.count) --chunk \(chunk)"
-            + (withStandIns.map { " --with-stand-ins \(URL(fileURLWithPath: $0).lastPathComponent)" } ?? "")
-        try RouterFile.save(ranking, model: model, notes: notes, to: out)
-        print("\(method.rawValue) ranking (most important first): \(ranking.ranking.map(String.init).joined(separator: " "))")
-        print("written to \(out)")
+    func run() throws { try CalibrationRun.run(options, model: modelOptions.load, report: .terminal) }
+}
+
+/// The options of `buddy calibrate stand-ins`: which text and chat data fit and validate the
+/// stand-ins, and which routed scenarios they learn to serve.
+struct StandInCalibrationOptions: ParsableArguments {
+    @Option(name: .long, help: "(stand-ins) 512-token chunks of --data to fit on, comma-separated FIRST..<END ranges (evaluation scores chunks 20-83).") var trainChunks: String = "0..<14,84..<104"
+    @Option(name: .long, help: "(stand-ins) chunks of --data that choose rank and ridge per layer.") var validationChunks: String = "14..<20"
+    @Option(name: .long, help: "(stand-ins) JSON-lines chat prompts (MT-Bench layout): the full model's greedy replies to train-split prompts join the fit.") var chatData: String?
+    @Option(name: .long, help: "(stand-ins) train-split chat prompts to fit on, FIRST..<END.") var chatPrompts: String = "0..<16"
+    @Option(name: .long, help: "(stand-ins) train-split chat prompts for validation, FIRST..<END.") var chatValidationPrompts: String = "16..<24"
+    @Option(name: .long, help: "(stand-ins) reply tokens of each chat sequence.") var replyTokens: Int = 96
+    @Option(name: .long, help: "(stand-ins) static rankings whose layer sets at --scenario-budgets give the routed inputs (comma-separated; 'none' fits on full-depth inputs only).") var scenarios: String = "sleb,shortgpt"
+    @Option(name: .long, help: "(stand-ins) budgets of the routed scenarios.") var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
+    @Option(name: .long, help: "(stand-ins) use every N-th token of each sequence as a regression row.") var rowStride: Int = 2
+    @Option(name: .long, help: "(stand-ins) weigh each token by 1/mean square of its residual stream (errors relative to the stream's scale) or not.") var relativeError: Bool = true
+    @Option(name: .long, help: "(stand-ins) ranks to choose from per layer.") var ranks: String = "0,16,32,64,128"
+    @Option(name: .long, help: "(stand-ins) relative ridge penalties to choose from per layer.") var ridges: String = "0.001,0.01,0.1"
+
+    var fitting: StandInFitting {
+        StandInFitting(trainChunks: trainChunks, validationChunks: validationChunks, chatData: chatData, chatPrompts: chatPrompts,
+                       chatValidationPrompts: chatValidationPrompts, replyTokens: replyTokens, scenarios: scenarios, scenarioBudgets: scenarioBudgets,
+                       rowStride: rowStride, relativeError: relativeError, ranks: ranks, ridges: ridges)
     }
 }

@@ -1,21 +1,16 @@
 import ArgumentParser
 import BuddyCore
+import BuddyEvaluation
 import BuddyRouting
 import Foundation
 
 struct SamplingOptions: ParsableArguments {
-    @Option(name: .long, help: "Sampling temperature; 0 is greedy (default: 0 for generate, 0.3 for the chat).")
-    var temperature: Float?
-    @Option(name: .long, help: "Keep the K most likely tokens (0 = off).")
-    var topK: Int = 40
-    @Option(name: .long, help: "Nucleus sampling threshold (1 = off).")
-    var topP: Float = 0.95
-    @Option(name: .long, help: "Drop tokens below this fraction of the top probability (0 = off).")
-    var minP: Float = 0.05
-    @Option(name: .long, help: "Repetition penalty, 1 = off (default: 1 for generate, 1.1 for the chat).")
-    var repeatPenalty: Float?
-    @Option(name: .long, help: "Random seed.")
-    var seed: UInt64 = 0
+    @Option(name: .long, help: "Sampling temperature; 0 is greedy (default: 0 for generate, 0.3 for the chat).") var temperature: Float?
+    @Option(name: .long, help: "Keep the K most likely tokens (0 = off).") var topK: Int = 40
+    @Option(name: .long, help: "Nucleus sampling threshold (1 = off).") var topP: Float = 0.95
+    @Option(name: .long, help: "Drop tokens below this fraction of the top probability (0 = off).") var minP: Float = 0.05
+    @Option(name: .long, help: "Repetition penalty, 1 = off (default: 1 for generate, 1.1 for the chat).") var repeatPenalty: Float?
+    @Option(name: .long, help: "Random seed.") var seed: UInt64 = 0
 
     /// Greedy and unpenalised unless asked: `generate` is for reproducible runs.
     var parameters: SamplingParameters { parameters(temperature: 0, repeatPenalty: 1) }
@@ -53,18 +48,12 @@ struct Generate: ParsableCommand {
               "decode_tok_s":Y,"mean_layers_per_token":Z}.
             """)
 
-    @Option(name: .long, help: "The prompt text.")
-    var prompt: String
-    @Flag(name: .long, help: "Wrap the prompt in the chat template as one user turn.")
-    var chat = false
-    @Option(name: .long, help: "System prompt for --chat (default: the model's own).")
-    var system: String?
-    @Option(name: .long, help: "Maximum number of tokens to generate.")
-    var maxTokens: Int = 128
-    @Option(name: .long, help: "Context size in tokens.")
-    var context: Int = 2048
-    @Flag(name: .long, help: "Write JSON lines instead of text.")
-    var json = false
+    @Option(name: .long, help: "The prompt text.") var prompt: String
+    @Flag(name: .long, help: "Wrap the prompt in the chat template as one user turn.") var chat = false
+    @Option(name: .long, help: "System prompt for --chat (default: the model's own).") var system: String?
+    @Option(name: .long, help: "Maximum number of tokens to generate.") var maxTokens: Int = 128
+    @Option(name: .long, help: "Context size in tokens.") var context: Int = 2048
+    @Flag(name: .long, help: "Write JSON lines instead of text.") var json = false
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var routing: RoutingOptions
     @OptionGroup var modelOptions: ModelOptions
@@ -116,12 +105,9 @@ struct Generate: ParsableCommand {
 
 struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print the token ids of a text.")
-    @Flag(name: .long, help: "Recognise special tokens such as <|im_start|> in the text.")
-    var special = false
-    @Flag(name: .long, help: "Print a JSON array.")
-    var json = false
-    @Argument(help: "The text to tokenize.")
-    var text: String
+    @Flag(name: .long, help: "Recognise special tokens such as <|im_start|> in the text.") var special = false
+    @Flag(name: .long, help: "Print a JSON array.") var json = false
+    @Argument(help: "The text to tokenize.") var text: String
     @OptionGroup var modelOptions: ModelOptions
 
     func run() throws {

@@ -6,8 +6,7 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show a model's architecture, hyper-parameters, tokenizer and tensors.")
     @OptionGroup var modelOptions: ModelOptions
-    @Flag(name: .long, help: "Also list every metadata key.")
-    var metadata = false
+    @Flag(name: .long, help: "Also list every metadata key.") var metadata = false
 
     func run() throws {
         let model = try modelOptions.load()

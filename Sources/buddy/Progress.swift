@@ -1,8 +1,9 @@
+import BuddyRouting
 import Foundation
 
 /// A one-line progress bar with an ETA on stderr (only when stderr is a terminal;
 /// otherwise one line per ~10% so logs stay readable).
-final class ProgressBar {
+final class ProgressBar: ProgressDisplay {
     let label: String
     /// Work units expected; a caller whose estimate grows may raise it.
     var total: Int

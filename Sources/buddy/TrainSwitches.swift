@@ -1,6 +1,7 @@
 import ArgumentParser
 import BuddyCore
 import BuddyRouting
+import BuddyTraining
 import Foundation
 
 struct TrainSwitches: ParsableCommand {
@@ -41,139 +42,21 @@ struct TrainSwitches: ParsableCommand {
             """)
 
     @OptionGroup var dataOptions: RefitDataOptions
-    @Option(name: .long, help: "Gated Decision Module to refine (its tables and gate are kept).")
-    var router: String = "buddy"
-    @Option(name: .long, help: "Comma-separated routers (names or files) whose sets are the alternatives.")
-    var candidates: String = "sleb,shortgpt"
-    @Option(name: .long, help: "Comma-separated numbers of routable layers kept to fit switches for.")
-    var kept: String = "27,25,22,20,17,14"
-    @Option(name: .long, help: "Which tables to fit switches for: prose, conversation or both (comma-separated).")
-    var tables: String = "prose,conversation"
-    @Option(name: .long, help: "Relative validation KL gain a switch must bring to be kept.")
-    var minGain: Double = 0.01
-    @Option(name: .long, help: "What a skipped layer leaves in the KV cache while validating routed (mask, zero, fill).")
-    var kvPolicy: KVPolicy = .fill
-    @Option(name: .long, help: "L2 weight decay of the switches' logistic regression.")
-    var decay: Float = 1e-2
-    @Option(name: .long, help: "Where to write the router (written atomically).")
-    var out: String
+    @Option(name: .long, help: "Gated Decision Module to refine (its tables and gate are kept).") var router: String = "buddy"
+    @Option(name: .long, help: "Comma-separated routers (names or files) whose sets are the alternatives.") var candidates: String = "sleb,shortgpt"
+    @Option(name: .long, help: "Comma-separated numbers of routable layers kept to fit switches for.") var kept: String = "27,25,22,20,17,14"
+    @Option(name: .long, help: "Which tables to fit switches for: prose, conversation or both (comma-separated).") var tables: String = "prose,conversation"
+    @Option(name: .long, help: "Relative validation KL gain a switch must bring to be kept.") var minGain: Double = 0.01
+    @Option(name: .long, help: "What a skipped layer leaves in the KV cache while validating routed (mask, zero, fill).") var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "L2 weight decay of the switches' logistic regression.") var decay: Float = 1e-2
+    @Option(name: .long, help: "Where to write the router (written atomically).") var out: String
     @OptionGroup var modelOptions: ModelOptions
 
-    func validate() throws {
-        guard minGain >= 0, minGain < 1 else { throw ValidationError("--min-gain must be in [0, 1)") }
-        guard decay >= 0, decay.isFinite else { throw ValidationError("--decay must be >= 0") }
-        _ = try fittedTables()
-        try modelOptions.validateThreads()
+    var options: SwitchTraining.Options {
+        .init(data: dataOptions.refit, router: router, candidates: candidates, kept: kept, tables: tables, minGain: minGain, kvPolicy: kvPolicy,
+              decay: decay, out: out, threads: modelOptions.threads)
     }
+    func validate() throws { try validating(options.validate) }
 
-    /// The tables --tables names.
-    struct FittedTables {
-        var prose: Bool, conversation: Bool
-        func includes(conversation table: Bool) -> Bool { table ? conversation : prose }
-    }
-
-    func fittedTables() throws -> FittedTables {
-        let names = tables.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        for n in names where n != "prose" && n != "conversation" {
-            throw ValidationError("--tables: '\(n)' is not a table (prose, conversation)")
-        }
-        guard !names.isEmpty else { throw ValidationError("--tables names no table") }
-        return FittedTables(prose: names.contains("prose"), conversation: names.contains("conversation"))
-    }
-
-    func run() throws {
-        let model = try modelOptions.load()
-        let L = model.config.layers, routable = L - 2
-        guard let module = try Routers.make(router, model: model) as? DecisionModule, module.weights.gate != nil else {
-            throw CLIError("--router must be a decision module with a context gate (buddy train gate)")
-        }
-        let ks = try kept.split(separator: ",").map { part -> Int in
-            guard let k = Int(part.trimmingCharacters(in: .whitespaces)), (1..<routable).contains(k) else {
-                throw CLIError("--kept: '\(part)' is not a number of layers in 1...\(routable - 1)")
-            }
-            return k
-        }
-        let alternatives = try TrainingData.candidateSets(candidates, flag: "--candidates", model: model)
-        let fitted = try fittedTables()
-        let t0 = Date()
-
-        let text = try dataOptions.text(model: model, prose: fitted.prose)
-        let chat = try dataOptions.chat(model: model, conversation: fitted.conversation, threads: modelOptions.threads)
-        let scratch = PerplexityEvaluator(model: model, contextSize: 512, threads: modelOptions.threads)
-        // Switches of the input router for budgets not refitted here stay as they are.
-        var switches = module.weights.tokenSwitches.filter { !ks.contains($0.kept) || !fitted.includes(conversation: $0.conversation) }
-        if !switches.isEmpty {
-            print("kept from --router: switches for k = " + switches.map { "\($0.kept) (\($0.conversation ? "conversation" : "prose"))" }.joined(separator: ", "))
-        }
-        var report: [String] = []
-
-        for (conversation, data) in [(false, text), (true, chat)] where fitted.includes(conversation: conversation) {
-            let label = conversation ? "conversation" : "prose"
-            let train = TrainingData.search(model: model, sequences: data.train, threads: modelOptions.threads, label: "\(label) training")
-            let validation = TrainingData.search(model: model, sequences: data.validation, threads: modelOptions.threads, label: "\(label) validation")
-            let zTrain = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.train, scratch: scratch)
-            let zValidation = TokenSwitchTraining.inputs(model: model, module: module, sequences: data.validation, scratch: scratch)
-            func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: set) }
-            let work = ks.reduce(0) { n, k in n + 1 + Set(alternatives.map { $0.sets[k]! }).count }
-            let bar = ProgressBar("\(label) switches", total: work)
-            var done = 0
-            print("\(label): \(train.scoredCount) training and \(validation.scoredCount) validation positions; mean KL from full depth")
-            print("| k | table's set (train / val) | alternative | alternative alone (val) | per-token oracle (val) | switched (train / val) | switched share (val) | routed val: table / switched | kept |")
-            print("|---|---|---|---|---|---|---|---|---|")
-            for k in ks {
-                let base = LayerBudget.topK(Array(module.priorScores(kept: k, gated: conversation)), k: k)
-                let baseTrain = train.positionKL(mask(base)), baseValidation = validation.positionKL(mask(base))
-                let baseMean = (train: mean(baseTrain), validation: mean(baseValidation))
-                done += 1; bar.update(done, detail: "k \(k)")
-                var best: (name: String, set: [Int], fit: TokenSwitchTraining.Fit, alone: Double, oracle: Double,
-                           train: Double, validation: Double, share: Double)?
-                var tried = Set<[Int]>([base])
-                for alt in alternatives {
-                    let set = alt.sets[k]!.sorted()
-                    guard tried.insert(set).inserted else { continue }
-                    let altTrain = train.positionKL(mask(set)), altValidation = validation.positionKL(mask(set))
-                    let fit = TokenSwitchTraining.fit(inputs: zTrain, base: baseTrain, alternative: altTrain, decay: decay)
-                    let onTrain = TokenSwitchTraining.switchedCost(fit, inputs: zTrain, base: baseTrain, alternative: altTrain)
-                    let onValidation = TokenSwitchTraining.switchedCost(fit, inputs: zValidation, base: baseValidation, alternative: altValidation)
-                    let oracle = mean(zip(baseValidation, altValidation).map { min($0, $1) })
-                    if best == nil || onValidation.cost < best!.validation {
-                        best = (alt.name, set, fit, mean(altValidation), oracle, onTrain.cost, onValidation.cost, onValidation.share)
-                    }
-                    done += 1; bar.update(done, detail: "k \(k), \(alt.name)")
-                }
-                guard let b = best else {
-                    print(String(format: "| %d | %.4f / %.4f | (every candidate runs this set) | | | | | | no |", k, baseMean.train, baseMean.validation))
-                    continue
-                }
-                // Routed for real: the module with this one switch against the module without.
-                let candidate = DecisionModule.TokenSwitch(kept: k, conversation: conversation, alternative: b.set, weights: b.fit.weights, bias: b.fit.bias)
-                func routed(_ extra: [DecisionModule.TokenSwitch]) throws -> Double {
-                    var w = module.weights
-                    w.tokenSwitches = extra  // this k's switch alone: the others do not act at this budget
-                    let m = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
-                    m.budget = Double(k) / Double(routable)
-                    return validation.routedKL(m, policy: kvPolicy)
-                }
-                let routedTable = try routed([]), routedSwitched = try routed([candidate])
-                let keep = routedSwitched < routedTable * (1 - minGain)
-                if keep { switches.append(candidate) }
-                let row = String(format: "| %d | %.4f / %.4f | %@ | %.4f | %.4f | %.4f / %.4f | %.2f | %.4f / %.4f | %@ |", k, baseMean.train, baseMean.validation,
-                                 b.name, b.alone, b.oracle, b.train, b.validation, b.share, routedTable, routedSwitched, keep ? "yes" : "no")
-                print(row)
-                report.append("\(label) k\(k): \(keep ? "switch to \(b.name)" : "none")")
-            }
-            bar.update(work, detail: "done")
-        }
-
-        var w = module.weights
-        w.tokenSwitches = switches
-        let refined = try DecisionModule(name: module.name, layers: L, dim: model.config.dim, kvDim: model.config.kvDim, hidden: module.hidden, weights: w)
-        let notes = String(format: "buddy train switches --router %@ --candidates %@ --kept %@ --tables %@ %@ --min-gain %g --decay %g --kv-policy %@; %@; %.0f s",
-                           router, candidates, kept, tables, dataOptions.commandLine, minGain, Double(decay), kvPolicy.rawValue,
-                           report.joined(separator: "; "), Date().timeIntervalSince(t0))
-        try RouterFile.save(refined, model: model, notes: notes, to: out)
-        print("\(switches.count) switches; written to \(out)")
-    }
-
-    func mean(_ a: [Double]) -> Double { a.reduce(0, +) / Double(max(a.count, 1)) }
+    func run() throws { try SwitchTraining.run(options, model: try modelOptions.load(), report: .terminal) }
 }

@@ -1,49 +1,54 @@
-import ArgumentParser
 import BuddyCore
 import BuddyRouting
 import Foundation
 
-/// The text and chat sequences that `buddy train sets` and `buddy train gate` measure on.
-enum TrainingData {
+/// The text and chat sequences that `buddy train sets`, `gate`, `switches`, `swap` and
+/// `buddy calibrate stand-ins` measure on.
+public enum TrainingData {
     /// The whole text file as tokens (a trailing newline dropped, as the evaluation reads it).
-    static func textTokens(_ path: String, model: LanguageModel) throws -> [Int32] {
-        guard var text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read data file '\(path)'") }
+    public static func textTokens(_ path: String, model: LanguageModel) throws -> [Int32] {
+        guard var text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read data file '\(path)'") }
         if text.hasSuffix("\n") { text.removeLast() }
         return model.tokenizer.encode(text, parseSpecial: false)
     }
 
     /// Each router named in the comma-separated `list` with its set for every k; a router whose
     /// choice depends on more than k (it routes per token) is refused, naming `flag`.
-    static func candidateSets(_ list: String, flag: String, model: LanguageModel) throws -> [(name: String, sets: [Int: [Int]])] {
+    public static func candidateSets(_ list: String, flag: String, model: LanguageModel) throws -> [(name: String, sets: [Int: [Int]])] {
         let routable = model.config.layers - 2
         let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard !names.isEmpty else { throw CLIError("\(flag) names no router") }
+        guard !names.isEmpty else { throw ToolError("\(flag) names no router") }
         return try names.map { name in
             let sets = ContextGateTraining.sets(of: try Routers.make(name, model: model), routable: routable)
-            guard sets.count == routable else { throw CLIError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
+            guard sets.count == routable else { throw ToolError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
             return (name, sets)
         }
     }
 
-    /// A layer-set search over `sequences`, its full-depth reference pass shown as a progress bar.
-    static func search(model: LanguageModel, sequences: [SearchSequence], threads: Int, label: String) -> LayerSetSearch {
-        let bar = ProgressBar("full-depth references (\(label))", total: sequences.count)
+    /// A layer-set search over `sequences`, its full-depth reference pass shown as progress.
+    public static func search(model: LanguageModel, sequences: [SearchSequence], threads: Int, label: String, report: Reporter) -> LayerSetSearch {
+        let bar = report.progress("full-depth references (\(label))", sequences.count)
         return LayerSetSearch(model: model, sequences: sequences, threads: threads) { bar.update($0, detail: "of \($1) sequences") }
     }
 
     /// A range of chunks given on the command line as FIRST..<END; `flag` names the option in the error.
-    static func chunkRange(_ text: String, _ flag: String) throws -> Range<Int> {
+    public static func chunkRange(_ text: String, _ flag: String) throws -> Range<Int> {
         let parts = text.components(separatedBy: "..<")
         guard parts.count == 2, let a = Int(parts[0]), let b = Int(parts[1]), a >= 0, a < b else {
-            throw ValidationError("\(flag) must be FIRST..<END with 0 <= FIRST < END, not '\(text)'")
+            throw ToolError.usage("\(flag) must be FIRST..<END with 0 <= FIRST < END, not '\(text)'")
         }
         return a..<b
     }
 
+    /// Comma-separated FIRST..<END ranges, concatenated in order.
+    public static func chunkRanges(_ text: String, _ flag: String) throws -> [Int] {
+        try text.split(separator: ",").flatMap { try chunkRange(String($0).trimmingCharacters(in: .whitespaces), flag) }
+    }
+
     /// Chunks `chunks` of `length` tokens, each scored from position `firstScored` on.
-    static func textSequences(_ ids: [Int32], chunks: Range<Int>, length: Int, firstScored: Int, path: String) throws -> [SearchSequence] {
+    public static func textSequences(_ ids: [Int32], chunks: Range<Int>, length: Int, firstScored: Int, path: String) throws -> [SearchSequence] {
         guard ids.count >= chunks.upperBound * length else {
-            throw CLIError("'\(path)' holds \(ids.count) tokens, fewer than \(chunks.upperBound) chunks of \(length)")
+            throw ToolError("'\(path)' holds \(ids.count) tokens, fewer than \(chunks.upperBound) chunks of \(length)")
         }
         return chunks.map { i in SearchSequence(tokens: Array(ids[(i * length)..<((i + 1) * length)]), scored: firstScored..<(length - 1)) }
     }
@@ -52,12 +57,12 @@ enum TrainingData {
     /// `replyTokens`; the positions that predict the reply are scored. With `secondTurns`, each
     /// prompt that has a follow-up question adds a second conversation: first question, the
     /// full model's reply to it, the follow-up, and the full model's reply to that (scored).
-    static func chatSequences(model: LanguageModel, path: String, prompts range: Range<Int>, replyTokens: Int, threads: Int,
-                              secondTurns: Bool = false) throws -> [SearchSequence] {
-        guard let chatText = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("cannot read chat prompts '\(path)'") }
+    public static func chatSequences(model: LanguageModel, path: String, prompts range: Range<Int>, replyTokens: Int, threads: Int,
+                                     secondTurns: Bool = false, report: Reporter) throws -> [SearchSequence] {
+        guard let chatText = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read chat prompts '\(path)'") }
         let all = try ChatPromptSet.parse(chatText, split: .train)
         let prompts = all[min(range.lowerBound, all.count)..<min(range.upperBound, all.count)]
-        guard !prompts.isEmpty || range.isEmpty else { throw CLIError("'\(path)' has only \(all.count) train-split prompts") }
+        guard !prompts.isEmpty || range.isEmpty else { throw ToolError("'\(path)' has only \(all.count) train-split prompts") }
         var sequences: [SearchSequence] = []
         guard !prompts.isEmpty else { return sequences }
         let capacity = 512
@@ -73,7 +78,7 @@ enum TrainingData {
             sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
             return reply
         }
-        let bar = ProgressBar("full-depth replies", total: prompts.count)
+        let bar = report.progress("full-depth replies", prompts.count)
         for (i, p) in prompts.enumerated() {
             guard let first = try reply(to: chat.promptTokens(p.text)) else { bar.update(i + 1, detail: "prompt \(p.id) too long, skipped"); continue }
             var detail = "\(first.count) reply tokens"
@@ -87,4 +92,7 @@ enum TrainingData {
         }
         return sequences
     }
+
+    /// The mean of `a` (0 when empty).
+    static func mean(_ a: [Double]) -> Double { a.reduce(0, +) / Double(max(a.count, 1)) }
 }

@@ -5,33 +5,40 @@ import Foundation
 /// Results of one `buddy eval` grid: one row per method and budget with named metrics.
 /// Prints as Markdown, writes CSV (method,budget,kv_policy,<metrics…>) and plots the
 /// headline metric against budget as SVG.
-struct EvalTable {
-    struct Row {
-        var method: String
-        var budget: Double
-        var standIns: String
-        var values: [Double]
+public struct EvalTable {
+    public struct Row {
+        public var method: String
+        public var budget: Double
+        public var standIns: String
+        public var values: [Double]
     }
     /// CSV column names of the metrics, in order; the first is the one plotted.
-    let metrics: [String]
+    public let metrics: [String]
     /// Markdown header per metric (may add units).
-    let headers: [String]
+    public let headers: [String]
     /// printf formats per metric.
-    let formats: [String]
-    let kvPolicy: String
+    public let formats: [String]
+    public let kvPolicy: String
     /// Extra Markdown-only columns computed from a row's metrics (e.g. a standard error).
-    var derived: [(header: String, cell: ([Double]) -> String)] = []
-    var rows: [Row] = []
+    public var derived: [(header: String, cell: ([Double]) -> String)] = []
+    public var rows: [Row] = []
 
-    mutating func add(_ method: String, _ budget: Double, _ values: [Double], standIns: String = "off") {
+    public init(metrics: [String], headers: [String], formats: [String], kvPolicy: String) {
+        self.metrics = metrics
+        self.headers = headers
+        self.formats = formats
+        self.kvPolicy = kvPolicy
+    }
+
+    public mutating func add(_ method: String, _ budget: Double, _ values: [Double], standIns: String = "off") {
         rows.append(Row(method: method, budget: budget, standIns: standIns, values: values))
     }
 
     /// The full-depth row already measured (budget 1 runs every layer: the same for every
     /// method and stand-in mode).
-    var fullDepth: Row? { rows.first { $0.budget >= 1 } }
+    public var fullDepth: Row? { rows.first { $0.budget >= 1 } }
 
-    func markdown() -> String {
+    public func markdown() -> String {
         let all = headers + derived.map(\.header)
         var s = "| method | budget | kv_policy | stand_ins | " + all.joined(separator: " | ") + " |\n"
         s += "|---|---|---|---|" + String(repeating: "---|", count: all.count) + "\n"
@@ -42,7 +49,7 @@ struct EvalTable {
         return s
     }
 
-    func csv() -> String {
+    public func csv() -> String {
         var s = "method,budget,kv_policy,stand_ins," + metrics.joined(separator: ",") + "\n"
         for r in rows {
             s += String(format: "%@,%.2f,%@,%@,", r.method, r.budget, kvPolicy, r.standIns) + r.values.map { v in
@@ -53,7 +60,7 @@ struct EvalTable {
     }
 
     /// Writes the CSV and the plot if asked for.
-    func save(csv csvPath: String?, plot plotPath: String?, title: String, logScale: Bool) throws {
+    public func save(csv csvPath: String?, plot plotPath: String?, title: String, logScale: Bool) throws {
         if let csvPath { try AtomicFile.write(Data(csv().utf8), to: csvPath) }
         if let plotPath {
             var series: [(String, [(Double, Double)])] = []
@@ -72,16 +79,24 @@ struct EvalTable {
 }
 
 /// A small line chart as standalone SVG: quality against budget, one line per method.
-struct SVGPlot {
-    let title: String
-    let xLabel: String
-    let yLabel: String
-    let logY: Bool
-    let series: [(String, [(Double, Double)])]
+public struct SVGPlot {
+    public let title: String
+    public let xLabel: String
+    public let yLabel: String
+    public let logY: Bool
+    public let series: [(String, [(Double, Double)])]
 
-    static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
+    public init(title: String, xLabel: String, yLabel: String, logY: Bool, series: [(String, [(Double, Double)])]) {
+        self.title = title
+        self.xLabel = xLabel
+        self.yLabel = yLabel
+        self.logY = logY
+        self.series = series
+    }
 
-    func render(width: Double = 720, height: Double = 440) -> String {
+    public static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf"]
+
+    public func render(width: Double = 720, height: Double = 440) -> String {
         let left = 80.0, right = 150.0, top = 40.0, bottom = 60.0
         let pw = width - left - right, ph = height - top - bottom
         let points = series.flatMap { $0.1 }.filter { $0.1.isFinite && (!logY || $0.1 > 0) }
@@ -140,3 +155,54 @@ struct SVGPlot {
         return s + "</svg>\n"
     }
 }
+
+extension EvalTable {
+    /// The table of one metric read back from the eval CSV at `path` (see `read(csv:metric:path:)`).
+    public static func read(csvAt path: String, metric: String?) throws -> (table: EvalTable, metric: String) {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read '\(path)'") }
+        return try read(csv: text, metric: metric, path: path)
+    }
+
+    /// The table of one metric read back from an eval CSV (method,budget,kv_policy[,stand_ins],<metrics…>),
+    /// `metric` by default the first metric column; `path` names the file in errors.
+    public static func read(csv text: String, metric: String?, path: String) throws -> (table: EvalTable, metric: String) {
+        let lines = text.split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        guard let header = lines.first, header.count >= 4, header[0] == "method", header[1] == "budget" else {
+            throw ToolError("'\(path)' is not an eval CSV (expected a header starting method,budget,kv_policy)")
+        }
+        // CSVs from before stand-ins have no stand_ins column.
+        let standInColumn = header.firstIndex(of: "stand_ins")
+        let firstMetric = standInColumn.map { $0 + 1 } ?? 3
+        guard header.count > firstMetric else { throw ToolError("'\(path)' has no metric columns") }
+        let name = metric ?? header[firstMetric]
+        guard let col = header.firstIndex(of: name), col >= firstMetric else { throw ToolError("'\(path)' has no column '\(name)' (columns: \(header.dropFirst(firstMetric).joined(separator: ", ")))") }
+        var table = EvalTable(metrics: [name], headers: [name], formats: ["%g"], kvPolicy: "")
+        for (i, row) in lines.dropFirst().enumerated() {
+            guard row.count == header.count, let b = Double(row[1]), let v = Double(row[col]) else {
+                throw ToolError("'\(path)' line \(i + 2): expected \(header.count) fields with numbers for budget and \(name)")
+            }
+            table.add(row[0], b, [v], standIns: standInColumn.map { row[$0] } ?? "off")
+        }
+        return (table, name)
+    }
+}
+
+/// Minimal JSON string escaping (RFC 8259).
+public func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out + "\""
+}
+
+/// A JSON number with three decimals, null when not finite.
+public func jsonNumber(_ x: Double) -> String { x.isFinite ? String(format: "%.3f", x) : "null" }

@@ -1,0 +1,171 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// `buddy eval auto`: the Budget Predictor's chosen budgets against a fixed budget of the same
+/// mean compute, on the same prompts.
+public enum AutoBudgetRun {
+    public struct Options {
+        public var prompts: ChatPromptSelection
+        public var qualityTolerance: String = String(BudgetPredictor.defaultTolerance)
+        public var predictor: String?
+        public var router: String = "buddy"
+        public var standIns: StandInChoice = .auto
+        public var csv: String?
+        public var threads: Int = 2
+        public init(prompts: ChatPromptSelection, qualityTolerance: String = String(BudgetPredictor.defaultTolerance), predictor: String? = nil, router: String = "buddy", standIns: StandInChoice = .auto, csv: String? = nil, threads: Int = 2) {
+            self.prompts = prompts
+            self.qualityTolerance = qualityTolerance
+            self.predictor = predictor
+            self.router = router
+            self.standIns = standIns
+            self.csv = csv
+            self.threads = threads
+        }
+
+        public var tolerances: [Double] { qualityTolerance.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
+
+        public func validate() throws {
+            guard !tolerances.isEmpty, tolerances.allSatisfy({ $0 > 0 }) else { throw ToolError.usage("--quality-tolerance must be positive numbers") }
+            try validateThreads(threads)
+        }
+    }
+
+    public typealias Row = (prompt: ChatPrompt, budget: Double, d: ChatDivergence)
+
+    /// Runs every prompt at each grid budget and at the auto budget, reports each tolerance as
+    /// Markdown and writes the per-prompt CSV when asked; `model` is loaded once the prompts have been read.
+    public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws {
+        let prompts = try o.prompts.load()
+        let tolerances = o.tolerances
+        let model = try loadModel()
+        let L = model.config.layers
+        let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
+        session.standIns = try o.standIns.resolve(model: model, note: report.note)
+        let evaluator = ChatEvaluator(session: session)
+        let predictorModel: BudgetPredictor
+        let grid: [Double]
+        let fixed: [BudgetedLayerSelector]
+        let auto: AutoBudgetSelector
+        do {
+            predictorModel = try Routers.predictor(model: model, path: o.predictor)
+            grid = predictorModel.budgets.sorted()
+            fixed = try grid.map { try Routers.make(o.router, model: model, budget: $0) }
+            auto = try AutoBudgetSelector(inner: try Routers.make(o.router, model: model), predictor: predictorModel, tolerance: tolerances[0], config: model.config)
+        } catch { throw ToolError("\(error)") }
+
+        // Per prompt: the auto result and the chosen budget; per grid budget: the fixed result.
+        var autoRows: [Row] = []
+        var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
+        // Per prompt: each grid budget's result, and the budget chosen at each extra tolerance
+        // (the auto run at that budget is the grid run: same router, same budget).
+        var perPrompt: [[ChatDivergence]] = []
+        var extraChoices: [[Double]] = []
+        let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 2))
+        var done = 0
+        for p in prompts {
+            let (ids, ref) = try o.prompts.reference(to: p, evaluator: evaluator)
+            done += 1
+            var row: [ChatDivergence] = []
+            for (i, r) in fixed.enumerated() {
+                session.selector = r
+                let d = try evaluator.compare(ref)
+                fixedTotals[i].add(d)
+                row.append(d)
+                done += 1
+                bar.update(done, detail: "prompt \(p.id)")
+            }
+            perPrompt.append(row)
+            var choices: [Double] = []
+            for t in tolerances.dropFirst() {
+                auto.tolerance = t
+                session.selector = auto
+                session.reset()
+                try session.evaluate(ids)
+                choices.append(auto.chosenBudget ?? 1)
+            }
+            extraChoices.append(choices)
+            auto.tolerance = tolerances[0]
+            session.selector = auto
+            let d = try evaluator.compare(ref)
+            autoRows.append((p, auto.chosenBudget ?? 1, d))
+            done += 1
+            bar.update(done, detail: String(format: "prompt %@: auto %.2f", p.id, auto.chosenBudget ?? 1))
+        }
+
+        // Rows per tolerance: the first was run; the others take each prompt's grid result at
+        // the budget chosen for it (budget 1: the full model, KL 0 and top-1 1).
+        var rowsByTolerance: [[Row]] = [autoRows]
+        for ti in tolerances.indices.dropFirst() {
+            rowsByTolerance.append(autoRows.indices.map { i in
+                let b = extraChoices[i][ti - 1], tokens = autoRows[i].d.tokens
+                let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { perPrompt[i][$0] }
+                    ?? ChatDivergence(klSum: 0, agreements: tokens, tokens: tokens)
+                return (autoRows[i].prompt, b, d)
+            })
+        }
+        for (ti, t) in tolerances.enumerated() {
+            if ti > 0 { report.line("") }
+            summary(tolerance: t, rows: rowsByTolerance[ti], fixedTotals: fixedTotals, grid: grid, layers: L, prompts: prompts.count,
+                    split: o.prompts.split, report: report)
+        }
+        if let csv = o.csv {
+            var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens\n"
+            for i in prompts.indices {
+                for (ti, t) in tolerances.enumerated() {
+                    let r = rowsByTolerance[ti][i]
+                    out += "\(t),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
+                }
+            }
+            try AtomicFile.write(Data(out.utf8), to: csv)
+        }
+    }
+
+    /// One tolerance's report: the distribution of chosen budgets, the mean budget per category,
+    /// and auto against fixed budgets at the same mean compute.
+    public static func summary(tolerance: Double, rows autoRows: [Row], fixedTotals: [ChatDivergence], grid: [Double], layers L: Int, prompts: Int,
+                               split: String, report: Reporter) {
+        func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
+        var autoTotal = ChatDivergence()
+        var tokenK = 0.0, tokenBudget = 0.0
+        for r in autoRows { autoTotal.add(r.d); tokenK += k(r.budget) * Double(r.d.tokens); tokenBudget += r.budget * Double(r.d.tokens) }
+        let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
+
+        report.line("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(prompts) prompts, \(split) split):\n")
+        report.line("| budget | k/\(L - 2) | prompts | KL at the chosen budget | top-1 |")
+        report.line("|---|---|---|---|---|")
+        for b in (grid + [1]) {
+            let rows = autoRows.filter { abs($0.budget - b) < 1e-9 }
+            guard !rows.isEmpty else { continue }
+            var t = ChatDivergence()
+            rows.forEach { t.add($0.d) }
+            report.line(String(format: "| %.2f | %.0f | %d | %.4f | %.4f |", b, k(b), rows.count, t.meanKL, t.top1Agreement))
+        }
+        report.line("\nMean chosen budget per category (token-weighted):\n")
+        report.line("| category | prompts | mean budget | KL |")
+        report.line("|---|---|---|---|")
+        for cat in Set(autoRows.map(\.prompt.category)).sorted() {
+            let rows = autoRows.filter { $0.prompt.category == cat }
+            var t = ChatDivergence(), wb = 0.0
+            for r in rows { t.add(r.d); wb += r.budget * Double(r.d.tokens) }
+            report.line(String(format: "| %@ | %d | %.3f | %.4f |", cat.isEmpty ? "—" : cat, rows.count, wb / Double(max(t.tokens, 1)), t.meanKL))
+        }
+
+        // The same prompts at a fixed budget of the same mean compute: interpolate in k
+        // between the grid budgets around the auto mean (full depth = KL 0, top-1 1).
+        var points = zip(grid, fixedTotals).map { (k: k($0.0), budget: $0.0, kl: $0.1.meanKL, top1: $0.1.top1Agreement) }
+        points.append((k: Double(L - 2), budget: 1, kl: 0, top1: 1))
+        report.line("\nAuto against fixed budgets at the same mean compute:\n")
+        report.line("| | mean budget | mean k/\(L - 2) | KL (nats/token) | top-1 agreement |")
+        report.line("|---|---|---|---|---|")
+        report.line(String(format: "| auto | %.3f | %.2f | %.4f | %.4f |", meanBudget, meanK, autoTotal.meanKL, autoTotal.top1Agreement))
+        if let hi = points.firstIndex(where: { $0.k >= meanK }) {
+            let lo = max(0, hi - 1)
+            let a = points[lo], b = points[hi]
+            let w = b.k > a.k ? (meanK - a.k) / (b.k - a.k) : 1
+            if lo != hi { report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }
+            report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", b.budget, b.budget, b.k, b.kl, b.top1))
+            report.line(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
+        }
+    }
+}

@@ -1,0 +1,167 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// `buddy calibrate`: a static ranking (shortgpt, sleb) or stand-ins for skipped layers.
+public enum CalibrationRun {
+    public enum Method: String, CaseIterable, Sendable { case shortgpt, sleb, standIns = "stand-ins" }
+
+    public struct Options {
+        public var method: Method
+        public var data: String
+        public var out: String
+        public var tokens: Int = 2048
+        public var chunk: Int = 256
+        public var withStandIns: String?
+        public var standIns: StandInFitting = StandInFitting()
+        public var threads: Int = 2
+        public init(method: Method, data: String, out: String, tokens: Int = 2048, chunk: Int = 256, withStandIns: String? = nil, standIns: StandInFitting = StandInFitting(), threads: Int = 2) {
+            self.method = method
+            self.data = data
+            self.out = out
+            self.tokens = tokens
+            self.chunk = chunk
+            self.withStandIns = withStandIns
+            self.standIns = standIns
+            self.threads = threads
+        }
+
+        public func validate() throws {
+            guard chunk >= 16, chunk <= 2048 else { throw ToolError.usage("--chunk must be between 16 and 2048") }
+            guard tokens >= chunk else { throw ToolError.usage("--tokens must be at least --chunk (\(chunk))") }
+        }
+    }
+
+    /// Calibrates and writes the ranking or stand-in file; `model` is loaded once --data has been read.
+    public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws {
+        guard let text = try? String(contentsOfFile: o.data, encoding: .utf8) else { throw ToolError("cannot read data file '\(o.data)' as UTF-8 text") }
+        let model = try loadModel()
+        if o.method == .standIns { return try o.standIns.run(model: model, data: o.data, out: o.out, threads: o.threads, report: report) }
+        let ids = Array(model.tokenizer.encode(text, parseSpecial: false).prefix(o.tokens))
+        guard ids.count >= o.chunk else { throw ToolError("'\(o.data)' has only \(ids.count) tokens") }
+        let cal = Calibrator(model: model, chunkSize: o.chunk, threads: o.threads)
+        if let withStandIns = o.withStandIns { cal.standIns = try StandInChoice.file(withStandIns).resolve(model: model, note: report.note) }
+        let ranking: StaticRanking
+        switch o.method {
+        case .shortgpt:
+            let bar = report.progress("shortgpt", ids.count / o.chunk)
+            ranking = try cal.shortGPTRanking(tokens: ids) { done, _ in bar.update(done, detail: "") }
+        case .standIns:
+            preconditionFailure("handled above")
+        case .sleb:
+            let routable = model.config.layers - 2
+            let bar = report.progress("sleb", routable * (routable + 1) / 2 - 1)
+            ranking = try cal.slebRanking(tokens: ids) { done, _, detail in bar.update(done, detail: detail) }
+        }
+        let notes = "buddy calibrate \(o.method.rawValue) --data \(URL(fileURLWithPath: o.data).lastPathComponent) --tokens \(ids.count) --chunk \(o.chunk)"
+            + (o.withStandIns.map { " --with-stand-ins \(URL(fileURLWithPath: $0).lastPathComponent)" } ?? "")
+        try RouterFile.save(ranking, model: model, notes: notes, to: o.out)
+        report.line("\(o.method.rawValue) ranking (most important first): \(ranking.ranking.map(String.init).joined(separator: " "))")
+        report.line("written to \(o.out)")
+    }
+}
+
+/// `buddy calibrate stand-ins`: which text and chat data fit and validate the stand-ins, and
+/// which routed scenarios they learn to serve.
+public struct StandInFitting {
+    public var trainChunks: String = "0..<14,84..<104"
+    public var validationChunks: String = "14..<20"
+    public var chatData: String?
+    public var chatPrompts: String = "0..<16"
+    public var chatValidationPrompts: String = "16..<24"
+    public var replyTokens: Int = 96
+    public var scenarios: String = "sleb,shortgpt"
+    public var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
+    public var rowStride: Int = 2
+    public var relativeError: Bool = true
+    public var ranks: String = "0,16,32,64,128"
+    public var ridges: String = "0.001,0.01,0.1"
+    public init(trainChunks: String = "0..<14,84..<104", validationChunks: String = "14..<20", chatData: String? = nil, chatPrompts: String = "0..<16", chatValidationPrompts: String = "16..<24", replyTokens: Int = 96, scenarios: String = "sleb,shortgpt", scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5", rowStride: Int = 2, relativeError: Bool = true, ranks: String = "0,16,32,64,128", ridges: String = "0.001,0.01,0.1") {
+        self.trainChunks = trainChunks
+        self.validationChunks = validationChunks
+        self.chatData = chatData
+        self.chatPrompts = chatPrompts
+        self.chatValidationPrompts = chatValidationPrompts
+        self.replyTokens = replyTokens
+        self.scenarios = scenarios
+        self.scenarioBudgets = scenarioBudgets
+        self.rowStride = rowStride
+        self.relativeError = relativeError
+        self.ranks = ranks
+        self.ridges = ridges
+    }
+
+    /// The 512-token chunks to fit on and to validate on; refused when they overlap each other or
+    /// the chunks 20-83 that EVAL.md's perplexity scores.
+    public func chunkLists() throws -> (train: [Int], validation: [Int]) {
+        let trainIDs = try TrainingData.chunkRanges(trainChunks, "--train-chunks"), valIDs = try TrainingData.chunkRanges(validationChunks, "--validation-chunks")
+        guard Set(trainIDs).isDisjoint(with: valIDs) else { throw ToolError("--train-chunks and --validation-chunks overlap") }
+        guard Set(trainIDs + valIDs).isDisjoint(with: 20..<84) else {
+            throw ToolError("calibration chunks overlap chunks 20-83, which EVAL.md's perplexity scores")
+        }
+        return (trainIDs, valIDs)
+    }
+
+    /// Fits the stand-ins on --data (and chat replies) and writes them to `out`.
+    public func run(model: LanguageModel, data: String, out: String, threads: Int, report: Reporter) throws {
+        let L = model.config.layers, chunk = 512
+        let (trainIDs, valIDs) = try chunkLists()
+        let rankList = try ranks.split(separator: ",").map { s -> Int in
+            guard let r = Int(s), r >= 0, r <= model.config.dim else { throw ToolError.usage("--ranks must be integers in 0...\(model.config.dim)") }
+            return r
+        }
+        let ridgeList = try ridges.split(separator: ",").map { s -> Double in
+            guard let r = Double(s), r > 0 else { throw ToolError.usage("--ridges must be positive numbers") }
+            return r
+        }
+        var ids = try TrainingData.textTokens(data, model: model)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
+        let needed = (trainIDs + valIDs).max()! + 1
+        guard ids.count >= needed * chunk else { throw ToolError("'\(data)' holds \(ids.count) tokens, fewer than \(needed) chunks of \(chunk)") }
+        // Chunks as the perplexity evaluation cuts them (BOS first when the model wants one).
+        func chunks(_ list: [Int]) -> [[Int32]] {
+            list.map { i in
+                var c = Array(ids[(i * chunk)..<((i + 1) * chunk)])
+                if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { c[0] = bos }
+                return c
+            }
+        }
+        var train = chunks(trainIDs), validation = chunks(valIDs)
+        if let chatData {
+            let fit = try TrainingData.chunkRange(chatPrompts, "--chat-prompts"), val = try TrainingData.chunkRange(chatValidationPrompts, "--chat-validation-prompts")
+            guard !fit.overlaps(val) else { throw ToolError("--chat-prompts and --chat-validation-prompts overlap") }
+            train += try TrainingData.chatSequences(model: model, path: chatData, prompts: fit, replyTokens: replyTokens, threads: threads, report: report).map(\.tokens)
+            validation += try TrainingData.chatSequences(model: model, path: chatData, prompts: val, replyTokens: replyTokens, threads: threads, report: report).map(\.tokens)
+        }
+        var masks: [[Bool]] = []
+        if scenarios != "none" {
+            for name in scenarios.split(separator: ",").map(String.init) {
+                for b in try parseBudgets(scenarioBudgets) {
+                    let r = try Routers.make(name, model: model, budget: b)
+                    guard let m = Routers.fixedMask(r, budget: b) else { throw ToolError("--scenarios: '\(name)' does not run one set per budget") }
+                    if !masks.contains(m) { masks.append(m) }
+                }
+            }
+        }
+        let command = "buddy calibrate stand-ins --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
+            + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" } ?? "")
+            + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError) --ranks \(ranks) --ridges \(ridges)"
+        let bar = report.progress("stand-ins", L)
+        let start = Date()
+        let cal = StandInCalibration(model: model, threads: threads, maxTokens: max(chunk, (train + validation).map(\.count).max() ?? chunk))
+        let fitted = try cal.fit(train: train, validation: validation, scenarios: masks, ridges: ridgeList, ranks: rankList,
+                                rowStride: rowStride, relativeError: relativeError) { done, _ in bar.update(done, detail: "") }
+        let rows = fitted.report.map { String(format: "%d:r%d/λ%g/R²%.3f", $0.layer, $0.rank, $0.ridge, $0.validationR2) }.joined(separator: " ")
+        let notes = "\(command)\n\(train.count) fit / \(validation.count) validation sequences, \(masks.count) routed scenarios; per layer rank/ridge/validation R²: \(rows)"
+        let standIns = try StandIns(dim: fitted.standIns.dim, eps: fitted.standIns.eps, layers: fitted.standIns.layers, notes: notes)
+        try StandInFile.save(standIns, fingerprint: model.fingerprint, to: out)
+        report.line("| layer | rank | ridge | validation R² | bias-only R² | fit rows | validation rows |")
+        report.line("|---|---|---|---|---|---|---|")
+        for r in fitted.report {
+            report.line(String(format: "| %d | %d | %g | %.4f | %.4f | %d | %d |", r.layer, r.rank, r.ridge, r.validationR2, r.biasOnlyR2, r.trainRows, r.validationRows))
+        }
+        let cost = standIns.layers.compactMap { $0?.cost }
+        report.line(String(format: "mean stand-in cost %.0f multiply-adds per skipped layer; %.0f s", Double(cost.reduce(0, +)) / Double(max(cost.count, 1)), Date().timeIntervalSince(start)))
+        report.line("written to \(out)")
+    }
+}

@@ -1,0 +1,195 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// `buddy train predictor`: measure per-prompt quality curves and fit the Budget Predictor
+/// (used by --budget auto) on them.
+public enum PredictorTraining {
+    public struct Options {
+        public var chatData: String
+        public var textData: String
+        public var textPrompts: Int = 120
+        public var textTokens: Int = 10_240
+        public var maxReply: Int = 48
+        public var budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"
+        public var router: String = "buddy"
+        public var standIns: StandInChoice = .auto
+        public var out: String
+        public var curves: String?
+        public var lambdas: String = "0.01,0.1,1,10"
+        public var valFraction: Double = 0.2
+        public var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+        public var seed: UInt64 = 0
+        public var threads: Int = 2
+        public init(chatData: String, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = "buddy", standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, seed: UInt64 = 0, threads: Int = 2) {
+            self.chatData = chatData
+            self.textData = textData
+            self.textPrompts = textPrompts
+            self.textTokens = textTokens
+            self.maxReply = maxReply
+            self.budgets = budgets
+            self.router = router
+            self.standIns = standIns
+            self.out = out
+            self.curves = curves
+            self.lambdas = lambdas
+            self.valFraction = valFraction
+            self.qualityTolerance = qualityTolerance
+            self.seed = seed
+            self.threads = threads
+        }
+
+        public func validate() throws {
+            let grid = try parseBudgets(budgets)
+            guard grid.allSatisfy({ $0 < 1 }), Set(grid).count == grid.count else { throw ToolError.usage("--budgets must be distinct values below 1") }
+            guard textPrompts >= 0, maxReply >= 1, maxReply <= 512 else { throw ToolError.usage("--text-prompts must be >= 0 and --max-reply 1...512") }
+            guard valFraction > 0, valFraction < 1 else { throw ToolError.usage("--val-fraction must be in (0, 1)") }
+            guard qualityTolerance > 0 else { throw ToolError.usage("--quality-tolerance must be positive") }
+            try validateThreads(threads)
+        }
+    }
+
+    /// The measured curves on disk, reused by a rerun measured the same way.
+    public struct CurveFile: Codable, Sendable {
+        public var modelFingerprint: String
+        public var router: String
+        public var budgets: [Double]
+        public var maxReply: Int
+        /// "on"/"off" (nil in files from before stand-ins: measured without them).
+        public var standIns: String?
+        public var curves: [BudgetCurve]
+    }
+
+    /// Measures the curves, fits the predictor and writes it to `options.out`; `model` is loaded
+    /// once the data files have been read.
+    public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws {
+        let grid = try parseBudgets(o.budgets).sorted()
+        let lambdaList = o.lambdas.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        guard !lambdaList.isEmpty, lambdaList.allSatisfy({ $0 > 0 }) else { throw ToolError("--lambdas must be positive numbers") }
+        guard let chatText = try? String(contentsOfFile: o.chatData, encoding: .utf8) else { throw ToolError("cannot read '\(o.chatData)'") }
+        guard var text = try? String(contentsOfFile: o.textData, encoding: .utf8) else { throw ToolError("cannot read '\(o.textData)'") }
+        if text.hasSuffix("\n") { text.removeLast() }
+        let model = try loadModel()
+        let chat: [ChatPrompt]
+        do { chat = try ChatPromptSet.parse(chatText, split: .train) } catch { throw ToolError("\(o.chatData): \(error)") }
+        let session = Session(model: model, capacity: 1024, threads: o.threads, batchSize: 256)
+        session.standIns = try o.standIns.resolve(model: model, note: report.note)
+        let standInLabel = session.standIns == nil ? "off" : "on"
+        let evaluator = ChatEvaluator(session: session)
+
+        // The prompts, in a fixed order: chat first, then seeded text segments.
+        var prompts: [(id: String, ids: [Int32])] = chat.map { ("chat-\($0.id)", evaluator.promptTokens($0.text)) }
+        var ids = model.tokenizer.encode(text, parseSpecial: false)
+        ids = Array(ids.prefix(o.textTokens))
+        var rng = SeededRNG(seed: o.seed)
+        if o.textPrompts > 0 {
+            guard ids.count > 512 else { throw ToolError("'\(o.textData)' is too short for text prompts") }
+            for i in 0..<o.textPrompts {
+                let len = 32 + Int(rng.next() % 353)
+                let start = Int(rng.next() % UInt64(ids.count - len))
+                var p = Array(ids[start..<(start + len)])
+                if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { p.insert(bos, at: 0) }
+                prompts.append(("text-\(i)-\(start)", p))
+            }
+        }
+
+        // Resume from saved curves when they were measured the same way.
+        let curvePath = o.curves ?? o.out + ".curves.json"
+        var file = CurveFile(modelFingerprint: model.fingerprint, router: o.router, budgets: grid, maxReply: o.maxReply, standIns: standInLabel, curves: [])
+        let dec = JSONDecoder(); dec.keyDecodingStrategy = .convertFromSnakeCase
+        if let data = FileManager.default.contents(atPath: curvePath) {
+            if let saved = try? dec.decode(CurveFile.self, from: data), saved.modelFingerprint == model.fingerprint,
+               saved.router == o.router, saved.budgets == grid, saved.maxReply == o.maxReply, (saved.standIns ?? "off") == standInLabel {
+                file.curves = saved.curves
+                report.note("resuming: \(saved.curves.count) curves already measured in \(curvePath)")
+            } else {
+                report.note("warning: \(curvePath) was measured differently (or is unreadable); it will be replaced")
+            }
+        }
+        let enc = JSONEncoder(); enc.keyEncodingStrategy = .convertToSnakeCase
+        let router = o.router
+        let meter = BudgetCurveMeter(evaluator: evaluator, budgets: grid) { b in
+            do { return try Routers.make(router, model: model, budget: b) } catch { throw ToolError("router '\(router)': \(error)") }
+        }
+        let done = Set(file.curves.map(\.id))
+        let bar = report.progress("measuring curves", prompts.count)
+        for (i, p) in prompts.enumerated() {
+            if !done.contains(p.id) {
+                file.curves.append(try meter.measure(id: p.id, prompt: p.ids, maxReply: o.maxReply))
+                try AtomicFile.write(try enc.encode(file), to: curvePath)
+            }
+            let c = file.curves.last!
+            bar.update(i + 1, detail: "\(p.id): KL@\(grid[0]) \(String(format: "%.3f", c.kl[0])), @\(grid.last!) \(String(format: "%.3f", c.kl.last!))")
+        }
+
+        let usable = file.curves.filter { c in prompts.contains { $0.id == c.id } }
+        let fitted = try fit(usable, grid: grid, lambdas: lambdaList, valFraction: o.valFraction, tolerance: o.qualityTolerance,
+                             router: o.router, rng: &rng, report: report)
+        let notes = "buddy train predictor: \(usable.count) prompts (\(chat.count) chat train-split, rest WikiText-2 segments from the first \(o.textTokens) tokens), "
+            + "continuations of \(o.maxReply) tokens, router \(o.router), stand-ins \(standInLabel), ridge lambda \(fitted.lambda) (validation MSE of log KL \(String(format: "%.4f", fitted.validationMSE)))"
+        try RouterFile.save(fitted.predictor, model: model, notes: notes, to: o.out)
+        report.line("wrote \(o.out) (\(notes))")
+    }
+
+    /// The predictor fitted on all of `curves` with the ridge strength among `lambdas` that
+    /// predicts log KL best on a seeded validation split (`valFraction` of the curves, at least 2).
+    /// Reports each lambda's errors, the mean-curve baseline's, and what --budget auto would choose
+    /// on the validation curves at `tolerance`.
+    public static func fit(_ curves: [BudgetCurve], grid: [Double], lambdas: [Double], valFraction: Double, tolerance: Double, router: String,
+                           rng: inout SeededRNG, report: Reporter) throws -> (predictor: BudgetPredictor, lambda: Double, validationMSE: Double) {
+        guard curves.count >= 10 else { throw ToolError("need at least 10 measured prompts, have \(curves.count)") }
+        var order = Array(curves.indices)
+        for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
+        let nVal = max(2, Int(Double(curves.count) * valFraction))
+        let val = order.prefix(nVal).map { curves[$0] }, train = order.dropFirst(nVal).map { curves[$0] }
+        var best: (lambda: Double, model: BudgetPredictor, val: Double)?
+        for l in lambdas {
+            let p = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: l, router: router)
+            let v = logError(p, val)
+            report.note(String(format: "lambda %g: train MSE(log KL) %.4f, validation %.4f", l, logError(p, train), v))
+            if best == nil || v < best!.val { best = (l, p, v) }
+        }
+        // A constant predictor (the mean curve) is the bar the regression must clear.
+        let constant = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: 1e12, router: router)
+        report.note(String(format: "mean-curve baseline: validation MSE(log KL) %.4f", logError(constant, val)))
+
+        // What --budget auto would do on the validation prompts at the report tolerance.
+        func summary(_ p: BudgetPredictor, _ name: String) {
+            let a = autoChoices(p, val, grid: grid, tolerance: tolerance)
+            report.note(String(format: "%@: mean chosen budget %.3f (oracle %.3f), KL within %.3g on %d/%d validation prompts",
+                               name, a.meanChosen, a.meanOracle, tolerance, a.met, val.count))
+        }
+        summary(best!.model, "predictor")
+        summary(constant, "mean curve")
+        let final = try BudgetPredictor.fit(features: curves.map(\.features), logKL: curves.map(logKL), budgets: grid, lambda: best!.lambda, router: router)
+        return (final, best!.lambda, best!.val)
+    }
+
+    /// The curve's KL as the predictor learns it: natural log, floored at 1e-6.
+    public static func logKL(_ c: BudgetCurve) -> [Double] { c.kl.map { log(max($0, 1e-6)) } }
+
+    /// Mean squared error of the predicted log KL over every curve and grid budget.
+    public static func logError(_ p: BudgetPredictor, _ set: [BudgetCurve]) -> Double {
+        var s = 0.0
+        for c in set {
+            let pred = c.features.withUnsafeBufferPointer { p.predictKL($0.baseAddress!) }
+            for (a, b) in zip(pred.map { log($0) }, logKL(c)) { s += (a - b) * (a - b) }
+        }
+        return s / Double(set.count * p.budgets.count)
+    }
+
+    /// The budgets --budget auto would choose for `curves` at `tolerance`: their mean, the mean of
+    /// the smallest grid budgets whose measured KL is within it (1 when none is), and on how many
+    /// curves the chosen budget's KL was within it.
+    public static func autoChoices(_ p: BudgetPredictor, _ curves: [BudgetCurve], grid: [Double], tolerance: Double) -> (meanChosen: Double, meanOracle: Double, met: Int) {
+        var chosenSum = 0.0, oracleSum = 0.0, met = 0
+        for c in curves {
+            let b = c.features.withUnsafeBufferPointer { p.choose($0.baseAddress!, tolerance: tolerance) }
+            let actual = b >= 1 ? 0 : c.kl[grid.firstIndex(of: b)!]
+            if actual <= tolerance { met += 1 }
+            chosenSum += b
+            oracleSum += grid.indices.first { c.kl[$0] <= tolerance }.map { grid[$0] } ?? 1
+        }
+        return (chosenSum / Double(curves.count), oracleSum / Double(curves.count), met)
+    }
+}
