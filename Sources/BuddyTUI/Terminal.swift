@@ -275,6 +275,7 @@ public enum TUI {
                     case let .engine(cmd): engine.send(cmd)
                     case let .quit(code): exitCode = code
                     case .redraw: clearok(screen, true)
+                    case .showHelp: app.showHelp = true
                     case let .setTheme(name):
                         let (t, w) = Theme.load(name)
                         for m in w { app.conversation.append(.error, m) }
