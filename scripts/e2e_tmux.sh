@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# End-to-end test of the full-screen chat, driving the real binary inside tmux:
+# End-to-end test of the full-screen chat as a user starts it (no --router: the shipped
+# router, routers/buddy-router.json, with no fallback), driving the real binary inside tmux:
 # type a prompt, see tokens stream, check the routing panel shows exactly k executed
-# routable layers per step, press '-' twice mid-reply and see the next steps use the
-# smaller k, resize 80x24 -> 160x48, stop the reply with Esc, /save, quit with Ctrl-D and
-# find the terminal restored; then check SIGTERM restores it too.
+# routable layers plus the two fixed ones per step, press '-' twice mid-reply and see the
+# slider move and the next steps use the smaller k, resize 80x24 -> 160x48, stop the reply
+# with Esc, /save, quit with Ctrl-D and find the terminal restored; then check SIGTERM
+# restores it too.
 #
 #   scripts/e2e_tmux.sh [BUDDY_BINARY]     (default .build/release/buddy)
 #
@@ -50,7 +52,8 @@ wait_for() {
   seen "$1" "${2:-20}" || fail "timed out after ${2:-20}s waiting for /$1/"
 }
 
-# Executed routable layers per non-empty panel column, newest last, one per line.
+# Executed routable layers per non-empty panel column, newest last, one per line; -1 for a
+# column where a fixed layer (the first or the last) did not run.
 # The panel's rows are "NN* ▀▄█·...┆bar": glyphs are mapped to ASCII first so awk can count
 # columns in any locale.
 panel_ks() {
@@ -70,16 +73,21 @@ panel_ks() {
       L = compact ? label[n] + 2 : label[n] + 1
       w = length(grid[1])
       for (c = 1; c <= w; c++) {
-        k = 0; blank = 1
+        k = 0; fixed = 0; blank = 1
         for (r = 1; r <= n; r++) {
           g = substr(grid[r], c, 1); up = label[r]
           if (g != " ") blank = 0
           if (compact) {
             if ((g == "B" || g == "U") && up > 0 && up < L - 1) k++
             if ((g == "B" || g == "D") && up + 1 > 0 && up + 1 < L - 1) k++
-          } else if (g == "B" && up > 0 && up < L - 1) k++
+            if ((g == "B" || g == "U") && up == 0) fixed++
+            if ((g == "B" || g == "D") && up + 1 == L - 1) fixed++
+          } else {
+            if (g == "B" && up > 0 && up < L - 1) k++
+            if (g == "B" && (up == 0 || up == L - 1)) fixed++
+          }
         }
-        if (!blank) print k
+        if (!blank) print (fixed == 2 ? k : -1)
       }
     }'
 }
@@ -101,9 +109,12 @@ tm -f /dev/null new-session -d -s e2e -x 80 -y 24 "env -i PATH=$PATH HOME=$work 
 tm set-option -t e2e status off >/dev/null
 sleep 0.3
 tm send-keys -t e2e "cd $work && stty -g > stty.before" Enter
-tm send-keys -t e2e "'$bin' --router even --max-tokens 400 --model '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
+tm send-keys -t e2e "'$bin' --max-tokens 400 --model '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
 wait_for "message, or /help" 30
 screen | grep -q "100%  28/28 layers" || fail "slider should start at 100% and 28/28 layers"
+# The shipped router is in use: its name in the status bar, and no fallback notice.
+screen | grep -qE "│ buddy 100%" || fail "the status bar should name the shipped router (buddy)"
+screen | grep -q "unavailable" && fail "the shipped router should load without a fallback"
 
 # 1. Type a prompt; tokens stream; every step runs all 28 routable layers.
 # (A counting prompt: the reply is long, so the budget change lands mid-reply.)
@@ -164,7 +175,7 @@ for attempt in 1 2 3; do
 done
 [ "$stopped" = yes ] || fail "Esc did not stop a streaming reply in three tries"
 screen | grep -q "Esc stop" && fail "the status bar still says a reply is streaming"
-screen | grep -qE "even 100%→(95%→)?90% · " || fail "the first reply's meta line should list the budgets 100% then 90%"
+screen | grep -qE "buddy 100%→(95%→)?90% · " || fail "the first reply's meta line should list the budgets 100% then 90%"
 
 # 5. /save writes JSON atomically.
 tm send-keys -t e2e -l "/save $work/chat.json"
@@ -184,7 +195,7 @@ wait_for "STTY-(SAME|DIFFERENT)" 5
 screen | grep -q "STTY-SAME" || fail "terminal modes differ after quitting"
 
 # 7. SIGTERM while the chat is open also restores the terminal (status 143).
-tm send-keys -t e2e "clear; sh -c 'echo \$\$ > buddy.pid; exec \"\$0\" --router even --model \"\$1\"' '$bin' '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
+tm send-keys -t e2e "clear; sh -c 'echo \$\$ > buddy.pid; exec \"\$0\" --model \"\$1\"' '$bin' '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
 wait_for "message, or /help" 30
 kill -TERM "$(cat "$work/buddy.pid")"
 wait_for "EXIT=143" 5

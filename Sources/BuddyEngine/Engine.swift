@@ -29,7 +29,8 @@ public struct EngineOptions: Sendable {
 
 /// Commands the UI sends. Everything except `stop` and `setBudget` waits its turn on the
 /// engine queue; those two also act on a reply that is streaming (at its next decode step).
-public enum EngineCommand: Sendable {
+/// A budget set by hand ends the automatic budget (the engine says so with `.auto(false)`).
+public enum EngineCommand: Sendable, Equatable {
     case send(String)
     case setBudget(Double)
     case setAuto(Bool)
@@ -79,10 +80,6 @@ public struct EngineStats: Sendable, Equatable {
     }
 }
 
-public enum StopReason: String, Sendable, Codable {
-    case endOfTurn = "end_of_turn", maxTokens = "max_tokens", contextFull = "context_full", cancelled
-}
-
 /// The record of one assistant reply: what it said and the depth it ran at.
 public struct ReplyRecord: Sendable, Codable, Equatable {
     public var text: String
@@ -107,7 +104,8 @@ public struct ReplyRecord: Sendable, Codable, Equatable {
 public enum EngineEvent: Sendable {
     /// Once, first: what the model and router are.
     case ready(model: String, layers: Int, contextSize: Int, router: String)
-    /// The budget now in force (after a command, or applied mid-reply).
+    /// The budget now in force: after a command, applied mid-reply, or chosen by the Budget
+    /// Predictor for a message (announced before the reply's first token).
     case budget(Double, k: Int, routable: Int)
     /// The automatic budget was switched on or off.
     case auto(Bool)
@@ -149,14 +147,16 @@ final class TimedSelector: LayerSelector {
 /// holds is touched only on its queue.
 final class Control: @unchecked Sendable {
     private let lock = NSLock()
-    private var _budget: Double
+    private var _requestedBudget: Double
     private var requested = 0
     private var cancelledUpTo = 0
-    init(budget: Double) { _budget = budget }
+    init(budget: Double) { _requestedBudget = budget }
 
-    var budget: Double {
-        get { lock.lock(); defer { lock.unlock() }; return _budget }
-        set { lock.lock(); _budget = newValue; lock.unlock() }
+    /// The budget asked for last (by the UI, or by the engine's own prediction); the engine
+    /// applies it at its next chance, which is the next decode step while a reply streams.
+    var requestedBudget: Double {
+        get { lock.lock(); defer { lock.unlock() }; return _requestedBudget }
+        set { lock.lock(); _requestedBudget = Budget.clamp(newValue); lock.unlock() }
     }
     /// A new reply was requested; returns its id.
     func nextRequest() -> Int { lock.lock(); defer { lock.unlock() }; requested += 1; return requested }
@@ -185,11 +185,11 @@ public final class ChatEngine: @unchecked Sendable {
     /// Loaded on first use of auto; nil when this model has none.
     private var predictor: BudgetPredictor?
     private var predictorError: String?
-    private var autoSelector: AutoBudgetSelector?
+    /// The automatic budget is on: each message's budget comes from `predictor`.
+    private var auto = false
     private var sampler: Sampler
-    private var appliedBudget: Double
-
-    public static let budgetRange: ClosedRange<Double> = 0.01...1
+    /// The budget in force: the router runs under it, every `.budget` event announces it.
+    private var budget: Double
 
     /// Makes the router (synchronously: a router that cannot be made and may not fall back
     /// throws here) and emits `.ready` and the initial `.budget`.
@@ -198,9 +198,9 @@ public final class ChatEngine: @unchecked Sendable {
         self.options = options
         self.sink = sink
         layers = model.config.layers
-        let budget = ChatEngine.clamp(options.budget)
+        let budget = Budget.clamp(options.budget)
         control = Control(budget: budget)
-        appliedBudget = budget
+        self.budget = budget
         var notice: String?
         do {
             router = try Routers.make(options.router, model: model, budget: budget)
@@ -232,18 +232,17 @@ public final class ChatEngine: @unchecked Sendable {
         if options.auto { queue.async { self.setAuto(true) } }
     }
 
-    public static func clamp(_ b: Double) -> Double {
-        guard b.isFinite else { return 1 }
-        return min(budgetRange.upperBound, max(budgetRange.lowerBound, b))
-    }
-
     public func send(_ command: EngineCommand) {
         switch command {
         case .stop:
             control.cancelAll()
         case let .setBudget(b):
-            control.budget = ChatEngine.clamp(b)
-            queue.async { self.applyBudget() }
+            control.requestedBudget = b
+            queue.async {
+                self.applyBudget()
+                // A budget chosen by hand overrides the predictor for good, not just for now.
+                if self.auto { self.setAuto(false) }
+            }
         case let .send(text):
             let id = control.nextRequest()
             queue.async { self.reply(to: text, id: id) }
@@ -257,30 +256,22 @@ public final class ChatEngine: @unchecked Sendable {
 
     // MARK: engine queue
 
+    /// Makes the requested budget the one in force (router included) and announces a change.
     private func applyBudget() {
-        let b = control.budget
-        guard b != appliedBudget else { return }
-        appliedBudget = b
+        let b = control.requestedBudget
+        guard b != budget else { return }
+        budget = b
         router.budget = b
         sink(.budget(b, k: LayerBudget.routableCount(budget: b, layers: layers), routable: routable))
     }
 
-    /// Puts the router (wrapped by the budget predictor when auto is on) into the session.
-    private func installSelector(auto: Bool) {
-        if auto, let predictor {
-            let a = try? AutoBudgetSelector(inner: router, predictor: predictor, tolerance: options.qualityTolerance, config: model.config)
-            autoSelector = a
-            timed = TimedSelector(a ?? router)
-        } else {
-            autoSelector = nil
-            timed = TimedSelector(router)
-        }
-        session.selector = timed
-    }
-
     private func setAuto(_ on: Bool) {
         if on && predictor == nil && predictorError == nil {
-            do { predictor = try Routers.predictor(model: model, path: options.predictorPath) } catch {
+            do {
+                let p = try Routers.predictor(model: model, path: options.predictorPath)
+                try p.checkFits(model.config)
+                predictor = p
+            } catch {
                 predictorError = "\(error)"
             }
         }
@@ -289,17 +280,18 @@ public final class ChatEngine: @unchecked Sendable {
             sink(.auto(false))
             return
         }
-        installSelector(auto: on)
+        auto = on
         sink(.auto(on))
         if on { sink(.notice(String(format: "auto budget: the smallest budget whose predicted drift stays under %.2f nats/token is chosen for each message", options.qualityTolerance))) }
     }
 
-    /// After a prompt ran in auto mode: the predicted budget becomes the budget in force.
-    private func adoptPredictedBudget() {
-        guard let a = autoSelector, let b = a.chosenBudget, b != appliedBudget else { return }
-        control.budget = b
-        appliedBudget = b
-        sink(.budget(b, k: LayerBudget.routableCount(budget: b, layers: layers), routable: routable))
+    /// Under the automatic budget: asks the Budget Predictor for this prompt's budget and puts
+    /// it in force (announced with `.budget`) before the prompt runs, so the whole reply,
+    /// prompt included, runs under it.
+    private func predictBudget(for prompt: [Int32]) throws {
+        guard auto, let predictor else { return }
+        control.requestedBudget = try predictor.chooseBudget(for: prompt, in: session, tolerance: options.qualityTolerance)
+        applyBudget()
     }
 
     private func perform(_ command: EngineCommand) {
@@ -317,9 +309,10 @@ public final class ChatEngine: @unchecked Sendable {
             sink(.systemPrompt(conversation.system))
         case let .setRouter(spec):
             do {
-                let r = try Routers.make(spec, model: model, budget: appliedBudget)
+                let r = try Routers.make(spec, model: model, budget: budget)
                 router = r
-                installSelector(auto: autoSelector != nil)
+                timed = TimedSelector(r)
+                session.selector = timed
                 sink(.router(r.name))
             } catch {
                 sink(.error("\(error)"))
@@ -358,69 +351,53 @@ public final class ChatEngine: @unchecked Sendable {
         sink(.replyStarted(prompt: text))
         let maxTokens = options.maxTokens
         var answer = ""
-        var usage = [Int](repeating: 0, count: layers)
-        var budgets: [Double] = [appliedBudget]
-        var steps = 0
-        var layerSum = 0
+        var budgets: [Double] = []
         var firstTokenTime = 0.0
         var routerAtFirst = 0.0
         let L = layers
         let routerName = router.name
+        func record(_ usage: LayerUsage, _ reason: StopReason) -> ReplyRecord {
+            ReplyRecord(text: answer, router: routerName, budgets: budgets, meanLayers: usage.meanLayers, totalLayers: L,
+                        layerUsage: usage.counts, steps: usage.steps, stopReason: reason)
+        }
         do {
             let prompt = try conversation.promptTokens(tokenizer: model.tokenizer, capacity: session.capacity,
                                                        reserve: min(maxTokens, session.capacity / 4))
-            let stats = try session.generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler) { tok in
+            try predictBudget(for: prompt)
+            budgets = [budget]
+            let stats = try session.generate(prompt: prompt, maxTokens: maxTokens, sampler: &sampler) { tok, progress in
                 // Stopped (even before the first token): keep what was said so far.
                 if control.isCancelled(id) { return false }
                 let t = monotonicSeconds()
-                if tok.step == 0 {
-                    firstTokenTime = t; routerAtFirst = timed.seconds
-                    adoptPredictedBudget()
-                    budgets = [appliedBudget]
-                }
-                // The layers of this token were chosen under the budget applied before now.
-                let budget = appliedBudget
+                if tok.step == 0 { firstTokenTime = t; routerAtFirst = timed.seconds }
+                // The layers of this token were chosen under the budget in force until now.
                 let k = LayerBudget.routableCount(budget: budget, layers: L)
                 let info = StepInfo(step: tok.step, layers: tok.layers, scores: router.lastScores, budget: budget, k: k, layerSets: router.layerSetLabel)
                 answer += tok.text
-                steps += 1
-                layerSum += tok.layers.count
-                for l in tok.layers where l < L { usage[l] += 1 }
                 sink(.token(text: tok.text, step: info))
                 let elapsed = t - firstTokenTime
                 sink(.stats(EngineStats(
                     tokensPerSecond: elapsed > 0 ? Double(tok.step) / elapsed : 0,
                     contextUsed: session.tokens.count, contextSize: session.capacity,
                     routerOverhead: elapsed > 0 ? (timed.seconds - routerAtFirst) / elapsed : 0,
-                    generatedTokens: steps, meanLayers: Double(layerSum) / Double(steps))))
+                    generatedTokens: progress.usage.steps, meanLayers: progress.usage.meanLayers)))
                 // A budget set meanwhile takes effect at the very next decode step.
                 applyBudget()
-                if budgets.last != appliedBudget { budgets.append(appliedBudget) }
+                if budgets.last != budget { budgets.append(budget) }
                 return true
             }
             answer += stats.trailingText
-            if !stats.trailingText.isEmpty { sink(.token(text: stats.trailingText, step: StepInfo(step: steps, layers: [], scores: nil, budget: appliedBudget, k: 0))) }
-            let reason: StopReason
-            switch stats.stopReason {
-            case .endOfTurn: reason = .endOfTurn
-            case .maxTokens: reason = .maxTokens
-            case .contextFull: reason = .contextFull
-            case .cancelled: reason = .cancelled
-            }
-            finish(answer, ReplyRecord(text: answer, router: routerName, budgets: budgets,
-                                       meanLayers: steps > 0 ? Double(layerSum) / Double(steps) : 0, totalLayers: L,
-                                       layerUsage: usage, steps: steps, stopReason: reason))
+            if !stats.trailingText.isEmpty { sink(.token(text: stats.trailingText, step: StepInfo(step: stats.usage.steps, layers: [], scores: nil, budget: budget, k: 0))) }
+            finish(answer, record(stats.usage, stats.stopReason))
+        } catch let interrupted as GenerationInterrupted {
+            // A decode step failed mid-reply: keep what was said, as a full context would.
+            finish(answer, record(interrupted.partial.usage, .contextFull))
+            sink(.error("\(interrupted)"))
         } catch {
-            if steps > 0 {
-                finish(answer, ReplyRecord(text: answer, router: routerName, budgets: budgets,
-                                           meanLayers: Double(layerSum) / Double(steps), totalLayers: L,
-                                           layerUsage: usage, steps: steps, stopReason: .contextFull))
-            } else {
-                // Nothing was said: forget the question so the conversation stays well-formed.
-                conversation.removeLastUser()
-                records.removeLast()
-                session.reset()
-            }
+            // Nothing was said: forget the question so the conversation stays well-formed.
+            conversation.removeLastUser()
+            records.removeLast()
+            session.reset()
             sink(.error("\(error)"))
         }
     }

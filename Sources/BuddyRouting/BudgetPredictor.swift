@@ -130,6 +130,29 @@ public struct BudgetPredictor: Sendable, Equatable {
     }
 }
 
+extension BudgetPredictor {
+    /// Throws unless the predictor reads this model's features (pooled layer-0 K and V, and
+    /// the hidden state after layer 0).
+    public func checkFits(_ config: ModelConfig) throws {
+        guard featureDim == 2 * config.kvDim + config.dim else {
+            throw RoutingError.badRouterFile(path: "budget predictor", reason: "feature dimension \(featureDim) does not fit this model")
+        }
+    }
+
+    /// The budget for `prompt` before it runs in `session`: its features need only layer 0,
+    /// so layer 0 runs over the new part of the prompt and the budget is chosen from the last
+    /// chunk, as `AutoBudgetSelector` would choose it during the prompt. The caller then sets
+    /// that budget and evaluates the prompt under it (the chat engine announces it first).
+    public func chooseBudget(for prompt: [Int32], in session: Session, tolerance: Double) throws -> Double {
+        try checkFits(session.model.config)
+        let probe = FeatureProbe(config: session.model.config)
+        try session.runFirstLayer(over: prompt) { start, count in
+            _ = probe.selectLayers(chunkStart: start, count: count, batch: session.batch, cache: session.cache)
+        }
+        return probe.features.withUnsafeBufferPointer { choose($0.baseAddress!, tolerance: tolerance) }
+    }
+}
+
 /// Captures the budget predictor's features while a prompt is evaluated at full depth
 /// (a selector that runs every layer and records the routing context of the last chunk).
 public final class FeatureProbe: LayerSelector {
@@ -169,9 +192,7 @@ public final class AutoBudgetSelector: BudgetedLayerSelector, @unchecked Sendabl
     private let probe: FeatureProbe
 
     public init(inner: BudgetedLayerSelector, predictor: BudgetPredictor, tolerance: Double, config: ModelConfig) throws {
-        guard predictor.featureDim == 2 * config.kvDim + config.dim else {
-            throw RoutingError.badRouterFile(path: "budget predictor", reason: "feature dimension \(predictor.featureDim) does not fit this model")
-        }
+        try predictor.checkFits(config)
         self.inner = inner; self.predictor = predictor; self.tolerance = tolerance
         probe = FeatureProbe(config: config)
     }

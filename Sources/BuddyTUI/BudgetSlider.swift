@@ -1,6 +1,8 @@
 import BuddyCore
 
 /// The budget slider's state: the budget in percent and the k of L routable layers it runs.
+/// It shows the engine's budget (every `.budget` event sets it) and, between a key press and
+/// the engine's answer, the budget just asked for, so quick repeated presses keep stepping.
 public struct SliderState: Equatable, Sendable {
     public var budget: Double
     public var routable: Int
@@ -8,7 +10,6 @@ public struct SliderState: Equatable, Sendable {
     /// Budgets at or above this run the model without obvious damage (SmolLM2-135M degrades
     /// quickly below about 80%).
     public static let recommendedFloor = 0.9
-    public static let minimum = 0.05
 
     public init(budget: Double = 1, routable: Int) {
         self.budget = budget
@@ -16,22 +17,22 @@ public struct SliderState: Equatable, Sendable {
     }
 
     public var k: Int { LayerBudget.routableCount(budget: budget, layers: routable + 2) }
-    public var percent: Int { Int((budget * 100).rounded()) }
+    public var percent: Int { Budget.percent(budget) }
     public var inRecommendedZone: Bool { budget >= SliderState.recommendedFloor - 1e-9 }
 
     /// The budget after `steps` 5% steps; an off-grid budget first moves to the next
-    /// multiple of 5% in the direction of travel.
+    /// multiple of 5% in the direction of travel. Below 5% comes the engine's smallest budget.
     public func stepped(percentSteps steps: Int) -> Double {
         let x = budget * 20
         let grid = steps > 0 ? (x + 1e-6).rounded(.down) + Double(steps) : (x - 1e-6).rounded(.up) + Double(steps)
-        return min(1, max(SliderState.minimum, grid / 20))
+        return Budget.clamp(grid / 20)
     }
 
     /// The budget that runs exactly one layer more (or less) than now.
     public func stepped(layers delta: Int) -> Double {
         guard routable > 0 else { return budget }
         let k2 = min(routable, max(1, k + delta))
-        return Double(k2) / Double(routable)
+        return Budget.clamp(Double(k2) / Double(routable))
     }
 }
 

@@ -1,3 +1,4 @@
+import BuddyCore
 import BuddyEngine
 import Foundation
 
@@ -10,11 +11,13 @@ public enum Key: Equatable, Sendable {
 }
 
 /// What the app asks the outside world to do.
-public enum AppAction: Sendable {
+public enum AppAction: Sendable, Equatable {
     case engine(EngineCommand)
     case quit(Int32)
     case setTheme(String)
     case redraw
+    /// Show the key and command help (the full-screen chat opens it itself).
+    case showHelp
 }
 
 /// The chat screen's state and behaviour, without curses: engine events and keys go in,
@@ -98,7 +101,7 @@ public final class ChatApp {
     }
 
     static func describe(_ r: ReplyRecord) -> String {
-        let budgets = r.budgets.map { "\(Int(($0 * 100).rounded()))%" }.joined(separator: "→")
+        let budgets = r.budgets.map { "\(Budget.percent($0))%" }.joined(separator: "→")
         let stop: String
         switch r.stopReason {
         case .endOfTurn: stop = ""
@@ -154,12 +157,7 @@ public final class ChatApp {
             case "?" where key == .char("?"): showHelp = true; return []
             default: break
             }
-            if let b = nb {
-                slider.budget = b
-                status.budgetPercent = slider.percent
-                // Moving the slider by hand ends the automatic budget.
-                return slider.auto ? [.engine(.setBudget(b)), .engine(.setAuto(false))] : [.engine(.setBudget(b))]
-            }
+            if let b = nb { return [moveSlider(to: b)] }
         }
 
         let l = layout
@@ -195,41 +193,39 @@ public final class ChatApp {
         return []
     }
 
+    /// Shows `b` on the slider at once and asks the engine for it (which also ends the
+    /// automatic budget); the engine's `.budget` answer then confirms or corrects it.
+    private func moveSlider(to b: Double) -> AppAction {
+        slider.budget = Budget.clamp(b)
+        status.budgetPercent = slider.percent
+        return .engine(.setBudget(b))
+    }
+
     func submit() -> [AppAction] {
-        let raw = input.string
-        let text = raw.trimmingCharactersInSet()
-        if text.isEmpty { return [] }
-        if let parsed = SlashCommand.parse(text) {
-            _ = input.commit()
-            switch parsed {
-            case let .failure(e): conversation.append(.error, e.description); return []
-            case let .success(cmd):
-                switch cmd {
-                case let .budget(b):
-                    slider.budget = b
-                    status.budgetPercent = slider.percent
-                    return slider.auto ? [.engine(.setBudget(b)), .engine(.setAuto(false))] : [.engine(.setBudget(b))]
-                case .auto: return [.engine(.setAuto(!slider.auto))]
-                case let .router(r): return [.engine(.setRouter(r))]
-                case let .system(s): return [.engine(.setSystemPrompt(s))]
-                case .reset: return [.engine(.reset)]
-                case let .save(f): return [.engine(.save(path: f ?? SlashCommand.defaultSaveName()))]
-                case let .load(f): return [.engine(.load(path: f))]
-                case let .theme(n): return [.setTheme(n)]
-                case .help: showHelp = true; return []
-                case .quit: return [.quit(0)]
-                }
-            }
-        }
-        if generating {
-            conversation.append(.notice, "a reply is still streaming: press Esc to stop it, then send")
+        switch ChatInput.interpret(input.string, autoBudgetOn: slider.auto) {
+        case .empty:
             return []
+        case let .invalid(error):
+            _ = input.commit()
+            conversation.append(.error, error.description)
+            return []
+        case let .action(action):
+            _ = input.commit()
+            switch action {
+            case .showHelp: showHelp = true; return []
+            case let .engine(.setBudget(b)): return [moveSlider(to: b)]
+            default: return [action]
+            }
+        case let .message(message):
+            if generating {
+                conversation.append(.notice, "a reply is still streaming: press Esc to stop it, then send")
+                return []
+            }
+            _ = input.commit()
+            generating = true
+            status.generating = true
+            return [.engine(.send(message))]
         }
-        _ = input.commit()
-        let message = text.hasPrefix("//") ? String(text.dropFirst()) : text
-        generating = true
-        status.generating = true
-        return [.engine(.send(message))]
     }
 
     public static let helpText: [String] = [

@@ -1,3 +1,4 @@
+import BuddyCore
 import BuddyEngine
 
 /// The routing panel's data: which layers ran at each recent decode step, their router
@@ -19,30 +20,29 @@ public struct RoutingPanelState: Sendable {
     public var router = ""
     public private(set) var columns: [Column] = []
     /// Steps in which each layer ran, current reply.
-    public private(set) var usage: [Int]
-    public private(set) var replySteps = 0
+    public private(set) var usage: LayerUsage
+    public var replySteps: Int { usage.steps }
     public static let keep = 600
     private var lastBudget: Double?
 
     public init(layers: Int) {
         self.layers = layers
-        usage = Array(repeating: 0, count: layers)
+        usage = LayerUsage(layers: layers)
     }
 
     public var routable: Int { max(0, layers - 2) }
 
     /// A reply starts: usage restarts, and a blank column separates it from the previous one.
     public mutating func startReply() {
-        usage = Array(repeating: 0, count: layers)
-        replySteps = 0
+        usage.reset()
         if let last = columns.last, !last.isGap { append(Column(ran: [], heat: nil, budgetChanged: false, k: 0)) }
     }
 
     public mutating func record(_ s: StepInfo) {
         guard !s.layers.isEmpty else { return }
         var ran = [Bool](repeating: false, count: layers)
-        for l in s.layers where l >= 0 && l < layers { ran[l] = true; usage[l] += 1 }
-        replySteps += 1
+        for l in s.layers where l >= 0 && l < layers { ran[l] = true }
+        usage.record(s.layers)
         var heat: [Int]?
         if let sc = s.scores, sc.count == routable, let lo = sc.min(), let hi = sc.max() {
             let span = hi - lo
@@ -65,8 +65,7 @@ public struct RoutingPanelState: Sendable {
 
     public mutating func clear() {
         columns.removeAll()
-        usage = Array(repeating: 0, count: layers)
-        replySteps = 0
+        usage.reset()
         lastBudget = nil
     }
 
@@ -140,10 +139,8 @@ public enum RoutingPanel {
                 c.put(x, y, glyph, role)
             }
             // Usage bar for this layer (mean of the pair in compact mode).
-            let denom = max(1, st.replySteps)
-            var frac = Double(st.usage[upper]) / Double(denom)
-            if let lo = lower { frac = (frac + Double(st.usage[lo]) / Double(denom)) / 2 }
-            if st.replySteps == 0 { frac = 0 }
+            var frac = st.usage.fraction(upper)
+            if let lo = lower { frac = (frac + st.usage.fraction(lo)) / 2 }
             c.put(gx + gridW, y, "┆", .border)
             let bx = gx + gridW + 1
             c.put(bx, y, bar(frac, width: barW), fixed ? .layerFixed : .layerOn)

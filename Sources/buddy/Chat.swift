@@ -115,7 +115,7 @@ final class LineChat: @unchecked Sendable {
         case .done: Out.write("\n")
         case let .error(s): withLock { failed = true }; Out.err("error: \(s)")
         case let .notice(s): if conversational { Out.err("· \(s)") }
-        case let .budget(b, k, r): if interactive { Out.err("· budget \(Int((b * 100).rounded()))% (\(k)/\(r) layers)") }
+        case let .budget(b, k, r): if interactive { Out.err("· budget \(Budget.percent(b))% (\(k)/\(r) layers)") }
         case let .router(n): if interactive { Out.err("· router: \(n)") }
         case let .auto(on): withLock { autoOn = on }; if interactive { Out.err("· auto budget \(on ? "on" : "off")") }
         case let .saved(p): Out.err("· saved to \(p)")
@@ -164,31 +164,22 @@ final class LineChat: @unchecked Sendable {
         while true {
             if interactive { FileHandle.standardError.write("> ".data(using: .utf8)!) }
             guard let line = readLine() else { break }
-            let text = line.trimmingCharacters(in: .whitespaces)
-            if text.isEmpty { continue }
-            withLock { interrupted = false }
-            if let parsed = SlashCommand.parse(text) {
-                switch parsed {
-                case let .failure(e): Out.err("error: \(e)")
-                case let .success(cmd):
-                    switch cmd {
-                    case .quit: return
-                    case .help: Out.err(SlashCommand.usage)
-                    case let .budget(b):
-                        perform(.setBudget(b))
-                        if withLock({ autoOn }) { perform(.setAuto(false)) }
-                    case .auto: perform(.setAuto(!withLock { autoOn }))
-                    case let .router(r): perform(.setRouter(r))
-                    case let .system(s): perform(.setSystemPrompt(s))
-                    case .reset: perform(.reset)
-                    case let .save(f): perform(.save(path: f ?? SlashCommand.defaultSaveName()))
-                    case let .load(f): perform(.load(path: f))
-                    case .theme: Out.err("· themes apply to the full-screen chat")
-                    }
+            // The same reading of a line, and the same commands, as the full-screen chat.
+            switch ChatInput.interpret(line, autoBudgetOn: withLock { autoOn }) {
+            case .empty: continue
+            case let .invalid(e): Out.err("error: \(e)")
+            case let .message(text):
+                withLock { interrupted = false }
+                perform(.send(text))
+            case let .action(action):
+                switch action {
+                case let .engine(command): perform(command)
+                case .quit: return
+                case .showHelp: Out.err(SlashCommand.usage)
+                case .setTheme: Out.err("· themes apply to the full-screen chat")
+                case .redraw: break
                 }
-                continue
             }
-            perform(.send(text.hasPrefix("//") ? String(text.dropFirst()) : text))
         }
     }
 }

@@ -236,20 +236,67 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(budgets, [1])
     }
 
+    /// The engine clamps with `Budget.clamp`, the clamp the slider and /budget use: below the
+    /// range is the smallest budget (one routable layer here), not a number is the full model.
+    func testBudgetsAreClampedByTheOneClamp() throws {
+        let rec = Recorder()
+        let engine = try makeEngine(rec)
+        engine.send(.setBudget(0.001))
+        engine.drain()
+        engine.send(.setBudget(.nan))
+        engine.drain()
+        engine.send(.setBudget(-3))
+        engine.drain()
+        let announced = rec.events.compactMap { if case let .budget(b, k, _) = $0 { return [b, Double(k)] }; return nil }
+        XCTAssertEqual(announced, [[1, Double(engine.routable)], [Budget.minimum, 1], [1, Double(engine.routable)], [Budget.minimum, 1]])
+        XCTAssertEqual(Budget.clamp(0.001), Budget.minimum)
+    }
+
+    /// An engine on the sleb ranking with the shipped budget predictor switched on (checked),
+    /// and the recorder cleared.
+    func makeAutoEngine(_ rec: Recorder, maxTokens: Int) throws -> ChatEngine {
+        let engine = try makeEngine(rec, router: "sleb", maxTokens: maxTokens)
+        engine.send(.setAuto(true))
+        engine.drain()
+        XCTAssertTrue(rec.events.contains { if case .auto(true) = $0 { return true }; return false }, "\(rec.events.map(name))")
+        rec.clear()
+        return engine
+    }
+
+    /// A budget set by hand ends the automatic budget (the engine owns the rule, so the
+    /// slider, /budget in the TUI and /budget in line mode need not repeat it), and the next
+    /// message runs under that budget instead of a predicted one.
+    func testBudgetSetByHandEndsTheAutomaticBudget() throws {
+        let rec = Recorder()
+        let engine = try makeAutoEngine(rec, maxTokens: 4)
+        engine.send(.setBudget(0.5))
+        engine.drain()
+        XCTAssertEqual(rec.events.map(name), ["budget", "auto"])
+        guard case .auto(false)? = rec.events.last else { return XCTFail("auto should be switched off") }
+        engine.send(.send("Say hello."))
+        engine.drain()
+        XCTAssertEqual(rec.done?.budgets, [0.5])
+        // Without auto, a budget set by hand says nothing about auto.
+        rec.clear()
+        engine.send(.setBudget(0.6))
+        engine.drain()
+        XCTAssertEqual(rec.events.map(name), ["budget"])
+    }
+
     /// Auto: the budget predicted for the prompt is announced before the first token and
     /// every decode step runs exactly its k layers; moving the slider overrides it mid-reply.
     /// Without a predictor file auto stays off with a notice.
     func testAutoBudgetFollowsThePredictor() throws {
         let rec = Recorder()
-        let engine = try makeEngine(rec, router: "sleb", maxTokens: 12)
-        engine.send(.setAuto(true))
-        engine.drain()
-        XCTAssertTrue(rec.events.contains { if case .auto(true) = $0 { return true }; return false }, "\(rec.events.map(name))")
-        rec.clear()
+        let engine = try makeAutoEngine(rec, maxTokens: 12)
         engine.send(.send("Explain in two sentences why the sky is blue."))
         engine.drain()
         let names = rec.events.map(name)
         let firstToken = try XCTUnwrap(names.firstIndex(of: "token"))
+        // The engine asks the predictor when the message arrives, before the prompt runs.
+        let started = try XCTUnwrap(names.firstIndex(of: "started"))
+        let budgetEvents = names.prefix(firstToken).indices.filter { names[$0] == "budget" }
+        XCTAssertTrue(budgetEvents.allSatisfy { $0 == started + 1 }, "the chosen budget is announced right after the reply starts: \(names)")
         let announced = rec.events.prefix(firstToken).compactMap { if case let .budget(b, _, _) = $0 { return b }; return nil }
         let record = try XCTUnwrap(rec.done)
         let chosen = announced.last ?? 1

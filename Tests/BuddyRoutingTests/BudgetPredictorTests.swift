@@ -91,6 +91,18 @@ final class BudgetPredictorTests: XCTestCase {
             try session.evaluate(prompt)
             XCTAssertEqual(auto.chosenBudget, want)
             XCTAssertEqual(session.lastLayers.count, 2 + LayerBudget.routableCount(budget: want, layers: m.config.layers))
+
+            // The chat engine asks before the prompt runs (layer 0 only) and gets the same
+            // choice, from an empty session and from one that holds the start of the prompt;
+            // afterwards the session holds only what `evaluate` would keep.
+            let ahead = Session(model: m, capacity: 128, threads: 2)
+            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
+            XCTAssertEqual(ahead.tokens, [])
+            XCTAssertEqual(ahead.cache.count, 0)
+            try ahead.evaluate(Array(prompt.prefix(4)))
+            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
+            XCTAssertEqual(ahead.tokens, Array(prompt.prefix(4)))
+            XCTAssertEqual(ahead.cache.count, 4)
         }
     }
 }

@@ -25,7 +25,9 @@ final class SliderTests: XCTestCase {
         XCTAssertEqual(s.stepped(percentSteps: 1), 0.85, accuracy: 1e-9)
         XCTAssertEqual(s.stepped(percentSteps: -1), 0.8, accuracy: 1e-9)
         s.budget = 0.05
-        XCTAssertEqual(s.stepped(percentSteps: -3), SliderState.minimum)
+        XCTAssertEqual(s.stepped(percentSteps: -3), Budget.minimum, "the engine's smallest budget, not 0")
+        s.budget = Budget.minimum
+        XCTAssertEqual(s.stepped(percentSteps: 1), 0.05, accuracy: 1e-9)
         s.budget = 1 / 28
         XCTAssertEqual(s.k, 1)
         XCTAssertEqual(s.stepped(layers: -1), 1 / 28, "at least one routable layer")
@@ -96,12 +98,13 @@ final class RoutingPanelTests: XCTestCase {
         for i in 4..<6 { p.record(step(i, budget: 0.5)) }
         XCTAssertEqual(p.columns.map(RoutingPanelState.executedRoutable), [28, 28, 28, 28, 14, 14])
         XCTAssertEqual(p.columns.map(\.budgetChanged), [false, false, false, false, true, false])
-        XCTAssertEqual(p.usage[0], 6)
-        XCTAssertEqual(p.usage[20], 4)
+        XCTAssertEqual(p.usage.counts[0], 6)
+        XCTAssertEqual(p.usage.counts[20], 4)
         XCTAssertEqual(p.replySteps, 6)
         p.startReply()
         XCTAssertTrue(p.columns.last!.isGap)
-        XCTAssertEqual(p.usage.reduce(0, +), 0)
+        XCTAssertEqual(p.usage.counts.reduce(0, +), 0)
+        XCTAssertEqual(p.replySteps, 0)
         p.record(step(0, budget: 0.5, scores: true))
         XCTAssertEqual(p.columns.last?.heat?[1], 0)
         XCTAssertEqual(p.columns.last?.heat?[28], Role.heatLevels - 1)

@@ -80,12 +80,7 @@ public final class Session: @unchecked Sendable {
     /// decoded one at a time (teacher forcing), still as one batch; the selector must then
     /// be a `RowwiseLayerSelector`.
     public func evaluate(_ prompt: [Int32], decideEveryToken: Bool = false) throws {
-        guard !prompt.isEmpty else { throw SessionError.emptyPrompt }
-        guard prompt.count <= capacity else { throw SessionError.contextFull(needed: prompt.count, capacity: capacity) }
-        var common = 0
-        while common < min(tokens.count, prompt.count) && tokens[common] == prompt[common] { common += 1 }
-        // Always re-evaluate at least the last token so its logits are fresh.
-        if common == prompt.count { common -= 1 }
+        let common = try reusablePrefix(prompt)
         cache.truncate(to: common)
         tokens.removeLast(tokens.count - common)   // keeps the reserved capacity
         var start = common
@@ -103,6 +98,39 @@ public final class Session: @unchecked Sendable {
             lastCount = n
         }
         t.batchLogits(row: lastCount - 1, batch, decode)
+    }
+
+    /// How many leading tokens of `prompt` the cache already holds and `evaluate` keeps.
+    private func reusablePrefix(_ prompt: [Int32]) throws -> Int {
+        guard !prompt.isEmpty else { throw SessionError.emptyPrompt }
+        guard prompt.count <= capacity else { throw SessionError.contextFull(needed: prompt.count, capacity: capacity) }
+        var common = 0
+        while common < min(tokens.count, prompt.count) && tokens[common] == prompt[common] { common += 1 }
+        // Always re-evaluate at least the last token so its logits are fresh.
+        if common == prompt.count { common -= 1 }
+        return common
+    }
+
+    /// Runs only layer 0, which every router runs, over the part of `prompt` that `evaluate`
+    /// would compute, in the same chunks, calling `visit(chunkStart, count)` after each chunk
+    /// with its layer-0 output in `batch` and its K/V in `cache`. This lets a caller decide
+    /// something about a prompt (the chat's automatic budget) before evaluating it, at the
+    /// cost of one layer. Afterwards the session holds only the prefix `evaluate` keeps, so
+    /// cache and tokens agree and `evaluate` recomputes the rest in full.
+    public func runFirstLayer(over prompt: [Int32], visit: (_ chunkStart: Int, _ count: Int) -> Void) throws {
+        let common = try reusablePrefix(prompt)
+        cache.truncate(to: common)
+        tokens = Array(prompt[..<common])
+        let t = model.transformer
+        var start = common
+        while start < prompt.count {
+            let n = min(batch.maxTokens, prompt.count - start)
+            t.prefillEmbed(prompt[start..<start + n], start: start, batch, cache)
+            t.prefillLayers(0..<1, n: n, start: start, batch, cache)
+            visit(start, n)
+            start += n
+        }
+        cache.truncate(to: common)
     }
 
     /// Feed one token at the next position; returns its logits (decode.logits).
