@@ -85,7 +85,7 @@ public enum BenchRun {
                 var layerSum = 0
                 for _ in 0..<genTokens - 1 {
                     try session.step(tok)
-                    layerSum += session.lastLayers.count
+                    layerSum += Session.count(session.lastMask)
                     tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
                 }
                 let t2 = monotonicSeconds()

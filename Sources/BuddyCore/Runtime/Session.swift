@@ -120,13 +120,12 @@ public final class Session: @unchecked Sendable {
     public func runFirstLayer(over prompt: [Int32], visit: (_ chunkStart: Int, _ count: Int) -> Void) throws {
         let common = try reusablePrefix(prompt)
         cache.truncate(to: common)
-        tokens = Array(prompt[..<common])
+        tokens.removeLast(tokens.count - common)   // keeps the reserved capacity
         let t = model.transformer
         var start = common
         while start < prompt.count {
             let n = min(batch.maxTokens, prompt.count - start)
-            t.prefillEmbed(prompt[start..<start + n], start: start, batch, cache)
-            t.prefillLayers(0..<1, n: n, start: start, batch, cache)
+            t.routedForward(prompt[start..<start + n], start: start, batch, cache, endLayer: 1)
             visit(start, n)
             start += n
         }
