@@ -174,8 +174,7 @@ public final class FeatureProbe: LayerSelector {
         if chunkStart < pooled.count { pooled.reset() }
         pooled.update(cache: cache, through: chunkStart + count)
         features.withUnsafeMutableBufferPointer { f in
-            pooled.writeMeans(into: f.baseAddress!)
-            (f.baseAddress! + 2 * pooled.kvDim).update(from: batch.x + (count - 1) * dim, count: dim)
+            RoutingInput.write(pooled: pooled, hiddenState: batch.x + (count - 1) * dim, dim: dim, into: f.baseAddress!)
         }
         return [Bool](repeating: true, count: cache.layers)
     }

@@ -119,7 +119,7 @@ public final class Calibrator {
                     for p in 0..<n { cache.setPresent(l, p, true) }
                     t.batchLogitsAll(n: n, batch, logits)
                     var s = 0.0
-                    for j in 0..<n - 1 { s += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(ids[j + 1])) }
+                    for j in 0..<n - 1 { s += LogProbabilities.negativeLogProb(logits + j * vocab, count: vocab, target: Int(ids[j + 1])) }
                     nll[l]! += s
                 }
                 count += n - 1

@@ -23,22 +23,11 @@ public enum ContextGateTraining {
     public static func pooledInputs(model: LanguageModel, tokens: [Int32], positions: some Sequence<Int>, withHiddenState: Bool = false,
                                     scratch: PerplexityEvaluator) -> [[Float]] {
         let t = model.transformer, b = scratch.batch, cache = scratch.cache
-        let n = tokens.count, kvDim = model.config.kvDim, dim = model.config.dim
+        let n = tokens.count
         precondition(n <= b.maxTokens && n <= cache.capacity, "sequence longer than the scratch batch")
         cache.truncate(to: 0)
         t.routedForward(tokens[...], start: 0, b, cache, endLayer: 1)
-        var pooled = PooledContext(kvDim: kvDim)
-        var out: [[Float]] = []
-        var row = [Float](repeating: 0, count: 2 * kvDim + (withHiddenState ? dim : 0))
-        for pos in positions {
-            pooled.update(cache: cache, through: pos + 1)
-            row.withUnsafeMutableBufferPointer { r in
-                pooled.writeMeans(into: r.baseAddress!)
-                if withHiddenState { (r.baseAddress! + 2 * kvDim).update(from: b.x + pos * dim, count: dim) }
-            }
-            out.append(row)
-        }
-        return out
+        return RoutingInput.rows(cache: cache, batch: b, positions: positions, withHiddenState: withHiddenState, dim: model.config.dim)
     }
 
     public struct GateFit: Sendable {

@@ -176,8 +176,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     /// `context` is [inputDim] without the budget part filled in; the budget is written here.
     public func score(hiddenState: UnsafePointer<Float>, budget: Double) -> [Float] {
         input.withUnsafeMutableBufferPointer { inp in
-            pooled.writeMeans(into: inp.baseAddress!)
-            (inp.baseAddress! + 2 * kvDim).update(from: hiddenState, count: dim)
+            RoutingInput.write(pooled: pooled, hiddenState: hiddenState, dim: dim, into: inp.baseAddress!)
             BudgetEncoding.write(budget, into: inp.baseAddress! + 2 * kvDim + dim)
         }
         return forward(input, kept: LayerBudget.routableCount(budget: budget, layers: layers))

@@ -70,15 +70,7 @@ public final class LayerSetSearch {
             run(s, from: 0, runs: all)
             var negEntropy: [Double] = []
             for (r, _) in s.scored.enumerated() {
-                let row = logits + r * vocab, p = probs + r * vocab
-                let lse = ChatEvaluator.logSumExp(row, count: vocab)
-                var h = 0.0
-                for i in 0..<vocab {
-                    let lp = Double(row[i]) - lse, q = exp(lp)
-                    p[i] = Float(q)
-                    h += q * lp
-                }
-                negEntropy.append(h)
+                negEntropy.append(LogProbabilities.probabilities(logits + r * vocab, into: probs + r * vocab, count: vocab))
             }
             fullProbs.append(probs)
             fullNegEntropy.append(negEntropy)
@@ -112,13 +104,8 @@ public final class LayerSetSearch {
             let out = out.baseAddress!
             pool.parallelFor(tasks) { task in
                 for r in stride(from: task, to: rows, by: tasks) {
-                    let row = self.logits + r * vocab, p = self.fullProbs[i] + r * vocab
-                    var m = -Float.infinity
-                    for j in 0..<vocab where row[j] > m { m = row[j] }
-                    var z = 0.0, cross = 0.0
-                    for j in 0..<vocab { z += Double(expf(row[j] - m)); cross += Double(p[j] * row[j]) }
-                    // KL = Σ p log p − Σ p log q, and log q = logit − logsumexp.
-                    out[r] = self.fullNegEntropy[i][r] - (cross - Double(m) - log(z))
+                    out[r] = LogProbabilities.divergence(referenceProbabilities: self.fullProbs[i] + r * vocab, negativeEntropy: self.fullNegEntropy[i][r],
+                                                         logits: self.logits + r * vocab, count: vocab)
                 }
             }
         }

@@ -51,6 +51,35 @@ public struct PooledContext: Sendable {
     }
 }
 
+/// The Decision Module's context input, built in this one place for deciding, training and
+/// the Budget Predictor alike: [mean K0, mean V0 (2·kvDim), h0 (dim)], i.e. the first layer's
+/// cache mean-pooled over the context so far and the newest token's hidden state after the
+/// first layer. The budget features, when a model wants them, follow (`BudgetEncoding`).
+public enum RoutingInput {
+    /// Writes the input for one position into out[0 ..< 2·kvDim (+ dim with a hidden state)].
+    @inline(__always)
+    public static func write(pooled: PooledContext, hiddenState: UnsafePointer<Float>?, dim: Int, into out: UnsafeMutablePointer<Float>) {
+        pooled.writeMeans(into: out)
+        if let hiddenState { (out + 2 * pooled.kvDim).update(from: hiddenState, count: dim) }
+    }
+
+    /// The inputs at `positions` (ascending) of a sequence whose layer 0 has just run as one
+    /// batch from position 0 (row p of b.x is h0 at p, the cache holds K0/V0), each as a
+    /// decode step at that position would see it. Without `withHiddenState` only the pooled
+    /// part ([2·kvDim]).
+    public static func rows(cache: KVCache, batch b: BatchState, positions: some Sequence<Int>, withHiddenState: Bool, dim: Int) -> [[Float]] {
+        var pooled = PooledContext(kvDim: cache.kvDim)
+        var row = [Float](repeating: 0, count: 2 * cache.kvDim + (withHiddenState ? dim : 0))
+        var out: [[Float]] = []
+        for pos in positions {
+            pooled.update(cache: cache, through: pos + 1)
+            row.withUnsafeMutableBufferPointer { write(pooled: pooled, hiddenState: withHiddenState ? b.x + pos * dim : nil, dim: dim, into: $0.baseAddress!) }
+            out.append(row)
+        }
+        return out
+    }
+}
+
 /// Features that encode the budget for the Decision Module.
 public enum BudgetEncoding {
     public static let count = 4

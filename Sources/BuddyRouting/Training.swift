@@ -43,41 +43,26 @@ public final class RouterTrainer {
     }
     deinit { fullLogProbs.deallocate(); logits.deallocate() }
 
-    static func logSoftmax(_ x: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>, count n: Int) {
-        var m = -Float.infinity
-        for i in 0..<n where x[i] > m { m = x[i] }
-        var s = 0.0
-        for i in 0..<n { s += exp(Double(x[i] - m)) }
-        let lse = m + Float(log(s))
-        for i in 0..<n { out[i] = x[i] - lse }
-    }
 
     /// Measures one chunk; positions from `firstScored` on become examples.
     public func collect(chunk: ArraySlice<Int32>, firstScored: Int, into ex: inout RoutingExamples) {
         let c = model.config, t = model.transformer
-        let n = chunk.count, vocab = c.vocabSize, dim = c.dim, kvd = c.kvDim, L = c.layers
+        let n = chunk.count, vocab = c.vocabSize, dim = c.dim, L = c.layers
         precondition(n == chunkSize)
         let b = scorer.batch, cache = scorer.cache
         // Full depth, keeping the hidden states after layer 0 for the routing context.
         cache.truncate(to: 0)
-        var h0: [Float] = []
+        var inputs: [[Float]] = []
         t.routedForward(chunk, start: 0, b, cache) { l in
-            if l == 1 { h0 = Array(UnsafeBufferPointer(start: b.x, count: n * dim)) }
+            // Before layer 1: b.x holds h0 and the cache layer 0's K/V, as a decode step sees them.
+            if l == 1 { inputs = RoutingInput.rows(cache: cache, batch: b, positions: firstScored..<n, withHiddenState: true, dim: dim) }
         }
         t.batchLogitsAll(n: n, b, logits)
-        for j in firstScored..<n { RouterTrainer.logSoftmax(logits + j * vocab, fullLogProbs + j * vocab, count: vocab) }
-        // Routing inputs: pooled layer-0 K/V over 0...j, and h0 at j.
-        var pooled = PooledContext(kvDim: kvd)
-        var means = [Float](repeating: 0, count: 2 * kvd)
+        for j in firstScored..<n { LogProbabilities.logSoftmax(logits + j * vocab, into: fullLogProbs + j * vocab, count: vocab) }
         var first = ex.count
-        for j in firstScored..<n {
-            pooled.update(cache: cache, through: j + 1)
-            means.withUnsafeMutableBufferPointer { pooled.writeMeans(into: $0.baseAddress!) }
-            ex.inputs.append(means + h0[(j * dim)..<((j + 1) * dim)])
-            ex.targets.append([Float](repeating: 0, count: L - 2))
-        }
+        ex.inputs += inputs
+        ex.targets += [[Float]](repeating: [Float](repeating: 0, count: L - 2), count: inputs.count)
         // One pass per routable layer with only that layer skipped.
-        var lp = [Float](repeating: 0, count: vocab)
         for l in 1..<L - 1 {
             cache.truncate(to: 0)
             var mask = t.fullDepthMask
@@ -85,10 +70,7 @@ public final class RouterTrainer {
             t.routedForward(chunk, start: 0, b, cache, routing: .fixed(mask), policy: .mask)
             t.batchLogitsAll(n: n, b, logits)
             for j in firstScored..<n {
-                lp.withUnsafeMutableBufferPointer { RouterTrainer.logSoftmax(logits + j * vocab, $0.baseAddress!, count: vocab) }
-                var kl = 0.0
-                let f = fullLogProbs + j * vocab
-                for i in 0..<vocab { kl += Double(exp(f[i])) * Double(f[i] - lp[i]) }
+                let kl = LogProbabilities.divergence(referenceLogProbs: fullLogProbs + j * vocab, logits: logits + j * vocab, count: vocab)
                 ex.targets[first + j - firstScored][l - 1] = Float(log(max(kl, 0) + 1e-4))
             }
         }

@@ -46,7 +46,7 @@ final class HellaSwagTests: XCTestCase {
             m.transformer.batchLogitsAll(n: all.count, batch, logits)
             var sum = 0.0
             for j in 0..<ids.count {
-                sum -= PerplexityEvaluator.negativeLogProb(logits + (ctx.count - 1 + j) * vocab, count: vocab, target: Int(ids[j]))
+                sum -= LogProbabilities.negativeLogProb(logits + (ctx.count - 1 + j) * vocab, count: vocab, target: Int(ids[j]))
             }
             XCTAssertEqual(scores[e], sum / Double(ids.count), accuracy: 1e-4, "ending \(e)")
         }

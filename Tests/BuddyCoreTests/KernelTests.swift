@@ -228,7 +228,7 @@ final class KernelTests: XCTestCase {
                 try bothPaths { path in
                     bits.withUnsafeBytes { raw in
                         let m = QuantMatrix(name: "w", type: type, rows: rows, cols: cols, data: raw.baseAddress!)
-                        var a = Q8Activations(capacity: 576)
+                        let a = Q8Activations(capacity: 576)
                         defer { a.deallocate() }
                         let mv = MatVec(pool: ThreadPool.shared(threads: 1), maxCols: cols)
                         var y = [Float](repeating: .nan, count: rows), scratch = [Float](repeating: 0, count: cols)

@@ -112,7 +112,7 @@ public final class ChatEvaluator {
             var best = 0
             for i in 1..<vocab where logits[i] > logits[best] { best = i }
             if session.model.stopTokens.contains(Int32(best)) { break }
-            let lse = ChatEvaluator.logSumExp(logits, count: vocab)
+            let lse = LogProbabilities.logSumExp(logits, count: vocab)
             for i in 0..<vocab { rows.append(Float(Double(logits[i]) - lse)) }
             reply.append(Int32(best))
             argmax.append(Int32(best))
@@ -152,15 +152,9 @@ public final class ChatEvaluator {
     /// KL(reference row t ‖ logits) and top-1 agreement for one reply position.
     private func add(_ logits: UnsafePointer<Float>, t: Int, _ ref: ChatReference, _ d: inout ChatDivergence) {
         let vocab = session.model.config.vocabSize
-        let lse = ChatEvaluator.logSumExp(logits, count: vocab)
-        var kl = 0.0, best = 0
-        ref.logProbs.withUnsafeBufferPointer { rows in
-            let row = rows.baseAddress! + t * vocab
-            for i in 0..<vocab {
-                let lp = Double(row[i])
-                // Terms with p < e^-30 add nothing measurable; skip their exp.
-                if lp > -30 { kl += exp(lp) * (lp - (Double(logits[i]) - lse)) }
-            }
+        var best = 0
+        let kl = ref.logProbs.withUnsafeBufferPointer {
+            LogProbabilities.divergence(referenceLogProbs: $0.baseAddress! + t * vocab, logits: logits, count: vocab)
         }
         for i in 1..<vocab where logits[i] > logits[best] { best = i }
         d.klSum += max(0, kl)
@@ -168,11 +162,4 @@ public final class ChatEvaluator {
         d.tokens += 1
     }
 
-    public static func logSumExp(_ x: UnsafePointer<Float>, count: Int) -> Double {
-        var m = -Float.infinity
-        for i in 0..<count where x[i] > m { m = x[i] }
-        var s = 0.0
-        for i in 0..<count { s += exp(Double(x[i] - m)) }
-        return Double(m) + log(s)
-    }
 }

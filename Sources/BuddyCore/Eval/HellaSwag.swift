@@ -63,17 +63,17 @@ public final class HellaSwagEvaluator {
             let ids = tok.encode(" " + ending, parseSpecial: false)
             guard !ids.isEmpty else { scores.append(-.infinity); continue }
             try session.evaluate(ctx)
-            var sum = -PerplexityEvaluator.negativeLogProb(session.decode.logits, count: vocab, target: Int(ids[0]))
+            var sum = -LogProbabilities.negativeLogProb(session.decode.logits, count: vocab, target: Int(ids[0]))
             if batched && ids.count > 1 && ids.count - 1 <= session.batch.maxTokens {
                 // The cache holds ctx, so exactly the ending's first m-1 tokens run as one chunk.
                 let m = ids.count - 1
                 try session.evaluate(ctx + ids[0..<m], decideEveryToken: session.selector is RowwiseLayerSelector)
                 session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
-                for i in 0..<m { sum -= PerplexityEvaluator.negativeLogProb(rows + i * vocab, count: vocab, target: Int(ids[i + 1])) }
+                for i in 0..<m { sum -= LogProbabilities.negativeLogProb(rows + i * vocab, count: vocab, target: Int(ids[i + 1])) }
             } else {
                 for i in 1..<ids.count {
                     try session.step(ids[i - 1])
-                    sum -= PerplexityEvaluator.negativeLogProb(session.decode.logits, count: vocab, target: Int(ids[i]))
+                    sum -= LogProbabilities.negativeLogProb(session.decode.logits, count: vocab, target: Int(ids[i]))
                 }
             }
             scores.append(sum / Double(ids.count))

@@ -62,19 +62,11 @@ public final class PerplexityEvaluator {
         var nll = 0.0
         let first = firstScored ?? n / 2
         for j in first..<(n - 1) {
-            nll += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[j + 1]))
+            nll += LogProbabilities.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[j + 1]))
         }
         return (nll, n - 1 - first)
     }
 
-    /// -log softmax(logits)[target], computed in double precision.
-    public static func negativeLogProb(_ logits: UnsafePointer<Float>, count: Int, target: Int) -> Double {
-        var m = -Float.infinity
-        for i in 0..<count where logits[i] > m { m = logits[i] }
-        var sum = 0.0
-        for i in 0..<count { sum += exp(Double(logits[i] - m)) }
-        return log(sum) - Double(logits[target] - m)
-    }
 
     /// Scores one chunk with a per-token router, as generation would use it: the unscored
     /// first half is a prompt (one decision, one batch), then every scored position is a
@@ -97,13 +89,13 @@ public final class PerplexityEvaluator {
             t.routedForward(chunk[first..<(n - 1)], start: first, batch, cache, routing: .perRow(rowwise), policy: policy)
             t.batchLogitsAll(n: m, batch, logits)
             for j in 0..<m {
-                nll += PerplexityEvaluator.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[first + j + 1]))
+                nll += LogProbabilities.negativeLogProb(logits + j * vocab, count: vocab, target: Int(chunk[first + j + 1]))
             }
             return (nll, m)
         }
         for pos in first..<(n - 1) {
             t.routedForward(token: chunk[pos], pos: pos, decode, cache, routing: .perChunk(selector), policy: policy)
-            nll += PerplexityEvaluator.negativeLogProb(decode.logits, count: vocab, target: Int(chunk[pos + 1]))
+            nll += LogProbabilities.negativeLogProb(decode.logits, count: vocab, target: Int(chunk[pos + 1]))
         }
         return (nll, n - 1 - first)
     }
