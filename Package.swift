@@ -51,10 +51,13 @@ let package = Package(
         .target(name: "CAllocationCounter"),
         // Seeded mutation fuzzing shared by the test targets (not shipped).
         .target(name: "BuddyFuzzSupport", dependencies: ["BuddyCore"]),
+        // Paths, the default-model rule and its one cached loader, fixtures and seeded helpers,
+        // shared by every test target (not shipped).
+        .target(name: "BuddyTestSupport", dependencies: ["BuddyCore"], path: "Tests/BuddyTestSupport"),
 
-        .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels", "BuddyFuzzSupport"], swiftSettings: computeFlags),
-        .testTarget(name: "BuddyEngineTests", dependencies: ["BuddyEngine", "BuddyCore", "BuddyRouting"]),
-        .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore", "BuddyFuzzSupport"]),
-        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport", "BuddyTraining", "BuddyEvaluation", "CAllocationCounter"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyCoreTests", dependencies: ["BuddyCore", "CKernels", "BuddyFuzzSupport", "BuddyTestSupport"], swiftSettings: computeFlags),
+        .testTarget(name: "BuddyEngineTests", dependencies: ["BuddyEngine", "BuddyCore", "BuddyRouting", "BuddyTestSupport"]),
+        .testTarget(name: "BuddyTUITests", dependencies: ["BuddyTUI", "BuddyEngine", "BuddyCore", "BuddyFuzzSupport", "BuddyTestSupport"]),
+        .testTarget(name: "BuddyRoutingTests", dependencies: ["BuddyRouting", "BuddyCore", "BuddyFuzzSupport", "BuddyTraining", "BuddyEvaluation", "CAllocationCounter", "BuddyTestSupport"], swiftSettings: computeFlags),
     ]
 )

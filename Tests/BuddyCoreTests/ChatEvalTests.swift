@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyTestSupport
 import XCTest
 
 final class ChatEvalTests: XCTestCase {

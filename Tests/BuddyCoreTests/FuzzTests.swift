@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyFuzzSupport
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -136,7 +137,7 @@ final class FuzzTests: XCTestCase {
     /// The exception is a byte the vocabulary has no token for: it is dropped (as llama.cpp
     /// does), so the expected text is the input's UTF-8 with those bytes removed.
     func testTokenizerRoundTripsArbitraryText() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let budget = FuzzBudget(defaultIterations: 400)
         var rng = SeededRNG(seed: budget.seed &+ 1)
         let pieces = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", " ", "\n", "\t", "  ", "'s", "123", "a", "é", "\u{301}", "😀", "\u{200D}", "\r\n", "\u{0}"]

@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyTestSupport
 import XCTest
 
 final class HellaSwagTests: XCTestCase {
@@ -15,10 +16,7 @@ final class HellaSwagTests: XCTestCase {
     /// batched pass over context + ending.
     func testEndingScoresEqualBatchedLogProbabilities() throws {
         let m = try TestSupport.model()
-        let url = TestSupport.sharedData.appendingPathComponent("hellaswag_dev.txt")
-        guard let text = try? String(contentsOf: url, encoding: .utf8) else {
-            throw XCTSkipFailure("this test needs \(url.path) (../shared/data)")
-        }
+        let text = try TestSupport.sharedText("hellaswag_dev.txt")
         let task = try HellaSwagTask.parse(text)[0]
         let session = Session(model: m, capacity: 256, threads: 2, batchSize: 64)
         let (best, scores) = try HellaSwagEvaluator(session: session).score(task)

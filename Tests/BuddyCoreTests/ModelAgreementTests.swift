@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -24,7 +25,7 @@ final class ModelAgreementTests: XCTestCase {
     }
 
     func testTokenizationMatchesLlamaCpp() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let j = try TestSupport.fixture("tokenizer.json")
         let cases = j["cases"] as! [[String: Any]]
         XCTAssertGreaterThanOrEqual(cases.count, 40)
@@ -101,7 +102,7 @@ final class ModelAgreementTests: XCTestCase {
     /// Our batched prompt path and our token-by-token path on the same text.
     func testBatchedAndTokenByTokenPathsAgree() throws {
         let m = try TestSupport.model()
-        let text = try String(contentsOf: TestSupport.sharedData.appendingPathComponent("wikitext2_valid.txt"), encoding: .utf8)
+        let text = try TestSupport.sharedText("wikitext2_valid.txt")
         let ids = Array(m.tokenizer.encode(String(text.prefix(40_000)), parseSpecial: false).dropFirst(1000).prefix(400))
         let n = ids.count
         let vocab = m.config.vocabSize
@@ -165,10 +166,7 @@ final class ModelAgreementTests: XCTestCase {
         let m = try TestSupport.model()
         let j = try TestSupport.fixture("perplexity.json")
         let want = j["ppl_4"] as! Double
-        let url = TestSupport.sharedData.appendingPathComponent("wikitext2_valid.txt")
-        guard var text = try? String(contentsOf: url, encoding: .utf8) else {
-            throw XCTSkipFailure("this test needs WikiText-2 at \(url.path) (../shared/data)")
-        }
+        var text = try TestSupport.sharedText("wikitext2_valid.txt")
         if text.hasSuffix("\n") { text.removeLast() }
         let ev = PerplexityEvaluator(model: m, contextSize: 512, threads: 2)
         let tokens = ev.tokenize(text)

@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyFuzzSupport
+import BuddyTestSupport
 import Foundation
 import XCTest
 

@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -10,7 +11,7 @@ final class TokenizerTests: XCTestCase {
     /// `Llama(model_path=..., vocab_only=True).tokenize(text.encode(), add_bos=False, special=S)`)
     /// on SmolLM2-135M-Instruct.Q4_1.gguf.
     func testIDsMatchLlamaCpp() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let cases: [(String, [Int32])] = [
             ("Hello, world!", [19556, 28, 905, 17]),
             // digits are split one by one; the space before them stays alone
@@ -37,7 +38,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     func testSpecialTokenParsing() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let text = "<|im_start|>user\nHi there<|im_end|>\n"
         // From llama.cpp (special=true / special=false).
         XCTAssertEqual(tok.encode(text, parseSpecial: true), [1, 4093, 198, 26843, 665, 2, 198])
@@ -80,7 +81,7 @@ final class TokenizerTests: XCTestCase {
     // MARK: - Round trips
 
     func testRoundTrips() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         var strings = [
             "Hello, world!", "The quick brown fox jumps over the lazy dog.",
             "日本語のテキスト", "中文测试，你好！", "한국어 텍스트", "Ελληνικά", "Русский текст", "עברית", "العربية", "हिन्दी",
@@ -113,7 +114,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     func testLongTextRoundTrips() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let paragraph = "The quick brown fox jumps over the lazy dog; it's 12:45 and 3.14 > 2.71! "
             + "日本語 👍🏽 café — \"quoted\" text, code: for (i = 0; i < n; i++) { sum += a[i]; }\n"
         let text = String(repeating: paragraph, count: 40)  // ~6 KB
@@ -124,7 +125,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     func testRebuildingFromModelVocabularyAgrees() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let gguf = try GGUFFile(path: TestSupport.modelPath)
         let tokens = try gguf.stringArray("tokenizer.ggml.tokens")
         let merges = try gguf.stringArray("tokenizer.ggml.merges")
@@ -138,7 +139,7 @@ final class TokenizerTests: XCTestCase {
     // MARK: - Streaming detokenizer
 
     func testStreamingNeverEmitsPartialUTF8() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         let text = "Hi 👨‍👩‍👧‍👦 and 👍🏽! 日本語 café"
         let ids = tok.encode(text, parseSpecial: false)
         var det = StreamingDetokenizer(tokenizer: tok)
@@ -161,7 +162,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     func testStreamingMatchesDecodeForArbitraryTokens() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         var rng = SplitMix64(seed: 7)
         for round in 0..<200 {
             let includeSpecial = round % 2 == 0
@@ -175,7 +176,7 @@ final class TokenizerTests: XCTestCase {
     }
 
     func testStreamingFlushReplacesIncompleteSequence() throws {
-        let tok = try loadDefaultTokenizer()
+        let tok = try TestSupport.tokenizer()
         // The first token of "👍" is a prefix of its 4-byte sequence.
         let ids = tok.encode("👍", parseSpecial: false)
         XCTAssertGreaterThan(ids.count, 1)

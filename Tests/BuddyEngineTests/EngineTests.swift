@@ -1,29 +1,9 @@
 import BuddyCore
 import BuddyEngine
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
-
-/// The default model, loaded once. A missing model fails the test (never skips).
-enum EngineTestModel {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    nonisolated(unsafe) private static var cached: LanguageModel?
-    private static let lock = NSLock()
-
-    static func load() throws -> LanguageModel {
-        lock.lock(); defer { lock.unlock() }
-        if let m = cached { return m }
-        var path = root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
-        if let env = ProcessInfo.processInfo.environment["BUDDY_MODEL"], !env.isEmpty { path = env }
-        guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("the default model is missing at \(path): run scripts/fetch-model.sh (or set BUDDY_MODEL)")
-            throw CocoaError(.fileNoSuchFile)
-        }
-        let m = try LanguageModel(path: path)
-        cached = m
-        return m
-    }
-}
 
 /// Collects events; lets a test react to them on the engine queue.
 final class Recorder: @unchecked Sendable {
@@ -68,7 +48,7 @@ final class EngineTests: XCTestCase {
         o.maxTokens = maxTokens
         o.context = 512
         o.sampling = .greedy
-        let e = try ChatEngine(model: try EngineTestModel.load(), options: o, sink: { rec.post($0) })
+        let e = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
         rec.engine = e
         return e
     }
@@ -309,7 +289,7 @@ final class EngineTests: XCTestCase {
         o.predictorPath = "/nonexistent/predictor.json"
         o.router = "sleb"
         let rec2 = Recorder()
-        let e2 = try ChatEngine(model: try EngineTestModel.load(), options: o, sink: { rec2.post($0) })
+        let e2 = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec2.post($0) })
         e2.send(.setAuto(true))
         e2.drain()
         XCTAssertTrue(rec2.notices.contains { $0.contains("no budget predictor") }, "\(rec2.notices)")
@@ -322,7 +302,7 @@ final class EngineTests: XCTestCase {
         o.router = "even"
         o.context = 64
         o.maxTokens = 8
-        let engine = try ChatEngine(model: try EngineTestModel.load(), options: o, sink: { rec.post($0) })
+        let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
         engine.send(.send(String(repeating: "word ", count: 200)))
         engine.drain()
         XCTAssertEqual(rec.errors.count, 1)

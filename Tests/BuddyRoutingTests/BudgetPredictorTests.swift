@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -47,7 +48,7 @@ final class BudgetPredictorTests: XCTestCase {
     /// Files round-trip, are tied to their model, and bad ones are refused with a reason.
     /// `--budget auto` then routes a real prompt under the predicted budget.
     func testPredictorFileAndAutoBudgetOnTheModel() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let d = 2 * m.config.kvDim + m.config.dim
         var rng = SeededRNG(seed: 3)
         let feats = (0..<6).map { _ in (0..<d).map { _ in rng.nextUnitFloat() } }

@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -52,7 +53,7 @@ final class ContextGateTests: XCTestCase {
     /// (to the batch path's rounding) the scores of decoding it token by token, under every KV
     /// policy, although the set changes from row to row.
     func testRowwiseBatchMatchesTokenByTokenRouting() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let text = "The committee met on Tuesday to discuss the budget. Several members argued that the new proposal would cut services, while others said the savings were needed. After three hours the vote was postponed to the next week, and the chair thanked everyone for coming."
         var ids = m.tokenizer.encode(text, parseSpecial: false)
         while ids.count < 96 { ids += ids }
@@ -90,7 +91,7 @@ final class ContextGateTests: XCTestCase {
     /// The gate picks its table by the pooled context; round trip in format 3; a bad gate is
     /// refused naming the field; a gated module is never taken for a fixed set.
     func testGatePicksTablesAndRoundTrips() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
         let ranking = StaticRanking.random(layers: L, seed: 2)
         let base = try DecisionModule(prior: ranking, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 1)

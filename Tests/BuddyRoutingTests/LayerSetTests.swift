@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -10,7 +11,7 @@ final class LayerSetTests: XCTestCase {
     /// its first step is the exhaustive best single removal, every set it reports has the size
     /// and KL it claims, and a resumed search ends where an uninterrupted one does.
     func testSearchIsExactWhereItCanBeCheckedAndResumes() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
         let ids = m.tokenizer.encode("The river flows through the old town, past the mill and the church, and on to the sea where the ships wait for the tide.", parseSpecial: false)
         let seqs = [SearchSequence(tokens: Array(ids.prefix(20)), scored: 4..<19), SearchSequence(tokens: Array(ids.suffix(14)), scored: 2..<13)]
@@ -46,7 +47,7 @@ final class LayerSetTests: XCTestCase {
 
     /// A search over one short sentence of the default model, for the swap tests.
     private func swapFixture() throws -> (search: LayerSetSearch, routable: Int) {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let ids = m.tokenizer.encode("The bell rang twice before the doors opened and the crowd moved in from the rain.", parseSpecial: false)
         return (LayerSetSearch(model: m, sequences: [SearchSequence(tokens: ids, scored: 3..<(ids.count - 1))], threads: 2), m.config.layers - 2)
     }
@@ -106,7 +107,7 @@ final class LayerSetTests: XCTestCase {
 
     /// Replacing one row of a table changes the set the module runs at that k and table only.
     func testReplacingSetChangesOneRowOfOneTable() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
         let base = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 3), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 1)
         var w = base.weights
@@ -133,7 +134,7 @@ final class LayerSetTests: XCTestCase {
     /// sets need not be nested), falls back to its ranking elsewhere, and round-trips through a
     /// version-2 router file; a version-1 file without the table still loads.
     func testPerBudgetSetsDriveTheModuleAndRoundTrip() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
         let ranking = StaticRanking.random(layers: L, seed: 5)
         let base = try DecisionModule(prior: ranking, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 1)

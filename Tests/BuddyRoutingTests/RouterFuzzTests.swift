@@ -1,6 +1,7 @@
 import BuddyCore
 import BuddyFuzzSupport
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -8,7 +9,7 @@ import XCTest
 /// decisions) or are refused with a RoutingError; nothing crashes.
 final class RouterFuzzTests: XCTestCase {
     func testMutatedRouterFilesAreRefusedOrLoadCleanly() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, d = 2 * m.config.kvDim + m.config.dim
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-rfuzz-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)

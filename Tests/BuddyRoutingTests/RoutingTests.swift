@@ -1,26 +1,10 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
 final class RoutingTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    nonisolated(unsafe) static var cached: LanguageModel?
-
-    func model() throws -> LanguageModel { try RoutingTests.sharedModel() }
-
-    static func sharedModel() throws -> LanguageModel {
-        if let m = RoutingTests.cached { return m }
-        let path = ProcessInfo.processInfo.environment["BUDDY_MODEL"] ?? RoutingTests.root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
-        guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("the default model is missing at \(path): run scripts/fetch-model.sh")
-            throw CocoaError(.fileNoSuchFile)
-        }
-        let m = try LanguageModel(path: path)
-        RoutingTests.cached = m
-        return m
-    }
-
     let budgets = stride(from: 1, through: 20, by: 1).map { Double($0) * 0.05 }
 
     func testBudgetArithmetic() {
@@ -47,7 +31,7 @@ final class RoutingTests: XCTestCase {
     /// Exactly k routable layers (plus first and last) run for every token, for every router,
     /// policy and budget 0.05 ... 1.0.
     func testExactlyKLayersRunForEveryToken() throws {
-        let m = try model()
+        let m = try TestSupport.model()
         let L = m.config.layers
         let session = Session(model: m, capacity: 64, threads: 2, batchSize: 8)
         let prompt = m.tokenizer.encode("The cat sat on the mat and looked at", parseSpecial: false)
@@ -78,7 +62,7 @@ final class RoutingTests: XCTestCase {
 
     /// Budget 1.0 reproduces the full model bit for bit, through any router.
     func testBudgetOneIsTheFullModelBitForBit() throws {
-        let m = try model()
+        let m = try TestSupport.model()
         let prompt = m.tokenizer.encode("In the beginning the Universe was created.", parseSpecial: false)
         func run(_ selector: BudgetedLayerSelector?) throws -> [Float] {
             let s = Session(model: m, capacity: 64, threads: 2, batchSize: 4)
@@ -98,7 +82,7 @@ final class RoutingTests: XCTestCase {
 
     /// The incremental pooled context equals one recomputed from scratch, also after a rewind.
     func testIncrementalPooledContextEqualsRecomputed() throws {
-        let m = try model()
+        let m = try TestSupport.model()
         let dm = try DecisionModule(prior: StaticRanking.dropLast(layers: m.config.layers), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8)
         dm.budget = 0.5
         let s = Session(model: m, capacity: 64, threads: 2, batchSize: 5)
@@ -123,7 +107,7 @@ final class RoutingTests: XCTestCase {
 
     /// A Decision Module initialised from a static ranking makes exactly that ranking's choice.
     func testUntrainedModuleReproducesItsPrior() throws {
-        let m = try model()
+        let m = try TestSupport.model()
         let L = m.config.layers
         let prior = StaticRanking.random(layers: L, seed: 17)
         let dm = try DecisionModule(prior: prior, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 32, seed: 2)
@@ -142,7 +126,7 @@ final class RoutingTests: XCTestCase {
     }
 
     func testRouterFilesRoundTripAndRefuseOtherModelsAndVersions() throws {
-        let m = try model()
+        let m = try TestSupport.model()
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-router-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }

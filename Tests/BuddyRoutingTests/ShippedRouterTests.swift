@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import CAllocationCounter
 import XCTest
 
@@ -8,7 +9,7 @@ final class ShippedRouterTests: XCTestCase {
     /// Every slider position: teacher-forcing a reply as one batch with one decision per row
     /// gives the same layer masks and the same logits, bit for bit, as decoding it token by token.
     func testShippedRouterBatchEqualsDecodeAtEverySliderPosition() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, vocab = m.config.vocabSize
         let standIns = try Routers.standIns(model: m)
         XCTAssertNotNil(standIns, "routers/\(StandInFile.defaultFileName) is missing")
@@ -50,7 +51,7 @@ final class ShippedRouterTests: XCTestCase {
         bac_start()
         let probe = [Int](repeating: 1, count: Int.random(in: 100...200))
         XCTAssertGreaterThan(bac_stop(), 0, "the counter must see an allocation (\(probe.count))")
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let vocab = m.config.vocabSize
         for (name, budget) in [("buddy", 1.0), ("buddy", 0.7), ("buddy", 0.5), ("sleb", 0.7)] {
             let s = Session(model: m, capacity: 128, threads: 2, batchSize: 16)

@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -63,7 +64,7 @@ final class StandInFitTests: XCTestCase {
     /// reason, not a refusal (it used to stop every command, even at full depth). The explicit
     /// path is still refused, and a damaged file is still an error under auto.
     func testAutoStandInsRunWithoutThemOnAnotherModelButStillRefuseDamage() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let shipped = try Routers.autoStandIns(model: m)
         XCTAssertNotNil(shipped.standIns, "the shipped file fits the default model")
         XCTAssertNil(shipped.mismatch)
@@ -86,7 +87,7 @@ final class StandInFitTests: XCTestCase {
     /// The shipped stand-ins load for the default model, are refused for another, and the
     /// shipped router with them runs exactly k + 2 layers at every slider position.
     func testShippedStandInsLoadAndRoutingStaysStrict() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         guard let standIns = try Routers.standIns(model: m) else { return XCTFail("routers/\(StandInFile.defaultFileName) is missing") }
         XCTAssertEqual(standIns.layers.count, m.config.layers)
         XCTAssertNil(standIns.layers[0]); XCTAssertNil(standIns.layers[m.config.layers - 1])

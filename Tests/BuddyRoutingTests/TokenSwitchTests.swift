@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -54,7 +55,7 @@ final class TokenSwitchTests: XCTestCase {
     /// a switch on h0 changes the set from token to token, and teacher-forcing in one batch
     /// makes the same per-token decisions as decoding.
     func testSwitchPicksAlternativePerToken() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
         let base = (1...routable).filter { $0 != 5 && $0 != 17 }, alternative = (1...routable).filter { $0 != 24 && $0 != 26 }
         let ids = m.tokenizer.encode("The river rose after three days of rain, and the town council met at night to plan what to do next.", parseSpecial: false)
@@ -88,7 +89,7 @@ final class TokenSwitchTests: XCTestCase {
     /// Routed validation KL equals the static objective when every token runs the same set,
     /// whichever set the switch picks, under every KV policy.
     func testRoutedKLMatchesStaticSetsWhenNothingMixes() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
         let base = (1...routable).filter { $0 != 5 && $0 != 17 }, alternative = (1...routable).filter { $0 != 24 && $0 != 26 }
         let ids = m.tokenizer.encode("The river rose after three days of rain, and the town council met at night to plan what to do next.", parseSpecial: false)
@@ -128,7 +129,7 @@ final class TokenSwitchTests: XCTestCase {
 
     /// Format 4 round trip; a malformed switch is refused naming the field.
     func testSwitchesRoundTripAndBadOnesAreRefused() throws {
-        let m = try RoutingTests.sharedModel()
+        let m = try TestSupport.model()
         let routable = m.config.layers - 2
         let base = Array(1...(routable - 2)), alternative = Array(3...routable)
         let dm = try switchedModule(m, base: base, alternative: alternative, weights: nil, bias: 0.25)

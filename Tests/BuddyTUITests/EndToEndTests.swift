@@ -1,3 +1,4 @@
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -6,8 +7,6 @@ import XCTest
 /// /save, quit and SIGTERM restoring the terminal). Fails, never skips, when tmux or the
 /// model is missing.
 final class EndToEndTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
     /// The products directory (.build/release or another --scratch-path): where the test bundle lives.
     static var productsDirectory: URL {
         for b in Bundle.allBundles where b.bundlePath.hasSuffix(".xctest") { return b.bundleURL.deletingLastPathComponent() }
@@ -17,14 +16,10 @@ final class EndToEndTests: XCTestCase {
     func testChatUnderTmux() throws {
         let bin = EndToEndTests.productsDirectory.appendingPathComponent("buddy").path
         XCTAssertTrue(FileManager.default.isExecutableFile(atPath: bin), "no buddy binary at \(bin)")
-        let model = ProcessInfo.processInfo.environment["BUDDY_MODEL"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? EndToEndTests.root.appendingPathComponent("models/SmolLM2-135M-Instruct.Q4_1.gguf").path
-        guard FileManager.default.fileExists(atPath: model) else {
-            return XCTFail("the default model is missing at \(model): run scripts/fetch-model.sh (or set BUDDY_MODEL)")
-        }
+        let model = try TestSupport.requireModelPath()
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["bash", EndToEndTests.root.appendingPathComponent("scripts/e2e_tmux.sh").path, bin]
+        p.arguments = ["bash", TestSupport.root.appendingPathComponent("scripts/e2e_tmux.sh").path, bin]
         var env = ProcessInfo.processInfo.environment
         env["BUDDY_MODEL"] = model
         p.environment = env

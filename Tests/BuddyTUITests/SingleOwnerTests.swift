@@ -1,6 +1,7 @@
 import BuddyCore
 import BuddyEngine
 import BuddyTUI
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -77,7 +78,7 @@ final class SingleOwnerTests: XCTestCase {
         XCTAssertEqual(app.handle(.char("+")), [.engine(.setBudget(0.05))])
 
         // The engine, sent what the chat sends, announces exactly what the slider shows.
-        let model = try LanguageModel(path: try TestModel.path())
+        let model = try TestSupport.model()
         final class Announced: @unchecked Sendable {
             let lock = NSLock()
             var budgets: [Double] = []
@@ -95,19 +96,5 @@ final class SingleOwnerTests: XCTestCase {
             XCTAssertEqual(announced.budgets.last, chat.slider.budget, line)
         }
         XCTAssertEqual(announced.budgets, [1, Budget.minimum, 0.5, 1])
-    }
-}
-
-/// The default model for tests that need a real engine (a missing model fails, never skips).
-enum TestModel {
-    static func path() throws -> String {
-        if let env = ProcessInfo.processInfo.environment["BUDDY_MODEL"], !env.isEmpty { return env }
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let path = root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
-        guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("the default model is missing at \(path): run scripts/fetch-model.sh (or set BUDDY_MODEL)")
-            throw CocoaError(.fileNoSuchFile)
-        }
-        return path
     }
 }

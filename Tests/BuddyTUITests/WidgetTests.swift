@@ -2,6 +2,7 @@ import BuddyCore
 import BuddyEngine
 import BuddyFuzzSupport
 import BuddyTUI
+import BuddyTestSupport
 import XCTest
 
 final class SliderTests: XCTestCase {
@@ -138,7 +139,6 @@ final class RoutingPanelTests: XCTestCase {
 }
 
 final class ThemeTests: XCTestCase {
-    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     func testColourSyntax() {
         XCTAssertEqual(ThemeColor.parse("#FF8000"), .rgb(255, 128, 0))
@@ -169,7 +169,7 @@ final class ThemeTests: XCTestCase {
     }
 
     func testShippedThemesParseCleanly() {
-        let dir = ThemeTests.root.appendingPathComponent("themes").path
+        let dir = TestSupport.root.appendingPathComponent("themes").path
         for name in ["default", "light", "mono", "ansi16"] {
             let (t, w) = Theme.load(name, searchPath: [dir])
             XCTAssertEqual(w, [], name)
@@ -186,7 +186,7 @@ final class ThemeTests: XCTestCase {
     /// Mutated theme files (and raw bytes that are not UTF-8) always give a usable theme:
     /// every role has a colour, and each colour maps to something at every colour depth.
     func testMutatedThemesNeverCrashAndAlwaysGiveEveryRole() throws {
-        let dir = ThemeTests.root.appendingPathComponent("themes")
+        let dir = TestSupport.root.appendingPathComponent("themes")
         let seeds = try ["default", "light", "mono", "ansi16"].map { [UInt8](try Data(contentsOf: dir.appendingPathComponent("\($0).theme"))) }
         let budget = FuzzBudget(defaultIterations: 2000)
         var mutator = Mutator(seed: budget.seed, dictionary: textFuzzDictionary)

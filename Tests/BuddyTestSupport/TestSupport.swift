@@ -1,0 +1,90 @@
+import BuddyCore
+import Foundation
+
+/// What every test target shares: the checkout's paths, the one rule for finding the default
+/// model, one loader that reads it once per test process, and the seeded test helpers.
+/// A regular library target that only the test targets depend on (never shipped).
+public enum TestSupport {
+    /// The checkout root (this file is Tests/BuddyTestSupport/TestSupport.swift).
+    public static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    /// The checked-in fixtures (Tests/Fixtures).
+    public static let fixtures = root.appendingPathComponent("Tests/Fixtures")
+    /// The shared data sets: $BUDDY_DATA if set and non-empty, else ../shared/data from the checkout root.
+    public static let sharedData: URL = {
+        if let env = ProcessInfo.processInfo.environment["BUDDY_DATA"], !env.isEmpty { return URL(fileURLWithPath: env) }
+        return root.appendingPathComponent("../shared/data").standardizedFileURL
+    }()
+
+    /// The default model: $BUDDY_MODEL if set and non-empty, else models/<ModelLocator.defaultFileName>.
+    public static var modelPath: String {
+        if let env = ProcessInfo.processInfo.environment["BUDDY_MODEL"], !env.isEmpty { return env }
+        return root.appendingPathComponent("models/" + ModelLocator.defaultFileName).path
+    }
+
+    /// `modelPath`, after checking the file is there. A missing model is a failure, never a skip:
+    /// the error names the path and how to get the model.
+    public static func requireModelPath() throws -> String {
+        let path = modelPath
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw TestSupportError("the default model is missing at \(path): run scripts/fetch-model.sh (or set BUDDY_MODEL)")
+        }
+        return path
+    }
+
+    nonisolated(unsafe) private static var cached: LanguageModel?
+    private static let lock = NSLock()
+
+    /// The default model, loaded once per test process (thread-safe). Throws a `TestSupportError`
+    /// naming the path and scripts/fetch-model.sh when the file is missing.
+    public static func model() throws -> LanguageModel {
+        lock.lock(); defer { lock.unlock() }
+        if let m = cached { return m }
+        let m = try LanguageModel(path: try requireModelPath())
+        cached = m
+        return m
+    }
+
+    /// The default model's tokenizer.
+    public static func tokenizer() throws -> BPETokenizer { try model().tokenizer }
+
+    /// A JSON fixture from Tests/Fixtures, as an object.
+    public static func fixture(_ name: String) throws -> [String: Any] {
+        let url = fixtures.appendingPathComponent(name)
+        guard let data = try? Data(contentsOf: url) else {
+            throw TestSupportError("fixture \(url.path) is missing: run scripts/make_fixtures.py")
+        }
+        return try JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }
+
+    /// A text file from the shared data sets; a missing file is a failure naming the path.
+    public static func sharedText(_ name: String) throws -> String {
+        let url = sharedData.appendingPathComponent(name)
+        guard let text = try? String(contentsOf: url, encoding: .utf8) else {
+            throw TestSupportError("this test needs \(url.path) (../shared/data, or set BUDDY_DATA)")
+        }
+        return text
+    }
+}
+
+/// An error that makes a test fail with a clear message (not a skip: missing inputs are failures).
+public struct TestSupportError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ d: String) { description = d }
+}
+
+/// Deterministic pseudo-random values for kernel and model tests.
+public struct TestRandom {
+    public var rng: SeededRNG
+    public init(_ seed: UInt64) { rng = SeededRNG(seed: seed) }
+    public mutating func float(_ lo: Float = -1, _ hi: Float = 1) -> Float { lo + (hi - lo) * rng.nextUnitFloat() }
+    public mutating func floats(_ n: Int, _ lo: Float = -1, _ hi: Float = 1) -> [Float] { (0..<n).map { _ in float(lo, hi) } }
+    public mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: rng.next()) } }
+}
+
+/// Skips a fixed set of layers for every token (prompt chunks and decode steps alike).
+public final class FixedSkip: LayerSelector {
+    public let runs: [Bool]
+    public init(layers: Int, skip: Set<Int>) { runs = (0..<layers).map { !skip.contains($0) } }
+    public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { runs }
+    public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { runs }
+}
