@@ -49,7 +49,12 @@ struct XCTSkipFailure: Error, CustomStringConvertible {
     init(_ d: String) { description = d }
 }
 
-func loadDefaultTokenizer() throws -> BPETokenizer { try TestSupport.model().tokenizer }
+func loadDefaultTokenizer() throws -> BPETokenizer {
+    guard let tok = try TestSupport.model().tokenizer as? BPETokenizer else {
+        throw XCTSkipFailure("the default model's tokenizer is not byte-level BPE")
+    }
+    return tok
+}
 
 /// Deterministic pseudo-random floats for kernel tests.
 struct TestRandom {

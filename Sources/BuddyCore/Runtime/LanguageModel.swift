@@ -5,7 +5,7 @@ public final class LanguageModel: @unchecked Sendable {
     public let path: String
     public let file: GGUFFile
     public let transformer: Transformer
-    public let tokenizer: BPETokenizer
+    public let tokenizer: any Tokenizer
     public let template: ChatTemplate
     /// Tokens that end an assistant turn (<|im_end|>, end-of-text).
     public let stopTokens: Set<Int32>
@@ -16,7 +16,7 @@ public final class LanguageModel: @unchecked Sendable {
         self.path = path
         file = try GGUFFile(path: path)
         transformer = try Transformer(file: file)
-        tokenizer = try BPETokenizer(gguf: file)
+        tokenizer = try makeTokenizer(gguf: file)
         guard tokenizer.vocabularySize == transformer.config.vocabSize else {
             throw GGUFError.invalidValue(key: "tokenizer.ggml.tokens",
                 reason: "\(tokenizer.vocabularySize) tokens but the embedding has \(transformer.config.vocabSize) rows")
