@@ -8,10 +8,11 @@ tokenizer against the file this script writes, and never need llama.cpp themselv
     pip install llama-cpp-python gguf
     python3 scripts/make_gemma_fixtures.py        # options: --model PATH, --out DIR
 
-Each string is tokenized with `llama_tokenize(add_special=false, parse_special=S)` for S =
+Each string (a fixed list, then RANDOM_COUNT seeded random mixtures) is tokenized with `llama_tokenize(add_special=false, parse_special=S)` for S =
 false and, when the string contains the text of a control token, also S = true. Each case
 also records llama.cpp's detokenization of those ids (`llama_detokenize(remove_special=false,
-unparse_special=S)`), and `ids_with_bos` (`add_special=true`) for the model's BOS rule.
+unparse_special=S)`) and, for the listed strings, `ids_with_bos` (`add_special=true`) for the
+model's BOS rule.
 Only the vocabulary is loaded (vocab_only=True), so this takes a few seconds.
 """
 
@@ -66,6 +67,30 @@ TEXTS = [t for t in TOKENIZER_TEXTS if "<|" not in t] + [
 ]
 
 
+# Random mixtures (fixed seed) of pieces where SentencePiece has choices to make: words and
+# their fragments, space/newline/tab runs of every length, special-token texts and near
+# misses, accents (composed and decomposed), scripts, emoji with modifiers, byte-fallback
+# characters and "▁".
+RANDOM_POOL = [
+    "a", "Z", "q", "the", " the", "ing", "tion", " and", "Hello", " world", "un", "believ", "able",
+    " ", "  ", "   ", "\n", "\n\n", "\t", "\t\t", "\r\n", " \n", "\n ",
+    "0", "7", "42", "2024", "3.14", ".", ",", "!", "?", "'", "'s", "\"", "-", "_", "(", ")", "{", "}", "<", ">", "=", "/",
+    "é", "e\u0301", "ß", "ø", "Å", "ñ", "日", "本", "語", "中文", "한", "α", "Ж", "ب", "न", "ि",
+    "👍", "🏽", "\u200d", "👩", "🌍", "🧿", "\u00a0", "\u3000", "²", "½",
+    "\U00020000", "\U000F0000", "\u0378", "\x01", "\x7f", "▁", "▁▁",
+    "<start_of_turn>", "<end_of_turn>", "<start_of_turn", "end_of_turn>", "<eos>", "<bos>", "</s>", "<pad>",
+    "<unused12>", "<start_of_image>", "<mask>", "[multimodal]", "<div>", "</div>",
+]
+RANDOM_COUNT = 300
+RANDOM_SEED = 20
+
+
+def random_texts():
+    import random
+    rng = random.Random(RANDOM_SEED)
+    return ["".join(rng.choice(RANDOM_POOL) for _ in range(rng.randint(1, 30))) for _ in range(RANDOM_COUNT)]
+
+
 def control_texts(llm):
     """Texts of the vocabulary's control tokens (e.g. <start_of_turn>)."""
     vocab = llm._model.vocab
@@ -102,16 +127,17 @@ def main():
     controls = [t for t in control_texts(llm) if t]
 
     cases = []
-    for text in TEXTS:
+    for k, text in enumerate(TEXTS + random_texts()):
         raw = text.encode("utf-8")
         specials = [False, True] if any(c in text for c in controls) else [False]
         for special in specials:
             ids = llm.tokenize(raw, add_bos=False, special=special)
-            case = {"text": text, "special": special, "ids": ids,
-                    "ids_with_bos": llm.tokenize(raw, add_bos=True, special=special),
-                    "detokenized": detokenize(llm, ids, special)}
+            case = {"text": text, "special": special, "ids": ids}
+            if k < len(TEXTS):   # the BOS rule once per listed string, not for the random mixtures
+                case["ids_with_bos"] = llm.tokenize(raw, add_bos=True, special=special)
+            case["detokenized"] = detokenize(llm, ids, special)
             cases.append(case)
-            if not special and case["detokenized"] != text:
+            if not special and case["detokenized"] != text and "▁" not in text:
                 print(f"  note: round trip differs for {text!r}: {case['detokenized']!r}", file=sys.stderr)
 
     header = common_meta(model_sha)
@@ -129,7 +155,7 @@ def main():
     header["control_token_count"] = len(controls)
     path = os.path.join(args.out, "gemma3-tokenizer.json")
     write_json(path, header, "cases", cases)
-    print(f"{path}: {len(cases)} cases from {len(TEXTS)} strings")
+    print(f"{path}: {len(cases)} cases from {len(TEXTS)} strings and {RANDOM_COUNT} random mixtures")
 
 
 if __name__ == "__main__":
