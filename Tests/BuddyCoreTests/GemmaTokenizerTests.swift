@@ -100,6 +100,10 @@ final class GemmaTokenizerTests: XCTestCase {
         XCTAssertEqual(tok.decodeBytes(105), [])
         XCTAssertEqual(tok.decodeBytes(105, includeSpecial: true), Array("<start_of_turn>".utf8))
         XCTAssertEqual(tok.decodeBytes(Int32(tok.vocabularySize)), [])
+
+        // llama.cpp's end-of-generation set for this vocabulary: <eos>, <end_of_turn>, </s>.
+        XCTAssertEqual(tok.endOfGenerationIDs, [1, 106, 212])
+        XCTAssertEqual(try loadDefaultTokenizer().endOfGenerationIDs, [0, 2])   // SmolLM2: as before
     }
 
     /// Streaming the ids one at a time gives the same text as decoding them at once, also

@@ -39,6 +39,15 @@ public protocol Tokenizer: AnyObject, Sendable {
 extension Tokenizer {
     public func isControl(_ id: Int32) -> Bool { tokenType(id) == .control }
 
+    /// EOS and the tokens whose text llama.cpp takes for end of generation (<|im_end|>,
+    /// <|endoftext|>, Gemma's <end_of_turn>, …): what ends an assistant turn.
+    public var endOfGenerationIDs: Set<Int32> {
+        var ids = Set<Int32>()
+        if let e = eosID { ids.insert(e) }
+        for s in GGUFVocabulary.endOfGenerationTexts { if let id = tokenID(s) { ids.insert(id) } }
+        return ids
+    }
+
     public func decodeBytes(_ id: Int32) -> [UInt8] { decodeBytes(id, includeSpecial: false) }
 
     public func decodeBytes(_ id: Int32, includeSpecial: Bool) -> [UInt8] {
