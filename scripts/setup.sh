@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Buddy needs on a Debian machine when it is missing: the OpenBLAS and
-# ncursesw development packages, and the default model (scripts/fetch-model.sh).
+# ncursesw development packages, the default model (scripts/fetch-model.sh) and the Gemma 3
+# model whose tokenizer the tests check (scripts/fetch-model.sh gemma3).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
@@ -17,3 +18,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$root/scripts/fetch-model.sh"
+"$root/scripts/fetch-model.sh" gemma3

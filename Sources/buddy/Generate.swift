@@ -112,8 +112,8 @@ struct Tokenize: ParsableCommand {
 
     func run() throws {
         let path = try ModelLocator.resolve(modelOptions.model)
-        let tokenizer: BPETokenizer
-        do { tokenizer = try BPETokenizer(gguf: GGUFFile(path: path)) } catch { throw CLIError("\(path): \(error)") }
+        let tokenizer: any Tokenizer
+        do { tokenizer = try makeTokenizer(gguf: GGUFFile(path: path)) } catch { throw CLIError("\(path): \(error)") }
         let ids = tokenizer.encode(text, parseSpecial: special)
         if json {
             print("[" + ids.map(String.init).joined(separator: ",") + "]")

@@ -45,7 +45,10 @@ public enum TestSupport {
     }
 
     /// The default model's tokenizer.
-    public static func tokenizer() throws -> BPETokenizer { try model().tokenizer }
+    public static func tokenizer() throws -> BPETokenizer {
+        guard let tok = try model().tokenizer as? BPETokenizer else { throw TestSupportError("the default model's tokenizer is not byte-level BPE") }
+        return tok
+    }
 
     /// A JSON fixture from Tests/Fixtures, as an object.
     public static func fixture(_ name: String) throws -> [String: Any] {
@@ -87,4 +90,36 @@ public final class FixedSkip: LayerSelector {
     public init(layers: Int, skip: Set<Int>) { runs = (0..<layers).map { !skip.contains($0) } }
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { runs }
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { runs }
+}
+
+/// The Gemma 3 270M file and its tokenizer. Only the tokenizer is built (from the GGUF
+/// metadata), so these tests do not depend on the model's architecture being supported.
+public enum GemmaSupport {
+    public static let fileName = "gemma-3-270m-q4_k_m.gguf"
+
+    /// $BUDDY_GEMMA_MODEL, else models/gemma-3-270m-q4_k_m.gguf in the checkout.
+    public static var modelPath: String {
+        if let env = ProcessInfo.processInfo.environment["BUDDY_GEMMA_MODEL"], !env.isEmpty { return env }
+        return TestSupport.root.appendingPathComponent("models/" + fileName).path
+    }
+
+    nonisolated(unsafe) private static var cached: (any Tokenizer)?
+    private static let lock = NSLock()
+
+    /// Fails (never skips) when the file is missing, and says how to get it.
+    public static func file() throws -> GGUFFile {
+        guard FileManager.default.fileExists(atPath: modelPath) else {
+            throw TestSupportError("the Gemma 3 model is missing at \(modelPath): run scripts/fetch-model.sh gemma3 (or set BUDDY_GEMMA_MODEL)")
+        }
+        return try GGUFFile(path: modelPath)
+    }
+
+    /// The Gemma tokenizer, built once per test process.
+    public static func tokenizer() throws -> any Tokenizer {
+        lock.lock(); defer { lock.unlock() }
+        if let t = cached { return t }
+        let t = try makeTokenizer(gguf: file())
+        cached = t
+        return t
+    }
 }

@@ -26,7 +26,7 @@ public struct Conversation: Sendable {
     }
 
     /// Tokens of the prompt for the next reply, trimmed to fit.
-    public mutating func promptTokens(tokenizer: BPETokenizer, capacity: Int, reserve: Int) throws -> [Int32] {
+    public mutating func promptTokens(tokenizer: any Tokenizer, capacity: Int, reserve: Int) throws -> [Int32] {
         var start = 0
         while true {
             var ids = tokenizer.encode(render(from: start), parseSpecial: true)

@@ -235,19 +235,21 @@ public final class GGUFFile: @unchecked Sendable {
         return s
     }
     public func stringArray(_ key: String) throws -> [String] {
-        let v = try value(key)
-        guard let a = v.arrayValue else { throw GGUFError.wrongKeyType(key: key, expected: "array of string", found: v.typeName) }
-        return try a.map {
-            guard let s = $0.stringValue else { throw GGUFError.wrongKeyType(key: key, expected: "array of string", found: "array of \($0.typeName)") }
-            return s
-        }
+        try array(key, of: "string") { $0.stringValue }
     }
     public func intArray(_ key: String) throws -> [Int] {
+        try array(key, of: "integer") { $0.intValue }
+    }
+    /// Numbers of any type (float or integer arrays).
+    public func floatArray(_ key: String) throws -> [Double] {
+        try array(key, of: "number") { $0.floatValue }
+    }
+    private func array<T>(_ key: String, of element: String, _ convert: (GGUFValue) -> T?) throws -> [T] {
         let v = try value(key)
-        guard let a = v.arrayValue else { throw GGUFError.wrongKeyType(key: key, expected: "array of integer", found: v.typeName) }
+        guard let a = v.arrayValue else { throw GGUFError.wrongKeyType(key: key, expected: "array of \(element)", found: v.typeName) }
         return try a.map {
-            guard let i = $0.intValue else { throw GGUFError.wrongKeyType(key: key, expected: "array of integer", found: "array of \($0.typeName)") }
-            return i
+            guard let x = convert($0) else { throw GGUFError.wrongKeyType(key: key, expected: "array of \(element)", found: "array of \($0.typeName)") }
+            return x
         }
     }
 

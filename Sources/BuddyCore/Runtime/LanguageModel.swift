@@ -5,9 +5,10 @@ public final class LanguageModel: @unchecked Sendable {
     public let path: String
     public let file: GGUFFile
     public let transformer: Transformer
-    public let tokenizer: BPETokenizer
+    public let tokenizer: any Tokenizer
     public let template: ChatTemplate
-    /// Tokens that end an assistant turn (<|im_end|>, end-of-text).
+    /// Tokens that end an assistant turn: EOS and the vocabulary's end-of-generation tokens as
+    /// llama.cpp finds them by their text (<|im_end|>, <|endoftext|>, Gemma's <end_of_turn>, …).
     public let stopTokens: Set<Int32>
 
     public var config: ModelConfig { transformer.config }
@@ -16,16 +17,13 @@ public final class LanguageModel: @unchecked Sendable {
         self.path = path
         file = try GGUFFile(path: path)
         transformer = try Transformer(file: file)
-        tokenizer = try BPETokenizer(gguf: file)
+        tokenizer = try makeTokenizer(gguf: file)
         guard tokenizer.vocabularySize == transformer.config.vocabSize else {
             throw GGUFError.invalidValue(key: "tokenizer.ggml.tokens",
                 reason: "\(tokenizer.vocabularySize) tokens but the embedding has \(transformer.config.vocabSize) rows")
         }
         template = ChatTemplate(ggufTemplate: file.metadata["tokenizer.chat_template"]?.stringValue)
-        var stops = Set<Int32>()
-        if let e = tokenizer.eosID { stops.insert(e) }
-        for s in ["<|im_end|>", "<|endoftext|>", "<|eot_id|>"] { if let id = tokenizer.tokenID(s) { stops.insert(id) } }
-        stopTokens = stops
+        stopTokens = tokenizer.endOfGenerationIDs
     }
 
     /// A short stable identity of the weights: size plus a hash of the tensor table and a

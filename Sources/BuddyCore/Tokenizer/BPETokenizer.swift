@@ -18,14 +18,14 @@ public struct TokenizerError: Error, CustomStringConvertible {
     public init(description: String) { self.description = description }
 }
 
-public final class BPETokenizer: Sendable {
+public final class BPETokenizer: Tokenizer {
     public let bosID: Int32?
     public let eosID: Int32?
     public let addBOS: Bool
 
-    /// Token strings as stored in the vocabulary (byte-level mapped).
-    let tokens: [String]
-    let tokenTypes: [TokenType]
+    /// Token strings as stored in the vocabulary (byte-level mapped), types and decoded bytes
+    /// (control/user-defined: raw text; normal: inverse byte mapping; undefined/unused: nothing).
+    let pieces: TokenPieces
     /// Exact vocabulary lookup. For duplicate strings the highest id wins (as in llama.cpp).
     let tokenToID: [String: Int32]
     let preTokenizer: PreTokenizer
@@ -39,51 +39,27 @@ public final class BPETokenizer: Sendable {
     /// Initial symbol of each byte value (the symbol of its bytes_to_unicode character).
     let byteSymbols: [Int32]
 
-    /// Special tokens considered by the partitioner, longest text first.
-    let specialTokens: [SpecialToken]
-    let hasUserDefinedSpecials: Bool
+    /// Special tokens considered by the partitioner.
+    let specialTokens: SpecialTokenSet
 
-    /// Decoded bytes of every token (control/user-defined: raw text; normal: inverse
-    /// byte mapping; undefined/unused: nothing), flattened.
-    let pieceBytes: [UInt8]
-    let pieceOffsets: [Int]
-
-    struct SpecialToken: Sendable {
-        let id: Int32
-        let bytes: [UInt8]
-        /// CONTROL or UNKNOWN: only partitioned when parseSpecial is true.
-        let onlyWhenParsingSpecial: Bool
-    }
-
-    public var vocabularySize: Int { tokens.count }
+    public var vocabularySize: Int { pieces.count }
+    public var removesLeadingSpace: Bool { false }
 
     public init(tokens: [String], tokenTypes: [TokenType], merges: [String], model: String, pre: String,
                 bosID: Int32?, eosID: Int32?, addBOS: Bool) throws {
         guard model == "gpt2" else {
             throw TokenizerError(description: "unsupported tokenizer model '\(model)' (only byte-level BPE 'gpt2' is supported)")
         }
-        guard !tokens.isEmpty else { throw TokenizerError(description: "empty vocabulary") }
-        guard tokens.count < Int(Int32.max) / 2 else { throw TokenizerError(description: "vocabulary too large") }
-        guard tokenTypes.isEmpty || tokenTypes.count == tokens.count else {
-            throw TokenizerError(description: "token type count \(tokenTypes.count) does not match token count \(tokens.count)")
-        }
-        for (label, id) in [("BOS", bosID), ("EOS", eosID)] {
-            if let id, id < 0 || Int(id) >= tokens.count {
-                throw TokenizerError(description: "\(label) id \(id) out of range 0..<\(tokens.count)")
-            }
-        }
+        let pieces = try TokenPieces(tokens: tokens, types: tokenTypes, bosID: bosID, eosID: eosID,
+                                     decodeNormal: ByteLevel.decode)
+        self.pieces = pieces
         self.preTokenizer = try PreTokenizer(name: pre)
         self.bosID = bosID
         self.eosID = eosID
         self.addBOS = addBOS
 
-        let n = tokens.count
-        // llama.cpp replaces empty token texts with "[EMPTY_<id>]".
-        var texts = tokens
-        for i in 0..<n where texts[i].isEmpty { texts[i] = "[EMPTY_\(i)]" }
-        let types = tokenTypes.isEmpty ? [TokenType](repeating: .normal, count: n) : tokenTypes
-        self.tokens = texts
-        self.tokenTypes = types
+        let n = pieces.count
+        let texts = pieces.texts
 
         var toID = [String: Int32](minimumCapacity: n)
         for i in 0..<n { toID[texts[i]] = Int32(i) }
@@ -124,67 +100,20 @@ public final class BPETokenizer: Sendable {
         self.merges = table
         self.extraSymbols = extras
 
-        // Special tokens, longest first (stable by id for equal lengths).
-        var specials: [SpecialToken] = []
-        for i in 0..<n {
-            switch types[i] {
-            case .control, .unknown:
-                specials.append(SpecialToken(id: Int32(i), bytes: Array(texts[i].utf8), onlyWhenParsingSpecial: true))
-            case .userDefined:
-                specials.append(SpecialToken(id: Int32(i), bytes: Array(texts[i].utf8), onlyWhenParsingSpecial: false))
-            default:
-                break
-            }
-        }
-        specials.sort { a, b in a.bytes.count != b.bytes.count ? a.bytes.count > b.bytes.count : a.id < b.id }
-        self.specialTokens = specials
-        self.hasUserDefinedSpecials = specials.contains { !$0.onlyWhenParsingSpecial }
-
-        // Decoded pieces.
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(n * 6)
-        var offsets = [Int]()
-        offsets.reserveCapacity(n + 1)
-        offsets.append(0)
-        for i in 0..<n {
-            let text = texts[i]
-            switch types[i] {
-            case .control, .unknown, .userDefined:
-                bytes.append(contentsOf: text.utf8)
-            case .normal:
-                ByteLevel.decode(text, into: &bytes)
-            case .byte:
-                if let b = ByteLevel.parseByteToken(text) { bytes.append(b) } else { ByteLevel.decode(text, into: &bytes) }
-            case .undefined, .unused:
-                break
-            }
-            offsets.append(bytes.count)
-        }
-        self.pieceBytes = bytes
-        self.pieceOffsets = offsets
+        self.specialTokens = SpecialTokenSet(texts: texts, types: pieces.types)
     }
 
     // MARK: - Lookup
 
     public func tokenID(_ piece: String) -> Int32? { tokenToID[piece] }
 
-    public func isControl(_ id: Int32) -> Bool {
-        id >= 0 && Int(id) < tokenTypes.count && tokenTypes[Int(id)] == .control
-    }
-
     /// Token type of `id`, or nil when out of range.
-    public func tokenType(_ id: Int32) -> TokenType? {
-        id >= 0 && Int(id) < tokenTypes.count ? tokenTypes[Int(id)] : nil
-    }
+    public func tokenType(_ id: Int32) -> TokenType? { pieces.type(id) }
 
     /// The vocabulary string of `id` (byte-level mapped form), or nil when out of range.
-    public func tokenText(_ id: Int32) -> String? {
-        id >= 0 && Int(id) < tokens.count ? tokens[Int(id)] : nil
-    }
+    public func tokenText(_ id: Int32) -> String? { pieces.text(id) }
 
     // MARK: - Decoding
-
-    public func decodeBytes(_ id: Int32) -> [UInt8] { decodeBytes(id, includeSpecial: false) }
 
     /// Whether a lone byte has a token. Some vocabularies (SmolLM2's among them) lack a few
     /// byte tokens (rare control characters, lead bytes of unassigned planes); such bytes
@@ -193,115 +122,23 @@ public final class BPETokenizer: Sendable {
         tokenToID[String(Character(ByteLevel.byteToScalar[Int(b)]))] != nil
     }
 
-    /// Raw bytes of one token, like llama.cpp's `token_to_piece`: control and unknown
-    /// tokens produce their text only when `includeSpecial`; user-defined tokens
-    /// always produce their text; undefined/unused tokens produce nothing.
-    public func decodeBytes(_ id: Int32, includeSpecial: Bool) -> [UInt8] {
-        guard id >= 0, Int(id) < tokens.count else { return [] }
-        let i = Int(id)
-        if !includeSpecial {
-            let t = tokenTypes[i]
-            if t == .control || t == .unknown { return [] }
-        }
-        return Array(pieceBytes[pieceOffsets[i]..<pieceOffsets[i + 1]])
-    }
-
-    /// Appends the bytes of `id` to `out` (no intermediate array).
-    func appendBytes(_ id: Int32, includeSpecial: Bool, to out: inout [UInt8]) {
-        guard id >= 0, Int(id) < tokens.count else { return }
-        let i = Int(id)
-        if !includeSpecial {
-            let t = tokenTypes[i]
-            if t == .control || t == .unknown { return }
-        }
-        out.append(contentsOf: pieceBytes[pieceOffsets[i]..<pieceOffsets[i + 1]])
-    }
-
-    /// Concatenates the bytes of all tokens and converts them to a String once, at the
-    /// end (invalid UTF-8 becomes U+FFFD).
-    public func decode(_ ids: [Int32], includeSpecial: Bool = false) -> String {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(ids.count * 4)
-        for id in ids { appendBytes(id, includeSpecial: includeSpecial, to: &bytes) }
-        return String(decoding: bytes, as: UTF8.self)
+    /// Appends the bytes of `id` to `out`, like llama.cpp's `token_to_piece`: control and
+    /// unknown tokens produce their text only when `includeSpecial`; user-defined tokens always
+    /// produce their text; undefined/unused tokens produce nothing.
+    public func appendBytes(_ id: Int32, includeSpecial: Bool, to out: inout [UInt8]) {
+        pieces.append(id, includeSpecial: includeSpecial, to: &out)
     }
 
     // MARK: - Encoding
-
-    private enum Fragment {
-        case raw(start: Int, count: Int)
-        case token(Int32)
-    }
 
     /// Tokenizes `text` like llama.cpp with add_special = false (no BOS is added).
     /// With `parseSpecial`, the literal text of control tokens becomes those tokens;
     /// user-defined tokens are always matched.
     public func encode(_ text: String, parseSpecial: Bool) -> [Int32] {
-        let utf8 = Array(text.utf8)
-        if utf8.isEmpty { return [] }
-        var out: [Int32] = []
-        out.reserveCapacity(utf8.count / 3 + 4)
-        utf8.withUnsafeBufferPointer { bytes in
-            var scratch = Scratch()
-            for fragment in partition(bytes, parseSpecial: parseSpecial) {
-                switch fragment {
-                case .token(let id):
-                    out.append(id)
-                case .raw(let start, let count):
-                    encodeFragment(UnsafeBufferPointer(rebasing: bytes[start..<start + count]), &scratch, &out)
-                }
-            }
+        var scratch = Scratch()
+        return specialTokens.encode(text, parseSpecial: parseSpecial) { raw, _, out in
+            encodeFragment(raw, &scratch, &out)
         }
-        return out
-    }
-
-    /// Splits the text on special tokens, processing one special token at a time in
-    /// order of decreasing length over all remaining raw fragments (llama.cpp's order).
-    private func partition(_ bytes: UnsafeBufferPointer<UInt8>, parseSpecial: Bool) -> [Fragment] {
-        var fragments: [Fragment] = [.raw(start: 0, count: bytes.count)]
-        if !parseSpecial && !hasUserDefinedSpecials { return fragments }
-        var next: [Fragment] = []
-        for special in specialTokens {
-            if special.onlyWhenParsingSpecial && !parseSpecial { continue }
-            let needle = special.bytes
-            if needle.isEmpty { continue }
-            var changed = false
-            next.removeAll(keepingCapacity: true)
-            for fragment in fragments {
-                guard case .raw(var start, var count) = fragment else {
-                    next.append(fragment)
-                    continue
-                }
-                while count >= needle.count, let m = Self.find(needle, in: bytes, from: start, to: start + count) {
-                    changed = true
-                    if m > start { next.append(.raw(start: start, count: m - start)) }
-                    next.append(.token(special.id))
-                    let end = m + needle.count
-                    count = start + count - end
-                    start = end
-                }
-                if count > 0 { next.append(.raw(start: start, count: count)) }
-            }
-            if changed { swap(&fragments, &next) }
-        }
-        return fragments
-    }
-
-    private static func find(_ needle: [UInt8], in hay: UnsafeBufferPointer<UInt8>, from: Int, to: Int) -> Int? {
-        let m = needle.count
-        guard m > 0, to - from >= m else { return nil }
-        let first = needle[0]
-        var i = from
-        let last = to - m
-        while i <= last {
-            if hay[i] == first {
-                var j = 1
-                while j < m && hay[i + j] == needle[j] { j += 1 }
-                if j == m { return i }
-            }
-            i += 1
-        }
-        return nil
     }
 
     /// Reusable buffers for one encode call.
@@ -312,7 +149,7 @@ public final class BPETokenizer: Sendable {
         var symbols: [Int32] = []
         var prev: [Int32] = []
         var next: [Int32] = []
-        var heap = MergeHeap()
+        var heap = MinHeap<BPEMerge>()
     }
 
     private func encodeFragment(_ bytes: UnsafeBufferPointer<UInt8>, _ s: inout Scratch, _ out: inout [Int32]) {
@@ -413,8 +250,8 @@ public final class BPETokenizer: Sendable {
         guard let v = merges[key] else { return }
         let rank = UInt32(truncatingIfNeeded: v >> 32)
         let merged = Int32(bitPattern: UInt32(truncatingIfNeeded: v))
-        s.heap.push(MergeHeap.Entry(order: UInt64(rank) << 32 | UInt64(UInt32(bitPattern: left)),
-                                    left: left, right: right, leftSymbol: ls, rightSymbol: rs, merged: merged))
+        s.heap.push(UInt64(rank) << 32 | UInt64(UInt32(bitPattern: left)),
+                    BPEMerge(left: left, right: right, leftSymbol: ls, rightSymbol: rs, merged: merged))
     }
 
     /// Appends the id of a final symbol. Symbols that are not vocabulary entries fall
@@ -422,44 +259,45 @@ public final class BPETokenizer: Sendable {
     /// one-byte token; only ASCII bytes can match, others are dropped.
     @inline(__always)
     private func emit(_ symbol: Int32, _ out: inout [Int32]) {
-        if Int(symbol) < tokens.count {
+        if Int(symbol) < pieces.count {
             out.append(symbol)
             return
         }
-        for b in extraSymbols[Int(symbol) - tokens.count].utf8 where b < 0x80 {
+        for b in extraSymbols[Int(symbol) - pieces.count].utf8 where b < 0x80 {
             if let id = tokenToID[String(UnicodeScalar(b))] { out.append(id) }
         }
     }
 }
 
-/// Binary min-heap of candidate merges ordered by (rank, left position).
-struct MergeHeap {
-    struct Entry {
-        var order: UInt64     // rank << 32 | left index
-        var left: Int32
-        var right: Int32
-        var leftSymbol: Int32
-        var rightSymbol: Int32
-        var merged: Int32
-    }
+/// A candidate BPE merge (queued by rank, then left position).
+struct BPEMerge {
+    var left: Int32
+    var right: Int32
+    var leftSymbol: Int32
+    var rightSymbol: Int32
+    var merged: Int32
+}
 
-    private var items: [Entry] = []
+/// Binary min-heap of elements ordered by a UInt64 key (candidate merges of both tokenizers).
+struct MinHeap<Element> {
+    private var items: [(key: UInt64, value: Element)] = []
 
     mutating func removeAll() { items.removeAll(keepingCapacity: true) }
 
-    mutating func push(_ e: Entry) {
+    mutating func push(_ key: UInt64, _ value: Element) {
+        let e = (key: key, value: value)
         items.append(e)
         var i = items.count - 1
         while i > 0 {
             let p = (i - 1) >> 1
-            if items[p].order <= e.order { break }
+            if items[p].key <= key { break }
             items[i] = items[p]
             i = p
         }
         items[i] = e
     }
 
-    mutating func popMin() -> Entry? {
+    mutating func popMin() -> Element? {
         guard let top = items.first else { return nil }
         let last = items.removeLast()
         if !items.isEmpty {
@@ -469,14 +307,14 @@ struct MergeHeap {
                 let l = 2 * i + 1
                 if l >= count { break }
                 let r = l + 1
-                let c = (r < count && items[r].order < items[l].order) ? r : l
-                if items[c].order >= last.order { break }
+                let c = (r < count && items[r].key < items[l].key) ? r : l
+                if items[c].key >= last.key { break }
                 items[i] = items[c]
                 i = c
             }
             items[i] = last
         }
-        return top
+        return top.value
     }
 }
 

@@ -7,12 +7,12 @@
 // `tokenizer.decode(ids, includeSpecial:)`.
 
 public struct StreamingDetokenizer: Sendable {
-    public let tokenizer: BPETokenizer
+    public let tokenizer: any Tokenizer
     public let includeSpecial: Bool
     /// Bytes not yet emitted: at most an incomplete (but so far valid) UTF-8 sequence.
     private var pending: [UInt8] = []
 
-    public init(tokenizer: BPETokenizer, includeSpecial: Bool = false) {
+    public init(tokenizer: any Tokenizer, includeSpecial: Bool = false) {
         self.tokenizer = tokenizer
         self.includeSpecial = includeSpecial
     }
