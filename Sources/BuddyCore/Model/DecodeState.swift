@@ -71,6 +71,7 @@ extension Transformer {
     public func embed(_ token: Int32, _ s: DecodeState) {
         precondition(token >= 0 && Int(token) < config.vocabSize, "token id \(token) out of range")
         dequantizeRow(tokenEmbedding.type, tokenEmbedding.row(Int(token)), s.x, count: config.dim)
+        scaleEmbedding(s.x)
         s.emit("inp_embd", -1, s.x, config.dim)
     }
 
@@ -87,6 +88,7 @@ extension Transformer {
     public func runLayer(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
         let c = config, w = layers[l]
         precondition(pos < cache.capacity, "position \(pos) beyond KV cache capacity \(cache.capacity)")
+        if c.isGemma3 { return runGemma3Layer(l, pos: pos, s, cache) }
 
         // Attention
         rmsNorm(s.x, w.attnNorm, s.xb)
@@ -117,20 +119,7 @@ extension Transformer {
         cache.value(l, pos).update(from: s.v, count: c.kvDim)
         cache.setPresent(l, pos, true)
 
-        let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
-        if s.reference {
-            for h in 0..<heads {
-                attendHeadRef(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
-                              scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: false)
-            }
-        } else {
-            let pool = s.matvec.pool
-            // Short contexts are cheaper on one thread than waking the pool.
-            let tasks = pos < 64 ? 1 : pool.threads
-            s.attention.prepare(transformer: self, state: s, layer: l, pos: pos, cache: cache, tasks: tasks)
-            if tasks == 1 { s.attention.runTask(0) } else { pool.parallelFor(tasks, s.attention) }
-            s.attention.finish()
-        }
+        attend(l, pos: pos, s, cache)
         s.emit("attn_out", l, s.attOut, c.qDim)
         project(w.wo, s.attOut, s.xb, s, quantized: false)
         for i in 0..<c.dim { s.x[i] += s.xb[i] }
@@ -153,6 +142,25 @@ extension Transformer {
         s.emit("l_out", l, s.x, c.dim)
     }
 
+    /// Every query head of s.q over layer l's cache up to `pos` into s.attOut.
+    func attend(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
+        let c = config
+        let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
+        if s.reference {
+            for h in 0..<heads {
+                attendHeadRef(q: s.q + h * hd, kvHead: h / group, layer: l, pos: pos, cache: cache,
+                              scores: s.scores + h * cap, out: s.attOut + h * hd, halfWeights: false)
+            }
+        } else {
+            let pool = s.matvec.pool
+            // Short contexts are cheaper on one thread than waking the pool.
+            let tasks = pos < 64 ? 1 : pool.threads
+            s.attention.prepare(transformer: self, state: s, layer: l, pos: pos, cache: cache, tasks: tasks)
+            if tasks == 1 { s.attention.runTask(0) } else { pool.parallelFor(tasks, s.attention) }
+            s.attention.finish()
+        }
+    }
+
     /// Account for a layer the token at `pos` does not run: the cache entry follows the
     /// policy (under `fill` its K/V come from the layer's input), then the residual stream
     /// passes through unchanged or gets the layer's stand-in when `s.standIns` has one.
@@ -165,6 +173,8 @@ extension Transformer {
             cache.key(l, pos).update(repeating: 0, count: c.kvDim)
             cache.value(l, pos).update(repeating: 0, count: c.kvDim)
             cache.setPresent(l, pos, true)
+        case .fill where c.isGemma3:
+            gemma3FillKV(l, pos: pos, s, cache)
         case .fill:
             let w = layers[l]
             rmsNorm(s.x, w.attnNorm, s.xb)
