@@ -33,11 +33,15 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
 import llama_cpp
 from llama_cpp import Llama
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_fixtures import dump, last_logits, r4, sha256_file  # noqa: E402  (shared helpers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = os.path.join(ROOT, "models", "gemma-3-270m-q4_k_m.gguf")
@@ -68,33 +72,6 @@ PPL_PROTOCOL = (
     "cache in one batch; for j in n_ctx/2..n_ctx-2 the logits at j score token j+1 "
     "(nll += logsumexp - logit[target], float64 over float32 logits); ppl = exp(sum nll / sum count)."
 )
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def r4(x):
-    v = round(float(x), 4)
-    return 0.0 if v == 0 else v
-
-
-def dump(obj):
-    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": "))
-
-
-def last_logits(llm):
-    """Logits of the last evaluated token. With logits_all=False llama-cpp-python leaves
-    Llama.scores empty, so read the context's output buffer."""
-    n_vocab = llm.n_vocab()
-    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
-    arr = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32).copy()
-    assert np.all(np.isfinite(arr)) and np.any(arr != 0.0)
-    return arr
 
 
 def lse(row):

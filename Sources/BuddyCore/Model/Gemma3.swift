@@ -89,22 +89,13 @@ extension Transformer {
         // Attention
         rmsNorm(s.x, w.attnNorm, s.xb)
         s.emit("attn_norm", l, s.xb, c.dim)
-        if s.reference {
-            s.matvec.runReference(w.wq, s.xb, s.q)
-            s.matvec.runReference(w.wk, s.xb, s.k)
-            s.matvec.runReference(w.wv, s.xb, s.v)
-        } else {
-            s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run(w.qkv, s.xb, s.xq, s.qkvOut)
-        }
+        projectQKV(w, s)
         gemma3Queries(l, pos: pos, q: s.q, half: !s.reference)
         gemma3Keys(l, pos: pos, k: s.k, v: s.v, half: !s.reference)
         s.emit("q", l, s.q, c.qDim)
         s.emit("k", l, s.k, c.kvDim)
         s.emit("v", l, s.v, c.kvDim)
-        cache.key(l, pos).update(from: s.k, count: c.kvDim)
-        cache.value(l, pos).update(from: s.v, count: c.kvDim)
-        cache.setPresent(l, pos, true)
+        storeKV(l, pos: pos, k: s.k, v: s.v, cache)
         attend(l, pos: pos, s, cache)
         s.emit("attn_out", l, s.attOut, c.qDim)
         project(w.wo, s.attOut, s.xb, s, quantized: false)
@@ -115,13 +106,7 @@ extension Transformer {
         // Feed-forward (GELU-gated)
         rmsNorm(s.x, w.ffnNorm, s.xb)
         s.emit("ffn_norm", l, s.xb, c.dim)
-        if s.reference {
-            s.matvec.runReference(w.gate, s.xb, s.hb)
-            s.matvec.runReference(w.up, s.xb, s.hb2)
-        } else {
-            s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run(w.gateUp, s.xb, s.xq, s.gateUpOut)
-        }
+        projectGateUp(w, s)
         GELU.gated(s.hb, s.hb2, count: c.ffnDim)
         project(w.down, s.hb, s.xb, s, quantized: false)
         rmsNorm(s.xb, w.postFFNNorm!, s.xb)
@@ -132,19 +117,11 @@ extension Transformer {
 
     /// The `fill` policy for a skipped Gemma layer: its K and V from the layer's input.
     func gemma3FillKV(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
-        let c = config, w = layers[l]
+        let w = layers[l]
         rmsNorm(s.x, w.attnNorm, s.xb)
-        if s.reference {
-            s.matvec.runReference(w.wk, s.xb, s.k)
-            s.matvec.runReference(w.wv, s.xb, s.v)
-        } else {
-            s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run(w.kv, s.xb, s.xq, s.kvOut)
-        }
+        projectKV(w, s)
         gemma3Keys(l, pos: pos, k: s.k, v: s.v, half: !s.reference)
-        cache.key(l, pos).update(from: s.k, count: c.kvDim)
-        cache.value(l, pos).update(from: s.v, count: c.kvDim)
-        cache.setPresent(l, pos, true)
+        storeKV(l, pos: pos, k: s.k, v: s.v, cache)
     }
 
     // MARK: - Batch: a prompt chunk
@@ -165,14 +142,7 @@ extension Transformer {
             let pos = start + i, q = b.q + i * qd, k = b.k + i * kvd, v = b.v + i * kvd
             gemma3Queries(l, pos: pos, q: q, half: true)
             gemma3Keys(l, pos: pos, k: k, v: v, half: true)
-            if skipping?(i) == true && policy == .zero {
-                cache.key(l, pos).update(repeating: 0, count: kvd)
-                cache.value(l, pos).update(repeating: 0, count: kvd)
-            } else {
-                cache.key(l, pos).update(from: k, count: kvd)
-                cache.value(l, pos).update(from: v, count: kvd)
-            }
-            cache.setPresent(l, pos, skipping?(i) != true || policy != .mask)
+            storeKV(l, pos: pos, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
         }
         if b.trace != nil {
             for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }
@@ -202,9 +172,7 @@ extension Transformer {
         for i in 0..<n {
             let k = b.k + i * kvd, v = b.v + i * kvd
             gemma3Keys(l, pos: start + i, k: k, v: v, half: true)
-            cache.key(l, start + i).update(from: k, count: kvd)
-            cache.value(l, start + i).update(from: v, count: kvd)
-            cache.setPresent(l, start + i, true)
+            storeKV(l, pos: start + i, k: k, v: v, cache)
         }
     }
 }

@@ -185,14 +185,7 @@ extension Transformer {
             Transformer.roundToHalf(q, qd)
             Transformer.roundToHalf(k, kvd)
             Transformer.roundToHalf(v, kvd)
-            if skipping?(i) == true && policy == .zero {
-                cache.key(l, start + i).update(repeating: 0, count: kvd)
-                cache.value(l, start + i).update(repeating: 0, count: kvd)
-            } else {
-                cache.key(l, start + i).update(from: k, count: kvd)
-                cache.value(l, start + i).update(from: v, count: kvd)
-            }
-            cache.setPresent(l, start + i, skipping?(i) != true || policy != .mask)
+            storeKV(l, pos: start + i, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
         }
         if b.trace != nil {
             for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }
@@ -260,9 +253,7 @@ extension Transformer {
                 rope(k, heads: c.kvHeads, pos: start + i)
                 Transformer.roundToHalf(k, c.kvDim)
                 Transformer.roundToHalf(v, c.kvDim)
-                cache.key(l, start + i).update(from: k, count: c.kvDim)
-                cache.value(l, start + i).update(from: v, count: c.kvDim)
-                cache.setPresent(l, start + i, true)
+                storeKV(l, pos: start + i, k: k, v: v, cache)
             }
         }
     }
