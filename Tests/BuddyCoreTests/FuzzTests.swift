@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyTestSupport
 import BuddyFuzzSupport
 import Foundation
 import XCTest

@@ -1,10 +1,11 @@
 import BuddyCore
+import BuddyTestSupport
 import Foundation
 import XCTest
 
 final class GemmaTokenizerTests: XCTestCase {
 
-    /// Every case of Tests/Fixtures/gemma3-tokenizer.json (scripts/make_gemma_fixtures.py):
+    /// Every case of Tests/Fixtures/gemma3-tokenizer.json (scripts/make_gemma_tokenizer_fixtures.py):
     /// llama.cpp's ids with special parsing off and on, the BOS rule, and llama.cpp's
     /// detokenization of those ids.
     func testFixtureMatchesLlamaCpp() throws {

@@ -114,6 +114,30 @@ public enum GemmaSupport {
         return try GGUFFile(path: modelPath)
     }
 
+    nonisolated(unsafe) private static var cachedTransformer: Transformer?
+    nonisolated(unsafe) private static var cachedFixture: [String: Any]?
+
+    /// The Gemma weights (no tokenizer), loaded once per test process.
+    public static func transformer() throws -> Transformer {
+        lock.lock(); defer { lock.unlock() }
+        if let t = cachedTransformer { return t }
+        let t = try Transformer(file: file())
+        cachedTransformer = t
+        return t
+    }
+
+    /// Tests/Fixtures/gemma3-model.json (scripts/make_gemma_model_fixtures.py), read once.
+    public static func modelFixture() throws -> [String: Any] {
+        lock.lock(); defer { lock.unlock() }
+        if let f = cachedFixture { return f }
+        let url = TestSupport.fixtures.appendingPathComponent("gemma3-model.json")
+        guard let data = try? Data(contentsOf: url), let f = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw TestSupportError("fixture \(url.path) is missing or unreadable: run scripts/make_gemma_model_fixtures.py")
+        }
+        cachedFixture = f
+        return f
+    }
+
     /// The Gemma tokenizer, built once per test process.
     public static func tokenizer() throws -> any Tokenizer {
         lock.lock(); defer { lock.unlock() }

@@ -46,7 +46,7 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
         case let .tensorOutOfBounds(tensor, offset, bytes, size):
             return "tensor '\(tensor)' data (\(bytes) bytes at offset \(offset)) lies beyond the end of the file (\(size) bytes)"
         case let .badAlignment(a): return "GGUF general.alignment \(a) is not a power of two"
-        case let .unsupportedArchitecture(a): return "unsupported model architecture '\(a)' (supported: llama, qwen2)"
+        case let .unsupportedArchitecture(a): return "unsupported model architecture '\(a)' (supported: llama, qwen2, gemma3)"
         case let .invalidValue(key, reason): return "GGUF metadata '\(key)': \(reason)"
         }
     }

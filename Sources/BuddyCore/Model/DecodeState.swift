@@ -71,6 +71,7 @@ extension Transformer {
     public func embed(_ token: Int32, _ s: DecodeState) {
         precondition(token >= 0 && Int(token) < config.vocabSize, "token id \(token) out of range")
         dequantizeRow(tokenEmbedding.type, tokenEmbedding.row(Int(token)), s.x, count: config.dim)
+        scaleEmbedding(s.x)
         s.emit("inp_embd", -1, s.x, config.dim)
     }
 
@@ -87,18 +88,12 @@ extension Transformer {
     public func runLayer(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
         let c = config, w = layers[l]
         precondition(pos < cache.capacity, "position \(pos) beyond KV cache capacity \(cache.capacity)")
+        if c.isGemma3 { return runGemma3Layer(l, pos: pos, s, cache) }
 
         // Attention
         rmsNorm(s.x, w.attnNorm, s.xb)
         s.emit("attn_norm", l, s.xb, c.dim)
-        if s.reference {
-            s.matvec.runReference(w.wq, s.xb, s.q)
-            s.matvec.runReference(w.wk, s.xb, s.k)
-            s.matvec.runReference(w.wv, s.xb, s.v)
-        } else {
-            s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run(w.qkv, s.xb, s.xq, s.qkvOut)
-        }
+        projectQKV(w, s)
         if let b = w.bq { for i in 0..<c.qDim { s.q[i] += b[i] } }
         if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
         if let b = w.bv { for i in 0..<c.kvDim { s.v[i] += b[i] } }
@@ -113,10 +108,77 @@ extension Transformer {
             Transformer.roundToHalf(s.v, c.kvDim)
             Transformer.roundToHalf(s.q, c.qDim)
         }
-        cache.key(l, pos).update(from: s.k, count: c.kvDim)
-        cache.value(l, pos).update(from: s.v, count: c.kvDim)
-        cache.setPresent(l, pos, true)
+        storeKV(l, pos: pos, k: s.k, v: s.v, cache)
+        attend(l, pos: pos, s, cache)
+        s.emit("attn_out", l, s.attOut, c.qDim)
+        project(w.wo, s.attOut, s.xb, s, quantized: false)
+        for i in 0..<c.dim { s.x[i] += s.xb[i] }
+        s.emit("ffn_inp", l, s.x, c.dim)
 
+        // Feed-forward (SwiGLU)
+        rmsNorm(s.x, w.ffnNorm, s.xb)
+        s.emit("ffn_norm", l, s.xb, c.dim)
+        projectGateUp(w, s)
+        for i in 0..<c.ffnDim { s.hb[i] = Transformer.silu(s.hb[i]) * s.hb2[i] }
+        project(w.down, s.hb, s.xb, s, quantized: false)
+        s.emit("ffn_out", l, s.xb, c.dim)
+        for i in 0..<c.dim { s.x[i] += s.xb[i] }
+        s.emit("l_out", l, s.x, c.dim)
+    }
+
+    /// Q, K and V of the normed input s.xb into s.q, s.k, s.v.
+    func projectQKV(_ w: LayerWeights, _ s: DecodeState) {
+        if s.reference {
+            s.matvec.runReference(w.wq, s.xb, s.q)
+            s.matvec.runReference(w.wk, s.xb, s.k)
+            s.matvec.runReference(w.wv, s.xb, s.v)
+        } else {
+            s.xq.quantize(s.xb, count: config.dim)
+            s.matvec.run(w.qkv, s.xb, s.xq, s.qkvOut)
+        }
+    }
+
+    /// K and V only (a skipped layer under the `fill` policy).
+    func projectKV(_ w: LayerWeights, _ s: DecodeState) {
+        if s.reference {
+            s.matvec.runReference(w.wk, s.xb, s.k)
+            s.matvec.runReference(w.wv, s.xb, s.v)
+        } else {
+            s.xq.quantize(s.xb, count: config.dim)
+            s.matvec.run(w.kv, s.xb, s.xq, s.kvOut)
+        }
+    }
+
+    /// The FFN's gate and up projections of s.xb into s.hb, s.hb2.
+    func projectGateUp(_ w: LayerWeights, _ s: DecodeState) {
+        if s.reference {
+            s.matvec.runReference(w.gate, s.xb, s.hb)
+            s.matvec.runReference(w.up, s.xb, s.hb2)
+        } else {
+            s.xq.quantize(s.xb, count: config.dim)
+            s.matvec.run(w.gateUp, s.xb, s.xq, s.gateUpOut)
+        }
+    }
+
+    /// Layer l's cache entry for `pos`: k and v, or, for a position that skipped the layer,
+    /// what `policy` leaves (zeros under `zero`, no entry under `mask`).
+    @inline(__always)
+    func storeKV(_ l: Int, pos: Int, k: UnsafePointer<Float>, v: UnsafePointer<Float>, _ cache: KVCache,
+                 skipped: Bool = false, policy: KVPolicy = .mask) {
+        let kvd = config.kvDim
+        if skipped && policy == .zero {
+            cache.key(l, pos).update(repeating: 0, count: kvd)
+            cache.value(l, pos).update(repeating: 0, count: kvd)
+        } else {
+            cache.key(l, pos).update(from: k, count: kvd)
+            cache.value(l, pos).update(from: v, count: kvd)
+        }
+        cache.setPresent(l, pos, !skipped || policy != .mask)
+    }
+
+    /// Every query head of s.q over layer l's cache up to `pos` into s.attOut.
+    func attend(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
+        let c = config
         let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
         if s.reference {
             for h in 0..<heads {
@@ -131,26 +193,6 @@ extension Transformer {
             if tasks == 1 { s.attention.runTask(0) } else { pool.parallelFor(tasks, s.attention) }
             s.attention.finish()
         }
-        s.emit("attn_out", l, s.attOut, c.qDim)
-        project(w.wo, s.attOut, s.xb, s, quantized: false)
-        for i in 0..<c.dim { s.x[i] += s.xb[i] }
-        s.emit("ffn_inp", l, s.x, c.dim)
-
-        // Feed-forward (SwiGLU)
-        rmsNorm(s.x, w.ffnNorm, s.xb)
-        s.emit("ffn_norm", l, s.xb, c.dim)
-        if s.reference {
-            s.matvec.runReference(w.gate, s.xb, s.hb)
-            s.matvec.runReference(w.up, s.xb, s.hb2)
-        } else {
-            s.xq.quantize(s.xb, count: c.dim)
-            s.matvec.run(w.gateUp, s.xb, s.xq, s.gateUpOut)
-        }
-        for i in 0..<c.ffnDim { s.hb[i] = Transformer.silu(s.hb[i]) * s.hb2[i] }
-        project(w.down, s.hb, s.xb, s, quantized: false)
-        s.emit("ffn_out", l, s.xb, c.dim)
-        for i in 0..<c.dim { s.x[i] += s.xb[i] }
-        s.emit("l_out", l, s.x, c.dim)
     }
 
     /// Account for a layer the token at `pos` does not run: the cache entry follows the
@@ -165,16 +207,12 @@ extension Transformer {
             cache.key(l, pos).update(repeating: 0, count: c.kvDim)
             cache.value(l, pos).update(repeating: 0, count: c.kvDim)
             cache.setPresent(l, pos, true)
+        case .fill where c.isGemma3:
+            gemma3FillKV(l, pos: pos, s, cache)
         case .fill:
             let w = layers[l]
             rmsNorm(s.x, w.attnNorm, s.xb)
-            if s.reference {
-                s.matvec.runReference(w.wk, s.xb, s.k)
-                s.matvec.runReference(w.wv, s.xb, s.v)
-            } else {
-                s.xq.quantize(s.xb, count: c.dim)
-                s.matvec.run(w.kv, s.xb, s.xq, s.kvOut)
-            }
+            projectKV(w, s)
             if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
             if let b = w.bv { for i in 0..<c.kvDim { s.v[i] += b[i] } }
             rope(s.k, heads: c.kvHeads, pos: pos)
@@ -182,9 +220,7 @@ extension Transformer {
                 Transformer.roundToHalf(s.k, c.kvDim)
                 Transformer.roundToHalf(s.v, c.kvDim)
             }
-            cache.key(l, pos).update(from: s.k, count: c.kvDim)
-            cache.value(l, pos).update(from: s.v, count: c.kvDim)
-            cache.setPresent(l, pos, true)
+            storeKV(l, pos: pos, k: s.k, v: s.v, cache)
         }
         if let standIns = s.standIns {
             if s.reference {

@@ -1,7 +1,7 @@
 /// Hyper-parameters of a decoder-only transformer, read from GGUF metadata
 /// (`<arch>.block_count`, `<arch>.embedding_length`, ...).
 public struct ModelConfig: Sendable, Equatable {
-    public enum Architecture: String, Sendable { case llama, qwen2 }
+    public enum Architecture: String, Sendable { case llama, qwen2, gemma3 }
 
     public var architecture: Architecture
     public var layers: Int
@@ -20,6 +20,31 @@ public struct ModelConfig: Sendable, Equatable {
     /// llama.cpp rotates adjacent pairs for `llama` (whose GGUF Q/K weights were permuted at
     /// conversion) and halves (NeoX style) for `qwen2`.
     public var ropeNeoX: Bool
+
+    // Gemma 3 (defaults leave llama/qwen2 unchanged)
+    /// The embedding row is multiplied by this (Gemma: √dim; 1 elsewhere).
+    public var embeddingScale: Float = 1
+    /// Local attention: a position on a sliding-window layer attends to at most the last
+    /// `slidingWindow` positions, itself included (0: every layer is global).
+    public var slidingWindow = 0
+    /// Layer l is a sliding-window layer when l % pattern < pattern - 1 (llama.cpp's
+    /// `set_swa_pattern`; Gemma 3: 5 local layers, then 1 global).
+    public var slidingWindowPattern = 0
+    /// RoPE base of the sliding-window layers (global layers use `ropeBase`).
+    public var localRopeBase: Float = 10000
+    /// Global layers' RoPE position scale (1 / linear scaling factor; 1 when unscaled).
+    public var ropeFreqScale: Float = 1
+    /// Softmax scale of q·k (Gemma multiplies Q by it before attention; llama/qwen2 use 1/√headDim).
+    public var attentionScale: Float = 0
+
+    /// Gemma 3's block: per-head Q/K RMS norms, post-attention and post-FFN norms, GELU-gated FFN.
+    public var isGemma3: Bool { architecture == .gemma3 }
+    /// Whether layer l attends through the sliding window.
+    public func isSlidingWindowLayer(_ l: Int) -> Bool {
+        slidingWindow > 0 && slidingWindowPattern > 0 && l % slidingWindowPattern < slidingWindowPattern - 1
+    }
+    /// Layer l's RoPE base.
+    public func ropeBase(layer l: Int) -> Float { isSlidingWindowLayer(l) ? localRopeBase : ropeBase }
 
     public var qDim: Int { heads * headDim }
     public var kvDim: Int { kvHeads * headDim }
@@ -44,7 +69,7 @@ public struct ModelConfig: Sendable, Equatable {
             throw GGUFError.invalidValue(key: p + "vocab_size", reason: "\(v) disagrees with token_embd.weight (\(vocabSize) rows)")
         }
         hasQKVBias = arch == .qwen2
-        ropeNeoX = arch == .qwen2
+        ropeNeoX = arch == .qwen2 || arch == .gemma3
         func positive(_ key: String, _ v: Int, max: Int = 1 << 20) throws {
             guard v > 0 && v <= max else { throw GGUFError.invalidValue(key: p + key, reason: "\(v) is out of range") }
         }
@@ -70,6 +95,42 @@ public struct ModelConfig: Sendable, Equatable {
         }
         guard ropeBase > 1, ropeBase.isFinite else {
             throw GGUFError.invalidValue(key: p + "rope.freq_base", reason: "\(ropeBase) is out of range")
+        }
+        attentionScale = 1 / Float(headDim).squareRoot()
+        if arch == .gemma3 { try readGemma3(gguf, prefix: p) }
+    }
+
+    /// Gemma 3's hyper-parameters, with llama.cpp's rules (`llama_model::load_hparams`,
+    /// LLM_ARCH_GEMMA3) where the file is silent: sliding window from
+    /// `gemma3.attention.sliding_window` on 5 of every 6 layers, local RoPE base 10,000,
+    /// global base `gemma3.rope.freq_base` (linear scaling from `rope.scaling.factor` on the
+    /// global layers only), Q scaled by 1/√headDim (1/√(dim/heads) for the 62-layer 27B, whose
+    /// query_pre_attn_scalar differs), embeddings scaled by √dim. The norm weights are used as
+    /// stored: the converter already added Gemma's +1 to them, and llama.cpp multiplies by them
+    /// directly. No final logit soft-capping (llama.cpp applies none to sliding-window Gemma 3).
+    private mutating func readGemma3(_ gguf: GGUFFile, prefix p: String) throws {
+        embeddingScale = Float(dim).squareRoot()
+        slidingWindow = try gguf.int(p + "attention.sliding_window")
+        slidingWindowPattern = (try? gguf.int(p + "attention.sliding_window_pattern")) ?? 6
+        localRopeBase = Float((try? gguf.float(p + "rope.freq_base_swa")) ?? 10000)
+        if let type = gguf.metadata[p + "rope.scaling.type"]?.stringValue, type != "none" {
+            guard type == "linear", let factor = try? gguf.float(p + "rope.scaling.factor"), factor >= 1 else {
+                throw GGUFError.invalidValue(key: p + "rope.scaling.type", reason: "only linear RoPE scaling is supported for gemma3")
+            }
+            ropeFreqScale = Float(1 / factor)
+        }
+        attentionScale = layers == 62 ? 1 / Float(dim / heads).squareRoot() : 1 / Float(headDim).squareRoot()
+        guard slidingWindow > 0, slidingWindow <= 1 << 24 else {
+            throw GGUFError.invalidValue(key: p + "attention.sliding_window", reason: "\(slidingWindow) is out of range")
+        }
+        guard slidingWindowPattern > 0, slidingWindowPattern <= layers else {
+            throw GGUFError.invalidValue(key: p + "attention.sliding_window_pattern", reason: "\(slidingWindowPattern) is out of range")
+        }
+        guard localRopeBase > 1, localRopeBase.isFinite else {
+            throw GGUFError.invalidValue(key: p + "rope.freq_base_swa", reason: "\(localRopeBase) is out of range")
+        }
+        if let cap = try? gguf.float(p + "final_logit_softcapping"), cap > 0 {
+            throw GGUFError.invalidValue(key: p + "final_logit_softcapping", reason: "gemma3 with a sliding window has no logit soft-capping in llama.cpp")
         }
     }
 }

@@ -119,6 +119,7 @@ extension Transformer {
         for (i, t) in tokens.enumerated() {
             precondition(t >= 0 && Int(t) < c.vocabSize, "token id \(t) out of range")
             dequantizeRow(tokenEmbedding.type, tokenEmbedding.row(Int(t)), b.x + i * c.dim, count: c.dim)
+            scaleEmbedding(b.x + i * c.dim)
         }
     }
 
@@ -167,8 +168,9 @@ extension Transformer {
     /// computes them; `zero`: zeros; `mask`: none), before any row attends.
     func prefillLayer(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache,
                       skipping: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) {
+        if config.isGemma3 { return prefillGemma3Layer(l, n: n, start: start, b, cache, skipping: skipping, policy: policy) }
         let c = config, w = layers[l]
-        let dim = c.dim, qd = c.qDim, kvd = c.kvDim, hd = c.headDim
+        let dim = c.dim, qd = c.qDim, kvd = c.kvDim
         for i in 0..<n { rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
         gemm(w.wq, b.xb, n, b.q, b)
         gemm(w.wk, b.xb, n, b.k, b)
@@ -183,19 +185,27 @@ extension Transformer {
             Transformer.roundToHalf(q, qd)
             Transformer.roundToHalf(k, kvd)
             Transformer.roundToHalf(v, kvd)
-            if skipping?(i) == true && policy == .zero {
-                cache.key(l, start + i).update(repeating: 0, count: kvd)
-                cache.value(l, start + i).update(repeating: 0, count: kvd)
-            } else {
-                cache.key(l, start + i).update(from: k, count: kvd)
-                cache.value(l, start + i).update(from: v, count: kvd)
-            }
-            cache.setPresent(l, start + i, skipping?(i) != true || policy != .mask)
+            storeKV(l, pos: start + i, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
         }
         if b.trace != nil {
             for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }
         }
-        // Causal attention: each (token, head) pair is independent.
+        attendBatch(l, n: n, start: start, b, cache)
+        gemm(w.wo, b.att, n, b.xb, b)
+        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        for i in 0..<n { rmsNorm(b.x + i * dim, w.ffnNorm, b.xb + i * dim) }
+        gemm(w.gate, b.xb, n, b.g, b)
+        gemm(w.up, b.xb, n, b.u, b)
+        for i in 0..<n * c.ffnDim { b.g[i] = Transformer.silu(b.g[i]) * b.u[i] }
+        gemm(w.down, b.g, n, b.xb, b)
+        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
+    }
+
+    /// Causal attention of the chunk's queries (b.q) over layer l's cache into b.att: each
+    /// (token, head) pair is independent.
+    func attendBatch(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache) {
+        let c = config, qd = c.qDim, hd = c.headDim
         let pairs = n * c.heads
         let tasks = b.pool.threads
         let per = (pairs + tasks - 1) / tasks
@@ -207,15 +217,6 @@ extension Transformer {
                                 cache: cache, scores: scores, out: b.att + i * qd + h * hd, halfWeights: true)
             }
         }
-        gemm(w.wo, b.att, n, b.xb, b)
-        for i in 0..<n * dim { b.x[i] += b.xb[i] }
-        for i in 0..<n { rmsNorm(b.x + i * dim, w.ffnNorm, b.xb + i * dim) }
-        gemm(w.gate, b.xb, n, b.g, b)
-        gemm(w.up, b.xb, n, b.u, b)
-        for i in 0..<n * c.ffnDim { b.g[i] = Transformer.silu(b.g[i]) * b.u[i] }
-        gemm(w.down, b.g, n, b.xb, b)
-        for i in 0..<n * dim { b.x[i] += b.xb[i] }
-        if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
     }
 
     /// Row i's stand-in for layer l, with the decode path's kernel so that a batch and
@@ -239,6 +240,8 @@ extension Transformer {
                 cache.value(l, start + i).update(repeating: 0, count: c.kvDim)
                 cache.setPresent(l, start + i, true)
             }
+        case .fill where c.isGemma3:
+            gemma3FillKVBatch(l, n: n, start: start, b, cache)
         case .fill:
             for i in 0..<n { rmsNorm(b.x + i * c.dim, w.attnNorm, b.xb + i * c.dim) }
             gemm(w.wk, b.xb, n, b.k, b)
@@ -250,9 +253,7 @@ extension Transformer {
                 rope(k, heads: c.kvHeads, pos: start + i)
                 Transformer.roundToHalf(k, c.kvDim)
                 Transformer.roundToHalf(v, c.kvDim)
-                cache.key(l, start + i).update(from: k, count: c.kvDim)
-                cache.value(l, start + i).update(from: v, count: c.kvDim)
-                cache.setPresent(l, start + i, true)
+                storeKV(l, pos: start + i, k: k, v: v, cache)
             }
         }
     }

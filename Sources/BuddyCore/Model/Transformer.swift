@@ -26,6 +26,10 @@ public struct LayerWeights: @unchecked Sendable {
     public let bq: [Float]?        // [qDim]   (qwen2)
     public let bk: [Float]?        // [kvDim]  (qwen2)
     public let bv: [Float]?        // [kvDim]  (qwen2)
+    public let qNorm: [Float]?         // [headDim] per-head RMS norm of Q (gemma3)
+    public let kNorm: [Float]?         // [headDim] per-head RMS norm of K (gemma3)
+    public let postAttnNorm: [Float]?  // [dim] on the attention output before the residual add (gemma3)
+    public let postFFNNorm: [Float]?   // [dim] on the FFN output before the residual add (gemma3)
 
     /// The projections that share an input, grouped once so the decode path passes them to
     /// one parallel pass without building arrays per token.
@@ -35,17 +39,21 @@ public struct LayerWeights: @unchecked Sendable {
     private let groups: (qkv: [QuantMatrix], kv: [QuantMatrix], gateUp: [QuantMatrix])
 
     public init(attnNorm: [Float], ffnNorm: [Float], wq: QuantMatrix, wk: QuantMatrix, wv: QuantMatrix, wo: QuantMatrix,
-                gate: QuantMatrix, up: QuantMatrix, down: QuantMatrix, bq: [Float]?, bk: [Float]?, bv: [Float]?) {
+                gate: QuantMatrix, up: QuantMatrix, down: QuantMatrix, bq: [Float]?, bk: [Float]?, bv: [Float]?,
+                qNorm: [Float]? = nil, kNorm: [Float]? = nil, postAttnNorm: [Float]? = nil, postFFNNorm: [Float]? = nil) {
         self.attnNorm = attnNorm; self.ffnNorm = ffnNorm
         self.wq = wq; self.wk = wk; self.wv = wv; self.wo = wo
         self.gate = gate; self.up = up; self.down = down
         self.bq = bq; self.bk = bk; self.bv = bv
+        self.qNorm = qNorm; self.kNorm = kNorm; self.postAttnNorm = postAttnNorm; self.postFFNNorm = postFFNNorm
         groups = ([wq, wk, wv], [wk, wv], [gate, up])
     }
 }
 
-/// Immutable weights of a llama/qwen2 decoder and the forward pass over them.
+/// Immutable weights of a llama/qwen2/gemma3 decoder and the forward pass over them.
 /// All mutable state lives in `DecodeState`, `BatchState` and `KVCache`, owned by the caller.
+/// The llama/qwen2 block is in DecodeState.swift / Prefill.swift, Gemma 3's in Gemma3.swift;
+/// both use the building blocks below.
 public final class Transformer: @unchecked Sendable {
     public let config: ModelConfig
     public let file: GGUFFile
@@ -58,10 +66,18 @@ public final class Transformer: @unchecked Sendable {
     public let fullDepthMask: [Bool]
     /// theta_scale = base^(-2/ropeDim); llama.cpp builds each angle as pos·scale·scale·…
     let ropeThetaScale: Float
+    /// Per layer: RoPE theta_scale and position scale (they differ between Gemma's local and global layers).
+    let layerRope: [(thetaScale: Float, freqScale: Float)]
+    /// Softmax scale inside the attention kernel: 1/√headDim, or 1 where Q arrives pre-scaled (gemma3).
+    let kqScale: Float
 
-    public init(file: GGUFFile) throws {
+    public convenience init(file: GGUFFile) throws {
+        try self.init(file: file, config: try ModelConfig(gguf: file))
+    }
+
+    /// Weights of `file` run with `config` (normally the file's own; tests vary e.g. the sliding window).
+    public init(file: GGUFFile, config c: ModelConfig) throws {
         self.file = file
-        let c = try ModelConfig(gguf: file)
         config = c
         fullDepthMask = [Bool](repeating: true, count: c.layers)
 
@@ -103,7 +119,11 @@ public final class Transformer: @unchecked Sendable {
                 down: try matrix(p + "ffn_down.weight", rows: c.dim, cols: c.ffnDim),
                 bq: c.hasQKVBias ? try vector(p + "attn_q.bias", c.qDim) : nil,
                 bk: c.hasQKVBias ? try vector(p + "attn_k.bias", c.kvDim) : nil,
-                bv: c.hasQKVBias ? try vector(p + "attn_v.bias", c.kvDim) : nil))
+                bv: c.hasQKVBias ? try vector(p + "attn_v.bias", c.kvDim) : nil,
+                qNorm: c.isGemma3 ? try vector(p + "attn_q_norm.weight", c.headDim) : nil,
+                kNorm: c.isGemma3 ? try vector(p + "attn_k_norm.weight", c.headDim) : nil,
+                postAttnNorm: c.isGemma3 ? try vector(p + "post_attention_norm.weight", c.dim) : nil,
+                postFFNNorm: c.isGemma3 ? try vector(p + "post_ffw_norm.weight", c.dim) : nil))
         }
         layers = ls
         outputNorm = try vector("output_norm.weight", c.dim)
@@ -115,14 +135,24 @@ public final class Transformer: @unchecked Sendable {
             tiedEmbeddings = true
         }
         ropeThetaScale = powf(c.ropeBase, -2 / Float(c.ropeDim))
+        layerRope = (0..<c.layers).map { l in
+            c.isSlidingWindowLayer(l) ? (powf(c.localRopeBase, -2 / Float(c.ropeDim)), 1)
+                                      : (powf(c.ropeBase, -2 / Float(c.ropeDim)), c.ropeFreqScale)
+        }
+        kqScale = c.isGemma3 ? 1 : 1 / Float(c.headDim).squareRoot()
     }
 
     // MARK: - Building blocks shared by every path
 
-    /// out = x / sqrt(mean(x²) + eps) * w
+    /// out = x / sqrt(mean(x²) + eps) * w over the model width.
     @inline(__always)
     func rmsNorm(_ x: UnsafePointer<Float>, _ w: [Float], _ out: UnsafeMutablePointer<Float>) {
-        let n = config.dim
+        rmsNorm(x, w, out, count: config.dim)
+    }
+
+    /// out = x / sqrt(mean(x²) + eps) * w over `n` values (out may be x).
+    @inline(__always)
+    func rmsNorm(_ x: UnsafePointer<Float>, _ w: [Float], _ out: UnsafeMutablePointer<Float>, count n: Int) {
         let ss = dotF32(x, x, count: n)
         let scale = 1 / (ss / Float(n) + config.rmsNormEps).squareRoot()
         w.withUnsafeBufferPointer { wp in for i in 0..<n { out[i] = x[i] * scale * wp[i] } }
@@ -131,12 +161,25 @@ public final class Transformer: @unchecked Sendable {
     /// Rotate `count` heads of `headDim` in place for position `pos`.
     @inline(__always)
     func rope(_ v: UnsafeMutablePointer<Float>, heads count: Int, pos: Int) {
+        rope(v, heads: count, pos: pos, thetaScale: ropeThetaScale, freqScale: 1)
+    }
+
+    /// `rope` with layer l's base and position scale.
+    @inline(__always)
+    func rope(_ v: UnsafeMutablePointer<Float>, heads count: Int, pos: Int, layer l: Int) {
+        rope(v, heads: count, pos: pos, thetaScale: layerRope[l].thetaScale, freqScale: layerRope[l].freqScale)
+    }
+
+    @inline(__always)
+    func rope(_ v: UnsafeMutablePointer<Float>, heads count: Int, pos: Int, thetaScale: Float, freqScale: Float) {
         let hd = config.headDim, half = config.ropeDim / 2
-        // Same angle arithmetic as llama.cpp's rope cache: theta_i = ((pos·s)·s)·… in float.
-        var theta = Float(pos)
+        // Same angle arithmetic as llama.cpp's rope cache: theta_i = ((pos·s)·s)·… in float,
+        // times the position scale when the layer has one.
+        var thetaExtrap = Float(pos)
         for i in 0..<half {
+            let theta = freqScale == 1 ? thetaExtrap : freqScale * thetaExtrap
             let c = cosf(theta), s = sinf(theta)
-            theta *= ropeThetaScale
+            thetaExtrap *= thetaScale
             for h in 0..<count {
                 let base = v + h * hd
                 // llama: adjacent pairs; qwen2 (NeoX): element i pairs with i + ropeDim/2.
@@ -148,14 +191,20 @@ public final class Transformer: @unchecked Sendable {
         }
     }
 
-    /// Attention of one query head over positions 0...pos of `layer` (vector kernel).
+    /// The first position a query at `pos` sees on `layer`: 0, or the start of the sliding window.
+    @inline(__always)
+    func attentionStart(layer: Int, pos: Int) -> Int {
+        config.isSlidingWindowLayer(layer) ? max(0, pos - config.slidingWindow + 1) : 0
+    }
+
+    /// Attention of one query head over positions attentionStart...pos of `layer` (vector kernel).
     /// scores: scratch of at least pos+1 floats. out: [headDim].
     @inline(__always)
     func attendHead(q: UnsafePointer<Float>, kvHead: Int, layer: Int, pos: Int, cache: KVCache,
                     scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, halfWeights: Bool) {
-        let hd = config.headDim
-        bk_attend(q, cache.key(layer, 0) + kvHead * hd, cache.value(layer, 0) + kvHead * hd, cache.kvDim,
-                  cache.present + layer * cache.capacity, Int32(pos + 1), Int32(hd), 1 / Float(hd).squareRoot(),
+        let hd = config.headDim, lo = attentionStart(layer: layer, pos: pos)
+        bk_attend(q, cache.key(layer, lo) + kvHead * hd, cache.value(layer, lo) + kvHead * hd, cache.kvDim,
+                  cache.present + layer * cache.capacity + lo, Int32(pos + 1 - lo), Int32(hd), kqScale,
                   halfWeights ? 1 : 0, scores, out)
     }
 
@@ -163,10 +212,12 @@ public final class Transformer: @unchecked Sendable {
     public func attendHeadRef(q: UnsafePointer<Float>, kvHead: Int, layer: Int, pos: Int, cache: KVCache,
                               scores: UnsafeMutablePointer<Float>, out: UnsafeMutablePointer<Float>, halfWeights: Bool) {
         let hd = config.headDim
-        let scale = 1 / Float(hd).squareRoot()
+        let scale = kqScale
         let off = kvHead * hd
+        let lo = attentionStart(layer: layer, pos: pos)
         var maxScore = -Float.infinity
-        for t in 0...pos {
+        for t in 0..<lo { scores[t] = -.infinity }
+        for t in lo...pos {
             guard cache.isPresent(layer, t) else { scores[t] = -.infinity; continue }
             let s = dotF32Ref(q, cache.key(layer, t) + off, count: hd) * scale
             scores[t] = s

@@ -6,7 +6,7 @@ tokenizer against the file this script writes, and never need llama.cpp themselv
 
     scripts/fetch-model.sh gemma3
     pip install llama-cpp-python gguf
-    python3 scripts/make_gemma_fixtures.py        # options: --model PATH, --out DIR
+    python3 scripts/make_gemma_tokenizer_fixtures.py        # options: --model PATH, --out DIR
 
 Each string (a fixed list, then RANDOM_COUNT seeded random mixtures) is tokenized with `llama_tokenize(add_special=false, parse_special=S)` for S =
 false and, when the string contains the text of a control token, also S = true. Each case
