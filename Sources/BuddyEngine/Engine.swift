@@ -224,10 +224,12 @@ public final class ChatEngine: @unchecked Sendable {
         let name = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent
         let r = router.name, cap = session.capacity, L = layers
         let k = LayerBudget.routableCount(budget: budget, layers: L)
-        queue.async { [sink, routable, notice] in
+        let templateNotice = model.template.notice
+        queue.async { [sink, routable, notice, templateNotice] in
             sink(.ready(model: name, layers: L, contextSize: cap, router: r))
             sink(.budget(budget, k: k, routable: routable))
             if let notice { sink(.notice(notice)) }
+            if let templateNotice { sink(.notice(templateNotice)) }
         }
         if options.auto { queue.async { self.setAuto(true) } }
     }

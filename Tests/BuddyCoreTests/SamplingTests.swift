@@ -90,5 +90,24 @@ final class SamplingTests: XCTestCase {
                        "<|im_start|>system\nYou are X<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
         XCTAssertEqual(t.render([ChatMessage(role: .system, content: "S"), ChatMessage(role: .user, content: "Hi")]),
                        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        XCTAssertEqual(t.format, .chatML)
+        XCTAssertNil(t.notice)
+    }
+
+    /// A base model (no template in the file) or a format this engine does not render: no
+    /// template is invented; the conversation is the typed and generated text in order.
+    func testModelsWithoutAChatMLTemplateContinueText() {
+        let gemmaInstruct = "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+        for t in [ChatTemplate(ggufTemplate: nil), ChatTemplate(ggufTemplate: gemmaInstruct)] {
+            XCTAssertEqual(t.format, .plainContinuation)
+            XCTAssertNil(t.defaultSystemPrompt)
+            XCTAssertNotNil(t.notice)
+            XCTAssertEqual(t.endOfTurn, "")
+            let turns = [ChatMessage(role: .system, content: "ignored"), ChatMessage(role: .user, content: "The capital of France is"),
+                         ChatMessage(role: .assistant, content: " Paris."), ChatMessage(role: .user, content: " Its river is")]
+            XCTAssertEqual(t.render(turns), "The capital of France is Paris. Its river is")
+            XCTAssertEqual(t.renderTurn(turns[1]), "The capital of France is")
+            XCTAssertEqual(t.renderTurn(turns[0]), "")
+        }
     }
 }

@@ -10,16 +10,31 @@ public struct ChatMessage: Sendable, Equatable, Codable {
 ///   <|im_start|>ROLE\nCONTENT<|im_end|>\n ... <|im_start|>assistant\n
 /// When the conversation has no system message the model's own default system prompt is
 /// inserted, as its Jinja template does.
+///
+/// A model whose GGUF has no ChatML template (a base model such as Gemma 3 270M, or a format
+/// this engine does not render) gets `plainContinuation`: no template is invented, the
+/// conversation is the text typed and the text generated, one after the other, and the model
+/// continues it. The chat says so when it opens.
 public struct ChatTemplate: Sendable {
+    public enum Format: Sendable, Equatable { case chatML, plainContinuation }
+    public let format: Format
     public let defaultSystemPrompt: String?
-    public let endOfTurn = "<|im_end|>"
+    public var endOfTurn: String { format == .chatML ? "<|im_end|>" : "" }
 
-    public init(defaultSystemPrompt: String?) { self.defaultSystemPrompt = defaultSystemPrompt }
+    public init(defaultSystemPrompt: String?, format: Format = .chatML) {
+        self.defaultSystemPrompt = format == .chatML ? defaultSystemPrompt : nil
+        self.format = format
+    }
 
-    /// Reads the default system prompt out of a GGUF `tokenizer.chat_template` of the ChatML
-    /// shape: the text between "<|im_start|>system\n" and the following "<|im_end|>".
+    /// From a GGUF `tokenizer.chat_template`: ChatML when the template is ChatML (its default
+    /// system prompt is the text between "<|im_start|>system\n" and the following
+    /// "<|im_end|>"), plain continuation when the file has no template or another format.
     public init(ggufTemplate: String?) {
-        guard let t = ggufTemplate, let start = t.range(of: "<|im_start|>system\n"),
+        guard let t = ggufTemplate, t.contains("<|im_start|>") else {
+            self.init(defaultSystemPrompt: nil, format: .plainContinuation)
+            return
+        }
+        guard let start = t.range(of: "<|im_start|>system\n"),
               let end = t.range(of: "<|im_end|>", range: start.upperBound..<t.endIndex) else {
             self.init(defaultSystemPrompt: nil)
             return
@@ -27,7 +42,13 @@ public struct ChatTemplate: Sendable {
         self.init(defaultSystemPrompt: String(t[start.upperBound..<end.lowerBound]))
     }
 
+    /// What the chat tells the user when the model has no chat template (nil for ChatML).
+    public var notice: String? {
+        format == .plainContinuation ? "this model has no chat template (a base model): replies continue your text instead of answering it" : nil
+    }
+
     public func render(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) -> String {
+        if format == .plainContinuation { return messages.filter { $0.role != .system }.map(\.content).joined() }
         var out = ""
         if messages.first?.role != .system, let sys = defaultSystemPrompt {
             out += "<|im_start|>system\n\(sys)<|im_end|>\n"
@@ -37,5 +58,7 @@ public struct ChatTemplate: Sendable {
         return out
     }
 
-    public func renderTurn(_ m: ChatMessage) -> String { "<|im_start|>\(m.role.rawValue)\n\(m.content)<|im_end|>\n" }
+    public func renderTurn(_ m: ChatMessage) -> String {
+        format == .plainContinuation ? (m.role == .system ? "" : m.content) : "<|im_start|>\(m.role.rawValue)\n\(m.content)<|im_end|>\n"
+    }
 }
