@@ -66,7 +66,10 @@ public enum Routers {
         }
     }
 
-    /// Where a named router lives, if anywhere.
+    /// Where a named router lives, if anywhere. In each routers/ directory, a subdirectory
+    /// named after the model file (routers/gemma-3-270m-q4_k_m/ for
+    /// models/gemma-3-270m-q4_k_m.gguf) comes first, so several models' files can ship side by
+    /// side; files directly in routers/ belong to the default model.
     public static func locate(_ spec: String, model: LanguageModel) -> String? {
         let fm = FileManager.default
         if spec.contains("/") || spec.hasSuffix(".json") { return spec }
@@ -77,7 +80,10 @@ public enum Routers {
         let exe = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
         var dir = exe.deletingLastPathComponent()
         for _ in 0..<4 { dirs.append(dir.appendingPathComponent("routers").path); dir = dir.deletingLastPathComponent() }
-        for d in dirs where fm.fileExists(atPath: d + "/" + file) { return d + "/" + file }
+        let stem = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent
+        for d in dirs {
+            for candidate in [d + "/" + stem + "/" + file, d + "/" + file] where fm.fileExists(atPath: candidate) { return candidate }
+        }
         return nil
     }
 }
