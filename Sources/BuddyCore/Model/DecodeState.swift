@@ -126,39 +126,23 @@ extension Transformer {
         s.emit("l_out", l, s.x, c.dim)
     }
 
+    /// Matrices that share the normed input s.xb (Q/K/V, K/V, gate/up) into their outputs:
+    /// one parallel pass on the fast path, one scalar product each on the reference path.
+    func project(group ms: [QuantMatrix], into outputs: [UnsafeMutablePointer<Float>], _ s: DecodeState) {
+        if s.reference {
+            for (m, y) in zip(ms, outputs) { s.matvec.runReference(m, s.xb, y) }
+        } else {
+            s.xq.quantize(s.xb, count: config.dim)
+            s.matvec.run(ms, s.xb, s.xq, outputs)
+        }
+    }
+
     /// Q, K and V of the normed input s.xb into s.q, s.k, s.v.
-    func projectQKV(_ w: LayerWeights, _ s: DecodeState) {
-        if s.reference {
-            s.matvec.runReference(w.wq, s.xb, s.q)
-            s.matvec.runReference(w.wk, s.xb, s.k)
-            s.matvec.runReference(w.wv, s.xb, s.v)
-        } else {
-            s.xq.quantize(s.xb, count: config.dim)
-            s.matvec.run(w.qkv, s.xb, s.xq, s.qkvOut)
-        }
-    }
-
+    func projectQKV(_ w: LayerWeights, _ s: DecodeState) { project(group: w.qkv, into: s.qkvOut, s) }
     /// K and V only (a skipped layer under the `fill` policy).
-    func projectKV(_ w: LayerWeights, _ s: DecodeState) {
-        if s.reference {
-            s.matvec.runReference(w.wk, s.xb, s.k)
-            s.matvec.runReference(w.wv, s.xb, s.v)
-        } else {
-            s.xq.quantize(s.xb, count: config.dim)
-            s.matvec.run(w.kv, s.xb, s.xq, s.kvOut)
-        }
-    }
-
+    func projectKV(_ w: LayerWeights, _ s: DecodeState) { project(group: w.kv, into: s.kvOut, s) }
     /// The FFN's gate and up projections of s.xb into s.hb, s.hb2.
-    func projectGateUp(_ w: LayerWeights, _ s: DecodeState) {
-        if s.reference {
-            s.matvec.runReference(w.gate, s.xb, s.hb)
-            s.matvec.runReference(w.up, s.xb, s.hb2)
-        } else {
-            s.xq.quantize(s.xb, count: config.dim)
-            s.matvec.run(w.gateUp, s.xb, s.xq, s.gateUpOut)
-        }
-    }
+    func projectGateUp(_ w: LayerWeights, _ s: DecodeState) { project(group: w.gateUp, into: s.gateUpOut, s) }
 
     /// Layer l's cache entry for `pos`: k and v, or, for a position that skipped the layer,
     /// what `policy` leaves (zeros under `zero`, no entry under `mask`).
