@@ -20,7 +20,8 @@ $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chu
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
   --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-chat.csv
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
-  --budgets 0.9,0.7,0.5 --methods buddy,sleb --stand-ins on --csv eval/stand-ins-hellaswag.csv
+  --budgets 0.9,0.7,0.5 --methods buddy,sleb,shortgpt --stand-ins on --csv eval/stand-ins-hellaswag.csv \
+  --items eval/stand-ins-hellaswag-items.csv
 $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 \
   --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
 $buddy bench --budgets 1,0.9,0.7,0.5 --runs 5 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl

@@ -191,7 +191,7 @@ if si_ppl or si_chat:
     si_hs = load("stand-ins-hellaswag.csv")
     if si_hs:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).
-        si_table("HellaSwag acc_norm (higher is better)", si_hs + [dict(r, stand_ins="off") for r in hs if r["method"] in ("buddy", "sleb")],
+        si_table("HellaSwag acc_norm (higher is better)", si_hs + [dict(r, stand_ins="off") for r in hs if r["method"] in ("sleb", "shortgpt")],
                  "acc_norm", lambda v: f"{v:.3f}",
                  "First 400 tasks (standard error of one accuracy ≈ 0.024); 'off' cells are the main table's runs.",
                  lower_is_better=False)

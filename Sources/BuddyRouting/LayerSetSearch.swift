@@ -50,6 +50,12 @@ public final class LayerSetSearch {
     /// Told the evaluations done so far, fractions included, after every sequence of a batch of
     /// candidates: a batch of a hundred sets takes many minutes on long sequences.
     public var onProgress: ((Double) -> Void)?
+    /// What skipped layers leave behind in every candidate run: nothing (nil) or their stand-ins.
+    /// Full depth, and so the reference distributions, is the same either way.
+    public var standIns: StandIns? {
+        get { scorer.standIns }
+        set { scorer.standIns = newValue }
+    }
 
     /// Runs every sequence at full depth once (the reference distributions); `progress` is told
     /// (sequences done, total) after each, as this takes minutes for a few dozen chunks.
@@ -127,17 +133,38 @@ public final class LayerSetSearch {
     /// skipped layers leave the cache as `policy` says. Unlike `objective`, tokens may run
     /// different sets, so this measures what mixing them costs.
     public func routedKL(_ selector: DecisionModule, policy: KVPolicy) -> Double {
+        routedPositionKL(selector, policy: policy).reduce(0, +) / Double(max(scoredCount, 1))
+    }
+
+    /// KL from full depth at every scored position (sequences in order) under `selector`'s
+    /// per-token decisions, as `routedKL` runs them.
+    public func routedPositionKL(_ selector: DecisionModule, policy: KVPolicy) -> [Double] {
         let t = model.transformer, b = scorer.batch, cache = scorer.cache
-        var total = 0.0
+        var out: [Double] = []
+        out.reserveCapacity(scoredCount)
         for (i, s) in sequences.enumerated() {
             selector.resetContext()
             cache.truncate(to: 0)
             t.routedForward(s.tokens[...], start: 0, b, cache, routing: .perRow(selector), policy: policy)
             t.batchLogits(rows: s.scored, b, logits)
-            total += klSum(sequence: i)
+            out += rowKL(sequence: i)
         }
         evaluations += 1
-        return total / Double(max(scoredCount, 1))
+        return out
+    }
+
+    /// The Decision Module's raw inputs ([2·kvDim + dim], `RoutingInput`) at every scored
+    /// position (sequences in order, as `positionKL` orders its costs). Layer 0 is all it runs.
+    public func routingInputs() -> [[Float]] {
+        let t = model.transformer, b = scorer.batch, cache = scorer.cache
+        var out: [[Float]] = []
+        out.reserveCapacity(scoredCount)
+        for s in sequences {
+            cache.truncate(to: 0)
+            t.routedForward(s.tokens[...], start: 0, b, cache, endLayer: 1)
+            out += RoutingInput.rows(cache: cache, batch: b, positions: s.scored, withHiddenState: true, dim: model.config.dim)
+        }
+        return out
     }
 
     /// Mean KL from full depth when `runs` (all layers, first and last included) run for every token.
@@ -247,69 +274,6 @@ public final class LayerSetSearch {
 }
 
 extension LayerSetSearch {
-    /// One accepted step of `swapSearch`: the layers taken out and put in (as many of each).
-    public struct Swap: Sendable, Equatable {
-        public var dropped: [Int], added: [Int]
-        public var kl: Double   // mean KL of the set after the swap
-    }
-
-    /// Local search at one size: from `start` (k routable layers), repeatedly exchange `size`
-    /// kept layers for as many dropped layers while that lowers the mean KL, for at most
-    /// `rounds` swaps.
-    ///
-    /// A backward search only ever removes layers from bigger sets, so at small k it can be
-    /// stuck with an early removal that a static method (SLEB, ShortGPT) never made; a swap
-    /// search starting from such a method's set can only match or improve on it (on this
-    /// data). All k × (routable − k) swaps cost too much at small k on long sequences, so each
-    /// round first scores every single removal and every single addition, then tries the swaps
-    /// among the `shortlist` cheapest removals and the `shortlist` most useful additions:
-    ///  * size 1: every swap that involves one of them (a shortlist of k or more tries them all);
-    ///  * size 2: every pair of shortlisted removals with every pair of shortlisted additions,
-    ///    (shortlist choose 2)² sets. A set where no single swap helps can still gain from a
-    ///    double one when two layers only matter together.
-    /// progress(evaluations so far, message).
-    public func swapSearch(start: [Int], rounds: Int, shortlist: Int, size: Int = 1,
-                           progress: ((Int, String) -> Void)? = nil) -> (kept: [Int], kl: Double, swaps: [Swap]) {
-        precondition(size == 1 || size == 2, "swaps of one or two layers")
-        let L = model.config.layers, routable = L - 2
-        func mask(_ kept: Set<Int>) -> [Bool] { LayerBudget.mask(layers: L, chosen: kept) }
-        func pairs(_ xs: [Int]) -> [[Int]] { xs.indices.flatMap { i in xs[(i + 1)...].map { [xs[i], $0] } } }
-        func names(_ xs: [Int]) -> String { xs.map(String.init).joined(separator: "+") }
-        var current = Set(start)
-        var kl = objective(mask(current))
-        var swaps: [Swap] = []
-        progress?(evaluations, String(format: "start KL %.4f", kl))
-        for _ in 0..<rounds {
-            let kept = current.sorted(), dropped = Set(1...routable).subtracting(current).sorted()
-            guard kept.count >= size, dropped.count >= size else { break }
-            let base = mask(current)
-            let removals = objectives(base: base, candidates: kept.map { mask(current.subtracting([$0])) })
-            let additions = objectives(base: base, candidates: dropped.map { mask(current.union([$0])) })
-            let outs = kept.indices.sorted { removals[$0] < removals[$1] }.prefix(shortlist).map { kept[$0] }
-            let ins = dropped.indices.sorted { additions[$0] < additions[$1] }.prefix(shortlist).map { dropped[$0] }
-            let candidates: [(out: [Int], in: [Int])]
-            if size == 1 {
-                let (o, a) = (Set(outs), Set(ins))
-                candidates = kept.flatMap { k in dropped.map { ([k], [$0]) } }.filter { o.contains($0.0[0]) || a.contains($0.1[0]) }
-            } else {
-                candidates = pairs(outs.sorted()).flatMap { o in pairs(ins.sorted()).map { (o, $0) } }
-            }
-            guard !candidates.isEmpty else { break }
-            let scores = objectives(base: base, candidates: candidates.map { mask(current.subtracting($0.out).union($0.in)) })
-            let i = scores.indices.min { scores[$0] < scores[$1] }!
-            guard scores[i] < kl - 1e-9 else {
-                progress?(evaluations, String(format: "no swap lowers KL %.4f", kl))
-                break
-            }
-            current.subtract(candidates[i].out)
-            current.formUnion(candidates[i].in)
-            kl = scores[i]
-            swaps.append(Swap(dropped: candidates[i].out, added: candidates[i].in, kl: kl))
-            progress?(evaluations, String(format: "swap %@ for %@, KL %.4f", names(candidates[i].out), names(candidates[i].in), kl))
-        }
-        return (current.sorted(), kl, swaps)
-    }
-
     /// Sets for every k in 1...routable: the searched ones where the search went, and below
     /// its smallest k the smallest searched set thinned in the order of `ranking` (least
     /// important first), so every budget of the slider has a set.

@@ -3,25 +3,25 @@ import Foundation
 
 /// Router files (JSON), versioned and tied to the model they were made for.
 ///
-///     {"format": "buddy-router", "version": 1, "kind": "ranking" | "decision-module",
+///     {"format": "buddy-router", "version": 5, "kind": "ranking" | "decision-module" | "budget-predictor",
 ///      "method": "shortgpt", "model_fingerprint": "…", "layers": 30,
 ///      "ranking": [routable layers, most important first],          // kind "ranking"
-///      "dim": 576, "kv_dim": 192, "hidden": 64,                      // kind "decision-module"
-///      "input_mean": [...], "input_scale": [...], "w1": [...], "b1": [...],
-///      "w2": [...], "b2": [...], "prior": [...], "prior_weight": 1.0,
-///      "prior_by_count": [...],                                      // optional, version 2
-///      "context_gate": {"weights": [...], "bias": b, "prior_by_count": [...]},  // optional, version 3
-///      "token_switches": [{"kept": k, "table": "prose" | "conversation",          // optional, version 4
-///                          "alternative": [layers], "weights": [...], "bias": b}, ...],
+///      "dim": 576, "kv_dim": 192,                                    // kind "decision-module"
+///      "input_mean": [...], "input_scale": [...],
+///      "choices": [{"kept": k, "sets": [[layers]], "names": ["search", ...],
+///                   "weights": [...], "bias": [...]}, ...],         // one per k = 1...routable
 ///      "notes": "how it was made"}
 ///
+/// Decision modules of versions 1–4 (an MLP over a prior table, a context gate, token
+/// switches) are a retired format: loading one fails with an error that says so.
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
 public enum RouterFile {
     public static let format = "buddy-router"
-    /// Version 2 added the optional "prior_by_count" table of decision modules, version 3 the
-    /// optional "context_gate" ({"weights", "bias", "prior_by_count"}), version 4 the optional
-    /// "token_switches"; older files are still read.
-    public static let version = 4
+    /// Version 5 replaced the decision module's form (candidate sets and scorers per k); rankings
+    /// and budget predictors of versions 1–4 are still read.
+    public static let version = 5
+    /// The first version whose decision modules this build reads.
+    public static let decisionModuleVersion = 5
 
     /// Reads a router-format file and checks what every kind shares: JSON object, format,
     /// version and the model fingerprint.
@@ -61,22 +61,22 @@ public enum RouterFile {
                 throw RoutingError.badRouterFile(path: path, reason: "\(error)")
             }
         case "decision-module":
-            func floats(_ key: String) throws -> [Float] { try numbers(j, key, path: path).map(Float.init) }
-            guard let dim = j["dim"] as? Int, let kvDim = j["kv_dim"] as? Int, let hidden = j["hidden"] as? Int else {
-                throw RoutingError.badRouterFile(path: path, reason: "missing dim, kv_dim or hidden")
+            guard j["version"] as? Int == decisionModuleVersion else {
+                throw RoutingError.retiredFormat(path: path, found: j["version"] as? Int ?? 0,
+                    what: "a Decision Module of the retired form (an MLP over tables of layer sets, a context gate, token switches)",
+                    remedy: "train a new one with `buddy train router`")
+            }
+            guard let dim = j["dim"] as? Int, let kvDim = j["kv_dim"] as? Int else {
+                throw RoutingError.badRouterFile(path: path, reason: "missing dim or kv_dim")
             }
             guard dim == model.config.dim, kvDim == model.config.kvDim else {
                 throw RoutingError.badRouterFile(path: path, reason: "dimensions \(dim)/\(kvDim) differ from the model's \(model.config.dim)/\(model.config.kvDim)")
             }
-            guard (1...4096).contains(hidden) else { throw RoutingError.badRouterFile(path: path, reason: "absurd hidden size \(hidden)") }
-            let w = DecisionModule.Weights(
-                inputMean: try floats("input_mean"), inputScale: try floats("input_scale"),
-                w1: try floats("w1"), b1: try floats("b1"), w2: try floats("w2"), b2: try floats("b2"),
-                prior: try floats("prior"), priorWeight: (j["prior_weight"] as? NSNumber)?.floatValue ?? 1,
-                priorByCount: j["prior_by_count"] == nil ? nil : try floats("prior_by_count"),
-                gate: try contextGate(j, path: path), tokenSwitches: try tokenSwitches(j, path: path))
+            let w = DecisionModule.Weights(inputMean: try numbers(j, "input_mean", path: path).map(Float.init),
+                                           inputScale: try numbers(j, "input_scale", path: path).map(Float.init),
+                                           choices: try choices(j, path: path))
             do {
-                return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, hidden: hidden, weights: w)
+                return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, weights: w)
             } catch let RoutingError.badRouterFile(_, reason) {
                 throw RoutingError.badRouterFile(path: path, reason: reason)
             }
@@ -85,35 +85,22 @@ public enum RouterFile {
         }
     }
 
-    static func contextGate(_ j: [String: Any], path: String) throws -> DecisionModule.ContextGate? {
-        guard let raw = j["context_gate"] else { return nil }
-        guard let g = raw as? [String: Any] else { throw RoutingError.badRouterFile(path: path, reason: "context_gate is not an object") }
-        guard let bias = g["bias"] as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "missing context_gate.bias") }
-        func floats(_ key: String) throws -> [Float] {
-            do { return try numbers(g, key, path: path).map(Float.init) } catch let RoutingError.badRouterFile(_, reason) {
-                throw RoutingError.badRouterFile(path: path, reason: "context_gate: " + reason)
-            }
-        }
-        return DecisionModule.ContextGate(weights: try floats("weights"), bias: bias.floatValue, priorByCount: try floats("prior_by_count"))
-    }
-
-    static func tokenSwitches(_ j: [String: Any], path: String) throws -> [DecisionModule.TokenSwitch] {
-        guard let raw = j["token_switches"] else { return [] }
-        guard let list = raw as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "token_switches is not a list") }
+    static func choices(_ j: [String: Any], path: String) throws -> [DecisionModule.Choice] {
+        guard let list = j["choices"] as? [Any] else { throw RoutingError.badRouterFile(path: path, reason: "missing choices (a list)") }
+        guard list.count <= 1024 else { throw RoutingError.badRouterFile(path: path, reason: "choices has \(list.count) entries") }
         return try list.enumerated().map { i, item in
-            let field = "token_switches[\(i)]"
-            guard let t = item as? [String: Any] else { throw RoutingError.badRouterFile(path: path, reason: "\(field) is not an object") }
-            guard let kept = t["kept"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).kept") }
-            guard let table = t["table"] as? String, table == "prose" || table == "conversation" else {
-                throw RoutingError.badRouterFile(path: path, reason: "\(field).table must be \"prose\" or \"conversation\"")
+            let field = "choices[\(i)]"
+            guard let c = item as? [String: Any] else { throw RoutingError.badRouterFile(path: path, reason: "\(field) is not an object") }
+            guard let kept = c["kept"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).kept") }
+            guard let sets = c["sets"] as? [[Int]] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).sets (lists of layers)") }
+            guard let names = c["names"] as? [String] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).names") }
+            func floats(_ key: String) throws -> [Float] {
+                guard c[key] != nil else { return [] }
+                do { return try numbers(c, key, path: path).map(Float.init) } catch let RoutingError.badRouterFile(_, reason) {
+                    throw RoutingError.badRouterFile(path: path, reason: "\(field): " + reason)
+                }
             }
-            guard let alternative = t["alternative"] as? [Int] else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).alternative (a list of layers)") }
-            guard let bias = t["bias"] as? NSNumber else { throw RoutingError.badRouterFile(path: path, reason: "missing \(field).bias") }
-            let weights: [Float]
-            do { weights = try numbers(t, "weights", path: path).map(Float.init) } catch let RoutingError.badRouterFile(_, reason) {
-                throw RoutingError.badRouterFile(path: path, reason: "\(field): " + reason)
-            }
-            return DecisionModule.TokenSwitch(kept: kept, conversation: table == "conversation", alternative: alternative, weights: weights, bias: bias.floatValue)
+            return DecisionModule.Choice(kept: kept, sets: sets, names: names, weights: try floats("weights"), bias: try floats("bias"))
         }
     }
 
@@ -153,21 +140,16 @@ public enum RouterFile {
 
     public static func save(_ m: DecisionModule, model: LanguageModel, notes: String, to path: String) throws {
         let w = m.weights
-        var object: [String: Any] = [
-            "format": format, "version": version, "kind": "decision-module", "method": m.name,
-            "model_fingerprint": model.fingerprint, "layers": m.layers, "dim": m.dim, "kv_dim": m.kvDim, "hidden": m.hidden,
-            "input_mean": w.inputMean, "input_scale": w.inputScale, "w1": w.w1, "b1": w.b1, "w2": w.w2, "b2": w.b2,
-            "prior": w.prior, "prior_weight": w.priorWeight, "notes": notes,
-        ]
-        if let t = w.priorByCount { object["prior_by_count"] = t }
-        if let g = w.gate { object["context_gate"] = ["weights": g.weights, "bias": g.bias, "prior_by_count": g.priorByCount] as [String: Any] }
-        if !w.tokenSwitches.isEmpty {
-            object["token_switches"] = w.tokenSwitches.map {
-                ["kept": $0.kept, "table": $0.conversation ? "conversation" : "prose", "alternative": $0.alternative,
-                 "weights": $0.weights, "bias": $0.bias] as [String: Any]
-            }
+        let choices: [[String: Any]] = w.choices.map { c in
+            var o: [String: Any] = ["kept": c.kept, "sets": c.sets, "names": c.names]
+            if c.candidates > 1 { o["weights"] = c.weights; o["bias"] = c.bias }
+            return o
         }
-        try write(object, to: path)
+        try write([
+            "format": format, "version": version, "kind": "decision-module", "method": m.name,
+            "model_fingerprint": model.fingerprint, "layers": m.layers, "dim": m.dim, "kv_dim": m.kvDim,
+            "input_mean": w.inputMean, "input_scale": w.inputScale, "choices": choices, "notes": notes,
+        ], to: path)
     }
 
     /// Atomic write: temporary file in the same directory, fsync, rename.

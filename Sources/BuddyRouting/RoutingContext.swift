@@ -87,3 +87,12 @@ public enum BudgetEncoding {
         out[0] = Float(b); out[1] = Float(b * b); out[2] = Float(b * b * b); out[3] = Float(1 - b)
     }
 }
+
+/// Mean and standard deviation of column d of rows (the standardisation of routing inputs).
+public func columnStatistics(_ rows: [[Float]], _ d: Int) -> (mean: Double, std: Double) {
+    var sum = 0.0, sq = 0.0
+    for r in rows { let v = Double(r[d]); sum += v; sq += v * v }
+    let n = Double(max(rows.count, 1))
+    let mean = sum / n
+    return (mean, max(0, sq / n - mean * mean).squareRoot())
+}

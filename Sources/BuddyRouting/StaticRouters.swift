@@ -73,6 +73,7 @@ public enum RoutingError: Error, CustomStringConvertible {
     case badRouterFile(path: String, reason: String)
     case wrongModel(path: String, fileFingerprint: String, modelFingerprint: String)
     case unsupportedVersion(path: String, found: Int, supported: Int)
+    case retiredFormat(path: String, found: Int, what: String, remedy: String)
     case unknownRouter(String)
     case noBudgetPredictor
 
@@ -84,6 +85,8 @@ public enum RoutingError: Error, CustomStringConvertible {
             return "router file '\(path)' was made for another model (fingerprint \(f), this model is \(m)); calibrate or train one for this model"
         case let .unsupportedVersion(path, found, supported):
             return "router file '\(path)' has format version \(found); this buddy reads versions 1 to \(supported)"
+        case let .retiredFormat(path, found, what, remedy):
+            return "router file '\(path)' holds \(what) in format version \(found), which this buddy no longer reads; \(remedy)"
         case let .unknownRouter(n): return "unknown router '\(n)' (use a file path, or one of: buddy, shortgpt, sleb, last, random, even)"
         case .noBudgetPredictor: return "no routers/budget-predictor.json was found for this model"
         }

@@ -154,7 +154,7 @@ public enum RoutingPanel {
         }
         if legendY + 1 < r.maxY, let last = st.columns.last(where: { !$0.isGap }) {
             let k = RoutingPanelState.executedRoutable(last)
-            let sets = last.layerSets.map { " · " + $0 } ?? ""
+            let sets = last.layerSets.map { " · set: " + $0 } ?? ""
             c.put(x0, legendY + 1, " last step: \(k)/\(st.routable) routable + 2 fixed" + sets, .dim, columns: w)
         }
     }

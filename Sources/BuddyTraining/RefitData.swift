@@ -2,7 +2,7 @@ import BuddyCore
 import BuddyRouting
 import Foundation
 
-/// The training and validation data of the one-budget refits (`train switches`, `train swap`):
+/// The training and validation data of `buddy train router`'s scorers:
 /// prose from WikiText-2 and conversations from the train split of the chat prompts.
 public struct RefitData: Sendable {
     public var data: String

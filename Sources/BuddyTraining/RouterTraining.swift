@@ -2,208 +2,275 @@ import BuddyCore
 import BuddyRouting
 import Foundation
 
-/// `buddy train router`: measure per-token layer importances, fit the Decision Module's MLP
-/// and choose alpha on held-out text (docs/TRAINING.md).
+/// `buddy train router`: the whole Decision Module from the repository's data in one command
+/// (docs/TRAINING.md):
+///
+/// 1. candidate sets: a floating backward layer-set search with the model's stand-ins on a
+///    small text + chat mix (every k from all routable layers down to --min-kept, thinned in
+///    the first candidate ranking's order below), plus each static ranking's set per k;
+/// 2. per budget of --budgets, every distinct candidate's KL from full depth at every position
+///    of the training and validation data (each token running that set, stand-ins on);
+/// 3. a linear scorer per budget (`SetChoiceFit`), its L2 strength chosen on validation, kept
+///    only when the module routing with it (one decision per token, mixing sets under the KV
+///    policy) beats the best single candidate on validation by --min-gain; else that best set.
+/// Everything measured is checkpointed, so an interrupted run resumes.
 public enum RouterTraining {
     public struct Options {
-        public var data: String
+        public var data: RefitData
         public var out: String
-        public var prior: String = "sleb"
-        public var trainChunks: Int = 12
-        public var chunk: Int = 256
-        public var valChunks: Int = 3
-        public var budgets: String = "0.5,0.6,0.7,0.8,0.9,0.95"
-        public var alphas: String = "0,0.01,0.02,0.04,0.08"
-        public var hidden: Int = 32
-        public var epochs: Int = 30
-        public var weightDecay: Float = 1e-3
-        public var seed: UInt64 = 0
+        public var candidates: String = "sleb,shortgpt"
+        public var budgets: String = "0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95"
+        public var searchTextChunks: Int = 4
+        public var searchWindow: Int = 256
+        public var searchChatPrompts: Int = 8
+        public var searchReplyTokens: Int = 48
+        public var minKept: Int = 14
+        public var maxInclusions: Int = 20
+        public var l2: String = "0.0001,0.001,0.01,0.1"
+        public var minGain: Double = 0.005
+        public var standIns: StandInChoice = .auto
+        public var kvPolicy: KVPolicy = .fill
         public var checkpoint: String?
         public var threads: Int = 2
-        public init(data: String, out: String, prior: String = "sleb", trainChunks: Int = 12, chunk: Int = 256, valChunks: Int = 3, budgets: String = "0.5,0.6,0.7,0.8,0.9,0.95", alphas: String = "0,0.01,0.02,0.04,0.08", hidden: Int = 32, epochs: Int = 30, weightDecay: Float = 1e-3, seed: UInt64 = 0, checkpoint: String? = nil, threads: Int = 2) {
-            self.data = data
-            self.out = out
-            self.prior = prior
-            self.trainChunks = trainChunks
-            self.chunk = chunk
-            self.valChunks = valChunks
-            self.budgets = budgets
-            self.alphas = alphas
-            self.hidden = hidden
-            self.epochs = epochs
-            self.weightDecay = weightDecay
-            self.seed = seed
-            self.checkpoint = checkpoint
-            self.threads = threads
+        public init(data: RefitData, out: String) { self.data = data; self.out = out }
+
+        public func validate() throws {
+            try data.validate()
+            _ = try budgetList()
+            _ = try l2List()
+            guard searchTextChunks >= 0, searchChatPrompts >= 0, searchTextChunks + searchChatPrompts > 0 else {
+                throw ToolError.usage("--search-text-chunks and --search-chat-prompts must be >= 0 and not both 0")
+            }
+            guard (32...512).contains(searchWindow) else { throw ToolError.usage("--search-window must be 32...512") }
+            guard (1...256).contains(searchReplyTokens) else { throw ToolError.usage("--search-reply-tokens must be 1...256") }
+            guard minKept >= 1, maxInclusions >= 0 else { throw ToolError.usage("--min-kept must be >= 1 and --max-inclusions >= 0") }
+            guard minGain >= 0, minGain < 1 else { throw ToolError.usage("--min-gain must be in [0, 1)") }
+            try validateThreads(threads)
+        }
+
+        public func budgetList() throws -> [Double] {
+            let parts = budgets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let bs = parts.compactMap { Double($0) }
+            guard !bs.isEmpty, bs.count == parts.count, bs.allSatisfy({ $0 > 0 && $0 < 1 }) else {
+                throw ToolError.usage("--budgets must list budgets in (0, 1), not '\(budgets)'")
+            }
+            return bs
+        }
+
+        public func l2List() throws -> [Float] {
+            let parts = l2.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let xs = parts.compactMap { Float($0) }
+            guard !xs.isEmpty, xs.count == parts.count, xs.allSatisfy({ $0 >= 0 && $0.isFinite }) else {
+                throw ToolError.usage("--l2 must list non-negative numbers, not '\(l2)'")
+            }
+            return xs
+        }
+
+        /// The command that reproduces a router, for its notes (relative paths as given).
+        public var commandLine: String {
+            "buddy train router --data \(data.data) --chat-data \(data.chatData) " + data.commandLine
+                + " --candidates \(candidates) --budgets \(budgets)"
+                + " --search-text-chunks \(searchTextChunks) --search-window \(searchWindow) --search-chat-prompts \(searchChatPrompts)"
+                + " --search-reply-tokens \(searchReplyTokens) --min-kept \(minKept) --max-inclusions \(maxInclusions)"
+                + " --l2 \(l2) --min-gain \(minGain) --kv-policy \(kvPolicy.rawValue)"
+        }
+
+        /// What the checkpoint's measurements depend on (budgets and thresholds may change on a rerun).
+        var settings: String {
+            "\(data.commandLine) search \(searchTextChunks)x\(searchWindow) chat \(searchChatPrompts)x\(searchReplyTokens) candidates \(candidates)"
         }
     }
 
-    /// Trains and writes the router to `options.out`; `model` is loaded once the text has been read.
-    public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws {
-        guard var text = try? String(contentsOfFile: o.data, encoding: .utf8) else { throw ToolError("cannot read data file '\(o.data)'") }
-        if text.hasSuffix("\n") { text.removeLast() }
-        let model = try loadModel()
-        let c = model.config
-        let priorRanking: StaticRanking
-        do {
-            guard let p = try Routers.make(o.prior, model: model) as? StaticRanking else { throw ToolError("--prior must name a static ranking") }
-            priorRanking = p
-        } catch let e as ToolError { throw e } catch { throw ToolError("prior '\(o.prior)': \(error)") }
-        let ids = model.tokenizer.encode(text, parseSpecial: false)
-        let (trainChunks, chunk, valChunks, hidden, epochs, seed) = (o.trainChunks, o.chunk, o.valChunks, o.hidden, o.epochs, o.seed)
-        let trainTokens = trainChunks * chunk
-        let valStart = (trainTokens + 511) / 512
-        guard ids.count >= (valStart + valChunks) * 512 else { throw ToolError("not enough text for \(trainChunks) training and \(valChunks) validation chunks") }
+    /// Everything measured so far, saved after every step.
+    struct Checkpoint: Codable {
+        var modelFingerprint: String
+        var standIns: String
+        var settings: String
+        var search: LayerSetSearch.State?
+        var searchDone = false
+        /// Per-position KL of a set on the training or validation data, keyed "train|1,2,5,…".
+        var costs: [String: [Double]] = [:]
+        /// Single-layer removal KL on the search data (layer l at index l-1).
+        var isolated: [Double]?
+    }
+
+    public static func run(_ o: Options, model: LanguageModel, report: Reporter) throws {
+        let c = model.config, L = c.layers, routable = L - 2, threads = o.threads
+        guard o.minKept < routable else { throw ToolError("--min-kept must be below the \(routable) routable layers") }
+        let budgets = try o.budgetList(), l2s = try o.l2List()
+        let standIns = try o.standIns.resolve(model: model, note: report.note)
+        let standInLabel = standIns == nil ? "off" : "on"
+        let rankings = try o.candidates.split(separator: ",").map { name -> StaticRanking in
+            let n = name.trimmingCharacters(in: .whitespaces)
+            guard let r = try Routers.make(n, model: model) as? StaticRanking else { throw ToolError("--candidates: '\(n)' is not a static ranking") }
+            return r
+        }
+        guard let thinning = rankings.first else { throw ToolError("--candidates names no ranking") }
         let t0 = Date()
 
-        // 1. Measure per-token layer importances, checkpointed after every chunk so an
-        //    interrupted run resumes where it stopped.
-        let trainer = RouterTrainer(model: model, chunkSize: chunk, threads: o.threads)
-        let checkpointPath = o.checkpoint ?? o.out + ".checkpoint"
-        var ex = RoutingExamples()
-        var firstChunk = 0
-        if let saved = ExampleCheckpoint.load(checkpointPath, fingerprint: model.fingerprint, chunk: chunk), saved.chunksDone <= trainChunks {
-            ex = saved.examples
-            firstChunk = saved.chunksDone
-            report.note("resuming from \(checkpointPath): \(firstChunk) chunks already measured")
+        // Checkpoint: reuse what a previous run of the same data measured.
+        let checkpointPath = o.checkpoint ?? o.out + ".checkpoint.json"
+        var saved = Checkpoint(modelFingerprint: model.fingerprint, standIns: standInLabel, settings: o.settings)
+        if let d = FileManager.default.contents(atPath: checkpointPath), let old = try? JSONDecoder().decode(Checkpoint.self, from: d),
+           old.modelFingerprint == model.fingerprint, old.settings == o.settings, old.standIns == standInLabel {
+            saved = old
+            report.note("resuming from \(checkpointPath): \(old.costs.count) measured sets, search \(old.searchDone ? "done" : "in progress")")
         }
-        let bar = report.progress("measuring", trainChunks)
-        for i in firstChunk..<trainChunks {
-            trainer.collect(chunk: ids[(i * chunk)..<((i + 1) * chunk)], firstScored: chunk / 4, into: &ex)
-            try ExampleCheckpoint.save(ex, chunksDone: i + 1, fingerprint: model.fingerprint, chunk: chunk, to: checkpointPath)
-            bar.update(i + 1, detail: "\(ex.count) examples")
+        func save() throws { try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath) }
+
+        // 1. The search, on its own small mix.
+        let ids = try TrainingData.textTokens(o.data.data, model: model)
+        var searchData = try TrainingData.textSequences(ids, chunks: 0..<o.searchTextChunks, length: o.searchWindow, firstScored: 16, path: o.data.data)
+        searchData += try TrainingData.chatSequences(model: model, path: o.data.chatData, prompts: 0..<o.searchChatPrompts,
+                                                     replyTokens: o.searchReplyTokens, threads: threads, report: report)
+        let search = TrainingData.search(model: model, sequences: searchData, threads: threads, label: "search data", report: report)
+        search.standIns = standIns
+        report.line("search data: \(search.sequences.count) sequences, \(search.scoredCount) scored positions; stand-ins \(standInLabel)")
+        if saved.isolated == nil {
+            let all = [Bool](repeating: true, count: L)
+            let bar = report.progress("single-layer removals", routable)
+            search.onProgress = { bar.update(Int($0), detail: "") }
+            saved.isolated = search.objectives(base: all, candidates: (1...routable).map { l in (0..<L).map { $0 != l } })
+            search.onProgress = nil
+            try save()
+        }
+        var found: [Int: LayerSetSearch.Found] = saved.search?.best ?? [:]
+        if !saved.searchDone {
+            let bar = report.progress("layer-set search", ((o.minKept + 1)...routable).reduce(0, +))
+            let startEvaluations = saved.search?.evaluations ?? 0
+            found = try search.search(minKept: o.minKept, maxInclusions: o.maxInclusions, from: saved.search, checkpoint: { s in
+                saved.search = s
+                try save()
+            }, progress: { evals, k, message in
+                let done = evals - startEvaluations
+                bar.total = done + (k > o.minKept ? ((o.minKept + 1)...k).reduce(0, +) : 0)
+                bar.update(done, detail: message)
+            })
+            saved.searchDone = true
+            try save()
+        }
+        let searched = LayerSetSearch.completeSets(found, ranking: thinning.ranking)
+        // The paper's form scores layers one by one; its static core is this ranking by the
+        // KL of removing one layer alone (stand-in in its place).
+        let isolated = saved.isolated!
+        let isolatedRanking = (1...routable).sorted { isolated[$0 - 1] > isolated[$1 - 1] }
+
+        // 2. Per-position costs on the training and validation data.
+        let text = try o.data.text(ids: ids)
+        let chat = try o.data.chat(model: model, conversation: true, threads: threads, report: report)
+        let train = TrainingData.search(model: model, sequences: text.train + chat.train, threads: threads, label: "training data", report: report)
+        let validation = TrainingData.search(model: model, sequences: text.validation + chat.validation, threads: threads, label: "validation data", report: report)
+        train.standIns = standIns
+        validation.standIns = standIns
+        report.line("training data: \(text.train.count) text + \(chat.train.count) chat sequences, \(train.scoredCount) positions; "
+                    + "validation: \(text.validation.count) + \(chat.validation.count), \(validation.scoredCount) positions")
+        func key(_ split: String, _ set: [Int]) -> String { split + "|" + set.map(String.init).joined(separator: ",") }
+        func costs(_ split: String, _ set: [Int]) throws -> [Double] {
+            if let c = saved.costs[key(split, set)] { return c }
+            let c = (split == "train" ? train : validation).positionKL(LayerBudget.mask(layers: L, chosen: Set(set)))
+            saved.costs[key(split, set)] = c
+            try save()
+            return c
+        }
+        let ks = Array(Set(budgets.map { LayerBudget.routableCount(budget: $0, layers: L) })).sorted(by: >)
+        var candidatesByK: [Int: [(name: String, set: [Int])]] = [:]
+        for k in ks {
+            var list: [(name: String, set: [Int])] = [("search", searched[k]!)]
+            for r in rankings {
+                let set = Array(r.ranking.prefix(k)).sorted()
+                if !list.contains(where: { $0.set == set }) { list.append((r.name, set)) }
+            }
+            candidatesByK[k] = list
+        }
+        let comparisonKs = Set([0.9, 0.7, 0.5].map { LayerBudget.routableCount(budget: $0, layers: L) })
+        let measurements = ks.reduce(0) { $0 + 2 * candidatesByK[$1]!.count } + 2 * comparisonKs.count
+        let bar = report.progress("per-position KL (training, validation)", measurements)
+        var measured = 0
+        for k in ks {
+            for cand in candidatesByK[k]! {
+                for split in ["train", "validation"] { _ = try costs(split, cand.set); measured += 1; bar.update(measured, detail: "k \(k) \(cand.name) \(split)") }
+            }
+        }
+        var isolatedValidation: [Int: Double] = [:]
+        for k in comparisonKs.sorted(by: >) {
+            isolatedValidation[k] = TrainingData.mean(try costs("validation", Array(isolatedRanking.prefix(k)).sorted()))
+            measured += 2
+            bar.update(measured, detail: "k \(k) single-layer ranking")
         }
 
-        // 2. Normalise inputs (with random budgets appended) and standardise targets per layer.
-        var rng = SeededRNG(seed: seed)
-        let base = 2 * c.kvDim + c.dim, inDim = base + BudgetEncoding.count
-        var inputs = ex.inputs.map { x -> [Float] in
-            var v = x + [Float](repeating: 0, count: BudgetEncoding.count)
-            let b = 0.3 + 0.65 * Double(rng.nextUnitFloat())
-            v.withUnsafeMutableBufferPointer { BudgetEncoding.write(b, into: $0.baseAddress! + base) }
-            return v
-        }
+        // 3. Inputs, normalisation, scorers.
+        let trainInputs = train.routingInputs(), validationInputs = validation.routingInputs()
+        let inDim = 2 * c.kvDim + c.dim
         var mean = [Float](repeating: 0, count: inDim), scale = [Float](repeating: 1, count: inDim)
         for d in 0..<inDim {
-            let (mu, sd) = columnStatistics(inputs, d)
-            mean[d] = Float(mu)
-            scale[d] = sd > 1e-8 ? Float(1 / sd) : 1
+            let (m, sd) = columnStatistics(trainInputs, d)
+            mean[d] = Float(m); scale[d] = sd > 1e-8 ? Float(1 / sd) : 0
         }
-        inputs = inputs.map { x in (0..<inDim).map { (x[$0] - mean[$0]) * scale[$0] } }
-        let R = c.layers - 2
-        var targets = ex.targets
-        for l in 0..<R {
-            let (mu, sd) = columnStatistics(targets, l)
-            let inv = 1 / max(1e-6, sd)
-            for i in targets.indices { targets[i][l] = Float((Double(targets[i][l]) - mu) * inv) }
-        }
-        // Hold out whole chunks (the last tenth of the examples) for validation.
-        let split = ex.count * 9 / 10
-        let (trX, trY) = (Array(inputs[..<split]), Array(targets[..<split]))
-        let (vaX, vaY) = (Array(inputs[split...]), Array(targets[split...]))
+        func normalised(_ rows: [[Float]]) -> [[Float]] { rows.map { x in (0..<inDim).map { (x[$0] - mean[$0]) * scale[$0] } } }
+        let zTrain = normalised(trainInputs), zValidation = normalised(validationInputs)
 
-        // 3. Fit the MLP.
-        var mlp = MLPTrainer(inputDim: inDim, hidden: hidden, outputs: R, seed: seed)
-        mlp.weightDecay = o.weightDecay
-        let batchSize = 32
-        let steps = epochs * ((trX.count + batchSize - 1) / batchSize)
-        let fitBar = report.progress("training", steps)
-        var order = Array(trX.indices)
-        var step = 0
-        var lastLoss: Float = 0
-        report.line(String(format: "examples: %d train, %d validation; initial MSE train %.4f, validation %.4f (predicting the mean gives 1.0)",
-                           trX.count, vaX.count, mlp.meanSquaredError(trX, trY), mlp.meanSquaredError(vaX, vaY)))
-        // Early stopping: keep the weights of the epoch with the lowest validation error.
-        var best = (epoch: 0, mse: mlp.meanSquaredError(vaX, vaY), model: mlp)
-        for epoch in 0..<epochs {
-            order.shuffle(using: &rng)
-            for s in stride(from: 0, to: order.count, by: batchSize) {
-                let idx = order[s..<min(order.count, s + batchSize)]
-                lastLoss = mlp.train(batch: idx.map { trX[$0] }, idx.map { trY[$0] })
-                step += 1
-                fitBar.update(step, detail: String(format: "epoch %d loss %.4f", epoch + 1, lastLoss))
+        var choices = (1...routable).map { k in
+            DecisionModule.Choice(kept: k, sets: [k == routable ? Array(1...routable) : searched[k]!], names: [k == routable ? "all" : "search"])
+        }
+        var rows: [String] = []
+        report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
+        report.line("| budget | k | " + ["search"] .joined() + " | " + rankings.map(\.name).joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
+        for k in ks {
+            let cands = candidatesByK[k]!
+            let trainCosts = try cands.map { try costs("train", $0.set) }
+            let validationCosts = try cands.map { try costs("validation", $0.set) }
+            let validationMeans = validationCosts.map(TrainingData.mean)
+            let best = validationMeans.indices.min { validationMeans[$0] < validationMeans[$1] }!
+            choices[k - 1] = DecisionModule.Choice(kept: k, sets: [cands[best].set], names: [cands[best].name])
+            var estimate = Double.nan, routed = Double.nan, shipped = "\(cands[best].name) set"
+            if cands.count > 1 {
+                let perPosition = { (split: [[Double]]) in (0..<split[0].count).map { t in split.map { $0[t] } } }
+                let trainMatrix = perPosition(trainCosts), validationMatrix = perPosition(validationCosts)
+                var bestFit: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
+                for l2 in l2s {
+                    let scorer = SetChoiceFit.fit(inputs: zTrain, costs: trainMatrix, l2: l2)
+                    let cost = SetChoiceFit.meanCost(picks: SetChoiceFit.picks(scorer, inputs: zValidation), costs: validationMatrix)
+                    if bestFit == nil || cost < bestFit!.cost { bestFit = (scorer, cost, l2) }
+                }
+                estimate = bestFit!.cost
+                if estimate < validationMeans[best] * (1 - o.minGain) {
+                    var trial = choices
+                    trial[k - 1] = DecisionModule.Choice(kept: k, sets: cands.map(\.set), names: cands.map(\.name),
+                                                         weights: bestFit!.scorer.weights, bias: bestFit!.scorer.bias)
+                    let module = try DecisionModule(layers: L, dim: c.dim, kvDim: c.kvDim,
+                                                    weights: DecisionModule.Weights(inputMean: mean, inputScale: scale, choices: trial))
+                    module.budget = Double(k) / Double(routable)
+                    routed = validation.routedKL(module, policy: o.kvPolicy)
+                    if routed < validationMeans[best] * (1 - o.minGain) {
+                        choices = trial
+                        shipped = String(format: "scorer (L2 %g)", bestFit!.l2)
+                    }
+                }
             }
-            let v = mlp.meanSquaredError(vaX, vaY)
-            if v < best.mse { best = (epoch + 1, v, mlp) }
+            let budget = Double(k) / Double(routable)
+            let row = String(format: "| %.2f | %d | ", budget, k) + cands.map { cand in
+                String(format: "%.4f", validationMeans[cands.firstIndex { $0.set == cand.set }!])
+            }.joined(separator: " | ")
+            let missing = String(repeating: " | —", count: 1 + rankings.count - cands.count)
+            let iso = isolatedValidation[k].map { String(format: "%.4f", $0) } ?? "—"
+            let line = row + missing + " | \(iso) | " + (estimate.isNaN ? "—" : String(format: "%.4f", estimate)) + " | "
+                + (routed.isNaN ? "—" : String(format: "%.4f", routed)) + " | \(shipped) |"
+            report.line(line)
+            rows.append(line)
         }
-        mlp = best.model
-        let trainMSE = mlp.meanSquaredError(trX, trY), valMSE = mlp.meanSquaredError(vaX, vaY)
-        report.line(String(format: "kept epoch %d of %d: MSE train %.4f, validation %.4f", best.epoch, epochs, trainMSE, valMSE))
 
-        // 4. Choose alpha on held-out text by routed perplexity.
-        let budgetList = try parseBudgets(o.budgets)
-        let alphaList = o.alphas.split(separator: ",").compactMap { Float($0.trimmingCharacters(in: .whitespaces)) }
-        guard !alphaList.isEmpty, alphaList.contains(0) else { throw ToolError("--alphas must include 0 (the prior alone)") }
-        let priorModule = try DecisionModule(prior: priorRanking, dim: c.dim, kvDim: c.kvDim, hidden: hidden)
-        func module(alpha: Float) throws -> DecisionModule {
-            try DecisionModule(name: "buddy", layers: c.layers, dim: c.dim, kvDim: c.kvDim, hidden: hidden, weights: .init(
-                inputMean: mean, inputScale: scale, w1: mlp.w1, b1: mlp.b1,
-                w2: mlp.w2.map { $0 * alpha }, b2: mlp.b2.map { $0 * alpha },
-                prior: priorModule.weights.prior, priorWeight: 1))
-        }
-        let evaluator = PerplexityEvaluator(model: model, contextSize: 512, threads: o.threads)
-        let valBar = report.progress("choosing alpha", alphaList.count * budgetList.count)
-        var table: [Float: [Double]] = [:]
-        for (ai, a) in alphaList.enumerated() {
-            let m = try module(alpha: a)
-            var logs: [Double] = []
-            for (bi, b) in budgetList.enumerated() {
-                m.budget = b
-                let r = evaluator.evaluate(tokens: ids, maxChunks: valChunks, firstChunk: valStart, selector: m, policy: .mask)
-                logs.append(log(r.perplexity))
-                valBar.update(ai * budgetList.count + bi + 1, detail: String(format: "alpha %.3f budget %.2f ppl %.2f", a, b, r.perplexity))
-            }
-            table[a] = logs
-        }
-        report.line("held-out perplexity (chunks \(valStart)..<\(valStart + valChunks) of 512):")
-        report.line("| alpha | " + budgetList.map { String(format: "%.2f", $0) }.joined(separator: " | ") + " |")
-        report.line("|---|" + String(repeating: "---|", count: budgetList.count))
-        for a in alphaList { report.line(String(format: "| %.3f | ", a) + table[a]!.map { String(format: "%.2f", exp($0)) }.joined(separator: " | ") + " |") }
-        let bestAlpha = alphaList.min { table[$0]!.reduce(0, +) < table[$1]!.reduce(0, +) }!
-        report.line(String(format: "chosen alpha %.3f (%@)", bestAlpha, bestAlpha == 0 ? "the learned part did not help on held-out text: the router equals its prior" : "mean log-perplexity below the prior's"))
-
-        let final = try module(alpha: bestAlpha)
-        let notes = String(format: "buddy train --prior %@ --train-chunks %d --chunk %d --val-chunks %d --hidden %d --epochs %d --weight-decay %g --seed %llu; alpha %.3f; MSE train %.4f val %.4f; %.0f s",
-                           o.prior, trainChunks, chunk, valChunks, hidden, epochs, Double(o.weightDecay), seed, bestAlpha, trainMSE, valMSE, Date().timeIntervalSince(t0))
-        try RouterFile.save(final, model: model, notes: notes, to: o.out)
+        let module = try DecisionModule(name: "buddy", layers: L, dim: c.dim, kvDim: c.kvDim,
+                                        weights: DecisionModule.Weights(inputMean: mean, inputScale: scale, choices: choices))
+        let minutes = Date().timeIntervalSince(t0) / 60
+        let notes = o.commandLine + String(format: "; stand-ins %@; %.0f min (resumed runs count their last part). ", standInLabel, minutes)
+            + "Data: search on WikiText-2 tokens 0-\(o.searchTextChunks * o.searchWindow - 1) and train-split chat prompts 0-\(o.searchChatPrompts - 1); "
+            + "scorers fitted on 512-token chunks 0-\(o.data.textChunks - 1) and prompts 0-\(o.data.chatPrompts - 1), "
+            + "chosen on chunks \(o.data.validationSkipChunks)-\(o.data.validationSkipChunks + o.data.validationChunks - 1) "
+            + "and prompts \(o.data.validationChatSkip)-\(o.data.validationChatSkip + o.data.validationChatPrompts - 1). "
+            + "Validation KL per k (search, " + rankings.map(\.name).joined(separator: ", ") + ", single-layer ranking, scorer estimate, scorer routed, shipped): "
+            + rows.joined(separator: " ")
+        try RouterFile.save(module, model: model, notes: notes, to: o.out)
         try? FileManager.default.removeItem(atPath: checkpointPath)
-        report.line("written to \(o.out)")
-    }
-}
-
-/// The measured training examples of `buddy train router`, saved after every chunk
-/// (binary: magic, JSON header line, then Float32 little-endian inputs and targets).
-public enum ExampleCheckpoint {
-    public static let magic = "BUDDY-EXAMPLES-1\n"
-
-    public static func save(_ ex: RoutingExamples, chunksDone: Int, fingerprint: String, chunk: Int, to path: String) throws {
-        let inDim = ex.inputs.first?.count ?? 0, outDim = ex.targets.first?.count ?? 0
-        let header: [String: Any] = ["fingerprint": fingerprint, "chunk": chunk, "chunks_done": chunksDone, "count": ex.count, "input_dim": inDim, "target_dim": outDim]
-        var data = Data(magic.utf8)
-        data.append(try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]))
-        data.append(0x0A)
-        for row in ex.inputs { row.withUnsafeBytes { data.append(contentsOf: $0) } }
-        for row in ex.targets { row.withUnsafeBytes { data.append(contentsOf: $0) } }
-        try AtomicFile.write(data, to: path)
-    }
-
-    /// The checkpoint when it exists, is intact and was made the same way; else nil.
-    public static func load(_ path: String, fingerprint: String, chunk: Int) -> (examples: RoutingExamples, chunksDone: Int)? {
-        guard let data = FileManager.default.contents(atPath: path), data.starts(with: Data(magic.utf8)) else { return nil }
-        let rest = data.dropFirst(magic.utf8.count)
-        guard let nl = rest.firstIndex(of: 0x0A),
-              let h = try? JSONSerialization.jsonObject(with: rest[rest.startIndex..<nl]) as? [String: Any],
-              h["fingerprint"] as? String == fingerprint, h["chunk"] as? Int == chunk,
-              let done = h["chunks_done"] as? Int, let n = h["count"] as? Int, let di = h["input_dim"] as? Int, let dt = h["target_dim"] as? Int,
-              n >= 0, di >= 0, dt >= 0, n <= 10_000_000, di <= 100_000, dt <= 10_000 else { return nil }
-        let body = rest[(nl + 1)...]
-        guard body.count == n * (di + dt) * 4 else { return nil }
-        var floats = [Float](repeating: 0, count: n * (di + dt))
-        _ = floats.withUnsafeMutableBytes { body.copyBytes(to: $0) }
-        var ex = RoutingExamples()
-        for i in 0..<n { ex.inputs.append(Array(floats[(i * di)..<((i + 1) * di)])) }
-        let t0 = n * di
-        for i in 0..<n { ex.targets.append(Array(floats[(t0 + i * dt)..<(t0 + (i + 1) * dt)])) }
-        return (ex, done)
+        report.line(String(format: "written to %@ (%.0f min)", o.out, minutes))
     }
 }

@@ -2,27 +2,13 @@ import BuddyCore
 import BuddyRouting
 import Foundation
 
-/// The text and chat sequences that `buddy train sets`, `gate`, `switches`, `swap` and
-/// `buddy calibrate stand-ins` measure on.
+/// The text and chat sequences that `buddy train router` and `buddy calibrate stand-ins` measure on.
 public enum TrainingData {
     /// The whole text file as tokens (a trailing newline dropped, as the evaluation reads it).
     public static func textTokens(_ path: String, model: LanguageModel) throws -> [Int32] {
         guard var text = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read data file '\(path)'") }
         if text.hasSuffix("\n") { text.removeLast() }
         return model.tokenizer.encode(text, parseSpecial: false)
-    }
-
-    /// Each router named in the comma-separated `list` with its set for every k; a router whose
-    /// choice depends on more than k (it routes per token) is refused, naming `flag`.
-    public static func candidateSets(_ list: String, flag: String, model: LanguageModel) throws -> [(name: String, sets: [Int: [Int]])] {
-        let routable = model.config.layers - 2
-        let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        guard !names.isEmpty else { throw ToolError("\(flag) names no router") }
-        return try names.map { name in
-            let sets = ContextGateTraining.sets(of: try Routers.make(name, model: model), routable: routable)
-            guard sets.count == routable else { throw ToolError("\(flag): '\(name)' does not run one set per budget (it routes per token)") }
-            return (name, sets)
-        }
     }
 
     /// A layer-set search over `sequences`, its full-depth reference pass shown as progress.

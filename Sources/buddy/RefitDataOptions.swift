@@ -4,15 +4,15 @@ import BuddyRouting
 import BuddyTraining
 import Foundation
 
-/// The training and validation data of the one-budget refits (`train switches`, `train swap`):
-/// prose from WikiText-2 and conversations from the train split of the chat prompts.
+/// The training and validation data of `buddy train router`'s scorers: prose from WikiText-2
+/// and conversations from the train split of the chat prompts.
 struct RefitDataOptions: ParsableArguments {
     @Option(name: .long, help: "WikiText-2 validation file (training and validation text).") var data: String
     @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.") var chatData: String
-    @Option(name: .long, help: "Training text chunks of 512 tokens (from the start of --data).") var textChunks: Int = 14
+    @Option(name: .long, help: "Training text chunks of 512 tokens (from the start of --data).") var textChunks: Int = 8
     @Option(name: .long, help: "First scored position in each training text chunk.") var textFirstScored: Int = 128
-    @Option(name: .long, help: "512-token chunks of --data skipped before the validation text.") var validationSkipChunks: Int = 14
-    @Option(name: .long, help: "512-token chunks of validation text.") var validationChunks: Int = 6
+    @Option(name: .long, help: "512-token chunks of --data skipped before the validation text.") var validationSkipChunks: Int = 12
+    @Option(name: .long, help: "512-token chunks of validation text.") var validationChunks: Int = 8
     @Option(name: .long, help: "More 512-token training chunks of --data, as FIRST..<END (e.g. 84..<124, past the chunks the evaluation scores), scored like --text-chunks.") var textExtraChunks: String?
     @Option(name: .long, help: "More 512-token validation chunks of --data, as FIRST..<END (e.g. 164..<204), second halves scored.") var validationExtraChunks: String?
     @Option(name: .long, help: ArgumentHelp("Windows taken from the start of every 512-token text chunk, training and validation alike, as a list (e.g. 512,128: long contexts and short ones like HellaSwag's).",
@@ -22,7 +22,7 @@ struct RefitDataOptions: ParsableArguments {
     @Option(name: .long, help: "Train-split conversations (from the first) for training.") var chatPrompts: Int = 16
     @Option(name: .long, help: "Train-split prompts skipped before the validation conversations.") var validationChatSkip: Int = 16
     @Option(name: .long, help: "Validation conversations.") var validationChatPrompts: Int = 24
-    @Option(name: .long, help: "Reply tokens per conversation.") var replyTokens: Int = 48
+    @Option(name: .long, help: "Reply tokens per conversation.") var replyTokens: Int = 64
 
     var refit: RefitData {
         RefitData(data: data, chatData: chatData, textChunks: textChunks, textFirstScored: textFirstScored, validationSkipChunks: validationSkipChunks,

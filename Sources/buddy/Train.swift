@@ -7,7 +7,7 @@ import Foundation
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the Decision Module (default) or the Budget Predictor for this model.",
-        subcommands: [TrainRouter.self, TrainSets.self, TrainGate.self, TrainSwitches.self, TrainSwap.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
+        subcommands: [TrainRouter.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
 }
 
 struct TrainRouter: ParsableCommand {
@@ -15,38 +15,46 @@ struct TrainRouter: ParsableCommand {
         commandName: "router",
         abstract: "Train the Decision Module for this model and write a router file.",
         discussion: """
-            Method (docs/TRAINING.md): per-token layer importances are measured by forward
-            passes (KL from full depth when a single layer is skipped), a two-layer MLP learns
-            to predict them from the routing context (pooled layer-0 K/V, the token's hidden
-            state after layer 0, the budget), and the router scores layers as
-              prior(best static ranking) + alpha × predicted importance.
-            alpha is chosen on held-out chunks by routed perplexity over the budgets;
-            alpha = 0 reproduces the static ranking exactly, so training cannot do worse
-            than its prior on that data. Reproduce the shipped router with:
-              buddy train --data ../shared/data/wikitext2_valid.txt --out routers/buddy-router.json
+            Method (docs/TRAINING.md): candidate layer sets per budget come from a layer-set
+            search with the model's stand-ins and from the static rankings; every candidate's
+            KL from full depth is measured at every training and validation position; per
+            budget a linear scorer on the routing context (pooled layer-0 K/V and the token's
+            hidden state after layer 0) learns which set to run for each token, and is kept
+            only where routing with it beats the best single set on validation. Everything
+            measured is checkpointed, so a rerun resumes. Reproduce the shipped router with:
+              buddy train router --data ../shared/data/wikitext2_valid.txt \\
+                --chat-data ../shared/data/mt_bench_questions.jsonl --out routers/buddy-router.json
             """)
 
-    @Option(name: .long, help: "Training text (WikiText-2 validation file).") var data: String
     @Option(name: .long, help: "Where to write the router (written atomically).") var out: String
-    @Option(name: .long, help: "Static ranking used as the prior: sleb, shortgpt, last or a ranking file.") var prior: String = "sleb"
-    @Option(name: .long, help: "Training chunks of --chunk tokens from the start of --data.") var trainChunks: Int = 12
-    @Option(name: .long, help: "Tokens per training chunk.") var chunk: Int = 256
-    @Option(name: .long, help: "Held-out 512-token chunks (after the training text) for choosing alpha.") var valChunks: Int = 3
-    @Option(name: .long, help: "Budgets alpha is chosen over.") var budgets: String = "0.5,0.6,0.7,0.8,0.9,0.95"
-    @Option(name: .long, help: "Candidate alphas (scale of the learned part relative to the prior).") var alphas: String = "0,0.01,0.02,0.04,0.08"
-    @Option(name: .long, help: "Hidden units of the Decision Module.") var hidden: Int = 32
-    @Option(name: .long, help: "Training epochs over the collected examples (the epoch with the lowest validation error is kept).") var epochs: Int = 30
-    @Option(name: .long, help: "L2 weight decay of the MLP.") var weightDecay: Float = 1e-3
-    @Option(name: .long, help: "Random seed.") var seed: UInt64 = 0
-    @Option(name: .long, help: "Measured examples are saved here after every chunk and reused by a rerun (default: <out>.checkpoint; removed when training finishes).") var checkpoint: String?
+    @OptionGroup var dataOptions: RefitDataOptions
+    @Option(name: .long, help: "Static rankings whose sets are candidates besides the search's (the first also thins the searched sets below --min-kept).") var candidates: String = "sleb,shortgpt"
+    @Option(name: .long, help: "Budgets that get a fitted choice among the candidates (the slider's positions); other budgets run the searched set.") var budgets: String = "0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95"
+    @Option(name: .long, help: "Search text: this many --search-window-token chunks from the start of --data.") var searchTextChunks: Int = 4
+    @Option(name: .long, help: "Tokens per search text chunk (positions 16 on are scored).") var searchWindow: Int = 256
+    @Option(name: .long, help: "Search conversations: train-split chat prompts from the first.") var searchChatPrompts: Int = 8
+    @Option(name: .long, help: "Reply tokens per search conversation.") var searchReplyTokens: Int = 48
+    @Option(name: .long, help: "The search goes from all routable layers down to this many.") var minKept: Int = 14
+    @Option(name: .long, help: "Bound on the search's put-back steps.") var maxInclusions: Int = 20
+    @Option(name: .long, help: "L2 strengths tried for each scorer; validation picks one.") var l2: String = "0.0001,0.001,0.01,0.1"
+    @Option(name: .long, help: "Relative validation gain a scorer must show over the best single set to be kept.") var minGain: Double = 0.005
+    @Option(name: .long, help: "Stand-ins the router is trained with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+    @Option(name: .long, help: "KV policy the routed validation runs under (fill, mask, zero).") var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "Measurements are saved here after every step and reused by a rerun (default: <out>.checkpoint.json; removed when training finishes).") var checkpoint: String?
     @OptionGroup var modelOptions: ModelOptions
 
     var options: RouterTraining.Options {
-        .init(data: data, out: out, prior: prior, trainChunks: trainChunks, chunk: chunk, valChunks: valChunks, budgets: budgets, alphas: alphas,
-              hidden: hidden, epochs: epochs, weightDecay: weightDecay, seed: seed, checkpoint: checkpoint, threads: modelOptions.threads)
+        var o = RouterTraining.Options(data: dataOptions.refit, out: out)
+        o.candidates = candidates; o.budgets = budgets
+        o.searchTextChunks = searchTextChunks; o.searchWindow = searchWindow
+        o.searchChatPrompts = searchChatPrompts; o.searchReplyTokens = searchReplyTokens
+        o.minKept = minKept; o.maxInclusions = maxInclusions; o.l2 = l2; o.minGain = minGain
+        o.standIns = standIns; o.kvPolicy = kvPolicy; o.checkpoint = checkpoint; o.threads = modelOptions.threads
+        return o
     }
+    func validate() throws { try validating(options.validate) }
 
-    func run() throws { try RouterTraining.run(options, model: modelOptions.load, report: .terminal) }
+    func run() throws { try RouterTraining.run(options, model: try modelOptions.load(), report: .terminal) }
 }
 
 struct TrainPredictor: ParsableCommand {

@@ -14,30 +14,6 @@ final class DriverTests: XCTestCase {
         return dir.appendingPathComponent(name).path
     }
 
-    // MARK: example checkpoints
-
-    func testExampleCheckpointRoundTripsAndRefusesAnotherModelOrChunkSize() throws {
-        var ex = RoutingExamples()
-        ex.inputs = [[1, 2, 3], [4, 5, 6]]
-        ex.targets = [[0.5, -1], [2, 0.25]]
-        let path = temporaryPath("examples.checkpoint")
-        try ExampleCheckpoint.save(ex, chunksDone: 3, fingerprint: "model-a", chunk: 256, to: path)
-
-        let back = try XCTUnwrap(ExampleCheckpoint.load(path, fingerprint: "model-a", chunk: 256))
-        XCTAssertEqual(back.chunksDone, 3)
-        XCTAssertEqual(back.examples.inputs, ex.inputs)
-        XCTAssertEqual(back.examples.targets, ex.targets)
-        XCTAssertNil(ExampleCheckpoint.load(path, fingerprint: "model-b", chunk: 256), "a checkpoint of another model must not be resumed")
-        XCTAssertNil(ExampleCheckpoint.load(path, fingerprint: "model-a", chunk: 128), "a checkpoint of another chunk size must not be resumed")
-        XCTAssertNil(ExampleCheckpoint.load(temporaryPath("absent"), fingerprint: "model-a", chunk: 256))
-
-        // A body cut short (an interrupted write of an older format) is refused, not misread.
-        var data = try Data(contentsOf: URL(fileURLWithPath: path))
-        data.removeLast(4)
-        try data.write(to: URL(fileURLWithPath: path))
-        XCTAssertNil(ExampleCheckpoint.load(path, fingerprint: "model-a", chunk: 256))
-    }
-
     // MARK: data ranges
 
     func testChunkRangesParseAndRefuseMalformedText() throws {
@@ -111,17 +87,17 @@ final class DriverTests: XCTestCase {
     func testOptionValidationNamesTheOption() throws {
         XCTAssertThrowsError(try parseBudgets("1,1.5")) { XCTAssertEqual(($0 as? ToolError)?.isUsage, true) }
         XCTAssertEqual(try parseBudgets(" 1, 0.5"), [1, 0.5])
-        var gate = GateTraining.Options(data: "d", chatData: "c", out: "o")
-        XCTAssertThrowsError(try gate.validate()) { XCTAssertEqual("\($0)", "--text-candidates and --chat-candidates are needed (or --tables-from)") }
-        gate.tablesFrom = "buddy"
-        XCTAssertNoThrow(try gate.validate())
-        gate.threads = 0
-        XCTAssertThrowsError(try gate.validate()) { XCTAssertEqual("\($0)", "--threads must be between 1 and 256") }
-        let tables = try SwitchTraining.Options(data: RefitData(data: "d", chatData: "c"), tables: "prose", out: "o").fittedTables()
-        XCTAssertEqual([tables.prose, tables.conversation], [true, false])
-        XCTAssertThrowsError(try SwitchTraining.Options(data: RefitData(data: "d", chatData: "c"), tables: "prose,poetry", out: "o").validate()) {
-            XCTAssertEqual("\($0)", "--tables: 'poetry' is not a table (prose, conversation)")
-        }
+        var router = RouterTraining.Options(data: RefitData(data: "d", chatData: "c"), out: "o")
+        XCTAssertNoThrow(try router.validate())
+        XCTAssertEqual(try router.budgetList().map { LayerBudget.routableCount(budget: $0, layers: 30) }, [14, 15, 17, 18, 20, 21, 22, 24, 25, 27],
+                       "the default budgets are the slider's positions from 50 % to 95 %")
+        router.budgets = "0.5,1"
+        XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--budgets must list budgets in (0, 1), not '0.5,1'") }
+        router.budgets = "0.5"; router.l2 = "0.1,-1"
+        XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--l2 must list non-negative numbers, not '0.1,-1'") }
+        router.l2 = "0.1"; router.threads = 0
+        XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--threads must be between 1 and 256") }
+        XCTAssertTrue(router.commandLine.hasPrefix("buddy train router --data d --chat-data c --text-chunks 14"), router.commandLine)
         XCTAssertThrowsError(try EvalGrid(methods: "buddy,deep").validate()) {
             XCTAssertEqual("\($0)", "unknown method 'deep' (use: \(Routers.names.joined(separator: ", ")))")
         }

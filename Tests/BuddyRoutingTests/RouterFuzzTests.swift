@@ -14,26 +14,15 @@ final class RouterFuzzTests: XCTestCase {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-rfuzz-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let module = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 2), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 2, seed: 1)
+        let module = try TestModules.withScorers(model: m, seed: 1, scored: [14, 20], candidates: 2)
         let seeds: [(String, Bool)] = try {
             let a = dir.appendingPathComponent("dm.json").path, b = dir.appendingPathComponent("rank.json").path, c = dir.appendingPathComponent("bp.json").path
-            let e = dir.appendingPathComponent("dm-sets.json").path
             try RouterFile.save(module, model: m, notes: "seed", to: a)
-            // A module with per-budget layer sets (format version 2's prior table).
-            var w = module.weights
-            w.priorByCount = DecisionModule.priorTable(sets: [27: Array(2...28), 14: Array(1...14)], fallback: w.prior, routable: L - 2)
-            // ... and a context gate with a second table (format version 3).
-            w.gate = DecisionModule.ContextGate(weights: [Float](repeating: 0.01, count: d + 4), bias: -0.5,
-                                                priorByCount: DecisionModule.priorTable(sets: [20: Array(5...24)], fallback: w.prior, routable: L - 2))
-            // ... and token switches (format version 4).
-            w.tokenSwitches = [DecisionModule.TokenSwitch(kept: 20, conversation: true, alternative: Array(9...28), weights: [Float](repeating: 0.02, count: d + 4), bias: 0.1),
-                               DecisionModule.TokenSwitch(kept: 27, conversation: false, alternative: Array(1...27), weights: [Float](repeating: -0.01, count: d + 4), bias: 0)]
-            try RouterFile.save(try DecisionModule(layers: L, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 2, weights: w), model: m, notes: "seed", to: e)
             try RouterFile.save(StaticRanking.dropLast(layers: L), model: m, notes: "seed", to: b)
             let p = try BudgetPredictor(budgets: [0.5, 0.9], featureDim: d, mean: [Float](repeating: 0, count: d), scale: [Float](repeating: 1, count: d),
                                         weights: [Float](repeating: 0.01, count: 2 * d), bias: [-1, -3], router: "buddy")
             try RouterFile.save(p, model: m, notes: "seed", to: c)
-            return [(a, false), (b, false), (c, true), (e, false)]
+            return [(a, false), (b, false), (c, true)]
         }()
         let budget = FuzzBudget(defaultIterations: 600)
         var mutator = Mutator(seed: budget.seed, dictionary: textFuzzDictionary)
@@ -55,9 +44,8 @@ final class RouterFuzzTests: XCTestCase {
                     let r = try RouterFile.load(path: path, model: m)
                     r.budget = 0.5
                     if let dm = r as? DecisionModule {
-                        var h = [Float](repeating: 0.1, count: dm.dim)
-                        let s = dm.score(hiddenState: &h, budget: 0.5)
-                        XCTAssertEqual(LayerBudget.topK(s, k: 14).count, 14)
+                        let x = [Float](repeating: 0.1, count: dm.inputDim)
+                        XCTAssertEqual(dm.choice(budget: 0.5).sets[dm.pick(input: x, budget: 0.5)].count, 14)
                     }
                 }
                 loaded += 1

@@ -40,11 +40,8 @@ final class RoutingTests: XCTestCase {
     func routers(_ m: LanguageModel) throws -> [BudgetedLayerSelector] {
         let L = m.config.layers
         var rs: [BudgetedLayerSelector] = [StaticRanking.dropLast(layers: L), StaticRanking.random(layers: L, seed: 3), StaticRanking.evenlySpread(layers: L)]
-        let dm = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 5), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 16, seed: 1)
-        // Give the learned part some weight so decisions really vary per token.
-        var r = SeededRNG(seed: 9)
-        dm.weights.w2 = dm.weights.w2.map { _ in (r.nextUnitFloat() - 0.5) * 0.5 }
-        rs.append(dm)
+        // A module whose random scorers make decisions vary per token.
+        rs.append(try TestModules.withScorers(model: m, seed: 5))
         return rs
     }
 
@@ -103,7 +100,7 @@ final class RoutingTests: XCTestCase {
     /// The incremental pooled context equals one recomputed from scratch, also after a rewind.
     func testIncrementalPooledContextEqualsRecomputed() throws {
         let m = try TestSupport.model()
-        let dm = try DecisionModule(prior: StaticRanking.dropLast(layers: m.config.layers), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8)
+        let dm = try DecisionModule(ranking: StaticRanking.dropLast(layers: m.config.layers), dim: m.config.dim, kvDim: m.config.kvDim)
         dm.budget = 0.5
         let s = Session(model: m, capacity: 64, threads: 2, batchSize: 5)
         s.selector = dm
@@ -125,12 +122,13 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(inc.keySum, three.keySum)
     }
 
-    /// A Decision Module initialised from a static ranking makes exactly that ranking's choice.
-    func testUntrainedModuleReproducesItsPrior() throws {
+    /// A Decision Module with one set per budget, taken from a static ranking, runs exactly that
+    /// ranking's choice, in prefill and decode.
+    func testModuleWithOneSetPerBudgetRunsThoseSets() throws {
         let m = try TestSupport.model()
         let L = m.config.layers
         let prior = StaticRanking.random(layers: L, seed: 17)
-        let dm = try DecisionModule(prior: prior, dim: m.config.dim, kvDim: m.config.kvDim, hidden: 32, seed: 2)
+        let dm = try DecisionModule(ranking: prior, dim: m.config.dim, kvDim: m.config.kvDim)
         let s = Session(model: m, capacity: 64, threads: 2, batchSize: 8)
         s.selector = dm
         let prompt = m.tokenizer.encode("A module that starts from a prior", parseSpecial: false)
@@ -151,7 +149,7 @@ final class RoutingTests: XCTestCase {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let L = m.config.layers
-        let dm = try DecisionModule(prior: StaticRanking.random(layers: L, seed: 1), dim: m.config.dim, kvDim: m.config.kvDim, hidden: 8, seed: 4)
+        let dm = try TestModules.withScorers(model: m, seed: 4)
         let path = dir.appendingPathComponent("r.json").path
         try RouterFile.save(dm, model: m, notes: "test", to: path)
         let back = try XCTUnwrap(RouterFile.load(path: path, model: m) as? DecisionModule)
@@ -174,9 +172,24 @@ final class RoutingTests: XCTestCase {
         }
         refuses(try rewrite { $0["model_fingerprint"] = "0000-1" }, "made for another model")
         refuses(try rewrite { $0["version"] = 99 }, "format version 99")
-        refuses(try rewrite { $0["w2"] = [1, 2, 3] }, "w2 has 3 values")
-        refuses(try rewrite { $0["hidden"] = 1_000_000 }, "absurd hidden size")
-        refuses(try rewrite { j in var b = j["b1"] as! [Double]; b[0] = 1e39; j["b1"] = b }, "NaN or infinity")
+        // A Decision Module of the retired formats (1-4) is named as such.
+        refuses(try rewrite { $0["version"] = 4; $0["hidden"] = 32; $0["w1"] = [0.5] }, "retired format")
+        func editChoice(_ i: Int, _ edit: @escaping (inout [String: Any]) -> Void) throws -> String {
+            try rewrite { j in
+                var list = j["choices"] as! [[String: Any]]
+                edit(&list[i])
+                j["choices"] = list
+            }
+        }
+        refuses(try rewrite { j in j["choices"] = Array((j["choices"] as! [Any]).dropLast()) }, "choices has 27 entries")
+        refuses(try editChoice(13) { $0["weights"] = [1, 2, 3] }, "choices[13].weights has 3 values")
+        refuses(try editChoice(13) { c in var b = c["bias"] as! [Double]; b[0] = 1e39; c["bias"] = b }, "NaN or infinity")
+        refuses(try editChoice(13) { c in var s = c["sets"] as! [[Int]]; s[1][0] = 29; c["sets"] = s }, "choices[13].sets[1] must be 14 distinct routable layers")
+        refuses(try editChoice(13) { c in var s = c["sets"] as! [[Int]]; s[1].reverse(); c["sets"] = s }, "in ascending order")
+        refuses(try editChoice(5) { $0["kept"] = 7 }, "choices[5].kept is 7, expected 6")
+        refuses(try editChoice(0) { $0["weights"] = [0.5] }, "a single set needs none")
+        refuses(try editChoice(20) { $0["names"] = ["x"] }, "choices[20].names has 1 entries for 3 sets")
+        refuses(try rewrite { $0["choices"] = "many" }, "missing choices")
         let truncated = dir.appendingPathComponent("t.json").path
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: truncated))
@@ -185,39 +198,54 @@ final class RoutingTests: XCTestCase {
     }
 }
 
-final class TrainingTests: XCTestCase {
-    /// The MLP learns a synthetic importance function: the training loss falls, and a module
-    /// built from the trained weights round-trips through a router file.
-    func testMLPLossFallsAndTrainedModuleRoundTrips() throws {
-        var rng = SeededRNG(seed: 1)
-        let inDim = 12, outs = 5
-        let xs = (0..<400).map { _ in (0..<inDim).map { _ in rng.nextUnitFloat() * 2 - 1 } }
-        // targets: a fixed nonlinear function of the inputs
-        let ys = xs.map { x in (0..<outs).map { r in max(0, x[r] + x[r + 5]) - 0.5 * x[11] * Float(r) / 4 } }
-        var mlp = MLPTrainer(inputDim: inDim, hidden: 16, outputs: outs, seed: 3)
-        mlp.learningRate = 3e-3
-        let before = mlp.meanSquaredError(xs, ys)
-        for _ in 0..<40 {
-            for s in stride(from: 0, to: 400, by: 20) { _ = mlp.train(batch: Array(xs[s..<s + 20]), Array(ys[s..<s + 20])) }
+final class SetChoiceFitTests: XCTestCase {
+    /// Synthetic costs with a known best set per input: candidate j is cheap where input j is
+    /// the largest of the first three. The fitted scorer must find that rule on new inputs and
+    /// beat every single set; the module built from it must pick what the fit's own picks say.
+    func testScorerLearnsWhichSetIsCheapestWhereAndTheModulePicksTheSame() throws {
+        var rng = SeededRNG(seed: 7)
+        let d = 12, m = 3
+        func sample(_ n: Int) -> (inputs: [[Float]], costs: [[Double]]) {
+            let xs = (0..<n).map { _ in (0..<d).map { _ in rng.nextUnitFloat() * 2 - 1 } }
+            let cs = xs.map { x -> [Double] in
+                let best = (0..<m).max { x[$0] < x[$1] }!
+                return (0..<m).map { $0 == best ? 0.1 : 1.0 + 0.1 * Double($0) }
+            }
+            return (xs, cs)
         }
-        let after = mlp.meanSquaredError(xs, ys)
-        XCTAssertLessThan(after, before * 0.3, "loss \(before) -> \(after)")
+        let train = sample(600), test = sample(300)
+        let scorer = SetChoiceFit.fit(inputs: train.inputs, costs: train.costs, l2: 1e-4, steps: 400, learningRate: 0.05)
+        let picks = SetChoiceFit.picks(scorer, inputs: test.inputs)
+        let cost = SetChoiceFit.meanCost(picks: picks, costs: test.costs)
+        let singles = (0..<m).map { j in SetChoiceFit.meanCost(picks: [Int](repeating: j, count: 300), costs: test.costs) }
+        XCTAssertLessThan(cost, 0.25, "the rule costs 0.1, a single set about 0.8")
+        XCTAssertLessThan(cost, singles.min()! * 0.5)
 
-        // Statistics helper
-        let (mu, sd) = columnStatistics([[1], [3]], 0)
-        XCTAssertEqual(mu, 2); XCTAssertEqual(sd, 1)
+        // The same scorer in a module (5 layers, 3 routable: dim 4 + 2·kvDim 4 = 12 inputs),
+        // with normalisation x·2 + 1 undone by mean and scale, picks as the fit does.
+        let sets = [[1], [2], [3]]
+        let module = try DecisionModule(layers: 5, dim: 4, kvDim: 4, weights: .init(
+            inputMean: [Float](repeating: 0.5, count: d), inputScale: [Float](repeating: 2, count: d), choices: [
+                .init(kept: 1, sets: sets, names: ["a", "b", "c"], weights: scorer.weights, bias: scorer.bias),
+                .init(kept: 2, sets: [[1, 2]], names: ["a"]), .init(kept: 3, sets: [[1, 2, 3]], names: ["all"])]))
+        let raw = test.inputs.map { z in z.map { $0 / 2 + 0.5 } }
+        XCTAssertEqual(raw.map { module.pick(input: $0, budget: 1.0 / 3) }, picks)
+        XCTAssertNil(module.fixedMask(budget: 1.0 / 3), "a budget with a scorer decides per token")
+        XCTAssertEqual(module.fixedMask(budget: 2.0 / 3), [true, true, true, false, true])
     }
 
-    func testTrainedWeightsLoadIntoADecisionModuleAndSave() throws {
-        // Tiny dimensions: 5 layers (3 routable), dim 4, kvDim 2 → input 2·2 + 4 + 4 = 12.
-        var mlp = MLPTrainer(inputDim: 12, hidden: 6, outputs: 3, seed: 2)
-        _ = mlp.train(batch: [[Float](repeating: 0.5, count: 12)], [[1, 0, -1]])
-        let m = try DecisionModule(layers: 5, dim: 4, kvDim: 2, hidden: 6, weights: .init(
-            inputMean: [Float](repeating: 0, count: 12), inputScale: [Float](repeating: 1, count: 12),
-            w1: mlp.w1, b1: mlp.b1, w2: mlp.w2, b2: mlp.b2, prior: [0, 0, 0], priorWeight: 1))
-        let x = [Float](repeating: 0.5, count: 12)
-        XCTAssertEqual(m.forward(x, kept: 3), mlp.predict(x))
-        XCTAssertThrowsError(try DecisionModule(layers: 5, dim: 4, kvDim: 2, hidden: 6, weights: .init(
-            inputMean: [], inputScale: [], w1: [], b1: [], w2: [], b2: [], prior: [], priorWeight: 1)))
+    /// Costs that do not depend on the input: the scorer picks the cheapest set everywhere.
+    func testWithoutSignalTheScorerPicksTheCheapestSet() {
+        var rng = SeededRNG(seed: 3)
+        let inputs = (0..<200).map { _ in (0..<6).map { _ in rng.nextUnitFloat() * 2 - 1 } }
+        let costs = inputs.map { _ in [0.9, 0.4, 0.7] }
+        let scorer = SetChoiceFit.fit(inputs: inputs, costs: costs, l2: 0.1)
+        XCTAssertEqual(Set(SetChoiceFit.picks(scorer, inputs: inputs)), [1])
+    }
+
+    func testColumnStatistics() {
+        let (mu, sd) = columnStatistics([[1, 5], [3, 5]], 0)
+        XCTAssertEqual(mu, 2); XCTAssertEqual(sd, 1)
+        XCTAssertEqual(columnStatistics([[1, 5], [3, 5]], 1).std, 0)
     }
 }

@@ -127,13 +127,13 @@ final class RoutingPanelTests: XCTestCase {
             XCTAssertTrue(c.text.contains(" 0*") && c.text.contains("29*") || c.text.contains("28*"), "fixed layers marked")
             guard w >= 160 else { continue }   // the narrow panel cuts the line short
             XCTAssertTrue(c.text.contains("last step: 25/28 routable + 2 fixed"), "\(w)×\(h):\n\(c.text)")
-            XCTAssertFalse(c.text.contains("sets"), "a router with one table names none")
-            var gated = step(9, budget: 0.9)
-            gated.layerSets = "conversation sets"
-            p.record(gated)
+            XCTAssertFalse(c.text.contains("set:"), "a static router names no set")
+            var chosen = step(9, budget: 0.9)
+            chosen.layerSets = "search"
+            p.record(chosen)
             let c2 = TextCanvas(width: w, height: h)
             RoutingPanel.draw(p, in: l.panel, on: c2)
-            XCTAssertTrue(c2.text.contains("last step: 25/28 routable + 2 fixed · conversation sets"), "\(w)×\(h):\n\(c2.text)")
+            XCTAssertTrue(c2.text.contains("last step: 25/28 routable + 2 fixed · set: search"), "\(w)×\(h):\n\(c2.text)")
         }
     }
 }

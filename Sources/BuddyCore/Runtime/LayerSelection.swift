@@ -56,8 +56,8 @@ public protocol BudgetedLayerSelector: LayerSelector {
     /// Scores of the routable layers at the last decision (index i is layer i+1); nil for
     /// routers without per-token scores.
     var lastScores: [Float]? { get }
-    /// Which of the router's tables of layer sets made the last decision ("conversation
-    /// sets", "prose sets"), for routers with more than one; nil otherwise.
+    /// Where the layer set of the last decision came from ("search", "sleb", ...), for routers
+    /// that choose among named sets; nil otherwise.
     var layerSetLabel: String? { get }
 }
 
