@@ -5,63 +5,57 @@
 # Data: ${BUDDY_DATA:-../shared/data}. Held-out choices: WikiText-2 chunks from 20 on (past all
 # calibration and training text), the first 400 HellaSwag tasks (never used for tuning), the
 # odd-position MT-Bench prompts (the even ones train the budget predictor).
-# These tables are plain skipping (--stand-ins off); scripts/eval_stand_ins.sh measures every
-# method with and without stand-ins.
+# scripts/eval_stand_ins.sh measures the shipped configuration (router and stand-ins) against
+# the static methods with and without stand-ins; this script's own runs are plain skipping
+# (--stand-ins off) for the static methods over more budgets.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 data="${BUDDY_DATA:-$root/../shared/data}"
 buddy=.build/release/buddy
 budgets=1,0.95,0.9,0.8,0.7,0.6,0.5
-methods=buddy,sleb,shortgpt,last
+methods=sleb,shortgpt,last
 mkdir -p eval
 
 case "${1:-render}" in
 run)
+  # Plain skipping for the static methods over the full budget grid; the shipped router is
+  # measured (with and without stand-ins) by scripts/eval_stand_ins.sh.
   swift build -c release --product buddy
   $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 20 --chunks 64 \
     --budgets $budgets --methods $methods --stand-ins off --csv eval/ppl.csv > /dev/null
   $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
-    --budgets $budgets --methods $methods --stand-ins off --csv eval/hellaswag.csv --items eval/hellaswag-items.csv > /dev/null
-  # Tasks 400-999 for buddy and the best static method on the first 400 at each budget, for the
-  # paired comparison over 1,000 tasks.
-  $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 600 \
-    --budgets 0.95,0.9,0.8,0.7 --methods buddy,shortgpt --stand-ins off --items eval/hellaswag-items-extra-a.csv > /dev/null
-  $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 600 \
-    --budgets 0.6,0.5 --methods buddy,sleb --stand-ins off --items eval/hellaswag-items-extra-b.csv > /dev/null
-  { cat eval/hellaswag-items-extra-a.csv; tail -n +2 eval/hellaswag-items-extra-b.csv; } > eval/hellaswag-items-extra.csv
-  rm eval/hellaswag-items-extra-a.csv eval/hellaswag-items-extra-b.csv
+    --budgets $budgets --methods $methods --stand-ins off --csv eval/hellaswag.csv > /dev/null
   $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
     --budgets $budgets --methods $methods --stand-ins off --csv eval/chat.csv > /dev/null
-  $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 --stand-ins off --csv eval/auto.csv > eval/auto.md
-  $buddy bench --budgets $budgets --runs 5 --router buddy --stand-ins off --json > eval/bench.jsonl
   "$0" render
   ;;
 render)
   $buddy eval plot --csv eval/ppl.csv --metric ppl --log --title "WikiText-2 perplexity (64 held-out chunks)" --out eval/ppl.svg > /dev/null
   $buddy eval plot --csv eval/hellaswag.csv --metric acc_norm --title "HellaSwag acc_norm (400 tasks)" --out eval/hellaswag.svg > /dev/null
   $buddy eval plot --csv eval/chat.csv --metric kl --log --title "Chat: KL from full depth (40 held-out MT-Bench prompts)" --out eval/chat.svg > /dev/null
-  paired=""
-  if [ -f eval/hellaswag-items.csv ]; then
+  paired="" paired_si=""
+  if [ -f eval/stand-ins-hellaswag-items.csv ]; then
+    paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy $m eval/stand-ins-hellaswag-items.csv; echo; done)"
+  fi
+  if [ -f eval/hellaswag-items.csv ] && grep -q '^buddy,' eval/hellaswag-items.csv; then
     # eval/hellaswag-items-extra.csv, when present, holds the same methods on later tasks
     # (buddy eval hellaswag --skip 400 --items): a pair of methods found in both is compared on all of them.
     items=(eval/hellaswag-items.csv)
     [ -f eval/hellaswag-items-extra.csv ] && items+=(eval/hellaswag-items-extra.csv)
     paired="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy $m "${items[@]}"; echo; done)"
   fi
-  PAIRED="$paired" python3 - > EVAL.md <<'PY'
+  PAIRED="$paired" PAIRED_SI="$paired_si" python3 - > EVAL.md <<'PY'
 import csv, json, math, os
 def load(name):
     p = os.path.join("eval", name)
     return list(csv.DictReader(open(p))) if os.path.exists(p) else []
 ppl, hs, chat = load("ppl.csv"), load("hellaswag.csv"), load("chat.csv")
-methods = ["buddy", "sleb", "shortgpt", "last"]
+all_methods = ["buddy", "sleb", "shortgpt", "last"]
+# The plain-skip tables show the methods measured there (the shipped router is measured with and
+# without stand-ins in the stand-in section; a retired router's rows are not kept).
+methods = [m for m in all_methods if any(r["method"] == m for r in ppl + hs + chat)]
 budgets = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
-# A Decision Module whose learned part is zero (w2 = b2 = 0) makes its prior's choice at every
-# token: its rows are the prior's (SLEB's), marked †, unless they were measured.
-router = json.load(open("routers/buddy-router.json"))
-same_as_prior = (all(v == 0 for v in router.get("w2", [1])) and all(v == 0 for v in router.get("b2", [1]))
-                 and "prior_by_count" not in router)
 def value(rows, m, b, key):
     for r in rows:
         if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9: return float(r[key])
@@ -72,14 +66,11 @@ def cell(rows, m, b, key, fmt):
     if b >= 1:  # the full model, whatever the method
         for r in rows:
             if float(r["budget"]) >= 1: return fmt(float(r[key]))
-    if m == "buddy" and same_as_prior and b < 1:
-        v = cell(rows, "sleb", b, key, fmt)
-        return v + " †" if v != "—" else v
     return "—"
 def table(title, rows, key, fmt, note, lower_is_better=None, standard_error=None):
     # The last column compares buddy with the better of the two static baselines at that budget.
-    compare = lower_is_better is not None
-    print(f"## {title}\n\n{note}\n")
+    compare = lower_is_better is not None and "buddy" in methods
+    print(f"### {title}\n\n{note}\n")
     print("| budget | k/28 | " + " | ".join(methods) + (" | buddy vs best static |" if compare else " |"))
     print("|---|---|" + "---|" * (len(methods) + (1 if compare else 0)))
     for b in budgets:
@@ -105,43 +96,41 @@ def table(title, rows, key, fmt, note, lower_is_better=None, standard_error=None
                     extra = f" {'**better**' if better else 'worse'} ({rel:+.1f} % vs {m}{se}) |"
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |" + extra)
     print()
+def plain_tables():
+    print("## Plain skipping (`--stand-ins off`)\n\nSkipped layers vanish. The shipped router is trained with stand-ins; its plain-skip figures are the \"buddy off\" cells above.\n")
+    table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
+          "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
+          "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)",
+          lower_is_better=True)
+    def acc(v): return f"{v:.3f}"
+    table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
+          "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
+          "(√(p(1−p)/400)); chance is 0.25. The last column's s.e. is that of one accuracy; for the difference "
+          "between two methods on the same tasks see the paired comparison below. ![](eval/hellaswag.svg)", lower_is_better=False,
+          standard_error=lambda p, n: math.sqrt(p * (1 - p) / n))
+    if os.environ.get("PAIRED", "").strip():
+        print("### HellaSwag, paired: buddy against each static method on the same tasks\n\n"
+              "Both methods answer the same tasks, so the noise that matters for their difference is that of the "
+              "per-task differences: the paired standard error below (`scripts/hellaswag_paired.sh` on "
+              "`eval/hellaswag-items.csv`, written by `buddy eval hellaswag --items`). Only budgets measured with "
+              "`--items` appear. Where buddy and the best static method at a budget were also run on tasks 400–999 "
+              "(`eval/hellaswag-items-extra.csv`, `buddy eval hellaswag --skip 400 --limit 600 --items`), the "
+              "comparison covers all 1,000 tasks (column n); the table above stays at the first 400 for every method.\n")
+        print(os.environ["PAIRED"].strip() + "\n")
+    table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
+          "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
+          "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)
+    table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
+
 print("# Evaluation\n")
-print("Made by `scripts/eval_table.sh run` (measurements into `eval/*.csv`) and "
-      "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine. KV policy `fill` (the default) for "
-      "`buddy`; the static baselines run one set for every token, so no token ever reads a skipped layer's cache and "
-      "all three policies give them the same numbers (their rows were measured under `mask`). "
-      "`buddy` is the shipped Decision Module (`routers/buddy-router.json`); it is evaluated as it runs in "
-      "generation: one decision per token from the context so far (teacher-forced sequences run as one batch with "
-      "one decision per row, which gives token-by-token routing's decisions). Its context gate picks a table of layer "
-      "sets for prose or for conversation, and per budget a token switch may send the token to an alternative set "
-      "(docs/TRAINING.md). The last "
-      "column compares it with the better of `sleb` and `shortgpt` at that budget. A dash is a cell not measured (see the notes)." +
-      (" † The shipped module's learned part is zero (training chose α = 0: it did not beat its prior on held-out "
-       "text), so it selects exactly SLEB's layers for every token (checked by `RoutingTests`); † cells repeat "
-       "the sleb measurement." if same_as_prior else "") + "\n")
-table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
-      "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
-      "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)",
-      lower_is_better=True)
-def acc(v): return f"{v:.3f}"
-table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
-      "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
-      "(√(p(1−p)/400)); chance is 0.25. The last column's s.e. is that of one accuracy; for the difference "
-      "between two methods on the same tasks see the paired comparison below. ![](eval/hellaswag.svg)", lower_is_better=False,
-      standard_error=lambda p, n: math.sqrt(p * (1 - p) / n))
-if os.environ.get("PAIRED", "").strip():
-    print("### HellaSwag, paired: buddy against each static method on the same tasks\n\n"
-          "Both methods answer the same tasks, so the noise that matters for their difference is that of the "
-          "per-task differences: the paired standard error below (`scripts/hellaswag_paired.sh` on "
-          "`eval/hellaswag-items.csv`, written by `buddy eval hellaswag --items`). Only budgets measured with "
-          "`--items` appear. Where buddy and the best static method at a budget were also run on tasks 400–999 "
-          "(`eval/hellaswag-items-extra.csv`, `buddy eval hellaswag --skip 400 --limit 600 --items`), the "
-          "comparison covers all 1,000 tasks (column n); the table above stays at the first 400 for every method.\n")
-    print(os.environ["PAIRED"].strip() + "\n")
-table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
-      "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
-      "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)
-table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
+print("Made by `scripts/eval_stand_ins.sh run` and `scripts/eval_table.sh run` (measurements into `eval/`) and "
+      "`scripts/eval_table.sh render` (this file and `eval/*.svg`). 2-core machine, KV policy `fill`. "
+      "`buddy` is the shipped Decision Module (`routers/buddy-router.json`, docs/TRAINING.md): per budget a few "
+      "candidate layer sets and a linear scorer that picks one per token from the pooled first-layer context and the "
+      "token's hidden state. It is evaluated as it runs in generation: one decision per token from the context so far "
+      "(teacher-forced sequences run as one batch with one decision per row, which gives token-by-token routing's "
+      "decisions). The static baselines run one set for every token. Stand-ins (on by default) come first; the "
+      "plain-skip tables after them cover more budgets for the static methods.\n")
 # Stand-ins (scripts/eval_stand_ins.sh): every method with and without them on the same data.
 si_ppl, si_chat = load("stand-ins-ppl.csv"), load("stand-ins-chat.csv")
 def si_value(rows, m, b, mode, key):
@@ -149,7 +138,7 @@ def si_value(rows, m, b, mode, key):
         if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9 and r.get("stand_ins") == mode: return float(r[key])
     return None
 def si_table(title, rows, key, fmt, note, lower_is_better=True):
-    si_methods = [m for m in methods if any(r["method"] == m for r in rows)]
+    si_methods = [m for m in all_methods if any(r["method"] == m for r in rows)]
     si_budgets = sorted({float(r["budget"]) for r in rows}, reverse=True)
     full = next((float(r[key]) for r in rows if float(r["budget"]) >= 1), None)
     print(f"### {title}\n\n{note}\n")
@@ -174,7 +163,7 @@ def si_table(title, rows, key, fmt, note, lower_is_better=True):
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + f" | {extra} | {ratio} |")
     print()
 if si_ppl or si_chat:
-    print("## Stand-ins: each method with (on) and without (off) them\n\n"
+    print("## With stand-ins (the default): each method with (on) and without (off) them\n\n"
           "A skipped layer adds its stand-in, a low-rank affine map of its normalised input fitted in closed form "
           "(`routers/stand-ins.bin`, docs/STAND-INS.md: fitted on WikiText-2 chunks 0–13 and train-split chat prompts 0–15, "
           "rank and ridge chosen on chunks 14–19 and prompts 16–23). Every method gets the same stand-ins. "
@@ -193,15 +182,18 @@ if si_ppl or si_chat:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).
         si_table("HellaSwag acc_norm (higher is better)", si_hs + [dict(r, stand_ins="off") for r in hs if r["method"] in ("sleb", "shortgpt")],
                  "acc_norm", lambda v: f"{v:.3f}",
-                 "First 400 tasks (standard error of one accuracy ≈ 0.024); 'off' cells are the main table's runs.",
+                 "First 400 tasks (standard error of one accuracy ≈ 0.024); 'off' cells are the plain-skip table's runs.",
                  lower_is_better=False)
+        if os.environ.get("PAIRED_SI", "").strip():
+            print("Paired on the same 400 tasks, stand-ins on (`scripts/hellaswag_paired.sh` on `eval/stand-ins-hellaswag-items.csv`):\n")
+            print(os.environ["PAIRED_SI"].strip() + "\n")
     if os.path.exists("eval/stand-ins-auto.md"):
         print("### The automatic budget with stand-ins\n\nThe Budget Predictor refitted to the quality curves measured with stand-ins "
               "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
-              "--stand-ins on --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
-              "The plain-skip section above was measured with the previous predictor.\n")
+              "--out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`).\n")
         print(open("eval/stand-ins-auto.md").read().replace("### Tolerance", "#### Tolerance"))
-    si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
+    si_plain_tables()
+bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:
         print("### Decode speed with stand-ins on (buddy router, `buddy bench --stand-ins on`)\n")
         print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share |")
@@ -210,6 +202,7 @@ if si_ppl or si_chat:
             print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {r.get('decode_speedup') or 1:.2f} | "
                   f"{100 * r.get('routing_share', 0):.2f} % | {100 * r.get('stand_in_share', 0):.2f} % |")
         print()
+plain_tables()
 bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []
 if bench:
     print("## Decode speed (buddy router, 512-token prompt, 128 decoded, 2 threads)\n\nThis VM is noisy (the same command varies by ±20 % between minutes); `buddy bench` therefore runs the budgets in turn within each round, and the speed-up is the median of the per-round ratios to full depth. Issue 3 tracks speed.\n")

@@ -43,6 +43,24 @@ final class ShippedRouterTests: XCTestCase {
         }
     }
 
+    /// The shipped router is the current format, says how to reproduce it from the repository
+    /// alone, and is refused for another model (Gemma 3) with an error that says so.
+    func testShippedRouterIsTiedToItsModelAndReproducible() throws {
+        let m = try TestSupport.model()
+        let path = try XCTUnwrap(Routers.locate("buddy", model: m))
+        let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        XCTAssertEqual(j["version"] as? Int, RouterFile.version)
+        let notes = try XCTUnwrap(j["notes"] as? String)
+        XCTAssertTrue(notes.hasPrefix("buddy train router "), notes)
+        XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
+        let module = try XCTUnwrap(try Routers.make("buddy", model: m) as? DecisionModule)
+        XCTAssertEqual(module.weights.choices.count, m.config.layers - 2)
+        let gemma = try LanguageModel(path: GemmaSupport.modelPath)
+        XCTAssertThrowsError(try RouterFile.load(path: path, model: gemma)) { e in
+            XCTAssertTrue("\(e)".contains("was made for another model"), "\(e)")
+        }
+    }
+
     /// A decode step (the shipped router deciding, the layers it picks, stand-ins for the
     /// rest, the logits) allocates nothing on the heap, on any thread.
     func testDecodeStepAllocatesNothing() throws {
