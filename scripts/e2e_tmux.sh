@@ -153,7 +153,7 @@ screen > "$out/screen-80x24.txt"
 
 # 3. Resize to 160x48: one row per layer, the panel still counts 25 for the newest steps.
 tm resize-window -t e2e -x 160 -y 48
-wait_for "recommended zone 90–100%" 5
+wait_for "recommended zone 80–100%" 5
 sleep 0.5
 screen | grep -qE "│29\* " || fail "at 160x48 the panel should show one row per layer (29*)"
 big="$(panel_ks_whole)"

@@ -36,7 +36,7 @@ render)
   $buddy eval plot --csv eval/chat.csv --metric kl --log --title "Chat: KL from full depth (40 held-out MT-Bench prompts)" --out eval/chat.svg > /dev/null
   paired="" paired_si=""
   if [ -f eval/stand-ins-hellaswag-items.csv ]; then
-    paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy $m eval/stand-ins-hellaswag-items.csv; echo; done)"
+    paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv; echo; done)"
   fi
   if [ -f eval/hellaswag-items.csv ] && grep -q '^buddy,' eval/hellaswag-items.csv; then
     # eval/hellaswag-items-extra.csv, when present, holds the same methods on later tasks
@@ -158,7 +158,8 @@ def si_table(title, rows, key, fmt, note, lower_is_better=True):
         else:
             v, m = (min if lower_is_better else max)(static)
             better = mine < v if lower_is_better else mine > v
-            extra = f"{'**better**' if better else 'worse'} ({(mine - v) / v * 100:+.1f} % vs {m})"
+            extra = (f"equal ({m})" if fmt(mine) == fmt(v) else
+                     f"{'**better**' if better else 'worse'} ({(mine - v) / v * 100:+.1f} % vs {m})")
             ratio = f"{mine / full:.2f}×" if full and key == "ppl" else "—"
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + f" | {extra} | {ratio} |")
     print()
@@ -180,7 +181,8 @@ if si_ppl or si_chat:
     si_hs = load("stand-ins-hellaswag.csv")
     if si_hs:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).
-        si_table("HellaSwag acc_norm (higher is better)", si_hs + [dict(r, stand_ins="off") for r in hs if r["method"] in ("sleb", "shortgpt")],
+        si_table("HellaSwag acc_norm (higher is better)", si_hs + [dict(r, stand_ins="off") for r in hs if r["method"] in ("sleb", "shortgpt")
+                          and any(abs(float(r["budget"]) - float(q["budget"])) < 1e-9 for q in si_hs)],
                  "acc_norm", lambda v: f"{v:.3f}",
                  "First 400 tasks (standard error of one accuracy ≈ 0.024); 'off' cells are the plain-skip table's runs.",
                  lower_is_better=False)
@@ -192,8 +194,7 @@ if si_ppl or si_chat:
               "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
               "--out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`).\n")
         print(open("eval/stand-ins-auto.md").read().replace("### Tolerance", "#### Tolerance"))
-    si_plain_tables()
-bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
+    si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:
         print("### Decode speed with stand-ins on (buddy router, `buddy bench --stand-ins on`)\n")
         print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share |")

@@ -239,7 +239,7 @@ public final class ChatApp {
         "",
         "Depth budget (when the input is empty; with Alt always):",
         "  - / +   5% steps      [ / ]   one layer      a   auto",
-        "  90–100% is the recommended zone for this small model",
+        "  \(SliderState.recommendedPercent)–100% is the recommended zone for this small model",
         "",
     ] + SlashCommand.usage.split(separator: "\n").map(String.init)
 

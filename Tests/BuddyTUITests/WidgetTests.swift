@@ -35,15 +35,15 @@ final class SliderTests: XCTestCase {
     }
 
     func testRecommendedZoneIsShown() {
-        // The zone starts at 90%: held-out perplexity is +12% at 0.95, +44% at 0.9 and +129%
-        // at 0.8 over full depth with the best router (EVAL.md).
-        var s = SliderState(budget: 0.9, routable: 28)
+        // The zone starts at 80%: with the shipped router and stand-ins held-out perplexity is
+        // 1.42× full depth at 0.8 and 1.64× at 0.7 (EVAL.md).
+        var s = SliderState(budget: 0.8, routable: 28)
         XCTAssertTrue(s.inRecommendedZone)
         let c = TextCanvas(width: 80, height: 1)
         BudgetSlider.draw(s, in: Rect(x: 0, y: 0, width: 80, height: 1), on: c)
-        XCTAssertTrue(c.line(0).contains(" 90%  25/28 layers"), c.line(0))
-        XCTAssertTrue(c.line(0).contains("90–100%"), c.line(0))
-        s.budget = 0.85
+        XCTAssertTrue(c.line(0).contains(" 80%  22/28 layers"), c.line(0))
+        XCTAssertTrue(c.line(0).contains("80–100%"), c.line(0))
+        s.budget = 0.75
         XCTAssertFalse(s.inRecommendedZone)
         BudgetSlider.draw(s, in: Rect(x: 0, y: 0, width: 80, height: 1), on: c)
         XCTAssertTrue(c.line(0).contains("⚠"), c.line(0))
