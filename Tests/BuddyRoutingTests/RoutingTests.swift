@@ -173,7 +173,7 @@ final class RoutingTests: XCTestCase {
         refuses(try rewrite { $0["model_fingerprint"] = "0000-1" }, "made for another model")
         refuses(try rewrite { $0["version"] = 99 }, "format version 99")
         // A Decision Module of the retired formats (1-4) is named as such.
-        refuses(try rewrite { $0["version"] = 4; $0["hidden"] = 32; $0["w1"] = [0.5] }, "retired format")
+        refuses(try rewrite { $0["version"] = 4; $0["hidden"] = 32; $0["w1"] = [0.5] }, "retired form (an MLP over tables of layer sets, a context gate, token switches) in format version 4, which this buddy no longer reads; train a new one with `buddy train router`")
         func editChoice(_ i: Int, _ edit: @escaping (inout [String: Any]) -> Void) throws -> String {
             try rewrite { j in
                 var list = j["choices"] as! [[String: Any]]
