@@ -61,6 +61,27 @@ final class ShippedRouterTests: XCTestCase {
         }
     }
 
+    /// Gemma 3's router (routers/gemma-3-270m-q4_k_m/, made by the same command) loads for Gemma
+    /// and runs exactly k + 2 of its 18 layers in prefill and decode.
+    func testGemmaRouterIsStrict() throws {
+        let gemma = try LanguageModel(path: GemmaSupport.modelPath)
+        let router = try XCTUnwrap(try Routers.make("buddy", model: gemma) as? DecisionModule)
+        XCTAssertEqual(router.weights.choices.count, 16)
+        let s = Session(model: gemma, capacity: 32, threads: 2, batchSize: 8)
+        s.selector = router
+        let prompt = gemma.tokenizer.encode("The capital of France is", parseSpecial: false)
+        for budget in [0.9, 0.7, 0.5] {
+            router.budget = budget
+            s.reset(); router.resetContext()
+            let k = LayerBudget.routableCount(budget: budget, layers: 18)
+            try s.evaluate(prompt)
+            XCTAssertEqual(s.lastLayers.count, k + 2, "prefill at \(budget)")
+            try s.step(Sampler.argmax(s.decode.logits, count: gemma.config.vocabSize))
+            XCTAssertEqual(s.lastLayers.count, k + 2, "decode at \(budget)")
+            XCTAssertEqual(s.lastLayers.first, 0); XCTAssertEqual(s.lastLayers.last, 17)
+        }
+    }
+
     /// A decode step (the shipped router deciding, the layers it picks, stand-ins for the
     /// rest, the logits) allocates nothing on the heap, on any thread.
     func testDecodeStepAllocatesNothing() throws {
