@@ -119,7 +119,7 @@ public final class LayerSetSearch {
     }
 
     /// KL from full depth at every scored position (sequences in order) when `runs` run for
-    /// every token: the per-token costs a token switch is trained on.
+    /// every token: the per-token costs a Decision Module scorer is trained on.
     public func positionKL(_ runs: [Bool]) -> [Double] {
         var out: [Double] = []
         out.reserveCapacity(scoredCount)
