@@ -34,18 +34,11 @@ render)
   $buddy eval plot --csv eval/ppl.csv --metric ppl --log --title "WikiText-2 perplexity (64 held-out chunks)" --out eval/ppl.svg > /dev/null
   $buddy eval plot --csv eval/hellaswag.csv --metric acc_norm --title "HellaSwag acc_norm (400 tasks)" --out eval/hellaswag.svg > /dev/null
   $buddy eval plot --csv eval/chat.csv --metric kl --log --title "Chat: KL from full depth (40 held-out MT-Bench prompts)" --out eval/chat.svg > /dev/null
-  paired="" paired_si=""
+  paired_si=""
   if [ -f eval/stand-ins-hellaswag-items.csv ]; then
     paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv; echo; done)"
   fi
-  if [ -f eval/hellaswag-items.csv ] && grep -q '^buddy,' eval/hellaswag-items.csv; then
-    # eval/hellaswag-items-extra.csv, when present, holds the same methods on later tasks
-    # (buddy eval hellaswag --skip 400 --items): a pair of methods found in both is compared on all of them.
-    items=(eval/hellaswag-items.csv)
-    [ -f eval/hellaswag-items-extra.csv ] && items+=(eval/hellaswag-items-extra.csv)
-    paired="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy $m "${items[@]}"; echo; done)"
-  fi
-  PAIRED="$paired" PAIRED_SI="$paired_si" python3 - > EVAL.md <<'PY'
+  PAIRED_SI="$paired_si" python3 - > EVAL.md <<'PY'
 import csv, json, math, os
 def load(name):
     p = os.path.join("eval", name)
@@ -67,60 +60,27 @@ def cell(rows, m, b, key, fmt):
         for r in rows:
             if float(r["budget"]) >= 1: return fmt(float(r[key]))
     return "—"
-def table(title, rows, key, fmt, note, lower_is_better=None, standard_error=None):
-    # The last column compares buddy with the better of the two static baselines at that budget.
-    compare = lower_is_better is not None and "buddy" in methods
+def table(title, rows, key, fmt, note):
     print(f"### {title}\n\n{note}\n")
-    print("| budget | k/28 | " + " | ".join(methods) + (" | buddy vs best static |" if compare else " |"))
-    print("|---|---|" + "---|" * (len(methods) + (1 if compare else 0)))
+    print("| budget | k/28 | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
     for b in budgets:
         k = min(28, max(1, math.floor(b * 28 + 0.5)))
-        cells = [cell(rows, m, b, key, fmt) for m in methods]
-        extra = ""
-        if compare:
-            mine = value(rows, "buddy", b, key)
-            static = [(value(rows, m, b, key), m) for m in ("sleb", "shortgpt")]
-            static = [(v, m) for v, m in static if v is not None]
-            if b >= 1: extra = " — |"
-            elif mine is None or not static: extra = " not measured |"
-            else:
-                v, m = (min if lower_is_better else max)(static)
-                rel = (mine - v) / abs(v) * 100 if v else 0
-                better = mine < v if lower_is_better else mine > v
-                # Values that print the same are the same measurement (some baseline cells were
-                # rebuilt from 3-decimal progress logs).
-                if fmt(mine) == fmt(v): extra = f" equal ({m}) |"
-                else:
-                    # For a sampled accuracy, how far apart in standard errors of the sample.
-                    se = f", {abs(mine - v) / standard_error(v, value(rows, m, b, 'n')):.1f} s.e." if standard_error else ""
-                    extra = f" {'**better**' if better else 'worse'} ({rel:+.1f} % vs {m}{se}) |"
-        print(f"| {b:.2f} | {k} | " + " | ".join(cells) + " |" + extra)
+        print(f"| {b:.2f} | {k} | " + " | ".join(cell(rows, m, b, key, fmt) for m in methods) + " |")
     print()
 def plain_tables():
     print("## Plain skipping (`--stand-ins off`)\n\nSkipped layers vanish. The shipped router is trained with stand-ins; its plain-skip figures are the \"buddy off\" cells above.\n")
     table("WikiText-2 perplexity (lower is better)", ppl, "ppl", lambda v: f"{v:.2f}" if v < 1e5 else f"{v:.1e}",
           "llama.cpp's protocol: 512-token chunks, second half scored; 64 chunks from chunk 20 on "
-          "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)",
-          lower_is_better=True)
+          "(tokens 10,240–43,007), past every token used for calibration (≤ 4,095) and training (≤ 10,239). ![](eval/ppl.svg)")
     def acc(v): return f"{v:.3f}"
     table("HellaSwag acc_norm (higher is better)", hs, "acc_norm", acc,
           "First 400 tasks of `hellaswag_dev.txt`; standard error ≈ 0.024 at these accuracies "
-          "(√(p(1−p)/400)); chance is 0.25. The last column's s.e. is that of one accuracy; for the difference "
-          "between two methods on the same tasks see the paired comparison below. ![](eval/hellaswag.svg)", lower_is_better=False,
-          standard_error=lambda p, n: math.sqrt(p * (1 - p) / n))
-    if os.environ.get("PAIRED", "").strip():
-        print("### HellaSwag, paired: buddy against each static method on the same tasks\n\n"
-              "Both methods answer the same tasks, so the noise that matters for their difference is that of the "
-              "per-task differences: the paired standard error below (`scripts/hellaswag_paired.sh` on "
-              "`eval/hellaswag-items.csv`, written by `buddy eval hellaswag --items`). Only budgets measured with "
-              "`--items` appear. Where buddy and the best static method at a budget were also run on tasks 400–999 "
-              "(`eval/hellaswag-items-extra.csv`, `buddy eval hellaswag --skip 400 --limit 600 --items`), the "
-              "comparison covers all 1,000 tasks (column n); the table above stays at the first 400 for every method.\n")
-        print(os.environ["PAIRED"].strip() + "\n")
+          "(√(p(1−p)/400)); chance is 0.25. ![](eval/hellaswag.svg)")
     table("Chat: KL from full depth (nats per token, lower is better)", chat, "kl", lambda v: f"{v:.3f}",
           "The 40 held-out MT-Bench first turns (odd positions in the file); reference = the full model's greedy "
-          "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)", lower_is_better=True)
-    table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
+          "reply (≤ 128 tokens), teacher-forced through each routed model. ![](eval/chat.svg)")
+    table("Chat: top-1 agreement with the full model", chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.")
 
 print("# Evaluation\n")
 print("Made by `scripts/eval_stand_ins.sh run` and `scripts/eval_table.sh run` (measurements into `eval/`) and "

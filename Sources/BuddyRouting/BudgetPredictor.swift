@@ -72,12 +72,7 @@ public struct BudgetPredictor: Sendable, Equatable {
         let n = features.count
         guard n >= 2, logKL.count == n else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "need at least 2 measured prompts") }
         let d = features[0].count, nb = budgets.count
-        var mean = [Float](repeating: 0, count: d), scale = [Float](repeating: 1, count: d)
-        for j in 0..<d {
-            let (m, s) = columnStatistics(features, j)
-            mean[j] = Float(m)
-            scale[j] = s > 1e-8 ? Float(1 / s) : 0
-        }
+        let (mean, scale) = standardisation(features)
         // z: [n × d] standardised, scaled by 1/sqrt(d) so lambda is on a familiar scale.
         let norm = 1 / Double(d).squareRoot()
         let z = features.map { f in (0..<d).map { Double((f[$0] - mean[$0]) * scale[$0]) * norm } }

@@ -144,7 +144,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     }
 
     /// Index of the candidate the scorer of `choice` picks for the normalised input in `z`,
-    /// leaving every candidate's score in candidateScores (the same order of sums in training).
+    /// leaving every candidate's score in candidateScores (`SetChoiceFit.picks` uses the same dot product).
     private func pick(_ c: Choice) -> Int {
         guard c.candidates > 1 else { candidateScores[0] = 0; return 0 }
         let inDim = inputDim

@@ -88,7 +88,21 @@ public enum BudgetEncoding {
     }
 }
 
-/// Mean and standard deviation of column d of rows (the standardisation of routing inputs).
+/// Per column of `rows` ([n][d] routing inputs), the mean and the scale 1/std that standardise
+/// it; a constant column gets scale 0 (it carries no information). The Decision Module and the
+/// Budget Predictor store these and apply (x − mean) · scale.
+public func standardisation(_ rows: [[Float]]) -> (mean: [Float], scale: [Float]) {
+    let d = rows.first?.count ?? 0
+    var mean = [Float](repeating: 0, count: d), scale = [Float](repeating: 1, count: d)
+    for j in 0..<d {
+        let (m, s) = columnStatistics(rows, j)
+        mean[j] = Float(m)
+        scale[j] = s > 1e-8 ? Float(1 / s) : 0
+    }
+    return (mean, scale)
+}
+
+/// Mean and standard deviation of column d of rows.
 public func columnStatistics(_ rows: [[Float]], _ d: Int) -> (mean: Double, std: Double) {
     var sum = 0.0, sq = 0.0
     for r in rows { let v = Double(r[d]); sum += v; sq += v * v }

@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Foundation
 
 /// Fits the scorer of one Decision Module choice: m candidate layer sets, and for every
@@ -71,17 +72,19 @@ public enum SetChoiceFit {
         return Scorer(weights: w, bias: b)
     }
 
-    /// The candidate the scorer picks for each input (argmax of w_j · z + b_j, first on ties).
+    /// The candidate the scorer picks for each input (argmax of w_j · z + b_j, first on ties),
+    /// with the dot product `DecisionModule` decides with, so the estimate is of its choices.
     public static func picks(_ scorer: Scorer, inputs: [[Float]]) -> [Int] {
         let m = scorer.bias.count
-        return inputs.map { z in
-            var best = 0, bestScore = -Float.infinity
-            for j in 0..<m {
-                var s = scorer.bias[j]
-                for i in 0..<z.count { s += scorer.weights[j * z.count + i] * z[i] }
-                if s > bestScore { bestScore = s; best = j }
+        return scorer.weights.withUnsafeBufferPointer { w in
+            inputs.map { z in
+                var best = 0, bestScore = -Float.infinity
+                for j in 0..<m {
+                    let s = bk_dot_f32(w.baseAddress! + j * z.count, z, Int32(z.count)) + scorer.bias[j]
+                    if s > bestScore { bestScore = s; best = j }
+                }
+                return best
             }
-            return best
         }
     }
 

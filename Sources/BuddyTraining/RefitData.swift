@@ -62,12 +62,6 @@ public struct RefitData: Sendable {
         return ws.sorted(by: >)
     }
 
-    /// Training and validation text (empty unless `prose`; the file is read only then).
-    public func text(model: LanguageModel, prose: Bool) throws -> Split {
-        guard prose else { return ([], []) }
-        return try text(ids: try TrainingData.textTokens(data, model: model))
-    }
-
     /// Training and validation sequences cut from the tokens `ids` of --data.
     public func text(ids: [Int32]) throws -> Split {
         let windows = try windows()
@@ -89,10 +83,9 @@ public struct RefitData: Sendable {
         return (train, validation)
     }
 
-    /// Training and validation conversations with the full model's replies (empty unless `conversation`).
-    public func chat(model: LanguageModel, conversation: Bool, threads: Int, report: Reporter) throws -> Split {
-        guard conversation else { return ([], []) }
-        return (try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens,
+    /// Training and validation conversations with the full model's replies.
+    public func chat(model: LanguageModel, threads: Int, report: Reporter) throws -> Split {
+        (try TrainingData.chatSequences(model: model, path: chatData, prompts: 0..<chatPrompts, replyTokens: replyTokens,
                                                threads: threads, secondTurns: secondTurns, report: report),
                 try TrainingData.chatSequences(model: model, path: chatData, prompts: validationChatSkip..<(validationChatSkip + validationChatPrompts),
                                                replyTokens: replyTokens, threads: threads, secondTurns: secondTurns, report: report))

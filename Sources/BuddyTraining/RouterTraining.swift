@@ -157,7 +157,7 @@ public enum RouterTraining {
 
         // 2. Per-position costs on the training and validation data.
         let text = try o.data.text(ids: ids)
-        let chat = try o.data.chat(model: model, conversation: true, threads: threads, report: report)
+        let chat = try o.data.chat(model: model, threads: threads, report: report)
         let train = TrainingData.search(model: model, sequences: text.train + chat.train, threads: threads, label: "training data", report: report)
         let validation = TrainingData.search(model: model, sequences: text.validation + chat.validation, threads: threads, label: "validation data", report: report)
         train.standIns = standIns
@@ -173,13 +173,14 @@ public enum RouterTraining {
             return c
         }
         let ks = Array(Set(budgets.map { LayerBudget.routableCount(budget: $0, layers: L) })).sorted(by: >)
+        /// Every source's set of k layers: the search's, then each ranking's.
+        func sources(_ k: Int) -> [(name: String, set: [Int])] {
+            [("search", searched[k]!)] + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
+        }
         var candidatesByK: [Int: [(name: String, set: [Int])]] = [:]
         for k in ks {
-            var list: [(name: String, set: [Int])] = [("search", searched[k]!)]
-            for r in rankings {
-                let set = Array(r.ranking.prefix(k)).sorted()
-                if !list.contains(where: { $0.set == set }) { list.append((r.name, set)) }
-            }
+            var list: [(name: String, set: [Int])] = []
+            for source in sources(k) where !list.contains(where: { $0.set == source.set }) { list.append(source) }
             candidatesByK[k] = list
         }
         let comparisonKs = Set([0.9, 0.7, 0.5].map { LayerBudget.routableCount(budget: $0, layers: L) })
@@ -201,11 +202,7 @@ public enum RouterTraining {
         // 3. Inputs, normalisation, scorers.
         let trainInputs = train.routingInputs(), validationInputs = validation.routingInputs()
         let inDim = 2 * c.kvDim + c.dim
-        var mean = [Float](repeating: 0, count: inDim), scale = [Float](repeating: 1, count: inDim)
-        for d in 0..<inDim {
-            let (m, sd) = columnStatistics(trainInputs, d)
-            mean[d] = Float(m); scale[d] = sd > 1e-8 ? Float(1 / sd) : 0
-        }
+        let (mean, scale) = standardisation(trainInputs)
         func normalised(_ rows: [[Float]]) -> [[Float]] { rows.map { x in (0..<inDim).map { (x[$0] - mean[$0]) * scale[$0] } } }
         let zTrain = normalised(trainInputs), zValidation = normalised(validationInputs)
 
@@ -214,7 +211,7 @@ public enum RouterTraining {
         }
         var rows: [String] = []
         report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
-        report.line("| budget | k | " + ["search"] .joined() + " | " + rankings.map(\.name).joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
+        report.line("| budget | k | search | " + rankings.map(\.name).joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
         for k in ks {
             let cands = candidatesByK[k]!
             let trainCosts = try cands.map { try costs("train", $0.set) }
@@ -247,13 +244,13 @@ public enum RouterTraining {
                     }
                 }
             }
-            let budget = Double(k) / Double(routable)
-            let row = String(format: "| %.2f | %d | ", budget, k) + cands.map { cand in
-                String(format: "%.4f", validationMeans[cands.firstIndex { $0.set == cand.set }!])
-            }.joined(separator: " | ")
-            let missing = String(repeating: " | —", count: 1 + rankings.count - cands.count)
+            // One column per source; a source whose set repeats an earlier one's names that one.
+            let cells = sources(k).map { source -> String in
+                let j = cands.firstIndex { $0.set == source.set }!
+                return cands[j].name == source.name ? String(format: "%.4f", validationMeans[j]) : "= \(cands[j].name)"
+            }
             let iso = isolatedValidation[k].map { String(format: "%.4f", $0) } ?? "—"
-            let line = row + missing + " | \(iso) | " + (estimate.isNaN ? "—" : String(format: "%.4f", estimate)) + " | "
+            let line = String(format: "| %.2f | %d | ", Double(k) / Double(routable), k) + cells.joined(separator: " | ") + " | \(iso) | " + (estimate.isNaN ? "—" : String(format: "%.4f", estimate)) + " | "
                 + (routed.isNaN ? "—" : String(format: "%.4f", routed)) + " | \(shipped) |"
             report.line(line)
             rows.append(line)
