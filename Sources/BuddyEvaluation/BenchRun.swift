@@ -59,8 +59,8 @@ public enum BenchRun {
         let routerSpec = o.router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
         if !json {
             report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)")
-            report.line("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | stand-in share | peak RSS MB |")
-            report.line("|---|---|---|---|---|---|---|---|---|")
+            report.line("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | stand-in share | head share | peak RSS MB |")
+            report.line("|---|---|---|---|---|---|---|---|---|---|")
         }
         // Rounds alternate over the budgets (1, 0.75, 0.5, 1, 0.75, …) so that drift of a noisy
         // machine hits every budget alike; speed-ups are medians of ratios within a round.
@@ -100,6 +100,7 @@ public enum BenchRun {
         }
         let fullIndex = budgetList.firstIndex { $0 >= 1 }
         let standInSeconds = standInWeights.map(secondsPerStandIn) ?? 0
+        let headSeconds = secondsPerHead(model.transformer, session.decode)
         for (i, b) in budgetList.enumerated() {
             let s = series[i]
             let p = median(s.prefill), d = median(s.decode), share = median(s.shares)
@@ -109,14 +110,30 @@ public enum BenchRun {
             // Stand-ins run once per skipped routable layer: their time per token over the step's.
             let skipped = Double(model.config.layers) - s.layersPerToken
             let standInShare = skipped * standInSeconds * d
+            // The final norm and output head run once per token whatever the budget.
+            let headShare = headSeconds * d
             if json {
                 report.line("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(o.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
                     + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
-                report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, 100 * standInShare, rss))
+                report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.1f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, 100 * standInShare, 100 * headShare, rss))
             }
         }
+    }
+
+    /// Time of the final norm and output head for one decode token (`computeLogits`), measured
+    /// apart like the stand-ins: the median over 5 batches of 10 applications to the state's
+    /// current residual stream (after a warm-up one). Overwrites `state.logits`.
+    public static func secondsPerHead(_ transformer: Transformer, _ state: DecodeState) -> Double {
+        transformer.computeLogits(state)
+        var batches: [Double] = []
+        for _ in 0..<5 {
+            let t0 = monotonicSeconds()
+            for _ in 0..<10 { transformer.computeLogits(state) }
+            batches.append((monotonicSeconds() - t0) / 10)
+        }
+        return median(batches)
     }
 
     /// Mean time of one stand-in over the routable layers, measured apart (the decode loop

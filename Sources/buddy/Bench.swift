@@ -11,8 +11,10 @@ struct Bench: ParsableCommand {
             A warm-up round, then --runs rounds; each round runs every budget in turn (so machine
             noise hits all budgets alike): a --prompt-tokens prefill and a --gen-tokens greedy
             decode. Reports medians, decode speed-up over full depth (median of the per-round
-            ratios, when budget 1 is in the list), peak resident memory and the share of decode
-            time spent routing. Compare against llama.cpp with scripts/bench_vs_llamacpp.py.
+            ratios, when budget 1 is in the list), peak resident memory and the shares of decode
+            time spent routing, in stand-ins and in the output head (final norm and output
+            projection; stand-ins and head are timed apart and scaled by the decode speed).
+            Compare against llama.cpp with scripts/bench_vs_llamacpp.py.
             """)
 
     @Option(name: .long, help: "Prompt length for the prefill measurement.") var promptTokens: Int = 512
