@@ -6,13 +6,14 @@
 #                                     stand-in rows, and SmolLM2's bench for the head comparison
 #   scripts/eval_gemma.sh run-buddy   the Decision Module's rows (method buddy) and Gemma's decode
 #                                     bench with it; run it again after the router is retrained
-#   scripts/eval_gemma.sh all         both (about 70 min on 1 thread)
+#   scripts/eval_gemma.sh all         both (about 65 min on 1 thread: run 45, run-buddy 20)
 # Every command runs on one thread (BUDDY_THREADS to change it); each part replaces only its own
 # rows of the merged files eval/gemma-ppl.csv, eval/gemma-hellaswag.csv and
 # eval/gemma-hellaswag-items.csv.
 #
 # Held out: WikiText-2 512-token chunks 20-27 of Gemma's tokens (tokens 10,240-14,335) and the
-# first HELLASWAG_LIMIT tasks of hellaswag_dev.txt. What fitted what: the ShortGPT and SLEB rankings,
+# first HELLASWAG_LIMIT (300) tasks of hellaswag_dev.txt; HellaSwag costs about 0.8 s per task and
+# configuration on one thread, so the 12 configurations take about 45 min at 300 (400: about 60). What fitted what: the ShortGPT and SLEB rankings,
 # WikiText-2 tokens 0-2,047 (chunks 0-3); the layer-local stand-ins, chunks 0-13 and train-split
 # prompts 0-15, rank and ridge chosen on chunks 14-19 and prompts 16-23; the Decision Module,
 # whatever its notes say (the router of 2026-12-02: layer-set search and scorers on chunks 0-3 and
@@ -28,7 +29,7 @@ smollm2=models/SmolLM2-135M-Instruct.Q4_1.gguf
 router=routers/gemma-3-270m-q4_k_m/buddy-router.json
 standins=routers/gemma-3-270m-q4_k_m/stand-ins-layer-local.bin
 threads="${BUDDY_THREADS:-1}"
-limit="${HELLASWAG_LIMIT:-400}"
+limit="${HELLASWAG_LIMIT:-300}"
 ppl_args=(--model "$model" --data "$data/wikitext2_valid.txt" --skip-chunks 20 --chunks 8 --threads "$threads")
 hs_args=(--model "$model" --data "$data/hellaswag_dev.txt" --limit "$limit" --threads "$threads")
 tmp="$(mktemp -d)"
