@@ -33,7 +33,7 @@ public enum AutoBudgetRun {
 
     public typealias Row = (prompt: ChatPrompt, budget: Double, d: ChatDivergence)
 
-    /// Runs every prompt at each grid budget and at the auto budget, reports each tolerance as
+    /// Runs every prompt at each grid budget, takes the auto budget's result from them, reports each tolerance as
     /// Markdown and writes the per-prompt CSV when asked; `model` is loaded once the prompts have been read.
     public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws {
         let prompts = try o.prompts.load()
@@ -46,22 +46,19 @@ public enum AutoBudgetRun {
         let predictorModel: BudgetPredictor
         let grid: [Double]
         let fixed: [BudgetedLayerSelector]
-        let auto: AutoBudgetSelector
         do {
-            predictorModel = try Routers.predictor(model: model, path: o.predictor)
+            predictorModel = try Routers.autoBudgetPredictor(model: model, path: o.predictor)
             grid = predictorModel.budgets.sorted()
             fixed = try grid.map { try Routers.make(o.router, model: model, budget: $0) }
-            auto = try AutoBudgetSelector(inner: try Routers.make(o.router, model: model), predictor: predictorModel, tolerance: tolerances[0], config: model.config)
-        } catch { throw ToolError("\(error)") }
+        } catch let e as ToolError { throw e } catch { throw ToolError("\(error)") }
 
-        // Per prompt: the auto result and the chosen budget; per grid budget: the fixed result.
-        var autoRows: [Row] = []
+        // Per grid budget: every prompt's fixed result. Per prompt and tolerance: the budget
+        // the predictor chooses before the prompt runs (as the chat and `generate` do). The
+        // auto result is the grid run at that budget (same router, same budget: the same
+        // computation), or the full model's (KL 0, top-1 1) when it chooses 1.
         var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
-        // Per prompt: each grid budget's result, and the budget chosen at each extra tolerance
-        // (the auto run at that budget is the grid run: same router, same budget).
-        var perPrompt: [[ChatDivergence]] = []
-        var extraChoices: [[Double]] = []
-        let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 2))
+        var rowsByTolerance = [[Row]](repeating: [], count: tolerances.count)
+        let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
         for p in prompts {
             let (ids, ref) = try o.prompts.reference(to: p, evaluator: evaluator)
@@ -75,35 +72,17 @@ public enum AutoBudgetRun {
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }
-            perPrompt.append(row)
-            var choices: [Double] = []
-            for t in tolerances.dropFirst() {
-                auto.tolerance = t
-                session.selector = auto
-                session.reset()
-                try session.evaluate(ids)
-                choices.append(auto.chosenBudget ?? 1)
+            session.selector = nil
+            session.reset()
+            let features = try predictorModel.features(for: ids, in: session)
+            for (ti, t) in tolerances.enumerated() {
+                let b = features.withUnsafeBufferPointer { predictorModel.choose($0.baseAddress!, tolerance: t) }
+                let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { row[$0] }
+                    ?? ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
+                rowsByTolerance[ti].append((p, b, d))
             }
-            extraChoices.append(choices)
-            auto.tolerance = tolerances[0]
-            session.selector = auto
-            let d = try evaluator.compare(ref)
-            autoRows.append((p, auto.chosenBudget ?? 1, d))
-            done += 1
-            bar.update(done, detail: String(format: "prompt %@: auto %.2f", p.id, auto.chosenBudget ?? 1))
         }
 
-        // Rows per tolerance: the first was run; the others take each prompt's grid result at
-        // the budget chosen for it (budget 1: the full model, KL 0 and top-1 1).
-        var rowsByTolerance: [[Row]] = [autoRows]
-        for ti in tolerances.indices.dropFirst() {
-            rowsByTolerance.append(autoRows.indices.map { i in
-                let b = extraChoices[i][ti - 1], tokens = autoRows[i].d.tokens
-                let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { perPrompt[i][$0] }
-                    ?? ChatDivergence(klSum: 0, agreements: tokens, tokens: tokens)
-                return (autoRows[i].prompt, b, d)
-            })
-        }
         for (ti, t) in tolerances.enumerated() {
             if ti > 0 { report.line("") }
             summary(tolerance: t, rows: rowsByTolerance[ti], fixedTotals: fixedTotals, grid: grid, layers: L, prompts: prompts.count,

@@ -136,17 +136,23 @@ extension BudgetPredictor {
         }
     }
 
-    /// The budget for `prompt` before it runs in `session`: its features need only layer 0,
-    /// so layer 0 runs over the new part of the prompt and the budget is chosen from the last
-    /// chunk, as `AutoBudgetSelector` would choose it during the prompt. The caller then sets
-    /// that budget and evaluates the prompt under it (the chat engine announces it first).
+    /// The budget for `prompt` before it runs in `session`, the one way every command (the
+    /// chat, `generate`, `eval auto`) picks an automatic budget: its features need only
+    /// layer 0, so layer 0 runs over the new part of the prompt (the session then holds what it
+    /// held before) and the budget is chosen from the routing context at the prompt's last
+    /// token. The caller then sets that budget and evaluates the prompt under it.
     public func chooseBudget(for prompt: [Int32], in session: Session, tolerance: Double) throws -> Double {
+        try features(for: prompt, in: session).withUnsafeBufferPointer { choose($0.baseAddress!, tolerance: tolerance) }
+    }
+
+    /// The routing context `chooseBudget` reads (several tolerances can share one).
+    public func features(for prompt: [Int32], in session: Session) throws -> [Float] {
         try checkFits(session.model.config)
         let probe = FeatureProbe(config: session.model.config)
         try session.runFirstLayer(over: prompt) { start, count in
             _ = probe.selectLayers(chunkStart: start, count: count, batch: session.batch, cache: session.cache)
         }
-        return probe.features.withUnsafeBufferPointer { choose($0.baseAddress!, tolerance: tolerance) }
+        return probe.features
     }
 }
 
@@ -174,44 +180,6 @@ public final class FeatureProbe: LayerSelector {
             RoutingInput.write(pooled: pooled, hiddenState: batch.x + (count - 1) * dim, dim: dim, into: f.baseAddress!)
         }
         return [Bool](repeating: true, count: cache.layers)
-    }
-}
-
-/// `--budget auto`: before each prompt chunk runs, predicts a budget from the context so far
-/// and hands it to the wrapped router, which then routes every token under it.
-public final class AutoBudgetSelector: BudgetedLayerSelector, @unchecked Sendable {
-    public let inner: BudgetedLayerSelector
-    public let predictor: BudgetPredictor
-    public var tolerance: Double
-    /// The budget chosen for the latest prompt (nil before the first).
-    public private(set) var chosenBudget: Double?
-    private let probe: FeatureProbe
-
-    public init(inner: BudgetedLayerSelector, predictor: BudgetPredictor, tolerance: Double, config: ModelConfig) throws {
-        try predictor.checkFits(config)
-        self.inner = inner; self.predictor = predictor; self.tolerance = tolerance
-        probe = FeatureProbe(config: config)
-    }
-
-    public var name: String { "auto(\(inner.name))" }
-    /// Reads the budget in force; setting one overrides the prediction until the next prompt.
-    public var budget: Double {
-        get { inner.budget }
-        set { inner.budget = newValue }
-    }
-    public var lastScores: [Float]? { inner.lastScores }
-    public var layerSetLabel: String? { inner.layerSetLabel }
-
-    public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
-        inner.selectLayers(position: position, state: state, cache: cache)
-    }
-
-    public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
-        _ = probe.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache)
-        let b = probe.features.withUnsafeBufferPointer { predictor.choose($0.baseAddress!, tolerance: tolerance) }
-        chosenBudget = b
-        inner.budget = b
-        return inner.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache)
     }
 }
 

@@ -53,6 +53,16 @@ public enum StandInChoice: Equatable, Sendable {
         } catch let e as StandInError { throw ToolError("\(e)") }
     }
 
+    /// The choice as typed on a command line (for the notes of what a command made).
+    public var argument: String {
+        switch self {
+        case .auto: "auto"
+        case .on: "on"
+        case .off: "off"
+        case let .file(path): path
+        }
+    }
+
     /// The label eval tables and JSON records use.
     public func label(_ resolved: StandIns?) -> String { resolved == nil ? "off" : "on" }
 }
@@ -78,25 +88,28 @@ public func validateThreads(_ threads: Int) throws {
 }
 
 extension Routers {
-    /// The selector to install for `router` at `budget` (under the Budget Predictor when `auto`),
-    /// or nil when the full model runs (budget 1 needs no router, and runs bit for bit the same
-    /// computation).
-    public static func selector(router spec: String, budget b: Double, auto: Bool, tolerance: Double, rerouteEvery: Int,
-                                model: LanguageModel) throws -> BudgetedLayerSelector? {
-        if b >= 1 && spec == "buddy" && !auto { return nil }
+    /// The selector to install for `router` at `budget`, or nil when the full model runs
+    /// (budget 1 needs no router, and runs bit for bit the same computation). An automatic
+    /// budget is not a selector: `autoBudgetPredictor` chooses it before the prompt runs.
+    public static func selector(router spec: String, budget b: Double, rerouteEvery: Int, model: LanguageModel) throws -> BudgetedLayerSelector? {
+        if b >= 1 && spec == "buddy" { return nil }
         do {
             let s = try Routers.make(spec, model: model, budget: b)
             (s as? DecisionModule)?.rerouteEvery = rerouteEvery
-            if auto {
-                let predictor: BudgetPredictor
-                do { predictor = try Routers.predictor(model: model) } catch {
-                    throw ToolError("--budget auto needs a budget predictor: \(error); train one with `buddy train predictor` (see docs/TRAINING.md)")
-                }
-                return try AutoBudgetSelector(inner: s, predictor: predictor, tolerance: tolerance, config: model.config)
-            }
             return s
         } catch RoutingError.unknownRouter(let name) where name == "buddy" {
             throw ToolError("no trained router found for this model (routers/buddy-router.json); train one with `buddy train`, or pass --router shortgpt|sleb|last|random|even")
+        }
+    }
+
+    /// The Budget Predictor `--budget auto` needs (`path` nil: the one shipped for the model).
+    public static func autoBudgetPredictor(model: LanguageModel, path: String? = nil) throws -> BudgetPredictor {
+        do {
+            let p = try Routers.predictor(model: model, path: path)
+            try p.checkFits(model.config)
+            return p
+        } catch {
+            throw ToolError("--budget auto needs a budget predictor: \(error); train one with `buddy train predictor` (see docs/TRAINING.md)")
         }
     }
 }

@@ -7,7 +7,8 @@ import Foundation
 ///
 /// 1. candidate sets: a floating backward layer-set search with the model's stand-ins on a
 ///    small text + chat mix (every k from all routable layers down to --min-kept, thinned in
-///    the first candidate ranking's order below), plus each static ranking's set per k;
+///    the first candidate ranking's order below), plus each static ranking's set per k (and,
+///    with `--candidates …,single-layer`, the top k of the ranking by single-layer removal KL);
 /// 2. per budget of --budgets, every distinct candidate's KL from full depth at every position
 ///    of the training and validation data (each token running that set, stand-ins on);
 /// 3. a linear scorer per budget (`SetChoiceFit`), its L2 strength chosen on validation, kept
@@ -32,6 +33,8 @@ public enum RouterTraining {
         public var kvPolicy: KVPolicy = .fill
         public var checkpoint: String?
         public var threads: Int = 2
+        /// The --model given on the command line, recorded in the notes (nil: the default model).
+        public var modelArgument: String?
         public init(data: RefitData, out: String) { self.data = data; self.out = out }
 
         public func validate() throws {
@@ -68,11 +71,12 @@ public enum RouterTraining {
 
         /// The command that reproduces a router, for its notes (relative paths as given).
         public var commandLine: String {
-            "buddy train router --data \(data.data) --chat-data \(data.chatData) " + data.commandLine
+            "buddy train router" + (modelArgument.map { " --model \($0)" } ?? "") + " --data \(data.data) --chat-data \(data.chatData) " + data.commandLine
                 + " --candidates \(candidates) --budgets \(budgets)"
                 + " --search-text-chunks \(searchTextChunks) --search-window \(searchWindow) --search-chat-prompts \(searchChatPrompts)"
                 + " --search-reply-tokens \(searchReplyTokens) --min-kept \(minKept) --max-inclusions \(maxInclusions)"
                 + " --l2 \(l2) --min-gain \(minGain) --kv-policy \(kvPolicy.rawValue)"
+                + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
         }
 
         /// What the checkpoint's measurements depend on (budgets and thresholds may change on a rerun).
@@ -80,6 +84,9 @@ public enum RouterTraining {
             "\(data.commandLine) search \(searchTextChunks)x\(searchWindow) chat \(searchChatPrompts)x\(searchReplyTokens) candidates \(candidates)"
         }
     }
+
+    /// The name under which --candidates takes the ranking by single-layer removal KL.
+    public static let singleLayerName = "single-layer"
 
     /// Everything measured so far, saved after every step.
     struct Checkpoint: Codable {
@@ -100,8 +107,10 @@ public enum RouterTraining {
         let budgets = try o.budgetList(), l2s = try o.l2List()
         let standIns = try o.standIns.resolve(model: model, note: report.note)
         let standInLabel = standIns == nil ? "off" : "on"
-        let rankings = try o.candidates.split(separator: ",").map { name -> StaticRanking in
-            let n = name.trimmingCharacters(in: .whitespaces)
+        let candidateNames = o.candidates.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        // "single-layer" is the ranking this command measures itself (step 1), not a file.
+        let singleLayerIsCandidate = candidateNames.contains(singleLayerName)
+        let rankings = try candidateNames.filter { $0 != singleLayerName }.map { n -> StaticRanking in
             guard let r = try Routers.make(n, model: model) as? StaticRanking else { throw ToolError("--candidates: '\(n)' is not a static ranking") }
             return r
         }
@@ -176,6 +185,7 @@ public enum RouterTraining {
         /// Every source's set of k layers: the search's, then each ranking's.
         func sources(_ k: Int) -> [(name: String, set: [Int])] {
             [("search", searched[k]!)] + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
+                + (singleLayerIsCandidate ? [(singleLayerName, Array(isolatedRanking.prefix(k)).sorted())] : [])
         }
         var candidatesByK: [Int: [(name: String, set: [Int])]] = [:]
         for k in ks {
@@ -211,7 +221,8 @@ public enum RouterTraining {
         }
         var rows: [String] = []
         report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
-        report.line("| budget | k | search | " + rankings.map(\.name).joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
+        let sourceNames = ["search"] + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : [])
+        report.line("| budget | k | " + sourceNames.joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
         for k in ks {
             let cands = candidatesByK[k]!
             let trainCosts = try cands.map { try costs("train", $0.set) }
@@ -264,7 +275,7 @@ public enum RouterTraining {
             + "scorers fitted on 512-token chunks 0-\(o.data.textChunks - 1) and prompts 0-\(o.data.chatPrompts - 1), "
             + "chosen on chunks \(o.data.validationSkipChunks)-\(o.data.validationSkipChunks + o.data.validationChunks - 1) "
             + "and prompts \(o.data.validationChatSkip)-\(o.data.validationChatSkip + o.data.validationChatPrompts - 1). "
-            + "Validation KL per k (search, " + rankings.map(\.name).joined(separator: ", ") + ", single-layer ranking, scorer estimate, scorer routed, shipped): "
+            + "Validation KL per k (" + sourceNames.joined(separator: ", ") + ", single-layer ranking, scorer estimate, scorer routed, shipped): "
             + rows.joined(separator: " ")
         try RouterFile.save(module, model: model, notes: notes, to: o.out)
         try? FileManager.default.removeItem(atPath: checkpointPath)

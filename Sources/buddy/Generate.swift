@@ -67,7 +67,6 @@ struct Generate: ParsableCommand {
     func run() throws {
         let model = try modelOptions.load()
         let session = Session(model: model, capacity: context, threads: modelOptions.threads)
-        session.selector = try routing.makeSelector(model: model)
         session.policy = routing.kvPolicy
         session.standIns = try routing.standIns.resolve(model: model)
         let text: String
@@ -82,6 +81,8 @@ struct Generate: ParsableCommand {
         var ids = model.tokenizer.encode(text, parseSpecial: chat)
         if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
         guard !ids.isEmpty else { throw CLIError("the prompt is empty") }
+        let budget = try routing.resolveBudget(for: ids, in: session)
+        session.selector = try routing.makeSelector(budget: budget, model: model)
         var sampler = Sampler(sampling.parameters)
         let stats = try session.generate(prompt: ids, maxTokens: maxTokens, sampler: &sampler) { tok in
             if json {
@@ -94,7 +95,7 @@ struct Generate: ParsableCommand {
         if json {
             Out.write("{\"type\":\"done\",\"prompt_tokens\":\(stats.promptTokens),\"generated_tokens\":\(stats.generatedTokens),"
                 + "\"prefill_tok_s\":\(jsonNumber(stats.prefillTokensPerSecond)),\"decode_tok_s\":\(jsonNumber(stats.decodeTokensPerSecond)),"
-                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber((session.selector as? AutoBudgetSelector)?.chosenBudget ?? routing.budget.value ?? 1)),\"budget_mode\":\(jsonString(routing.budget == .auto ? "auto" : "fixed")),"
+                + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber(budget)),\"budget_mode\":\(jsonString(routing.budget == .auto ? "auto" : "fixed")),"
                 + "\"router\":\(jsonString(session.selector.map { ($0 as? BudgetedLayerSelector)?.name ?? "router" } ?? "full")),"
                 + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"stand_ins\":\(jsonString(session.standIns == nil ? "off" : "on")),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
         } else {

@@ -25,8 +25,15 @@ struct RoutingOptions: ParsableArguments {
         guard rerouteEvery >= 1 else { throw ValidationError("--reroute-every must be at least 1") }
     }
 
-    /// The selector to install, or nil when the full model runs.
-    func makeSelector(model: LanguageModel) throws -> BudgetedLayerSelector? {
-        try Routers.selector(router: router, budget: budget.value ?? 1, auto: budget == .auto, tolerance: qualityTolerance, rerouteEvery: rerouteEvery, model: model)
+    /// The budget `prompt` runs at: the one typed, or under `auto` the Budget Predictor's choice
+    /// for it, made before the prompt runs (layer 0 only; `session` keeps what it held).
+    func resolveBudget(for prompt: [Int32], in session: Session) throws -> Double {
+        guard budget == .auto else { return budget.value ?? 1 }
+        return try Routers.autoBudgetPredictor(model: session.model).chooseBudget(for: prompt, in: session, tolerance: qualityTolerance)
+    }
+
+    /// The selector to install at `budget`, or nil when the full model runs.
+    func makeSelector(budget: Double, model: LanguageModel) throws -> BudgetedLayerSelector? {
+        try Routers.selector(router: router, budget: budget, rerouteEvery: rerouteEvery, model: model)
     }
 }

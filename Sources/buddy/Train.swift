@@ -28,7 +28,7 @@ struct TrainRouter: ParsableCommand {
 
     @Option(name: .long, help: "Where to write the router (written atomically).") var out: String
     @OptionGroup var dataOptions: RefitDataOptions
-    @Option(name: .long, help: "Static rankings whose sets are candidates besides the search's (the first also thins the searched sets below --min-kept).") var candidates: String = "sleb,shortgpt"
+    @Option(name: .long, help: "Static rankings whose sets are candidates besides the search's (the first also thins the searched sets below --min-kept); 'single-layer' adds the ranking by single-layer removal KL that this command measures.") var candidates: String = "sleb,shortgpt"
     @Option(name: .long, help: "Budgets that get a fitted choice among the candidates (the slider's positions); other budgets run the searched set.") var budgets: String = "0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95"
     @Option(name: .long, help: "Search text: this many --search-window-token chunks from the start of --data.") var searchTextChunks: Int = 4
     @Option(name: .long, help: "Tokens per search text chunk (positions 16 on are scored).") var searchWindow: Int = 256
@@ -50,6 +50,7 @@ struct TrainRouter: ParsableCommand {
         o.searchChatPrompts = searchChatPrompts; o.searchReplyTokens = searchReplyTokens
         o.minKept = minKept; o.maxInclusions = maxInclusions; o.l2 = l2; o.minGain = minGain
         o.standIns = standIns; o.kvPolicy = kvPolicy; o.checkpoint = checkpoint; o.threads = modelOptions.threads
+        o.modelArgument = modelOptions.model
         return o
     }
     func validate() throws { try validating(options.validate) }

@@ -61,12 +61,18 @@ final class ShippedRouterTests: XCTestCase {
         }
     }
 
-    /// Gemma 3's router (routers/gemma-3-270m-q4_k_m/, made by the same command) loads for Gemma
-    /// and runs exactly k + 2 of its 18 layers in prefill and decode.
+    /// Gemma 3's router (routers/gemma-3-270m-q4_k_m/, made by the same command) loads for Gemma,
+    /// says how it was made, runs exactly k + 2 of its 18 layers in prefill and decode, and
+    /// routes a batch as it routes token by token.
     func testGemmaRouterIsStrict() throws {
         let gemma = try LanguageModel(path: GemmaSupport.modelPath)
         let router = try XCTUnwrap(try Routers.make("buddy", model: gemma) as? DecisionModule)
         XCTAssertEqual(router.weights.choices.count, 16)
+        // Reproducible from the repository: its notes give the whole command, model included.
+        let path = try XCTUnwrap(Routers.locate("buddy", model: gemma))
+        let notes = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])["notes"] as? String
+        XCTAssertTrue(notes?.hasPrefix("buddy train router --model models/gemma-3-270m-q4_k_m.gguf ") == true, notes ?? "no notes")
+        XCTAssertFalse(notes?.contains("/work/") == true || notes?.contains(" /") == true, "the notes must not point outside the repository")
         let s = Session(model: gemma, capacity: 32, threads: 2, batchSize: 8)
         s.selector = router
         let prompt = gemma.tokenizer.encode("The capital of France is", parseSpecial: false)
@@ -79,6 +85,21 @@ final class ShippedRouterTests: XCTestCase {
             try s.step(Sampler.argmax(s.decode.logits, count: gemma.config.vocabSize))
             XCTAssertEqual(s.lastLayers.count, k + 2, "decode at \(budget)")
             XCTAssertEqual(s.lastLayers.first, 0); XCTAssertEqual(s.lastLayers.last, 17)
+
+            // Its per-token choices (scorers at 0.9 and 0.5) are the same whether a reply is
+            // decoded token by token or teacher-forced as one batch, one decision per row.
+            let reply = gemma.tokenizer.encode(" Paris, the city of light", parseSpecial: false)
+            let decoded = Session(model: gemma, capacity: 32, threads: 2, batchSize: 16)
+            let batched = Session(model: gemma, capacity: 32, threads: 2, batchSize: 16)
+            for session in [decoded, batched] { session.selector = try Routers.make("buddy", model: gemma, budget: budget) }
+            try decoded.evaluate(prompt)
+            for t in reply { try decoded.step(t) }
+            try batched.evaluate(prompt)   // the prompt as one chunk, as `decoded` ran it
+            try batched.evaluate(prompt + reply, decideEveryToken: true)
+            XCTAssertEqual(batched.lastMask, decoded.lastMask, "last row's mask at \(budget)")
+            let vocab = gemma.config.vocabSize
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: batched.decode.logits, count: vocab)),
+                           Array(UnsafeBufferPointer(start: decoded.decode.logits, count: vocab)), "batched logits equal decoded logits at \(budget)")
         }
     }
 
