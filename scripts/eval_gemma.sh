@@ -13,7 +13,7 @@
 #
 # Held out: WikiText-2 512-token chunks 20-27 of Gemma's tokens (tokens 10,240-14,335) and the
 # first HELLASWAG_LIMIT (300) tasks of hellaswag_dev.txt; HellaSwag costs about 0.8 s per task and
-# configuration on one thread, so the 12 configurations take about 45 min at 300 (400: about 60). What fitted what: the ShortGPT and SLEB rankings,
+# configuration on one thread, so the 11 configurations take about 45 min at 300 (400: about 60). What fitted what: the ShortGPT and SLEB rankings,
 # WikiText-2 tokens 0-2,047 (chunks 0-3); the layer-local stand-ins, chunks 0-13 and train-split
 # prompts 0-15, rank and ridge chosen on chunks 14-19 and prompts 16-23; the Decision Module,
 # whatever its notes say (the router of 2026-12-02: layer-set search and scorers on chunks 0-3 and

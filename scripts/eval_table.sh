@@ -38,7 +38,11 @@ render)
   if [ -f eval/stand-ins-hellaswag-items.csv ]; then
     paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv; echo; done)"
   fi
-  PAIRED_SI="$paired_si" python3 - > EVAL.md <<'PY'
+  paired_gemma=""
+  if [ -f eval/gemma-hellaswag-items.csv ]; then
+    paired_gemma="$(for pair in "buddy sleb" "buddy shortgpt" "sleb+stand-ins sleb"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
+  fi
+  PAIRED_SI="$paired_si" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os
 def load(name):
     p = os.path.join("eval", name)
@@ -179,6 +183,100 @@ if os.path.exists("eval/auto.md"):
     print(open("eval/auto.md").read())
 if os.path.exists("eval/NOTES.md"):
     print(open("eval/NOTES.md").read())
+
+# Gemma 3 270M (scripts/eval_gemma.sh): the second model family, 1 thread.
+g_ppl, g_hs = load("gemma-ppl.csv"), load("gemma-hellaswag.csv")
+def jsonl(name):
+    p = os.path.join("eval", name)
+    return [json.loads(l) for l in open(p) if l.strip()] if os.path.exists(p) else []
+g_bench, s_bench = jsonl("gemma-bench.jsonl"), jsonl("gemma-bench-smollm2.jsonl")
+def g_value(rows, m, b, stand_ins, key):
+    for r in rows:
+        if abs(float(r["budget"]) - b) < 1e-9 and (r["method"] == m or b >= 1) and (r["stand_ins"] != "off") == stand_ins:
+            return float(r[key])
+    return None
+def g_layers(b): return min(18, math.floor(b * 16 + 0.5) + 2)
+def ratio_word(mine, best, fmt):
+    if mine is None or best is None: return "—"
+    if fmt(mine) == fmt(best): return "equal"
+    return f"{'**better**' if mine < best else 'worse'} ({(mine - best) / best * 100:+.1f} %)"
+if g_ppl or g_hs or g_bench:
+    router_line = open("eval/gemma-router.txt").readline().split() if os.path.exists("eval/gemma-router.txt") else []
+    print("## Gemma 3 270M\n\nMade by `scripts/eval_gemma.sh run` (static methods, stand-in rows, SmolLM2's bench) and "
+          "`scripts/eval_gemma.sh run-buddy` (the Decision Module's rows and Gemma's bench) with "
+          "`models/gemma-3-270m-q4_k_m.gguf` (docs/GEMMA.md): 18 layers, 16 routable, so a budget b runs "
+          "round(16 b) + 2 layers per token. KV policy `fill`. Every figure is from **one thread on a shared 2-core machine** "
+          "(another job used the other core): absolute speeds are low and noisy, ratios between budgets of one run are what count. "
+          "`buddy` is `routers/gemma-3-270m-q4_k_m/buddy-router.json`"
+          + (f" (sha256 `{router_line[0][:12]}…`, `eval/gemma-router.txt`)" if router_line else "")
+          + ", trained without stand-ins; \"on\" means the layer-local stand-ins "
+          "`routers/gemma-3-270m-q4_k_m/stand-ins-layer-local.bin` (not on by default for Gemma; docs/GEMMA.md says why).\n")
+    if g_ppl:
+        cols = [(m, si) for m in ("buddy", "sleb", "shortgpt") for si in (False, True)]
+        print("### WikiText-2 perplexity (lower is better)\n\nChunks 20–27 of Gemma's tokens (512-token chunks, second halves "
+              "scored, 2,040 tokens); the rankings were fitted on chunks 0–3, the stand-ins on chunks 0–13 (chosen on 14–19), "
+              "the router's sets and scorers on chunks 0–3 and chat prompts (chosen on chunks 14–19).\n")
+        print("| budget | layers run | " + " | ".join(f"{m} {'on' if si else 'off'}" for m, si in cols)
+              + " | last off | best static (either) | buddy off vs it | best / full depth |")
+        print("|---|---|" + "---|" * len(cols) + "---|---|---|---|")
+        full = g_value(g_ppl, "sleb", 1.0, False, "ppl")
+        for b in sorted({float(r["budget"]) for r in g_ppl}, reverse=True):
+            vals = [g_value(g_ppl, m, b, si, "ppl") for m, si in cols]
+            cells = [f"{v:,.2f}" if v is not None else "—" for v in vals]
+            last = g_value(g_ppl, "last", b, False, "ppl")
+            static = [(v, f"{m}{' on' if si else ''}") for (m, si), v in zip(cols, vals) if m != "buddy" and v is not None]
+            if b >= 1 or not static:
+                best_cell, cmp, rel = "—", "—", "—"
+            else:
+                v, name = min(static)
+                best_cell, rel = f"{v:,.2f} ({name})", f"{v / full:.2f}×" if full else "—"
+                cmp = ratio_word(vals[0], v, lambda x: f"{x:,.2f}")
+            print(f"| {b:.2f} | {g_layers(b)} | " + " | ".join(cells) + f" | {f'{last:,.2f}' if last is not None and b < 1 else '—'} | {best_cell} | {cmp} | {rel} |")
+        print()
+    if g_hs:
+        n = int(float(g_hs[0]["n"]))
+        cols = [("buddy", False), ("sleb", False), ("shortgpt", False), ("sleb", True)]
+        print(f"### HellaSwag acc_norm (higher is better)\n\nThe first {n} tasks of `hellaswag_dev.txt` (none used for any fit); "
+              "± is the standard error of one accuracy, √(p(1−p)/n); chance is 0.25. The paired tables below compare "
+              "methods on the same tasks.\n")
+        print("| budget | layers run | " + " | ".join(f"{m}{' + stand-ins' if si else ''}" for m, si in cols) + " |")
+        print("|---|---|" + "---|" * len(cols))
+        for b in sorted({float(r["budget"]) for r in g_hs}, reverse=True):
+            cells = []
+            for m, si in cols:
+                v = g_value(g_hs, m, b, si, "acc_norm") if (b < 1 or not si) else None
+                cells.append(f"{v:.3f} ± {math.sqrt(v * (1 - v) / n):.3f}" if v is not None else "—")
+            print(f"| {b:.2f} | {g_layers(b)} | " + " | ".join(cells) + " |")
+        print()
+        if os.environ.get("PAIRED_GEMMA", "").strip():
+            print("Paired on the same tasks (`scripts/hellaswag_paired.sh` on `eval/gemma-hellaswag-items.csv`):\n")
+            print(os.environ["PAIRED_GEMMA"].strip() + "\n")
+    if g_bench:
+        smol = {round(r["budget"], 2): r for r in s_bench}
+        print("### Decode speed and the output head\n\n`buddy bench --budgets 1,0.9,0.7,0.5 --router buddy --stand-ins off --runs 5 "
+              "--threads 1 --json` (512-token prompt, 128 decoded; medians of 5 rounds, speed-up = median of the per-round "
+              "ratios), on Gemma with the router file named by its path (`eval/gemma-bench.jsonl`) and on SmolLM2-135M Q4_1 with its own router (`eval/gemma-bench-smollm2.jsonl`). "
+              "Head share: the final norm and output projection of one token, timed apart in the same process (median of 5 batches "
+              "of 10) and multiplied by the decode speed, as `buddy bench` does for stand-ins. \"Head bound\" is the speed-up the "
+              "head allows: if the time outside the head scaled with the layers run, full depth's time would shrink to "
+              "h + (1 − h)·(layers run / all layers), h being full depth's head share.\n")
+        print("| budget | Gemma layers/token | Gemma tok/s | Gemma × full | Gemma head share | Gemma head bound "
+              "| SmolLM2 layers/token | SmolLM2 tok/s | SmolLM2 × full | SmolLM2 head share | SmolLM2 head bound |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        def bound(rows, r):
+            full = next((x for x in rows if x["budget"] >= 1), None)
+            if not full or "head_share" not in full: return "—"
+            h = full["head_share"]
+            return f"{1 / (h + (1 - h) * r['layers_per_token'] / full['layers_per_token']):.2f}×"
+        def part(rows, r):
+            if r is None: return ["—"] * 5
+            return [f"{r['layers_per_token']:.0f}", f"{r['decode_tok_s']:.1f}", f"{r.get('decode_speedup') or 1:.2f}×",
+                    f"{100 * r['head_share']:.1f} %" if "head_share" in r else "—", bound(rows, r)]
+        for r in g_bench:
+            print(f"| {r['budget']:.2f} | " + " | ".join(part(g_bench, r) + part(s_bench, smol.get(round(r['budget'], 2)))) + " |")
+        print()
+    if os.path.exists("eval/gemma-NOTES.md"):
+        print(open("eval/gemma-NOTES.md").read())
 PY
   echo "wrote EVAL.md" >&2
   ;;
