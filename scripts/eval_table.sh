@@ -38,11 +38,15 @@ render)
   if [ -f eval/stand-ins-hellaswag-items.csv ]; then
     paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv; echo; done)"
   fi
+  paired_si_all=""
+  if [ -f eval/stand-ins-hellaswag-items.csv ] && [ -f eval/stand-ins-hellaswag-items-400-1399.csv ]; then
+    paired_si_all="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv eval/stand-ins-hellaswag-items-400-1399.csv; echo; done)"
+  fi
   paired_gemma=""
   if [ -f eval/gemma-hellaswag-items.csv ]; then
     paired_gemma="$(for pair in "buddy sleb" "buddy shortgpt" "sleb+stand-ins sleb"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
   fi
-  PAIRED_SI="$paired_si" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
+  PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os
 def load(name):
     p = os.path.join("eval", name)
@@ -153,6 +157,13 @@ if si_ppl or si_chat:
         if os.environ.get("PAIRED_SI", "").strip():
             print("Paired on the same 400 tasks, stand-ins on (`scripts/hellaswag_paired.sh` on `eval/stand-ins-hellaswag-items.csv`):\n")
             print(os.environ["PAIRED_SI"].strip() + "\n")
+        if os.environ.get("PAIRED_SI_ALL", "").strip():
+            extra = load("stand-ins-hellaswag-400-1399.csv")
+            alone = ", ".join(f"{r['method']} {float(r['acc_norm']):.3f}" for r in extra)
+            print("With 1,000 more held-out tasks (400–1,399) at 0.7, where the first 400 left the router 2.3 paired s.e. "
+                  f"below ShortGPT (`eval/stand-ins-hellaswag-items-400-1399.csv`; on those 1,000 alone: {alone}), "
+                  "paired over all the tasks each budget saw:\n")
+            print(os.environ["PAIRED_SI_ALL"].strip() + "\n")
     if os.path.exists("eval/stand-ins-auto.md"):
         print("### The automatic budget with stand-ins\n\nThe Budget Predictor refitted to the quality curves measured with stand-ins "
               "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
