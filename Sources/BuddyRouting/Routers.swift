@@ -69,7 +69,9 @@ public enum Routers {
     /// Where a named router lives, if anywhere. In each routers/ directory, a subdirectory
     /// named after the model file (routers/gemma-3-270m-q4_k_m/ for
     /// models/gemma-3-270m-q4_k_m.gguf) comes first, so several models' files can ship side by
-    /// side; files directly in routers/ belong to the default model.
+    /// side; files directly in routers/ belong to the default model, so a model that has its own
+    /// subdirectory never falls back to them (Gemma would otherwise be told on every command
+    /// that SmolLM2's stand-ins do not fit it).
     public static func locate(_ spec: String, model: LanguageModel) -> String? {
         let fm = FileManager.default
         if spec.contains("/") || spec.hasSuffix(".json") { return spec }
@@ -82,7 +84,11 @@ public enum Routers {
         for _ in 0..<4 { dirs.append(dir.appendingPathComponent("routers").path); dir = dir.deletingLastPathComponent() }
         let stem = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent
         for d in dirs {
-            for candidate in [d + "/" + stem + "/" + file, d + "/" + file] where fm.fileExists(atPath: candidate) { return candidate }
+            let own = d + "/" + stem
+            if fm.fileExists(atPath: own + "/" + file) { return own + "/" + file }
+            var isDirectory: ObjCBool = false
+            if fm.fileExists(atPath: own, isDirectory: &isDirectory), isDirectory.boolValue { continue }
+            if fm.fileExists(atPath: d + "/" + file) { return d + "/" + file }
         }
         return nil
     }

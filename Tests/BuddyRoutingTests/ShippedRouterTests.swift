@@ -68,6 +68,13 @@ final class ShippedRouterTests: XCTestCase {
         let gemma = try LanguageModel(path: GemmaSupport.modelPath)
         let router = try XCTUnwrap(try Routers.make("buddy", model: gemma) as? DecisionModule)
         XCTAssertEqual(router.weights.choices.count, 16)
+        // Gemma has its own directory, so the default model's files in routers/ are not its own:
+        // no stand-ins (and no note that SmolLM2's do not fit), no budget predictor.
+        XCTAssertNil(Routers.locate("stand-ins", model: gemma))
+        XCTAssertNil(Routers.locate("budget-predictor", model: gemma))
+        let auto = try Routers.autoStandIns(model: gemma)
+        XCTAssertNil(auto.standIns); XCTAssertNil(auto.mismatch)
+        XCTAssertTrue(try XCTUnwrap(Routers.locate("sleb", model: gemma)).hasSuffix("routers/gemma-3-270m-q4_k_m/sleb-ranking.json"))
         // Reproducible from the repository: its notes give the whole command, model included.
         let path = try XCTUnwrap(Routers.locate("buddy", model: gemma))
         let notes = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])["notes"] as? String
