@@ -83,13 +83,12 @@ public enum Routers {
         var dir = exe.deletingLastPathComponent()
         for _ in 0..<4 { dirs.append(dir.appendingPathComponent("routers").path); dir = dir.deletingLastPathComponent() }
         let stem = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent
-        for d in dirs {
-            let own = d + "/" + stem
-            if fm.fileExists(atPath: own + "/" + file) { return own + "/" + file }
+        for d in dirs where fm.fileExists(atPath: d + "/" + stem + "/" + file) { return d + "/" + stem + "/" + file }
+        let hasOwnDirectory = dirs.contains { d in
             var isDirectory: ObjCBool = false
-            if fm.fileExists(atPath: own, isDirectory: &isDirectory), isDirectory.boolValue { continue }
-            if fm.fileExists(atPath: d + "/" + file) { return d + "/" + file }
+            return fm.fileExists(atPath: d + "/" + stem, isDirectory: &isDirectory) && isDirectory.boolValue
         }
-        return nil
+        if hasOwnDirectory { return nil }
+        return dirs.map { $0 + "/" + file }.first { fm.fileExists(atPath: $0) }
     }
 }

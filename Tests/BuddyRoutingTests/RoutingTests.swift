@@ -8,13 +8,14 @@ final class RoutingTests: XCTestCase {
     let budgets = stride(from: 1, through: 20, by: 1).map { Double($0) * 0.05 }
 
     /// Files for a model come from routers/<model file stem>/ before routers/ itself, so a
-    /// second model's files ship beside the default model's.
+    /// second model's files ship beside the default model's; a model with its own directory
+    /// never takes the default model's files from routers/ itself.
     func testRoutersOfAModelComeFromItsOwnSubdirectoryFirst() throws {
         let fm = FileManager.default
         let dir = fm.temporaryDirectory.appendingPathComponent("buddy-locate-\(UUID().uuidString)")
         defer { try? fm.removeItem(at: dir) }
         try fm.createDirectory(at: dir.appendingPathComponent("models"), withIntermediateDirectories: true)
-        try fm.createDirectory(at: dir.appendingPathComponent("routers/other-model"), withIntermediateDirectories: true)
+        try fm.createDirectory(at: dir.appendingPathComponent("routers"), withIntermediateDirectories: true)
         let modelLink = dir.appendingPathComponent("models/other-model.gguf")
         try fm.createSymbolicLink(atPath: modelLink.path, withDestinationPath: try TestSupport.requireModelPath())
         let m = try LanguageModel(path: modelLink.path)
@@ -22,6 +23,8 @@ final class RoutingTests: XCTestCase {
         let own = dir.appendingPathComponent("routers/other-model/sleb-ranking.json").path
         XCTAssertTrue(fm.createFile(atPath: shared, contents: Data("{}".utf8)))
         XCTAssertEqual(Routers.locate("sleb", model: m), shared)
+        try fm.createDirectory(at: dir.appendingPathComponent("routers/other-model"), withIntermediateDirectories: true)
+        XCTAssertNil(Routers.locate("sleb", model: m), "its own directory has no SLEB ranking: none, not the default model's")
         XCTAssertTrue(fm.createFile(atPath: own, contents: Data("{}".utf8)))
         XCTAssertEqual(Routers.locate("sleb", model: m), own)
         XCTAssertEqual(Routers.locate("/explicit/path.json", model: m), "/explicit/path.json")
