@@ -102,12 +102,11 @@ extension Routers {
         }
     }
 
-    /// The Budget Predictor `--budget auto` needs (`path` nil: the one shipped for the model).
+    /// The Budget Predictor `--budget auto` needs (`path` nil: the one shipped for the model);
+    /// loading it already refuses one whose features do not fit the model.
     public static func autoBudgetPredictor(model: LanguageModel, path: String? = nil) throws -> BudgetPredictor {
         do {
-            let p = try Routers.predictor(model: model, path: path)
-            try p.checkFits(model.config)
-            return p
+            return try Routers.predictor(model: model, path: path)
         } catch {
             throw ToolError("--budget auto needs a budget predictor: \(error); train one with `buddy train predictor` (see docs/TRAINING.md)")
         }
