@@ -65,28 +65,32 @@ public struct EvalGrid {
 public struct ChatPromptSelection {
     public var data: String
     public var split: String = "heldout"
+    public var skip: Int = 0
     public var limit: Int?
     public var maxReply: Int = 128
-    public init(data: String, split: String = "heldout", limit: Int? = nil, maxReply: Int = 128) {
+    public init(data: String, split: String = "heldout", skip: Int = 0, limit: Int? = nil, maxReply: Int = 128) {
         self.data = data
         self.split = split
+        self.skip = skip
         self.limit = limit
         self.maxReply = maxReply
     }
 
     public func validate() throws {
         if let limit, limit < 1 { throw ToolError.usage("--limit must be at least 1") }
+        if skip < 0 { throw ToolError.usage("--skip must not be negative") }
         guard ChatPromptSplit(rawValue: split) != nil else { throw ToolError.usage("--split must be train, heldout or all") }
         guard (1...2048).contains(maxReply) else { throw ToolError.usage("--max-reply must be between 1 and 2048") }
     }
 
-    /// The prompts of the split (at most --limit), or an error naming the file.
+    /// The prompts of the split (after --skip, at most --limit), or an error naming the file.
     public func load() throws -> [ChatPrompt] {
         guard let text = try? String(contentsOfFile: data, encoding: .utf8) else { throw ToolError("cannot read data file '\(data)'") }
         var prompts: [ChatPrompt]
         do { prompts = try ChatPromptSet.parse(text, split: ChatPromptSplit(rawValue: split)!) } catch { throw ToolError("\(data): \(error)") }
+        prompts = Array(prompts.dropFirst(skip))
         if let limit { prompts = Array(prompts.prefix(limit)) }
-        guard !prompts.isEmpty else { throw ToolError("'\(data)' has no prompts in the \(split) split") }
+        guard !prompts.isEmpty else { throw ToolError("'\(data)' has no prompts in the \(split) split" + (skip > 0 ? " after skipping \(skip)" : "")) }
         return prompts
     }
 

@@ -243,6 +243,12 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         return masks[k - 1].count == 1 ? masks[k - 1][0] : nil
     }
 
+    /// Every candidate set of the choice that serves `budget`, as masks (stand-in fitting
+    /// learns the inputs each of them gives a skipped layer).
+    public func candidateMasks(budget: Double) -> [[Bool]] {
+        masks[LayerBudget.routableCount(budget: budget, layers: layers) - 1]
+    }
+
     /// Forget the pooled context (a new conversation).
     public func resetContext() { pooled.reset(); hasDecision = false }
 }

@@ -138,8 +138,12 @@ public struct StandInFitting {
             for name in scenarios.split(separator: ",").map(String.init) {
                 for b in try parseBudgets(scenarioBudgets) {
                     let r = try Routers.make(name, model: model, budget: b)
-                    guard let m = Routers.fixedMask(r, budget: b) else { throw ToolError("--scenarios: '\(name)' does not run one set per budget") }
-                    if !masks.contains(m) { masks.append(m) }
+                    // A Decision Module contributes every candidate set it may pick at b.
+                    let sets: [[Bool]]
+                    if let m = Routers.fixedMask(r, budget: b) { sets = [m] }
+                    else if let module = r as? DecisionModule { sets = module.candidateMasks(budget: b) }
+                    else { throw ToolError("--scenarios: '\(name)' does not run fixed layer sets") }
+                    for m in sets where !masks.contains(m) { masks.append(m) }
                 }
             }
         }

@@ -50,7 +50,7 @@ struct StandInCalibrationOptions: ParsableArguments {
     @Option(name: .long, help: "(stand-ins) train-split chat prompts to fit on, FIRST..<END.") var chatPrompts: String = "0..<16"
     @Option(name: .long, help: "(stand-ins) train-split chat prompts for validation, FIRST..<END.") var chatValidationPrompts: String = "16..<24"
     @Option(name: .long, help: "(stand-ins) reply tokens of each chat sequence.") var replyTokens: Int = 96
-    @Option(name: .long, help: "(stand-ins) static rankings whose layer sets at --scenario-budgets give the routed inputs (comma-separated; 'none' fits on full-depth inputs only).") var scenarios: String = "sleb,shortgpt"
+    @Option(name: .long, help: "(stand-ins) routers whose layer sets at --scenario-budgets give the routed inputs: static rankings (sleb, shortgpt) or a Decision Module (buddy: every candidate set it may pick), comma-separated; 'none' fits on full-depth inputs only.") var scenarios: String = "sleb,shortgpt"
     @Option(name: .long, help: "(stand-ins) budgets of the routed scenarios.") var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
     @Option(name: .long, help: "(stand-ins) use every N-th token of each sequence as a regression row.") var rowStride: Int = 2
     @Option(name: .long, help: "(stand-ins) weigh each token by 1/mean square of its residual stream (errors relative to the stream's scale) or not.") var relativeError: Bool = true

@@ -159,14 +159,15 @@ extension Eval {
     }
 }
 
-/// --data, --split, --limit, --max-reply: the chat prompts `buddy eval chat` and `buddy eval auto` run.
+/// --data, --split, --skip, --limit, --max-reply: the chat prompts `buddy eval chat` and `buddy eval auto` run.
 struct ChatPromptOptions: ParsableArguments {
     @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).") var data: String
     @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.") var split: String = "heldout"
-    @Option(name: .long, help: "Use only the first N prompts of the split.") var limit: Int?
+    @Option(name: .long, help: "Leave out the first N prompts of the split.") var skip: Int = 0
+    @Option(name: .long, help: "Use only the first N prompts of the split (after --skip).") var limit: Int?
     @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).") var maxReply: Int = 128
 
-    var selection: ChatPromptSelection { .init(data: data, split: split, limit: limit, maxReply: maxReply) }
+    var selection: ChatPromptSelection { .init(data: data, split: split, skip: skip, limit: limit, maxReply: maxReply) }
 
     func validate() throws { try validating(selection.validate) }
 }

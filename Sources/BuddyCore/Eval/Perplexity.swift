@@ -32,7 +32,7 @@ public final class PerplexityEvaluator {
         let c = model.config
         let pool = ThreadPool.shared(threads: threads)
         batch = BatchState(config: c, maxTokens: contextSize, capacity: contextSize, pool: pool)
-        cache = KVCache(layers: c.layers, capacity: contextSize, kvDim: c.kvDim)
+        cache = KVCache(layers: c.layers, capacity: contextSize, kvDim: c.kvDim, deferDim: c.dim)
         decode = DecodeState(config: c, capacity: contextSize, pool: pool)
         logits = .allocate(capacity: contextSize * c.vocabSize)
     }

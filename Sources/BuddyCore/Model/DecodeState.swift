@@ -160,8 +160,10 @@ extension Transformer {
         cache.setPresent(l, pos, !skipped || policy != .mask)
     }
 
-    /// Every query head of s.q over layer l's cache up to `pos` into s.attOut.
+    /// Every query head of s.q over layer l's cache up to `pos` into s.attOut (first the K/V
+    /// that earlier tokens which skipped the layer left deferred).
     func attend(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
+        computeDeferredKV(l, before: pos, s, cache)
         let c = config
         let heads = c.heads, group = c.groupSize, hd = c.headDim, cap = s.capacity
         if s.reference {
@@ -180,8 +182,9 @@ extension Transformer {
     }
 
     /// Account for a layer the token at `pos` does not run: the cache entry follows the
-    /// policy (under `fill` its K/V come from the layer's input), then the residual stream
-    /// passes through unchanged or gets the layer's stand-in when `s.standIns` has one.
+    /// policy (under `fill` its K/V come from the layer's input, computed now or, when the
+    /// cache defers them, the first time a later token attends over the layer), then the
+    /// residual stream passes through unchanged or gets the layer's stand-in when `s.standIns` has one.
     public func skipLayer(_ l: Int, pos: Int, policy: KVPolicy, _ s: DecodeState, _ cache: KVCache) {
         let c = config
         switch policy {
@@ -191,20 +194,10 @@ extension Transformer {
             cache.key(l, pos).update(repeating: 0, count: c.kvDim)
             cache.value(l, pos).update(repeating: 0, count: c.kvDim)
             cache.setPresent(l, pos, true)
-        case .fill where c.isGemma3:
-            gemma3FillKV(l, pos: pos, s, cache)
+        case .fill where cache.defersFill && !s.reference:
+            cache.deferKV(l, pos, input: s.x)
         case .fill:
-            let w = layers[l]
-            rmsNorm(s.x, w.attnNorm, s.xb)
-            projectKV(w, s)
-            if let b = w.bk { for i in 0..<c.kvDim { s.k[i] += b[i] } }
-            if let b = w.bv { for i in 0..<c.kvDim { s.v[i] += b[i] } }
-            rope(s.k, heads: c.kvHeads, pos: pos)
-            if !s.reference {
-                Transformer.roundToHalf(s.k, c.kvDim)
-                Transformer.roundToHalf(s.v, c.kvDim)
-            }
-            storeKV(l, pos: pos, k: s.k, v: s.v, cache)
+            fillKV(l, pos: pos, input: s.x, s, cache)
         }
         if let standIns = s.standIns {
             if s.reference {
@@ -213,6 +206,43 @@ extension Transformer {
                 standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch)
             }
         }
+    }
+
+    /// Layer l's K and V for `pos` from the layer's input ([dim]) into the cache, as a token
+    /// that runs the layer would store them (uses s.xb, s.k, s.v).
+    func fillKV(_ l: Int, pos: Int, input: UnsafePointer<Float>, _ s: DecodeState, _ cache: KVCache) {
+        let w = layers[l]
+        rmsNorm(input, w.attnNorm, s.xb)
+        projectKV(w, s)
+        finishKeysValues(l, pos: pos, k: s.k, v: s.v, half: !s.reference)
+        storeKV(l, pos: pos, k: s.k, v: s.v, cache)
+    }
+
+    /// The raw K and V projections of layer l at `pos` made into cache entries: biases, RoPE
+    /// (Gemma: per-head K norm and the layer's base) and, on the fast path, half precision.
+    @inline(__always)
+    func finishKeysValues(_ l: Int, pos: Int, k: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, half: Bool) {
+        let c = config, w = layers[l]
+        if c.isGemma3 { return gemma3Keys(l, pos: pos, k: k, v: v, half: half) }
+        if let b = w.bk { for i in 0..<c.kvDim { k[i] += b[i] } }
+        if let b = w.bv { for i in 0..<c.kvDim { v[i] += b[i] } }
+        rope(k, heads: c.kvHeads, pos: pos)
+        if half {
+            Transformer.roundToHalf(k, c.kvDim)
+            Transformer.roundToHalf(v, c.kvDim)
+        }
+    }
+
+    /// Computes layer l's deferred K/V for positions before `pos` (KVCache, "Deferred fill"),
+    /// one position at a time with the decode kernels. Uses s.xb, s.k, s.v; s.q is untouched.
+    func computeDeferredKV(_ l: Int, before pos: Int, _ s: DecodeState, _ cache: KVCache) {
+        let first = cache.firstDeferred[l]
+        guard first < pos else { return }
+        for p in first..<pos where cache.isDeferred(l, p) {
+            fillKV(l, pos: p, input: cache.deferredInput(l, p), s, cache)
+        }
+        // Positions from `pos` on are rewritten before anyone reads them, and a new deferral lowers this again.
+        cache.firstDeferred[l] = cache.capacity
     }
 
     /// Final norm and output head: fills s.logits.

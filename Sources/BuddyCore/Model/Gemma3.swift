@@ -115,15 +115,6 @@ extension Transformer {
         s.emit("l_out", l, s.x, c.dim)
     }
 
-    /// The `fill` policy for a skipped Gemma layer: its K and V from the layer's input.
-    func gemma3FillKV(_ l: Int, pos: Int, _ s: DecodeState, _ cache: KVCache) {
-        let w = layers[l]
-        rmsNorm(s.x, w.attnNorm, s.xb)
-        projectKV(w, s)
-        gemma3Keys(l, pos: pos, k: s.k, v: s.v, half: !s.reference)
-        storeKV(l, pos: pos, k: s.k, v: s.v, cache)
-    }
-
     // MARK: - Batch: a prompt chunk
 
     /// Gemma 3 block `l` over the chunk in b.x (called by `prefillLayer`, same contract:
@@ -163,16 +154,4 @@ extension Transformer {
         if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
     }
 
-    /// The `fill` policy over a chunk that skips Gemma layer l.
-    func gemma3FillKVBatch(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache) {
-        let c = config, w = layers[l], kvd = c.kvDim
-        for i in 0..<n { rmsNorm(b.x + i * c.dim, w.attnNorm, b.xb + i * c.dim) }
-        gemm(w.wk, b.xb, n, b.k, b)
-        gemm(w.wv, b.xb, n, b.v, b)
-        for i in 0..<n {
-            let k = b.k + i * kvd, v = b.v + i * kvd
-            gemma3Keys(l, pos: start + i, k: k, v: v, half: true)
-            storeKV(l, pos: start + i, k: k, v: v, cache)
-        }
-    }
 }

@@ -204,7 +204,10 @@ extension Transformer {
 
     /// Causal attention of the chunk's queries (b.q) over layer l's cache into b.att: each
     /// (token, head) pair is independent.
+    /// Deferred K/V of earlier positions (KVCache, "Deferred fill") are computed first, so call
+    /// it after the chunk's own K/V are stored.
     func attendBatch(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache) {
+        computeDeferredKV(l, before: start, b, cache)
         let c = config, qd = c.qDim, hd = c.headDim
         let pairs = n * c.heads
         let tasks = b.pool.threads
@@ -240,25 +243,50 @@ extension Transformer {
                 cache.value(l, start + i).update(repeating: 0, count: c.kvDim)
                 cache.setPresent(l, start + i, true)
             }
-        case .fill where c.isGemma3:
-            gemma3FillKVBatch(l, n: n, start: start, b, cache)
+        case .fill where cache.defersFill:
+            for i in 0..<n { cache.deferKV(l, start + i, input: b.x + i * c.dim) }
         case .fill:
             for i in 0..<n { rmsNorm(b.x + i * c.dim, w.attnNorm, b.xb + i * c.dim) }
             gemm(w.wk, b.xb, n, b.k, b)
             gemm(w.wv, b.xb, n, b.v, b)
             for i in 0..<n {
                 let k = b.k + i * c.kvDim, v = b.v + i * c.kvDim
-                if let bk = w.bk { for j in 0..<c.kvDim { k[j] += bk[j] } }
-                if let bv = w.bv { for j in 0..<c.kvDim { v[j] += bv[j] } }
-                rope(k, heads: c.kvHeads, pos: start + i)
-                Transformer.roundToHalf(k, c.kvDim)
-                Transformer.roundToHalf(v, c.kvDim)
+                finishKeysValues(l, pos: start + i, k: k, v: v, half: true)
                 storeKV(l, pos: start + i, k: k, v: v, cache)
             }
         }
     }
 
-    /// Logits of chunk row `i` into `out` ([vocab]) through the decode path's head.
+    /// Computes layer l's deferred K/V for positions before `start` in batches of up to
+    /// b.maxTokens rows (the batch kernels give the decode kernels' numbers). Uses b.xb, b.k
+    /// and b.v, which hold nothing live once the chunk's own K/V are stored; b.q is untouched.
+    func computeDeferredKV(_ l: Int, before start: Int, _ b: BatchState, _ cache: KVCache) {
+        let first = cache.firstDeferred[l]
+        guard first < start else { return }
+        let c = config, w = layers[l], dim = c.dim, kvd = c.kvDim
+        var rows: [Int] = []
+        rows.reserveCapacity(min(b.maxTokens, start - first))
+        func flush() {
+            let n = rows.count
+            guard n > 0 else { return }
+            gemm(w.wk, b.xb, n, b.k, b)
+            gemm(w.wv, b.xb, n, b.v, b)
+            for (i, p) in rows.enumerated() {
+                let k = b.k + i * kvd, v = b.v + i * kvd
+                finishKeysValues(l, pos: p, k: k, v: v, half: true)
+                storeKV(l, pos: p, k: k, v: v, cache)
+            }
+            rows.removeAll(keepingCapacity: true)
+        }
+        for p in first..<start where cache.isDeferred(l, p) {
+            rmsNorm(cache.deferredInput(l, p), w.attnNorm, b.xb + rows.count * dim)
+            rows.append(p)
+            if rows.count == b.maxTokens { flush() }
+        }
+        flush()
+        cache.firstDeferred[l] = cache.capacity
+    }
+
     public func batchLogits(row i: Int, _ b: BatchState, _ s: DecodeState) {
         s.x.update(from: b.x + i * config.dim, count: config.dim)
         computeLogits(s)

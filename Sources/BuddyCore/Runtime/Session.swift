@@ -65,7 +65,7 @@ public final class Session: @unchecked Sendable {
         let c = model.config
         self.capacity = min(capacity ?? 2048, c.contextLength)
         pool = ThreadPool.shared(threads: threads)
-        cache = KVCache(layers: c.layers, capacity: self.capacity, kvDim: c.kvDim)
+        cache = KVCache(layers: c.layers, capacity: self.capacity, kvDim: c.kvDim, deferDim: c.dim)
         decode = DecodeState(config: c, capacity: self.capacity, pool: pool)
         batch = BatchState(config: c, maxTokens: min(batchSize, self.capacity), capacity: self.capacity, pool: pool)
         tokens.reserveCapacity(self.capacity)   // a decode step's append never grows it
