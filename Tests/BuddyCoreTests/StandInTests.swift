@@ -42,6 +42,31 @@ final class StandInTests: XCTestCase {
         }
     }
 
+    /// Weights that are exact halves (as every loaded file's are) run on half-precision rows
+    /// and must give exactly the fp32 vector kernel's numbers, computed here with `dotF32`.
+    func testHalfWeightsGiveTheFp32KernelsNumbers() throws {
+        let dim = 69, rank = 17   // both leave a tail after the 16-wide vector loop
+        var r = TestRandom(23)
+        func halves(_ v: [Float]) -> [Float] { v.map { Float(Float16($0)) } }
+        let layer = StandIns.Layer(rank: rank, bias: halves(r.floats(dim)), down: halves(r.floats(rank * dim)), up: halves(r.floats(dim * rank)))
+        let s = try StandIns(dim: dim, eps: 1e-5, layers: [layer])
+        XCTAssertTrue(s.usesHalfWeights(layer: 0))
+        let x0 = r.floats(dim, -3, 3)
+        var expected = x0
+        let scale = 1 / (dotF32(x0, x0, count: dim) / Float(dim) + 1e-5).squareRoot()
+        let normed = x0.map { $0 * scale }
+        let projected = (0..<rank).map { j in layer.down.withUnsafeBufferPointer { dotF32($0.baseAddress! + j * dim, normed, count: dim) } }
+        for i in 0..<dim {
+            expected[i] += layer.bias[i] + layer.up.withUnsafeBufferPointer { dotF32($0.baseAddress! + i * rank, projected, count: rank) }
+        }
+        var fast = x0, scratch = [Float](repeating: 0, count: dim), proj = [Float](repeating: 0, count: rank)
+        s.apply(layer: 0, &fast, normed: &scratch, projected: &proj)
+        XCTAssertEqual(fast, expected)
+        // Full-precision weights (a fit in progress) keep the fp32 kernel.
+        let exact = try StandIns(dim: dim, eps: 1e-5, layers: [StandIns.Layer(rank: rank, bias: layer.bias, down: layer.down.map { $0 + 1e-6 }, up: layer.up)])
+        XCTAssertFalse(exact.usesHalfWeights(layer: 0))
+    }
+
     private func logits(_ m: LanguageModel, _ s: DecodeState) -> [Float] { Array(UnsafeBufferPointer(start: s.logits, count: m.config.vocabSize)) }
 
     /// Decoding `tokens` through the layers `runs` selects, returning every position's logits.

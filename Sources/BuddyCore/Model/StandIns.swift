@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Cheap replacements for skipped layers. A layer that a token skips normally leaves the
@@ -28,6 +29,11 @@ public final class StandIns: @unchecked Sendable {
     public let layers: [Layer?]
     /// What the file says about how it was made (command, data ranges, validation figures).
     public let notes: String
+    /// Per layer, A and B as half-precision bits when every weight of both is exactly a half
+    /// (always so for a loaded file, which stores halves): the vector path then reads half the
+    /// bytes and widens them exactly, which gives the fp32 kernel's numbers. Fits in progress
+    /// hold full-precision weights and keep the fp32 kernel.
+    private let halfWeights: [(down: [UInt16], up: [UInt16])?]
 
     public init(dim: Int, eps: Float, layers: [Layer?], notes: String = "") throws {
         for (l, layer) in layers.enumerated() {
@@ -41,7 +47,24 @@ public final class StandIns: @unchecked Sendable {
             }
         }
         self.dim = dim; self.eps = eps; self.layers = layers; self.notes = notes
+        halfWeights = layers.map { layer in
+            guard let layer, layer.rank > 0 else { return nil }
+            func bits(_ v: [Float]) -> [UInt16]? {
+                var out = [UInt16](repeating: 0, count: v.count)
+                for (i, f) in v.enumerated() {
+                    let h = Float16(f)
+                    guard Float(h) == f else { return nil }
+                    out[i] = h.bitPattern
+                }
+                return out
+            }
+            guard let down = bits(layer.down), let up = bits(layer.up) else { return nil }
+            return (down, up)
+        }
     }
+
+    /// Whether layer l's stand-in runs on its half-precision weights (see `halfWeights`).
+    public func usesHalfWeights(layer l: Int) -> Bool { halfWeights[l] != nil }
 
     /// Stand-ins that add nothing (every layer rank 0, zero bias): the same as plain skipping.
     public static func zero(config c: ModelConfig) -> StandIns {
@@ -58,6 +81,7 @@ public final class StandIns: @unchecked Sendable {
     public func apply(layer l: Int, _ x: UnsafeMutablePointer<Float>, normed: UnsafeMutablePointer<Float>,
                       projected: UnsafeMutablePointer<Float>) {
         guard let s = layers[l] else { return }
+        if let h = halfWeights[l] { return runHalf(s, h, x, normed, projected) }
         run(s, x, normed, projected, dot: vectorDot)
     }
 
@@ -87,6 +111,23 @@ public final class StandIns: @unchecked Sendable {
                 }
             }
         }
+    }
+}
+
+extension StandIns {
+    /// `run` with the vector dot over half-precision rows: the same products and the same
+    /// summation order as the fp32 vector kernel (bk_matvec_half's rows use that kernel's
+    /// loop with exact widening), so the numbers are those of `run(dot: vectorDot)`.
+    @inline(__always)
+    private func runHalf(_ s: Layer, _ h: (down: [UInt16], up: [UInt16]), _ x: UnsafeMutablePointer<Float>,
+                         _ normed: UnsafeMutablePointer<Float>, _ projected: UnsafeMutablePointer<Float>) {
+        let n = dim, r = s.rank
+        let scale = 1 / (vectorDot(x, x, n) / Float(n) + eps).squareRoot()
+        for i in 0..<n { normed[i] = x[i] * scale }
+        h.down.withUnsafeBufferPointer { a in bk_matvec_half(1, a.baseAddress!, 2 * n, 0, Int32(r), Int32(n), normed, projected) }
+        // B·projected into `normed`, which is no longer needed.
+        h.up.withUnsafeBufferPointer { b in bk_matvec_half(1, b.baseAddress!, 2 * r, 0, Int32(n), Int32(r), projected, normed) }
+        s.bias.withUnsafeBufferPointer { c in for i in 0..<n { x[i] += c[i] + normed[i] } }
     }
 }
 
