@@ -134,8 +134,9 @@ def si_table(title, rows, key, fmt, note, lower_is_better=True):
 if si_ppl or si_chat:
     print("## With stand-ins (the default): each method with (on) and without (off) them\n\n"
           "A skipped layer adds its stand-in, a low-rank affine map of its normalised input fitted in closed form "
-          "(`routers/stand-ins.bin`, docs/STAND-INS.md: fitted on WikiText-2 chunks 0–13 and train-split chat prompts 0–15, "
-          "rank and ridge chosen on chunks 14–19 and prompts 16–23). Every method gets the same stand-ins. "
+          "(`routers/stand-ins.bin`, docs/STAND-INS.md: fitted on WikiText-2 chunks 0–13 and train-split chat prompts 0–23, "
+          "rank and ridge chosen on chunks 14–19 and prompts 24–31, the variant chosen on chunks 204–219 and prompts 32–39). "
+          "Every method gets the same stand-ins. "
           "Measured by `scripts/eval_stand_ins.sh run`; KV policy `fill`.\n")
     if si_ppl:
         si_table("WikiText-2 perplexity", si_ppl, "ppl", lambda v: f"{v:.2f}",
@@ -160,8 +161,8 @@ if si_ppl or si_chat:
         if os.environ.get("PAIRED_SI_ALL", "").strip():
             extra = load("stand-ins-hellaswag-400-1399.csv")
             alone = ", ".join(f"{r['method']} {float(r['acc_norm']):.3f}" for r in extra)
-            print("With 1,000 more held-out tasks (400–1,399) at 0.7, where the first 400 left the router 2.3 paired s.e. "
-                  f"below ShortGPT (`eval/stand-ins-hellaswag-items-400-1399.csv`; on those 1,000 alone: {alone}), "
+            print("With 1,000 more held-out tasks (400–1,399) at 0.7, where the first 400 are the least certain "
+                  f"(`eval/stand-ins-hellaswag-items-400-1399.csv`; on those 1,000 alone: {alone}), "
                   "paired over all the tasks each budget saw:\n")
             print(os.environ["PAIRED_SI_ALL"].strip() + "\n")
     if os.path.exists("eval/stand-ins-auto.md"):
@@ -172,12 +173,24 @@ if si_ppl or si_chat:
     si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:
         print("### Decode speed with stand-ins on (buddy router, `buddy bench --stand-ins on`)\n")
-        print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share |")
-        print("|---|---|---|---|---|---|")
+        print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share | head share |")
+        print("|---|---|---|---|---|---|---|")
         for r in si_bench:
             print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {r.get('decode_speedup') or 1:.2f} | "
-                  f"{100 * r.get('routing_share', 0):.2f} % | {100 * r.get('stand_in_share', 0):.2f} % |")
+                  f"{100 * r.get('routing_share', 0):.2f} % | {100 * r.get('stand_in_share', 0):.2f} % | {100 * r.get('head_share', 0):.1f} % |")
         print()
+        # Every round of every bench (this one and eval/stand-ins-bench-repeats.jsonl) pooled:
+        # the ratio of 0.5 to full depth within each round.
+        repeats = [json.loads(l) for l in open("eval/stand-ins-bench-repeats.jsonl")] if os.path.exists("eval/stand-ins-bench-repeats.jsonl") else []
+        ratios, full_runs = [], None
+        for r in si_bench + repeats:
+            if r["budget"] >= 1: full_runs = r["decode_runs"]
+            elif abs(r["budget"] - 0.5) < 1e-9 and full_runs: ratios += [a / b for a, b in zip(r["decode_runs"], full_runs)]
+        if len(ratios) >= 4:
+            import statistics
+            q = statistics.quantiles(ratios, n=4)
+            print(f"At 0.5 over all {len(ratios)} rounds of this bench and the repeats in `eval/stand-ins-bench-repeats.jsonl` "
+                  f"(`scripts/eval_stand_ins.sh`): median **{statistics.median(ratios):.2f}×** full depth, quartiles {q[0]:.2f}× and {q[2]:.2f}×.\n")
 plain_tables()
 bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []
 if bench:
