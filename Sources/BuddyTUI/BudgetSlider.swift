@@ -8,8 +8,9 @@ public struct SliderState: Equatable, Sendable {
     public var routable: Int
     public var auto = false
     /// Budgets at or above this run the model without obvious damage. With the shipped router
-    /// and stand-ins, held-out perplexity is 1.20× full depth at 0.9, 1.42× at 0.8, 1.64× at 0.7
-    /// and 2.37× at 0.5 (EVAL.md): 0.8 costs what 0.9 cost before stand-ins.
+    /// and stand-ins, held-out perplexity is 1.17× full depth at 0.9, 1.38× at 0.8, 1.66× at 0.7
+    /// and 2.41× at 0.5, chat KL 0.32 / 0.72 / 1.01 / 1.73 nats per token (EVAL.md): 0.8 costs
+    /// less than 0.9 did before stand-ins, and at 0.7 answers still drift off the facts.
     public static let recommendedFloor = 0.8
     /// The floor in percent, as the slider and the help text show it.
     public static var recommendedPercent: Int { Budget.percent(recommendedFloor) }

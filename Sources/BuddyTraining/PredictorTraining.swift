@@ -19,9 +19,11 @@ public enum PredictorTraining {
         public var lambdas: String = "0.01,0.1,1,10"
         public var valFraction: Double = 0.2
         public var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+        /// Tolerances the cross-validated comparison with fixed budgets covers (`toleranceReport`).
+        public var tolerances: String = "0.25,0.4,0.6,1.0"
         public var seed: UInt64 = 0
         public var threads: Int = 2
-        public init(chatData: String, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = "buddy", standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, seed: UInt64 = 0, threads: Int = 2) {
+        public init(chatData: String, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = "buddy", standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2) {
             self.chatData = chatData
             self.textData = textData
             self.textPrompts = textPrompts
@@ -35,6 +37,7 @@ public enum PredictorTraining {
             self.lambdas = lambdas
             self.valFraction = valFraction
             self.qualityTolerance = qualityTolerance
+            self.tolerances = tolerances
             self.seed = seed
             self.threads = threads
         }
@@ -125,6 +128,12 @@ public enum PredictorTraining {
         let usable = file.curves.filter { c in prompts.contains { $0.id == c.id } }
         let fitted = try fit(usable, grid: grid, lambdas: lambdaList, valFraction: o.valFraction, tolerance: o.qualityTolerance,
                              router: o.router, rng: &rng, report: report)
+        let tolerances = try o.tolerances.split(separator: ",").map { t -> Double in
+            guard let v = Double(t), v > 0 else { throw ToolError.usage("--tolerances must be positive numbers") }
+            return v
+        }
+        try toleranceReport(usable, grid: grid, lambda: fitted.lambda, tolerances: tolerances, routable: model.config.layers - 2,
+                            router: o.router, report: report)
         let notes = "buddy train predictor: \(usable.count) prompts (\(chat.count) chat train-split, rest WikiText-2 segments from the first \(o.textTokens) tokens), "
             + "continuations of \(o.maxReply) tokens, router \(o.router), stand-ins \(standInLabel), ridge lambda \(fitted.lambda) (validation MSE of log KL \(String(format: "%.4f", fitted.validationMSE)))"
         try RouterFile.save(fitted.predictor, model: model, notes: notes, to: o.out)
@@ -163,6 +172,77 @@ public enum PredictorTraining {
         summary(constant, "mean curve")
         let final = try BudgetPredictor.fit(features: curves.map(\.features), logKL: curves.map(logKL), budgets: grid, lambda: best!.lambda, router: router)
         return (final, best!.lambda, best!.val)
+    }
+
+    /// How --budget auto does on the chat prompts among `curves` at one tolerance, against a
+    /// fixed budget of the same mean compute (`toleranceComparison`).
+    public struct ToleranceRow: Equatable, Sendable {
+        public var tolerance: Double
+        public var meanBudget: Double      // auto's mean routable layers / routable
+        public var chosen: [Double]        // the distinct budgets auto chose, ascending
+        public var autoKL: Double          // mean measured KL at the chosen budgets
+        public var fixedKL: Double         // the mean curve at auto's mean routable layers
+        public var gain: Double { fixedKL > 0 ? (autoKL - fixedKL) / fixedKL : 0 }
+    }
+
+    /// --budget auto on the chat prompts among `curves` at each tolerance, every prompt's choice
+    /// made by a predictor fitted without it (5 folds by position, `lambda`). The fixed budget's
+    /// KL is the same prompts' mean measured curve, interpolated linearly in routable layers at
+    /// auto's mean (budget 1: no drift), as `buddy eval auto` does on held-out prompts. This is the
+    /// evidence for `BudgetPredictor.defaultTolerance`, and it uses the training prompts only.
+    public static func toleranceComparison(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double],
+                                           routable: Int, router: String) throws -> [ToleranceRow] {
+        let folds = 5
+        let chat = curves.indices.filter { curves[$0].id.hasPrefix("chat-") }
+        guard curves.count >= 2 * folds, !chat.isEmpty else { return [] }
+        var predictors: [BudgetPredictor] = []
+        for f in 0..<folds {
+            let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
+            predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: lambda, router: router))
+        }
+        func layers(_ b: Double) -> Double { Double(b >= 1 ? routable : LayerBudget.routableCount(budget: b, layers: routable + 2)) }
+        var fixed = grid.indices.map { g in (k: layers(grid[g]), kl: chat.reduce(0.0) { $0 + curves[$1].kl[g] } / Double(chat.count)) }
+        fixed.append((k: Double(routable), kl: 0))
+        func fixedKL(atLayers k: Double) -> Double {
+            if k <= fixed[0].k { return fixed[0].kl }
+            for i in 1..<fixed.count where k <= fixed[i].k {
+                let a = fixed[i - 1], b = fixed[i]
+                return b.k == a.k ? b.kl : a.kl + (b.kl - a.kl) * (k - a.k) / (b.k - a.k)
+            }
+            return 0
+        }
+        return tolerances.map { t in
+            var kSum = 0.0, klSum = 0.0, chosen = Set<Double>()
+            for i in chat {
+                let b = curves[i].features.withUnsafeBufferPointer { predictors[i % folds].choose($0.baseAddress!, tolerance: t) }
+                chosen.insert(b)
+                kSum += layers(b)
+                klSum += b >= 1 ? 0 : curves[i].kl[grid.firstIndex(of: b)!]
+            }
+            let n = Double(chat.count)
+            return ToleranceRow(tolerance: t, meanBudget: kSum / n / Double(routable), chosen: chosen.sorted(),
+                                autoKL: klSum / n, fixedKL: fixedKL(atLayers: kSum / n))
+        }
+    }
+
+    /// Prints `toleranceComparison` and returns the tolerance whose choices spread over more
+    /// than one budget and gain most against the fixed budget (nil when none spreads).
+    @discardableResult
+    public static func toleranceReport(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double], routable: Int,
+                                       router: String, report: Reporter) throws -> Double? {
+        let rows = try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router)
+        guard !rows.isEmpty else { return nil }
+        let chat = curves.filter { $0.id.hasPrefix("chat-") }.count
+        report.line("--budget auto on the \(chat) training chat prompts, each chosen by a predictor fitted without it (5 folds):")
+        report.line("| tolerance | mean budget | budgets chosen | auto KL | fixed KL, same mean layers | auto vs fixed |")
+        report.line("|---|---|---|---|---|---|")
+        for r in rows {
+            report.line(String(format: "| %g | %.3f | %@ | %.4f | %.4f | %+.1f %% |", r.tolerance, r.meanBudget,
+                               r.chosen.map { String(format: "%g", $0) }.joined(separator: ", "), r.autoKL, r.fixedKL, 100 * r.gain))
+        }
+        guard let best = rows.filter({ $0.chosen.count > 1 }).min(by: { $0.gain < $1.gain }) else { return nil }
+        report.line(String(format: "best spreading tolerance on the training prompts: %g (%+.1f %% against fixed)", best.tolerance, 100 * best.gain))
+        return best.tolerance
     }
 
     /// The curve's KL as the predictor learns it: natural log, floored at 1e-6.

@@ -87,12 +87,13 @@ struct TrainPredictor: ParsableCommand {
     @Option(name: .long, help: "Ridge strengths tried; the one with the lowest validation error is kept.") var lambdas: String = "0.01,0.1,1,10"
     @Option(name: .long, help: "Share of prompts held out for validation.") var valFraction: Double = 0.2
     @Option(name: .long, help: "Tolerance (mean KL per token) the validation report uses.") var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+    @Option(name: .long, help: "Tolerances of the cross-validated comparison of --budget auto with fixed budgets on the training chat prompts.") var tolerances: String = "0.25,0.4,0.6,1.0"
     @Option(name: .long, help: "Random seed (segments and the validation split).") var seed: UInt64 = 0
     @OptionGroup var modelOptions: ModelOptions
 
     var options: PredictorTraining.Options {
         .init(chatData: chatData, textData: textData, textPrompts: textPrompts, textTokens: textTokens, maxReply: maxReply, budgets: budgets, router: router,
-              standIns: standIns, out: out, curves: curves, lambdas: lambdas, valFraction: valFraction, qualityTolerance: qualityTolerance, seed: seed,
+              standIns: standIns, out: out, curves: curves, lambdas: lambdas, valFraction: valFraction, qualityTolerance: qualityTolerance, tolerances: tolerances, seed: seed,
               threads: modelOptions.threads)
     }
     func validate() throws { try validating(options.validate) }

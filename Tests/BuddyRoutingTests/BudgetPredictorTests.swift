@@ -1,6 +1,7 @@
 import BuddyCore
 import BuddyRouting
 import BuddyTestSupport
+import BuddyTraining
 import Foundation
 import XCTest
 
@@ -47,6 +48,37 @@ final class BudgetPredictorTests: XCTestCase {
 
     /// Files round-trip, are tied to their model, and bad ones are refused with a reason.
     /// `--budget auto` then routes a real prompt under the predicted budget.
+    /// The cross-validated comparison behind the default tolerance, against a hand computation:
+    /// 10 chat prompts in two kinds (low and high drift) plus 10 text prompts
+    /// that must not count. Grid 0.5 / 0.75 on a model with 4 routable layers (k = 2 and 3).
+    func testToleranceComparisonAgainstHandComputation() throws {
+        let grid = [0.5, 0.75]
+        // Three kinds at affinely independent features: a linear predictor fits each exactly.
+        func curve(_ id: String, _ f: [Float], _ kl: [Double]) -> BudgetCurve { BudgetCurve(id: id, features: f, kl: kl, tokens: 8) }
+        var curves: [BudgetCurve] = []
+        for i in 0..<10 {
+            curves.append(i % 2 == 0 ? curve("chat-\(i)", [1, 0], [0.2, 0.1]) : curve("chat-\(i)", [-1, 0], [2.0, 0.5]))
+            curves.append(curve("text-\(i)", [0, 1], [0.05, 0.02]))
+        }
+        let rows = try PredictorTraining.toleranceComparison(curves, grid: grid, lambda: 1e-3, tolerances: [0.3, 1e-4], routable: 4, router: "test")
+        XCTAssertEqual(rows.count, 2)
+        // At 0.3 every low-drift prompt takes 0.5 (KL 0.2) and every high-drift one full depth
+        // (0.5 > 0.3 at 0.75): mean layers (5·2 + 5·4)/10 = 3, auto KL (5·0.2 + 5·0)/10 = 0.1.
+        // The fixed budget at 3 layers is 0.75: the chat prompts' mean KL there (0.1 + 0.5)/2 = 0.3.
+        let r = rows[0]
+        XCTAssertEqual(r.chosen, [0.5, 1])
+        XCTAssertEqual(r.meanBudget, 0.75, accuracy: 1e-12)
+        XCTAssertEqual(r.autoKL, 0.1, accuracy: 1e-9)
+        XCTAssertEqual(r.fixedKL, 0.3, accuracy: 1e-9)
+        XCTAssertEqual(r.gain, -2.0 / 3.0, accuracy: 1e-9)
+        // A tolerance nothing meets: full depth for all, no drift on either side, no spread.
+        XCTAssertEqual(rows[1].chosen, [1])
+        XCTAssertEqual(rows[1].autoKL, 0)
+        XCTAssertEqual(rows[1].fixedKL, 0)
+        XCTAssertEqual(try PredictorTraining.toleranceReport(curves, grid: grid, lambda: 1e-3, tolerances: [0.3, 1e-4], routable: 4,
+                                                              router: "test", report: .silent), 0.3)
+    }
+
     func testPredictorFileAndAutoBudgetOnTheModel() throws {
         let m = try TestSupport.model()
         let d = 2 * m.config.kvDim + m.config.dim
