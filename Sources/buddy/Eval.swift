@@ -177,7 +177,7 @@ struct EvalRoutingOptions: ParsableArguments {
     @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.") var budgets: String = "1"
     @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.") var methods: String = "buddy"
     @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).") var router: String?
-    @Option(name: .long, help: "KV policy for skipped layers: fill (default: compute only their K/V), mask or zero. Static sets give the same results under all three.") var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "KV policy for skipped layers: fill (default: their K/V from the layer's input, computed when a later token runs the layer), mask or zero. Static sets give the same results under all three.") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Comma-separated stand-in modes to compare, each on (the model's stand-ins), off (plain skip), auto (on when the model has stand-ins) or a stand-in file; e.g. on,off.") var standIns: String = "auto"
 
     var grid: EvalGrid { .init(budgets: budgets, methods: methods, router: router, kvPolicy: kvPolicy, standIns: standIns) }

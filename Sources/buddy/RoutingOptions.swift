@@ -16,7 +16,7 @@ struct RoutingOptions: ParsableArguments {
     var budget: BudgetArgument = .fixed(1)
     @Option(name: .long, help: "For --budget auto: the largest predicted drift from the full model (mean KL, nats per token) accepted.") var qualityTolerance: Double = BudgetPredictor.defaultTolerance
     @Option(name: .long, help: "Which layers run under the budget: buddy (the trained Decision Module), shortgpt, sleb, last, random, even, or a router/ranking file.") var router: String = "buddy"
-    @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (compute only its K/V: about 6 % of a layer; the default, since the router mixes layer sets token by token), mask (later tokens ignore it), zero (zero-filled entries, the paper's choice).") var kvPolicy: KVPolicy = .fill
+    @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (its K/V from the layer's input, about 6 % of a layer, computed only when a later token runs that layer; the default, since the router mixes layer sets token by token), mask (later tokens ignore it), zero (zero-filled entries, the paper's choice).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds instead of nothing: on (the model's stand-ins, routers/stand-ins.bin), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).") var rerouteEvery: Int = 1
 
