@@ -55,6 +55,19 @@ final class ShippedRouterTests: XCTestCase {
         XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
         let module = try XCTUnwrap(try Routers.make("buddy", model: m) as? DecisionModule)
         XCTAssertEqual(module.weights.choices.count, m.config.layers - 2)
+        // The candidate sets stand-in fitting learns from (`--scenarios buddy`): per budget every
+        // set the module may pick, each running exactly k + 2 layers, the fixed set where there is one.
+        for budget in stride(from: 0.5, through: 0.95, by: 0.05) {
+            let k = LayerBudget.routableCount(budget: budget, layers: m.config.layers)
+            let masks = module.candidateMasks(budget: budget)
+            XCTAssertEqual(masks.count, module.choice(budget: budget).candidates, "\(budget)")
+            XCTAssertEqual(Set(masks).count, masks.count, "\(budget): candidate sets repeat")
+            for mask in masks {
+                XCTAssertEqual(mask.filter { $0 }.count, k + 2, "\(budget)")
+                XCTAssertTrue(mask.first! && mask.last!)
+            }
+            if let fixed = module.fixedMask(budget: budget) { XCTAssertEqual(masks, [fixed]) }
+        }
         let gemma = try LanguageModel(path: GemmaSupport.modelPath)
         XCTAssertThrowsError(try RouterFile.load(path: path, model: gemma)) { e in
             XCTAssertTrue("\(e)".contains("was made for another model"), "\(e)")
