@@ -247,13 +247,20 @@ extension Transformer {
             for i in 0..<n { cache.deferKV(l, start + i, input: b.x + i * c.dim) }
         case .fill:
             for i in 0..<n { rmsNorm(b.x + i * c.dim, w.attnNorm, b.xb + i * c.dim) }
-            gemm(w.wk, b.xb, n, b.k, b)
-            gemm(w.wv, b.xb, n, b.v, b)
-            for i in 0..<n {
-                let k = b.k + i * c.kvDim, v = b.v + i * c.kvDim
-                finishKeysValues(l, pos: start + i, k: k, v: v, half: true)
-                storeKV(l, pos: start + i, k: k, v: v, cache)
-            }
+            storeKVRows(l, n: n, at: { start + $0 }, b, cache)
+        }
+    }
+
+    /// Layer l's K and V for n rows whose normalised inputs are in b.xb, stored at positions
+    /// position(0) ..< position(n) (batch kernels; uses b.k and b.v).
+    func storeKVRows(_ l: Int, n: Int, at position: (Int) -> Int, _ b: BatchState, _ cache: KVCache) {
+        let w = layers[l], kvd = config.kvDim
+        gemm(w.wk, b.xb, n, b.k, b)
+        gemm(w.wv, b.xb, n, b.v, b)
+        for i in 0..<n {
+            let k = b.k + i * kvd, v = b.v + i * kvd
+            finishKeysValues(l, pos: position(i), k: k, v: v, half: true)
+            storeKV(l, pos: position(i), k: k, v: v, cache)
         }
     }
 
@@ -263,19 +270,12 @@ extension Transformer {
     func computeDeferredKV(_ l: Int, before start: Int, _ b: BatchState, _ cache: KVCache) {
         let first = cache.firstDeferred[l]
         guard first < start else { return }
-        let c = config, w = layers[l], dim = c.dim, kvd = c.kvDim
+        let w = layers[l], dim = config.dim
         var rows: [Int] = []
         rows.reserveCapacity(min(b.maxTokens, start - first))
         func flush() {
-            let n = rows.count
-            guard n > 0 else { return }
-            gemm(w.wk, b.xb, n, b.k, b)
-            gemm(w.wv, b.xb, n, b.v, b)
-            for (i, p) in rows.enumerated() {
-                let k = b.k + i * kvd, v = b.v + i * kvd
-                finishKeysValues(l, pos: p, k: k, v: v, half: true)
-                storeKV(l, pos: p, k: k, v: v, cache)
-            }
+            guard !rows.isEmpty else { return }
+            storeKVRows(l, n: rows.count, at: { rows[$0] }, b, cache)
             rows.removeAll(keepingCapacity: true)
         }
         for p in first..<start where cache.isDeferred(l, p) {
