@@ -138,10 +138,8 @@ public enum AutoBudgetRun {
         report.line("| | mean budget | mean k/\(L - 2) | KL (nats/token) | top-1 agreement |")
         report.line("|---|---|---|---|---|")
         report.line(String(format: "| auto | %.3f | %.2f | %.4f | %.4f |", meanBudget, meanK, autoTotal.meanKL, autoTotal.top1Agreement))
-        if let hi = points.firstIndex(where: { $0.k >= meanK }) {
-            let lo = max(0, hi - 1)
+        if let (lo, hi, w) = BudgetPredictor.bracket(points.map(\.k), at: meanK) {
             let a = points[lo], b = points[hi]
-            let w = b.k > a.k ? (meanK - a.k) / (b.k - a.k) : 1
             if lo != hi { report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }
             report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", b.budget, b.budget, b.k, b.kl, b.top1))
             report.line(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))

@@ -21,6 +21,17 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// and some prompts land below the slider's recommended zone.
     public static let defaultTolerance = 0.6
 
+    /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
+    /// layer counts `ks`: the neighbouring indices and the weight of the upper one, for the
+    /// linear interpolation that compares --budget auto with a fixed budget of the same mean
+    /// compute (`buddy eval auto`, `buddy train predictor`). At or below the first point: the
+    /// first alone; nil above the last.
+    public static func bracket(_ ks: [Double], at k: Double) -> (lo: Int, hi: Int, weight: Double)? {
+        guard let hi = ks.firstIndex(where: { $0 >= k }) else { return nil }
+        let lo = max(0, hi - 1)
+        return (lo, hi, ks[hi] > ks[lo] ? (k - ks[lo]) / (ks[hi] - ks[lo]) : 1)
+    }
+
     /// Ascending budgets in (0, 1).
     public var budgets: [Double]
     public var featureDim: Int

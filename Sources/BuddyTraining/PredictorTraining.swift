@@ -200,16 +200,13 @@ public enum PredictorTraining {
             let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
             predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: lambda, router: router))
         }
-        func layers(_ b: Double) -> Double { Double(b >= 1 ? routable : LayerBudget.routableCount(budget: b, layers: routable + 2)) }
+        func layers(_ b: Double) -> Double { Double(LayerBudget.routableCount(budget: b, layers: routable + 2)) }
         var fixed = grid.indices.map { g in (k: layers(grid[g]), kl: chat.reduce(0.0) { $0 + curves[$1].kl[g] } / Double(chat.count)) }
         fixed.append((k: Double(routable), kl: 0))
         func fixedKL(atLayers k: Double) -> Double {
-            if k <= fixed[0].k { return fixed[0].kl }
-            for i in 1..<fixed.count where k <= fixed[i].k {
-                let a = fixed[i - 1], b = fixed[i]
-                return b.k == a.k ? b.kl : a.kl + (b.kl - a.kl) * (k - a.k) / (b.k - a.k)
-            }
-            return 0
+            // k never exceeds the last point (full depth), so a bracket always exists.
+            guard let (lo, hi, w) = BudgetPredictor.bracket(fixed.map(\.k), at: k) else { return 0 }
+            return fixed[lo].kl + w * (fixed[hi].kl - fixed[lo].kl)
         }
         return tolerances.map { t in
             var kSum = 0.0, klSum = 0.0, chosen = Set<Double>()
