@@ -24,6 +24,15 @@ public enum Routers {
         return selector
     }
 
+    /// What a router spec stands for, for caches of measurements made with it: the spec and a
+    /// digest (FNV-64) of the file it loads, or the spec alone for the built-in rankings.
+    public static func identity(_ spec: String, model: LanguageModel) -> String {
+        guard let path = locate(spec, model: model), let data = FileManager.default.contents(atPath: path) else { return spec }
+        var h = FNV1a64()
+        for b in data { h.mix(b) }
+        return spec + " " + String(format: "%016llx", h.value)
+    }
+
     /// The layers a selector runs at `budget` when that choice is the same for every token
     /// (static rankings, and Decision Modules whose learned part is zero); nil for a router
     /// that decides per token. Evaluations use it to run sequences as one batch, which gives

@@ -58,7 +58,11 @@ public enum PredictorTraining {
         public var router: String
         public var budgets: [Double]
         public var maxReply: Int
-        /// "on"/"off" (nil in files from before stand-ins: measured without them).
+        /// Digest of the router file the curves were measured with (nil in older files, which
+        /// are then measured again): a retrained router at the same path must not reuse them.
+        public var routerIdentity: String?
+        /// "off", or "on" and the stand-ins' `identity` ("on" alone in older files, which are
+        /// then measured again; nil in files from before stand-ins: measured without them).
         public var standIns: String?
         public var curves: [BudgetCurve]
     }
@@ -78,6 +82,8 @@ public enum PredictorTraining {
         let session = Session(model: model, capacity: 1024, threads: o.threads, batchSize: 256)
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let standInLabel = session.standIns == nil ? "off" : "on"
+        let standInIdentity = session.standIns.map { "on " + $0.identity } ?? "off"
+        let routerIdentity = Routers.identity(o.router, model: model)
         let evaluator = ChatEvaluator(session: session)
 
         // The prompts, in a fixed order: chat first, then seeded text segments.
@@ -98,11 +104,13 @@ public enum PredictorTraining {
 
         // Resume from saved curves when they were measured the same way.
         let curvePath = o.curves ?? o.out + ".curves.json"
-        var file = CurveFile(modelFingerprint: model.fingerprint, router: o.router, budgets: grid, maxReply: o.maxReply, standIns: standInLabel, curves: [])
+        var file = CurveFile(modelFingerprint: model.fingerprint, router: o.router, budgets: grid, maxReply: o.maxReply,
+                             routerIdentity: routerIdentity, standIns: standInIdentity, curves: [])
         let dec = JSONDecoder(); dec.keyDecodingStrategy = .convertFromSnakeCase
         if let data = FileManager.default.contents(atPath: curvePath) {
             if let saved = try? dec.decode(CurveFile.self, from: data), saved.modelFingerprint == model.fingerprint,
-               saved.router == o.router, saved.budgets == grid, saved.maxReply == o.maxReply, (saved.standIns ?? "off") == standInLabel {
+               saved.router == o.router, saved.routerIdentity == routerIdentity, saved.budgets == grid, saved.maxReply == o.maxReply,
+               (saved.standIns ?? "off") == standInIdentity {
                 file.curves = saved.curves
                 report.note("resuming: \(saved.curves.count) curves already measured in \(curvePath)")
             } else {

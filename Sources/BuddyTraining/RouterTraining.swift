@@ -91,6 +91,7 @@ public enum RouterTraining {
     /// Everything measured so far, saved after every step.
     struct Checkpoint: Codable {
         var modelFingerprint: String
+        /// "off", or "on" and the stand-ins' `identity`.
         var standIns: String
         var settings: String
         var search: LayerSetSearch.State?
@@ -107,6 +108,8 @@ public enum RouterTraining {
         let budgets = try o.budgetList(), l2s = try o.l2List()
         let standIns = try o.standIns.resolve(model: model, note: report.note)
         let standInLabel = standIns == nil ? "off" : "on"
+        // The checkpoint's costs hold only for these very stand-ins.
+        let standInIdentity = standIns.map { "on " + $0.identity } ?? "off"
         let candidateNames = o.candidates.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         // "single-layer" is the ranking this command measures itself (step 1), not a file.
         let singleLayerIsCandidate = candidateNames.contains(singleLayerName)
@@ -119,11 +122,13 @@ public enum RouterTraining {
 
         // Checkpoint: reuse what a previous run of the same data measured.
         let checkpointPath = o.checkpoint ?? o.out + ".checkpoint.json"
-        var saved = Checkpoint(modelFingerprint: model.fingerprint, standIns: standInLabel, settings: o.settings)
+        var saved = Checkpoint(modelFingerprint: model.fingerprint, standIns: standInIdentity, settings: o.settings)
         if let d = FileManager.default.contents(atPath: checkpointPath), let old = try? JSONDecoder().decode(Checkpoint.self, from: d),
-           old.modelFingerprint == model.fingerprint, old.settings == o.settings, old.standIns == standInLabel {
+           old.modelFingerprint == model.fingerprint, old.settings == o.settings, old.standIns == standInIdentity {
             saved = old
             report.note("resuming from \(checkpointPath): \(old.costs.count) measured sets, search \(old.searchDone ? "done" : "in progress")")
+        } else if FileManager.default.fileExists(atPath: checkpointPath) {
+            report.note("warning: \(checkpointPath) was measured with another model, data or stand-ins (or is unreadable); starting afresh")
         }
         func save() throws { try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath) }
 

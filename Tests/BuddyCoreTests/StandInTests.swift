@@ -167,6 +167,35 @@ final class StandInTests: XCTestCase {
         XCTAssertThrowsError(try StandInFile.decode(Data("BUDDYSTI".utf8), path: "x", config: m.config, fingerprint: m.fingerprint))
     }
 
+    /// The identity that cached measurements record: the same weights give the same digest
+    /// (a file read twice, or a file and the stand-ins it was saved from once rounded to halves),
+    /// and any changed weight, rank or missing layer gives another.
+    func testIdentityFollowsTheWeights() throws {
+        let m = try TestSupport.model()
+        let s = Self.random(config: m.config, seed: 7)
+        let data = try StandInFile.encode(s, fingerprint: m.fingerprint)
+        let a = try StandInFile.decode(data, path: "x", config: m.config, fingerprint: m.fingerprint)
+        let b = try StandInFile.decode(data, path: "y", config: m.config, fingerprint: m.fingerprint)
+        XCTAssertEqual(a.identity, b.identity)
+        XCTAssertEqual(a.identity.count, 16)
+        let rounded = try StandIns(dim: s.dim, eps: s.eps, layers: s.layers.map { l in
+            l.map { StandIns.Layer(rank: $0.rank, bias: $0.bias.map { Float(Float16($0)) }, down: $0.down.map { Float(Float16($0)) },
+                                   up: $0.up.map { Float(Float16($0)) }) }
+        })
+        XCTAssertEqual(rounded.identity, a.identity)
+        XCTAssertNotEqual(s.identity, a.identity, "the fp32 weights differ from their halves")
+        XCTAssertNotEqual(Self.random(config: m.config, seed: 8).identity, a.identity)
+        var layers = a.layers
+        let l3 = layers[3]!
+        var bias = l3.bias
+        bias[5] = Float(Float16(bias[5] + 0.01))
+        layers[3] = StandIns.Layer(rank: l3.rank, bias: bias, down: l3.down, up: l3.up)
+        XCTAssertNotEqual(try StandIns(dim: a.dim, eps: a.eps, layers: layers).identity, a.identity)
+        layers = a.layers
+        layers[0] = nil
+        XCTAssertNotEqual(try StandIns(dim: a.dim, eps: a.eps, layers: layers).identity, a.identity)
+    }
+
     /// Mutated stand-in files load (and then apply finite values) or are refused with a
     /// StandInError; nothing crashes.
     func testMutatedStandInFilesAreRefusedOrLoadCleanly() throws {

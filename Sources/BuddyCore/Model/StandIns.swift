@@ -63,6 +63,20 @@ public final class StandIns: @unchecked Sendable {
         }
     }
 
+    /// A digest of every weight (FNV-64 over ranks and float bits, hex). Measurements cached on
+    /// disk (the router's checkpoint, the Budget Predictor's curves) record it, so a rerun with
+    /// different stand-ins measures again instead of reusing numbers made with the old ones.
+    public var identity: String {
+        var h = FNV1a64()
+        func mix(_ v: UInt32) { for k in 0..<4 { h.mix(UInt8(truncatingIfNeeded: v >> (8 * UInt32(k)))) } }
+        for layer in layers {
+            guard let layer else { mix(UInt32.max); continue }
+            mix(UInt32(layer.rank))
+            for part in [layer.bias, layer.down, layer.up] { for v in part { mix(v.bitPattern) } }
+        }
+        return String(format: "%016llx", h.value)
+    }
+
     /// Whether layer l's stand-in runs on its half-precision weights (see `halfWeights`).
     public func usesHalfWeights(layer l: Int) -> Bool { halfWeights[l] != nil }
 
