@@ -274,6 +274,30 @@ public final class LayerSetSearch {
 }
 
 extension LayerSetSearch {
+    /// One-swap local search from `kept` (routable layers, ascending) on this search's data:
+    /// each round measures every set that trades one kept layer for one skipped layer and moves
+    /// to the best if it lowers the mean KL; stops after `rounds` or when no swap helps. The
+    /// floating search chooses among near-ties on its small mix; this settles them on more data.
+    /// Returns the final set (ascending) and its mean KL; `step` sees every move.
+    public func refine(kept: [Int], rounds: Int, step: (([Int], Double) throws -> Void)? = nil) rethrows -> (kept: [Int], kl: Double) {
+        let L = model.config.layers, routable = L - 2
+        func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: Set(set)) }
+        var current = kept.sorted()
+        var cost = objective(mask(current))
+        for _ in 0..<rounds {
+            let skipped = (1...routable).filter { !current.contains($0) }
+            let neighbours = current.flatMap { out in skipped.map { into in (current.filter { $0 != out } + [into]).sorted() } }
+            guard !neighbours.isEmpty else { break }
+            let costs = objectives(base: mask(current), candidates: neighbours.map(mask))
+            let best = costs.indices.min { costs[$0] < costs[$1] }!
+            guard costs[best] < cost - 1e-9 else { break }
+            current = neighbours[best]
+            cost = costs[best]
+            try step?(current, cost)
+        }
+        return (current, cost)
+    }
+
     /// Sets for every k in 1...routable: the searched ones where the search went, and below
     /// its smallest k the smallest searched set thinned in the order of `ranking` (least
     /// important first), so every budget of the slider has a set.

@@ -29,6 +29,9 @@ public enum RouterTraining {
         public var maxInclusions: Int = 20
         public var l2: String = "0.0001,0.001,0.01,0.1"
         public var minGain: Double = 0.005
+        /// Budgets whose searched set is refined by one-swap moves on the training data ("" none).
+        public var refineBudgets: String = ""
+        public var refineRounds: Int = 2
         public var standIns: StandInChoice = .auto
         public var kvPolicy: KVPolicy = .fill
         public var checkpoint: String?
@@ -48,6 +51,8 @@ public enum RouterTraining {
             guard (1...256).contains(searchReplyTokens) else { throw ToolError.usage("--search-reply-tokens must be 1...256") }
             guard minKept >= 1, maxInclusions >= 0 else { throw ToolError.usage("--min-kept must be >= 1 and --max-inclusions >= 0") }
             guard minGain >= 0, minGain < 1 else { throw ToolError.usage("--min-gain must be in [0, 1)") }
+            _ = try refineBudgetList()
+            guard (1...10).contains(refineRounds) else { throw ToolError.usage("--refine-rounds must be 1...10") }
             try validateThreads(threads)
         }
 
@@ -56,6 +61,16 @@ public enum RouterTraining {
             let bs = parts.compactMap { Double($0) }
             guard !bs.isEmpty, bs.count == parts.count, bs.allSatisfy({ $0 > 0 && $0 < 1 }) else {
                 throw ToolError.usage("--budgets must list budgets in (0, 1), not '\(budgets)'")
+            }
+            return bs
+        }
+
+        public func refineBudgetList() throws -> [Double] {
+            guard !refineBudgets.trimmingCharacters(in: .whitespaces).isEmpty else { return [] }
+            let parts = refineBudgets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let bs = parts.compactMap { Double($0) }
+            guard bs.count == parts.count, bs.allSatisfy({ $0 > 0 && $0 < 1 }) else {
+                throw ToolError.usage("--refine-budgets must list budgets in (0, 1), not '\(refineBudgets)'")
             }
             return bs
         }
@@ -76,12 +91,14 @@ public enum RouterTraining {
                 + " --search-text-chunks \(searchTextChunks) --search-window \(searchWindow) --search-chat-prompts \(searchChatPrompts)"
                 + " --search-reply-tokens \(searchReplyTokens) --min-kept \(minKept) --max-inclusions \(maxInclusions)"
                 + " --l2 \(l2) --min-gain \(minGain) --kv-policy \(kvPolicy.rawValue)"
+                + (refineBudgets.isEmpty ? "" : " --refine-budgets \(refineBudgets) --refine-rounds \(refineRounds)")
                 + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
         }
 
         /// What the checkpoint's measurements depend on (budgets and thresholds may change on a rerun).
         var settings: String {
             "\(data.commandLine) search \(searchTextChunks)x\(searchWindow) chat \(searchChatPrompts)x\(searchReplyTokens) candidates \(candidates)"
+                + (refineBudgets.isEmpty ? "" : " refine \(refineBudgets) x\(refineRounds)")
         }
     }
 
@@ -100,6 +117,11 @@ public enum RouterTraining {
         var costs: [String: [Double]] = [:]
         /// Single-layer removal KL on the search data (layer l at index l-1).
         var isolated: [Double]?
+        /// Refined sets by k: the latest set reached, the rounds that moved it, and the ks whose
+        /// refinement finished.
+        var refined: [Int: LayerSetSearch.Found]?
+        var refinedRounds: [Int: Int]?
+        var refinedDone: [Int]?
     }
 
     public static func run(_ o: Options, model: LanguageModel, report: Reporter) throws {
@@ -178,6 +200,33 @@ public enum RouterTraining {
         validation.standIns = standIns
         report.line("training data: \(text.train.count) text + \(chat.train.count) chat sequences, \(train.scoredCount) positions; "
                     + "validation: \(text.validation.count) + \(chat.validation.count), \(validation.scoredCount) positions")
+        // 1b. Refinement of the searched sets at --refine-budgets, on the training data.
+        var refined: [Int: [Int]] = [:]
+        let refineKs = Set(try o.refineBudgetList().map { LayerBudget.routableCount(budget: $0, layers: L) }).sorted(by: >)
+        for k in refineKs where k < routable {
+            var done = Set(saved.refinedDone ?? [])
+            if !done.contains(k) {
+                let start = saved.refined?[k]?.kept ?? searched[k]!
+                var rounds = saved.refinedRounds?[k] ?? 0
+                let neighbours = k * (routable - k), e0 = train.evaluations
+                let bar = report.progress("refining k \(k) (one-swap rounds on the training data)", (o.refineRounds - rounds) * (neighbours + 1))
+                train.onProgress = { bar.update(min(Int($0) - e0, bar.total), detail: "") }
+                let result = try train.refine(kept: start, rounds: o.refineRounds - rounds) { set, kl in
+                    rounds += 1
+                    saved.refined = (saved.refined ?? [:]).merging([k: LayerSetSearch.Found(kept: set, kl: kl)]) { $1 }
+                    saved.refinedRounds = (saved.refinedRounds ?? [:]).merging([k: rounds]) { $1 }
+                    try save()
+                    report.note(String(format: "k %d: swapped to %@, training KL %.4f", k, set.map(String.init).joined(separator: ","), kl))
+                }
+                train.onProgress = nil
+                saved.refined = (saved.refined ?? [:]).merging([k: LayerSetSearch.Found(kept: result.kept, kl: result.kl)]) { $1 }
+                done.insert(k)
+                saved.refinedDone = done.sorted()
+                try save()
+            }
+            refined[k] = saved.refined?[k]?.kept ?? searched[k]!
+        }
+
         func key(_ split: String, _ set: [Int]) -> String { split + "|" + set.map(String.init).joined(separator: ",") }
         func costs(_ split: String, _ set: [Int]) throws -> [Double] {
             if let c = saved.costs[key(split, set)] { return c }
@@ -189,7 +238,7 @@ public enum RouterTraining {
         let ks = Array(Set(budgets.map { LayerBudget.routableCount(budget: $0, layers: L) })).sorted(by: >)
         /// Every source's set of k layers: the search's, then each ranking's.
         func sources(_ k: Int) -> [(name: String, set: [Int])] {
-            [("search", searched[k]!)] + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
+            [("search", searched[k]!)] + (refineKs.isEmpty ? [] : [("refined", refined[k] ?? searched[k]!)]) + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
                 + (singleLayerIsCandidate ? [(singleLayerName, Array(isolatedRanking.prefix(k)).sorted())] : [])
         }
         var candidatesByK: [Int: [(name: String, set: [Int])]] = [:]
@@ -226,7 +275,7 @@ public enum RouterTraining {
         }
         var rows: [String] = []
         report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
-        let sourceNames = ["search"] + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : [])
+        let sourceNames = ["search"] + (refineKs.isEmpty ? [] : ["refined"]) + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : [])
         report.line("| budget | k | " + sourceNames.joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
         for k in ks {
             let cands = candidatesByK[k]!

@@ -45,6 +45,42 @@ final class LayerSetTests: XCTestCase {
         for k in 1..<(routable - 2) { XCTAssertTrue(Set(sets[k]!).isSubset(of: Set(sets[k + 1]!)), "k \(k)") }
     }
 
+    /// The one-swap refinement: its first move is the best of every one-swap neighbour measured
+    /// from scratch, every reported KL is the set's own, it never ends worse than it started,
+    /// and where it stops before its round limit no neighbour is better (a local optimum).
+    func testRefinementMovesToTheBestSwapUntilNoneHelps() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, routable = L - 2
+        let ids = m.tokenizer.encode("The river flows through the old town, past the mill and the church, and on to the sea where the ships wait for the tide.", parseSpecial: false)
+        let search = LayerSetSearch(model: m, sequences: [SearchSequence(tokens: Array(ids.prefix(12)), scored: 3..<11)], threads: 1)
+        func setMask(_ kept: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: Set(kept)) }
+        func neighbours(_ kept: [Int]) -> [[Int]] {
+            kept.flatMap { out in (1...routable).filter { !kept.contains($0) }.map { (kept.filter { $0 != out } + [$0]).sorted() } }
+        }
+        // A poor start: layers 1 and 2 skipped (early layers matter most in this model).
+        let start = Array(3...routable)
+        let startKL = search.objective(setMask(start))
+        var steps: [([Int], Double)] = []
+        let result = search.refine(kept: start, rounds: 10) { steps.append(($0, $1)) }
+        XCTAssertFalse(steps.isEmpty, "skipping layers 1 and 2 is far from the best pair, so a swap must help")
+        let firstCosts = neighbours(start).map { ($0, search.objective(setMask($0))) }
+        let bestFirst = firstCosts.min { $0.1 < $1.1 }!
+        XCTAssertEqual(steps[0].0, bestFirst.0)
+        XCTAssertEqual(steps[0].1, bestFirst.1, accuracy: 1e-12)
+        for (set, kl) in steps {
+            XCTAssertEqual(set.count, start.count)
+            XCTAssertEqual(kl, search.objective(setMask(set)), accuracy: 1e-12)
+        }
+        XCTAssertEqual(result.kept, steps.last!.0)
+        XCTAssertLessThan(result.kl, startKL)
+        XCTAssertLessThan(steps.count, 10)
+        for n in neighbours(result.kept) { XCTAssertGreaterThanOrEqual(search.objective(setMask(n)), result.kl - 1e-12, "\(n)") }
+        // No rounds: the start is returned with its own KL.
+        let none = search.refine(kept: start, rounds: 0)
+        XCTAssertEqual(none.kept, start)
+        XCTAssertEqual(none.kl, startKL, accuracy: 1e-12)
+    }
+
     /// What `buddy train router` measures agrees with how the module routes, stand-ins on: the
     /// routing inputs give the decisions a teacher-forced run makes row by row, and a module
     /// with one set at k has, position by position, that set's KL.
