@@ -276,11 +276,46 @@ public final class StandInCalibration {
         cache = KVCache(layers: c.layers, capacity: maxTokens, kvDim: c.kvDim)
     }
 
+    /// The residual stream that enters layer 0 for `tokens` [n × dim]: the model's own
+    /// embedding step (Gemma scales the rows by √dim), so the fit sees what inference sees.
+    public func embedded(_ tokens: [Int32]) -> [Float] {
+        let n = tokens.count, D = model.config.dim
+        model.transformer.prefillEmbed(tokens[...], start: 0, batch, cache)
+        return [Float](UnsafeBufferPointer(start: batch.x, count: n * D))
+    }
+
+    /// Layer l over a sequence's residual stream `x` [n × dim] (in place), as prefill computes it.
+    public func runLayer(_ l: Int, _ x: inout [Float], n: Int) {
+        let D = model.config.dim
+        x.withUnsafeBufferPointer { batch.x.update(from: $0.baseAddress!, count: n * D) }
+        cache.truncate(to: 0)
+        model.transformer.prefillLayers(l..<(l + 1), n: n, start: 0, batch, cache)
+        x.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * D) }
+    }
+
+    /// 1 − Σ p² of the full model's next-token distribution at every position of `tokens`
+    /// (0 where it is certain, near 1 where it spreads over many tokens).
+    public func outputUncertainty(_ tokens: [Int32]) -> [Double] {
+        let c = model.config, t = model.transformer, n = tokens.count, V = c.vocabSize
+        precondition(n > 0 && n <= batch.maxTokens, "sequence length out of range")
+        let logits = UnsafeMutablePointer<Float>.allocate(capacity: n * V), probs = UnsafeMutablePointer<Float>.allocate(capacity: V)
+        defer { logits.deallocate(); probs.deallocate() }
+        cache.truncate(to: 0)
+        t.prefill(tokens[...], start: 0, batch, cache)
+        t.batchLogitsAll(n: n, batch, logits)
+        return (0..<n).map { i in
+            _ = LogProbabilities.probabilities(logits + i * V, into: probs, count: V)
+            var sq = 0.0
+            for v in 0..<V { sq += Double(probs[v]) * Double(probs[v]) }
+            return 1 - sq
+        }
+    }
+
     /// - scenarios: layer masks (count = layers; first and last must run).
     /// - progress: (layer done, layers) after each layer.
     public func fit(train: [[Int32]], validation: [[Int32]], scenarios: [[Bool]] = [],
                     ridges: [Double] = [1e-3, 1e-2, 1e-1], ranks: [Int] = [0, 16, 32, 64, 128],
-                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true,
+                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true, outputWeighting: Bool = false,
                     progress: ((Int, Int) -> Void)? = nil) throws -> (standIns: StandIns, report: [LayerReport]) {
         let c = model.config, L = c.layers, D = c.dim
         let t = model.transformer
@@ -288,30 +323,29 @@ public final class StandInCalibration {
         let sequences = train + validation
         for s in sequences { precondition(s.count > firstRow && s.count <= batch.maxTokens, "sequence length out of range") }
         // Residual streams: [sequence][0 = full, 1... = scenarios], each [n × D].
-        var states: [[[Float]]] = sequences.map { seq in
-            var x = [Float](repeating: 0, count: seq.count * D)
-            x.withUnsafeMutableBufferPointer { p in
-                for (i, tok) in seq.enumerated() { dequantizeRow(t.tokenEmbedding.type, t.tokenEmbedding.row(Int(tok)), p.baseAddress! + i * D, count: D) }
-            }
-            return [[Float]](repeating: x, count: 1 + scenarios.count)
-        }
+        var states: [[[Float]]] = sequences.map { [[Float]](repeating: embedded($0), count: 1 + scenarios.count) }
         var layers = [StandIns.Layer?](repeating: nil, count: L)
         var report: [LayerReport] = []
         let eps = c.rmsNormEps
-
-        /// One layer over a sequence's residual `x` (in place), as prefill computes it.
-        func run(_ l: Int, _ x: inout [Float], _ n: Int) {
-            x.withUnsafeBufferPointer { batch.x.update(from: $0.baseAddress!, count: n * D) }
-            cache.truncate(to: 0)
-            t.prefillLayers(l..<(l + 1), n: n, start: 0, batch, cache)
-            x.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * D) }
+        // With outputWeighting each token's rows also weigh 1 − Σ p² of the full model's
+        // next-token distribution there: the KL a small isotropic change of the logits causes
+        // (½ δzᵀ(diag p − p pᵀ) δz) is proportional to it, so an error where the model is sure
+        // of the next token costs little, and where it hesitates, much. Scaled to mean 1.
+        var tokenWeights: [[Double]] = sequences.map { [Double](repeating: 1, count: $0.count) }
+        if outputWeighting {
+            tokenWeights = sequences.map(outputUncertainty)
+            let all = tokenWeights.joined()
+            let mean = max(all.reduce(0, +) / Double(max(all.count, 1)), 1e-12)
+            tokenWeights = tokenWeights.map { $0.map { $0 / mean } }
         }
+
+        func run(_ l: Int, _ x: inout [Float], _ n: Int) { runLayer(l, &x, n: n) }
         /// Regression rows from `input` towards `target`: every rowStride-th row from firstRow
         /// (neighbouring tokens are alike; the statistics cost grows with the rows).
         /// With relativeError each row weighs 1/mean(input²): later layers see the residual
         /// stream RMS-normalised, so an error matters in proportion to the stream's scale, and a
         /// few tokens with huge activations must not dominate the fit.
-        func rows(input: [Float], target: [Float], n: Int) -> (x: [Double], y: [Double], m: Int, w: [Double]?) {
+        func rows(input: [Float], target: [Float], n: Int, tokenWeights: [Double]) -> (x: [Double], y: [Double], m: Int, w: [Double]?) {
             let m = (n - firstRow + rowStride - 1) / rowStride
             var xs = [Double](repeating: 0, count: m * D), ys = xs
             var ws = [Double](repeating: 1, count: m)
@@ -319,14 +353,14 @@ public final class StandInCalibration {
                 let r = (firstRow + i * rowStride) * D
                 var ss: Float = 0
                 for j in 0..<D { ss += input[r + j] * input[r + j] }
-                ws[i] = 1 / (Double(ss) / Double(D) + Double(eps))
+                ws[i] = (relativeError ? 1 / (Double(ss) / Double(D) + Double(eps)) : 1) * tokenWeights[firstRow + i * rowStride]
                 let scale = 1 / (ss / Float(D) + eps).squareRoot()
                 for j in 0..<D {
                     xs[i * D + j] = Double(input[r + j] * scale)
                     ys[i * D + j] = Double(target[r + j] - input[r + j])
                 }
             }
-            return (xs, ys, m, relativeError ? ws : nil)
+            return (xs, ys, m, relativeError || outputWeighting ? ws : nil)
         }
 
         for l in 0..<L {
@@ -344,9 +378,9 @@ public final class StandInCalibration {
                 func add(_ r: (x: [Double], y: [Double], m: Int, w: [Double]?)) {
                     if si < train.count { trainStats.add(x: r.x, y: r.y, rows: r.m, weights: r.w) } else { valStats.add(x: r.x, y: r.y, rows: r.m, weights: r.w) }
                 }
-                add(rows(input: input, target: full, n: n))
+                add(rows(input: input, target: full, n: n, tokenWeights: tokenWeights[si]))
                 for (s, mask) in scenarios.enumerated() {
-                    if mask[l] { run(l, &states[si][s + 1], n) } else { add(rows(input: states[si][s + 1], target: full, n: n)) }
+                    if mask[l] { run(l, &states[si][s + 1], n) } else { add(rows(input: states[si][s + 1], target: full, n: n, tokenWeights: tokenWeights[si])) }
                 }
             }
             if routable {

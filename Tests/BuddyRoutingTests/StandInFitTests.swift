@@ -63,6 +63,34 @@ final class StandInFitTests: XCTestCase {
     /// file was not made for, e.g. the default model requantised by llama.cpp: no stand-ins and a
     /// reason, not a refusal (it used to stop every command, even at full depth). The explicit
     /// path is still refused, and a damaged file is still an error under auto.
+    /// The fitter's full-depth residual stream is the model's: its embedding step and its
+    /// layer-by-layer runs end where one whole prefill ends, for SmolLM2 and for Gemma 3, whose
+    /// embeddings are scaled by √dim (a fitter that skipped the scale fitted every Gemma
+    /// stand-in on inputs inference never produces). Gemma's first row is also checked by hand.
+    func testCalibrationCarriesTheModelsOwnResidualStream() throws {
+        for m in [try TestSupport.model(), try LanguageModel(path: GemmaSupport.modelPath)] {
+            let c = m.config, n = 9
+            let tokens: [Int32] = [2, 17, 400, 1234, 9, 77, 3001, 12, 5]
+            let cal = StandInCalibration(model: m, threads: 1, maxTokens: 16)
+            var x = cal.embedded(tokens)
+            if c.embeddingScale != 1 {
+                let t = m.transformer
+                var raw = [Float](repeating: 0, count: c.dim)
+                raw.withUnsafeMutableBufferPointer { dequantizeRow(t.tokenEmbedding.type, t.tokenEmbedding.row(2), $0.baseAddress!, count: c.dim) }
+                XCTAssertEqual(c.embeddingScale, Float(c.dim).squareRoot(), accuracy: 0.01, "Gemma 3 scales embeddings by √dim")
+                for j in 0..<c.dim { XCTAssertEqual(x[j], raw[j] * c.embeddingScale, accuracy: 1e-6 * max(1, abs(x[j]))) }
+            }
+            for l in 0..<c.layers { cal.runLayer(l, &x, n: n) }
+            let b = BatchState(config: c, maxTokens: 16, capacity: 16, pool: ThreadPool.shared(threads: 1))
+            let cache = KVCache(layers: c.layers, capacity: 16, kvDim: c.kvDim, deferDim: c.dim)
+            m.transformer.prefill(tokens[...], start: 0, b, cache)
+            let whole = [Float](UnsafeBufferPointer(start: b.x, count: n * c.dim))
+            var worst: Float = 0
+            for (a, e) in zip(x, whole) { worst = max(worst, abs(a - e) / max(1, abs(e))) }
+            XCTAssertLessThan(worst, 1e-4, "\(m.path): layer by layer and one prefill disagree")
+        }
+    }
+
     func testAutoStandInsRunWithoutThemOnAnotherModelButStillRefuseDamage() throws {
         let m = try TestSupport.model()
         let shipped = try Routers.autoStandIns(model: m)
