@@ -235,8 +235,8 @@ if g_ppl or g_hs or g_bench:
           "(another job used the other core): absolute speeds are low and noisy, ratios between budgets of one run are what count. "
           "`buddy` is `routers/gemma-3-270m-q4_k_m/buddy-router.json`"
           + (f" (sha256 `{router_line[0][:12]}…`, `eval/gemma-router.txt`)" if router_line else "")
-          + ", trained without stand-ins; \"on\" means the layer-local stand-ins "
-          "`routers/gemma-3-270m-q4_k_m/stand-ins-layer-local.bin` (not on by default for Gemma; docs/GEMMA.md says why).\n")
+          + ", trained without stand-ins; \"on\" means Gemma's stand-ins "
+          "`routers/gemma-3-270m-q4_k_m/stand-ins.bin`, on by default (docs/GEMMA.md).\n")
     if g_ppl:
         cols = [(m, si) for m in ("buddy", "sleb", "shortgpt") for si in (False, True)]
         print("### WikiText-2 perplexity (lower is better)\n\nChunks 20–27 of Gemma's tokens (512-token chunks, second halves "

@@ -293,29 +293,11 @@ public final class StandInCalibration {
         x.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * D) }
     }
 
-    /// 1 − Σ p² of the full model's next-token distribution at every position of `tokens`
-    /// (0 where it is certain, near 1 where it spreads over many tokens).
-    public func outputUncertainty(_ tokens: [Int32]) -> [Double] {
-        let c = model.config, t = model.transformer, n = tokens.count, V = c.vocabSize
-        precondition(n > 0 && n <= batch.maxTokens, "sequence length out of range")
-        let logits = UnsafeMutablePointer<Float>.allocate(capacity: n * V), probs = UnsafeMutablePointer<Float>.allocate(capacity: V)
-        defer { logits.deallocate(); probs.deallocate() }
-        cache.truncate(to: 0)
-        t.prefill(tokens[...], start: 0, batch, cache)
-        t.batchLogitsAll(n: n, batch, logits)
-        return (0..<n).map { i in
-            _ = LogProbabilities.probabilities(logits + i * V, into: probs, count: V)
-            var sq = 0.0
-            for v in 0..<V { sq += Double(probs[v]) * Double(probs[v]) }
-            return 1 - sq
-        }
-    }
-
     /// - scenarios: layer masks (count = layers; first and last must run).
     /// - progress: (layer done, layers) after each layer.
     public func fit(train: [[Int32]], validation: [[Int32]], scenarios: [[Bool]] = [],
                     ridges: [Double] = [1e-3, 1e-2, 1e-1], ranks: [Int] = [0, 16, 32, 64, 128],
-                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true, outputWeighting: Bool = false,
+                    firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true,
                     progress: ((Int, Int) -> Void)? = nil) throws -> (standIns: StandIns, report: [LayerReport]) {
         let c = model.config, L = c.layers, D = c.dim
         let t = model.transformer
@@ -327,17 +309,6 @@ public final class StandInCalibration {
         var layers = [StandIns.Layer?](repeating: nil, count: L)
         var report: [LayerReport] = []
         let eps = c.rmsNormEps
-        // With outputWeighting each token's rows also weigh 1 − Σ p² of the full model's
-        // next-token distribution there: the KL a small isotropic change of the logits causes
-        // (½ δzᵀ(diag p − p pᵀ) δz) is proportional to it, so an error where the model is sure
-        // of the next token costs little, and where it hesitates, much. Scaled to mean 1.
-        var tokenWeights: [[Double]] = sequences.map { [Double](repeating: 1, count: $0.count) }
-        if outputWeighting {
-            tokenWeights = sequences.map(outputUncertainty)
-            let all = tokenWeights.joined()
-            let mean = max(all.reduce(0, +) / Double(max(all.count, 1)), 1e-12)
-            tokenWeights = tokenWeights.map { $0.map { $0 / mean } }
-        }
 
         func run(_ l: Int, _ x: inout [Float], _ n: Int) { runLayer(l, &x, n: n) }
         /// Regression rows from `input` towards `target`: every rowStride-th row from firstRow
@@ -345,7 +316,7 @@ public final class StandInCalibration {
         /// With relativeError each row weighs 1/mean(input²): later layers see the residual
         /// stream RMS-normalised, so an error matters in proportion to the stream's scale, and a
         /// few tokens with huge activations must not dominate the fit.
-        func rows(input: [Float], target: [Float], n: Int, tokenWeights: [Double]) -> (x: [Double], y: [Double], m: Int, w: [Double]?) {
+        func rows(input: [Float], target: [Float], n: Int) -> (x: [Double], y: [Double], m: Int, w: [Double]?) {
             let m = (n - firstRow + rowStride - 1) / rowStride
             var xs = [Double](repeating: 0, count: m * D), ys = xs
             var ws = [Double](repeating: 1, count: m)
@@ -353,14 +324,14 @@ public final class StandInCalibration {
                 let r = (firstRow + i * rowStride) * D
                 var ss: Float = 0
                 for j in 0..<D { ss += input[r + j] * input[r + j] }
-                ws[i] = (relativeError ? 1 / (Double(ss) / Double(D) + Double(eps)) : 1) * tokenWeights[firstRow + i * rowStride]
+                ws[i] = 1 / (Double(ss) / Double(D) + Double(eps))
                 let scale = 1 / (ss / Float(D) + eps).squareRoot()
                 for j in 0..<D {
                     xs[i * D + j] = Double(input[r + j] * scale)
                     ys[i * D + j] = Double(target[r + j] - input[r + j])
                 }
             }
-            return (xs, ys, m, relativeError || outputWeighting ? ws : nil)
+            return (xs, ys, m, relativeError ? ws : nil)
         }
 
         for l in 0..<L {
@@ -378,9 +349,9 @@ public final class StandInCalibration {
                 func add(_ r: (x: [Double], y: [Double], m: Int, w: [Double]?)) {
                     if si < train.count { trainStats.add(x: r.x, y: r.y, rows: r.m, weights: r.w) } else { valStats.add(x: r.x, y: r.y, rows: r.m, weights: r.w) }
                 }
-                add(rows(input: input, target: full, n: n, tokenWeights: tokenWeights[si]))
+                add(rows(input: input, target: full, n: n))
                 for (s, mask) in scenarios.enumerated() {
-                    if mask[l] { run(l, &states[si][s + 1], n) } else { add(rows(input: states[si][s + 1], target: full, n: n, tokenWeights: tokenWeights[si])) }
+                    if mask[l] { run(l, &states[si][s + 1], n) } else { add(rows(input: states[si][s + 1], target: full, n: n)) }
                 }
             }
             if routable {

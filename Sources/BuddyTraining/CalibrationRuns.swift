@@ -74,8 +74,6 @@ public struct StandInFitting {
     public var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
     public var rowStride: Int = 2
     public var relativeError: Bool = true
-    /// Rows also weigh the full model's next-token uncertainty there (1 − Σ p²).
-    public var outputWeighting: Bool = false
     public var ranks: String = "0,16,32,64,128"
     public var ridges: String = "0.001,0.01,0.1"
     public init(trainChunks: String = "0..<14,84..<104", validationChunks: String = "14..<20", chatData: String? = nil, chatPrompts: String = "0..<16", chatValidationPrompts: String = "16..<24", replyTokens: Int = 96, scenarios: String = "sleb,shortgpt", scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5", rowStride: Int = 2, relativeError: Bool = true, ranks: String = "0,16,32,64,128", ridges: String = "0.001,0.01,0.1") {
@@ -149,15 +147,17 @@ public struct StandInFitting {
                 }
             }
         }
-        let command = "buddy calibrate stand-ins --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
+        // The model is named when it is not the default, so the notes' command reproduces the file.
+        let modelFile = URL(fileURLWithPath: model.path).lastPathComponent
+        let modelArgument = modelFile == ModelLocator.defaultFileName ? "" : " --model models/\(modelFile)"
+        let command = "buddy calibrate stand-ins\(modelArgument) --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
             + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" } ?? "")
-            + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError)"
-            + (outputWeighting ? " --output-weighting true" : "") + " --ranks \(ranks) --ridges \(ridges)"
+            + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError) --ranks \(ranks) --ridges \(ridges)"
         let bar = report.progress("stand-ins", L)
         let start = Date()
         let cal = StandInCalibration(model: model, threads: threads, maxTokens: max(chunk, (train + validation).map(\.count).max() ?? chunk))
         let fitted = try cal.fit(train: train, validation: validation, scenarios: masks, ridges: ridgeList, ranks: rankList,
-                                rowStride: rowStride, relativeError: relativeError, outputWeighting: outputWeighting) { done, _ in bar.update(done, detail: "") }
+                                rowStride: rowStride, relativeError: relativeError) { done, _ in bar.update(done, detail: "") }
         let rows = fitted.report.map { String(format: "%d:r%d/λ%g/R²%.3f", $0.layer, $0.rank, $0.ridge, $0.validationR2) }.joined(separator: " ")
         let notes = "\(command)\n\(train.count) fit / \(validation.count) validation sequences, \(masks.count) routed scenarios; per layer rank/ridge/validation R²: \(rows)"
         let standIns = try StandIns(dim: fitted.standIns.dim, eps: fitted.standIns.eps, layers: fitted.standIns.layers, notes: notes)

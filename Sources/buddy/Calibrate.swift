@@ -54,15 +54,12 @@ struct StandInCalibrationOptions: ParsableArguments {
     @Option(name: .long, help: "(stand-ins) budgets of the routed scenarios.") var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
     @Option(name: .long, help: "(stand-ins) use every N-th token of each sequence as a regression row.") var rowStride: Int = 2
     @Option(name: .long, help: "(stand-ins) weigh each token by 1/mean square of its residual stream (errors relative to the stream's scale) or not.") var relativeError: Bool = true
-    @Option(name: .long, help: "(stand-ins) also weigh each token by the full model's next-token uncertainty there, 1 - sum of p squared (errors where the model hesitates move the output most).") var outputWeighting: Bool = false
     @Option(name: .long, help: "(stand-ins) ranks to choose from per layer.") var ranks: String = "0,16,32,64,128"
     @Option(name: .long, help: "(stand-ins) relative ridge penalties to choose from per layer.") var ridges: String = "0.001,0.01,0.1"
 
     var fitting: StandInFitting {
-        var f = StandInFitting(trainChunks: trainChunks, validationChunks: validationChunks, chatData: chatData, chatPrompts: chatPrompts,
-                               chatValidationPrompts: chatValidationPrompts, replyTokens: replyTokens, scenarios: scenarios, scenarioBudgets: scenarioBudgets,
-                               rowStride: rowStride, relativeError: relativeError, ranks: ranks, ridges: ridges)
-        f.outputWeighting = outputWeighting
-        return f
+        StandInFitting(trainChunks: trainChunks, validationChunks: validationChunks, chatData: chatData, chatPrompts: chatPrompts,
+                       chatValidationPrompts: chatValidationPrompts, replyTokens: replyTokens, scenarios: scenarios, scenarioBudgets: scenarioBudgets,
+                       rowStride: rowStride, relativeError: relativeError, ranks: ranks, ridges: ridges)
     }
 }

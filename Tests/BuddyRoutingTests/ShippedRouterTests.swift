@@ -75,18 +75,24 @@ final class ShippedRouterTests: XCTestCase {
     }
 
     /// Gemma 3's router (routers/gemma-3-270m-q4_k_m/, made by the same command) loads for Gemma,
-    /// says how it was made, runs exactly k + 2 of its 18 layers in prefill and decode, and
-    /// routes a batch as it routes token by token.
+    /// beside Gemma's own stand-ins (refused for SmolLM2), says how it was made, runs exactly
+    /// k + 2 of its 18 layers in prefill and decode, and routes a batch as it routes token by token.
     func testGemmaRouterIsStrict() throws {
         let gemma = try LanguageModel(path: GemmaSupport.modelPath)
         let router = try XCTUnwrap(try Routers.make("buddy", model: gemma) as? DecisionModule)
         XCTAssertEqual(router.weights.choices.count, 16)
         // Gemma has its own directory, so the default model's files in routers/ are not its own:
-        // no stand-ins (and no note that SmolLM2's do not fit), no budget predictor.
-        XCTAssertNil(Routers.locate("stand-ins", model: gemma))
+        // its own stand-ins (never a note that SmolLM2's do not fit), no budget predictor.
+        XCTAssertTrue(try XCTUnwrap(Routers.locate("stand-ins", model: gemma)).hasSuffix("routers/gemma-3-270m-q4_k_m/stand-ins.bin"))
         XCTAssertNil(Routers.locate("budget-predictor", model: gemma))
         let auto = try Routers.autoStandIns(model: gemma)
-        XCTAssertNil(auto.standIns); XCTAssertNil(auto.mismatch)
+        let standIns = try XCTUnwrap(auto.standIns); XCTAssertNil(auto.mismatch)
+        XCTAssertEqual(standIns.layers.count, gemma.config.layers)
+        XCTAssertTrue(standIns.notes.hasPrefix("buddy calibrate stand-ins --model models/gemma-3-270m-q4_k_m.gguf "), standIns.notes)
+        XCTAssertNil(standIns.notes.range(of: #"(^|\s)(/\S|\.\./)"#, options: .regularExpression), "the notes must not point outside the repository")
+        XCTAssertThrowsError(try Routers.standIns(model: try TestSupport.model(), path: Routers.locate("stand-ins", model: gemma))) { e in
+            XCTAssertTrue("\(e)".contains("another model"), "\(e)")
+        }
         XCTAssertTrue(try XCTUnwrap(Routers.locate("sleb", model: gemma)).hasSuffix("routers/gemma-3-270m-q4_k_m/sleb-ranking.json"))
         // Reproducible from the repository: its notes give the whole command, model included.
         let path = try XCTUnwrap(Routers.locate("buddy", model: gemma))
