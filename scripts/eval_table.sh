@@ -243,7 +243,7 @@ if g_ppl or g_hs or g_bench:
               "scored, 2,040 tokens); the rankings were fitted on chunks 0–3, the stand-ins on chunks 0–13 (chosen on 14–19), "
               "the router's sets and scorers on chunks 0–3 and chat prompts (chosen on chunks 14–19).\n")
         print("| budget | layers run | " + " | ".join(f"{m} {'on' if si else 'off'}" for m, si in cols)
-              + " | last off | best static (either) | buddy off vs it | best / full depth |")
+              + " | last off | best static (either) | buddy on vs it | best / full depth |")
         print("|---|---|" + "---|" * len(cols) + "---|---|---|---|")
         full = g_value(g_ppl, "sleb", 1.0, False, "ppl")
         for b in sorted({float(r["budget"]) for r in g_ppl}, reverse=True):
@@ -256,12 +256,12 @@ if g_ppl or g_hs or g_bench:
             else:
                 v, name = min(static)
                 best_cell, rel = f"{v:,.2f} ({name})", f"{v / full:.2f}×" if full else "—"
-                cmp = ratio_word(vals[0], v, lambda x: f"{x:,.2f}")
+                cmp = ratio_word(vals[1], v, lambda x: f"{x:,.2f}")
             print(f"| {b:.2f} | {g_layers(b)} | " + " | ".join(cells) + f" | {f'{last:,.2f}' if last is not None and b < 1 else '—'} | {best_cell} | {cmp} | {rel} |")
         print()
     if g_hs:
         n = int(float(g_hs[0]["n"]))
-        cols = [("buddy", False), ("sleb", False), ("shortgpt", False), ("sleb", True)]
+        cols = [(m, si) for m in ("buddy", "sleb", "shortgpt") for si in (False, True)]
         print(f"### HellaSwag acc_norm (higher is better)\n\nThe first {n} tasks of `hellaswag_dev.txt` (none used for any fit); "
               "± is the standard error of one accuracy, √(p(1−p)/n); chance is 0.25. The paired tables below compare "
               "methods on the same tasks.\n")
