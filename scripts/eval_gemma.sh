@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Held-out figures of Gemma 3 270M (models/gemma-3-270m-q4_k_m.gguf) behind EVAL.md's section
 # "Gemma 3 270M" and docs/GEMMA.md: perplexity and HellaSwag per budget and method, with and
-# without the layer-local stand-ins, decode speed per budget and the output head's share of it.
+# without Gemma's stand-ins, decode speed per budget and the output head's share of it.
 #   scripts/eval_gemma.sh run         the static rows: full depth, SLEB, ShortGPT, drop-last, the
 #                                     stand-in rows, and SmolLM2's bench for the head comparison
 #   scripts/eval_gemma.sh run-buddy   the Decision Module's rows (method buddy) and Gemma's decode
@@ -14,7 +14,7 @@
 # Held out: WikiText-2 512-token chunks 20-27 of Gemma's tokens (tokens 10,240-14,335) and the
 # first HELLASWAG_LIMIT (300) tasks of hellaswag_dev.txt; HellaSwag costs about 0.8 s per task and
 # configuration on one thread, so the 11 configurations take about 45 min at 300 (400: about 60). What fitted what: the ShortGPT and SLEB rankings,
-# WikiText-2 tokens 0-2,047 (chunks 0-3); the layer-local stand-ins, chunks 0-13 and train-split
+# WikiText-2 tokens 0-2,047 (chunks 0-3); the stand-ins, chunks 0-13 and train-split
 # prompts 0-15, rank and ridge chosen on chunks 14-19 and prompts 16-23; the Decision Module,
 # whatever its notes say (the router of 2026-12-02: layer-set search and scorers on chunks 0-3 and
 # train-split prompts 0-7, chosen on chunks 14-19 and prompts 16-23). No HellaSwag task was used
@@ -55,11 +55,10 @@ run_static() {
     --stand-ins off --csv "$tmp/ppl-last.csv"
   tail -n +2 "$tmp/ppl-last.csv" >> "$tmp/ppl.csv"
   merge eval/gemma-ppl.csv "$tmp/ppl.csv" sleb shortgpt last
-  # HellaSwag: full depth, SLEB and ShortGPT without stand-ins; SLEB at 0.9 with them (the best
-  # static set there on perplexity).
+  # HellaSwag: full depth, SLEB and ShortGPT without stand-ins and with them.
   $buddy eval hellaswag "${hs_args[@]}" --budgets 1,0.9,0.7,0.5 --methods sleb,shortgpt \
     --stand-ins off --csv "$tmp/hs.csv" --items "$tmp/hs-items.csv"
-  $buddy eval hellaswag "${hs_args[@]}" --budgets 0.9 --methods sleb \
+  $buddy eval hellaswag "${hs_args[@]}" --budgets 0.9,0.7,0.5 --methods sleb,shortgpt \
     --stand-ins "$standins" --csv "$tmp/hs-si.csv" --items "$tmp/hs-si-items.csv"
   tail -n +2 "$tmp/hs-si.csv" >> "$tmp/hs.csv"
   tail -n +2 "$tmp/hs-si-items.csv" >> "$tmp/hs-items.csv"
@@ -77,11 +76,12 @@ run_buddy() {
   $buddy eval perplexity "${ppl_args[@]}" --budgets 0.9,0.7,0.5 --methods buddy --router "$router" \
     --stand-ins "$standins,off" --csv "$tmp/ppl.csv"
   merge eval/gemma-ppl.csv "$tmp/ppl.csv" buddy
+  # HellaSwag and decode speed with the stand-ins, which Gemma runs by default.
   $buddy eval hellaswag "${hs_args[@]}" --budgets 0.9,0.7,0.5 --methods buddy --router "$router" \
-    --stand-ins off --csv "$tmp/hs.csv" --items "$tmp/hs-items.csv"
+    --stand-ins "$standins" --csv "$tmp/hs.csv" --items "$tmp/hs-items.csv"
   merge eval/gemma-hellaswag.csv "$tmp/hs.csv" buddy
   merge eval/gemma-hellaswag-items.csv "$tmp/hs-items.csv" buddy
-  $buddy bench --model "$model" --budgets 1,0.9,0.7,0.5 --router "$router" --stand-ins off \
+  $buddy bench --model "$model" --budgets 1,0.9,0.7,0.5 --router "$router" --stand-ins "$standins" \
     --runs 5 --threads "$threads" --json > eval/gemma-bench.jsonl
 }
 

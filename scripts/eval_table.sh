@@ -44,7 +44,7 @@ render)
   fi
   paired_gemma=""
   if [ -f eval/gemma-hellaswag-items.csv ]; then
-    paired_gemma="$(for pair in "buddy sleb" "buddy shortgpt" "sleb+stand-ins sleb"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
+    paired_gemma="$(for pair in "buddy+stand-ins sleb+stand-ins" "buddy+stand-ins shortgpt+stand-ins" "sleb+stand-ins sleb" "shortgpt+stand-ins shortgpt"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
   fi
   PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os
