@@ -279,9 +279,12 @@ if g_ppl or g_hs or g_bench:
             print(os.environ["PAIRED_GEMMA"].strip() + "\n")
     if g_bench:
         smol = {round(r["budget"], 2): r for r in s_bench}
-        print("### Decode speed and the output head\n\n`buddy bench --budgets 1,0.9,0.7,0.5 --router buddy --stand-ins off --runs 5 "
+        si_share = [r.get("stand_in_share", 0) for r in g_bench if r["budget"] < 1]
+        print("### Decode speed and the output head\n\n`buddy bench --budgets 1,0.9,0.7,0.5 --router buddy --runs 5 "
               "--threads 1 --json` (512-token prompt, 128 decoded; medians of 5 rounds, speed-up = median of the per-round "
-              "ratios), on Gemma with the router file named by its path (`eval/gemma-bench.jsonl`) and on SmolLM2-135M Q4_1 with its own router (`eval/gemma-bench-smollm2.jsonl`). "
+              "ratios), on Gemma with the router file named by its path and Gemma's stand-ins"
+              + (f" ({100 * min(si_share):.1f}–{100 * max(si_share):.1f} % of decode time)" if si_share else "")
+              + " (`eval/gemma-bench.jsonl`), and on SmolLM2-135M Q4_1 with its own router and `--stand-ins off` (`eval/gemma-bench-smollm2.jsonl`). "
               "Head share: the final norm and output projection of one token, timed apart in the same process (median of 5 batches "
               "of 10) and multiplied by the decode speed, as `buddy bench` does for stand-ins. \"Head bound\" is the speed-up the "
               "head allows: if the time outside the head scaled with the layers run, full depth's time would shrink to "
