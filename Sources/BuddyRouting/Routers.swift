@@ -28,9 +28,7 @@ public enum Routers {
     /// digest (FNV-64) of the file it loads, or the spec alone for the built-in rankings.
     public static func identity(_ spec: String, model: LanguageModel) -> String {
         guard let path = locate(spec, model: model), let data = FileManager.default.contents(atPath: path) else { return spec }
-        var h = FNV1a64()
-        for b in data { h.mix(b) }
-        return spec + " " + String(format: "%016llx", h.value)
+        return spec + " " + String(format: "%016llx", data.withUnsafeBytes { StandInFile.fnv64($0) })
     }
 
     /// The layers a selector runs at `budget` when that choice is the same for every token

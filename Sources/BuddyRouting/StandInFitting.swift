@@ -300,7 +300,6 @@ public final class StandInCalibration {
                     firstRow: Int = 1, rowStride: Int = 1, relativeError: Bool = true,
                     progress: ((Int, Int) -> Void)? = nil) throws -> (standIns: StandIns, report: [LayerReport]) {
         let c = model.config, L = c.layers, D = c.dim
-        let t = model.transformer
         for s in scenarios { precondition(s.count == L && s[0] && s[L - 1], "a scenario must run the first and last layer") }
         let sequences = train + validation
         for s in sequences { precondition(s.count > firstRow && s.count <= batch.maxTokens, "sequence length out of range") }
@@ -310,7 +309,6 @@ public final class StandInCalibration {
         var report: [LayerReport] = []
         let eps = c.rmsNormEps
 
-        func run(_ l: Int, _ x: inout [Float], _ n: Int) { runLayer(l, &x, n: n) }
         /// Regression rows from `input` towards `target`: every rowStride-th row from firstRow
         /// (neighbouring tokens are alike; the statistics cost grows with the rows).
         /// With relativeError each row weighs 1/mean(input²): later layers see the residual
@@ -340,9 +338,9 @@ public final class StandInCalibration {
             for (si, seq) in sequences.enumerated() {
                 let n = seq.count
                 let input = states[si][0]
-                run(l, &states[si][0], n)
+                runLayer(l, &states[si][0], n: n)
                 guard routable else {
-                    for s in scenarios.indices { run(l, &states[si][s + 1], n) }
+                    for s in scenarios.indices { runLayer(l, &states[si][s + 1], n: n) }
                     continue
                 }
                 let full = states[si][0]
@@ -351,7 +349,7 @@ public final class StandInCalibration {
                 }
                 add(rows(input: input, target: full, n: n))
                 for (s, mask) in scenarios.enumerated() {
-                    if mask[l] { run(l, &states[si][s + 1], n) } else { add(rows(input: states[si][s + 1], target: full, n: n)) }
+                    if mask[l] { runLayer(l, &states[si][s + 1], n: n) } else { add(rows(input: states[si][s + 1], target: full, n: n)) }
                 }
             }
             if routable {

@@ -56,21 +56,19 @@ public enum RouterTraining {
             try validateThreads(threads)
         }
 
-        public func budgetList() throws -> [Double] {
-            let parts = budgets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-            let bs = parts.compactMap { Double($0) }
-            guard !bs.isEmpty, bs.count == parts.count, bs.allSatisfy({ $0 > 0 && $0 < 1 }) else {
-                throw ToolError.usage("--budgets must list budgets in (0, 1), not '\(budgets)'")
-            }
-            return bs
+        public func budgetList() throws -> [Double] { try Self.routedBudgets(budgets, flag: "--budgets") }
+
+        /// --refine-budgets: empty for none.
+        public func refineBudgetList() throws -> [Double] {
+            refineBudgets.trimmingCharacters(in: .whitespaces).isEmpty ? [] : try Self.routedBudgets(refineBudgets, flag: "--refine-budgets")
         }
 
-        public func refineBudgetList() throws -> [Double] {
-            guard !refineBudgets.trimmingCharacters(in: .whitespaces).isEmpty else { return [] }
-            let parts = refineBudgets.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        /// A comma-separated list of budgets in (0, 1): budget 1 runs every layer and has no set to choose.
+        static func routedBudgets(_ text: String, flag: String) throws -> [Double] {
+            let parts = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
             let bs = parts.compactMap { Double($0) }
-            guard bs.count == parts.count, bs.allSatisfy({ $0 > 0 && $0 < 1 }) else {
-                throw ToolError.usage("--refine-budgets must list budgets in (0, 1), not '\(refineBudgets)'")
+            guard !bs.isEmpty, bs.count == parts.count, bs.allSatisfy({ $0 > 0 && $0 < 1 }) else {
+                throw ToolError.usage("\(flag) must list budgets in (0, 1), not '\(text)'")
             }
             return bs
         }
