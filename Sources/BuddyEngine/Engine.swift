@@ -18,6 +18,8 @@ public struct EngineOptions: Sendable {
     public var system: String?
     /// What a skipped layer leaves in the KV cache (fill: the router mixes sets token by token).
     public var kvPolicy: KVPolicy = .fill
+    /// Whether the user's messages run at full depth (the budget covering replies only) or at the budget.
+    public var promptDepth: PromptDepth = .full
     /// What a skipped layer adds to the residual stream (nil: nothing).
     public var standIns: StandIns?
     public var maxTokens = 512
@@ -218,6 +220,7 @@ public final class ChatEngine: @unchecked Sendable {
         session = Session(model: model, capacity: options.context, threads: options.threads)
         session.selector = timed
         session.policy = options.kvPolicy
+        session.promptDepth = options.promptDepth
         session.standIns = options.standIns
         conversation = Conversation(template: model.template, system: options.system)
         sampler = Sampler(options.sampling)

@@ -236,12 +236,15 @@ public enum HellaSwagRun {
 /// `buddy eval chat`: KL from full depth and top-1 agreement along the full model's replies.
 public enum ChatFidelityRun {
     /// The table (kl, top1_agreement, tokens) and the number of prompts.
-    public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, threads: Int, model loadModel: () throws -> LanguageModel,
-                           report: Reporter) throws -> (table: EvalTable, prompts: Int) {
+    /// `promptDepth` says whether each prompt runs at the cell's budget (the protocol of the
+    /// published figures) or at full depth, as the chat runs it.
+    public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, promptDepth: PromptDepth = .budget, threads: Int,
+                           model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, prompts: Int) {
         let prompts = try selection.load()
         let model = try loadModel()
         let session = Session(model: model, capacity: 2048, threads: threads, batchSize: 256)
         session.policy = grid.kvPolicy
+        session.promptDepth = promptDepth
         let evaluator = ChatEvaluator(session: session)
         // Every cell of the grid, each with its own router (per-token state lives in it).
         // A cell whose layers depend on the budget alone runs each reply as one batch.

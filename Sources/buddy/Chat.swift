@@ -30,6 +30,8 @@ struct Chat: ParsableCommand {
     var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.")
     var standIns: StandInChoice = .auto
+    @Option(name: .long, help: "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure).")
+    var promptDepth: PromptDepth = .full
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")
@@ -62,6 +64,7 @@ struct Chat: ParsableCommand {
         opts.auto = budget.value == nil
         opts.qualityTolerance = qualityTolerance
         opts.kvPolicy = kvPolicy
+        opts.promptDepth = promptDepth
         opts.standIns = try standIns.resolve(model: model)
         opts.system = system
         opts.maxTokens = maxTokens

@@ -82,8 +82,9 @@ extension Eval {
             discussion: """
                 For each chat prompt (first turns of a JSON-lines file such as MT-Bench's), the
                 full-depth model's greedy reply is the reference. Each routed model is then
-                teacher-forced along that reply: the prompt runs with one routing decision, every
-                reply token is a decode step with its own decision, as in the chat. Reported per
+                teacher-forced along that reply: the prompt runs with one routing decision (or at
+                full depth with --prompt-depth full, as the chat runs it), every reply token is a
+                decode step with its own decision. Reported per
                 method and budget: mean KL(full ‖ routed) in nats per reply token and top-1
                 agreement with the full model. The full model runs once per prompt for all cells.
                 By default the held-out half of the prompts is used (odd positions in the file;
@@ -92,6 +93,7 @@ extension Eval {
                 """)
         @OptionGroup var promptOptions: ChatPromptOptions
         @OptionGroup var routing: EvalRoutingOptions
+        @Option(name: .long, help: "How each prompt runs: budget (at the cell's budget, one decision; the default and the protocol of EVAL.md's chat tables) or full (every layer, as the chat runs it; the budget then covers the reply only).") var promptDepth: PromptDepth = .budget
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,kl,top1_agreement,tokens).") var csv: String?
         @Option(name: .long, help: "Also draw KL against budget, one line per method, as SVG.") var plot: String?
         @OptionGroup var modelOptions: ModelOptions
@@ -99,10 +101,11 @@ extension Eval {
         func validate() throws { try modelOptions.validateThreads() }
 
         func run() throws {
-            let (table, prompts) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, threads: modelOptions.threads,
-                                                           model: modelOptions.load, report: .terminal)
+            let (table, prompts) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, promptDepth: promptDepth,
+                                                           threads: modelOptions.threads, model: modelOptions.load, report: .terminal)
             print(table.markdown(), terminator: "")
-            print("\(prompts) prompts (\(promptOptions.split) split), full-depth greedy replies of up to \(promptOptions.maxReply) tokens")
+            print("\(prompts) prompts (\(promptOptions.split) split), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
+                  + (promptDepth == .full ? "prompts at full depth" : "prompts at each budget"))
             try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
         }
     }

@@ -105,6 +105,28 @@ final class EngineTests: XCTestCase {
         XCTAssertGreaterThan(stats.last?.contextUsed ?? 0, 10)
     }
 
+    /// The chat runs a message at full depth by default, so the reply's first token (predicted
+    /// by the message's last position) shows every layer and the rest run the budget; with
+    /// `promptDepth = .budget` the message runs at the budget too.
+    func testMessagesRunAtFullDepthByDefault() throws {
+        for depth in [PromptDepth.full, .budget] {
+            let rec = Recorder()
+            var o = EngineOptions()
+            XCTAssertEqual(o.promptDepth, .full)
+            o.router = "even"; o.fallBackToEven = false; o.maxTokens = 4; o.context = 512; o.sampling = .greedy
+            o.budget = 0.5
+            o.promptDepth = depth
+            let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
+            engine.send(.send("Count from one to ten in words."))
+            engine.drain()
+            let L = engine.layers, k = LayerBudget.routableCount(budget: 0.5, layers: L)
+            let toks = rec.tokens
+            XCTAssertGreaterThanOrEqual(toks.count, 2)
+            XCTAssertEqual(toks[0].1.layers.count, depth == .full ? L : k + 2, "\(depth): the first token comes from the message's last position")
+            for (_, s) in toks.dropFirst() { XCTAssertEqual(s.layers.count, k + 2, "\(depth): step \(s.step)") }
+        }
+    }
+
     func testBudgetChangeTakesEffectAtTheNextDecodeStep() throws {
         let rec = Recorder()
         let engine = try makeEngine(rec, maxTokens: 8)
@@ -264,7 +286,7 @@ final class EngineTests: XCTestCase {
     }
 
     /// Auto: the budget predicted for the prompt is announced before the first token and
-    /// every decode step runs exactly its k layers; moving the slider overrides it mid-reply.
+    /// every decode step after it runs exactly its k layers; moving the slider overrides it mid-reply.
     /// Without a predictor file auto stays off with a notice.
     func testAutoBudgetFollowsThePredictor() throws {
         let rec = Recorder()
@@ -283,7 +305,8 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(record.budgets.first, chosen)
         let k = LayerBudget.routableCount(budget: chosen, layers: engine.layers)
         XCTAssertFalse(rec.tokens.isEmpty)
-        for (_, s) in rec.tokens { XCTAssertEqual(s.layers.count, k + 2, "step \(s.step)"); XCTAssertEqual(s.budget, chosen) }
+        // The first token comes from the message's last position, which runs at full depth.
+        for (_, s) in rec.tokens { XCTAssertEqual(s.layers.count, s.step == 0 ? engine.layers : k + 2, "step \(s.step)"); XCTAssertEqual(s.budget, chosen) }
 
         var o = EngineOptions()
         o.predictorPath = "/nonexistent/predictor.json"

@@ -34,12 +34,63 @@ final class ShippedRouterTests: XCTestCase {
                 XCTAssertEqual(Session.count(decoded.lastMask), k + 2, "budget \(budget): exactly k + 2 layers")
             }
             try batched.evaluate(prompt)
-            try batched.evaluate(prompt + reply, decideEveryToken: true)
+            try batched.evaluate(prompt + reply, as: .reply(oneDecisionPerToken: true))
             XCTAssertEqual(batched.lastMask, decodedMasks.last, "budget \(budget): last row's mask")
             let a = Array(UnsafeBufferPointer(start: decoded.decode.logits, count: vocab))
             let b = Array(UnsafeBufferPointer(start: batched.decode.logits, count: vocab))
             XCTAssertEqual(a, b, "budget \(budget): batched logits equal decoded logits")
             XCTAssertEqual(batched.layerTokenCount, (prompt.count + reply.count) * (k + 2), "budget \(budget): k + 2 layers for every token")
+        }
+    }
+
+    /// `promptDepth = .full`: a prompt runs every layer (its logits and the reply's first token
+    /// are the full model's, bit for bit), the reply still runs exactly k + 2 layers, and the
+    /// router decides as it does after a prompt run at the budget (its inputs come from layer 0,
+    /// which every token runs), while the reply's logits differ because the prompt's deeper
+    /// K/V are now exact. A known reply fed back (teacher forcing) stays at the budget.
+    func testPromptAtFullDepthRoutesOnlyTheReply() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize
+        let standIns = try Routers.standIns(model: m)
+        let prompt = m.tokenizer.encode("Question: what is the capital of France? Answer:", parseSpecial: false)
+        let reply = m.tokenizer.encode(" Paris, which is famous for", parseSpecial: false)
+        func logits(_ s: Session) -> [Float] { Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab)) }
+        func session(budget: Double?, depth: PromptDepth) throws -> Session {
+            let s = Session(model: m, capacity: 64, threads: 2, batchSize: 32)
+            s.standIns = standIns
+            s.promptDepth = depth
+            if let budget { s.selector = try Routers.make("buddy", model: m, budget: budget) }
+            return s
+        }
+        let full = try session(budget: nil, depth: .budget)
+        try full.evaluate(prompt)
+        let fullLogits = logits(full)
+        for budget in [0.9, 0.5] {
+            let k = LayerBudget.routableCount(budget: budget, layers: L)
+            let wide = try session(budget: budget, depth: .full), narrow = try session(budget: budget, depth: .budget)
+            try wide.evaluate(prompt)
+            try narrow.evaluate(prompt)
+            XCTAssertEqual(logits(wide), fullLogits, "\(budget): the prompt's logits are the full model's")
+            XCTAssertEqual(wide.lastLayers.count, L, "\(budget): the prompt ran every layer")
+            XCTAssertEqual(wide.layerTokenCount, prompt.count * L)
+            XCTAssertEqual(Session.count(narrow.lastMask), k + 2, "\(budget): the budget's protocol is unchanged")
+            XCTAssertNotEqual(logits(narrow), fullLogits)
+            for t in reply {
+                try wide.step(t)
+                try narrow.step(t)
+                XCTAssertEqual(Session.count(wide.lastMask), k + 2, "\(budget): the reply runs k + 2 layers")
+                XCTAssertEqual(wide.lastMask, narrow.lastMask, "\(budget): the same decision either way")
+            }
+            XCTAssertNotEqual(logits(wide), logits(narrow), "\(budget): exact prompt K/V change the reply's logits")
+            // The next message of a conversation runs at full depth as well; a fed-back reply does not.
+            let before = wide.layerTokenCount
+            let next = prompt + reply + m.tokenizer.encode(" Question: and of Spain?", parseSpecial: false)
+            try wide.evaluate(next)
+            XCTAssertEqual(wide.layerTokenCount - before, (next.count - prompt.count - reply.count) * L)
+            let forced = try session(budget: budget, depth: .full)
+            try forced.evaluate(prompt)
+            try forced.evaluate(prompt + reply, as: .reply(oneDecisionPerToken: true))
+            XCTAssertEqual(forced.layerTokenCount, prompt.count * L + reply.count * (k + 2), "\(budget): teacher forcing stays at the budget")
         }
     }
 
@@ -121,7 +172,7 @@ final class ShippedRouterTests: XCTestCase {
             try decoded.evaluate(prompt)
             for t in reply { try decoded.step(t) }
             try batched.evaluate(prompt)   // the prompt as one chunk, as `decoded` ran it
-            try batched.evaluate(prompt + reply, decideEveryToken: true)
+            try batched.evaluate(prompt + reply, as: .reply(oneDecisionPerToken: true))
             XCTAssertEqual(batched.lastMask, decoded.lastMask, "last row's mask at \(budget)")
             let vocab = gemma.config.vocabSize
             XCTAssertEqual(Array(UnsafeBufferPointer(start: batched.decode.logits, count: vocab)),

@@ -137,7 +137,7 @@ public final class ChatEvaluator {
         let m = ref.reply.count - 1
         guard m >= 1 else { return d }
         if batched && m <= session.batch.maxTokens {
-            try session.evaluate(ref.prompt + ref.reply[0..<m], decideEveryToken: session.selector is RowwiseLayerSelector)
+            try session.evaluate(ref.prompt + ref.reply[0..<m], as: .reply(oneDecisionPerToken: session.selector is RowwiseLayerSelector))
             session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
             for t in 1...m { add(rows + (t - 1) * vocab, t: t, ref, &d) }
         } else {

@@ -67,7 +67,7 @@ public final class HellaSwagEvaluator {
             if batched && ids.count > 1 && ids.count - 1 <= session.batch.maxTokens {
                 // The cache holds ctx, so exactly the ending's first m-1 tokens run as one chunk.
                 let m = ids.count - 1
-                try session.evaluate(ctx + ids[0..<m], decideEveryToken: session.selector is RowwiseLayerSelector)
+                try session.evaluate(ctx + ids[0..<m], as: .reply(oneDecisionPerToken: session.selector is RowwiseLayerSelector))
                 session.model.transformer.batchLogitsAll(n: m, session.batch, rows)
                 for i in 0..<m { sum -= LogProbabilities.negativeLogProb(rows + i * vocab, count: vocab, target: Int(ids[i + 1])) }
             } else {

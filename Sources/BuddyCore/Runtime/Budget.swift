@@ -18,3 +18,19 @@ public enum Budget {
     /// The budget as a whole percentage, as the slider, status bar and reply lines show it.
     public static func percent(_ b: Double) -> Int { Int((b * 100).rounded()) }
 }
+
+/// How far the budget reaches: over the reply only, or over the prompt as well.
+///
+/// A prompt runs as a batch, which costs a fraction of the time of decoding the same number
+/// of tokens, so the budget's saving is almost all in the reply. Running the prompt at full
+/// depth gives every later token exact keys and values for it (the model reads the question
+/// as the full model does), and lowers the reply's drift from full depth at every budget
+/// (docs/STAND-INS.md, "The prompt at full depth").
+public enum PromptDepth: String, Sendable, CaseIterable {
+    /// Every layer for prompt tokens; the budget applies to generated tokens. The chat's
+    /// and `generate`'s default.
+    case full
+    /// The prompt at the budget too, one decision per chunk: the evaluations' protocol, and
+    /// the one the published quality targets are measured with.
+    case budget
+}

@@ -46,6 +46,9 @@ public final class Session: @unchecked Sendable {
     /// What skipped layers leave in the cache. fill by default: a router that changes the set
     /// from token to token needs earlier tokens' keys in layers they skipped.
     public var policy: KVPolicy = .fill
+    /// Whether a prompt passed to `evaluate` runs at the budget or at full depth. `.budget` by
+    /// default, so evaluations keep their protocol; the chat and `generate` choose `.full`.
+    public var promptDepth: PromptDepth = .budget
     /// What a skipped layer adds to the residual stream instead of nothing (nil: plain skip).
     /// Budget 1 runs every layer, so it is unaffected.
     public var standIns: StandIns? {
@@ -73,19 +76,29 @@ public final class Session: @unchecked Sendable {
 
     public func reset() { tokens.removeAll(keepingCapacity: true); cache.truncate(to: 0) }
 
+    /// How the new tokens of `evaluate` are routed.
+    public enum TokenRole: Sendable, Equatable {
+        /// A prompt: at the budget (one decision per chunk) or at full depth, as `promptDepth` says.
+        case prompt
+        /// A known reply fed back (teacher forcing): always at the budget, as decoding it would
+        /// be. With `oneDecisionPerToken` each token gets its own decision, as if decoded one at
+        /// a time, still as one batch; the selector must then be a `RowwiseLayerSelector`.
+        case reply(oneDecisionPerToken: Bool)
+    }
+
     /// Make the cache hold exactly `prompt`, evaluating only what differs from what is
     /// cached. Leaves the logits of the last prompt token in decode.logits.
-    ///
-    /// With `decideEveryToken` the new tokens get one routing decision each, as if they were
-    /// decoded one at a time (teacher forcing), still as one batch; the selector must then
-    /// be a `RowwiseLayerSelector`.
-    public func evaluate(_ prompt: [Int32], decideEveryToken: Bool = false) throws {
+    public func evaluate(_ prompt: [Int32], as role: TokenRole = .prompt) throws {
         let common = try reusablePrefix(prompt)
         cache.truncate(to: common)
         tokens.removeLast(tokens.count - common)   // keeps the reserved capacity
         var start = common
         let t = model.transformer
-        let routing = LayerRouting.session(selector, perRow: decideEveryToken)
+        let routing: LayerRouting
+        switch role {
+        case .prompt: routing = promptDepth == .full ? .allLayers : .session(selector, perRow: false)
+        case let .reply(perToken): routing = .session(selector, perRow: perToken)
+        }
         var lastCount = 0
         while start < prompt.count {
             let n = min(batch.maxTokens, prompt.count - start)
