@@ -20,6 +20,9 @@ $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chu
   --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-ppl.csv
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
   --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-chat.csv
+# The same with each prompt at full depth, as the chat and generate run a message by default.
+$buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
+  --budgets $budgets --methods $methods --stand-ins on,off --prompt-depth full --csv eval/prompt-full-chat.csv
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
   --budgets 0.9,0.7,0.5 --methods buddy,sleb,shortgpt --stand-ins on --csv eval/stand-ins-hellaswag.csv \
   --items eval/stand-ins-hellaswag-items.csv
