@@ -240,6 +240,7 @@ public final class ChatApp {
         "Depth budget (when the input is empty; with Alt always):",
         "  - / +   5% steps      [ / ]   one layer      a   auto",
         "  \(SliderState.recommendedPercent)–100% is the recommended zone for this small model",
+        "  it sets the reply's depth; your messages run every layer (--prompt-depth)",
         "",
     ] + SlashCommand.usage.split(separator: "\n").map(String.init)
 
