@@ -14,7 +14,7 @@ so that `buddy eval` can score them with any router.
 A float32 re-implementation of the forward pass in JAX (weights dequantised by the `gguf`
 package, as scripts/stand_in_features.py does; tokens from llama-cpp-python). JAX
 (`pip install jax`) is a development tool here, like llama-cpp-python, not a product dependency.
-    python3 scripts/stand_in_kl_study.py LR EPOCHS OUT_PREFIX   # ~20 min per epoch on 2 cores
+    python3 scripts/stand_in_kl_study.py LR EPOCHS OUT_PREFIX [router]   # 10-17 min per epoch on 2 cores
 e.g. python3 scripts/stand_in_kl_study.py 1e-4 1 kl   (writes kl-epoch0.bin in the current directory)
 """
 import os, sys, time, json, struct, numpy as np
@@ -24,6 +24,11 @@ import jax, jax.numpy as jnp
 from llama_cpp import Llama
 
 SETS = {"sleb0.9": [4, 5, 17], "sleb0.8": [3, 4, 5, 6, 17, 26], "sg0.9": [13, 14, 17], "sg0.8": [12, 13, 14, 15, 17, 25]}
+# With a 4th argument `router`, also the shipped router's own sets: at 0.9 it skips 5, 14, 15 for
+# every token, at 0.8 mostly 5, 14-18 (tallied from `buddy generate --json --prompt-depth budget`
+# on train-split MT-Bench prompts 0, 2, ..., 14).
+if len(sys.argv) > 4 and sys.argv[4] == "router":
+    SETS.update({"buddy0.9": [5, 14, 15], "buddy0.8": [5, 14, 15, 16, 17, 18]})
 D = S.DIM
 # --- stand-ins G
 raw = open(os.path.join(S.root, 'routers', 'stand-ins.bin'), 'rb').read()
