@@ -93,17 +93,18 @@ grad = {b: jax.jit(jax.value_and_grad(lambda p, h, t, b=b: kl_loss(p, h, t, b)))
 
 params = {str(l): tuple(jnp.asarray(a) for a in si[l]) for l in sorted(set(sum(SETS.values(), [])))}
 def evaluate(params, chunks):
-    out = {}
-    for b in SETS:
-        nll, kl, cnt = 0.0, 0.0, 0
-        for i in chunks:
-            h = prefix(chunk(i)); lpf = full_from(params, h); lq = fwd[b](params, h)
-            t = ids[i * 512 + 1:(i + 1) * 512]
-            sl = slice(256, 511)
-            nll -= float(lq[sl][np.arange(255), t[256:]].sum())
-            kl += float((jnp.exp(lpf[sl]) * (lpf[sl] - lq[sl])).sum()); cnt += 255
-        out[b] = (round(float(np.exp(nll / cnt)), 3), round(kl / cnt, 4))
-    return out
+    # The full model's reference is computed once per chunk and shared by every set.
+    nll, kl = {b: 0.0 for b in SETS}, {b: 0.0 for b in SETS}
+    sl = slice(256, 511)
+    for i in chunks:
+        h = prefix(chunk(i)); lpf = full_from(params, h)
+        t = ids[i * 512 + 1:(i + 1) * 512]
+        for b in SETS:
+            lq = fwd[b](params, h)
+            nll[b] -= float(lq[sl][np.arange(255), t[256:]].sum())
+            kl[b] += float((jnp.exp(lpf[sl]) * (lpf[sl] - lq[sl])).sum())
+    cnt = 255 * len(chunks)
+    return {b: (round(float(np.exp(nll[b] / cnt)), 3), round(kl[b] / cnt, 4)) for b in SETS}
 def export(params, path):
     ranks = hdr['ranks']; payload = []
     for l, r in enumerate(ranks):

@@ -30,7 +30,7 @@ struct Chat: ParsableCommand {
     var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.")
     var standIns: StandInChoice = .auto
-    @Option(name: .long, help: "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure).")
+    @Option(name: .long, help: PromptDepth.help)
     var promptDepth: PromptDepth = .full
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"

@@ -5,7 +5,10 @@ import Foundation
 
 extension KVPolicy: ExpressibleByArgument {}
 extension StandInChoice: ExpressibleByArgument {}
-extension PromptDepth: ExpressibleByArgument {}
+extension PromptDepth: ExpressibleByArgument {
+    /// --prompt-depth's help, shared by `chat` and `generate` (both default to full).
+    static let help: ArgumentHelp = "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure)."
+}
 
 /// A budget as typed: a number in (0, 1] or `auto`.
 typealias BudgetArgument = BudgetChoice
@@ -20,7 +23,7 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (its K/V from the layer's input, about 6 % of a layer, computed only when a later token runs that layer; the default, since the router mixes layer sets token by token), mask (later tokens ignore it), zero (zero-filled entries, the paper's choice).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds instead of nothing: on (the model's stand-ins, routers/stand-ins.bin), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).") var rerouteEvery: Int = 1
-    @Option(name: .long, help: "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure).") var promptDepth: PromptDepth = .full
+    @Option(name: .long, help: PromptDepth.help) var promptDepth: PromptDepth = .full
 
     func validate() throws {
         guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
