@@ -5,8 +5,10 @@
 # Held-out: WikiText-2 chunks 36-51 (never used for fitting, selection or training, nor looked
 # at while the stand-ins were developed; chunks 20-23 were), the
 # odd-position MT-Bench prompts. The stand-ins were fitted on chunks 0-13 and train-split
-# prompts 0-23, with rank and ridge chosen on chunks 14-19 and prompts 24-31 (and the variant
-# chosen on chunks 204-219 and train-split prompts 32-39: docs/STAND-INS.md).
+# prompts 0-23, with rank and ridge chosen on chunks 14-19 and prompts 24-31, then tuned on KL
+# from full depth on chunks 0-13 and 84-115 and prompts 0-23 (the epoch chosen on chunks 14-19
+# and prompts 24-31), and the variants chosen on chunks 204-219 and train-split prompts 32-39
+# (docs/STAND-INS.md).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -133,9 +133,11 @@ def si_table(title, rows, key, fmt, note, lower_is_better=True):
     print()
 if si_ppl or si_chat:
     print("## With stand-ins (the default): each method with (on) and without (off) them\n\n"
-          "A skipped layer adds its stand-in, a low-rank affine map of its normalised input fitted in closed form "
-          "(`routers/stand-ins.bin`, docs/STAND-INS.md: fitted on WikiText-2 chunks 0–13 and train-split chat prompts 0–23, "
-          "rank and ridge chosen on chunks 14–19 and prompts 24–31, the variant chosen on chunks 204–219 and prompts 32–39). "
+          "A skipped layer adds its stand-in, a low-rank affine map of its normalised input fitted in closed form and then "
+          "tuned on the model's output (`routers/stand-ins.bin`, docs/STAND-INS.md: fitted on WikiText-2 chunks 0–13 and "
+          "train-split chat prompts 0–23, rank and ridge chosen on chunks 14–19 and prompts 24–31; tuned on KL from full depth "
+          "on chunks 0–13 and 84–115 and prompts 0–23, the epoch chosen on chunks 14–19 and prompts 24–31; "
+          "the variants chosen on chunks 204–219 and prompts 32–39). "
           "Every method gets the same stand-ins. "
           "Measured by `scripts/eval_stand_ins.sh run`; KV policy `fill`.\n")
     if si_ppl:

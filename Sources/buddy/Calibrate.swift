@@ -18,9 +18,12 @@ struct Calibrate: ParsableCommand {
             (buddy eval perplexity --skip-chunks). Example:
               buddy calibrate shortgpt --data ../shared/data/wikitext2_valid.txt --out routers/shortgpt-ranking.json
             stand-ins: fits, for every routable layer, the low-rank affine map of its
-            RMS-normalised input that a skipped layer adds instead (closed-form ridge
-            regression, rank and ridge chosen per layer on validation text; the options
-            marked "stand-ins" apply). docs/STAND-INS.md says how the shipped file was made:
+            RMS-normalised input that a skipped layer adds instead (stage one: closed-form
+            ridge regression, rank and ridge chosen per layer on validation text), then tunes
+            the stand-ins of the layers the slider's sets skip on the model's output (stage
+            two: KL from full depth, back-propagated through the later layers, --tune-*).
+            The options marked "stand-ins" apply. The shipped file's notes hold the command
+            that made it (docs/STAND-INS.md), e.g.
               buddy calibrate stand-ins --data ../shared/data/wikitext2_valid.txt --out routers/stand-ins.bin
             """)
 
@@ -57,9 +60,19 @@ struct StandInCalibrationOptions: ParsableArguments {
     @Option(name: .long, help: "(stand-ins) ranks to choose from per layer.") var ranks: String = "0,16,32,64,128"
     @Option(name: .long, help: "(stand-ins) relative ridge penalties to choose from per layer.") var ridges: String = "0.001,0.01,0.1"
 
+    @Option(name: .long, help: "(stand-ins) epochs of stage two, which tunes the stand-ins on the model's output (KL from full depth, back-propagated through the later layers; 0: closed form only).") var tuneEpochs: Int = 1
+    @Option(name: .long, help: "(stand-ins) stage two's Adam learning rate.") var tuneLearningRate: Double = 1e-4
+    @Option(name: .long, help: "(stand-ins) text chunks stage two trains on (with the --chat-prompts replies); it validates on --validation-chunks and --chat-validation-prompts.") var tuneChunks: String = "0..<14,84..<116"
+    @Option(name: .long, help: "(stand-ins) routers whose layer sets at --tune-budgets stage two trains (buddy: every candidate set the Decision Module may pick).") var tuneSets: String = "sleb,shortgpt,buddy"
+    @Option(name: .long, help: "(stand-ins) budgets of those sets.") var tuneBudgets: String = "0.9,0.8"
+    @Option(name: .long, help: "(stand-ins) start stage two from this stand-in file instead of fitting stage one (experiments; the notes name the file).") var initial: String?
+
     var fitting: StandInFitting {
-        StandInFitting(trainChunks: trainChunks, validationChunks: validationChunks, chatData: chatData, chatPrompts: chatPrompts,
+        var f = StandInFitting(trainChunks: trainChunks, validationChunks: validationChunks, chatData: chatData, chatPrompts: chatPrompts,
                        chatValidationPrompts: chatValidationPrompts, replyTokens: replyTokens, scenarios: scenarios, scenarioBudgets: scenarioBudgets,
                        rowStride: rowStride, relativeError: relativeError, ranks: ranks, ridges: ridges)
+        f.tuneEpochs = tuneEpochs; f.tuneLearningRate = tuneLearningRate; f.tuneChunks = tuneChunks
+        f.tuneSets = tuneSets; f.tuneBudgets = tuneBudgets; f.initial = initial
+        return f
     }
 }

@@ -82,6 +82,17 @@ final class DriverTests: XCTestCase {
         XCTAssertThrowsError(try StandInFitting(trainChunks: "0..<14,80..<90").chunkLists()) {
             XCTAssertEqual("\($0)", "calibration chunks overlap chunks 20-83, which EVAL.md's perplexity scores")
         }
+        // Stage two's chunks obey the same rules (and are not read when it is off).
+        var tuning = StandInFitting()
+        XCTAssertEqual(try tuning.chunkLists().tune, Array(0..<14) + Array(84..<116))
+        tuning.tuneChunks = "14..<16"
+        XCTAssertThrowsError(try tuning.chunkLists()) { XCTAssertEqual("\($0)", "--tune-chunks and --validation-chunks overlap") }
+        tuning.tuneChunks = "60..<62"
+        XCTAssertThrowsError(try tuning.chunkLists()) {
+            XCTAssertEqual("\($0)", "calibration chunks overlap chunks 20-83, which EVAL.md's perplexity scores")
+        }
+        tuning.tuneEpochs = 0
+        XCTAssertEqual(try tuning.chunkLists().tune, [])
     }
 
     func testOptionValidationNamesTheOption() throws {

@@ -87,15 +87,22 @@ final class StandInTuningTests: XCTestCase {
         }
     }
 
-    /// On SmolLM2 the float32 pass gives the engine's next-token distributions: at full depth
-    /// and with layers 4, 5 and 17 replaced by the shipped stand-ins (mean KL between the two
-    /// under 0.01 nats, the same top token at ≥ 95 % of positions; the engine quantises
-    /// activations to 8 bits, this pass does not).
+    /// On the real models the float32 pass gives the engine's next-token distributions: at full
+    /// depth and with three layers replaced by the shipped stand-ins (mean KL between the two
+    /// under 0.01 nats on SmolLM2, 0.02 on Gemma, the same top token at ≥ 90 % of positions, near-ties differing; the
+    /// engine quantises activations to 8 bits and Gemma's K, V and GELU to half precision, this
+    /// pass does not).
     func testDenseForwardAgreesWithTheEngine() throws {
-        let model = try TestSupport.model()
+        let text = "The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that changed physics: on the photoelectric effect, Brownian motion, special relativity and the equivalence of mass and energy."
+        try agreement(model: TestSupport.model(), text: text, skipped: [4, 5, 17], maxKL: 0.01)
+        try agreement(model: LanguageModel(path: GemmaSupport.modelPath), text: text, skipped: [3, 10, 12], maxKL: 0.02)
+    }
+
+    private func agreement(model: LanguageModel, text: String, skipped: [Int], maxKL: Double) throws {
         let c = model.config, L = c.layers, v = c.vocabSize, d = c.dim
-        let standIns = try StandInFile.load(path: TestSupport.root.appendingPathComponent("routers/stand-ins.bin").path, config: c, fingerprint: model.fingerprint)
-        let tokens = try model.tokenizer.encode("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that changed physics: on the photoelectric effect, Brownian motion, special relativity and the equivalence of mass and energy.", parseSpecial: false)
+        let standIns = try XCTUnwrap(try Routers.autoStandIns(model: model).standIns)
+        var tokens = model.tokenizer.encode(text, parseSpecial: false)
+        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { tokens.insert(bos, at: 0) }
         let n = tokens.count
         let dense = DenseTransformer(model.transformer)
         let tape = DenseTape(config: c, maxTokens: n, maxRank: standIns.maxRank)
@@ -104,7 +111,7 @@ final class StandInTuningTests: XCTestCase {
         let normed = UnsafeMutablePointer<Float>.allocate(capacity: d), projected = UnsafeMutablePointer<Float>.allocate(capacity: d)
         defer { normed.deallocate(); projected.deallocate() }
         var mask = [Bool](repeating: true, count: L)
-        for l in [4, 5, 17] { mask[l] = false }
+        for l in skipped { mask[l] = false }
         for m in [[Bool](repeating: true, count: L), mask] {
             // Engine: batch layers, the stand-in added to each row of a skipped layer.
             model.transformer.prefillEmbed(tokens[...], start: 0, batch, cache)
@@ -132,8 +139,9 @@ final class StandInTuningTests: XCTestCase {
                 kl += Double(k)
                 if best == e.firstIndex(of: mx)! - e.startIndex { same += 1 }
             }
-            XCTAssertLessThan(kl / Double(n), 0.01, "mask \(m.enumerated().filter { !$0.1 }.map(\.0))")
-            XCTAssertGreaterThanOrEqual(Double(same) / Double(n), 0.95)
+            let label = "\(c.architecture) skipping \(m.enumerated().filter { !$0.1 }.map(\.0))"
+            XCTAssertLessThan(kl / Double(n), maxKL, label)
+            XCTAssertGreaterThanOrEqual(Double(same) / Double(n), 0.9, label)
         }
     }
 
