@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Stand-ins fitted on the model's output instead of each layer's update: a feasibility study
-for docs/STAND-INS.md ("Fitting on the output").
+for docs/STAND-INS.md ("Fitting on the output"). The product's version is stage two of
+`buddy calibrate stand-ins` (Swift: StandInTuning over DenseTransformer); this script stays as
+the independent JAX re-implementation the study used.
 
 Starts from the shipped stand-ins (routers/stand-ins.bin, variant G) and tunes the stand-ins
 of the layers that SLEB's and ShortGPT's sets skip at budgets 0.9 and 0.8 by gradient descent
