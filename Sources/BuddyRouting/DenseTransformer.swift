@@ -43,6 +43,21 @@ public struct TrainableStandIn: Sendable {
         self.rank = rank; self.bias = bias; self.down = down; self.up = up
     }
 
+    /// Zeros of `p`'s shapes: a gradient accumulator for it.
+    public init(zerosLike p: TrainableStandIn) {
+        rank = p.rank
+        bias = [Float](repeating: 0, count: p.bias.count)
+        down = [Float](repeating: 0, count: p.down.count)
+        up = [Float](repeating: 0, count: p.up.count)
+    }
+
+    /// Sets every parameter to 0 (an accumulator between steps).
+    public mutating func zero() {
+        for i in bias.indices { bias[i] = 0 }
+        for i in down.indices { down[i] = 0 }
+        for i in up.indices { up[i] = 0 }
+    }
+
     public var layer: StandIns.Layer { StandIns.Layer(rank: rank, bias: bias, down: down, up: up) }
 
     /// The parameters as one flat vector (bias, down, up) and back, for the optimiser.

@@ -42,10 +42,8 @@ public final class StandInTuning {
     /// [maxTokens × vocab]: the full model's log-probabilities of the current sequence.
     private let reference: FloatBuffer
 
-    public init(transformer: Transformer, maxTokens: Int, maxRank: Int) {
-        dense = DenseTransformer(transformer)
-        tape = DenseTape(config: transformer.config, maxTokens: maxTokens, maxRank: maxRank)
-        reference = FloatBuffer(maxTokens * transformer.config.vocabSize)
+    public convenience init(transformer: Transformer, maxTokens: Int, maxRank: Int) {
+        self.init(dense: DenseTransformer(transformer), maxTokens: maxTokens, maxRank: maxRank)
     }
 
     public init(dense: DenseTransformer, maxTokens: Int, maxRank: Int) {
@@ -103,6 +101,9 @@ public final class StandInTuning {
         // Adam state per tuned layer, over its flat parameter vector.
         var m = [Int: [Float]](), v = [Int: [Float]]()
         for l in tuned { m[l] = [Float](repeating: 0, count: params[l]!.parameterCount); v[l] = m[l] }
+        // Gradients of the tuned layers (every layer a set skips), zeroed before each step.
+        var grads = [TrainableStandIn?](repeating: nil, count: L)
+        for l in tuned { grads[l] = TrainableStandIn(zerosLike: params[l]!) }
         let beta1: Float = 0.9, beta2: Float = 0.999, adamEps: Float = 1e-8
         var step = 0
         let first = StandInTuning.firstSkipped(sets), totalSteps = options.epochs * train.count * sets.count
@@ -116,10 +117,7 @@ public final class StandInTuning {
                 prepare(s, first: first, standIns: params, eps: eps)
                 for set in sets {
                     epochLoss += loss(s, first: first, set: set, standIns: params, eps: eps)
-                    var grads: [TrainableStandIn?] = params.map { p in
-                        p.map { TrainableStandIn(rank: $0.rank, bias: [Float](repeating: 0, count: $0.bias.count),
-                                                 down: [Float](repeating: 0, count: $0.down.count), up: [Float](repeating: 0, count: $0.up.count)) }
-                    }
+                    for l in tuned { grads[l]!.zero() }
                     dense.backward(tape, n: s.tokens.count, from: first, mask: set, standIns: params, gradients: &grads)
                     step += 1; epochSteps += 1
                     let c1 = 1 - powf(beta1, Float(step)), c2 = 1 - powf(beta2, Float(step))

@@ -63,7 +63,7 @@ final class StandInTuningTests: XCTestCase {
             }
             let base = loss(standIns)
             XCTAssertGreaterThan(base, 1e-3, "the routed model must differ from the full one for the check to mean anything")
-            var grads: [TrainableStandIn?] = standIns.map { $0.map { _ in TrainableStandIn(rank: 3, bias: .init(repeating: 0, count: d), down: .init(repeating: 0, count: 3 * d), up: .init(repeating: 0, count: 3 * d)) } }
+            var grads: [TrainableStandIn?] = standIns.map { $0.map(TrainableStandIn.init(zerosLike:)) }
             model.backward(tape, n: n, from: 0, mask: mask, standIns: standIns, gradients: &grads)
             for l in [1, 3] {
                 let count = standIns[l]!.parameterCount
