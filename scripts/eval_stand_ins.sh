@@ -2,6 +2,11 @@
 # Held-out figures of the stand-ins (docs/STAND-INS.md, EVAL.md's stand-in section): every
 # method with and without stand-ins on the same data, decode speed with them on.
 #   scripts/eval_stand_ins.sh run      measure into eval/stand-ins-*.csv (about an hour on 2 cores)
+#   scripts/eval_stand_ins.sh router   after retraining the router only: re-measure the rows of
+#                                      method buddy (and the auto-budget and speed runs, which
+#                                      use the router) and replace them in those CSVs; the static
+#                                      methods' rows do not depend on the router and are kept
+#                                      (about 40 minutes)
 # Held-out: WikiText-2 chunks 36-51 (never used for fitting, selection or training, nor looked
 # at while the stand-ins were developed; chunks 20-23 were), the
 # odd-position MT-Bench prompts. The stand-ins were fitted on chunks 0-13 and train-split
@@ -15,27 +20,65 @@ cd "$root"
 data="${BUDDY_DATA:-$root/../shared/data}"
 buddy=.build/release/buddy
 budgets=1,0.9,0.8,0.7,0.5
-methods=buddy,sleb,shortgpt
+mode="${1:-run}"
+case "$mode" in
+run) methods=buddy,sleb,shortgpt; out=eval ;;
+router) methods=buddy; out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
+*) echo "usage: $0 run|router" >&2; exit 2 ;;
+esac
 mkdir -p eval
 swift build -c release --product buddy
 $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chunks 16 \
-  --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-ppl.csv
+  --budgets $budgets --methods $methods --stand-ins on,off --csv $out/stand-ins-ppl.csv
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-  --budgets $budgets --methods $methods --stand-ins on,off --csv eval/stand-ins-chat.csv
+  --budgets $budgets --methods $methods --stand-ins on,off --csv $out/stand-ins-chat.csv
 # The same with each prompt at full depth, as the chat and generate run a message by default.
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-  --budgets $budgets --methods $methods --stand-ins on,off --prompt-depth full --csv eval/prompt-full-chat.csv
+  --budgets $budgets --methods $methods --stand-ins on,off --prompt-depth full --csv $out/prompt-full-chat.csv
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
-  --budgets 0.9,0.7,0.5 --methods buddy,sleb,shortgpt --stand-ins on --csv eval/stand-ins-hellaswag.csv \
-  --items eval/stand-ins-hellaswag-items.csv
+  --budgets 0.9,0.7,0.5 --methods $methods --stand-ins on --csv $out/stand-ins-hellaswag.csv \
+  --items $out/stand-ins-hellaswag-items.csv
 # At 0.7 the first 400 tasks left the router 2.3 paired s.e. below ShortGPT: 1,000 more
 # held-out tasks (400-1399) at that budget narrow the estimate.
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 1000 \
-  --budgets 0.7 --methods buddy,shortgpt,sleb --stand-ins on --csv eval/stand-ins-hellaswag-400-1399.csv \
-  --items eval/stand-ins-hellaswag-items-400-1399.csv
+  --budgets 0.7 --methods ${methods/buddy,sleb,shortgpt/buddy,shortgpt,sleb} --stand-ins on --csv $out/stand-ins-hellaswag-400-1399.csv \
+  --items $out/stand-ins-hellaswag-items-400-1399.csv
 $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 \
   --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
 # Decode speed: one bench over the slider's budgets, then two longer ones at 0.5 (this VM varies
 # by +-20 % from minute to minute; EVAL.md takes the median of all per-round ratios).
 $buddy bench --budgets 1,0.9,0.7,0.5 --runs 9 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl
 for i in 1 2; do $buddy bench --budgets 1,0.5 --runs 15 --router buddy --stand-ins on --json; done > eval/stand-ins-bench-repeats.jsonl
+if [ "$mode" = router ]; then
+  # Replace the router's rows in place (same key columns), keep every other row.
+  python3 - "$out" <<'PY'
+import csv, sys, os
+tmp = sys.argv[1]
+for name in sorted(os.listdir(tmp)):
+    with open(os.path.join(tmp, name), newline='') as f:
+        new = list(csv.reader(f))
+    with open(os.path.join('eval', name), newline='') as f:
+        old = list(csv.reader(f))
+    header = old[0]
+    if new[0] != header:
+        sys.exit(f'{name}: columns differ from eval/{name}')
+    metrics = {'ppl', 'tokens', 'kl', 'top1_agreement', 'acc_norm', 'n', 'chosen'}
+    keys = [i for i, c in enumerate(header) if c not in metrics]
+    fresh = {tuple(r[i] for i in keys): r for r in new[1:]}
+    rows, used = [header], set()
+    for r in old[1:]:
+        k = tuple(r[i] for i in keys)
+        if r[0] == 'buddy':
+            if k not in fresh:
+                sys.exit(f'{name}: no new row for {k}')
+            r = fresh[k]
+            used.add(k)
+        rows.append(r)
+    if used != set(fresh):
+        sys.exit(f'{name}: new rows without a place: {sorted(set(fresh) - used)[:3]}')
+    with open(os.path.join('eval', name), 'w', newline='') as f:
+        csv.writer(f, lineterminator='\n').writerows(rows)
+    print(f'eval/{name}: {len(used)} router rows replaced')
+PY
+  rm -rf "$out"
+fi
