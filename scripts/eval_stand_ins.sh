@@ -22,8 +22,8 @@ buddy=.build/release/buddy
 budgets=1,0.9,0.8,0.7,0.5
 mode="${1:-run}"
 case "$mode" in
-run) methods=buddy,sleb,shortgpt; out=eval ;;
-router) methods=buddy; out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
+run) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; out=eval ;;
+router) methods=buddy; methods_extra_tasks=buddy; out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
 *) echo "usage: $0 run|router" >&2; exit 2 ;;
 esac
 mkdir -p eval
@@ -41,16 +41,11 @@ $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
 # At 0.7 the first 400 tasks left the router 2.3 paired s.e. below ShortGPT: 1,000 more
 # held-out tasks (400-1399) at that budget narrow the estimate.
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 1000 \
-  --budgets 0.7 --methods ${methods/buddy,sleb,shortgpt/buddy,shortgpt,sleb} --stand-ins on --csv $out/stand-ins-hellaswag-400-1399.csv \
+  --budgets 0.7 --methods $methods_extra_tasks --stand-ins on --csv $out/stand-ins-hellaswag-400-1399.csv \
   --items $out/stand-ins-hellaswag-items-400-1399.csv
-$buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 \
-  --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
-# Decode speed: one bench over the slider's budgets, then two longer ones at 0.5 (this VM varies
-# by +-20 % from minute to minute; EVAL.md takes the median of all per-round ratios).
-$buddy bench --budgets 1,0.9,0.7,0.5 --runs 9 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl
-for i in 1 2; do $buddy bench --budgets 1,0.5 --runs 15 --router buddy --stand-ins on --json; done > eval/stand-ins-bench-repeats.jsonl
 if [ "$mode" = router ]; then
-  # Replace the router's rows in place (same key columns), keep every other row.
+  # Replace the router's rows in place (same key columns), keep every other row; done before the
+  # auto-budget and speed runs so that an interrupted run keeps what it measured.
   python3 - "$out" <<'PY'
 import csv, sys, os
 tmp = sys.argv[1]
@@ -68,7 +63,7 @@ for name in sorted(os.listdir(tmp)):
     rows, used = [header], set()
     for r in old[1:]:
         k = tuple(r[i] for i in keys)
-        if r[0] == 'buddy':
+        if r[header.index('method')] == 'buddy':
             if k not in fresh:
                 sys.exit(f'{name}: no new row for {k}')
             r = fresh[k]
@@ -82,3 +77,9 @@ for name in sorted(os.listdir(tmp)):
 PY
   rm -rf "$out"
 fi
+$buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.25,0.4,0.6,1.0 \
+  --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
+# Decode speed: one bench over the slider's budgets, then two longer ones at 0.5 (this VM varies
+# by +-20 % from minute to minute; EVAL.md takes the median of all per-round ratios).
+$buddy bench --budgets 1,0.9,0.7,0.5 --runs 9 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl
+for i in 1 2; do $buddy bench --budgets 1,0.5 --runs 15 --router buddy --stand-ins on --json; done > eval/stand-ins-bench-repeats.jsonl
