@@ -7,6 +7,9 @@
 #                                      use the router) and replace them in those CSVs; the static
 #                                      methods' rows do not depend on the router and are kept
 #                                      (about 40 minutes)
+#   scripts/eval_stand_ins.sh stand-ins  after refitting the stand-ins only: re-measure every row
+#                                      with stand-ins on (every method), keep the rows with them
+#                                      off, which do not read the file (about 45 minutes)
 # Held-out: WikiText-2 chunks 36-51 (never used for fitting, selection or training, nor looked
 # at while the stand-ins were developed; chunks 20-23 were), the
 # odd-position MT-Bench prompts. The stand-ins were fitted on chunks 0-13 and train-split
@@ -24,17 +27,23 @@ mode="${1:-run}"
 case "$mode" in
 run) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; out=eval ;;
 router) methods=buddy; methods_extra_tasks=buddy; out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
-*) echo "usage: $0 run|router" >&2; exit 2 ;;
+stand-ins) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; out="$(mktemp -d /tmp/buddy-stand-in-rows.XXXXXX)" ;;
+*) echo "usage: $0 run|router|stand-ins" >&2; exit 2 ;;
+esac
+# Which rows a partial run measures again (the others are kept): the router's, or those with stand-ins on.
+case "$mode" in
+stand-ins) switches=on; replaced='stand_ins=on' ;;
+*) switches=on,off; replaced='method=buddy' ;;
 esac
 mkdir -p eval
 swift build -c release --product buddy
 $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chunks 16 \
-  --budgets $budgets --methods $methods --stand-ins on,off --csv $out/stand-ins-ppl.csv
+  --budgets $budgets --methods $methods --stand-ins $switches --csv $out/stand-ins-ppl.csv
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-  --budgets $budgets --methods $methods --stand-ins on,off --csv $out/stand-ins-chat.csv
+  --budgets $budgets --methods $methods --stand-ins $switches --csv $out/stand-ins-chat.csv
 # The same with each prompt at full depth, as the chat and generate run a message by default.
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-  --budgets $budgets --methods $methods --stand-ins on,off --prompt-depth full --csv $out/prompt-full-chat.csv
+  --budgets $budgets --methods $methods --stand-ins $switches --prompt-depth full --csv $out/prompt-full-chat.csv
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
   --budgets 0.9,0.7,0.5 --methods $methods --stand-ins on --csv $out/stand-ins-hellaswag.csv \
   --items $out/stand-ins-hellaswag-items.csv
@@ -43,12 +52,13 @@ $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 1000 \
   --budgets 0.7 --methods $methods_extra_tasks --stand-ins on --csv $out/stand-ins-hellaswag-400-1399.csv \
   --items $out/stand-ins-hellaswag-items-400-1399.csv
-if [ "$mode" = router ]; then
-  # Replace the router's rows in place (same key columns), keep every other row; done before the
+if [ "$mode" != run ]; then
+  # Replace the re-measured rows in place (same key columns), keep every other row; done before the
   # auto-budget and speed runs so that an interrupted run keeps what it measured.
-  python3 - "$out" <<'PY'
+  python3 - "$out" "$replaced" <<'PY'
 import csv, sys, os
 tmp = sys.argv[1]
+column, value = sys.argv[2].split('=')
 for name in sorted(os.listdir(tmp)):
     with open(os.path.join(tmp, name), newline='') as f:
         new = list(csv.reader(f))
@@ -63,7 +73,7 @@ for name in sorted(os.listdir(tmp)):
     rows, used = [header], set()
     for r in old[1:]:
         k = tuple(r[i] for i in keys)
-        if r[header.index('method')] == 'buddy':
+        if r[header.index(column)] == value:
             if k not in fresh:
                 sys.exit(f'{name}: no new row for {k}')
             r = fresh[k]
@@ -73,7 +83,7 @@ for name in sorted(os.listdir(tmp)):
         sys.exit(f'{name}: new rows without a place: {sorted(set(fresh) - used)[:3]}')
     with open(os.path.join('eval', name), 'w', newline='') as f:
         csv.writer(f, lineterminator='\n').writerows(rows)
-    print(f'eval/{name}: {len(used)} router rows replaced')
+    print(f'eval/{name}: {len(used)} rows with {column}={value} replaced')
 PY
   rm -rf "$out"
 fi

@@ -302,25 +302,30 @@ extension DenseTransformer {
     /// Runs layers from..<layers and the head over tape.stream(from) (n rows) and leaves
     /// log-probabilities [n × vocab] in tape.logits. Layer l runs where mask[l]; otherwise its
     /// stand-in is added (standIns[l]; nil: the layer is simply skipped). standInEps: the
-    /// stand-ins' normalisation epsilon.
-    public func forward(_ t: DenseTape, n: Int, from: Int, mask: [Bool], standIns: [TrainableStandIn?], standInEps: Float) {
-        runLayers(t, n: n, from..<config.layers, mask: mask, standIns: standIns, standInEps: standInEps)
+    /// stand-ins' normalisation epsilon. Rows below `routedFrom` run every layer (a prompt at
+    /// full depth, as the chat runs it, before a routed reply).
+    public func forward(_ t: DenseTape, n: Int, from: Int, mask: [Bool], standIns: [TrainableStandIn?], standInEps: Float, routedFrom: Int = 0) {
+        runLayers(t, n: n, from..<config.layers, mask: mask, standIns: standIns, standInEps: standInEps, routedFrom: routedFrom)
         head(t, n: n)
     }
 
     /// Layers `range` only: the stream entering range.upperBound is left in tape.stream(upperBound)
     /// (or, past the last layer, where `head` reads it).
-    public func runLayers(_ t: DenseTape, n: Int, _ range: Range<Int>, mask: [Bool], standIns: [TrainableStandIn?], standInEps: Float) {
+    public func runLayers(_ t: DenseTape, n: Int, _ range: Range<Int>, mask: [Bool], standIns: [TrainableStandIn?], standInEps: Float,
+                          routedFrom: Int = 0) {
         let c = config, L = c.layers, d = c.dim
-        precondition(n <= t.maxTokens && mask.count == L && standIns.count == L)
+        precondition(n <= t.maxTokens && mask.count == L && standIns.count == L && routedFrom >= 0)
+        let routed = min(routedFrom, n)..<n
         for l in range {
             let r = t.layers[l]
             let next = l + 1 < L ? t.layers[l + 1].x.p : t.final.p
-            if mask[l] {
+            if mask[l] || routed.isEmpty {
                 runLayer(l, r, n: n, out: next)
             } else {
-                next.update(from: r.x.p, count: n * d)
-                if let s = standIns[l] { applyStandIn(s, r, n: n, eps: standInEps, into: next) }
+                // Causal attention: the leading full-depth rows never read the routed ones.
+                if routed.lowerBound > 0 { runLayer(l, r, n: routed.lowerBound, out: next) }
+                (next + routed.lowerBound * d).update(from: r.x.p + routed.lowerBound * d, count: routed.count * d)
+                if let s = standIns[l] { applyStandIn(s, r, rows: routed, eps: standInEps, into: next) }
             }
         }
     }
@@ -342,14 +347,15 @@ extension DenseTransformer {
         }
     }
 
-    /// out = x + c + (rmsnorm(x)·Aᵀ)·Bᵀ, keeping x̂ and A·x̂.
-    func applyStandIn(_ s: TrainableStandIn, _ r: DenseTape.LayerRecord, n: Int, eps: Float, into out: UnsafeMutablePointer<Float>) {
-        let d = config.dim, k = s.rank
-        DenseTransformer.rmsNormRows(r.x.p, rows: n, width: d, stride: d, nil, eps: eps, r.xhat.p, inv: r.invS.p)
-        for i in 0..<n { for j in 0..<d { out[i * d + j] += s.bias[j] } }
+    /// out = x + c + (rmsnorm(x)·Aᵀ)·Bᵀ on `rows`, keeping x̂ and A·x̂.
+    func applyStandIn(_ s: TrainableStandIn, _ r: DenseTape.LayerRecord, rows: Range<Int>, eps: Float, into out: UnsafeMutablePointer<Float>) {
+        let d = config.dim, k = s.rank, n = rows.count, lo = rows.lowerBound
+        let x = r.x.p + lo * d, xhat = r.xhat.p + lo * d, proj = r.proj.p + lo * k, y = out + lo * d
+        DenseTransformer.rmsNormRows(x, rows: n, width: d, stride: d, nil, eps: eps, xhat, inv: r.invS.p + lo)
+        for i in 0..<n { for j in 0..<d { y[i * d + j] += s.bias[j] } }
         guard k > 0 else { return }
-        DenseTransformer.linear(r.xhat.p, n, s.down, out: k, in: d, r.proj.p)
-        DenseTransformer.linear(r.proj.p, n, s.up, out: d, in: k, out, accumulate: true)
+        DenseTransformer.linear(xhat, n, s.down, out: k, in: d, proj)
+        DenseTransformer.linear(proj, n, s.up, out: d, in: k, y, accumulate: true)
     }
 
     /// One transformer block over r.x, result in `out`.
@@ -438,10 +444,15 @@ extension DenseTransformer {
     /// Backpropagates d loss / d logits (in tape.logits, from `klLoss`) through the head and the
     /// layers of the last `forward`, down to the lowest layer whose stand-in is trained, and
     /// adds d loss / d parameters of every applied stand-in into `gradients` (same shapes).
-    public func backward(_ t: DenseTape, n: Int, from: Int, mask: [Bool], standIns: [TrainableStandIn?], gradients: inout [TrainableStandIn?]) {
+    /// With `routedFrom` > 0 (as in that forward), rows below it ran every layer: no stand-in
+    /// reaches them (they precede the routed rows), so their gradients past a skipped layer are
+    /// left unfinished; only the routed rows' gradients, which they never feed, are used.
+    public func backward(_ t: DenseTape, n: Int, from: Int, mask: [Bool], standIns: [TrainableStandIn?], gradients: inout [TrainableStandIn?],
+                         routedFrom: Int = 0) {
         let c = config, L = c.layers, d = c.dim
         typealias T = DenseTransformer
-        guard let lowest = (from..<L).first(where: { !mask[$0] && standIns[$0] != nil }) else { return }
+        let routed = min(routedFrom, n)..<n
+        guard !routed.isEmpty, let lowest = (from..<L).first(where: { !mask[$0] && standIns[$0] != nil }) else { return }
         T.linearBackward(t.logits, n, output, out: c.vocabSize, in: d, t.dHat.p, accumulate: false)
         T.rmsNormRowsBackward(t.final.p, rows: n, width: d, stride: d, outputNorm, inv: t.invFinal.p, t.dHat.p, t.dx.p, accumulate: false)
         for l in stride(from: L - 1, through: lowest, by: -1) {
@@ -449,27 +460,28 @@ extension DenseTransformer {
             if mask[l] {
                 layerBackward(l, r, t, n: n)
             } else if let s = standIns[l] {
-                standInBackward(s, r, t, n: n, gradient: &gradients[l]!)
+                standInBackward(s, r, t, rows: routed, gradient: &gradients[l]!)
             }
         }
     }
 
     /// t.dx holds d loss / d (stand-in output); adds the parameter gradients and turns t.dx into
     /// d loss / d (its input).
-    func standInBackward(_ s: TrainableStandIn, _ r: DenseTape.LayerRecord, _ t: DenseTape, n: Int, gradient g: inout TrainableStandIn) {
-        let d = config.dim, k = s.rank, dy = t.dx.p
+    func standInBackward(_ s: TrainableStandIn, _ r: DenseTape.LayerRecord, _ t: DenseTape, rows: Range<Int>, gradient g: inout TrainableStandIn) {
+        let d = config.dim, k = s.rank, n = rows.count, lo = rows.lowerBound
+        let dy = t.dx.p + lo * d, x = r.x.p + lo * d, xhat = r.xhat.p + lo * d, proj = r.proj.p + lo * k
         for i in 0..<n { for j in 0..<d { g.bias[j] += dy[i * d + j] } }
         guard k > 0 else { return }
         // dB += dyᵀ·proj [d × k]; dproj = dy·B [n × k]; dA += dprojᵀ·x̂ [k × d]; dx̂ = dproj·A.
         g.up.withUnsafeMutableBufferPointer { up in
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(d), Int32(k), Int32(n), 1, dy, Int32(d), r.proj.p, Int32(k), 1, up.baseAddress!, Int32(k))
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(d), Int32(k), Int32(n), 1, dy, Int32(d), proj, Int32(k), 1, up.baseAddress!, Int32(k))
         }
         DenseTransformer.linearBackward(dy, n, s.up, out: d, in: k, t.dProj.p, accumulate: false)
         g.down.withUnsafeMutableBufferPointer { down in
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(k), Int32(d), Int32(n), 1, t.dProj.p, Int32(k), r.xhat.p, Int32(d), 1, down.baseAddress!, Int32(d))
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(k), Int32(d), Int32(n), 1, t.dProj.p, Int32(k), xhat, Int32(d), 1, down.baseAddress!, Int32(d))
         }
         DenseTransformer.linearBackward(t.dProj.p, n, s.down, out: k, in: d, t.dHat.p, accumulate: false)
-        DenseTransformer.rmsNormRowsBackward(r.x.p, rows: n, width: d, stride: d, nil, inv: r.invS.p, t.dHat.p, dy, accumulate: true)
+        DenseTransformer.rmsNormRowsBackward(x, rows: n, width: d, stride: d, nil, inv: r.invS.p + lo, t.dHat.p, dy, accumulate: true)
     }
 
     /// t.dx holds d loss / d (block output); turns it into d loss / d (block input).

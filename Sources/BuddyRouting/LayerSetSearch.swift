@@ -6,10 +6,14 @@ import Foundation
 public struct SearchSequence: Sendable {
     public let tokens: [Int32]
     public let scored: Range<Int>
-    public init(tokens: [Int32], scored: Range<Int>) {
+    /// How many leading tokens are a chat prompt (0: plain text); the chat runs them at full depth.
+    public let prompt: Int
+    public init(tokens: [Int32], scored: Range<Int>, prompt: Int = 0) {
         precondition(scored.lowerBound >= 0 && scored.upperBound <= tokens.count, "scored positions outside the sequence")
+        precondition(prompt >= 0 && prompt <= tokens.count, "prompt longer than the sequence")
         self.tokens = tokens
         self.scored = scored
+        self.prompt = prompt
     }
 }
 

@@ -20,8 +20,11 @@ public final class StandInTuning {
         public var epochs: Int
         public var learningRate: Float
         public var seed: UInt64
-        public init(epochs: Int = 1, learningRate: Float = 1e-4, seed: UInt64 = 0) {
-            self.epochs = epochs; self.learningRate = learningRate; self.seed = seed
+        /// How a chat sequence's prompt runs: at the set's depth (as `buddy eval chat` measures by
+        /// default) or at full depth, as the chat runs a message (only the reply is routed).
+        public var promptDepth: PromptDepth
+        public init(epochs: Int = 1, learningRate: Float = 1e-4, seed: UInt64 = 0, promptDepth: PromptDepth = .budget) {
+            self.epochs = epochs; self.learningRate = learningRate; self.seed = seed; self.promptDepth = promptDepth
         }
     }
 
@@ -62,19 +65,22 @@ public final class StandInTuning {
         reference.p.update(from: tape.logits, count: n * dense.config.vocabSize)
     }
 
-    /// KL(full ‖ set) over the scored rows of `s` with the current stand-ins (after `prepare`).
-    private func loss(_ s: SearchSequence, first: Int, set: [Bool], standIns: [TrainableStandIn?], eps: Float) -> Double {
-        dense.forward(tape, n: s.tokens.count, from: first, mask: set, standIns: standIns, standInEps: eps)
+    /// KL(full ‖ set) over the scored rows of `s` with the current stand-ins (after `prepare`);
+    /// rows below `routedFrom` run at full depth.
+    private func loss(_ s: SearchSequence, first: Int, set: [Bool], standIns: [TrainableStandIn?], eps: Float, routedFrom: Int) -> Double {
+        dense.forward(tape, n: s.tokens.count, from: first, mask: set, standIns: standIns, standInEps: eps, routedFrom: routedFrom)
         return dense.klLoss(tape, n: s.tokens.count, reference: reference.p, rows: s.scored)
     }
 
-    /// Mean KL per set over `sequences`.
-    public func evaluate(_ sequences: [SearchSequence], sets: [[Bool]], standIns: [TrainableStandIn?], eps: Float) -> [Double] {
+    /// Mean KL per set over `sequences` (prompts at `promptDepth`).
+    public func evaluate(_ sequences: [SearchSequence], sets: [[Bool]], standIns: [TrainableStandIn?], eps: Float,
+                         promptDepth: PromptDepth = .budget) -> [Double] {
         let first = StandInTuning.firstSkipped(sets)
         var total = [Double](repeating: 0, count: sets.count)
         for s in sequences {
             prepare(s, first: first, standIns: standIns, eps: eps)
-            for (k, set) in sets.enumerated() { total[k] += loss(s, first: first, set: set, standIns: standIns, eps: eps) }
+            let routedFrom = promptDepth == .full ? s.prompt : 0
+            for (k, set) in sets.enumerated() { total[k] += loss(s, first: first, set: set, standIns: standIns, eps: eps, routedFrom: routedFrom) }
         }
         return total.map { $0 / Double(max(sequences.count, 1)) }
     }
@@ -96,7 +102,7 @@ public final class StandInTuning {
         let tuned = Set(sets.flatMap { set in (0..<L).filter { !set[$0] && initial.layers[$0] != nil } }).sorted()
         var params: [TrainableStandIn?] = initial.layers.map { $0.map(TrainableStandIn.init) }
         var report = Report()
-        report.validation.append(evaluate(validation, sets: sets, standIns: params, eps: eps))
+        report.validation.append(evaluate(validation, sets: sets, standIns: params, eps: eps, promptDepth: options.promptDepth))
         var best = (score: Report.mean(report.validation[0]), params: params)
         // Adam state per tuned layer, over its flat parameter vector.
         var m = [Int: [Float]](), v = [Int: [Float]]()
@@ -115,10 +121,11 @@ public final class StandInTuning {
             for i in order {
                 let s = train[i]
                 prepare(s, first: first, standIns: params, eps: eps)
+                let routedFrom = options.promptDepth == .full ? s.prompt : 0
                 for set in sets {
-                    epochLoss += loss(s, first: first, set: set, standIns: params, eps: eps)
+                    epochLoss += loss(s, first: first, set: set, standIns: params, eps: eps, routedFrom: routedFrom)
                     for l in tuned { grads[l]!.zero() }
-                    dense.backward(tape, n: s.tokens.count, from: first, mask: set, standIns: params, gradients: &grads)
+                    dense.backward(tape, n: s.tokens.count, from: first, mask: set, standIns: params, gradients: &grads, routedFrom: routedFrom)
                     step += 1; epochSteps += 1
                     let c1 = 1 - powf(beta1, Float(step)), c2 = 1 - powf(beta2, Float(step))
                     // Every tuned layer moves every step (its moments decay when this set runs it),
@@ -139,7 +146,7 @@ public final class StandInTuning {
                 }
             }
             report.trainLoss.append(epochLoss / Double(max(epochSteps, 1)))
-            let val = evaluate(validation, sets: sets, standIns: params, eps: eps)
+            let val = evaluate(validation, sets: sets, standIns: params, eps: eps, promptDepth: options.promptDepth)
             report.validation.append(val)
             if Report.mean(val) < best.score {
                 best = (Report.mean(val), params)

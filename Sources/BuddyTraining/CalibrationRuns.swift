@@ -85,6 +85,8 @@ public struct StandInFitting {
     /// Routers whose layer sets at `tuneBudgets` stage two trains (a Decision Module: every candidate set).
     public var tuneSets: String = "sleb,shortgpt,buddy"
     public var tuneBudgets: String = "0.9,0.8"
+    /// How stage two runs a chat sequence's prompt (text chunks are routed throughout).
+    public var tunePromptDepth: PromptDepth = .budget
     /// Start stage two from this stand-in file instead of fitting stage one (for experiments:
     /// the notes then name the file, so a shipped file should come from the full command).
     public var initial: String?
@@ -176,7 +178,7 @@ public struct StandInFitting {
         let command = "buddy calibrate stand-ins\(modelArgument) --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
             + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" } ?? "")
             + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError) --ranks \(ranks) --ridges \(ridges)"
-            + " --tune-epochs \(tuneEpochs)" + (tuneEpochs > 0 ? " --tune-learning-rate \(tuneLearningRate) --tune-chunks \(tuneChunks) --tune-sets \(tuneSets) --tune-budgets \(tuneBudgets)" : "")
+            + " --tune-epochs \(tuneEpochs)" + (tuneEpochs > 0 ? " --tune-learning-rate \(tuneLearningRate) --tune-chunks \(tuneChunks) --tune-sets \(tuneSets) --tune-budgets \(tuneBudgets) --tune-prompt-depth \(tunePromptDepth.rawValue)" : "")
         var standIns: StandIns
         var notes: String
         let start = Date()
@@ -205,7 +207,7 @@ public struct StandInFitting {
                                        maxRank: standIns.maxRank)
             let bar = report.progress("tune on KL", tuneEpochs * tuneTrain.count * tuneSetMasks.count)
             let (tuned, r) = try tuning.tune(standIns, sets: tuneSetMasks, train: tuneTrain, validation: tuneValidation,
-                                             options: .init(epochs: tuneEpochs, learningRate: Float(tuneLearningRate))) { done, _, kl in
+                                             options: .init(epochs: tuneEpochs, learningRate: Float(tuneLearningRate), promptDepth: tunePromptDepth)) { done, _, kl in
                 bar.update(done, detail: String(format: "train KL %.4f", kl))
             }
             standIns = tuned
@@ -213,7 +215,7 @@ public struct StandInFitting {
             let rows = r.validation.enumerated().map { e, v in
                 (e == 0 ? "closed form" : "epoch \(e)") + String(format: " %.4f (", StandInTuning.Report.mean(v)) + v.map { String(format: "%.3f", $0) }.joined(separator: " ") + ")"
             }
-            notes += "\nstage two: tuned on KL from full depth, \(tuneEpochs) epoch(s), Adam learning rate \(tuneLearningRate), \(tuneTrain.count) training / \(tuneValidation.count) validation sequences, skipped sets "
+            notes += "\nstage two: tuned on KL from full depth, \(tuneEpochs) epoch(s), Adam learning rate \(tuneLearningRate), chat prompts at \(tunePromptDepth == .full ? "full depth" : "the set's depth"), \(tuneTrain.count) training / \(tuneValidation.count) validation sequences, skipped sets "
                 + names.joined(separator: " ") + "; mean validation KL per set: " + rows.joined(separator: "; ")
                 + "; kept: " + (r.chosen == 0 ? "closed form" : "epoch \(r.chosen)")
             report.line("stage two (KL) validation, mean over sets: " + rows.joined(separator: "; "))

@@ -61,7 +61,7 @@ public enum TrainingData {
             let reply = try chat.reference(prompt: prompt, maxTokens: replyTokens).reply
             // Position p predicts token p+1: score the positions that predict the reply.
             let tokens = prompt + reply
-            sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1)))
+            sequences.append(SearchSequence(tokens: tokens, scored: (prompt.count - 1)..<(tokens.count - 1), prompt: prompt.count))
             return reply
         }
         let bar = report.progress("full-depth replies", prompts.count)

@@ -39,9 +39,10 @@ final class StandInTuningTests: XCTestCase {
     /// KL(full ‖ routed) over rows 2..<9 of a 9-token sequence with layers 1 and 3 replaced by
     /// rank-3 stand-ins: the backward pass's gradient of every stand-in parameter block, along
     /// random directions, matches central finite differences (so attention, RoPE, the norms,
-    /// the gated MLP and the head are differentiated right, for both block types).
+    /// the gated MLP and the head are differentiated right, for both block types), with every
+    /// row routed and with rows 0-3 at full depth (a prompt as the chat runs it).
     func testStandInGradientsMatchFiniteDifferences() throws {
-        for gemma in [false, true] {
+        for gemma in [false, true] { for routedFrom in [0, 4] {
             let model = try Self.tiny(gemma: gemma, seed: gemma ? 7 : 3)
             let c = model.config, d = c.dim, n = 9
             let tape = DenseTape(config: c, maxTokens: n, maxRank: 3)
@@ -58,13 +59,13 @@ final class StandInTuningTests: XCTestCase {
             let reference = Array(UnsafeBufferPointer(start: tape.logits, count: n * c.vocabSize))
             func loss(_ s: [TrainableStandIn?]) -> Double {
                 model.embed(tokens, into: tape.stream(0))
-                model.forward(tape, n: n, from: 0, mask: mask, standIns: s, standInEps: eps)
+                model.forward(tape, n: n, from: 0, mask: mask, standIns: s, standInEps: eps, routedFrom: routedFrom)
                 return reference.withUnsafeBufferPointer { model.klLoss(tape, n: n, reference: $0.baseAddress!, rows: 2..<n) }
             }
             let base = loss(standIns)
             XCTAssertGreaterThan(base, 1e-3, "the routed model must differ from the full one for the check to mean anything")
             var grads: [TrainableStandIn?] = standIns.map { $0.map(TrainableStandIn.init(zerosLike:)) }
-            model.backward(tape, n: n, from: 0, mask: mask, standIns: standIns, gradients: &grads)
+            model.backward(tape, n: n, from: 0, mask: mask, standIns: standIns, gradients: &grads, routedFrom: routedFrom)
             for l in [1, 3] {
                 let count = standIns[l]!.parameterCount
                 // Blocks: bias, down (A), up (B).
@@ -81,14 +82,16 @@ final class StandInTuningTests: XCTestCase {
                     }
                     let numeric = (loss(shifted(1)) - loss(shifted(-1))) / Double(2 * h)
                     XCTAssertEqual(numeric, analytic, accuracy: 0.02 * abs(analytic) + 2e-4,
-                                   "\(gemma ? "gemma3" : "llama") layer \(l) \(name): finite difference \(numeric), backward \(analytic)")
+                                   "\(gemma ? "gemma3" : "llama") routed from \(routedFrom), layer \(l) \(name): finite difference \(numeric), backward \(analytic)")
                 }
             }
-        }
+        } }
     }
 
     /// On the real models the float32 pass gives the engine's next-token distributions: at full
-    /// depth and with three layers replaced by the shipped stand-ins (mean KL between the two
+    /// depth, with three layers replaced by the shipped stand-ins, and with those layers replaced
+    /// only after the first half of the rows (which run every layer, a prompt as the chat runs
+    /// it; the engine runs the layer on every row and puts the later rows back) (mean KL between the two
     /// under 0.01 nats on SmolLM2, 0.02 on Gemma, the same top token at ≥ 90 % of positions, near-ties differing; the
     /// engine quantises activations to 8 bits and Gemma's K, V and GELU to half precision, this
     /// pass does not).
@@ -112,19 +115,26 @@ final class StandInTuningTests: XCTestCase {
         defer { normed.deallocate(); projected.deallocate() }
         var mask = [Bool](repeating: true, count: L)
         for l in skipped { mask[l] = false }
-        for m in [[Bool](repeating: true, count: L), mask] {
-            // Engine: batch layers, the stand-in added to each row of a skipped layer.
+        var saved = [Float](repeating: 0, count: n * d)
+        for (m, routedFrom) in [([Bool](repeating: true, count: L), 0), (mask, 0), (mask, n / 2)] {
+            // Engine: batch layers, the stand-in added to each routed row of a skipped layer.
             model.transformer.prefillEmbed(tokens[...], start: 0, batch, cache)
             for l in 0..<L {
                 cache.truncate(to: 0)
                 if m[l] { model.transformer.prefillLayers(l..<(l + 1), n: n, start: 0, batch, cache) } else {
-                    for i in 0..<n { standIns.apply(layer: l, batch.x + i * d, normed: normed, projected: projected) }
+                    if routedFrom > 0 {
+                        saved.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: batch.x, count: n * d) }
+                        model.transformer.prefillLayers(l..<(l + 1), n: n, start: 0, batch, cache)
+                        saved.withUnsafeBufferPointer { (batch.x + routedFrom * d).update(from: $0.baseAddress! + routedFrom * d, count: (n - routedFrom) * d) }
+                    }
+                    for i in routedFrom..<n { standIns.apply(layer: l, batch.x + i * d, normed: normed, projected: projected) }
                 }
             }
             var engine = [Float](repeating: 0, count: n * v)
             engine.withUnsafeMutableBufferPointer { model.transformer.batchLogitsAll(n: n, batch, $0.baseAddress!) }
             dense.embed(tokens, into: tape.stream(0))
-            dense.forward(tape, n: n, from: 0, mask: m, standIns: standIns.layers.map { $0.map(TrainableStandIn.init) }, standInEps: standIns.eps)
+            dense.forward(tape, n: n, from: 0, mask: m, standIns: standIns.layers.map { $0.map(TrainableStandIn.init) }, standInEps: standIns.eps,
+                          routedFrom: routedFrom)
             var kl = 0.0, same = 0
             for i in 0..<n {
                 let e = engine[(i * v)..<((i + 1) * v)], mx = e.max()!
@@ -139,7 +149,7 @@ final class StandInTuningTests: XCTestCase {
                 kl += Double(k)
                 if best == e.firstIndex(of: mx)! - e.startIndex { same += 1 }
             }
-            let label = "\(c.architecture) skipping \(m.enumerated().filter { !$0.1 }.map(\.0))"
+            let label = "\(c.architecture) skipping \(m.enumerated().filter { !$0.1 }.map(\.0)) from row \(routedFrom)"
             XCTAssertLessThan(kl / Double(n), maxKL, label)
             XCTAssertGreaterThanOrEqual(Double(same) / Double(n), 0.9, label)
         }
