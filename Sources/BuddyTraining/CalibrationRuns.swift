@@ -70,6 +70,8 @@ public struct StandInFitting {
     public var chatPrompts: String = "0..<16"
     public var chatValidationPrompts: String = "16..<24"
     public var replyTokens: Int = 96
+    /// Also each chat prompt's follow-up turn (after the full model's first reply), for fitting and validation.
+    public var secondTurns: Bool = false
     public var scenarios: String = "sleb,shortgpt"
     public var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
     public var rowStride: Int = 2
@@ -165,8 +167,8 @@ public struct StandInFitting {
         if let chatData {
             let fit = try TrainingData.chunkRange(chatPrompts, "--chat-prompts"), val = try TrainingData.chunkRange(chatValidationPrompts, "--chat-validation-prompts")
             guard !fit.overlaps(val) else { throw ToolError("--chat-prompts and --chat-validation-prompts overlap") }
-            chatTrain = try TrainingData.chatSequences(model: model, path: chatData, prompts: fit, replyTokens: replyTokens, threads: threads, report: report)
-            chatValidation = try TrainingData.chatSequences(model: model, path: chatData, prompts: val, replyTokens: replyTokens, threads: threads, report: report)
+            chatTrain = try TrainingData.chatSequences(model: model, path: chatData, prompts: fit, replyTokens: replyTokens, threads: threads, secondTurns: secondTurns, report: report)
+            chatValidation = try TrainingData.chatSequences(model: model, path: chatData, prompts: val, replyTokens: replyTokens, threads: threads, secondTurns: secondTurns, report: report)
             train += chatTrain.map(\.tokens)
             validation += chatValidation.map(\.tokens)
         }
@@ -176,7 +178,7 @@ public struct StandInFitting {
         let modelFile = URL(fileURLWithPath: model.path).lastPathComponent
         let modelArgument = modelFile == ModelLocator.defaultFileName ? "" : " --model models/\(modelFile)"
         let command = "buddy calibrate stand-ins\(modelArgument) --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
-            + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" } ?? "")
+            + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" + (secondTurns ? " --second-turns" : "") } ?? "")
             + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError) --ranks \(ranks) --ridges \(ridges)"
             + " --tune-epochs \(tuneEpochs)" + (tuneEpochs > 0 ? " --tune-learning-rate \(tuneLearningRate) --tune-chunks \(tuneChunks) --tune-sets \(tuneSets) --tune-budgets \(tuneBudgets) --tune-prompt-depth \(tunePromptDepth.rawValue)" : "")
         var standIns: StandIns

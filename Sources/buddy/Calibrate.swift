@@ -53,6 +53,7 @@ struct StandInCalibrationOptions: ParsableArguments {
     @Option(name: .long, help: "(stand-ins) train-split chat prompts to fit on, FIRST..<END.") var chatPrompts: String = "0..<16"
     @Option(name: .long, help: "(stand-ins) train-split chat prompts for validation, FIRST..<END.") var chatValidationPrompts: String = "16..<24"
     @Option(name: .long, help: "(stand-ins) reply tokens of each chat sequence.") var replyTokens: Int = 96
+    @Flag(name: .long, help: "(stand-ins) also use each chat prompt's follow-up turn (after the full model's first reply) as a conversation, for fitting and validation.") var secondTurns = false
     @Option(name: .long, help: "(stand-ins) routers whose layer sets at --scenario-budgets give the routed inputs: static rankings (sleb, shortgpt) or a Decision Module (buddy: every candidate set it may pick), comma-separated; 'none' fits on full-depth inputs only.") var scenarios: String = "sleb,shortgpt"
     @Option(name: .long, help: "(stand-ins) budgets of the routed scenarios.") var scenarioBudgets: String = "0.9,0.8,0.7,0.6,0.5"
     @Option(name: .long, help: "(stand-ins) use every N-th token of each sequence as a regression row.") var rowStride: Int = 2
@@ -73,7 +74,7 @@ struct StandInCalibrationOptions: ParsableArguments {
                        chatValidationPrompts: chatValidationPrompts, replyTokens: replyTokens, scenarios: scenarios, scenarioBudgets: scenarioBudgets,
                        rowStride: rowStride, relativeError: relativeError, ranks: ranks, ridges: ridges)
         f.tuneEpochs = tuneEpochs; f.tuneLearningRate = tuneLearningRate; f.tuneChunks = tuneChunks
-        f.tuneSets = tuneSets; f.tuneBudgets = tuneBudgets; f.initial = initial; f.tunePromptDepth = tunePromptDepth
+        f.tuneSets = tuneSets; f.tuneBudgets = tuneBudgets; f.initial = initial; f.secondTurns = secondTurns; f.tunePromptDepth = tunePromptDepth
         return f
     }
 }
