@@ -25,15 +25,13 @@ buddy=.build/release/buddy
 budgets=1,0.9,0.8,0.7,0.5
 mode="${1:-run}"
 case "$mode" in
-run) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; out=eval ;;
-router) methods=buddy; methods_extra_tasks=buddy; out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
-stand-ins) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; out="$(mktemp -d /tmp/buddy-stand-in-rows.XXXXXX)" ;;
+# A partial run measures again only the rows named by `replaced` and keeps the others.
+run) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; switches=on,off; out=eval ;;
+router) methods=buddy; methods_extra_tasks=buddy; switches=on,off; replaced='method=buddy'
+  out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
+stand-ins) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; switches=on; replaced='stand_ins=on'
+  out="$(mktemp -d /tmp/buddy-stand-in-rows.XXXXXX)" ;;
 *) echo "usage: $0 run|router|stand-ins" >&2; exit 2 ;;
-esac
-# Which rows a partial run measures again (the others are kept): the router's, or those with stand-ins on.
-case "$mode" in
-stand-ins) switches=on; replaced='stand_ins=on' ;;
-*) switches=on,off; replaced='method=buddy' ;;
 esac
 mkdir -p eval
 swift build -c release --product buddy

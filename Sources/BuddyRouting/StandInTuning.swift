@@ -79,11 +79,14 @@ public final class StandInTuning {
         var total = [Double](repeating: 0, count: sets.count)
         for s in sequences {
             prepare(s, first: first, standIns: standIns, eps: eps)
-            let routedFrom = promptDepth == .full ? s.prompt : 0
+            let routedFrom = Self.routedFrom(s, promptDepth)
             for (k, set) in sets.enumerated() { total[k] += loss(s, first: first, set: set, standIns: standIns, eps: eps, routedFrom: routedFrom) }
         }
         return total.map { $0 / Double(max(sequences.count, 1)) }
     }
+
+    /// The first routed row of `s`: after its prompt when prompts run at full depth.
+    static func routedFrom(_ s: SearchSequence, _ promptDepth: PromptDepth) -> Int { promptDepth == .full ? s.prompt : 0 }
 
     /// The lowest layer any set skips (every layer below it runs in every set).
     static func firstSkipped(_ sets: [[Bool]]) -> Int {
@@ -121,7 +124,7 @@ public final class StandInTuning {
             for i in order {
                 let s = train[i]
                 prepare(s, first: first, standIns: params, eps: eps)
-                let routedFrom = options.promptDepth == .full ? s.prompt : 0
+                let routedFrom = Self.routedFrom(s, options.promptDepth)
                 for set in sets {
                     epochLoss += loss(s, first: first, set: set, standIns: params, eps: eps, routedFrom: routedFrom)
                     for l in tuned { grads[l]!.zero() }
