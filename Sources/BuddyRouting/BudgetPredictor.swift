@@ -15,10 +15,10 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// The default, chosen on the training prompts only: `buddy train predictor` compares
     /// --budget auto with a fixed budget of the same mean compute on its 40 chat prompts, each
     /// choice made by a predictor fitted without that prompt (`toleranceReport`). With the
-    /// shipped router and the stand-ins tuned on KL (variant K), 0.4 did best there (−9.3 %;
-    /// 0.6 −3.7 %, 1.0 −2.4 %, 0.25 +1.1 %), choosing 0.7–0.85 by prompt (mean 0.82), inside
-    /// or just below the slider's recommended zone. Held-out figures: EVAL.md.
-    public static let defaultTolerance = 0.4
+    /// shipped router and the stand-ins of variant T (docs/STAND-INS.md), 0.25 did best there
+    /// (−15.5 %; 0.4 −1.5 %, 0.6 −0.7 %, 1.0 +0.2 %), choosing 0.75–0.9 by prompt (mean 0.85),
+    /// inside the slider's recommended zone. Held-out figures: EVAL.md.
+    public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
     /// layer counts `ks`: the neighbouring indices and the weight of the upper one, for the
