@@ -17,7 +17,7 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// choice made by a predictor fitted without that prompt (`toleranceReport`). With the
     /// shipped router and the stand-ins of variant T (docs/STAND-INS.md), 0.25 did best there
     /// (−15.5 %; 0.4 −1.5 %, 0.6 −0.7 %, 1.0 +0.2 %), choosing 0.75–0.9 by prompt (mean 0.85),
-    /// inside the slider's recommended zone. Held-out figures: EVAL.md.
+    /// mostly inside the slider's recommended zone (80–100 %). Held-out figures: EVAL.md.
     public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
