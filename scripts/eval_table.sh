@@ -47,7 +47,7 @@ render)
     paired_gemma="$(for pair in "buddy+stand-ins sleb+stand-ins" "buddy+stand-ins shortgpt+stand-ins" "sleb+stand-ins sleb" "shortgpt+stand-ins shortgpt"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
   fi
   PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
-import csv, json, math, os
+import csv, json, math, os, re
 def load(name):
     p = os.path.join("eval", name)
     return list(csv.DictReader(open(p))) if os.path.exists(p) else []
@@ -174,10 +174,13 @@ if si_ppl or si_chat:
                   "paired over all the tasks each budget saw:\n")
             print(os.environ["PAIRED_SI_ALL"].strip() + "\n")
     if os.path.exists("eval/stand-ins-auto.md"):
+        # The default's one owner is BudgetPredictor.defaultTolerance; the prose reads it from there.
+        default_tolerance = re.search(r"defaultTolerance = ([0-9.]+)",
+                                      open("Sources/BuddyRouting/BudgetPredictor.swift").read()).group(1)
         print("### The automatic budget with stand-ins\n\nThe Budget Predictor refitted to the quality curves measured with stand-ins "
               "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
               "--text-prompts 40 --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
-              "The default tolerance is 0.25, the one that beat a fixed budget of the same mean compute by the most on the training "
+              f"The default tolerance is {default_tolerance}, the one that beat a fixed budget of the same mean compute by the most on the training "
               "chat prompts (cross-validated by `buddy train predictor`; docs/TRAINING.md).\n")
         print(open("eval/stand-ins-auto.md").read().replace("### Tolerance", "#### Tolerance"))
     si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
