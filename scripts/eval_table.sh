@@ -180,8 +180,9 @@ if si_ppl or si_chat:
         print("### The automatic budget with stand-ins\n\nThe Budget Predictor refitted to the quality curves measured with stand-ins "
               "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
               "--text-prompts 40 --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
-              f"The default tolerance is {default_tolerance}, the one that beat a fixed budget of the same mean compute by the most on the training "
-              "chat prompts (cross-validated by `buddy train predictor`; docs/TRAINING.md).\n")
+              f"The default tolerance is {default_tolerance}, the one `buddy train predictor` prefers on the training chat prompts "
+              "(cross-validated against a fixed budget of the same mean compute, among the tolerances whose mean choice stays in the "
+              "slider's recommended zone; `PredictorTraining.preferredTolerance`, docs/TRAINING.md).\n")
         print(open("eval/stand-ins-auto.md").read().replace("### Tolerance", "#### Tolerance"))
     si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:

@@ -14,10 +14,12 @@ import Foundation
 public struct BudgetPredictor: Sendable, Equatable {
     /// The default, chosen on the training prompts only: `buddy train predictor` compares
     /// --budget auto with a fixed budget of the same mean compute on its 40 chat prompts, each
-    /// choice made by a predictor fitted without that prompt (`toleranceReport`). With the
-    /// shipped router and the stand-ins of variant T (docs/STAND-INS.md), 0.25 did best there
-    /// (−15.5 %; 0.4 −1.5 %, 0.6 −0.7 %, 1.0 +0.2 %), choosing 0.75–0.9 by prompt (mean 0.85),
-    /// mostly inside the slider's recommended zone (80–100 %). Held-out figures: EVAL.md.
+    /// choice made by a predictor fitted without that prompt (`toleranceReport`), and prefers,
+    /// among tolerances that keep the mean budget in the slider's recommended zone, the largest
+    /// gain (`preferredTolerance`). With the router retrained on 2026-12-04 and stand-ins T
+    /// (docs/STAND-INS.md), only 0.25 stays in the zone there (mean 0.85, choices 0.7–0.9; it
+    /// ties the fixed budget, +0.2 %); 0.6 and 1.0 gain most (−3.9 % each) but choose 0.5–0.7,
+    /// where the slider warns. Held-out figures for all four: EVAL.md.
     public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending

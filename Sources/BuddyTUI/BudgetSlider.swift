@@ -7,12 +7,8 @@ public struct SliderState: Equatable, Sendable {
     public var budget: Double
     public var routable: Int
     public var auto = false
-    /// Budgets at or above this run the model without obvious damage. With the shipped router
-    /// and stand-ins, held-out perplexity is 1.11× full depth at 0.9, 1.31× at 0.8, 1.42× at 0.7
-    /// and 2.16× at 0.5; the chat's KL from full depth (messages at full depth, its default) is
-    /// 0.23 / 0.53 / 0.76 / 1.51 nats per token (EVAL.md): at 0.7 answers stay on the question
-    /// but invent details, so the floor stays at 0.8.
-    public static let recommendedFloor = 0.8
+    /// The recommended zone's floor (`Budget.recommendedFloor` says why it is where it is).
+    public static let recommendedFloor = Budget.recommendedFloor
     /// The floor in percent, as the slider and the help text show it.
     public static var recommendedPercent: Int { Budget.percent(recommendedFloor) }
 

@@ -185,6 +185,9 @@ public enum PredictorTraining {
     /// How --budget auto does on the chat prompts among `curves` at one tolerance, against a
     /// fixed budget of the same mean compute (`toleranceComparison`).
     public struct ToleranceRow: Equatable, Sendable {
+        public init(tolerance: Double, meanBudget: Double, chosen: [Double], autoKL: Double, fixedKL: Double) {
+            self.tolerance = tolerance; self.meanBudget = meanBudget; self.chosen = chosen; self.autoKL = autoKL; self.fixedKL = fixedKL
+        }
         public var tolerance: Double
         public var meanBudget: Double      // auto's mean routable layers / routable
         public var chosen: [Double]        // the distinct budgets auto chose, ascending
@@ -230,8 +233,7 @@ public enum PredictorTraining {
         }
     }
 
-    /// Prints `toleranceComparison` and returns the tolerance whose choices spread over more
-    /// than one budget and gain most against the fixed budget (nil when none spreads).
+    /// Prints `toleranceComparison` and returns `preferredTolerance` of its rows.
     @discardableResult
     public static func toleranceReport(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double], routable: Int,
                                        router: String, report: Reporter) throws -> Double? {
@@ -245,9 +247,27 @@ public enum PredictorTraining {
             report.line(String(format: "| %g | %.3f | %@ | %.4f | %.4f | %+.1f %% |", r.tolerance, r.meanBudget,
                                r.chosen.map { String(format: "%g", $0) }.joined(separator: ", "), r.autoKL, r.fixedKL, 100 * r.gain))
         }
-        guard let best = rows.filter({ $0.chosen.count > 1 }).min(by: { $0.gain < $1.gain }) else { return nil }
-        report.line(String(format: "best spreading tolerance on the training prompts: %g (%+.1f %% against fixed)", best.tolerance, 100 * best.gain))
+        guard let best = preferredTolerance(rows) else { return nil }
+        report.line(String(format: "preferred tolerance on the training prompts: %g (%+.1f %% against fixed)", best.tolerance, 100 * best.gain))
         return best.tolerance
+    }
+
+    /// Gains closer than this (fraction of the fixed budget's KL) count as a tie.
+    public static let toleranceTie = 0.005
+
+    /// The tolerance to make the default. Candidates: the tolerances whose choices spread over
+    /// more than one budget and whose mean chosen budget stays in the slider's recommended zone
+    /// (`Budget.recommendedFloor`), since a default that runs the chat where the slider warns
+    /// of damage would defeat the point of choosing automatically; when none stays there, all
+    /// spreading ones. Among them the largest gain against the fixed budget, ties (within
+    /// `toleranceTie`) to the smallest tolerance, which keeps replies closer to the full model
+    /// for the same advantage (nil when none spreads).
+    public static func preferredTolerance(_ rows: [ToleranceRow], floor: Double = Budget.recommendedFloor) -> ToleranceRow? {
+        let spreading = rows.filter { $0.chosen.count > 1 }
+        let inZone = spreading.filter { $0.meanBudget >= floor - 1e-9 }
+        let candidates = inZone.isEmpty ? spreading : inZone
+        guard let best = candidates.map(\.gain).min() else { return nil }
+        return candidates.filter { $0.gain <= best + toleranceTie }.min { $0.tolerance < $1.tolerance }
     }
 
     /// The curve's KL as the predictor learns it: natural log, floored at 1e-6.

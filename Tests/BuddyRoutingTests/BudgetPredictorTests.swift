@@ -79,6 +79,26 @@ final class BudgetPredictorTests: XCTestCase {
                                                               router: "test", report: .silent), 0.3)
     }
 
+    /// The default's rule: among spreading tolerances whose mean budget stays in the recommended
+    /// zone (all spreading ones when none does), the largest gain against the fixed budget,
+    /// ties (within half a percent) to the smallest tolerance; one budget for all never counts.
+    func testPreferredToleranceStaysInTheZoneAndBreaksTiesTowardsLessDrift() {
+        func row(_ t: Double, _ mean: Double, _ chosen: [Double], _ auto: Double, _ fixed: Double) -> PredictorTraining.ToleranceRow {
+            .init(tolerance: t, meanBudget: mean, chosen: chosen, autoKL: auto, fixedKL: fixed)
+        }
+        // The 2026-12-04 fit's rows: only 0.25 keeps the mean budget at or above 0.8.
+        let rows = [row(0.25, 0.850, [0.7, 0.9], 0.2541, 0.2535), row(0.4, 0.732, [0.6, 0.8], 0.4248, 0.4212),
+                    row(0.6, 0.688, [0.6, 0.7], 0.5128, 0.5336), row(1, 0.578, [0.5, 0.6], 0.8616, 0.8967)]
+        XCTAssertEqual(PredictorTraining.preferredTolerance(rows)?.tolerance, 0.25)
+        // Without the zone, 0.6 (-3.90 %) and 1 (-3.91 %) tie, and the smaller wins.
+        XCTAssertEqual(PredictorTraining.preferredTolerance(rows, floor: 0.5)?.tolerance, 0.6)
+        // A clear winner is kept even when larger.
+        XCTAssertEqual(PredictorTraining.preferredTolerance([row(0.4, 0.7, [0.7, 0.8], 0.5, 0.51), row(1, 0.6, [0.5, 0.6], 0.8, 0.9)])?.tolerance, 1)
+        // A bigger gain from a tolerance that chose one budget for every prompt does not count.
+        XCTAssertEqual(PredictorTraining.preferredTolerance([row(0.4, 0.8, [0.8], 0.1, 0.5), row(1, 0.6, [0.5, 0.6], 0.8, 0.9)])?.tolerance, 1)
+        XCTAssertNil(PredictorTraining.preferredTolerance([row(0.4, 0.8, [0.8], 0.1, 0.5)]))
+    }
+
     func testPredictorFileAndAutoBudgetOnTheModel() throws {
         let m = try TestSupport.model()
         let d = 2 * m.config.kvDim + m.config.dim
