@@ -7,10 +7,8 @@ public struct SliderState: Equatable, Sendable {
     public var budget: Double
     public var routable: Int
     public var auto = false
-    /// The recommended zone's floor (`Budget.recommendedFloor` says why it is where it is).
-    public static let recommendedFloor = Budget.recommendedFloor
     /// The floor in percent, as the slider and the help text show it.
-    public static var recommendedPercent: Int { Budget.percent(recommendedFloor) }
+    public static var recommendedPercent: Int { Budget.percent(Budget.recommendedFloor) }
 
     public init(budget: Double = 1, routable: Int) {
         self.budget = budget
@@ -19,7 +17,7 @@ public struct SliderState: Equatable, Sendable {
 
     public var k: Int { LayerBudget.routableCount(budget: budget, layers: routable + 2) }
     public var percent: Int { Budget.percent(budget) }
-    public var inRecommendedZone: Bool { budget >= SliderState.recommendedFloor - 1e-9 }
+    public var inRecommendedZone: Bool { Budget.isRecommended(budget) }
 
     /// The budget after `steps` 5% steps; an off-grid budget first moves to the next
     /// multiple of 5% in the direction of travel. Below 5% comes the engine's smallest budget.
@@ -54,7 +52,7 @@ public enum BudgetSlider {
         c.put(x, r.y, label, .slider)
         x += label.count
         let knob = Int((s.budget * Double(trackW - 1)).rounded())
-        let zoneStart = Int((SliderState.recommendedFloor * Double(trackW - 1)).rounded())
+        let zoneStart = Int((Budget.recommendedFloor * Double(trackW - 1)).rounded())
         for i in 0..<trackW {
             let glyph: String
             let role: Role

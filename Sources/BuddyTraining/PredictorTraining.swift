@@ -264,7 +264,7 @@ public enum PredictorTraining {
     /// for the same advantage (nil when none spreads).
     public static func preferredTolerance(_ rows: [ToleranceRow], floor: Double = Budget.recommendedFloor) -> ToleranceRow? {
         let spreading = rows.filter { $0.chosen.count > 1 }
-        let inZone = spreading.filter { $0.meanBudget >= floor - 1e-9 }
+        let inZone = spreading.filter { Budget.isRecommended($0.meanBudget, floor: floor) }
         let candidates = inZone.isEmpty ? spreading : inZone
         guard let best = candidates.map(\.gain).min() else { return nil }
         return candidates.filter { $0.gain <= best + toleranceTie }.min { $0.tolerance < $1.tolerance }

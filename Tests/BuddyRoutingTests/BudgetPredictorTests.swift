@@ -87,7 +87,7 @@ final class BudgetPredictorTests: XCTestCase {
             .init(tolerance: t, meanBudget: mean, chosen: chosen, autoKL: auto, fixedKL: fixed)
         }
         // The 2026-12-04 fit's rows: only 0.25 keeps the mean budget at or above 0.8.
-        let rows = [row(0.25, 0.850, [0.7, 0.9], 0.2541, 0.2535), row(0.4, 0.732, [0.6, 0.8], 0.4248, 0.4212),
+        let rows = [row(0.25, 0.850, [0.7, 0.75, 0.8, 0.85, 0.9], 0.2541, 0.2535), row(0.4, 0.732, [0.6, 0.7, 0.75, 0.8], 0.4248, 0.4212),
                     row(0.6, 0.688, [0.6, 0.7], 0.5128, 0.5336), row(1, 0.578, [0.5, 0.6], 0.8616, 0.8967)]
         XCTAssertEqual(PredictorTraining.preferredTolerance(rows)?.tolerance, 0.25)
         // Without the zone, 0.6 (-3.90 %) and 1 (-3.91 %) tie, and the smaller wins.

@@ -24,6 +24,10 @@ public enum Budget {
     /// details (README describes the chat at 90, 70 and 50 %), so the floor stays at 0.8.
     public static let recommendedFloor = 0.8
 
+    /// Whether `b` is in the recommended zone (at or above `floor`, by default the zone's own),
+    /// with a hair of slack for budgets reached by arithmetic (slider steps, means of layer counts).
+    public static func isRecommended(_ b: Double, floor: Double = recommendedFloor) -> Bool { b >= floor - 1e-9 }
+
     /// The budget as a whole percentage, as the slider, status bar and reply lines show it.
     public static func percent(_ b: Double) -> Int { Int((b * 100).rounded()) }
 }
