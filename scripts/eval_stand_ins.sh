@@ -7,6 +7,10 @@
 #                                      use the router) and replace them in those CSVs; the static
 #                                      methods' rows do not depend on the router and are kept
 #                                      (about 40 minutes)
+#   scripts/eval_stand_ins.sh router 0.8  the same for the listed budgets only, when retraining
+#                                      changed the router's choice at those budgets alone (compare
+#                                      the files' choices); HellaSwag and the decode bench run only
+#                                      if the list holds one of their budgets (0.9, 0.7, 0.5)
 #   scripts/eval_stand_ins.sh stand-ins  after refitting the stand-ins only: re-measure every row
 #                                      with stand-ins on (every method), keep the rows with them
 #                                      off, which do not read the file (about 45 minutes)
@@ -24,6 +28,7 @@ data="${BUDDY_DATA:-$root/../shared/data}"
 buddy=.build/release/buddy
 budgets=1,0.9,0.8,0.7,0.5
 mode="${1:-run}"
+only="${2:-}"   # router mode: re-measure these budgets only
 case "$mode" in
 # A partial run measures again only the rows named by `replaced` and keeps the others.
 run) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; switches=on,off; out=eval ;;
@@ -31,8 +36,14 @@ router) methods=buddy; methods_extra_tasks=buddy; switches=on,off; replaced='met
   out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
 stand-ins) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; switches=on; replaced='stand_ins=on'
   out="$(mktemp -d /tmp/buddy-stand-in-rows.XXXXXX)" ;;
-*) echo "usage: $0 run|router|stand-ins" >&2; exit 2 ;;
+*) echo "usage: $0 run|router [BUDGETS]|stand-ins" >&2; exit 2 ;;
 esac
+hellaswag_budgets=0.9,0.7,0.5
+if [ -n "$only" ]; then
+  [ "$mode" = router ] || { echo "a budget list is for router mode only" >&2; exit 2; }
+  budgets="$only"
+  hellaswag_budgets=$(python3 -c "import sys; b=[x for x in sys.argv[1].split(',') if float(x) in (0.9, 0.7, 0.5)]; print(','.join(b))" "$only")
+fi
 mkdir -p eval
 swift build -c release --product buddy
 $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chunks 16 \
@@ -42,21 +53,26 @@ $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-r
 # The same with each prompt at full depth, as the chat and generate run a message by default.
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
   --budgets $budgets --methods $methods --stand-ins $switches --prompt-depth full --csv $out/prompt-full-chat.csv
+if [ -n "$hellaswag_budgets" ]; then
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
-  --budgets 0.9,0.7,0.5 --methods $methods --stand-ins on --csv $out/stand-ins-hellaswag.csv \
+  --budgets $hellaswag_budgets --methods $methods --stand-ins on --csv $out/stand-ins-hellaswag.csv \
   --items $out/stand-ins-hellaswag-items.csv
+fi
+if [[ ",$hellaswag_budgets," == *,0.7,* ]]; then
 # At 0.7 the first 400 tasks left the router 2.3 paired s.e. below ShortGPT: 1,000 more
 # held-out tasks (400-1399) at that budget narrow the estimate.
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --skip 400 --limit 1000 \
   --budgets 0.7 --methods $methods_extra_tasks --stand-ins on --csv $out/stand-ins-hellaswag-400-1399.csv \
   --items $out/stand-ins-hellaswag-items-400-1399.csv
+fi
 if [ "$mode" != run ]; then
   # Replace the re-measured rows in place (same key columns), keep every other row; done before the
   # auto-budget and speed runs so that an interrupted run keeps what it measured.
-  python3 - "$out" "$replaced" <<'PY'
+  python3 - "$out" "$replaced" "$only" <<'PY'
 import csv, sys, os
 tmp = sys.argv[1]
 column, value = sys.argv[2].split('=')
+only = {float(b) for b in sys.argv[3].split(',')} if sys.argv[3] else None
 for name in sorted(os.listdir(tmp)):
     with open(os.path.join(tmp, name), newline='') as f:
         new = list(csv.reader(f))
@@ -71,7 +87,7 @@ for name in sorted(os.listdir(tmp)):
     rows, used = [header], set()
     for r in old[1:]:
         k = tuple(r[i] for i in keys)
-        if r[header.index(column)] == value:
+        if r[header.index(column)] == value and (only is None or float(r[header.index('budget')]) in only):
             if k not in fresh:
                 sys.exit(f'{name}: no new row for {k}')
             r = fresh[k]
@@ -89,5 +105,7 @@ $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.2
   --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
 # Decode speed: one bench over the slider's budgets, then two longer ones at 0.5 (this VM varies
 # by +-20 % from minute to minute; EVAL.md takes the median of all per-round ratios).
+if [ -n "$hellaswag_budgets" ]; then   # the bench's budgets are HellaSwag's and 1
 $buddy bench --budgets 1,0.9,0.7,0.5 --runs 9 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl
 for i in 1 2; do $buddy bench --budgets 1,0.5 --runs 15 --router buddy --stand-ins on --json; done > eval/stand-ins-bench-repeats.jsonl
+fi

@@ -289,8 +289,7 @@ extension LayerSetSearch {
         var current = kept.sorted()
         var cost = objective(mask(current))
         for _ in 0..<rounds {
-            let skipped = (1...routable).filter { !current.contains($0) }
-            let neighbours = current.flatMap { out in skipped.map { into in (current.filter { $0 != out } + [into]).sorted() } }
+            let neighbours = Self.oneSwapNeighbours(of: current, routable: routable)
             guard !neighbours.isEmpty else { break }
             let costs = objectives(base: mask(current), candidates: neighbours.map(mask))
             let best = costs.indices.min { costs[$0] < costs[$1] }!
@@ -300,6 +299,23 @@ extension LayerSetSearch {
             try step?(current, cost)
         }
         return (current, cost)
+    }
+
+    /// Every set that trades one layer of `kept` for one routable layer outside it (ascending sets).
+    public static func oneSwapNeighbours(of kept: [Int], routable: Int) -> [[Int]] {
+        let skipped = (1...routable).filter { !kept.contains($0) }
+        return kept.flatMap { out in skipped.map { into in (kept.filter { $0 != out } + [into]).sorted() } }
+    }
+
+    /// The `count` one-swap neighbours of `kept` with the lowest mean KL on this search's data,
+    /// best first. Near-ties of the searched set that differ from it in one layer are good at
+    /// different tokens, which is what a per-token scorer needs to gain (docs/TRAINING.md).
+    public func bestNeighbours(of kept: [Int], count: Int) -> [Found] {
+        let L = model.config.layers, routable = L - 2
+        func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: Set(set)) }
+        let neighbours = Self.oneSwapNeighbours(of: kept.sorted(), routable: routable)
+        let costs = objectives(base: mask(kept), candidates: neighbours.map(mask))
+        return neighbours.indices.sorted { costs[$0] < costs[$1] }.prefix(count).map { Found(kept: neighbours[$0], kl: costs[$0]) }
     }
 
     /// Sets for every k in 1...routable: the searched ones where the search went, and below

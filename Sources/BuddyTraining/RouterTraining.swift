@@ -32,6 +32,9 @@ public enum RouterTraining {
         /// Budgets whose searched set is refined by one-swap moves on the training data ("" none).
         public var refineBudgets: String = ""
         public var refineRounds: Int = 2
+        /// Budgets whose searched set's best one-swap neighbours (on the search data) join the candidates ("" none).
+        public var neighbourBudgets: String = ""
+        public var neighbours: Int = 3
         public var standIns: StandInChoice = .auto
         public var kvPolicy: KVPolicy = .fill
         public var checkpoint: String?
@@ -53,6 +56,8 @@ public enum RouterTraining {
             guard minGain >= 0, minGain < 1 else { throw ToolError.usage("--min-gain must be in [0, 1)") }
             _ = try refineBudgetList()
             guard (1...10).contains(refineRounds) else { throw ToolError.usage("--refine-rounds must be 1...10") }
+            _ = try neighbourBudgetList()
+            guard (1...8).contains(neighbours) else { throw ToolError.usage("--neighbours must be 1...8") }
             try validateThreads(threads)
         }
 
@@ -61,6 +66,11 @@ public enum RouterTraining {
         /// --refine-budgets: empty for none.
         public func refineBudgetList() throws -> [Double] {
             refineBudgets.trimmingCharacters(in: .whitespaces).isEmpty ? [] : try Self.routedBudgets(refineBudgets, flag: "--refine-budgets")
+        }
+
+        /// --neighbour-budgets: empty for none.
+        public func neighbourBudgetList() throws -> [Double] {
+            neighbourBudgets.trimmingCharacters(in: .whitespaces).isEmpty ? [] : try Self.routedBudgets(neighbourBudgets, flag: "--neighbour-budgets")
         }
 
         /// A comma-separated list of budgets in (0, 1): budget 1 runs every layer and has no set to choose.
@@ -90,6 +100,7 @@ public enum RouterTraining {
                 + " --search-reply-tokens \(searchReplyTokens) --min-kept \(minKept) --max-inclusions \(maxInclusions)"
                 + " --l2 \(l2) --min-gain \(minGain) --kv-policy \(kvPolicy.rawValue)"
                 + (refineBudgets.isEmpty ? "" : " --refine-budgets \(refineBudgets) --refine-rounds \(refineRounds)")
+                + (neighbourBudgets.isEmpty ? "" : " --neighbour-budgets \(neighbourBudgets) --neighbours \(neighbours)")
                 + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
         }
 
@@ -97,6 +108,7 @@ public enum RouterTraining {
         var settings: String {
             "\(data.commandLine) search \(searchTextChunks)x\(searchWindow) chat \(searchChatPrompts)x\(searchReplyTokens) candidates \(candidates)"
                 + (refineBudgets.isEmpty ? "" : " refine \(refineBudgets) x\(refineRounds)")
+                + (neighbourBudgets.isEmpty ? "" : " neighbours \(neighbourBudgets) x\(neighbours)")
         }
     }
 
@@ -120,6 +132,8 @@ public enum RouterTraining {
         var refined: [Int: LayerSetSearch.Found]?
         var refinedRounds: [Int: Int]?
         var refinedDone: [Int]?
+        /// The best one-swap neighbours of the searched set by k (--neighbour-budgets).
+        var neighbours: [Int: [LayerSetSearch.Found]]?
     }
 
     public static func run(_ o: Options, model: LanguageModel, report: Reporter) throws {
@@ -184,6 +198,22 @@ public enum RouterTraining {
             try save()
         }
         let searched = LayerSetSearch.completeSets(found, ranking: thinning.ranking)
+        // 1a. At --neighbour-budgets, the searched set's best one-swap neighbours, ranked on the
+        // search data: near-ties that differ in one layer, candidates a per-token scorer can mix.
+        let neighbourKs = Set(try o.neighbourBudgetList().map { LayerBudget.routableCount(budget: $0, layers: L) }).filter { $0 < routable }.sorted(by: >)
+        for k in neighbourKs where saved.neighbours?[k] == nil {
+            let bar = report.progress("one-swap neighbours of k \(k) (search data)", k * (routable - k))
+            let e0 = search.evaluations
+            search.onProgress = { bar.update(min(Int($0) - e0, bar.total), detail: "") }
+            let best = search.bestNeighbours(of: searched[k]!, count: o.neighbours)
+            search.onProgress = nil
+            saved.neighbours = (saved.neighbours ?? [:]).merging([k: best]) { $1 }
+            try save()
+            report.note("k \(k): best neighbours (layers skipped, search KL) " + best.map { f in
+                String(format: "%@ (%.4f)", (1...routable).filter { !f.kept.contains($0) }.map(String.init).joined(separator: ","), f.kl)
+            }.joined(separator: "; "))
+        }
+        let neighbourNames = neighbourKs.isEmpty ? [] : (1...o.neighbours).map { "swap\($0)" }
         // The paper's form scores layers one by one; its static core is this ranking by the
         // KL of removing one layer alone (stand-in in its place).
         let isolated = saved.isolated!
@@ -238,6 +268,7 @@ public enum RouterTraining {
         func sources(_ k: Int) -> [(name: String, set: [Int])] {
             [("search", searched[k]!)] + (refineKs.isEmpty ? [] : [("refined", refined[k] ?? searched[k]!)]) + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
                 + (singleLayerIsCandidate ? [(singleLayerName, Array(isolatedRanking.prefix(k)).sorted())] : [])
+                + zip(neighbourNames, saved.neighbours?[k] ?? []).map { ($0, $1.kept) }
         }
         var candidatesByK: [Int: [(name: String, set: [Int])]] = [:]
         for k in ks {
@@ -273,7 +304,7 @@ public enum RouterTraining {
         }
         var rows: [String] = []
         report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
-        let sourceNames = ["search"] + (refineKs.isEmpty ? [] : ["refined"]) + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : [])
+        let sourceNames = ["search"] + (refineKs.isEmpty ? [] : ["refined"]) + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : []) + neighbourNames
         report.line("| budget | k | " + sourceNames.joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
         for k in ks {
             let cands = candidatesByK[k]!
@@ -308,7 +339,8 @@ public enum RouterTraining {
                 }
             }
             // One column per source; a source whose set repeats an earlier one's names that one.
-            let cells = sources(k).map { source -> String in
+            let cells = sourceNames.map { name -> String in
+                guard let source = sources(k).first(where: { $0.name == name }) else { return "—" }
                 let j = cands.firstIndex { $0.set == source.set }!
                 return cands[j].name == source.name ? String(format: "%.4f", validationMeans[j]) : "= \(cands[j].name)"
             }

@@ -40,6 +40,8 @@ struct TrainRouter: ParsableCommand {
     @Option(name: .long, help: "Relative validation gain a scorer must show over the best single set to be kept.") var minGain: Double = 0.005
     @Option(name: .long, help: "Budgets whose searched set is refined on the training data by one-swap moves (each round measures every set that trades one kept layer for a skipped one); the refined set joins the candidates. Comma-separated; empty for none.") var refineBudgets: String = ""
     @Option(name: .long, help: "Most swap rounds per refined budget.") var refineRounds: Int = 2
+    @Option(name: .long, help: "Budgets whose searched set's best one-swap neighbours, ranked on the search data, join the candidates as swap1, swap2, ... Comma-separated; empty for none.") var neighbourBudgets: String = ""
+    @Option(name: .long, help: "How many neighbours join at each --neighbour-budgets budget.") var neighbours: Int = 3
     @Option(name: .long, help: "Stand-ins the router is trained with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "KV policy the routed validation runs under (fill, mask, zero).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Measurements are saved here after every step and reused by a rerun (default: <out>.checkpoint.json; removed when training finishes).") var checkpoint: String?
@@ -52,6 +54,7 @@ struct TrainRouter: ParsableCommand {
         o.searchChatPrompts = searchChatPrompts; o.searchReplyTokens = searchReplyTokens
         o.minKept = minKept; o.maxInclusions = maxInclusions; o.l2 = l2; o.minGain = minGain
         o.refineBudgets = refineBudgets; o.refineRounds = refineRounds
+        o.neighbourBudgets = neighbourBudgets; o.neighbours = neighbours
         o.standIns = standIns; o.kvPolicy = kvPolicy; o.checkpoint = checkpoint; o.threads = modelOptions.threads
         o.modelArgument = modelOptions.model
         return o

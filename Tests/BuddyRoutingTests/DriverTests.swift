@@ -108,7 +108,16 @@ final class DriverTests: XCTestCase {
         XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--l2 must list non-negative numbers, not '0.1,-1'") }
         router.l2 = "0.1"; router.threads = 0
         XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--threads must be between 1 and 256") }
+        router.threads = 2
         XCTAssertTrue(router.commandLine.hasPrefix("buddy train router --data d --chat-data c --text-chunks 14"), router.commandLine)
+        XCTAssertFalse(router.commandLine.contains("--neighbour-budgets"), "no neighbours unless asked")
+        router.neighbourBudgets = "0.8,1"
+        XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--neighbour-budgets must list budgets in (0, 1), not '0.8,1'") }
+        router.neighbourBudgets = "0.8"; router.neighbours = 0
+        XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--neighbours must be 1...8") }
+        router.neighbours = 3
+        XCTAssertNoThrow(try router.validate())
+        XCTAssertTrue(router.commandLine.hasSuffix(" --neighbour-budgets 0.8 --neighbours 3"), "the notes record the neighbours: \(router.commandLine)")
         XCTAssertThrowsError(try EvalGrid(methods: "buddy,deep").validate()) {
             XCTAssertEqual("\($0)", "unknown method 'deep' (use: \(Routers.names.joined(separator: ", ")))")
         }

@@ -47,7 +47,8 @@ final class LayerSetTests: XCTestCase {
 
     /// The one-swap refinement: its first move is the best of every one-swap neighbour measured
     /// from scratch, every reported KL is the set's own, it never ends worse than it started,
-    /// and where it stops before its round limit no neighbour is better (a local optimum).
+    /// and where it stops before its round limit no neighbour is better (a local optimum); the
+    /// best neighbours `--neighbour-budgets` adds are the lowest-KL ones measured from scratch.
     func testRefinementMovesToTheBestSwapUntilNoneHelps() throws {
         let m = try TestSupport.model()
         let L = m.config.layers, routable = L - 2
@@ -67,6 +68,13 @@ final class LayerSetTests: XCTestCase {
         let bestFirst = firstCosts.min { $0.1 < $1.1 }!
         XCTAssertEqual(steps[0].0, bestFirst.0)
         XCTAssertEqual(steps[0].1, bestFirst.1, accuracy: 1e-12)
+        // The neighbours `--neighbour-budgets` adds: every one-swap set, the best three by KL.
+        XCTAssertEqual(Set(LayerSetSearch.oneSwapNeighbours(of: start, routable: routable)), Set(neighbours(start)))
+        XCTAssertEqual(LayerSetSearch.oneSwapNeighbours(of: start, routable: routable).count, start.count * (routable - start.count))
+        let ranked = firstCosts.sorted { $0.1 < $1.1 }
+        let best3 = search.bestNeighbours(of: start, count: 3)
+        XCTAssertEqual(best3.map(\.kept), ranked.prefix(3).map(\.0))
+        for (f, r) in zip(best3, ranked) { XCTAssertEqual(f.kl, r.1, accuracy: 1e-12) }
         for (set, kl) in steps {
             XCTAssertEqual(set.count, start.count)
             XCTAssertEqual(kl, search.objective(setMask(set)), accuracy: 1e-12)
