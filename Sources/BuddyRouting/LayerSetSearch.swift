@@ -284,8 +284,7 @@ extension LayerSetSearch {
     /// floating search chooses among near-ties on its small mix; this settles them on more data.
     /// Returns the final set (ascending) and its mean KL; `step` sees every move.
     public func refine(kept: [Int], rounds: Int, step: (([Int], Double) throws -> Void)? = nil) rethrows -> (kept: [Int], kl: Double) {
-        let L = model.config.layers, routable = L - 2
-        func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: Set(set)) }
+        let routable = model.config.layers - 2
         var current = kept.sorted()
         var cost = objective(mask(current))
         for _ in 0..<rounds {
@@ -301,6 +300,9 @@ extension LayerSetSearch {
         return (current, cost)
     }
 
+    /// Which of all layers run when the routable layers `set` are kept (first and last always run).
+    private func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: model.config.layers, chosen: Set(set)) }
+
     /// Every set that trades one layer of `kept` for one routable layer outside it (ascending sets).
     public static func oneSwapNeighbours(of kept: [Int], routable: Int) -> [[Int]] {
         let skipped = (1...routable).filter { !kept.contains($0) }
@@ -311,9 +313,7 @@ extension LayerSetSearch {
     /// best first. Near-ties of the searched set that differ from it in one layer are good at
     /// different tokens, which is what a per-token scorer needs to gain (docs/TRAINING.md).
     public func bestNeighbours(of kept: [Int], count: Int) -> [Found] {
-        let L = model.config.layers, routable = L - 2
-        func mask(_ set: [Int]) -> [Bool] { LayerBudget.mask(layers: L, chosen: Set(set)) }
-        let neighbours = Self.oneSwapNeighbours(of: kept.sorted(), routable: routable)
+        let neighbours = Self.oneSwapNeighbours(of: kept.sorted(), routable: model.config.layers - 2)
         let costs = objectives(base: mask(kept), candidates: neighbours.map(mask))
         return neighbours.indices.sorted { costs[$0] < costs[$1] }.prefix(count).map { Found(kept: neighbours[$0], kl: costs[$0]) }
     }

@@ -64,13 +64,14 @@ public enum RouterTraining {
         public func budgetList() throws -> [Double] { try Self.routedBudgets(budgets, flag: "--budgets") }
 
         /// --refine-budgets: empty for none.
-        public func refineBudgetList() throws -> [Double] {
-            refineBudgets.trimmingCharacters(in: .whitespaces).isEmpty ? [] : try Self.routedBudgets(refineBudgets, flag: "--refine-budgets")
-        }
+        public func refineBudgetList() throws -> [Double] { try Self.optionalRoutedBudgets(refineBudgets, flag: "--refine-budgets") }
 
         /// --neighbour-budgets: empty for none.
-        public func neighbourBudgetList() throws -> [Double] {
-            neighbourBudgets.trimmingCharacters(in: .whitespaces).isEmpty ? [] : try Self.routedBudgets(neighbourBudgets, flag: "--neighbour-budgets")
+        public func neighbourBudgetList() throws -> [Double] { try Self.optionalRoutedBudgets(neighbourBudgets, flag: "--neighbour-budgets") }
+
+        /// `routedBudgets`, or none for an empty option.
+        static func optionalRoutedBudgets(_ text: String, flag: String) throws -> [Double] {
+            text.trimmingCharacters(in: .whitespaces).isEmpty ? [] : try routedBudgets(text, flag: flag)
         }
 
         /// A comma-separated list of budgets in (0, 1): budget 1 runs every layer and has no set to choose.
@@ -198,9 +199,12 @@ public enum RouterTraining {
             try save()
         }
         let searched = LayerSetSearch.completeSets(found, ranking: thinning.ranking)
+        // The ks that get candidates and a scorer (--budgets).
+        let ks = Array(Set(budgets.map { LayerBudget.routableCount(budget: $0, layers: L) })).sorted(by: >)
         // 1a. At --neighbour-budgets, the searched set's best one-swap neighbours, ranked on the
         // search data: near-ties that differ in one layer, candidates a per-token scorer can mix.
-        let neighbourKs = Set(try o.neighbourBudgetList().map { LayerBudget.routableCount(budget: $0, layers: L) }).filter { $0 < routable }.sorted(by: >)
+        // Only where --budgets gives them a scorer; elsewhere they would never be used.
+        let neighbourKs = Set(try o.neighbourBudgetList().map { LayerBudget.routableCount(budget: $0, layers: L) }).intersection(ks).filter { $0 < routable }.sorted(by: >)
         for k in neighbourKs where saved.neighbours?[k] == nil {
             let bar = report.progress("one-swap neighbours of k \(k) (search data)", k * (routable - k))
             let e0 = search.evaluations
@@ -263,7 +267,6 @@ public enum RouterTraining {
             try save()
             return c
         }
-        let ks = Array(Set(budgets.map { LayerBudget.routableCount(budget: $0, layers: L) })).sorted(by: >)
         /// Every source's set of k layers: the search's, then each ranking's.
         func sources(_ k: Int) -> [(name: String, set: [Int])] {
             [("search", searched[k]!)] + (refineKs.isEmpty ? [] : [("refined", refined[k] ?? searched[k]!)]) + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
@@ -339,8 +342,9 @@ public enum RouterTraining {
                 }
             }
             // One column per source; a source whose set repeats an earlier one's names that one.
+            let rowSources = sources(k)
             let cells = sourceNames.map { name -> String in
-                guard let source = sources(k).first(where: { $0.name == name }) else { return "—" }
+                guard let source = rowSources.first(where: { $0.name == name }) else { return "—" }
                 let j = cands.firstIndex { $0.set == source.set }!
                 return cands[j].name == source.name ? String(format: "%.4f", validationMeans[j]) : "= \(cands[j].name)"
             }
