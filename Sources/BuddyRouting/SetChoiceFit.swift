@@ -13,6 +13,12 @@ import Foundation
 /// position where the sets differ little barely counts, one where a wrong set is expensive
 /// counts a lot. Full-batch Adam from W = 0 with b set to favour the cheapest set on average,
 /// so a scorer that learns nothing picks the best single set.
+///
+/// With `balance` β > 0 the loss adds β/2 · Σ_j (p̄_j − 1/m)², p̄ the mean of softmax(s) over
+/// the positions: it keeps every candidate in use. The per-set costs are measured with one set
+/// for every token, so they cannot see what mixing does; mixing near-equal sets token by token
+/// leaves no layer's K/V stale at every position, which routed measurement shows can beat
+/// either set (docs/TRAINING.md, "Mixing near-equal sets").
 public enum SetChoiceFit {
     public struct Scorer: Sendable, Equatable {
         public var weights: [Float]   // [m × d]
@@ -20,7 +26,7 @@ public enum SetChoiceFit {
     }
 
     /// - inputs: [n][d] normalised routing inputs; costs: [n][m] per-position costs.
-    public static func fit(inputs: [[Float]], costs: [[Double]], l2: Float, steps: Int = 300, learningRate: Float = 0.01) -> Scorer {
+    public static func fit(inputs: [[Float]], costs: [[Double]], l2: Float, balance: Float = 0, steps: Int = 300, learningRate: Float = 0.01) -> Scorer {
         let n = inputs.count, m = costs.first?.count ?? 0, d = inputs.first?.count ?? 0
         precondition(n > 0 && m > 1 && d > 0 && costs.count == n, "one cost per candidate at every position")
         let z = inputs.flatMap { $0 }                                     // [n × d]
@@ -51,6 +57,16 @@ public enum SetChoiceFit {
                 for j in 0..<m { s[t * m + j] /= sum; expected += s[t * m + j] * regret[t * m + j] }
                 // d(expected cost)/d score_j = p_j (regret_j − expected), averaged over positions.
                 for j in 0..<m { g[t * m + j] = s[t * m + j] * (regret[t * m + j] - expected) / Float(n) }
+            }
+            if balance > 0 {
+                // d/ds_tj of β/2 Σ_i (p̄_i − 1/m)² = β/n · p_tj (dev_j − Σ_i p_ti dev_i), dev = p̄ − 1/m.
+                var dev = [Float](repeating: -1 / Float(m), count: m)
+                for t in 0..<n { for j in 0..<m { dev[j] += s[t * m + j] / Float(n) } }
+                for t in 0..<n {
+                    var mean: Float = 0
+                    for i in 0..<m { mean += s[t * m + i] * dev[i] }
+                    for j in 0..<m { g[t * m + j] += balance / Float(n) * s[t * m + j] * (dev[j] - mean) }
+                }
             }
             // gw = gᵀ z + λ w,  gb = Σ_t g_t
             gw = w

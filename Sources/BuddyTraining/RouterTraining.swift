@@ -35,6 +35,8 @@ public enum RouterTraining {
         /// Budgets whose searched set's best one-swap neighbours (on the search data) join the candidates ("" none).
         public var neighbourBudgets: String = ""
         public var neighbours: Int = 3
+        /// Balance of the pair scorer over the two best sets (0: no pair scorer).
+        public var pairBalance: Float = 0
         public var standIns: StandInChoice = .auto
         public var kvPolicy: KVPolicy = .fill
         public var checkpoint: String?
@@ -58,6 +60,7 @@ public enum RouterTraining {
             guard (1...10).contains(refineRounds) else { throw ToolError.usage("--refine-rounds must be 1...10") }
             _ = try neighbourBudgetList()
             guard (1...8).contains(neighbours) else { throw ToolError.usage("--neighbours must be 1...8") }
+            guard pairBalance >= 0, pairBalance.isFinite else { throw ToolError.usage("--pair-balance must be >= 0") }
             try validateThreads(threads)
         }
 
@@ -102,6 +105,7 @@ public enum RouterTraining {
                 + " --l2 \(l2) --min-gain \(minGain) --kv-policy \(kvPolicy.rawValue)"
                 + (refineBudgets.isEmpty ? "" : " --refine-budgets \(refineBudgets) --refine-rounds \(refineRounds)")
                 + (neighbourBudgets.isEmpty ? "" : " --neighbour-budgets \(neighbourBudgets) --neighbours \(neighbours)")
+                + (pairBalance == 0 ? "" : " --pair-balance \(pairBalance)")
                 + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
         }
 
@@ -308,7 +312,8 @@ public enum RouterTraining {
         var rows: [String] = []
         report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
         let sourceNames = ["search"] + (refineKs.isEmpty ? [] : ["refined"]) + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : []) + neighbourNames
-        report.line("| budget | k | " + sourceNames.joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) | shipped |")
+        let pairColumn = o.pairBalance > 0 ? " pair (routed) |" : ""
+        report.line("| budget | k | " + sourceNames.joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) |\(pairColumn) shipped |")
         for k in ks {
             let cands = candidatesByK[k]!
             let trainCosts = try cands.map { try costs("train", $0.set) }
@@ -316,7 +321,17 @@ public enum RouterTraining {
             let validationMeans = validationCosts.map(TrainingData.mean)
             let best = validationMeans.indices.min { validationMeans[$0] < validationMeans[$1] }!
             choices[k - 1] = DecisionModule.Choice(kept: k, sets: [cands[best].set], names: [cands[best].name])
-            var estimate = Double.nan, routed = Double.nan, shipped = "\(cands[best].name) set"
+            var estimate = Double.nan, routed = Double.nan, pairRouted = Double.nan, shipped = "\(cands[best].name) set"
+            var shippedCost = validationMeans[best]
+            /// Validation KL of the module with `trial` as k's choice, routing as generation does.
+            func routedKL(_ trial: DecisionModule.Choice) throws -> Double {
+                var all = choices
+                all[k - 1] = trial
+                let module = try DecisionModule(layers: L, dim: c.dim, kvDim: c.kvDim,
+                                                weights: DecisionModule.Weights(inputMean: mean, inputScale: scale, choices: all))
+                module.budget = Double(k) / Double(routable)
+                return validation.routedKL(module, policy: o.kvPolicy)
+            }
             if cands.count > 1 {
                 let perPosition = { (split: [[Double]]) in (0..<split[0].count).map { t in split.map { $0[t] } } }
                 let trainMatrix = perPosition(trainCosts), validationMatrix = perPosition(validationCosts)
@@ -328,16 +343,34 @@ public enum RouterTraining {
                 }
                 estimate = bestFit!.cost
                 if estimate < validationMeans[best] * (1 - o.minGain) {
-                    var trial = choices
-                    trial[k - 1] = DecisionModule.Choice(kept: k, sets: cands.map(\.set), names: cands.map(\.name),
-                                                         weights: bestFit!.scorer.weights, bias: bestFit!.scorer.bias)
-                    let module = try DecisionModule(layers: L, dim: c.dim, kvDim: c.kvDim,
-                                                    weights: DecisionModule.Weights(inputMean: mean, inputScale: scale, choices: trial))
-                    module.budget = Double(k) / Double(routable)
-                    routed = validation.routedKL(module, policy: o.kvPolicy)
-                    if routed < validationMeans[best] * (1 - o.minGain) {
-                        choices = trial
+                    let trial = DecisionModule.Choice(kept: k, sets: cands.map(\.set), names: cands.map(\.name),
+                                                      weights: bestFit!.scorer.weights, bias: bestFit!.scorer.bias)
+                    routed = try routedKL(trial)
+                    if routed < shippedCost * (1 - o.minGain) {
+                        choices[k - 1] = trial
+                        shippedCost = routed
                         shipped = String(format: "scorer (L2 %g)", bestFit!.l2)
+                    }
+                }
+                // The pair scorer: the two best sets, kept both in use by --pair-balance. Its
+                // estimate cannot see what mixing does, so only routed measurement decides.
+                if o.pairBalance > 0 {
+                    let pair = validationMeans.indices.sorted { validationMeans[$0] < validationMeans[$1] }.prefix(2).map { $0 }
+                    let pairTrain = trainCosts[pair[0]].indices.map { t in pair.map { trainCosts[$0][t] } }
+                    let pairValidation = validationCosts[pair[0]].indices.map { t in pair.map { validationCosts[$0][t] } }
+                    var bestPair: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
+                    for l2 in l2s {
+                        let scorer = SetChoiceFit.fit(inputs: zTrain, costs: pairTrain, l2: l2, balance: o.pairBalance)
+                        let cost = SetChoiceFit.meanCost(picks: SetChoiceFit.picks(scorer, inputs: zValidation), costs: pairValidation)
+                        if bestPair == nil || cost < bestPair!.cost { bestPair = (scorer, cost, l2) }
+                    }
+                    let trial = DecisionModule.Choice(kept: k, sets: pair.map { cands[$0].set }, names: pair.map { cands[$0].name },
+                                                      weights: bestPair!.scorer.weights, bias: bestPair!.scorer.bias)
+                    pairRouted = try routedKL(trial)
+                    if pairRouted < shippedCost * (1 - o.minGain) {
+                        choices[k - 1] = trial
+                        shippedCost = pairRouted
+                        shipped = String(format: "pair %@ + %@ (L2 %g)", cands[pair[0]].name, cands[pair[1]].name, bestPair!.l2)
                     }
                 }
             }
@@ -350,7 +383,8 @@ public enum RouterTraining {
             }
             let iso = isolatedValidation[k].map { String(format: "%.4f", $0) } ?? "—"
             let line = String(format: "| %.2f | %d | ", Double(k) / Double(routable), k) + cells.joined(separator: " | ") + " | \(iso) | " + (estimate.isNaN ? "—" : String(format: "%.4f", estimate)) + " | "
-                + (routed.isNaN ? "—" : String(format: "%.4f", routed)) + " | \(shipped) |"
+                + (routed.isNaN ? "—" : String(format: "%.4f", routed)) + " | "
+                + (o.pairBalance > 0 ? (pairRouted.isNaN ? "—" : String(format: "%.4f", pairRouted)) + " | " : "") + "\(shipped) |"
             report.line(line)
             rows.append(line)
         }
@@ -363,7 +397,8 @@ public enum RouterTraining {
             + "scorers fitted on 512-token chunks 0-\(o.data.textChunks - 1) and prompts 0-\(o.data.chatPrompts - 1), "
             + "chosen on chunks \(o.data.validationSkipChunks)-\(o.data.validationSkipChunks + o.data.validationChunks - 1) "
             + "and prompts \(o.data.validationChatSkip)-\(o.data.validationChatSkip + o.data.validationChatPrompts - 1). "
-            + "Validation KL per k (" + sourceNames.joined(separator: ", ") + ", single-layer ranking, scorer estimate, scorer routed, shipped): "
+            + "Validation KL per k (" + sourceNames.joined(separator: ", ") + ", single-layer ranking, scorer estimate, scorer routed"
+            + (o.pairBalance > 0 ? ", pair routed" : "") + ", shipped): "
             + rows.joined(separator: " ")
         try RouterFile.save(module, model: model, notes: notes, to: o.out)
         try? FileManager.default.removeItem(atPath: checkpointPath)

@@ -43,6 +43,7 @@ struct TrainRouter: ParsableCommand {
     @Option(name: .long, help: "Most swap rounds per refined budget.") var refineRounds: Int = 2
     @Option(name: .long, help: "Budgets whose searched set's best one-swap neighbours, ranked on the search data, join the candidates as swap1, swap2, ... Comma-separated; empty for none.") var neighbourBudgets: String = ""
     @Option(name: .long, help: "How many neighbours join at each --neighbour-budgets budget.") var neighbours: Int = 3
+    @Option(name: .long, help: "Balance of a pair scorer over each budget's two best sets (0: none). Tried at every budget; ships where routing with it beats the alternatives on validation by --min-gain.") var pairBalance: Float = 0
     @Option(name: .long, help: "Stand-ins the router is trained with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "KV policy the routed validation runs under (fill, mask, zero).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Measurements are saved here after every step and reused by a rerun (default: <out>.checkpoint.json; removed when training finishes).") var checkpoint: String?
@@ -55,7 +56,7 @@ struct TrainRouter: ParsableCommand {
         o.searchChatPrompts = searchChatPrompts; o.searchReplyTokens = searchReplyTokens
         o.minKept = minKept; o.maxInclusions = maxInclusions; o.l2 = l2; o.minGain = minGain
         o.refineBudgets = refineBudgets; o.refineRounds = refineRounds
-        o.neighbourBudgets = neighbourBudgets; o.neighbours = neighbours
+        o.neighbourBudgets = neighbourBudgets; o.neighbours = neighbours; o.pairBalance = pairBalance
         o.standIns = standIns; o.kvPolicy = kvPolicy; o.checkpoint = checkpoint; o.threads = modelOptions.threads
         o.modelArgument = modelOptions.model
         return o

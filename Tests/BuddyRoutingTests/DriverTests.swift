@@ -118,6 +118,12 @@ final class DriverTests: XCTestCase {
         router.neighbours = 3
         XCTAssertNoThrow(try router.validate())
         XCTAssertTrue(router.commandLine.hasSuffix(" --neighbour-budgets 0.8 --neighbours 3"), "the notes record the neighbours: \(router.commandLine)")
+        XCTAssertFalse(router.commandLine.contains("--pair-balance"), "no pair scorer unless asked")
+        router.pairBalance = -1
+        XCTAssertThrowsError(try router.validate()) { XCTAssertEqual("\($0)", "--pair-balance must be >= 0") }
+        router.pairBalance = 1
+        XCTAssertNoThrow(try router.validate())
+        XCTAssertTrue(router.commandLine.hasSuffix(" --pair-balance 1.0"), "the notes record the pair scorer: \(router.commandLine)")
         XCTAssertThrowsError(try EvalGrid(methods: "buddy,deep").validate()) {
             XCTAssertEqual("\($0)", "unknown method 'deep' (use: \(Routers.names.joined(separator: ", ")))")
         }

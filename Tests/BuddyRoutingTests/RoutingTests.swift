@@ -246,6 +246,27 @@ final class SetChoiceFitTests: XCTestCase {
         XCTAssertEqual(Set(SetChoiceFit.picks(scorer, inputs: inputs)), [1])
     }
 
+    /// Two near-equal sets, the second cheaper at every input but least so where input 0 is
+    /// low: without balance the scorer runs the second for every input; with it both stay in
+    /// use, the first where it loses least.
+    func testBalanceKeepsBothSetsInUse() {
+        var rng = SeededRNG(seed: 11)
+        let inputs = (0..<400).map { _ in (0..<8).map { _ in rng.nextUnitFloat() * 2 - 1 } }
+        let costs = inputs.map { x in [0.41 + 0.01 * Double(x[0]), 0.40] }
+        let plain = SetChoiceFit.picks(SetChoiceFit.fit(inputs: inputs, costs: costs, l2: 0.01), inputs: inputs)
+        XCTAssertEqual(Set(plain), [1])
+        let balanced = SetChoiceFit.picks(SetChoiceFit.fit(inputs: inputs, costs: costs, l2: 0.01, balance: 1), inputs: inputs)
+        let share = Double(balanced.filter { $0 == 0 }.count) / Double(inputs.count)
+        XCTAssertGreaterThan(share, 0.3, "the dearer set runs for a real share of the inputs")
+        XCTAssertLessThan(share, 0.7)
+        let firstSetInputs = zip(inputs, balanced).filter { $0.1 == 0 }.map { $0.0[0] }
+        XCTAssertLessThan(firstSetInputs.reduce(0, +) / Float(firstSetInputs.count), -0.3, "the first set runs where it loses least")
+        // Where the input does say which set is cheaper, balance keeps that rule.
+        let informative = inputs.map { x in x[0] > 0 ? [0.1, 1.0] : [1.0, 0.1] }
+        let ruled = SetChoiceFit.picks(SetChoiceFit.fit(inputs: inputs, costs: informative, l2: 1e-4, balance: 1, steps: 400, learningRate: 0.05), inputs: inputs)
+        XCTAssertLessThan(SetChoiceFit.meanCost(picks: ruled, costs: informative), 0.2)
+    }
+
     func testColumnStatistics() {
         let (mu, sd) = columnStatistics([[1, 5], [3, 5]], 0)
         XCTAssertEqual(mu, 2); XCTAssertEqual(sd, 1)
