@@ -311,7 +311,9 @@ public enum RouterTraining {
         }
         var rows: [String] = []
         report.line("validation KL from full depth (mean per position; stand-ins \(standInLabel)):")
-        let sourceNames = ["search"] + (refineKs.isEmpty ? [] : ["refined"]) + rankings.map(\.name) + (singleLayerIsCandidate ? [singleLayerName] : []) + neighbourNames
+        // The table's columns: every source any k has, in `sources` order.
+        var sourceNames: [String] = []
+        for k in ks { for source in sources(k) where !sourceNames.contains(source.name) { sourceNames.append(source.name) } }
         let pairColumn = o.pairBalance > 0 ? " pair (routed) |" : ""
         report.line("| budget | k | " + sourceNames.joined(separator: " | ") + " | single-layer ranking | scorer (estimate) | scorer (routed) |\(pairColumn) shipped |")
         for k in ks {
