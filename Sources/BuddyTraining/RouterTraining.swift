@@ -334,45 +334,44 @@ public enum RouterTraining {
                 module.budget = Double(k) / Double(routable)
                 return validation.routedKL(module, policy: o.kvPolicy)
             }
-            if cands.count > 1 {
-                let perPosition = { (split: [[Double]]) in (0..<split[0].count).map { t in split.map { $0[t] } } }
+            /// The scorer over the candidates `chosen` (indices into cands) fitted at each --l2,
+            /// the one whose picks cost least on validation, and that estimate.
+            func bestScorer(_ chosen: [Int], balance: Float) -> (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float) {
+                let perPosition = { (split: [[Double]]) in (0..<split[0].count).map { t in chosen.map { split[$0][t] } } }
                 let trainMatrix = perPosition(trainCosts), validationMatrix = perPosition(validationCosts)
                 var bestFit: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
                 for l2 in l2s {
-                    let scorer = SetChoiceFit.fit(inputs: zTrain, costs: trainMatrix, l2: l2)
+                    let scorer = SetChoiceFit.fit(inputs: zTrain, costs: trainMatrix, l2: l2, balance: balance)
                     let cost = SetChoiceFit.meanCost(picks: SetChoiceFit.picks(scorer, inputs: zValidation), costs: validationMatrix)
                     if bestFit == nil || cost < bestFit!.cost { bestFit = (scorer, cost, l2) }
                 }
-                estimate = bestFit!.cost
+                return bestFit!
+            }
+            if cands.count > 1 {
+                let bestFit = bestScorer(Array(cands.indices), balance: 0)
+                estimate = bestFit.cost
                 if estimate < validationMeans[best] * (1 - o.minGain) {
                     let trial = DecisionModule.Choice(kept: k, sets: cands.map(\.set), names: cands.map(\.name),
-                                                      weights: bestFit!.scorer.weights, bias: bestFit!.scorer.bias)
+                                                      weights: bestFit.scorer.weights, bias: bestFit.scorer.bias)
                     routed = try routedKL(trial)
                     if routed < shippedCost * (1 - o.minGain) {
                         choices[k - 1] = trial
                         shippedCost = routed
-                        shipped = String(format: "scorer (L2 %g)", bestFit!.l2)
+                        shipped = String(format: "scorer (L2 %g)", bestFit.l2)
                     }
                 }
                 // The pair scorer: the two best sets, kept both in use by --pair-balance. Its
                 // estimate cannot see what mixing does, so only routed measurement decides.
                 if o.pairBalance > 0 {
-                    let pair = validationMeans.indices.sorted { validationMeans[$0] < validationMeans[$1] }.prefix(2).map { $0 }
-                    let pairTrain = trainCosts[pair[0]].indices.map { t in pair.map { trainCosts[$0][t] } }
-                    let pairValidation = validationCosts[pair[0]].indices.map { t in pair.map { validationCosts[$0][t] } }
-                    var bestPair: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
-                    for l2 in l2s {
-                        let scorer = SetChoiceFit.fit(inputs: zTrain, costs: pairTrain, l2: l2, balance: o.pairBalance)
-                        let cost = SetChoiceFit.meanCost(picks: SetChoiceFit.picks(scorer, inputs: zValidation), costs: pairValidation)
-                        if bestPair == nil || cost < bestPair!.cost { bestPair = (scorer, cost, l2) }
-                    }
+                    let pair = Array(validationMeans.indices.sorted { validationMeans[$0] < validationMeans[$1] }.prefix(2))
+                    let bestPair = bestScorer(pair, balance: o.pairBalance)
                     let trial = DecisionModule.Choice(kept: k, sets: pair.map { cands[$0].set }, names: pair.map { cands[$0].name },
-                                                      weights: bestPair!.scorer.weights, bias: bestPair!.scorer.bias)
+                                                      weights: bestPair.scorer.weights, bias: bestPair.scorer.bias)
                     pairRouted = try routedKL(trial)
                     if pairRouted < shippedCost * (1 - o.minGain) {
                         choices[k - 1] = trial
                         shippedCost = pairRouted
-                        shipped = String(format: "pair %@ + %@ (L2 %g)", cands[pair[0]].name, cands[pair[1]].name, bestPair!.l2)
+                        shipped = String(format: "pair %@ + %@ (L2 %g)", cands[pair[0]].name, cands[pair[1]].name, bestPair.l2)
                     }
                 }
             }

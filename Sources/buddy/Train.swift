@@ -23,8 +23,8 @@ struct TrainRouter: ParsableCommand {
             only where routing with it beats the best single set on validation. Everything
             measured is checkpointed, so a rerun resumes. Reproduce the shipped router with:
               buddy train router --data ../shared/data/wikitext2_valid.txt \\
-                --chat-data ../shared/data/mt_bench_questions.jsonl --neighbour-budgets 0.8 \\
-                --out routers/buddy-router.json
+                --chat-data ../shared/data/mt_bench_questions.jsonl --neighbour-budgets 0.9,0.8,0.5 \\
+                --pair-balance 1 --out routers/buddy-router.json
             """)
 
     @Option(name: .long, help: "Where to write the router (written atomically).") var out: String
