@@ -23,8 +23,13 @@ public final class StandInTuning {
         /// How a chat sequence's prompt runs: at the set's depth (as `buddy eval chat` measures by
         /// default) or at full depth, as the chat runs a message (only the reply is routed).
         public var promptDepth: PromptDepth
-        public init(epochs: Int = 1, learningRate: Float = 1e-4, seed: UInt64 = 0, promptDepth: PromptDepth = .budget) {
+        /// Layers whose stand-ins stay as they are even when a set skips them, so that sets
+        /// tuned earlier (at higher budgets, say) keep exactly their stand-ins.
+        public var keptLayers: Set<Int>
+        public init(epochs: Int = 1, learningRate: Float = 1e-4, seed: UInt64 = 0, promptDepth: PromptDepth = .budget,
+                    keptLayers: Set<Int> = []) {
             self.epochs = epochs; self.learningRate = learningRate; self.seed = seed; self.promptDepth = promptDepth
+            self.keptLayers = keptLayers
         }
     }
 
@@ -93,7 +98,8 @@ public final class StandInTuning {
         sets.compactMap { $0.firstIndex(of: false) }.min() ?? (sets.first?.count ?? 0)
     }
 
-    /// Tunes `initial`'s stand-ins of the layers `sets` skip (true = the layer runs).
+    /// Tunes `initial`'s stand-ins of the layers `sets` skip (true = the layer runs), except
+    /// `options.keptLayers`.
     /// - progress: (steps done, steps, running mean training KL).
     public func tune(_ initial: StandIns, sets: [[Bool]], train: [SearchSequence], validation: [SearchSequence],
                      options: Options, progress: ((Int, Int, Double) -> Void)? = nil) throws -> (standIns: StandIns, report: Report) {
@@ -102,7 +108,8 @@ public final class StandInTuning {
         for s in sets { precondition(s.count == L && s[0] && s[L - 1], "a set must run the first and last layer") }
         for s in train + validation { precondition(s.tokens.count <= tape.maxTokens && !s.scored.isEmpty, "sequence out of range") }
         let start = Date()
-        let tuned = Set(sets.flatMap { set in (0..<L).filter { !set[$0] && initial.layers[$0] != nil } }).sorted()
+        let applied = Set(sets.flatMap { set in (0..<L).filter { !set[$0] && initial.layers[$0] != nil } })
+        let tuned = applied.subtracting(options.keptLayers).sorted()
         var params: [TrainableStandIn?] = initial.layers.map { $0.map(TrainableStandIn.init) }
         var report = Report()
         report.validation.append(evaluate(validation, sets: sets, standIns: params, eps: eps, promptDepth: options.promptDepth))
@@ -110,9 +117,10 @@ public final class StandInTuning {
         // Adam state per tuned layer, over its flat parameter vector.
         var m = [Int: [Float]](), v = [Int: [Float]]()
         for l in tuned { m[l] = [Float](repeating: 0, count: params[l]!.parameterCount); v[l] = m[l] }
-        // Gradients of the tuned layers (every layer a set skips), zeroed before each step.
+        // Gradients of every stand-in a set applies (the backward pass fills them all); only the
+        // tuned layers' are used, and zeroed before each step.
         var grads = [TrainableStandIn?](repeating: nil, count: L)
-        for l in tuned { grads[l] = TrainableStandIn(zerosLike: params[l]!) }
+        for l in applied { grads[l] = TrainableStandIn(zerosLike: params[l]!) }
         let beta1: Float = 0.9, beta2: Float = 0.999, adamEps: Float = 1e-8
         var step = 0
         let first = StandInTuning.firstSkipped(sets), totalSteps = options.epochs * train.count * sets.count
@@ -127,7 +135,7 @@ public final class StandInTuning {
                 let routedFrom = Self.routedFrom(s, options.promptDepth)
                 for set in sets {
                     epochLoss += loss(s, first: first, set: set, standIns: params, eps: eps, routedFrom: routedFrom)
-                    for l in tuned { grads[l]!.zero() }
+                    for l in applied { grads[l]!.zero() }
                     dense.backward(tape, n: s.tokens.count, from: first, mask: set, standIns: params, gradients: &grads, routedFrom: routedFrom)
                     step += 1; epochSteps += 1
                     let c1 = 1 - powf(beta1, Float(step)), c2 = 1 - powf(beta2, Float(step))

@@ -87,6 +87,9 @@ public struct StandInFitting {
     /// Routers whose layer sets at `tuneBudgets` stage two trains (a Decision Module: every candidate set).
     public var tuneSets: String = "sleb,shortgpt,buddy"
     public var tuneBudgets: String = "0.9,0.8"
+    /// Budgets whose sets (of the `tuneSets` routers) keep their stand-ins: no layer they skip
+    /// is tuned (empty: every layer the tuned sets skip moves).
+    public var tuneKeepBudgets: String = ""
     /// How stage two runs a chat sequence's prompt (text chunks are routed throughout).
     public var tunePromptDepth: PromptDepth = .budget
     /// Start stage two from this stand-in file instead of fitting stage one (for experiments:
@@ -174,13 +177,16 @@ public struct StandInFitting {
         }
         let masks = scenarios == "none" ? [] : try Self.layerSets(scenarios, budgets: scenarioBudgets, model: model, flag: "--scenarios")
         let tuneSetMasks = tuneEpochs > 0 ? try Self.layerSets(tuneSets, budgets: tuneBudgets, model: model, flag: "--tune-sets") : []
+        let keptLayers = tuneEpochs > 0 && !tuneKeepBudgets.isEmpty
+            ? Set(try Self.layerSets(tuneSets, budgets: tuneKeepBudgets, model: model, flag: "--tune-keep-budgets").flatMap { m in (0..<L).filter { !m[$0] } })
+            : []
         // The model is named when it is not the default, so the notes' command reproduces the file.
         let modelFile = URL(fileURLWithPath: model.path).lastPathComponent
         let modelArgument = modelFile == ModelLocator.defaultFileName ? "" : " --model models/\(modelFile)"
         let command = "buddy calibrate stand-ins\(modelArgument) --data \(URL(fileURLWithPath: data).lastPathComponent) --train-chunks \(trainChunks) --validation-chunks \(validationChunks)"
             + (chatData.map { " --chat-data \(URL(fileURLWithPath: $0).lastPathComponent) --chat-prompts \(chatPrompts) --chat-validation-prompts \(chatValidationPrompts) --reply-tokens \(replyTokens)" + (secondTurns ? " --second-turns" : "") } ?? "")
             + " --scenarios \(scenarios) --scenario-budgets \(scenarioBudgets) --row-stride \(rowStride) --relative-error \(relativeError) --ranks \(ranks) --ridges \(ridges)"
-            + " --tune-epochs \(tuneEpochs)" + (tuneEpochs > 0 ? " --tune-learning-rate \(tuneLearningRate) --tune-chunks \(tuneChunks) --tune-sets \(tuneSets) --tune-budgets \(tuneBudgets) --tune-prompt-depth \(tunePromptDepth.rawValue)" : "")
+            + " --tune-epochs \(tuneEpochs)" + (tuneEpochs > 0 ? " --tune-learning-rate \(tuneLearningRate) --tune-chunks \(tuneChunks) --tune-sets \(tuneSets) --tune-budgets \(tuneBudgets) --tune-prompt-depth \(tunePromptDepth.rawValue)" + (tuneKeepBudgets.isEmpty ? "" : " --tune-keep-budgets \(tuneKeepBudgets)") : "")
         var standIns: StandIns
         var notes: String
         let start = Date()
@@ -209,7 +215,7 @@ public struct StandInFitting {
                                        maxRank: standIns.maxRank)
             let bar = report.progress("tune on KL", tuneEpochs * tuneTrain.count * tuneSetMasks.count)
             let (tuned, r) = try tuning.tune(standIns, sets: tuneSetMasks, train: tuneTrain, validation: tuneValidation,
-                                             options: .init(epochs: tuneEpochs, learningRate: Float(tuneLearningRate), promptDepth: tunePromptDepth)) { done, _, kl in
+                                             options: .init(epochs: tuneEpochs, learningRate: Float(tuneLearningRate), promptDepth: tunePromptDepth, keptLayers: keptLayers)) { done, _, kl in
                 bar.update(done, detail: String(format: "train KL %.4f", kl))
             }
             standIns = tuned
@@ -219,6 +225,7 @@ public struct StandInFitting {
             }
             notes += "\nstage two: tuned on KL from full depth, \(tuneEpochs) epoch(s), Adam learning rate \(tuneLearningRate), chat prompts at \(tunePromptDepth == .full ? "full depth" : "the set's depth"), \(tuneTrain.count) training / \(tuneValidation.count) validation sequences, skipped sets "
                 + names.joined(separator: " ") + "; mean validation KL per set: " + rows.joined(separator: "; ")
+                + (keptLayers.isEmpty ? "" : "; stand-ins kept as they were for layers " + keptLayers.sorted().map(String.init).joined(separator: ","))
                 + "; kept: " + (r.chosen == 0 ? "closed form" : "epoch \(r.chosen)")
             report.line("stage two (KL) validation, mean over sets: " + rows.joined(separator: "; "))
             report.line(String(format: "kept %@; %.0f s", r.chosen == 0 ? "the closed-form stand-ins" : "epoch \(r.chosen)", r.seconds))

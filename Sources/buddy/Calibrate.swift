@@ -66,6 +66,7 @@ struct StandInCalibrationOptions: ParsableArguments {
     @Option(name: .long, help: "(stand-ins) text chunks stage two trains on (with the --chat-prompts replies); it validates on --validation-chunks and --chat-validation-prompts.") var tuneChunks: String = "0..<14,84..<116"
     @Option(name: .long, help: "(stand-ins) routers whose layer sets at --tune-budgets stage two trains (buddy: every candidate set the Decision Module may pick).") var tuneSets: String = "sleb,shortgpt,buddy"
     @Option(name: .long, help: "(stand-ins) budgets of those sets.") var tuneBudgets: String = "0.9,0.8"
+    @Option(name: .long, help: "(stand-ins) budgets whose sets (of the --tune-sets routers) keep their stand-ins: no layer they skip is tuned (e.g. 0.9,0.8 when tuning the 0.5 sets on top of a file tuned there).") var tuneKeepBudgets: String = ""
     @Option(name: .long, help: "(stand-ins) how stage two runs a chat sequence's prompt: budget (at the set's depth, as `eval chat` measures by default) or full (every layer, as the chat runs a message; only the reply is routed).") var tunePromptDepth: PromptDepth = .budget
     @Option(name: .long, help: "(stand-ins) start stage two from this stand-in file instead of fitting stage one (experiments; the notes name the file).") var initial: String?
 
@@ -74,7 +75,7 @@ struct StandInCalibrationOptions: ParsableArguments {
                        chatValidationPrompts: chatValidationPrompts, replyTokens: replyTokens, scenarios: scenarios, scenarioBudgets: scenarioBudgets,
                        rowStride: rowStride, relativeError: relativeError, ranks: ranks, ridges: ridges)
         f.tuneEpochs = tuneEpochs; f.tuneLearningRate = tuneLearningRate; f.tuneChunks = tuneChunks
-        f.tuneSets = tuneSets; f.tuneBudgets = tuneBudgets; f.initial = initial; f.secondTurns = secondTurns; f.tunePromptDepth = tunePromptDepth
+        f.tuneSets = tuneSets; f.tuneBudgets = tuneBudgets; f.tuneKeepBudgets = tuneKeepBudgets; f.initial = initial; f.secondTurns = secondTurns; f.tunePromptDepth = tunePromptDepth
         return f
     }
 }

@@ -156,8 +156,8 @@ final class StandInTuningTests: XCTestCase {
     }
 
     /// Tuning the stand-ins of a tiny model's skipped layers on some random sequences lowers
-    /// KL on other sequences, keeps layers no set skips unchanged, and a second run gives the
-    /// same stand-ins bit for bit.
+    /// KL on other sequences, keeps layers no set skips (or that it is told to keep) unchanged,
+    /// and a second run gives the same stand-ins bit for bit.
     func testTuningLowersHeldOutKLAndIsReproducible() throws {
         let model = try Self.tiny(gemma: false, seed: 5)
         let c = model.config, d = c.dim
@@ -181,5 +181,15 @@ final class StandInTuningTests: XCTestCase {
         XCTAssertEqual(tuned.layers[3], initial.layers[3], "no set skips layer 3")
         let (again, _) = try StandInTuning(dense: model, maxTokens: 12, maxRank: 2).tune(initial, sets: [set1, set2], train: train, validation: validation, options: options)
         XCTAssertEqual(again.layers, tuned.layers)
+
+        // Layers kept (--tune-keep-budgets) stay bit for bit while the others still move and
+        // still lower the validation KL.
+        var keeping = options
+        keeping.keptLayers = [1]
+        let (partly, partReport) = try StandInTuning(dense: model, maxTokens: 12, maxRank: 2).tune(initial, sets: [set1, set2], train: train, validation: validation, options: keeping)
+        XCTAssertEqual(partly.layers[1], initial.layers[1], "layer 1 is kept")
+        XCTAssertNotEqual(partly.layers[2], initial.layers[2])
+        XCTAssertGreaterThan(partReport.chosen, 0)
+        XCTAssertLessThan(StandInTuning.Report.mean(partReport.validation[partReport.chosen]), StandInTuning.Report.mean(partReport.validation[0]))
     }
 }
