@@ -14,6 +14,10 @@
 #   scripts/eval_stand_ins.sh stand-ins  after refitting the stand-ins only: re-measure every row
 #                                      with stand-ins on (every method), keep the rows with them
 #                                      off, which do not read the file (about 45 minutes)
+#   scripts/eval_stand_ins.sh stand-ins 0.7,0.5  the same for the listed budgets only, when the
+#                                      refit changed only the stand-ins those budgets' sets use
+#                                      (--tune-keep-budgets); the decode bench is not rerun, as
+#                                      tuning keeps every stand-in's rank and so its cost
 # Held-out: WikiText-2 chunks 36-51 (never used for fitting, selection or training, nor looked
 # at while the stand-ins were developed; chunks 20-23 were), the
 # odd-position MT-Bench prompts. The stand-ins were fitted on chunks 0-13 and train-split
@@ -36,11 +40,11 @@ router) methods=buddy; methods_extra_tasks=buddy; switches=on,off; replaced='met
   out="$(mktemp -d /tmp/buddy-router-rows.XXXXXX)" ;;
 stand-ins) methods=buddy,sleb,shortgpt; methods_extra_tasks=buddy,shortgpt,sleb; switches=on; replaced='stand_ins=on'
   out="$(mktemp -d /tmp/buddy-stand-in-rows.XXXXXX)" ;;
-*) echo "usage: $0 run|router [BUDGETS]|stand-ins" >&2; exit 2 ;;
+*) echo "usage: $0 run|router [BUDGETS]|stand-ins [BUDGETS]" >&2; exit 2 ;;
 esac
 hellaswag_budgets=0.9,0.7,0.5
 if [ -n "$only" ]; then
-  [ "$mode" = router ] || { echo "a budget list is for router mode only" >&2; exit 2; }
+  [ "$mode" != run ] || { echo "a budget list is for the router and stand-ins modes only" >&2; exit 2; }
   budgets="$only"
   hellaswag_budgets=$(python3 -c "import sys; b=[x for x in sys.argv[1].split(',') if float(x) in (0.9, 0.7, 0.5)]; print(','.join(b))" "$only")
 fi
@@ -105,7 +109,7 @@ $buddy eval auto --data "$data/mt_bench_questions.jsonl" --quality-tolerance 0.2
   --stand-ins on --csv eval/stand-ins-auto.csv > eval/stand-ins-auto.md
 # Decode speed: one bench over the slider's budgets, then two longer ones at 0.5 (this VM varies
 # by +-20 % from minute to minute; EVAL.md takes the median of all per-round ratios).
-if [ -n "$hellaswag_budgets" ]; then   # the bench's budgets are HellaSwag's and 1
+if [ -n "$hellaswag_budgets" ] && { [ "$mode" != stand-ins ] || [ -z "$only" ]; }; then   # the bench's budgets are HellaSwag's and 1
 $buddy bench --budgets 1,0.9,0.7,0.5 --runs 9 --router buddy --stand-ins on --json > eval/stand-ins-bench.jsonl
 for i in 1 2; do $buddy bench --budgets 1,0.5 --runs 15 --router buddy --stand-ins on --json; done > eval/stand-ins-bench-repeats.jsonl
 fi

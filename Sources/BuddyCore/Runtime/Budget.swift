@@ -18,8 +18,8 @@ public enum Budget {
     /// Budgets at or above this run the default model without obvious damage: the chat's
     /// slider marks them as its recommended zone, and the automatic budget's default tolerance
     /// is chosen to stay in it. With the shipped router and stand-ins, held-out perplexity is
-    /// 1.10× full depth at 0.9, 1.24× at 0.8, 1.35× at 0.7 and 2.07× at 0.5; the chat's KL from
-    /// full depth (messages at full depth, its default) is 0.24 / 0.46 / 0.63 / 1.35 nats per
+    /// 1.10× full depth at 0.9, 1.24× at 0.8, 1.35× at 0.7 and 1.93× at 0.5; the chat's KL from
+    /// full depth (messages at full depth, its default) is 0.24 / 0.46 / 0.63 / 1.28 nats per
     /// token (EVAL.md): at 0.7 answers stay on the question but repeat themselves and invent
     /// details (README describes the chat at 90, 80, 70 and 50 %), so the floor stays at 0.8.
     public static let recommendedFloor = 0.8
