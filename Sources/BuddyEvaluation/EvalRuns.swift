@@ -129,9 +129,14 @@ public enum PerplexityRun {
         }
     }
 
-    /// The table (metrics ppl, tokens), the chunks scored and the file's token count; `model`
-    /// is loaded once the text has been read.
-    public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, chunks: Int, fileTokens: Int) {
+    /// The header of the per-chunk rows (`--items`): one row per cell and chunk, the chunk
+    /// numbered from the start of the file, its summed negative log-likelihood and scored tokens.
+    public static let itemHeader = "method,budget,kv_policy,stand_ins,chunk,nll,tokens"
+
+    /// The table (metrics ppl, tokens), the chunks scored, the file's token count and one
+    /// `itemHeader` row per cell and chunk (header first), for paired comparisons
+    /// (`PairedComparison`); `model` is loaded once the text has been read.
+    public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, chunks: Int, fileTokens: Int, items: [String]) {
         guard var text = try? String(contentsOfFile: o.data, encoding: .utf8) else {
             throw ToolError("cannot read data file '\(o.data)' as UTF-8 text")
         }
@@ -145,11 +150,19 @@ public enum PerplexityRun {
         let total = min(available, o.chunks ?? available)
         let kvPolicy = o.grid.kvPolicy
         var table = EvalTable(metrics: ["ppl", "tokens"], headers: ["ppl", "tokens"], formats: ["%.3f", "%.0f"], kvPolicy: kvPolicy.rawValue)
+        var items = [itemHeader]
+        var fullDepthChunks: [(nll: Double, count: Int)] = []
+        func addItems(_ method: String, _ b: Double, _ standIns: String, _ chunks: [(nll: Double, count: Int)]) {
+            for (i, c) in chunks.enumerated() {
+                items.append(String(format: "%@,%.2f,%@,%@,%d,%.6f,%d", method, b, kvPolicy.rawValue, standIns, o.skipChunks + i, c.nll, c.count))
+            }
+        }
         try o.grid.forEachCell(model: model, note: report.note) { mode, method, b in
             evaluator.standIns = mode.weights
             // Budget 1 is the full model whatever the method; compute it once.
             if b >= 1, let done = table.fullDepth {
                 table.add(method, b, done.values, standIns: mode.label)
+                addItems(method, b, mode.label, fullDepthChunks)
                 return
             }
             let selector = try o.grid.selector(method: method, budget: b, model: model)
@@ -161,8 +174,10 @@ public enum PerplexityRun {
                 runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
                 progress: { done, _, partial in bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity)) })
             table.add(method, b, [result.perplexity, Double(result.count)], standIns: mode.label)
+            if b >= 1 { fullDepthChunks = result.chunks }
+            addItems(method, b, mode.label, result.chunks)
         }
-        return (table, total, tokens.count)
+        return (table, total, tokens.count, items)
     }
 }
 
@@ -235,11 +250,16 @@ public enum HellaSwagRun {
 
 /// `buddy eval chat`: KL from full depth and top-1 agreement along the full model's replies.
 public enum ChatFidelityRun {
-    /// The table (kl, top1_agreement, tokens) and the number of prompts.
+    /// The header of the per-prompt rows (`--items`): one row per cell and prompt, with the
+    /// summed KL over the reply, the top-1 agreements and the reply's tokens.
+    public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,kl_sum,agreements,tokens"
+
+    /// The table (kl, top1_agreement, tokens), the number of prompts and one `itemHeader` row
+    /// per cell and prompt (header first), for paired comparisons (`PairedComparison`).
     /// `promptDepth` says whether each prompt runs at the cell's budget (the protocol of the
     /// published figures) or at full depth, as the chat runs it.
     public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, promptDepth: PromptDepth = .budget, threads: Int,
-                           model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, prompts: Int) {
+                           model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, prompts: Int, items: [String]) {
         let prompts = try selection.load()
         let model = try loadModel()
         let session = Session(model: model, capacity: 2048, threads: threads, batchSize: 256)
@@ -256,18 +276,23 @@ public enum ChatFidelityRun {
         var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)
         let bar = report.progress("chat", prompts.count * (cells.count + 1))
         var done = 0
+        var items = [itemHeader]
         for p in prompts {
             let (_, ref) = try selection.reference(to: p, evaluator: evaluator)
             done += 1
             for (i, cell) in cells.enumerated() {
+                let d: ChatDivergence
                 if cell.budget >= 1 {
                     // The full model agrees with itself: KL 0, top-1 1.
-                    totals[i].add(ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count))
+                    d = ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
                 } else {
                     session.selector = cell.selector
                     session.standIns = cell.standIns.weights
-                    totals[i].add(try evaluator.compare(ref, batched: cell.batched))
+                    d = try evaluator.compare(ref, batched: cell.batched)
                 }
+                totals[i].add(d)
+                items.append(String(format: "%@,%.2f,%@,%@,%@,%.6f,%d,%d", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
+                                    p.id.replacingOccurrences(of: ",", with: ";"), d.klSum, d.agreements, d.tokens))
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }
@@ -275,6 +300,6 @@ public enum ChatFidelityRun {
         var table = EvalTable(metrics: ["kl", "top1_agreement", "tokens"], headers: ["KL (nats/token)", "top-1 agreement", "tokens"],
                               formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: grid.kvPolicy.rawValue)
         for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)], standIns: cell.standIns.label) }
-        return (table, prompts.count)
+        return (table, prompts.count, items)
     }
 }

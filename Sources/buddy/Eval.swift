@@ -7,7 +7,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Auto.self, Plot.self])
+        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Auto.self, Paired.self, Plot.self])
 }
 
 extension Eval {
@@ -27,6 +27,7 @@ extension Eval {
         @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write the results as CSV (method,budget,kv_policy,ppl,tokens).") var csv: String?
         @Option(name: .long, help: "Also draw perplexity against budget, one line per method, as SVG.") var plot: String?
+        @Option(name: .long, help: "Also write every chunk's result as CSV (method,budget,kv_policy,stand_ins,chunk,nll,tokens), for paired comparisons of methods on the same chunks (buddy eval paired).") var items: String?
         @OptionGroup var modelOptions: ModelOptions
 
         var options: PerplexityRun.Options {
@@ -35,7 +36,8 @@ extension Eval {
         func validate() throws { try validating(options.validate) }
 
         func run() throws {
-            let (table, total, fileTokens) = try PerplexityRun.run(options, model: modelOptions.load, report: .terminal)
+            let (table, total, fileTokens, itemRows) = try PerplexityRun.run(options, model: modelOptions.load, report: .terminal)
+            if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
             if table.rows.count == 1 {
                 let r = table.rows[0]
                 print(String(format: "perplexity %.4f over %d chunks of %d (%d scored tokens; %d tokens in file)", r.values[0], total, ctx, Int(r.values[1]), fileTokens))
@@ -96,17 +98,40 @@ extension Eval {
         @Option(name: .long, help: "How each prompt runs: budget (at the cell's budget, one decision; the default and the protocol of EVAL.md's chat tables) or full (every layer, as the chat runs it; the budget then covers the reply only).") var promptDepth: PromptDepth = .budget
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,kl,top1_agreement,tokens).") var csv: String?
         @Option(name: .long, help: "Also draw KL against budget, one line per method, as SVG.") var plot: String?
+        @Option(name: .long, help: "Also write every prompt's result as CSV (method,budget,kv_policy,stand_ins,prompt,kl_sum,agreements,tokens), for paired comparisons of methods on the same prompts (buddy eval paired).") var items: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws { try modelOptions.validateThreads() }
 
         func run() throws {
-            let (table, prompts) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, promptDepth: promptDepth,
-                                                           threads: modelOptions.threads, model: modelOptions.load, report: .terminal)
+            let (table, prompts, itemRows) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, promptDepth: promptDepth,
+                                                                     threads: modelOptions.threads, model: modelOptions.load, report: .terminal)
+            if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
             print(table.markdown(), terminator: "")
             print("\(prompts) prompts (\(promptOptions.split) split), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
                   + (promptDepth == .full ? "prompts at full depth" : "prompts at each budget"))
             try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
+        }
+    }
+
+    struct Paired: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Two methods on the same chunks or prompts: the ratio of their figures and its paired standard error.",
+            discussion: """
+                Reads the files that `buddy eval perplexity --items` or `buddy eval chat --items`
+                write (all of one kind) and, at every budget both methods were scored at, prints
+                A's perplexity (or mean chat KL) against B's in percent with the standard error of
+                that difference from the per-chunk (per-prompt) differences. A method with
+                stand-ins on is named NAME+stand-ins. Example:
+                  buddy eval paired --a buddy+stand-ins --b sleb+stand-ins eval/stand-ins-ppl-items.csv
+                """)
+        @Option(name: .long, help: "Method A (e.g. buddy+stand-ins).") var a: String
+        @Option(name: .long, help: "Method B (e.g. sleb+stand-ins).") var b: String
+        @Argument(help: "Items files.") var files: [String]
+
+        func run() throws {
+            let (kind, rows) = try PairedComparison.compare(files: files, a: a, b: b)
+            print(PairedComparison.markdown(kind, rows, a: a, b: b), terminator: "")
         }
     }
 

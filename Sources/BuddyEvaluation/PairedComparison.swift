@@ -1,0 +1,133 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// Two methods compared on the same items (perplexity chunks or chat prompts) from the rows
+/// `buddy eval perplexity --items` and `buddy eval chat --items` write: the ratio of their
+/// figures and its standard error from the per-item differences.
+///
+/// Why paired: two layer sets scored on the same 16 chunks differ far less from each other
+/// than either differs between text samples, so the s.e. of the *difference* is what says
+/// whether "1.7 % behind" is a finding or noise. Items are the sampling units (clusters):
+/// tokens inside a chunk or a reply are not independent.
+///
+/// * Perplexity: log(pplA / pplB) = Σ(nllA − nllB) / Σtokens = D. Its s.e. is the cluster
+///   (ratio-estimator) formula √(n/(n−1) · Σ(dᵢ − D·tᵢ)²) / Σtᵢ with dᵢ the chunk's NLL
+///   difference; reported as the percentage exp(D) − 1 with s.e. exp(D)·s.e.(D).
+/// * Chat KL: R = ΣklA / ΣklB over the same replies (each prompt's reply has the same tokens
+///   for both); by the delta method s.e.(R) = √(n/(n−1) · Σ(klAᵢ − R·klBᵢ)²) / ΣklB,
+///   reported as the percentage R − 1.
+public enum PairedComparison {
+    public enum Kind: String, Sendable { case perplexity, chat }
+
+    /// One item's figures for one cell: the summed loss (NLL or KL) and its tokens.
+    struct Item { var loss: Double; var tokens: Int }
+
+    public struct Row: Equatable, Sendable {
+        public var budget: Double
+        public var items: Int
+        /// Each method's figure over the shared items: perplexity, or mean KL per token.
+        public var a: Double
+        public var b: Double
+        /// A against B in percent (negative: A is better) and its standard error in percent.
+        public var percent: Double
+        public var standardError: Double
+    }
+
+    /// Reads item files (every file of one kind) and compares methods `a` and `b` at every
+    /// budget both were scored at. A method with stand-ins on is named `NAME+stand-ins`.
+    public static func compare(files: [String], a: String, b: String) throws -> (kind: Kind, rows: [Row]) {
+        var kind: Kind?
+        // [method: [budget: [item: Item]]]
+        var cells: [String: [Double: [String: Item]]] = [:]
+        for file in files {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ToolError("cannot read items file '\(file)'") }
+            let (fileKind, items) = try parse(text, name: file)
+            if let kind, kind != fileKind { throw ToolError("'\(file)' holds \(fileKind.rawValue) items, the other files \(kind.rawValue) items") }
+            kind = fileKind
+            for (method, budget, key, item) in items {
+                if let old = cells[method]?[budget]?[key], old.loss != item.loss || old.tokens != item.tokens {
+                    throw ToolError("'\(file)': conflicting results for \(method) at \(String(format: "%.2f", budget)), item \(key)")
+                }
+                cells[method, default: [:]][budget, default: [:]][key] = item
+            }
+        }
+        guard let kind else { throw ToolError("no items files given") }
+        for m in [a, b] where cells[m] == nil {
+            throw ToolError("no rows for method '\(m)' (methods present: \(cells.keys.sorted().joined(separator: ", ")))")
+        }
+        var rows: [Row] = []
+        for budget in Set(cells[a]!.keys).intersection(cells[b]!.keys).sorted(by: >) {
+            let ia = cells[a]![budget]!, ib = cells[b]![budget]!
+            let keys = Set(ia.keys).intersection(ib.keys).sorted()
+            guard keys.count >= 2 else { continue }
+            let pairs = keys.map { (ia[$0]!, ib[$0]!) }
+            if let bad = keys.first(where: { ia[$0]!.tokens != ib[$0]!.tokens }) {
+                throw ToolError("item \(bad) at \(String(format: "%.2f", budget)) has \(ia[bad]!.tokens) tokens for \(a) and \(ib[bad]!.tokens) for \(b): not the same item")
+            }
+            rows.append(row(kind, budget: budget, pairs))
+        }
+        return (kind, rows)
+    }
+
+    /// The comparison over paired items (same tokens for both methods).
+    static func row(_ kind: Kind, budget: Double, _ pairs: [(Item, Item)]) -> Row {
+        let n = Double(pairs.count)
+        let tokens = Double(pairs.reduce(0) { $0 + $1.0.tokens })
+        let lossA = pairs.reduce(0.0) { $0 + $1.0.loss }, lossB = pairs.reduce(0.0) { $0 + $1.1.loss }
+        switch kind {
+        case .perplexity:
+            let d = (lossA - lossB) / tokens
+            let spread = pairs.reduce(0.0) { s, p in let r = (p.0.loss - p.1.loss) - d * Double(p.0.tokens); return s + r * r }
+            let se = (n / (n - 1) * spread).squareRoot() / tokens
+            return Row(budget: budget, items: pairs.count, a: exp(lossA / tokens), b: exp(lossB / tokens),
+                       percent: (exp(d) - 1) * 100, standardError: exp(d) * se * 100)
+        case .chat:
+            let r = lossA / lossB
+            let spread = pairs.reduce(0.0) { s, p in let u = p.0.loss - r * p.1.loss; return s + u * u }
+            let se = (n / (n - 1) * spread).squareRoot() / lossB
+            return Row(budget: budget, items: pairs.count, a: lossA / tokens, b: lossB / tokens,
+                       percent: (r - 1) * 100, standardError: se * 100)
+        }
+    }
+
+    /// Rows of one items file: (method, budget, item key, item). Untrusted text: every line is
+    /// checked and a bad one is named.
+    static func parse(_ text: String, name: String) throws -> (Kind, [(String, Double, String, Item)]) {
+        var lines = text.split(whereSeparator: \.isNewline).map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
+        guard let header = lines.first else { throw ToolError("'\(name)' is empty") }
+        lines.removeFirst()
+        let kind: Kind
+        switch header {
+        case PerplexityRun.itemHeader: kind = .perplexity
+        case ChatFidelityRun.itemHeader: kind = .chat
+        default: throw ToolError("'\(name)' is not an items file of buddy eval perplexity or chat (header '\(header.prefix(80))')")
+        }
+        let columns = kind == .perplexity ? 7 : 8
+        var out: [(String, Double, String, Item)] = []
+        for (i, line) in lines.enumerated() where !line.isEmpty {
+            let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            guard f.count == columns, let budget = Double(f[1]), budget > 0, budget <= 1,
+                  let loss = Double(f[5]), loss.isFinite, loss >= 0,
+                  let tokens = Int(f[columns - 1]), tokens > 0 else {
+                throw ToolError("'\(name)' line \(i + 2) is not a valid \(kind.rawValue) item: '\(line.prefix(80))'")
+            }
+            let method = f[3] == "on" ? f[0] + "+stand-ins" : f[0]
+            out.append((method, budget, f[4], Item(loss: loss, tokens: tokens)))
+        }
+        return (kind, out)
+    }
+
+    /// A markdown table of the rows.
+    public static func markdown(_ kind: Kind, _ rows: [Row], a: String, b: String) -> String {
+        let what = kind == .perplexity ? "ppl" : "KL"
+        var s = "| budget | \(kind == .perplexity ? "chunks" : "prompts") | \(what) \(a) | \(what) \(b) | \(a) against \(b) | paired s.e. | difference / s.e. |\n"
+        s += "|---|---|---|---|---|---|---|\n"
+        for r in rows {
+            let z = r.standardError > 0 ? String(format: "%+.1f", r.percent / r.standardError) : "-"
+            s += String(format: kind == .perplexity ? "| %.2f | %d | %.3f | %.3f | %+.1f %% | %.1f %% | %@ |\n" : "| %.2f | %d | %.4f | %.4f | %+.1f %% | %.1f %% | %@ |\n",
+                        r.budget, r.items, r.a, r.b, r.percent, r.standardError, z)
+        }
+        return s
+    }
+}

@@ -1,0 +1,139 @@
+import BuddyCore
+import BuddyEvaluation
+import BuddyRouting
+import BuddyTestSupport
+import Foundation
+import XCTest
+
+/// Per-item results of `buddy eval perplexity|chat --items` and the paired comparison built on
+/// them (`buddy eval paired`).
+final class PairedComparisonTests: XCTestCase {
+    private func write(_ name: String, _ text: String) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-paired-tests-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent(name).path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// Figures worked out by hand from the formulas in `PairedComparison`'s comment.
+    func testPairedFiguresMatchHandComputedValues() throws {
+        // Three chunks of 10 tokens. A's NLL 12, 9, 15; B's 10, 10, 13: D = (36 − 33) / 30 = 0.1,
+        // residuals dᵢ − D·tᵢ = 1, −2, 1, s.e.(D) = √(3/2 · 6) / 30 = 0.1.
+        let ppl = try write("ppl.csv", """
+            method,budget,kv_policy,stand_ins,chunk,nll,tokens
+            buddy,0.50,fill,on,7,12,10
+            buddy,0.50,fill,on,8,9,10
+            buddy,0.50,fill,on,9,15,10
+            sleb,0.50,fill,on,7,10,10
+            sleb,0.50,fill,on,8,10,10
+            sleb,0.50,fill,on,9,13,10
+            sleb,0.50,fill,off,7,99,10
+            sleb,0.50,fill,off,8,99,10
+            sleb,0.90,fill,on,7,5,10
+
+            """)
+        let (kind, rows) = try PairedComparison.compare(files: [ppl], a: "buddy+stand-ins", b: "sleb+stand-ins")
+        XCTAssertEqual(kind, .perplexity)
+        XCTAssertEqual(rows.count, 1, "only 0.5 has both methods")
+        let r = try XCTUnwrap(rows.first)
+        XCTAssertEqual(r.items, 3)
+        XCTAssertEqual(r.a, exp(1.2), accuracy: 1e-9)
+        XCTAssertEqual(r.b, exp(1.1), accuracy: 1e-9)
+        XCTAssertEqual(r.percent, (exp(0.1) - 1) * 100, accuracy: 1e-9)
+        XCTAssertEqual(r.standardError, exp(0.1) * 0.1 * 100, accuracy: 1e-9)
+        // Without stand-ins "sleb" is another method: two chunks, A's 99 + 99 against B's 20.
+        let off = try PairedComparison.compare(files: [ppl], a: "sleb", b: "sleb+stand-ins").rows
+        XCTAssertEqual(off.first?.items, 2)
+        XCTAssertEqual(off.first?.percent ?? 0, (exp(178.0 / 20) - 1) * 100, accuracy: 1e-6)
+
+        // Three replies of 4, 5, 6 tokens. A's KL sums 2, 3, 1; B's 1, 2, 3: R = 1, uᵢ = 1, 1, −2,
+        // s.e.(R) = √(3/2 · 6) / 6 = 0.5.
+        let chat = try write("chat.csv", """
+            method,budget,kv_policy,stand_ins,prompt,kl_sum,agreements,tokens
+            buddy,0.80,fill,on,81,2,3,4
+            sleb,0.80,fill,on,81,1,3,4
+            buddy,0.80,fill,on,83,3,3,5
+            sleb,0.80,fill,on,83,2,3,5
+            buddy,0.80,fill,on,85,1,3,6
+            sleb,0.80,fill,on,85,3,3,6
+            """)
+        let c = try XCTUnwrap(PairedComparison.compare(files: [chat], a: "buddy+stand-ins", b: "sleb+stand-ins").rows.first)
+        XCTAssertEqual(c.a, 0.4, accuracy: 1e-12)
+        XCTAssertEqual(c.b, 0.4, accuracy: 1e-12)
+        XCTAssertEqual(c.percent, 0, accuracy: 1e-12)
+        XCTAssertEqual(c.standardError, 50, accuracy: 1e-9)
+        XCTAssertEqual(PairedComparison.markdown(.chat, [c], a: "A", b: "B").split(separator: "\n").last,
+                       "| 0.80 | 3 | 0.4000 | 0.4000 | +0.0 % | 50.0 % | +0.0 |")
+    }
+
+    func testBadItemFilesAreRefusedWithTheProblemNamed() throws {
+        let header = PerplexityRun.itemHeader
+        func refusal(_ files: [String], a: String = "buddy", b: String = "sleb") -> String {
+            do { _ = try PairedComparison.compare(files: files, a: a, b: b); return "accepted" } catch { return "\(error)" }
+        }
+        let good = try write("good.csv", "\(header)\nbuddy,0.50,fill,off,1,3,10\nsleb,0.50,fill,off,1,2,10\nbuddy,0.50,fill,off,2,3,10\nsleb,0.50,fill,off,2,2,10\n")
+        XCTAssertEqual(refusal([good]), "accepted")
+        let chat = try write("chat-items.csv", "\(ChatFidelityRun.itemHeader)\nbuddy,0.50,fill,off,81,1,1,4\n")
+        XCTAssertTrue(refusal([good, chat]).contains("holds chat items, the other files perplexity items"), refusal([good, chat]))
+        let other = try write("other.csv", "method,budget,kv_policy,task,gold,chosen\n")
+        XCTAssertTrue(refusal([other]).contains("is not an items file"), refusal([other]))
+        for (i, line) in ["buddy,0.50,fill,off,1,nan,10", "buddy,0.50,fill,off,1,-1,10", "buddy,2,fill,off,1,3,10",
+                          "buddy,0.50,fill,off,1,3,0", "buddy,0.50,fill,off,1,3", "buddy,0.50,fill,off,1,3,10,4"].enumerated() {
+            let bad = try write("bad\(i).csv", "\(header)\n\(line)\n")
+            XCTAssertTrue(refusal([bad]).contains("line 2 is not a valid perplexity item"), "\(line): \(refusal([bad]))")
+        }
+        let conflicting = try write("conflict.csv", "\(header)\nbuddy,0.50,fill,off,1,4,10\n")
+        XCTAssertTrue(refusal([good, conflicting]).contains("conflicting results for buddy at 0.50, item 1"), refusal([good, conflicting]))
+        let mismatch = try write("mismatch.csv", "\(header)\nbuddy,0.50,fill,off,1,3,10\nsleb,0.50,fill,off,1,2,11\nbuddy,0.50,fill,off,2,3,10\nsleb,0.50,fill,off,2,2,10\n")
+        XCTAssertTrue(refusal([mismatch]).contains("not the same item"), refusal([mismatch]))
+        XCTAssertTrue(refusal([good], a: "shortgpt").contains("no rows for method 'shortgpt' (methods present: buddy, sleb)"), refusal([good], a: "shortgpt"))
+        XCTAssertTrue(refusal([good + ".missing"]).contains("cannot read items file"))
+    }
+
+    /// The per-item rows of a real run add up to the figures of its table, and budget 1 gives
+    /// every method the full model's rows.
+    func testItemsOfARealRunAddUpToItsTable() throws {
+        let model = try TestSupport.model()
+        let text = try TestSupport.sharedText("wikitext2_valid.txt")
+        let data = try write("text.txt", String(text.prefix(6000)))
+        let grid = EvalGrid(budgets: "1,0.5", methods: "buddy,sleb", standIns: "on")
+        let (table, chunks, _, items) = try PerplexityRun.run(.init(data: data, chunks: 2, skipChunks: 1, ctx: 128, grid: grid),
+                                                             model: { model }, report: .silent)
+        XCTAssertEqual(chunks, 2)
+        XCTAssertEqual(items.first, PerplexityRun.itemHeader)
+        XCTAssertEqual(items.count, 1 + table.rows.count * 2)
+        let fields: [[String]] = items.dropFirst().map { line in line.split(separator: ",").map(String.init) }
+        for row in table.rows {
+            let mine: [[String]] = fields.filter { f in f[0] == row.method && Double(f[1]) == row.budget && f[3] == row.standIns }
+            XCTAssertEqual(mine.map { f in f[4] }, ["1", "2"], "chunks numbered from the file's start")
+            let nll: Double = mine.reduce(0.0) { s, f in s + Double(f[5])! }
+            let tokens: Int = mine.reduce(0) { s, f in s + Int(f[6])! }
+            XCTAssertEqual(exp(nll / Double(tokens)), row.values[0], accuracy: row.values[0] * 1e-5, "\(row.method) \(row.budget)")
+        }
+        let full = try PairedComparison.compare(files: [try write("run-ppl.csv", items.joined(separator: "\n") + "\n")],
+                                                a: "buddy+stand-ins", b: "sleb+stand-ins").rows
+        XCTAssertEqual(full.map(\.budget), [1, 0.5])
+        XCTAssertEqual(full.first?.percent, 0, "budget 1 is the full model for both")
+
+        let prompts = try write("prompts.jsonl", """
+            {"question_id": 1, "turns": ["Name a colour."]}
+            {"question_id": 2, "turns": ["What is two plus two?"]}
+
+            """)
+        let (chatTable, count, chatItems) = try ChatFidelityRun.run(
+            prompts: ChatPromptSelection(data: prompts, split: "all", maxReply: 8), grid: EvalGrid(budgets: "0.5", methods: "buddy,sleb", standIns: "on"),
+            threads: 2, model: { model }, report: .silent)
+        XCTAssertEqual(count, 2)
+        XCTAssertEqual(chatItems.count, 1 + 2 * 2)
+        let chatFields: [[String]] = chatItems.dropFirst().map { line in line.split(separator: ",").map(String.init) }
+        for row in chatTable.rows {
+            let mine: [[String]] = chatFields.filter { f in f[0] == row.method }
+            XCTAssertEqual(mine.map { f in f[4] }, ["1", "2"])
+            let kl: Double = mine.reduce(0.0) { s, f in s + Double(f[5])! }
+            let tokens: Int = mine.reduce(0) { s, f in s + Int(f[7])! }
+            XCTAssertEqual(kl / Double(tokens), row.values[0], accuracy: 1e-5, row.method)
+            XCTAssertEqual(Double(tokens), row.values[2])
+        }
+    }
+}
