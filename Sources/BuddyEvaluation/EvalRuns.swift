@@ -68,12 +68,16 @@ public struct ChatPromptSelection {
     public var skip: Int = 0
     public var limit: Int?
     public var maxReply: Int = 128
-    public init(data: String, split: String = "heldout", skip: Int = 0, limit: Int? = nil, maxReply: Int = 128) {
+    /// Which user turn is scored: the question, or its follow-up (MT-Bench's second turn),
+    /// asked after the full model's own reply to the question.
+    public var turn: ChatTurn = .first
+    public init(data: String, split: String = "heldout", skip: Int = 0, limit: Int? = nil, maxReply: Int = 128, turn: ChatTurn = .first) {
         self.data = data
         self.split = split
         self.skip = skip
         self.limit = limit
         self.maxReply = maxReply
+        self.turn = turn
     }
 
     public func validate() throws {
@@ -91,16 +95,34 @@ public struct ChatPromptSelection {
         prompts = Array(prompts.dropFirst(skip))
         if let limit { prompts = Array(prompts.prefix(limit)) }
         guard !prompts.isEmpty else { throw ToolError("'\(data)' has no prompts in the \(split) split" + (skip > 0 ? " after skipping \(skip)" : "")) }
+        if turn == .followUp, let p = prompts.first(where: { $0.followUp == nil }) {
+            throw ToolError("prompt \(p.id) in '\(data)' has no follow-up turn (--turn follow-up needs a second entry in every \"turns\" list)")
+        }
         return prompts
     }
 
     /// The prompt's tokens and the full model's greedy reply of up to --max-reply tokens (refused
-    /// when prompt and reply would not fit the session).
-    func reference(to p: ChatPrompt, evaluator: ChatEvaluator) throws -> (ids: [Int32], reference: ChatReference) {
-        let ids = evaluator.promptTokens(p.text)
-        guard ids.count + maxReply <= evaluator.session.capacity else { throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens)") }
+    /// when prompt and reply would not fit the session). For a follow-up turn the prompt is the
+    /// question, the full model's greedy reply to it (up to --max-reply tokens) and the follow-up.
+    public func reference(to p: ChatPrompt, evaluator: ChatEvaluator) throws -> (ids: [Int32], reference: ChatReference) {
+        var ids = evaluator.promptTokens(p.text)
+        func fits() throws {
+            guard ids.count + maxReply <= evaluator.session.capacity else { throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens)") }
+        }
+        try fits()
+        if turn == .followUp, let followUp = p.followUp {
+            let first = try evaluator.reference(prompt: ids, maxTokens: maxReply).reply
+            ids = evaluator.followUpTokens(question: p.text, firstReply: first, followUp: followUp)
+            try fits()
+        }
         return (ids, try evaluator.reference(prompt: ids, maxTokens: maxReply))
     }
+}
+
+/// The user turn `buddy eval chat` and `buddy eval auto` score.
+public enum ChatTurn: String, Sendable, CaseIterable {
+    case first
+    case followUp = "follow-up"
 }
 
 /// `buddy eval perplexity`: llama.cpp's protocol over the grid.

@@ -69,9 +69,7 @@ public enum TrainingData {
             guard let first = try reply(to: chat.promptTokens(p.text)) else { bar.update(i + 1, detail: "prompt \(p.id) too long, skipped"); continue }
             var detail = "\(first.count) reply tokens"
             if secondTurns, let followUp = p.followUp,
-               let second = try reply(to: chat.promptTokens([ChatMessage(role: .user, content: p.text),
-                                                             ChatMessage(role: .assistant, content: model.tokenizer.decode(first)),
-                                                             ChatMessage(role: .user, content: followUp)])) {
+               let second = try reply(to: chat.followUpTokens(question: p.text, firstReply: first, followUp: followUp)) {
                 detail += ", second turn \(second.count)"
             }
             bar.update(i + 1, detail: detail)

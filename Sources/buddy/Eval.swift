@@ -108,7 +108,7 @@ extension Eval {
                                                                      threads: modelOptions.threads, model: modelOptions.load, report: .terminal)
             if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
             print(table.markdown(), terminator: "")
-            print("\(prompts) prompts (\(promptOptions.split) split), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
+            print("\(prompts) prompts (\(promptOptions.split) split\(promptOptions.turn == .followUp ? ", follow-up turns" : "")), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
                   + (promptDepth == .full ? "prompts at full depth" : "prompts at each budget"))
             try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
         }
@@ -187,15 +187,18 @@ extension Eval {
     }
 }
 
-/// --data, --split, --skip, --limit, --max-reply: the chat prompts `buddy eval chat` and `buddy eval auto` run.
+extension ChatTurn: ExpressibleByArgument {}
+
+/// --data, --split, --skip, --limit, --max-reply, --turn: the chat prompts `buddy eval chat` and `buddy eval auto` run.
 struct ChatPromptOptions: ParsableArguments {
     @Option(name: .long, help: "JSON lines with a \"turns\" list per prompt (MT-Bench layout).") var data: String
     @Option(name: .long, help: "Which prompts: heldout (odd positions), train (even positions) or all.") var split: String = "heldout"
     @Option(name: .long, help: "Leave out the first N prompts of the split.") var skip: Int = 0
     @Option(name: .long, help: "Use only the first N prompts of the split (after --skip).") var limit: Int?
     @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).") var maxReply: Int = 128
+    @Option(name: .long, help: "Which user turn is scored: first (the question) or follow-up (the second turn, asked after the full model's reply to the question).") var turn: ChatTurn = .first
 
-    var selection: ChatPromptSelection { .init(data: data, split: split, skip: skip, limit: limit, maxReply: maxReply) }
+    var selection: ChatPromptSelection { .init(data: data, split: split, skip: skip, limit: limit, maxReply: maxReply, turn: turn) }
 
     func validate() throws { try validating(selection.validate) }
 }

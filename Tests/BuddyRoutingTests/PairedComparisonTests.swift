@@ -136,4 +136,30 @@ final class PairedComparisonTests: XCTestCase {
             XCTAssertEqual(Double(tokens), row.values[2])
         }
     }
+
+    /// `--turn follow-up`: the prompt is the question, the full model's own greedy reply to it and
+    /// the follow-up, in the chat template; a file without follow-ups is refused.
+    func testFollowUpTurnAsksTheSecondQuestionAfterTheModelsOwnReply() throws {
+        let model = try TestSupport.model()
+        let file = try write("follow.jsonl", "{\"question_id\": 7, \"turns\": [\"Name a fruit.\", \"Now name a vegetable.\"]}\n")
+        let selection = ChatPromptSelection(data: file, split: "all", maxReply: 12, turn: .followUp)
+        let prompts = try selection.load()
+        let evaluator = ChatEvaluator(session: Session(model: model, capacity: 256, threads: 2, batchSize: 64))
+        let (ids, reference) = try selection.reference(to: prompts[0], evaluator: evaluator)
+        let first = try evaluator.reference(prompt: evaluator.promptTokens("Name a fruit."), maxTokens: 12).reply
+        XCTAssertFalse(first.isEmpty)
+        let text = String(decoding: ids.flatMap { model.tokenizer.decodeBytes($0, includeSpecial: true) }, as: UTF8.self)
+        let firstText = model.tokenizer.decode(first)
+        let question = try XCTUnwrap(text.range(of: "Name a fruit.")), answer = try XCTUnwrap(text.range(of: firstText)),
+            followUp = try XCTUnwrap(text.range(of: "Now name a vegetable."))
+        XCTAssertTrue(question.upperBound <= answer.lowerBound && answer.upperBound <= followUp.lowerBound, text)
+        XCTAssertEqual(text.components(separatedBy: "<|im_start|>assistant").count, 3, "the first reply and the turn now due: \(text)")
+        XCTAssertEqual(reference.prompt, ids)
+        XCTAssertEqual(try ChatPromptSelection(data: file, split: "all", maxReply: 12).reference(to: prompts[0], evaluator: evaluator).ids,
+                       evaluator.promptTokens("Name a fruit."))
+        let single = try write("single.jsonl", "{\"question_id\": 8, \"turns\": [\"Hi\"]}\n")
+        XCTAssertThrowsError(try ChatPromptSelection(data: single, split: "all", turn: .followUp).load()) {
+            XCTAssertTrue("\($0)".contains("prompt 8 in '\(single)' has no follow-up turn"), "\($0)")
+        }
+    }
 }

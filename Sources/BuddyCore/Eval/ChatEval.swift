@@ -88,6 +88,14 @@ public final class ChatEvaluator {
     /// Token ids of one user turn in the model's chat template (with its default system prompt).
     public func promptTokens(_ text: String) -> [Int32] { promptTokens([ChatMessage(role: .user, content: text)]) }
 
+    /// A follow-up turn: the question, the assistant's first reply (token ids, as the model
+    /// wrote them), then the follow-up question, ready for the assistant's second reply.
+    public func followUpTokens(question: String, firstReply: [Int32], followUp: String) -> [Int32] {
+        promptTokens([ChatMessage(role: .user, content: question),
+                      ChatMessage(role: .assistant, content: session.model.tokenizer.decode(firstReply)),
+                      ChatMessage(role: .user, content: followUp)])
+    }
+
     /// A conversation so far, rendered with the model's template and ready for the assistant's turn.
     public func promptTokens(_ messages: [ChatMessage]) -> [Int32] {
         let model = session.model
