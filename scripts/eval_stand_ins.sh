@@ -51,12 +51,19 @@ fi
 mkdir -p eval
 swift build -c release --product buddy
 $buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 36 --chunks 16 \
-  --budgets $budgets --methods $methods --stand-ins $switches --csv $out/stand-ins-ppl.csv
+  --budgets $budgets --methods $methods --stand-ins $switches --csv $out/stand-ins-ppl.csv --items $out/stand-ins-ppl-items.csv
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-  --budgets $budgets --methods $methods --stand-ins $switches --csv $out/stand-ins-chat.csv
+  --budgets $budgets --methods $methods --stand-ins $switches --csv $out/stand-ins-chat.csv --items $out/stand-ins-chat-items.csv
 # The same with each prompt at full depth, as the chat and generate run a message by default.
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
-  --budgets $budgets --methods $methods --stand-ins $switches --prompt-depth full --csv $out/prompt-full-chat.csv
+  --budgets $budgets --methods $methods --stand-ins $switches --prompt-depth full --csv $out/prompt-full-chat.csv \
+  --items $out/prompt-full-chat-items.csv
+# The questions' follow-up turns (40 more held-out conversations), stand-ins on, both prompt depths.
+$buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --turn follow-up --max-reply 128 \
+  --budgets $budgets --methods $methods --stand-ins on --csv $out/follow-up-chat.csv --items $out/follow-up-chat-items.csv
+$buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --turn follow-up --max-reply 128 \
+  --budgets $budgets --methods $methods --stand-ins on --prompt-depth full --csv $out/follow-up-chat-full.csv \
+  --items $out/follow-up-chat-full-items.csv
 if [ -n "$hellaswag_budgets" ]; then
 $buddy eval hellaswag --data "$data/hellaswag_dev.txt" --limit 400 \
   --budgets $hellaswag_budgets --methods $methods --stand-ins on --csv $out/stand-ins-hellaswag.csv \
@@ -85,7 +92,7 @@ for name in sorted(os.listdir(tmp)):
     header = old[0]
     if new[0] != header:
         sys.exit(f'{name}: columns differ from eval/{name}')
-    metrics = {'ppl', 'tokens', 'kl', 'top1_agreement', 'acc_norm', 'n', 'chosen'}
+    metrics = {'ppl', 'tokens', 'kl', 'top1_agreement', 'acc_norm', 'n', 'chosen', 'nll', 'kl_sum', 'agreements'}
     keys = [i for i, c in enumerate(header) if c not in metrics]
     fresh = {tuple(r[i] for i in keys): r for r in new[1:]}
     rows, used = [header], set()

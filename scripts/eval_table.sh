@@ -46,7 +46,17 @@ render)
   if [ -f eval/gemma-hellaswag-items.csv ]; then
     paired_gemma="$(for pair in "buddy+stand-ins sleb+stand-ins" "buddy+stand-ins shortgpt+stand-ins" "sleb+stand-ins sleb" "shortgpt+stand-ins shortgpt"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
   fi
-  PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
+  # Paired comparisons of the router with each static method on the same chunks and prompts, from
+  # the per-item files of scripts/eval_stand_ins.sh (buddy eval paired): the s.e. beside each ratio.
+  paired_dir="$(mktemp -d /tmp/buddy-paired.XXXXXX)"
+  trap 'rm -rf "$paired_dir"' EXIT
+  for name in stand-ins-ppl stand-ins-chat prompt-full-chat follow-up-chat follow-up-chat-full; do
+    [ -f "eval/$name-items.csv" ] || continue
+    for m in sleb shortgpt; do
+      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "eval/$name-items.csv" --csv "$paired_dir/$name-$m.csv" > /dev/null
+    done
+  done
+  PAIRED_DIR="$paired_dir" PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os, re
 def load(name):
     p = os.path.join("eval", name)
@@ -105,7 +115,14 @@ def si_value(rows, m, b, mode, key):
     for r in rows:
         if r["method"] == m and abs(float(r["budget"]) - b) < 1e-9 and r.get("stand_ins") == mode: return float(r[key])
     return None
-def si_table(title, rows, key, fmt, note, lower_is_better=True):
+def paired(items, m, b):
+    """(percent, s.e.) of buddy against method m at budget b on the same items, if measured."""
+    path = os.path.join(os.environ.get("PAIRED_DIR", ""), f"{items}-{m}.csv")
+    if not items or not os.path.exists(path): return None
+    for r in csv.DictReader(open(path)):
+        if abs(float(r["budget"]) - b) < 1e-9: return float(r["percent"]), float(r["standard_error"])
+    return None
+def si_table(title, rows, key, fmt, note, lower_is_better=True, items=None):
     si_methods = [m for m in all_methods if any(r["method"] == m for r in rows)]
     si_budgets = sorted({float(r["budget"]) for r in rows}, reverse=True)
     full = next((float(r[key]) for r in rows if float(r["budget"]) >= 1), None)
@@ -126,8 +143,13 @@ def si_table(title, rows, key, fmt, note, lower_is_better=True):
         else:
             v, m = (min if lower_is_better else max)(static)
             better = mine < v if lower_is_better else mine > v
-            extra = (f"equal ({m})" if fmt(mine) == fmt(v) else
-                     f"{'**better**' if better else 'worse'} ({(mine - v) / v * 100:+.1f} % vs {m})")
+            p = paired(items, m, b)
+            if fmt(mine) == fmt(v): extra = f"equal ({m})"
+            elif p is None: extra = f"{'**better**' if better else 'worse'} ({(mine - v) / v * 100:+.1f} % vs {m})"
+            else:
+                # Paired s.e. over the same chunks or prompts; within 2 s.e. the order is not established.
+                extra = (f"{'**better**' if better else 'worse'} ({p[0]:+.1f} % ± {p[1]:.1f} % vs {m}"
+                         + ("; within 2 s.e.)" if abs(p[0]) < 2 * p[1] else ")"))
             ratio = f"{mine / full:.2f}×" if full and key == "ppl" else "—"
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + f" | {extra} | {ratio} |")
     print()
@@ -143,10 +165,13 @@ if si_ppl or si_chat:
     if si_ppl:
         si_table("WikiText-2 perplexity", si_ppl, "ppl", lambda v: f"{v:.2f}",
                  "16 chunks from chunk 36 (tokens 18,432–26,623), second halves scored; none of this text was used to fit, "
-                 "select or look at the stand-ins.")
+                 "select or look at the stand-ins. Against the best static set: the difference in percent and its paired "
+                 "standard error over the 16 chunks (`buddy eval paired` on `eval/stand-ins-ppl-items.csv`); within 2 s.e. "
+                 "the order of the two is not established.", items="stand-ins-ppl")
     if si_chat:
         si_table("Chat: KL from full depth (nats per token)", si_chat, "kl", lambda v: f"{v:.3f}",
-                 "The 40 held-out MT-Bench first turns, full model's greedy replies (≤ 128 tokens) teacher-forced.")
+                 "The 40 held-out MT-Bench first turns, full model's greedy replies (≤ 128 tokens) teacher-forced; "
+                 "paired s.e. over the 40 prompts (`eval/stand-ins-chat-items.csv`).", items="stand-ins-chat")
         si_table("Chat: top-1 agreement with the full model (higher is better)",
                  si_chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
     full_prompt = load("prompt-full-chat.csv")
@@ -154,7 +179,18 @@ if si_ppl or si_chat:
         si_table("Chat with the prompt at full depth (the chat's default): KL from full depth", full_prompt, "kl", lambda v: f"{v:.3f}",
                  "The same prompts and replies, each prompt run at full depth (`buddy eval chat --prompt-depth full`), as `buddy chat` "
                  "and `buddy generate` run a message unless told `--prompt-depth budget`; the budget covers the reply only. "
-                 "The tables above keep the prompt at the budget, the protocol of the issue's targets.")
+                 "The tables above keep the prompt at the budget, the protocol of the issue's targets.", items="prompt-full-chat")
+    follow_up = load("follow-up-chat.csv")
+    if follow_up:
+        si_table("Chat, follow-up turns: KL from full depth", follow_up, "kl", lambda v: f"{v:.3f}",
+                 "The second user turn of the same 40 held-out MT-Bench questions, asked after the full model's own greedy reply "
+                 "to the first (`buddy eval chat --turn follow-up`): 40 more held-out conversations, longer and multi-turn, "
+                 "prompt at the budget (stand-ins on only).", items="follow-up-chat")
+    follow_up_full = load("follow-up-chat-full.csv")
+    if follow_up_full:
+        si_table("Chat, follow-up turns with the prompt at full depth: KL from full depth", follow_up_full, "kl", lambda v: f"{v:.3f}",
+                 "The same follow-up turns, the conversation so far run at full depth (`--prompt-depth full`), as the chat runs it.",
+                 items="follow-up-chat-full")
     si_hs = load("stand-ins-hellaswag.csv")
     if si_hs:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).

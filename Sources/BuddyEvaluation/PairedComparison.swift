@@ -118,6 +118,13 @@ public enum PairedComparison {
         return (kind, out)
     }
 
+    /// The rows as CSV (budget,items,a,b,percent,standard_error).
+    public static func csv(_ rows: [Row]) -> String {
+        "budget,items,a,b,percent,standard_error\n" + rows.map {
+            String(format: "%.2f,%d,%.6g,%.6g,%.4f,%.4f\n", $0.budget, $0.items, $0.a, $0.b, $0.percent, $0.standardError)
+        }.joined()
+    }
+
     /// A markdown table of the rows.
     public static func markdown(_ kind: Kind, _ rows: [Row], a: String, b: String) -> String {
         let what = kind == .perplexity ? "ppl" : "KL"

@@ -128,10 +128,12 @@ extension Eval {
         @Option(name: .long, help: "Method A (e.g. buddy+stand-ins).") var a: String
         @Option(name: .long, help: "Method B (e.g. sleb+stand-ins).") var b: String
         @Argument(help: "Items files.") var files: [String]
+        @Option(name: .long, help: "Also write the rows as CSV (budget,items,a,b,percent,standard_error).") var csv: String?
 
         func run() throws {
             let (kind, rows) = try PairedComparison.compare(files: files, a: a, b: b)
             print(PairedComparison.markdown(kind, rows, a: a, b: b), terminator: "")
+            if let csv { try AtomicFile.write(Data(PairedComparison.csv(rows).utf8), to: csv) }
         }
     }
 

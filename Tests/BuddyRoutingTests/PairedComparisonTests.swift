@@ -65,6 +65,7 @@ final class PairedComparisonTests: XCTestCase {
         XCTAssertEqual(c.standardError, 50, accuracy: 1e-9)
         XCTAssertEqual(PairedComparison.markdown(.chat, [c], a: "A", b: "B").split(separator: "\n").last,
                        "| 0.80 | 3 | 0.4000 | 0.4000 | +0.0 % | 50.0 % | +0.0 |")
+        XCTAssertEqual(PairedComparison.csv([c]), "budget,items,a,b,percent,standard_error\n0.80,3,0.4,0.4,0.0000,50.0000\n")
     }
 
     func testBadItemFilesAreRefusedWithTheProblemNamed() throws {
