@@ -180,17 +180,15 @@ if si_ppl or si_chat:
                  "The same prompts and replies, each prompt run at full depth (`buddy eval chat --prompt-depth full`), as `buddy chat` "
                  "and `buddy generate` run a message unless told `--prompt-depth budget`; the budget covers the reply only. "
                  "The tables above keep the prompt at the budget, the protocol of the issue's targets.", items="prompt-full-chat")
-    follow_up = load("follow-up-chat.csv")
-    if follow_up:
-        si_table("Chat, follow-up turns: KL from full depth", follow_up, "kl", lambda v: f"{v:.3f}",
-                 "The second user turn of the same 40 held-out MT-Bench questions, asked after the full model's own greedy reply "
-                 "to the first (`buddy eval chat --turn follow-up`): 40 more held-out conversations, longer and multi-turn, "
-                 "prompt at the budget (stand-ins on only).", items="follow-up-chat")
-    follow_up_full = load("follow-up-chat-full.csv")
-    if follow_up_full:
-        si_table("Chat, follow-up turns with the prompt at full depth: KL from full depth", follow_up_full, "kl", lambda v: f"{v:.3f}",
-                 "The same follow-up turns, the conversation so far run at full depth (`--prompt-depth full`), as the chat runs it.",
-                 items="follow-up-chat-full")
+    for name, title, note in [
+            ("follow-up-chat", "Chat, follow-up turns: KL from full depth",
+             "The second user turn of the same 40 held-out MT-Bench questions, asked after the full model's own greedy reply "
+             "to the first (`buddy eval chat --turn follow-up`): 40 more held-out conversations, longer and multi-turn, "
+             "prompt at the budget (stand-ins on only)."),
+            ("follow-up-chat-full", "Chat, follow-up turns with the prompt at full depth: KL from full depth",
+             "The same follow-up turns, the conversation so far run at full depth (`--prompt-depth full`), as the chat runs it.")]:
+        if load(name + ".csv"):
+            si_table(title, load(name + ".csv"), "kl", lambda v: f"{v:.3f}", note, items=name)
     si_hs = load("stand-ins-hellaswag.csv")
     if si_hs:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).
