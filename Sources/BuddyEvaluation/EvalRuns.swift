@@ -101,6 +101,12 @@ public struct ChatPromptSelection {
         return prompts
     }
 
+    /// The prompt's name in per-item rows: its id, with "-follow-up" for the follow-up turn, so
+    /// that items of both turns can be pooled in one paired comparison.
+    public func itemKey(_ p: ChatPrompt) -> String {
+        p.id.replacingOccurrences(of: ",", with: ";") + (turn == .followUp ? "-follow-up" : "")
+    }
+
     /// The prompt's tokens and the full model's greedy reply of up to --max-reply tokens (refused
     /// when prompt and reply would not fit the session). For a follow-up turn the prompt is the
     /// question, the full model's greedy reply to it (up to --max-reply tokens) and the follow-up.
@@ -314,7 +320,7 @@ public enum ChatFidelityRun {
                 }
                 totals[i].add(d)
                 items.append(String(format: "%@,%.2f,%@,%@,%@,%.6f,%d,%d", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
-                                    p.id.replacingOccurrences(of: ",", with: ";"), d.klSum, d.agreements, d.tokens))
+                                    selection.itemKey(p), d.klSum, d.agreements, d.tokens))
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }

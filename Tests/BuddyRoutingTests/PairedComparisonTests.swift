@@ -156,6 +156,7 @@ final class PairedComparisonTests: XCTestCase {
         XCTAssertTrue(question.upperBound <= answer.lowerBound && answer.upperBound <= followUp.lowerBound, text)
         XCTAssertEqual(text.components(separatedBy: "<|im_start|>assistant").count, 3, "the first reply and the turn now due: \(text)")
         XCTAssertEqual(reference.prompt, ids)
+        XCTAssertEqual(selection.itemKey(prompts[0]), "7-follow-up", "pooled with first turns, a follow-up is another item")
         XCTAssertEqual(try ChatPromptSelection(data: file, split: "all", maxReply: 12).reference(to: prompts[0], evaluator: evaluator).ids,
                        evaluator.promptTokens("Name a fruit."))
         let single = try write("single.jsonl", "{\"question_id\": 8, \"turns\": [\"Hi\"]}\n")
