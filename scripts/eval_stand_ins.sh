@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
 # Held-out figures of the stand-ins (docs/STAND-INS.md, EVAL.md's stand-in section): every
 # method with and without stand-ins on the same data, decode speed with them on.
-#   scripts/eval_stand_ins.sh run      measure into eval/stand-ins-*.csv (about an hour on 2 cores)
+#   scripts/eval_stand_ins.sh run      measure into eval/*.csv (about two hours on 2 cores)
 #   scripts/eval_stand_ins.sh router   after retraining the router only: re-measure the rows of
 #                                      method buddy (and the auto-budget and speed runs, which
 #                                      use the router) and replace them in those CSVs; the static
 #                                      methods' rows do not depend on the router and are kept
-#                                      (about 40 minutes)
+#                                      (about an hour)
 #   scripts/eval_stand_ins.sh router 0.8  the same for the listed budgets only, when retraining
 #                                      changed the router's choice at those budgets alone (compare
 #                                      the files' choices); HellaSwag and the decode bench run only
 #                                      if the list holds one of their budgets (0.9, 0.7, 0.5)
 #   scripts/eval_stand_ins.sh stand-ins  after refitting the stand-ins only: re-measure every row
 #                                      with stand-ins on (every method), keep the rows with them
-#                                      off, which do not read the file (about 45 minutes)
+#                                      off, which do not read the file (about 90 minutes)
 #   scripts/eval_stand_ins.sh stand-ins 0.7,0.5  the same for the listed budgets only, when the
 #                                      refit changed only the stand-ins those budgets' sets use
 #                                      (--tune-keep-budgets); the decode bench is not rerun, as
 #                                      tuning keeps every stand-in's rank and so its cost
-# Held-out: WikiText-2 chunks 36-51 (never used for fitting, selection or training, nor looked
+# Held-out: WikiText-2 chunks 36-51 and 300-427 (never used for fitting, selection or training, nor looked
 # at while the stand-ins were developed; chunks 20-23 were), the
 # odd-position MT-Bench prompts. The stand-ins were fitted on chunks 0-13 and train-split
 # prompts 0-23, with rank and ridge chosen on chunks 14-19 and prompts 24-31, then tuned on KL
@@ -58,6 +58,10 @@ $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-r
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --max-reply 128 \
   --budgets $budgets --methods $methods --stand-ins $switches --prompt-depth full --csv $out/prompt-full-chat.csv \
   --items $out/prompt-full-chat-items.csv
+# 128 more held-out chunks (300-427, past every range used for anything else), stand-ins on: a
+# sample eight times as large, for the comparisons that 16 chunks leave within their noise.
+$buddy eval perplexity --data "$data/wikitext2_valid.txt" --skip-chunks 300 --chunks 128 \
+  --budgets $budgets --methods $methods --stand-ins on --csv $out/wide-ppl.csv --items $out/wide-ppl-items.csv
 # The questions' follow-up turns (40 more held-out conversations), stand-ins on, both prompt depths.
 $buddy eval chat --data "$data/mt_bench_questions.jsonl" --split heldout --turn follow-up --max-reply 128 \
   --budgets $budgets --methods $methods --stand-ins on --csv $out/follow-up-chat.csv --items $out/follow-up-chat-items.csv

@@ -50,7 +50,7 @@ render)
   # the per-item files of scripts/eval_stand_ins.sh (buddy eval paired): the s.e. beside each ratio.
   paired_dir="$(mktemp -d /tmp/buddy-paired.XXXXXX)"
   trap 'rm -rf "$paired_dir"' EXIT
-  for name in stand-ins-ppl stand-ins-chat prompt-full-chat follow-up-chat follow-up-chat-full; do
+  for name in stand-ins-ppl wide-ppl stand-ins-chat prompt-full-chat follow-up-chat follow-up-chat-full; do
     [ -f "eval/$name-items.csv" ] || continue
     for m in sleb shortgpt; do
       $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "eval/$name-items.csv" --csv "$paired_dir/$name-$m.csv" > /dev/null
@@ -168,6 +168,12 @@ if si_ppl or si_chat:
                  "select or look at the stand-ins. Against the best static set: the difference in percent and its paired "
                  "standard error over the 16 chunks (`buddy eval paired` on `eval/stand-ins-ppl-items.csv`); within 2 s.e. "
                  "the order of the two is not established.", items="stand-ins-ppl")
+    wide = load("wide-ppl.csv")
+    if wide:
+        si_table("WikiText-2 perplexity on 128 more held-out chunks", wide, "ppl", lambda v: f"{v:.2f}",
+                 "Chunks 300–427 (65,280 scored tokens), past every range that any fit, selection or other table uses, chosen "
+                 "before they were first measured; stand-ins on only. Eight times the sample of the table above, for the "
+                 "comparisons that 16 chunks leave within their noise.", items="wide-ppl")
     if si_chat:
         si_table("Chat: KL from full depth (nats per token)", si_chat, "kl", lambda v: f"{v:.3f}",
                  "The 40 held-out MT-Bench first turns, full model's greedy replies (≤ 128 tokens) teacher-forced; "

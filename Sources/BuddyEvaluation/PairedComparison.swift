@@ -35,7 +35,8 @@ public enum PairedComparison {
     }
 
     /// Reads item files (every file of one kind) and compares methods `a` and `b` at every
-    /// budget both were scored at. A method with stand-ins on is named `NAME+stand-ins`.
+    /// budget both were scored at. A method with stand-ins on is named `NAME+stand-ins`, with a
+    /// stand-in file given by path `NAME+PATH`, with stand-ins off `NAME`.
     public static func compare(files: [String], a: String, b: String) throws -> (kind: Kind, rows: [Row]) {
         var kind: Kind?
         // [method: [budget: [item: Item]]]
@@ -112,7 +113,8 @@ public enum PairedComparison {
                   let tokens = Int(f[columns - 1]), tokens > 0 else {
                 throw ToolError("'\(name)' line \(i + 2) is not a valid \(kind.rawValue) item: '\(line.prefix(80))'")
             }
-            let method = f[3] == "on" ? f[0] + "+stand-ins" : f[0]
+            // Stand-ins on: NAME+stand-ins; off: NAME; a stand-in file given by path: NAME+PATH.
+            let method = f[3] == "on" ? f[0] + "+stand-ins" : f[3] == "off" ? f[0] : f[0] + "+" + f[3]
             out.append((method, budget, f[4], Item(loss: loss, tokens: tokens)))
         }
         return (kind, out)

@@ -31,6 +31,8 @@ final class PairedComparisonTests: XCTestCase {
             sleb,0.50,fill,off,7,99,10
             sleb,0.50,fill,off,8,99,10
             sleb,0.90,fill,on,7,5,10
+            sleb,0.50,fill,V.bin,7,1,10
+            sleb,0.50,fill,V.bin,8,1,10
 
             """)
         let (kind, rows) = try PairedComparison.compare(files: [ppl], a: "buddy+stand-ins", b: "sleb+stand-ins")
@@ -46,6 +48,9 @@ final class PairedComparisonTests: XCTestCase {
         let off = try PairedComparison.compare(files: [ppl], a: "sleb", b: "sleb+stand-ins").rows
         XCTAssertEqual(off.first?.items, 2)
         XCTAssertEqual(off.first?.percent ?? 0, (exp(178.0 / 20) - 1) * 100, accuracy: 1e-6)
+        // A stand-in file named by path is a method of its own too: 1 + 1 against 10 + 10.
+        let file = try PairedComparison.compare(files: [ppl], a: "sleb+V.bin", b: "sleb+stand-ins").rows
+        XCTAssertEqual(file.first?.percent ?? 0, (exp(-18.0 / 20) - 1) * 100, accuracy: 1e-9)
 
         // Three replies of 4, 5, 6 tokens. A's KL sums 2, 3, 1; B's 1, 2, 3: R = 1, uᵢ = 1, 1, −2,
         // s.e.(R) = √(3/2 · 6) / 6 = 0.5.
