@@ -168,33 +168,31 @@ if si_ppl or si_chat:
                  "select or look at the stand-ins. Against the best static set: the difference in percent and its paired "
                  "standard error over the 16 chunks (`buddy eval paired` on `eval/stand-ins-ppl-items.csv`); within 2 s.e. "
                  "the order of the two is not established.", items="stand-ins-ppl")
-    wide = load("wide-ppl.csv")
-    if wide:
-        si_table("WikiText-2 perplexity on 128 more held-out chunks", wide, "ppl", lambda v: f"{v:.2f}",
-                 "Chunks 300–427 (65,280 scored tokens), past every range that any fit, selection or other table uses, chosen "
-                 "before they were first measured; stand-ins on only. Eight times the sample of the table above, for the "
-                 "comparisons that 16 chunks leave within their noise.", items="wide-ppl")
+    def measured_table(name, title, key, fmt, note):
+        """A table from eval/NAME.csv with the paired s.e. from eval/NAME-items.csv, if it was measured."""
+        if load(name + ".csv"): si_table(title, load(name + ".csv"), key, fmt, note, items=name)
+    measured_table("wide-ppl", "WikiText-2 perplexity on 128 more held-out chunks", "ppl", lambda v: f"{v:.2f}",
+                   "Chunks 300–427 (65,280 scored tokens), past every range that any fit, selection or other table uses, chosen "
+                   "before they were first measured; stand-ins on only. Eight times the sample of the table above, for the "
+                   "comparisons that 16 chunks leave within their noise.")
     if si_chat:
         si_table("Chat: KL from full depth (nats per token)", si_chat, "kl", lambda v: f"{v:.3f}",
                  "The 40 held-out MT-Bench first turns, full model's greedy replies (≤ 128 tokens) teacher-forced; "
                  "paired s.e. over the 40 prompts (`eval/stand-ins-chat-items.csv`).", items="stand-ins-chat")
         si_table("Chat: top-1 agreement with the full model (higher is better)",
                  si_chat, "top1_agreement", lambda v: f"{v:.3f}", "Same runs.", lower_is_better=False)
-    full_prompt = load("prompt-full-chat.csv")
-    if full_prompt:
-        si_table("Chat with the prompt at full depth (the chat's default): KL from full depth", full_prompt, "kl", lambda v: f"{v:.3f}",
-                 "The same prompts and replies, each prompt run at full depth (`buddy eval chat --prompt-depth full`), as `buddy chat` "
-                 "and `buddy generate` run a message unless told `--prompt-depth budget`; the budget covers the reply only. "
-                 "The tables above keep the prompt at the budget, the protocol of the issue's targets.", items="prompt-full-chat")
     for name, title, note in [
+            ("prompt-full-chat", "Chat with the prompt at full depth (the chat's default): KL from full depth",
+             "The same prompts and replies, each prompt run at full depth (`buddy eval chat --prompt-depth full`), as `buddy chat` "
+             "and `buddy generate` run a message unless told `--prompt-depth budget`; the budget covers the reply only. "
+             "The tables above keep the prompt at the budget, the protocol of the issue's targets."),
             ("follow-up-chat", "Chat, follow-up turns: KL from full depth",
              "The second user turn of the same 40 held-out MT-Bench questions, asked after the full model's own greedy reply "
              "to the first (`buddy eval chat --turn follow-up`): 40 more held-out conversations, longer and multi-turn, "
              "prompt at the budget (stand-ins on only)."),
             ("follow-up-chat-full", "Chat, follow-up turns with the prompt at full depth: KL from full depth",
              "The same follow-up turns, the conversation so far run at full depth (`--prompt-depth full`), as the chat runs it.")]:
-        if load(name + ".csv"):
-            si_table(title, load(name + ".csv"), "kl", lambda v: f"{v:.3f}", note, items=name)
+        measured_table(name, title, "kl", lambda v: f"{v:.3f}", note)
     si_hs = load("stand-ins-hellaswag.csv")
     if si_hs:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).
