@@ -148,8 +148,8 @@ def si_table(title, rows, key, fmt, note, lower_is_better=True, items=None):
             elif p is None: extra = f"{'**better**' if better else 'worse'} ({(mine - v) / v * 100:+.1f} % vs {m})"
             else:
                 # Paired s.e. over the same chunks or prompts; within 2 s.e. the order is not established.
-                extra = (f"{'**better**' if better else 'worse'} ({p[0]:+.1f} % ± {p[1]:.1f} % vs {m}"
-                         + ("; within 2 s.e.)" if abs(p[0]) < 2 * p[1] else ")"))
+                extra = (f"level within 2 s.e. ({p[0]:+.1f} % ± {p[1]:.1f} % vs {m})" if abs(p[0]) < 2 * p[1] else
+                         f"{'**better**' if better else 'worse'} ({p[0]:+.1f} % ± {p[1]:.1f} % vs {m})")
             ratio = f"{mine / full:.2f}×" if full and key == "ppl" else "—"
         print(f"| {b:.2f} | {k} | " + " | ".join(cells) + f" | {extra} | {ratio} |")
     print()
@@ -166,8 +166,8 @@ if si_ppl or si_chat:
         si_table("WikiText-2 perplexity", si_ppl, "ppl", lambda v: f"{v:.2f}",
                  "16 chunks from chunk 36 (tokens 18,432–26,623), second halves scored; none of this text was used to fit, "
                  "select or look at the stand-ins. Against the best static set: the difference in percent and its paired "
-                 "standard error over the 16 chunks (`buddy eval paired` on `eval/stand-ins-ppl-items.csv`); within 2 s.e. "
-                 "the order of the two is not established.", items="stand-ins-ppl")
+                 "standard error over the 16 chunks (`buddy eval paired` on `eval/stand-ins-ppl-items.csv`); \"level within 2 s.e.\" "
+                 "where the order of the two is not established.", items="stand-ins-ppl")
     def measured_table(name, title, key, fmt, note):
         """A table from eval/NAME.csv with the paired s.e. from eval/NAME-items.csv, if it was measured."""
         if load(name + ".csv"): si_table(title, load(name + ".csv"), key, fmt, note, items=name)
