@@ -57,6 +57,7 @@ public enum AutoBudgetRun {
         // auto result is the grid run at that budget (same router, same budget: the same
         // computation), or the full model's (KL 0, top-1 1) when it chooses 1.
         var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
+        var fixedRows: [[ChatDivergence]] = []   // [prompt][grid budget], for the paired comparison
         var rowsByTolerance = [[Row]](repeating: [], count: tolerances.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
@@ -72,6 +73,7 @@ public enum AutoBudgetRun {
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }
+            fixedRows.append(row)
             session.selector = nil
             session.reset()
             let features = try predictorModel.features(for: ids, in: session)
@@ -85,7 +87,7 @@ public enum AutoBudgetRun {
 
         for (ti, t) in tolerances.enumerated() {
             if ti > 0 { report.line("") }
-            summary(tolerance: t, rows: rowsByTolerance[ti], fixedTotals: fixedTotals, grid: grid, layers: L, prompts: prompts.count,
+            summary(tolerance: t, rows: rowsByTolerance[ti], fixedTotals: fixedTotals, fixedRows: fixedRows, grid: grid, layers: L, prompts: prompts.count,
                     split: o.prompts.split, report: report)
         }
         if let csv = o.csv {
@@ -101,8 +103,9 @@ public enum AutoBudgetRun {
     }
 
     /// One tolerance's report: the distribution of chosen budgets, the mean budget per category,
-    /// and auto against fixed budgets at the same mean compute.
-    public static func summary(tolerance: Double, rows autoRows: [Row], fixedTotals: [ChatDivergence], grid: [Double], layers L: Int, prompts: Int,
+    /// and auto against fixed budgets at the same mean compute, with the paired standard error of
+    /// that difference over the prompts (`fixedRows[prompt][grid budget]`, in `autoRows`' order).
+    public static func summary(tolerance: Double, rows autoRows: [Row], fixedTotals: [ChatDivergence], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int, prompts: Int,
                                split: String, report: Reporter) {
         func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
         var autoTotal = ChatDivergence()
@@ -143,6 +146,17 @@ public enum AutoBudgetRun {
             if lo != hi { report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }
             report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", b.budget, b.budget, b.k, b.kl, b.top1))
             report.line(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
+            // Per prompt the interpolated fixed run's KL sum (the same interpolation, prompt by
+            // prompt; full depth adds 0), paired with the prompt's auto run.
+            guard fixedRows.count == autoRows.count, autoRows.count >= 2, a.kl + w * (b.kl - a.kl) > 0 else { return }
+            func klSum(_ prompt: Int, _ point: Int) -> Double { point < grid.count ? fixedRows[prompt][point].klSum : 0 }
+            let pairs = autoRows.indices.map { i in
+                (PairedComparison.Item(loss: autoRows[i].d.klSum, tokens: autoRows[i].d.tokens),
+                 PairedComparison.Item(loss: klSum(i, lo) + w * (klSum(i, hi) - klSum(i, lo)), tokens: autoRows[i].d.tokens))
+            }
+            let p = PairedComparison.row(.chat, budget: meanBudget, pairs)
+            report.line(String(format: "\nAuto against the interpolated fixed budget, paired over the %d prompts: KL %+.1f %% ± %.1f %% (s.e.)%@",
+                               p.items, p.percent, p.standardError, abs(p.percent) < 2 * p.standardError ? "; within 2 s.e." : ""))
         }
     }
 }

@@ -169,4 +169,28 @@ final class PairedComparisonTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("prompt 8 in '\(single)' has no follow-up turn"), "\($0)")
         }
     }
+
+    /// `buddy eval auto`'s paired line: per prompt, the auto run against the fixed runs
+    /// interpolated to the same mean k, worked out by hand. Three prompts of 10 tokens choose
+    /// 0.5, 0.8, 0.8 (k 14, 22, 22: mean 58/3, weight 2/3 between k 14 and 22); KL sums at 0.5 /
+    /// 0.8: 6 / 3, 8 / 4, 5 / 2. Auto 6 + 4 + 2 = 12, interpolated 4 + 16/3 + 3 = 37/3:
+    /// −2.7 % with s.e. √(3/2 · Σ(aᵢ − R·bᵢ)²) / (37/3) = 25.7 %.
+    func testAutoAgainstFixedIsPairedOverThePrompts() throws {
+        let prompts = try ChatPromptSet.parse("""
+            {"question_id": 1, "turns": ["a"]}
+            {"question_id": 2, "turns": ["b"]}
+            {"question_id": 3, "turns": ["c"]}
+            """)
+        let fixed: [[Double]] = [[6, 3], [8, 4], [5, 2]]
+        let fixedRows = fixed.map { $0.map { ChatDivergence(klSum: $0, agreements: 5, tokens: 10) } }
+        let chosen = [0, 1, 1]
+        let rows: [AutoBudgetRun.Row] = prompts.indices.map { (prompts[$0], [0.5, 0.8][chosen[$0]], fixedRows[$0][chosen[$0]]) }
+        var totals = [ChatDivergence(), ChatDivergence()]
+        for r in fixedRows { totals[0].add(r[0]); totals[1].add(r[1]) }
+        var lines: [String] = []
+        AutoBudgetRun.summary(tolerance: 0.25, rows: rows, fixedTotals: totals, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30,
+                              prompts: 3, split: "all", report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
+        XCTAssertEqual(lines.last, "\nAuto against the interpolated fixed budget, paired over the 3 prompts: KL -2.7 % ± 25.7 % (s.e.); within 2 s.e.")
+        XCTAssertTrue(lines.contains("| fixed, same mean k (interpolated) | — | 19.33 | 0.4111 | 0.5000 |"), lines.joined(separator: "\n"))
+    }
 }
