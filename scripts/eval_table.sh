@@ -170,7 +170,8 @@ if si_ppl or si_chat:
                  "where the order of the two is not established.", items="stand-ins-ppl")
     def measured_table(name, title, key, fmt, note):
         """A table from eval/NAME.csv with the paired s.e. from eval/NAME-items.csv, if it was measured."""
-        if load(name + ".csv"): si_table(title, load(name + ".csv"), key, fmt, note, items=name)
+        rows = load(name + ".csv")
+        if rows: si_table(title, rows, key, fmt, note, items=name)
     measured_table("wide-ppl", "WikiText-2 perplexity on 128 more held-out chunks", "ppl", lambda v: f"{v:.2f}",
                    "Chunks 300–427 (65,280 scored tokens), past every range that any fit, selection or other table uses, chosen "
                    "before they were first measured; stand-ins on only. Eight times the sample of the table above, for the "

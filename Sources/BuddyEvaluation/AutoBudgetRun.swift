@@ -148,13 +148,13 @@ public enum AutoBudgetRun {
             report.line(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
             // Per prompt the interpolated fixed run's KL sum (the same interpolation, prompt by
             // prompt; full depth adds 0), paired with the prompt's auto run.
-            guard fixedRows.count == autoRows.count, autoRows.count >= 2, a.kl + w * (b.kl - a.kl) > 0 else { return }
+            guard fixedRows.count == autoRows.count else { return }
             func klSum(_ prompt: Int, _ point: Int) -> Double { point < grid.count ? fixedRows[prompt][point].klSum : 0 }
             let pairs = autoRows.indices.map { i in
                 (PairedComparison.Item(loss: autoRows[i].d.klSum, tokens: autoRows[i].d.tokens),
                  PairedComparison.Item(loss: klSum(i, lo) + w * (klSum(i, hi) - klSum(i, lo)), tokens: autoRows[i].d.tokens))
             }
-            let p = PairedComparison.row(.chat, budget: meanBudget, pairs)
+            guard let p = PairedComparison.row(.chat, budget: meanBudget, pairs) else { return }
             report.line(String(format: "\nAuto against the interpolated fixed budget, paired over the %d prompts: KL %+.1f %% ± %.1f %% (s.e.)%@",
                                p.items, p.percent, p.standardError, abs(p.percent) < 2 * p.standardError ? "; within 2 s.e." : ""))
         }

@@ -61,18 +61,18 @@ public enum PairedComparison {
         for budget in Set(cells[a]!.keys).intersection(cells[b]!.keys).sorted(by: >) {
             let ia = cells[a]![budget]!, ib = cells[b]![budget]!
             let keys = Set(ia.keys).intersection(ib.keys).sorted()
-            guard keys.count >= 2 else { continue }
-            let pairs = keys.map { (ia[$0]!, ib[$0]!) }
             if let bad = keys.first(where: { ia[$0]!.tokens != ib[$0]!.tokens }) {
                 throw ToolError("item \(bad) at \(String(format: "%.2f", budget)) has \(ia[bad]!.tokens) tokens for \(a) and \(ib[bad]!.tokens) for \(b): not the same item")
             }
-            rows.append(row(kind, budget: budget, pairs))
+            if let r = row(kind, budget: budget, keys.map { (ia[$0]!, ib[$0]!) }) { rows.append(r) }
         }
         return (kind, rows)
     }
 
-    /// The comparison over paired items (same tokens for both methods).
-    static func row(_ kind: Kind, budget: Double, _ pairs: [(Item, Item)]) -> Row {
+    /// The comparison over paired items (same tokens for both methods); nil with fewer than two
+    /// items (no standard error) or, for chat, when B has no KL to compare with (full depth).
+    static func row(_ kind: Kind, budget: Double, _ pairs: [(Item, Item)]) -> Row? {
+        guard pairs.count >= 2 else { return nil }
         let n = Double(pairs.count)
         let tokens = Double(pairs.reduce(0) { $0 + $1.0.tokens })
         let lossA = pairs.reduce(0.0) { $0 + $1.0.loss }, lossB = pairs.reduce(0.0) { $0 + $1.1.loss }
@@ -84,6 +84,7 @@ public enum PairedComparison {
             return Row(budget: budget, items: pairs.count, a: exp(lossA / tokens), b: exp(lossB / tokens),
                        percent: (exp(d) - 1) * 100, standardError: exp(d) * se * 100)
         case .chat:
+            guard lossB > 0 else { return nil }
             let r = lossA / lossB
             let spread = pairs.reduce(0.0) { s, p in let u = p.0.loss - r * p.1.loss; return s + u * u }
             let se = (n / (n - 1) * spread).squareRoot() / lossB

@@ -37,7 +37,7 @@ extension Eval {
 
         func run() throws {
             let (table, total, fileTokens, itemRows) = try PerplexityRun.run(options, model: modelOptions.load, report: .terminal)
-            if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
+            try writeItems(itemRows, to: items)
             if table.rows.count == 1 {
                 let r = table.rows[0]
                 print(String(format: "perplexity %.4f over %d chunks of %d (%d scored tokens; %d tokens in file)", r.values[0], total, ctx, Int(r.values[1]), fileTokens))
@@ -74,7 +74,7 @@ extension Eval {
             let (table, itemRows) = try HellaSwagRun.run(options, model: modelOptions.load, report: .terminal)
             print(table.markdown(), terminator: "")
             try table.save(csv: csv, plot: plot, title: "HellaSwag acc_norm against budget", logScale: false)
-            if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
+            try writeItems(itemRows, to: items)
         }
     }
 
@@ -106,7 +106,7 @@ extension Eval {
         func run() throws {
             let (table, prompts, itemRows) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, promptDepth: promptDepth,
                                                                      threads: modelOptions.threads, model: modelOptions.load, report: .terminal)
-            if let items { try AtomicFile.write(Data((itemRows.joined(separator: "\n") + "\n").utf8), to: items) }
+            try writeItems(itemRows, to: items)
             print(table.markdown(), terminator: "")
             print("\(prompts) prompts (\(promptOptions.split) split\(promptOptions.turn == .followUp ? ", follow-up turns" : "")), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
                   + (promptDepth == .full ? "prompts at full depth" : "prompts at each budget"))
@@ -187,6 +187,11 @@ extension Eval {
 
         func run() throws { try AutoBudgetRun.run(options, model: modelOptions.load, report: .terminal) }
     }
+}
+
+/// Writes an eval's per-item CSV rows (`--items`), when asked for, atomically.
+private func writeItems(_ rows: [String], to path: String?) throws {
+    if let path { try AtomicFile.write(Data((rows.joined(separator: "\n") + "\n").utf8), to: path) }
 }
 
 extension ChatTurn: ExpressibleByArgument {}

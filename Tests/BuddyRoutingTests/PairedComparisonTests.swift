@@ -62,7 +62,13 @@ final class PairedComparisonTests: XCTestCase {
             sleb,0.80,fill,on,83,2,3,5
             buddy,0.80,fill,on,85,1,3,6
             sleb,0.80,fill,on,85,3,3,6
+            buddy,1.00,fill,on,81,0,4,4
+            sleb,1.00,fill,on,81,0,4,4
+            buddy,1.00,fill,on,83,0,5,5
+            sleb,1.00,fill,on,83,0,5,5
             """)
+        XCTAssertEqual(try PairedComparison.compare(files: [chat], a: "buddy+stand-ins", b: "sleb+stand-ins").rows.map(\.budget), [0.8],
+                       "full depth has no KL to compare with")
         let c = try XCTUnwrap(PairedComparison.compare(files: [chat], a: "buddy+stand-ins", b: "sleb+stand-ins").rows.first)
         XCTAssertEqual(c.a, 0.4, accuracy: 1e-12)
         XCTAssertEqual(c.b, 0.4, accuracy: 1e-12)
