@@ -54,8 +54,7 @@ final class HellaSwagTests: XCTestCase {
     /// error (by hand: differences 0, −1, +1, +1 have mean 0.25 and sample variance 11/12, so
     /// s.e. √(11/48) = 0.4787), discordant counts; a file of another kind is refused.
     func testPairedComparisonScript() throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("paired-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("paired")
         defer { try? FileManager.default.removeItem(at: dir) }
         let items = dir.appendingPathComponent("items.csv"), other = dir.appendingPathComponent("other.csv")
         try """

@@ -170,8 +170,7 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(r.text, rec.tokens.map(\.0).joined())
 
         // The partial reply is part of the conversation: a save shows it.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-engine-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("engine")
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("chat.json").path
         try Data("old".utf8).write(to: URL(fileURLWithPath: path))

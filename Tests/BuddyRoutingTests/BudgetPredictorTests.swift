@@ -106,8 +106,7 @@ final class BudgetPredictorTests: XCTestCase {
         let feats = (0..<6).map { _ in (0..<d).map { _ in rng.nextUnitFloat() } }
         let logs = (0..<6).map { i in grid.map { -Double(i) * 0.1 - 3 * $0 } }
         let p = try BudgetPredictor.fit(features: feats, logKL: logs, budgets: grid, lambda: 1, router: "sleb")
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-bp-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("bp")
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("p.json").path
         try RouterFile.save(p, model: m, notes: "test", to: path)

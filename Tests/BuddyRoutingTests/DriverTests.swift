@@ -8,12 +8,6 @@ import XCTest
 /// The logic of the training and evaluation drivers that needs no model: checkpoints, data
 /// ranges, result tables, the predictor fit.
 final class DriverTests: XCTestCase {
-    private func temporaryPath(_ name: String) -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-driver-tests-\(getpid())")
-        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir.appendingPathComponent(name).path
-    }
-
     // MARK: data ranges
 
     func testChunkRangesParseAndRefuseMalformedText() throws {

@@ -9,8 +9,7 @@ import XCTest
 /// them (`buddy eval paired`).
 final class PairedComparisonTests: XCTestCase {
     private func write(_ name: String, _ text: String) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-paired-tests-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("paired-tests")
         let path = dir.appendingPathComponent(name).path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path

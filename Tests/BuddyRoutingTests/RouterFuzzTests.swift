@@ -11,8 +11,7 @@ final class RouterFuzzTests: XCTestCase {
     func testMutatedRouterFilesAreRefusedOrLoadCleanly() throws {
         let m = try TestSupport.model()
         let L = m.config.layers, d = 2 * m.config.kvDim + m.config.dim
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-rfuzz-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("rfuzz")
         defer { try? FileManager.default.removeItem(at: dir) }
         let module = try TestModules.withScorers(model: m, seed: 1, scored: [14, 20], candidates: 2)
         let seeds: [(String, Bool)] = try {

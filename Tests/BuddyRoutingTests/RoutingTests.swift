@@ -148,8 +148,7 @@ final class RoutingTests: XCTestCase {
 
     func testRouterFilesRoundTripAndRefuseOtherModelsAndVersions() throws {
         let m = try TestSupport.model()
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-router-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("router")
         defer { try? FileManager.default.removeItem(at: dir) }
         let L = m.config.layers
         let dm = try TestModules.withScorers(model: m, seed: 4)

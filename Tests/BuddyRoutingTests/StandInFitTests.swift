@@ -96,8 +96,7 @@ final class StandInFitTests: XCTestCase {
         let shipped = try Routers.autoStandIns(model: m)
         XCTAssertNotNil(shipped.standIns, "the shipped file fits the default model")
         XCTAssertNil(shipped.mismatch)
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-auto-standins-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("auto-standins")
         defer { try? FileManager.default.removeItem(at: dir) }
         let foreign = dir.appendingPathComponent("foreign.bin").path
         try StandInFile.save(StandIns.zero(config: m.config), fingerprint: "666241a2797c77f1-105454144", to: foreign)

@@ -31,6 +31,14 @@ public enum TestSupport {
         return path
     }
 
+    /// A scratch directory for one test's files, `buddy-<tag>-<pid>` under the system's temporary
+    /// directory, created if missing. The caller removes it (`defer`) when its files must not outlive the test.
+    public static func scratchDirectory(_ tag: String) throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-\(tag)-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
     nonisolated(unsafe) private static var cached: LanguageModel?
     private static let lock = NSLock()
 
