@@ -56,8 +56,7 @@ public enum AutoBudgetRun {
         // the predictor chooses before the prompt runs (as the chat and `generate` do). The
         // auto result is the grid run at that budget (same router, same budget: the same
         // computation), or the full model's (KL 0, top-1 1) when it chooses 1.
-        var fixedTotals = [ChatDivergence](repeating: ChatDivergence(), count: grid.count)
-        var fixedRows: [[ChatDivergence]] = []   // [prompt][grid budget], for the paired comparison
+        var fixedRows: [[ChatDivergence]] = []   // [prompt][grid budget]
         var rowsByTolerance = [[Row]](repeating: [], count: tolerances.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
@@ -65,11 +64,9 @@ public enum AutoBudgetRun {
             let (ids, ref) = try o.prompts.reference(to: p, evaluator: evaluator)
             done += 1
             var row: [ChatDivergence] = []
-            for (i, r) in fixed.enumerated() {
+            for r in fixed {
                 session.selector = r
-                let d = try evaluator.compare(ref)
-                fixedTotals[i].add(d)
-                row.append(d)
+                row.append(try evaluator.compare(ref))
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }
@@ -87,8 +84,7 @@ public enum AutoBudgetRun {
 
         for (ti, t) in tolerances.enumerated() {
             if ti > 0 { report.line("") }
-            summary(tolerance: t, rows: rowsByTolerance[ti], fixedTotals: fixedTotals, fixedRows: fixedRows, grid: grid, layers: L, prompts: prompts.count,
-                    split: o.prompts.split, report: report)
+            summary(tolerance: t, rows: rowsByTolerance[ti], fixedRows: fixedRows, grid: grid, layers: L, split: o.prompts.split, report: report)
         }
         if let csv = o.csv {
             var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens\n"
@@ -104,16 +100,18 @@ public enum AutoBudgetRun {
 
     /// One tolerance's report: the distribution of chosen budgets, the mean budget per category,
     /// and auto against fixed budgets at the same mean compute, with the paired standard error of
-    /// that difference over the prompts (`fixedRows[prompt][grid budget]`, in `autoRows`' order).
-    public static func summary(tolerance: Double, rows autoRows: [Row], fixedTotals: [ChatDivergence], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int, prompts: Int,
+    /// that difference over the prompts. `fixedRows[prompt][grid budget]` holds every prompt's
+    /// fixed runs, in `autoRows`' order.
+    public static func summary(tolerance: Double, rows autoRows: [Row], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int,
                                split: String, report: Reporter) {
+        precondition(fixedRows.count == autoRows.count && fixedRows.allSatisfy { $0.count == grid.count }, "one fixed run per prompt and grid budget")
         func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
         var autoTotal = ChatDivergence()
         var tokenK = 0.0, tokenBudget = 0.0
         for r in autoRows { autoTotal.add(r.d); tokenK += k(r.budget) * Double(r.d.tokens); tokenBudget += r.budget * Double(r.d.tokens) }
         let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
 
-        report.line("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(prompts) prompts, \(split) split):\n")
+        report.line("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(autoRows.count) prompts, \(split) split):\n")
         report.line("| budget | k/\(L - 2) | prompts | KL at the chosen budget | top-1 |")
         report.line("|---|---|---|---|---|")
         for b in (grid + [1]) {
@@ -135,6 +133,7 @@ public enum AutoBudgetRun {
 
         // The same prompts at a fixed budget of the same mean compute: interpolate in k
         // between the grid budgets around the auto mean (full depth = KL 0, top-1 1).
+        let fixedTotals = grid.indices.map { i in fixedRows.reduce(into: ChatDivergence()) { $0.add($1[i]) } }
         var points = zip(grid, fixedTotals).map { (k: k($0.0), budget: $0.0, kl: $0.1.meanKL, top1: $0.1.top1Agreement) }
         points.append((k: Double(L - 2), budget: 1, kl: 0, top1: 1))
         report.line("\nAuto against fixed budgets at the same mean compute:\n")
@@ -148,7 +147,6 @@ public enum AutoBudgetRun {
             report.line(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
             // Per prompt the interpolated fixed run's KL sum (the same interpolation, prompt by
             // prompt; full depth adds 0), paired with the prompt's auto run.
-            guard fixedRows.count == autoRows.count else { return }
             func klSum(_ prompt: Int, _ point: Int) -> Double { point < grid.count ? fixedRows[prompt][point].klSum : 0 }
             let pairs = autoRows.indices.map { i in
                 (PairedComparison.Item(loss: autoRows[i].d.klSum, tokens: autoRows[i].d.tokens),

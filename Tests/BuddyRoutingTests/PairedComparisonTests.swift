@@ -190,11 +190,9 @@ final class PairedComparisonTests: XCTestCase {
         let fixedRows = fixed.map { $0.map { ChatDivergence(klSum: $0, agreements: 5, tokens: 10) } }
         let chosen = [0, 1, 1]
         let rows: [AutoBudgetRun.Row] = prompts.indices.map { (prompts[$0], [0.5, 0.8][chosen[$0]], fixedRows[$0][chosen[$0]]) }
-        var totals = [ChatDivergence(), ChatDivergence()]
-        for r in fixedRows { totals[0].add(r[0]); totals[1].add(r[1]) }
         var lines: [String] = []
-        AutoBudgetRun.summary(tolerance: 0.25, rows: rows, fixedTotals: totals, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30,
-                              prompts: 3, split: "all", report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
+        AutoBudgetRun.summary(tolerance: 0.25, rows: rows, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30, split: "all",
+                              report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
         XCTAssertEqual(lines.last, "\nAuto against the interpolated fixed budget, paired over the 3 prompts: KL -2.7 % ± 25.7 % (s.e.); within 2 s.e.")
         XCTAssertTrue(lines.contains("| fixed, same mean k (interpolated) | — | 19.33 | 0.4111 | 0.5000 |"), lines.joined(separator: "\n"))
     }

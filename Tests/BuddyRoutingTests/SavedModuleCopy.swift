@@ -1,5 +1,6 @@
 import BuddyCore
 import BuddyRouting
+import BuddyTestSupport
 import Foundation
 import XCTest
 
@@ -10,8 +11,7 @@ struct SavedModuleCopy {
     let path: String
 
     init(_ module: DecisionModule, model: LanguageModel, tag: String) throws {
-        dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-\(tag)-\(getpid())")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        dir = try TestSupport.scratchDirectory(tag)
         path = dir.appendingPathComponent("r.json").path
         try RouterFile.save(module, model: model, notes: "test", to: path)
     }
