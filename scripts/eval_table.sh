@@ -36,15 +36,15 @@ render)
   $buddy eval plot --csv eval/chat.csv --metric kl --log --title "Chat: KL from full depth (40 held-out MT-Bench prompts)" --out eval/chat.svg > /dev/null
   paired_si=""
   if [ -f eval/stand-ins-hellaswag-items.csv ]; then
-    paired_si="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv; echo; done)"
+    paired_si="$(for m in shortgpt sleb; do $buddy eval paired --a buddy+stand-ins --b $m+stand-ins eval/stand-ins-hellaswag-items.csv; echo; done)"
   fi
   paired_si_all=""
   if [ -f eval/stand-ins-hellaswag-items.csv ] && [ -f eval/stand-ins-hellaswag-items-400-1399.csv ]; then
-    paired_si_all="$(for m in shortgpt sleb; do scripts/hellaswag_paired.sh buddy+stand-ins $m+stand-ins eval/stand-ins-hellaswag-items.csv eval/stand-ins-hellaswag-items-400-1399.csv; echo; done)"
+    paired_si_all="$(for m in shortgpt sleb; do $buddy eval paired --a buddy+stand-ins --b $m+stand-ins eval/stand-ins-hellaswag-items.csv eval/stand-ins-hellaswag-items-400-1399.csv; echo; done)"
   fi
   paired_gemma=""
   if [ -f eval/gemma-hellaswag-items.csv ]; then
-    paired_gemma="$(for pair in "buddy+stand-ins sleb+stand-ins" "buddy+stand-ins shortgpt+stand-ins" "sleb+stand-ins sleb" "shortgpt+stand-ins shortgpt"; do scripts/hellaswag_paired.sh $pair eval/gemma-hellaswag-items.csv; echo; done)"
+    paired_gemma="$(for pair in "buddy+stand-ins sleb+stand-ins" "buddy+stand-ins shortgpt+stand-ins" "sleb+stand-ins sleb" "shortgpt+stand-ins shortgpt"; do set -- $pair; $buddy eval paired --a "$1" --b "$2" eval/gemma-hellaswag-items.csv; echo; done)"
   fi
   # Paired comparisons of the router with each static method on the same chunks and prompts, from
   # the per-item files of scripts/eval_stand_ins.sh (buddy eval paired): the s.e. beside each ratio.
@@ -203,7 +203,7 @@ if si_ppl or si_chat:
                  "First 400 tasks (standard error of one accuracy ≈ 0.024); 'off' cells are the plain-skip table's runs.",
                  lower_is_better=False)
         if os.environ.get("PAIRED_SI", "").strip():
-            print("Paired on the same 400 tasks, stand-ins on (`scripts/hellaswag_paired.sh` on `eval/stand-ins-hellaswag-items.csv`):\n")
+            print("Paired on the same 400 tasks, stand-ins on (`buddy eval paired` on `eval/stand-ins-hellaswag-items.csv`):\n")
             print(os.environ["PAIRED_SI"].strip() + "\n")
         if os.environ.get("PAIRED_SI_ALL", "").strip():
             extra = load("stand-ins-hellaswag-400-1399.csv")
@@ -326,7 +326,7 @@ if g_ppl or g_hs or g_bench:
             print(f"| {b:.2f} | {g_layers(b)} | " + " | ".join(cells) + " |")
         print()
         if os.environ.get("PAIRED_GEMMA", "").strip():
-            print("Paired on the same tasks (`scripts/hellaswag_paired.sh` on `eval/gemma-hellaswag-items.csv`):\n")
+            print("Paired on the same tasks (`buddy eval paired` on `eval/gemma-hellaswag-items.csv`):\n")
             print(os.environ["PAIRED_GEMMA"].strip() + "\n")
     if g_bench:
         smol = {round(r["budget"], 2): r for r in s_bench}

@@ -247,7 +247,7 @@ public enum HellaSwagRun {
         session.policy = kvPolicy
         var table = EvalTable(metrics: ["acc_norm", "n"], headers: ["acc_norm", "n"], formats: ["%.4f", "%.0f"], kvPolicy: kvPolicy.rawValue)
         table.derived = [("± s.e.", { v in String(format: "%.4f", (v[0] * (1 - v[0]) / v[1]).squareRoot()) })]
-        var itemRows = ["method,budget,kv_policy,task,gold,chosen,stand_ins"]
+        var itemRows = [PairedComparison.hellaSwagHeader]
         var fullDepthItems: [String] = []   // task,gold,chosen at full depth, the same for every method
         try o.grid.forEachCell(model: model, note: report.note) { mode, method, b in
             session.standIns = mode.weights

@@ -2,9 +2,10 @@ import BuddyCore
 import BuddyRouting
 import Foundation
 
-/// Two methods compared on the same items (perplexity chunks or chat prompts) from the rows
-/// `buddy eval perplexity --items` and `buddy eval chat --items` write: the ratio of their
-/// figures and its standard error from the per-item differences.
+/// Two methods compared on the same items (perplexity chunks, chat prompts or HellaSwag tasks)
+/// from the rows `buddy eval perplexity|chat|hellaswag --items` write: the ratio (or, for
+/// accuracy, the difference) of their figures and its standard error from the per-item
+/// differences.
 ///
 /// Why paired: two layer sets scored on the same 16 chunks differ far less from each other
 /// than either differs between text samples, so the s.e. of the *difference* is what says
@@ -17,10 +18,14 @@ import Foundation
 /// * Chat KL: R = ΣklA / ΣklB over the same replies (each prompt's reply has the same tokens
 ///   for both); by the delta method s.e.(R) = √(n/(n−1) · Σ(klAᵢ − R·klBᵢ)²) / ΣklB,
 ///   reported as the percentage R − 1.
+/// * HellaSwag: the difference of the accuracies, mean(rA − rB) over tasks with r = 1 where
+///   the method chose the gold ending; s.e. √((mean(d²) − mean(d)²) / (n − 1)), reported in
+///   percentage points, with the discordant tasks (only A right, only B right) beside it.
 public enum PairedComparison {
-    public enum Kind: String, Sendable { case perplexity, chat }
+    public enum Kind: String, Sendable { case perplexity, chat, hellaswag }
 
-    /// One item's figures for one cell: the summed loss (NLL or KL) and its tokens.
+    /// One item's figures for one cell: the summed loss (NLL or KL) and its tokens; for a
+    /// HellaSwag task 1 (gold ending chosen) or 0, over one "token".
     struct Item { var loss: Double; var tokens: Int }
 
     public struct Row: Equatable, Sendable {
@@ -29,9 +34,13 @@ public enum PairedComparison {
         /// Each method's figure over the shared items: perplexity, or mean KL per token.
         public var a: Double
         public var b: Double
-        /// A against B in percent (negative: A is better) and its standard error in percent.
+        /// A against B in percent (negative: A is better) and its standard error in percent;
+        /// for HellaSwag the accuracy difference A − B in percentage points (positive: A is better).
         public var percent: Double
         public var standardError: Double
+        /// HellaSwag only: tasks that only A (only B) got right.
+        public var onlyA = 0
+        public var onlyB = 0
     }
 
     /// Reads item files (every file of one kind) and compares methods `a` and `b` at every
@@ -90,8 +99,18 @@ public enum PairedComparison {
             let se = (n / (n - 1) * spread).squareRoot() / lossB
             return Row(budget: budget, items: pairs.count, a: lossA / tokens, b: lossB / tokens,
                        percent: (r - 1) * 100, standardError: se * 100)
+        case .hellaswag:
+            let d = pairs.map { $0.0.loss - $0.1.loss }
+            let mean = d.reduce(0, +) / n, meanSquare = d.reduce(0) { $0 + $1 * $1 } / n
+            let se = (max(0, meanSquare - mean * mean) / (n - 1)).squareRoot()
+            return Row(budget: budget, items: pairs.count, a: lossA / n, b: lossB / n, percent: mean * 100, standardError: se * 100,
+                       onlyA: d.filter { $0 > 0 }.count, onlyB: d.filter { $0 < 0 }.count)
         }
     }
+
+    /// The header of `buddy eval hellaswag --items`; files from before stand-ins lack the last column.
+    public static let hellaSwagHeader = "method,budget,kv_policy,task,gold,chosen,stand_ins"
+    static let hellaSwagHeaderWithoutStandIns = "method,budget,kv_policy,task,gold,chosen"
 
     /// Rows of one items file: (method, budget, item key, item). Untrusted text: every line is
     /// checked and a bad one is named.
@@ -99,24 +118,34 @@ public enum PairedComparison {
         var lines = text.split(whereSeparator: \.isNewline).map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
         guard let header = lines.first else { throw ToolError("'\(name)' is empty") }
         lines.removeFirst()
-        let kind: Kind
+        // Per kind: the columns, and where the stand-in mode, the item key and the figures are.
+        let kind: Kind, columns: Int, standIns: Int?, key: Int
         switch header {
-        case PerplexityRun.itemHeader: kind = .perplexity
-        case ChatFidelityRun.itemHeader: kind = .chat
-        default: throw ToolError("'\(name)' is not an items file of buddy eval perplexity or chat (header '\(header.prefix(80))')")
+        case PerplexityRun.itemHeader: (kind, columns, standIns, key) = (.perplexity, 7, 3, 4)
+        case ChatFidelityRun.itemHeader: (kind, columns, standIns, key) = (.chat, 8, 3, 4)
+        case hellaSwagHeader: (kind, columns, standIns, key) = (.hellaswag, 7, 6, 3)
+        case hellaSwagHeaderWithoutStandIns: (kind, columns, standIns, key) = (.hellaswag, 6, nil, 3)
+        default: throw ToolError("'\(name)' is not an items file of buddy eval perplexity, chat or hellaswag (header '\(header.prefix(80))')")
         }
-        let columns = kind == .perplexity ? 7 : 8
         var out: [(String, Double, String, Item)] = []
         for (i, line) in lines.enumerated() where !line.isEmpty {
             let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
-            guard f.count == columns, let budget = Double(f[1]), budget > 0, budget <= 1,
-                  let loss = Double(f[5]), loss.isFinite, loss >= 0,
-                  let tokens = Int(f[columns - 1]), tokens > 0 else {
+            func item() -> Item? {
+                guard f.count == columns, !f[key].isEmpty else { return nil }
+                if kind == .hellaswag {
+                    guard let gold = Int(f[4]), let chosen = Int(f[5]), gold >= 0, chosen >= 0 else { return nil }
+                    return Item(loss: gold == chosen ? 1 : 0, tokens: 1)
+                }
+                guard let loss = Double(f[5]), loss.isFinite, loss >= 0, let tokens = Int(f[columns - 1]), tokens > 0 else { return nil }
+                return Item(loss: loss, tokens: tokens)
+            }
+            guard let budget = Double(f[1]), budget > 0, budget <= 1, let item = item() else {
                 throw ToolError("'\(name)' line \(i + 2) is not a valid \(kind.rawValue) item: '\(line.prefix(80))'")
             }
-            // Stand-ins on: NAME+stand-ins; off: NAME; a stand-in file given by path: NAME+PATH.
-            let method = f[3] == "on" ? f[0] + "+stand-ins" : f[3] == "off" ? f[0] : f[0] + "+" + f[3]
-            out.append((method, budget, f[4], Item(loss: loss, tokens: tokens)))
+            // Stand-ins on: NAME+stand-ins; off (or not recorded): NAME; a stand-in file given by path: NAME+PATH.
+            let mode = standIns.map { f[$0] } ?? "off"
+            let method = mode == "on" ? f[0] + "+stand-ins" : mode == "off" ? f[0] : f[0] + "+" + mode
+            out.append((method, budget, f[key], item))
         }
         return (kind, out)
     }
@@ -130,6 +159,16 @@ public enum PairedComparison {
 
     /// A markdown table of the rows.
     public static func markdown(_ kind: Kind, _ rows: [Row], a: String, b: String) -> String {
+        if kind == .hellaswag {
+            var s = "| budget | n | \(a) | \(b) | difference | paired s.e. | difference / s.e. | \(a) only right | \(b) only right |\n"
+            s += "|---|---|---|---|---|---|---|---|---|\n"
+            for r in rows {
+                let z = r.standardError > 0 ? String(format: "%+.1f", r.percent / r.standardError) : "-"
+                s += String(format: "| %.2f | %d | %.4f | %.4f | %+.4f | %.4f | %@ | %d | %d |\n",
+                            r.budget, r.items, r.a, r.b, r.percent / 100, r.standardError / 100, z, r.onlyA, r.onlyB)
+            }
+            return s
+        }
         let what = kind == .perplexity ? "ppl" : "KL"
         var s = "| budget | \(kind == .perplexity ? "chunks" : "prompts") | \(what) \(a) | \(what) \(b) | \(a) against \(b) | paired s.e. | difference / s.e. |\n"
         s += "|---|---|---|---|---|---|---|\n"

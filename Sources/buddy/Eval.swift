@@ -63,7 +63,7 @@ extension Eval {
         @OptionGroup var routing: EvalRoutingOptions
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,acc_norm,n).") var csv: String?
         @Option(name: .long, help: "Also draw acc_norm against budget, one line per method, as SVG.") var plot: String?
-        @Option(name: .long, help: "Also write every task's result as CSV (method,budget,kv_policy,task,gold,chosen), for paired comparisons of methods on the same tasks (scripts/hellaswag_paired.sh).") var items: String?
+        @Option(name: .long, help: "Also write every task's result as CSV (method,budget,kv_policy,task,gold,chosen,stand_ins), for paired comparisons of methods on the same tasks (buddy eval paired).") var items: String?
         @OptionGroup var modelOptions: ModelOptions
 
         var options: HellaSwagRun.Options { .init(data: data, skip: skip, limit: limit, grid: routing.grid, threads: modelOptions.threads) }
@@ -118,17 +118,18 @@ extension Eval {
         static let configuration = CommandConfiguration(
             abstract: "Two methods on the same chunks or prompts: the ratio of their figures and its paired standard error.",
             discussion: """
-                Reads the files that `buddy eval perplexity --items` or `buddy eval chat --items`
-                write (all of one kind) and, at every budget both methods were scored at, prints
-                A's perplexity (or mean chat KL) against B's in percent with the standard error of
-                that difference from the per-chunk (per-prompt) differences. A method with
-                stand-ins on is named NAME+stand-ins. Example:
+                Reads the files that `buddy eval perplexity|chat|hellaswag --items` write (all of
+                one kind) and, at every budget both methods were scored at, prints A's perplexity
+                (or mean chat KL) against B's in percent with the standard error of that
+                difference from the per-chunk (per-prompt) differences; for HellaSwag, the
+                difference of the accuracies with its paired s.e. and the tasks only one of the two
+                got right. A method with stand-ins on is named NAME+stand-ins. Example:
                   buddy eval paired --a buddy+stand-ins --b sleb+stand-ins eval/stand-ins-ppl-items.csv
                 """)
         @Option(name: .long, help: "Method A (e.g. buddy+stand-ins).") var a: String
         @Option(name: .long, help: "Method B (e.g. sleb+stand-ins).") var b: String
         @Argument(help: "Items files.") var files: [String]
-        @Option(name: .long, help: "Also write the rows as CSV (budget,items,a,b,percent,standard_error).") var csv: String?
+        @Option(name: .long, help: "Also write the rows as CSV (budget,items,a,b,percent,standard_error; for HellaSwag a and b are accuracies and percent their difference in points).") var csv: String?
 
         func run() throws {
             let (kind, rows) = try PairedComparison.compare(files: files, a: a, b: b)

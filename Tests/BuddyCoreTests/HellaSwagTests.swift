@@ -49,43 +49,4 @@ final class HellaSwagTests: XCTestCase {
             XCTAssertEqual(scores[e], sum / Double(ids.count), accuracy: 1e-4, "ending \(e)")
         }
     }
-
-    /// The paired comparison script: accuracies, the mean per-task difference and its standard
-    /// error (by hand: differences 0, −1, +1, +1 have mean 0.25 and sample variance 11/12, so
-    /// s.e. √(11/48) = 0.4787), discordant counts; a file of another kind is refused.
-    func testPairedComparisonScript() throws {
-        let dir = try TestSupport.scratchDirectory("paired")
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let items = dir.appendingPathComponent("items.csv"), other = dir.appendingPathComponent("other.csv")
-        try """
-            method,budget,kv_policy,task,gold,chosen
-            buddy,0.7,fill,0,1,1
-            buddy,0.7,fill,1,2,0
-            buddy,0.7,fill,2,3,3
-            buddy,0.7,fill,3,0,0
-            shortgpt,0.7,fill,0,1,1
-            shortgpt,0.7,fill,1,2,2
-            shortgpt,0.7,fill,2,3,1
-            shortgpt,0.7,fill,3,0,2
-            sleb,0.5,fill,0,1,1
-
-            """.write(to: items, atomically: true, encoding: .utf8)
-        try "method,budget,kv_policy,acc_norm,n\nbuddy,0.7,fill,0.5,4\n".write(to: other, atomically: true, encoding: .utf8)
-        func run(_ files: [URL]) throws -> (status: Int32, out: String) {
-            let p = Process(), pipe = Pipe()
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            p.arguments = ["bash", TestSupport.root.appendingPathComponent("scripts/hellaswag_paired.sh").path, "buddy", "shortgpt"] + files.map(\.path)
-            p.standardOutput = pipe
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            let out = pipe.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, String(decoding: out, as: UTF8.self))
-        }
-        let good = try run([items])
-        XCTAssertEqual(good.status, 0)
-        XCTAssertTrue(good.out.contains("| 0.70 | 4 | 0.7500 | 0.5000 | +0.2500 | 0.4787 | +0.5 | 2 | 1 |"), good.out)
-        XCTAssertFalse(good.out.contains("| 0.50 |"), "sleb is not one of the two methods")
-        XCTAssertNotEqual(try run([other]).status, 0)
-    }
 }

@@ -101,7 +101,7 @@ final class KernelTests: XCTestCase {
         var r = TestRandom(11)
         for n in [32, 96, 32 * 17, 1536] {
             let x = r.floats(n, -3, 3)
-            try? bothPaths { path in
+            bothPaths { path in
                 var fast = Q8Activations(capacity: n), ref = Q8Activations(capacity: n)
                 defer { fast.deallocate(); ref.deallocate() }
                 x.withUnsafeBufferPointer { fast.quantize($0.baseAddress!, count: n); ref.quantizeRef($0.baseAddress!, count: n) }
@@ -133,7 +133,7 @@ final class KernelTests: XCTestCase {
                 var a = Q8Activations(capacity: n)
                 defer { a.deallocate() }
                 x.withUnsafeBufferPointer { a.quantizeRef($0.baseAddress!, count: n) }
-                try bothPaths { path in
+                bothPaths { path in
                     row.withUnsafeBytes { p in
                         let want = ref(p.baseAddress!, a, blocks)
                         let got = dotQuantized(type, p.baseAddress!, a, cols: n)
@@ -162,7 +162,7 @@ final class KernelTests: XCTestCase {
             // The first of two values of largest magnitude sets the scale's sign: -4 -> -127, 4 -> 127.
             x[5] = -4; x[9] = 4
             if n >= 512 { for j in 256..<512 { x[j] = 0 } }   // an all-zero super-block
-            try bothPaths { path in
+            bothPaths { path in
                 var fast = Q8Activations(capacity: n), ref = Q8Activations(capacity: n)
                 defer { fast.deallocate(); ref.deallocate() }
                 x.withUnsafeBufferPointer { fast.quantize($0.baseAddress!, count: n); ref.quantizeRef($0.baseAddress!, count: n) }
@@ -188,7 +188,7 @@ final class KernelTests: XCTestCase {
                 let count = blocks * type.layout!.elements
                 let row = randomBlocks(type, blocks: blocks, &r)
                 var a = [Float](repeating: 0, count: count), b = a
-                try bothPaths { path in
+                bothPaths { path in
                     row.withUnsafeBytes {
                         dequantizeRowRef(type, $0.baseAddress!, &a, count: count)
                         dequantizeRow(type, $0.baseAddress!, &b, count: count)
@@ -203,7 +203,7 @@ final class KernelTests: XCTestCase {
         var r = TestRandom(13)
         for n in [1, 7, 8, 15, 16, 17, 33, 64, 100, 577] {
             let x = r.floats(n), y = r.floats(n)
-            try bothPaths { path in
+            bothPaths { path in
                 XCTAssertEqual(dotF32(x, y, count: n), dotF32Ref(x, y, count: n), accuracy: 1e-5 * Float(n), "dot \(n) \(path)")
                 var y1 = y, y2 = y
                 axpyF32(0.37, x, &y1, count: n)
@@ -226,7 +226,7 @@ final class KernelTests: XCTestCase {
                 let w = r.floats(rows * cols, -1, 1)
                 let bits: [UInt16] = w.map { type == .f16 ? Float16($0).bitPattern : UInt16($0.bitPattern >> 16) }
                 let x = r.floats(cols, -2, 2)
-                try bothPaths { path in
+                bothPaths { path in
                     bits.withUnsafeBytes { raw in
                         let m = QuantMatrix(name: "w", type: type, rows: rows, cols: cols, data: raw.baseAddress!)
                         let a = Q8Activations(capacity: 576)
@@ -284,7 +284,7 @@ final class KernelTests: XCTestCase {
                 let x = r.floats(n * cols, -2, 2)
                 var simdResults: [[Float]] = []
                 defer { if simdResults.count == 2 { XCTAssertEqual(simdResults[0], simdResults[1], "\(type) n \(n): VNNI equals AVX2") } }
-                try bothPaths { path in
+                bothPaths { path in
                     let qs = UnsafeMutablePointer<Int8>.allocate(capacity: n * cols)
                     let d = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks), ds = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks)
                     let sums = UnsafeMutablePointer<Int32>.allocate(capacity: n * blocks)
@@ -319,7 +319,7 @@ final class KernelTests: XCTestCase {
             let data = randomBlocks(type, blocks: rows * sb, &r)
             for n in [1, 3, 6] {
                 let x = r.floats(n * cols, -2, 2)
-                try bothPaths { path in
+                bothPaths { path in
                     let batch = Q8KBatch(rows: n, cols: cols)
                     var y = [Float](repeating: .nan, count: n * rows)
                     data.withUnsafeBytes { raw in

@@ -78,6 +78,57 @@ final class PairedComparisonTests: XCTestCase {
         XCTAssertEqual(PairedComparison.csv([c]), "budget,items,a,b,percent,standard_error\n0.80,3,0.4,0.4,0.0000,50.0000\n")
     }
 
+    /// HellaSwag: accuracy difference, its paired s.e. and the discordant tasks, by hand.
+    func testHellaSwagPairsMatchHandComputedValues() throws {
+        // Four tasks at 0.7: A right on 0, 1, 2 and B on 1, 3, so d = 1, 0, 1, −1: mean 0.25,
+        // mean(d²) 0.75, s.e. √((0.75 − 0.0625) / 3) = 0.47871; only A right on 2 tasks, only B on 1.
+        let items = try write("hellaswag.csv", """
+            \(PairedComparison.hellaSwagHeader)
+            buddy,0.7,fill,0,3,3,on
+            buddy,0.7,fill,1,2,2,on
+            buddy,0.7,fill,2,1,1,on
+            buddy,0.7,fill,3,0,2,on
+            sleb,0.7,fill,0,3,1,on
+            sleb,0.7,fill,1,2,2,on
+            sleb,0.7,fill,2,1,0,on
+            sleb,0.7,fill,3,0,0,on
+            sleb,0.7,fill,0,3,3,off
+
+            """)
+        let (kind, rows) = try PairedComparison.compare(files: [items], a: "buddy+stand-ins", b: "sleb+stand-ins")
+        XCTAssertEqual(kind, .hellaswag)
+        let r = try XCTUnwrap(rows.first)
+        XCTAssertEqual(rows.count, 1)
+        XCTAssertEqual(r.items, 4)
+        XCTAssertEqual(r.a, 0.75, accuracy: 1e-12)
+        XCTAssertEqual(r.b, 0.5, accuracy: 1e-12)
+        XCTAssertEqual(r.percent, 25, accuracy: 1e-9)
+        XCTAssertEqual(r.standardError, 100 * (0.6875 / 3).squareRoot(), accuracy: 1e-9)
+        XCTAssertEqual([r.onlyA, r.onlyB], [2, 1])
+        XCTAssertEqual(PairedComparison.markdown(.hellaswag, rows, a: "A", b: "B"), """
+            | budget | n | A | B | difference | paired s.e. | difference / s.e. | A only right | B only right |
+            |---|---|---|---|---|---|---|---|---|
+            | 0.70 | 4 | 0.7500 | 0.5000 | +0.2500 | 0.4787 | +0.5 | 2 | 1 |
+
+            """)
+        // Files from before stand-ins have no stand_ins column: their rows are plain skipping,
+        // and they pair with new files' "off" rows (task 0 here agrees: both right).
+        let old = try write("hellaswag-old.csv", "method,budget,kv_policy,task,gold,chosen\nsleb,0.7,fill,0,3,3\nbuddy,0.7,fill,0,3,1\nsleb,0.7,fill,1,3,3\nbuddy,0.7,fill,1,3,3\n")
+        let mixed = try PairedComparison.compare(files: [items, old], a: "buddy", b: "sleb").rows
+        XCTAssertEqual(mixed.first?.items, 2)
+        XCTAssertEqual(mixed.first?.percent ?? 0, -50, accuracy: 1e-9)
+        let conflicting = try write("hellaswag-conflict.csv", "\(PairedComparison.hellaSwagHeader)\nbuddy,0.7,fill,3,0,0,on\n")
+        XCTAssertThrowsError(try PairedComparison.compare(files: [items, conflicting], a: "buddy+stand-ins", b: "sleb+stand-ins")) {
+            XCTAssertTrue("\($0)".contains("conflicting results for buddy+stand-ins at 0.70, item 3"), "\($0)")
+        }
+        for line in ["buddy,0.7,fill,0,3,x,on", "buddy,0.7,fill,0,-1,2,on", "buddy,0.7,fill,,3,2,on", "buddy,0.7,fill,0,3,2"] {
+            let bad = try write("hellaswag-bad.csv", "\(PairedComparison.hellaSwagHeader)\n\(line)\n")
+            XCTAssertThrowsError(try PairedComparison.compare(files: [bad], a: "buddy", b: "sleb")) {
+                XCTAssertTrue("\($0)".contains("line 2 is not a valid hellaswag item"), "\(line): \($0)")
+            }
+        }
+    }
+
     func testBadItemFilesAreRefusedWithTheProblemNamed() throws {
         let header = PerplexityRun.itemHeader
         func refusal(_ files: [String], a: String = "buddy", b: String = "sleb") -> String {
@@ -87,7 +138,7 @@ final class PairedComparisonTests: XCTestCase {
         XCTAssertEqual(refusal([good]), "accepted")
         let chat = try write("chat-items.csv", "\(ChatFidelityRun.itemHeader)\nbuddy,0.50,fill,off,81,1,1,4\n")
         XCTAssertTrue(refusal([good, chat]).contains("holds chat items, the other files perplexity items"), refusal([good, chat]))
-        let other = try write("other.csv", "method,budget,kv_policy,task,gold,chosen\n")
+        let other = try write("other.csv", "method,budget,kv_policy,task,gold\n")
         XCTAssertTrue(refusal([other]).contains("is not an items file"), refusal([other]))
         for (i, line) in ["buddy,0.50,fill,off,1,nan,10", "buddy,0.50,fill,off,1,-1,10", "buddy,2,fill,off,1,3,10",
                           "buddy,0.50,fill,off,1,3,0", "buddy,0.50,fill,off,1,3", "buddy,0.50,fill,off,1,3,10,4"].enumerated() {
