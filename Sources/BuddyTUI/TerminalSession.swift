@@ -23,7 +23,7 @@ enum TerminalSession {
         var template = Array("/tmp/buddy-stderr-XXXXXX".utf8CString)
         let fd = mkstemp(&template)
         if fd >= 0 {
-            unlink(String(cString: template))
+            unlink(template)   // the name mkstemp filled in
             savedStderr = dup(2)
             captureFd = fd
             dup2(fd, 2)

@@ -22,7 +22,7 @@ public enum TextWidth {
     }()
 
     /// The C library's wcwidth (looked up at run time: the Swift Glibc module hides it).
-    nonisolated(unsafe) private static let wcwidthFn: (@convention(c) (Int32) -> Int32)? = {
+    private static let wcwidthFn: (@convention(c) (Int32) -> Int32)? = {
         guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "wcwidth") else { return nil }
         return unsafeBitCast(sym, to: (@convention(c) (Int32) -> Int32).self)
     }()

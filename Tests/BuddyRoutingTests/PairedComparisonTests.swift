@@ -8,8 +8,16 @@ import XCTest
 /// Per-item results of `buddy eval perplexity|chat --items` and the paired comparison built on
 /// them (`buddy eval paired`).
 final class PairedComparisonTests: XCTestCase {
+    private var scratch: URL?
+
+    override func tearDown() {
+        if let scratch { try? FileManager.default.removeItem(at: scratch) }
+        super.tearDown()
+    }
+
     private func write(_ name: String, _ text: String) throws -> String {
         let dir = try TestSupport.scratchDirectory("paired-tests")
+        scratch = dir
         let path = dir.appendingPathComponent(name).path
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path

@@ -32,7 +32,7 @@ final class RouterFuzzTests: XCTestCase {
             let (seed, isPredictor) = originals[i % originals.count]
             // JSON keys sit at the start (sorted keys); weights are long arrays: mutate anywhere.
             let b = mutator.mutate(seed)
-            FileManager.default.createFile(atPath: path, contents: Data(b))
+            XCTAssertTrue(FileManager.default.createFile(atPath: path, contents: Data(b)), "could not write \(path)")
             do {
                 if isPredictor {
                     let p = try RouterFile.loadPredictor(path: path, model: m)

@@ -195,7 +195,7 @@ final class ThemeTests: XCTestCase {
         var warned = 0
         let (n, secs) = budget.run { i in
             let b = mutator.mutate(seeds[i % seeds.count])
-            FileManager.default.createFile(atPath: tmp, contents: Data(b))
+            XCTAssertTrue(FileManager.default.createFile(atPath: tmp, contents: Data(b)), "could not write \(tmp)")
             let (t, w) = Theme.load(tmp, searchPath: [])
             if !w.isEmpty { warned += 1 }
             for (key, _) in Theme.keys { XCTAssertNotNil(t.colors[key], key) }
