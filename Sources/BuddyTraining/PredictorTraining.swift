@@ -185,15 +185,21 @@ public enum PredictorTraining {
     /// How --budget auto does on the chat prompts among `curves` at one tolerance, against a
     /// fixed budget of the same mean compute (`toleranceComparison`).
     public struct ToleranceRow: Equatable, Sendable {
-        public init(tolerance: Double, meanBudget: Double, chosen: [Double], autoKL: Double, fixedKL: Double) {
+        public init(tolerance: Double, meanBudget: Double, chosen: [Double], autoKL: Double, fixedKL: Double, mixKL: Double? = nil) {
             self.tolerance = tolerance; self.meanBudget = meanBudget; self.chosen = chosen; self.autoKL = autoKL; self.fixedKL = fixedKL
+            self.mixKL = mixKL ?? fixedKL
         }
         public var tolerance: Double
         public var meanBudget: Double      // auto's mean routable layers / routable
         public var chosen: [Double]        // the distinct budgets auto chose, ascending
         public var autoKL: Double          // mean measured KL at the chosen budgets
         public var fixedKL: Double         // the mean curve at auto's mean routable layers
+        /// The best mix of fixed budgets that ignores the prompt, at the same mean layers (the
+        /// mean curve's lower convex hull): a bar the fixed budget alone understates wherever
+        /// the curve is not convex in compute (docs/TRAINING.md).
+        public var mixKL: Double
         public var gain: Double { fixedKL > 0 ? (autoKL - fixedKL) / fixedKL : 0 }
+        public var gainOverMix: Double { mixKL > 0 ? (autoKL - mixKL) / mixKL : 0 }
     }
 
     /// --budget auto on the chat prompts among `curves` at each tolerance, every prompt's choice
@@ -229,8 +235,25 @@ public enum PredictorTraining {
             }
             let n = Double(chat.count)
             return ToleranceRow(tolerance: t, meanBudget: kSum / n / Double(routable), chosen: chosen.sorted(),
-                                autoKL: klSum / n, fixedKL: fixedKL(atLayers: kSum / n))
+                                autoKL: klSum / n, fixedKL: fixedKL(atLayers: kSum / n), mixKL: bestMix(fixed, atLayers: kSum / n))
         }
+    }
+
+    /// The lowest mean KL that assigning whole prompts to the fixed points (ascending layers,
+    /// at least one) achieves at mean `k` layers without looking at the prompts: the point
+    /// where the points' lower convex hull crosses k (the first point's KL below it).
+    public static func bestMix(_ points: [(k: Double, kl: Double)], atLayers k: Double) -> Double {
+        var hull: [(k: Double, kl: Double)] = []
+        for p in points {
+            // Drop the last hull point while it lies on or above the chord to p.
+            while hull.count >= 2 {
+                let a = hull[hull.count - 2], b = hull[hull.count - 1]
+                if (b.kl - a.kl) * (p.k - a.k) >= (p.kl - a.kl) * (b.k - a.k) { hull.removeLast() } else { break }
+            }
+            hull.append(p)
+        }
+        guard let (lo, hi, w) = BudgetPredictor.bracket(hull.map(\.k), at: k) else { return hull.last?.kl ?? 0 }
+        return hull[lo].kl + w * (hull[hi].kl - hull[lo].kl)
     }
 
     /// Prints `toleranceComparison` and returns `preferredTolerance` of its rows.
@@ -241,11 +264,12 @@ public enum PredictorTraining {
         guard !rows.isEmpty else { return nil }
         let chat = curves.filter { $0.id.hasPrefix("chat-") }.count
         report.line("--budget auto on the \(chat) training chat prompts, each chosen by a predictor fitted without it (5 folds):")
-        report.line("| tolerance | mean budget | budgets chosen | auto KL | fixed KL, same mean layers | auto vs fixed |")
-        report.line("|---|---|---|---|---|---|")
+        report.line("| tolerance | mean budget | budgets chosen | auto KL | fixed KL, same mean layers | auto vs fixed | best prompt-blind mix | auto vs mix |")
+        report.line("|---|---|---|---|---|---|---|---|")
         for r in rows {
-            report.line(String(format: "| %g | %.3f | %@ | %.4f | %.4f | %+.1f %% |", r.tolerance, r.meanBudget,
-                               r.chosen.map { String(format: "%g", $0) }.joined(separator: ", "), r.autoKL, r.fixedKL, 100 * r.gain))
+            report.line(String(format: "| %g | %.3f | %@ | %.4f | %.4f | %+.1f %% | %.4f | %+.1f %% |", r.tolerance, r.meanBudget,
+                               r.chosen.map { String(format: "%g", $0) }.joined(separator: ", "), r.autoKL, r.fixedKL, 100 * r.gain,
+                               r.mixKL, 100 * r.gainOverMix))
         }
         guard let best = preferredTolerance(rows) else { return nil }
         report.line(String(format: "preferred tolerance on the training prompts: %g (%+.1f %% against fixed)", best.tolerance, 100 * best.gain))

@@ -71,12 +71,33 @@ final class BudgetPredictorTests: XCTestCase {
         XCTAssertEqual(r.autoKL, 0.1, accuracy: 1e-9)
         XCTAssertEqual(r.fixedKL, 0.3, accuracy: 1e-9)
         XCTAssertEqual(r.gain, -2.0 / 3.0, accuracy: 1e-9)
+        // The chat prompts' points (2 layers, 1.1), (3, 0.3), (4, 0) are convex: no mix beats 0.75.
+        XCTAssertEqual(r.mixKL, 0.3, accuracy: 1e-9)
         // A tolerance nothing meets: full depth for all, no drift on either side, no spread.
         XCTAssertEqual(rows[1].chosen, [1])
         XCTAssertEqual(rows[1].autoKL, 0)
         XCTAssertEqual(rows[1].fixedKL, 0)
         XCTAssertEqual(try PredictorTraining.toleranceReport(curves, grid: grid, lambda: 1e-3, tolerances: [0.3, 1e-4], routable: 4,
                                                               router: "test", report: .silent), 0.3)
+    }
+
+    /// The best prompt-blind mix of fixed budgets, by hand: the lower convex hull of the points.
+    func testBestMixFollowsTheLowerConvexHull() {
+        // (2, 1.0), (3, 0.8), (4, 0): the middle point lies above the chord from 2 to 4, so at 3
+        // layers half the prompts at 2 and half at 4 give 0.5, better than the fixed 0.8.
+        let points: [(k: Double, kl: Double)] = [(2, 1.0), (3, 0.8), (4, 0)]
+        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 3), 0.5, accuracy: 1e-12)
+        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 2.5), 0.75, accuracy: 1e-12)
+        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 4), 0, accuracy: 1e-12)
+        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 1), 1.0, "below the first point: the first point")
+        // Convex points are their own hull: the mix is the linear interpolation.
+        let convex: [(k: Double, kl: Double)] = [(2, 1.0), (3, 0.3), (4, 0)]
+        XCTAssertEqual(PredictorTraining.bestMix(convex, atLayers: 2.5), 0.65, accuracy: 1e-12)
+        // The shipped predictor's training chat curve (docs/TRAINING.md): at auto's mean of 23.6
+        // layers the hull runs from 22 layers (0.3128) to full depth: 0.3128 · 4.4 / 6.
+        let shipped: [(k: Double, kl: Double)] = [(14, 0.9642), (17, 0.7626), (20, 0.4537), (21, 0.3852), (22, 0.3128),
+                                                  (24, 0.2440), (25, 0.1934), (27, 0.0731), (28, 0)]
+        XCTAssertEqual(PredictorTraining.bestMix(shipped, atLayers: 23.6), 0.3128 * 4.4 / 6, accuracy: 1e-12)
     }
 
     /// The default's rule: among spreading tolerances whose mean budget stays in the recommended
