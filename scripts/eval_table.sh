@@ -221,7 +221,11 @@ if si_ppl or si_chat:
               "--text-prompts 40 --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
               f"The default tolerance is {default_tolerance}, the one `buddy train predictor` prefers on the training chat prompts "
               "(cross-validated against a fixed budget of the same mean compute, among the tolerances whose mean choice stays in the "
-              "slider's recommended zone; `PredictorTraining.preferredTolerance`, docs/TRAINING.md).\n")
+              "slider's recommended zone; `PredictorTraining.preferredTolerance`, docs/TRAINING.md). "
+              "Each table also gives a stricter bar than the fixed budget: the best mix of fixed budgets that ignores the prompt, at "
+              "the same mean compute (the lower convex hull of the fixed budgets' KL, `BudgetPredictor.bestMix`). Where the KL is not "
+              "convex in compute, sending some prompts lower and others higher beats the fixed budget without any prediction, so only "
+              "a lead over this mix shows that the predictor reads something from the prompt.\n")
         print(open("eval/stand-ins-auto.md").read().replace("### Tolerance", "#### Tolerance"))
     si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:

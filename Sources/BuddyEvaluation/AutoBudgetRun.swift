@@ -145,6 +145,10 @@ public enum AutoBudgetRun {
             if lo != hi { report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }
             report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", b.budget, b.budget, b.k, b.kl, b.top1))
             report.line(String(format: "| fixed, same mean k (interpolated) | — | %.2f | %.4f | %.4f |", meanK, a.kl + w * (b.kl - a.kl), a.top1 + w * (b.top1 - a.top1)))
+            // A stricter bar: the best mix of fixed budgets that ignores the prompt (beats the
+            // interpolation wherever the curve is not convex in compute; docs/TRAINING.md).
+            report.line(String(format: "| best prompt-blind mix of fixed budgets, same mean k | — | %.2f | %.4f | — |",
+                               meanK, BudgetPredictor.bestMix(points.map { (k: $0.k, kl: $0.kl) }, atLayers: meanK)))
             // Per prompt the interpolated fixed run's KL sum (the same interpolation, prompt by
             // prompt; full depth adds 0), paired with the prompt's auto run.
             func klSum(_ prompt: Int, _ point: Int) -> Double { point < grid.count ? fixedRows[prompt][point].klSum : 0 }

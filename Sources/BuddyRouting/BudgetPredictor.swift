@@ -33,6 +33,23 @@ public struct BudgetPredictor: Sendable, Equatable {
         return (lo, hi, ks[hi] > ks[lo] ? (k - ks[lo]) / (ks[hi] - ks[lo]) : 1)
     }
 
+    /// The lowest mean KL that assigning whole prompts to the fixed points (ascending layers,
+    /// at least one) achieves at mean `k` layers without looking at the prompts: the point
+    /// where the points' lower convex hull crosses k (the first point's KL below it).
+    public static func bestMix(_ points: [(k: Double, kl: Double)], atLayers k: Double) -> Double {
+        var hull: [(k: Double, kl: Double)] = []
+        for p in points {
+            // Drop the last hull point while it lies on or above the chord to p.
+            while hull.count >= 2 {
+                let a = hull[hull.count - 2], b = hull[hull.count - 1]
+                if (b.kl - a.kl) * (p.k - a.k) >= (p.kl - a.kl) * (b.k - a.k) { hull.removeLast() } else { break }
+            }
+            hull.append(p)
+        }
+        guard let (lo, hi, w) = bracket(hull.map(\.k), at: k) else { return hull.last?.kl ?? 0 }
+        return hull[lo].kl + w * (hull[hi].kl - hull[lo].kl)
+    }
+
     /// Ascending budgets in (0, 1).
     public var budgets: [Double]
     public var featureDim: Int

@@ -86,18 +86,18 @@ final class BudgetPredictorTests: XCTestCase {
         // (2, 1.0), (3, 0.8), (4, 0): the middle point lies above the chord from 2 to 4, so at 3
         // layers half the prompts at 2 and half at 4 give 0.5, better than the fixed 0.8.
         let points: [(k: Double, kl: Double)] = [(2, 1.0), (3, 0.8), (4, 0)]
-        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 3), 0.5, accuracy: 1e-12)
-        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 2.5), 0.75, accuracy: 1e-12)
-        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 4), 0, accuracy: 1e-12)
-        XCTAssertEqual(PredictorTraining.bestMix(points, atLayers: 1), 1.0, "below the first point: the first point")
+        XCTAssertEqual(BudgetPredictor.bestMix(points, atLayers: 3), 0.5, accuracy: 1e-12)
+        XCTAssertEqual(BudgetPredictor.bestMix(points, atLayers: 2.5), 0.75, accuracy: 1e-12)
+        XCTAssertEqual(BudgetPredictor.bestMix(points, atLayers: 4), 0, accuracy: 1e-12)
+        XCTAssertEqual(BudgetPredictor.bestMix(points, atLayers: 1), 1.0, "below the first point: the first point")
         // Convex points are their own hull: the mix is the linear interpolation.
         let convex: [(k: Double, kl: Double)] = [(2, 1.0), (3, 0.3), (4, 0)]
-        XCTAssertEqual(PredictorTraining.bestMix(convex, atLayers: 2.5), 0.65, accuracy: 1e-12)
+        XCTAssertEqual(BudgetPredictor.bestMix(convex, atLayers: 2.5), 0.65, accuracy: 1e-12)
         // The shipped predictor's training chat curve (docs/TRAINING.md): at auto's mean of 23.6
         // layers the hull runs from 22 layers (0.3128) to full depth: 0.3128 · 4.4 / 6.
         let shipped: [(k: Double, kl: Double)] = [(14, 0.9642), (17, 0.7626), (20, 0.4537), (21, 0.3852), (22, 0.3128),
                                                   (24, 0.2440), (25, 0.1934), (27, 0.0731), (28, 0)]
-        XCTAssertEqual(PredictorTraining.bestMix(shipped, atLayers: 23.6), 0.3128 * 4.4 / 6, accuracy: 1e-12)
+        XCTAssertEqual(BudgetPredictor.bestMix(shipped, atLayers: 23.6), 0.3128 * 4.4 / 6, accuracy: 1e-12)
     }
 
     /// The default's rule: among spreading tolerances whose mean budget stays in the recommended

@@ -254,5 +254,8 @@ final class PairedComparisonTests: XCTestCase {
                               report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
         XCTAssertEqual(lines.last, "\nAuto against the interpolated fixed budget, paired over the 3 prompts: KL -2.7 % ± 25.7 % (s.e.); within 2 s.e.")
         XCTAssertTrue(lines.contains("| fixed, same mean k (interpolated) | — | 19.33 | 0.4111 | 0.5000 |"), lines.joined(separator: "\n"))
+        // Mean KL per token at k 14, 22, 28: 19/30, 9/30, 0. The middle point lies above the chord
+        // from 14 to full depth, so the best prompt-blind mix at 58/3 is 19/30 · (28 − 58/3) / 14 = 0.3921.
+        XCTAssertTrue(lines.contains("| best prompt-blind mix of fixed budgets, same mean k | — | 19.33 | 0.3921 | — |"), lines.joined(separator: "\n"))
     }
 }
