@@ -211,6 +211,10 @@ public enum PerplexityRun {
 
 /// `buddy eval hellaswag`: acc_norm over the grid, with every task's choice.
 public enum HellaSwagRun {
+    /// The header of the per-task rows (`--items`): one row per cell and task, the task numbered
+    /// from the start of the file, its gold ending and the ending chosen.
+    public static let itemHeader = "method,budget,kv_policy,task,gold,chosen,stand_ins"
+
     public struct Options {
         public var data: String
         public var skip: Int = 0
@@ -247,7 +251,7 @@ public enum HellaSwagRun {
         session.policy = kvPolicy
         var table = EvalTable(metrics: ["acc_norm", "n"], headers: ["acc_norm", "n"], formats: ["%.4f", "%.0f"], kvPolicy: kvPolicy.rawValue)
         table.derived = [("± s.e.", { v in String(format: "%.4f", (v[0] * (1 - v[0]) / v[1]).squareRoot()) })]
-        var itemRows = [PairedComparison.hellaSwagHeader]
+        var itemRows = [itemHeader]
         var fullDepthItems: [String] = []   // task,gold,chosen at full depth, the same for every method
         try o.grid.forEachCell(model: model, note: report.note) { mode, method, b in
             session.standIns = mode.weights

@@ -108,8 +108,7 @@ public enum PairedComparison {
         }
     }
 
-    /// The header of `buddy eval hellaswag --items`; files from before stand-ins lack the last column.
-    public static let hellaSwagHeader = "method,budget,kv_policy,task,gold,chosen,stand_ins"
+    /// `HellaSwagRun.itemHeader` as files from before stand-ins wrote it (no last column).
     static let hellaSwagHeaderWithoutStandIns = "method,budget,kv_policy,task,gold,chosen"
 
     /// Rows of one items file: (method, budget, item key, item). Untrusted text: every line is
@@ -123,7 +122,7 @@ public enum PairedComparison {
         switch header {
         case PerplexityRun.itemHeader: (kind, columns, standIns, key) = (.perplexity, 7, 3, 4)
         case ChatFidelityRun.itemHeader: (kind, columns, standIns, key) = (.chat, 8, 3, 4)
-        case hellaSwagHeader: (kind, columns, standIns, key) = (.hellaswag, 7, 6, 3)
+        case HellaSwagRun.itemHeader: (kind, columns, standIns, key) = (.hellaswag, 7, 6, 3)
         case hellaSwagHeaderWithoutStandIns: (kind, columns, standIns, key) = (.hellaswag, 6, nil, 3)
         default: throw ToolError("'\(name)' is not an items file of buddy eval perplexity, chat or hellaswag (header '\(header.prefix(80))')")
         }

@@ -91,7 +91,7 @@ final class PairedComparisonTests: XCTestCase {
         // Four tasks at 0.7: A right on 0, 1, 2 and B on 1, 3, so d = 1, 0, 1, −1: mean 0.25,
         // mean(d²) 0.75, s.e. √((0.75 − 0.0625) / 3) = 0.47871; only A right on 2 tasks, only B on 1.
         let items = try write("hellaswag.csv", """
-            \(PairedComparison.hellaSwagHeader)
+            \(HellaSwagRun.itemHeader)
             buddy,0.7,fill,0,3,3,on
             buddy,0.7,fill,1,2,2,on
             buddy,0.7,fill,2,1,1,on
@@ -125,12 +125,12 @@ final class PairedComparisonTests: XCTestCase {
         let mixed = try PairedComparison.compare(files: [items, old], a: "buddy", b: "sleb").rows
         XCTAssertEqual(mixed.first?.items, 2)
         XCTAssertEqual(mixed.first?.percent ?? 0, -50, accuracy: 1e-9)
-        let conflicting = try write("hellaswag-conflict.csv", "\(PairedComparison.hellaSwagHeader)\nbuddy,0.7,fill,3,0,0,on\n")
+        let conflicting = try write("hellaswag-conflict.csv", "\(HellaSwagRun.itemHeader)\nbuddy,0.7,fill,3,0,0,on\n")
         XCTAssertThrowsError(try PairedComparison.compare(files: [items, conflicting], a: "buddy+stand-ins", b: "sleb+stand-ins")) {
             XCTAssertTrue("\($0)".contains("conflicting results for buddy+stand-ins at 0.70, item 3"), "\($0)")
         }
         for line in ["buddy,0.7,fill,0,3,x,on", "buddy,0.7,fill,0,-1,2,on", "buddy,0.7,fill,,3,2,on", "buddy,0.7,fill,0,3,2"] {
-            let bad = try write("hellaswag-bad.csv", "\(PairedComparison.hellaSwagHeader)\n\(line)\n")
+            let bad = try write("hellaswag-bad.csv", "\(HellaSwagRun.itemHeader)\n\(line)\n")
             XCTAssertThrowsError(try PairedComparison.compare(files: [bad], a: "buddy", b: "sleb")) {
                 XCTAssertTrue("\($0)".contains("line 2 is not a valid hellaswag item"), "\(line): \($0)")
             }
