@@ -50,10 +50,19 @@ render)
   # the per-item files of scripts/eval_stand_ins.sh (buddy eval paired): the s.e. beside each ratio.
   paired_dir="$(mktemp -d /tmp/buddy-paired.XXXXXX)"
   trap 'rm -rf "$paired_dir"' EXIT
-  for name in stand-ins-ppl wide-ppl stand-ins-chat prompt-full-chat follow-up-chat follow-up-chat-full; do
+  for name in stand-ins-ppl wide-ppl stand-ins-chat prompt-full-chat follow-up-chat follow-up-chat-full \
+              held-out-2-next-event-chat held-out-2-summary-chat held-out-2-next-event-prompt-full-chat held-out-2-summary-prompt-full-chat; do
     [ -f "eval/$name-items.csv" ] || continue
     for m in sleb shortgpt; do
       $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "eval/$name-items.csv" --csv "$paired_dir/$name-$m.csv" > /dev/null
+    done
+  done
+  # The second held-out chat set pooled over its two kinds of request (eval/NOTES.md).
+  for depth in "" "prompt-full-"; do
+    a="eval/held-out-2-next-event-${depth}chat-items.csv" b="eval/held-out-2-summary-${depth}chat-items.csv"
+    [ -f "$a" ] && [ -f "$b" ] || continue
+    for m in sleb shortgpt; do
+      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "$a" "$b" --csv "$paired_dir/held-out-2-${depth}chat-$m.csv" > /dev/null
     done
   done
   PAIRED_DIR="$paired_dir" PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
@@ -194,6 +203,29 @@ if si_ppl or si_chat:
             ("follow-up-chat-full", "Chat, follow-up turns with the prompt at full depth: KL from full depth",
              "The same follow-up turns, the conversation so far run at full depth (`--prompt-depth full`), as the chat runs it.")]:
         measured_table(name, title, "kl", lambda v: f"{v:.3f}", note)
+    # The second held-out chat set (eval/NOTES.md): 200 requests no fit, search, selection or
+    # evaluation had read, per kind and pooled (token-weighted KL from the per-prompt files).
+    def pooled_rows(names):
+        sums = {}
+        for name in names:
+            for r in load(name + "-items.csv"):
+                key = (r["method"], r["budget"], r["stand_ins"])
+                kl, tokens = sums.get(key, (0.0, 0))
+                sums[key] = (kl + float(r["kl_sum"]), tokens + int(r["tokens"]))
+        return [{"method": m, "budget": b, "stand_ins": si, "kl": kl / max(1, t)} for (m, b, si), (kl, t) in sums.items()]
+    for depth, how in [("", "prompt at the budget"), ("prompt-full-", "prompt at full depth, as the chat runs it")]:
+        kinds = [f"held-out-2-next-event-{depth}chat", f"held-out-2-summary-{depth}chat"]
+        if not all(load(k + ".csv") for k in kinds): continue
+        si_table(f"Chat on a second held-out set of 200 requests ({how}): KL from full depth", pooled_rows(kinds), "kl",
+                 lambda v: f"{v:.3f}",
+                 "100 \"what happens next?\" requests built from HellaSwag tasks 2000–2099 and 100 \"summarize this passage\" "
+                 "requests built from WikiText-2 paragraphs past 85 % of the file, data that no fit, search, selection or other "
+                 "evaluation read, chosen and registered before the first run (`scripts/held_out_chat_prompts.py`, "
+                 "eval/NOTES.md); full model's greedy replies (≤ 128 tokens) teacher-forced, stand-ins on. Pooled over both "
+                 "kinds, paired s.e. over the 200 prompts; the kinds alone follow.", items=f"held-out-2-{depth}chat")
+        for k, label in zip(kinds, ["the 100 next-event requests", "the 100 summary requests"]):
+            measured_table(k, f"Chat on the second held-out set, {label} ({how})", "kl", lambda v: f"{v:.3f}",
+                           f"Paired s.e. over {label[4:]} (`eval/{k}-items.csv`).")
     si_hs = load("stand-ins-hellaswag.csv")
     if si_hs:
         # The 'off' rows are the main HellaSwag table's (same 400 tasks, plain skipping).
