@@ -65,6 +65,13 @@ render)
       $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "$a" "$b" --csv "$paired_dir/held-out-2-${depth}chat-$m.csv" > /dev/null
     done
   done
+  # Every held-out conversation pooled: the MT-Bench first turns and follow-ups and the second set.
+  all_chat="eval/stand-ins-chat-items.csv eval/follow-up-chat-items.csv eval/held-out-2-next-event-chat-items.csv eval/held-out-2-summary-chat-items.csv"
+  if ls $all_chat > /dev/null 2>&1; then
+    for m in sleb shortgpt; do
+      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins $all_chat --csv "$paired_dir/all-held-out-chat-$m.csv" > /dev/null
+    done
+  fi
   PAIRED_DIR="$paired_dir" PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os, re
 def load(name):
@@ -223,6 +230,12 @@ if si_ppl or si_chat:
                  "evaluation read, chosen and registered before the first run (`scripts/held_out_chat_prompts.py`, "
                  "eval/NOTES.md); full model's greedy replies (≤ 128 tokens) teacher-forced, stand-ins on. Pooled over both "
                  "kinds, paired s.e. over the 200 prompts; the kinds alone follow.", items=f"held-out-2-{depth}chat")
+        everything = ["stand-ins-chat", "follow-up-chat"] + kinds
+        if not depth and all(load(k + "-items.csv") for k in everything):
+            si_table("Chat over all 280 held-out conversations (prompt at the budget): KL from full depth",
+                     [r for r in pooled_rows(everything) if r["stand_ins"] == "on"], "kl", lambda v: f"{v:.3f}",
+                     "The 40 MT-Bench first turns, their 40 follow-up turns and the 200 requests above, pooled "
+                     "(token-weighted KL; paired s.e. over the 280 conversations).", items="all-held-out-chat")
         for k, label in zip(kinds, ["the 100 next-event requests", "the 100 summary requests"]):
             measured_table(k, f"Chat on the second held-out set, {label} ({how})", "kl", lambda v: f"{v:.3f}",
                            f"Paired s.e. over {label[4:]} (`eval/{k}-items.csv`).")
