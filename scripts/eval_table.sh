@@ -50,28 +50,26 @@ render)
   # the per-item files of scripts/eval_stand_ins.sh (buddy eval paired): the s.e. beside each ratio.
   paired_dir="$(mktemp -d /tmp/buddy-paired.XXXXXX)"
   trap 'rm -rf "$paired_dir"' EXIT
+  # pair NAME FILE...: the router against each static method over the items of all FILEs,
+  # into $paired_dir/NAME-METHOD.csv, when every FILE was measured.
+  pair() {
+    local name="$1"; shift
+    for f in "$@"; do [ -f "$f" ] || return 0; done
+    for m in sleb shortgpt; do
+      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "$@" --csv "$paired_dir/$name-$m.csv" > /dev/null
+    done
+  }
   for name in stand-ins-ppl wide-ppl stand-ins-chat prompt-full-chat follow-up-chat follow-up-chat-full \
               held-out-2-next-event-chat held-out-2-summary-chat held-out-2-next-event-prompt-full-chat held-out-2-summary-prompt-full-chat; do
-    [ -f "eval/$name-items.csv" ] || continue
-    for m in sleb shortgpt; do
-      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "eval/$name-items.csv" --csv "$paired_dir/$name-$m.csv" > /dev/null
-    done
+    pair "$name" "eval/$name-items.csv"
   done
-  # The second held-out chat set pooled over its two kinds of request (eval/NOTES.md).
+  # The second held-out chat set pooled over its two kinds of request (eval/NOTES.md), and every
+  # held-out conversation pooled: the MT-Bench first turns and follow-ups and the second set.
   for depth in "" "prompt-full-"; do
-    a="eval/held-out-2-next-event-${depth}chat-items.csv" b="eval/held-out-2-summary-${depth}chat-items.csv"
-    [ -f "$a" ] && [ -f "$b" ] || continue
-    for m in sleb shortgpt; do
-      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins "$a" "$b" --csv "$paired_dir/held-out-2-${depth}chat-$m.csv" > /dev/null
-    done
+    pair "held-out-2-${depth}chat" "eval/held-out-2-next-event-${depth}chat-items.csv" "eval/held-out-2-summary-${depth}chat-items.csv"
   done
-  # Every held-out conversation pooled: the MT-Bench first turns and follow-ups and the second set.
-  all_chat="eval/stand-ins-chat-items.csv eval/follow-up-chat-items.csv eval/held-out-2-next-event-chat-items.csv eval/held-out-2-summary-chat-items.csv"
-  if ls $all_chat > /dev/null 2>&1; then
-    for m in sleb shortgpt; do
-      $buddy eval paired --a buddy+stand-ins --b $m+stand-ins $all_chat --csv "$paired_dir/all-held-out-chat-$m.csv" > /dev/null
-    done
-  fi
+  pair all-held-out-chat eval/stand-ins-chat-items.csv eval/follow-up-chat-items.csv \
+       eval/held-out-2-next-event-chat-items.csv eval/held-out-2-summary-chat-items.csv
   PAIRED_DIR="$paired_dir" PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os, re
 def load(name):
@@ -222,7 +220,7 @@ if si_ppl or si_chat:
         return [{"method": m, "budget": b, "stand_ins": si, "kl": kl / max(1, t)} for (m, b, si), (kl, t) in sums.items()]
     for depth, how in [("", "prompt at the budget"), ("prompt-full-", "prompt at full depth, as the chat runs it")]:
         kinds = [f"held-out-2-next-event-{depth}chat", f"held-out-2-summary-{depth}chat"]
-        if not all(load(k + ".csv") for k in kinds): continue
+        if not all(os.path.exists(f"eval/{k}-items.csv") for k in kinds): continue
         si_table(f"Chat on a second held-out set of 200 requests ({how}): KL from full depth", pooled_rows(kinds), "kl",
                  lambda v: f"{v:.3f}",
                  "100 \"what happens next?\" requests built from HellaSwag tasks 2000–2099 and 100 \"summarize this passage\" "
@@ -231,7 +229,7 @@ if si_ppl or si_chat:
                  "eval/NOTES.md); full model's greedy replies (≤ 128 tokens) teacher-forced, stand-ins on. Pooled over both "
                  "kinds, paired s.e. over the 200 prompts; the kinds alone follow.", items=f"held-out-2-{depth}chat")
         everything = ["stand-ins-chat", "follow-up-chat"] + kinds
-        if not depth and all(load(k + "-items.csv") for k in everything):
+        if not depth and all(os.path.exists(f"eval/{k}-items.csv") for k in everything):
             si_table("Chat over all 280 held-out conversations (prompt at the budget): KL from full depth",
                      [r for r in pooled_rows(everything) if r["stand_ins"] == "on"], "kl", lambda v: f"{v:.3f}",
                      "The 40 MT-Bench first turns, their 40 follow-up turns and the 200 requests above, pooled "
