@@ -290,9 +290,9 @@ public final class ChatEngine: @unchecked Sendable {
         if on { sink(.notice(String(format: "auto budget: the smallest budget whose predicted drift stays under %.2f nats/token is chosen for each message", options.qualityTolerance))) }
     }
 
-    /// Under the automatic budget: the prompt runs at full depth (the chat's prompt depth by
-    /// default), the Budget Predictor reads its last state and the chosen budget is put in
-    /// force (announced with `.budget`) before the reply is decoded under it.
+    /// Under the automatic budget: asks the Budget Predictor for this prompt's budget and puts
+    /// it in force (announced with `.budget`) before the prompt runs, so the whole reply,
+    /// prompt included, runs under it.
     private func predictBudget(for prompt: [Int32]) throws {
         guard auto, let predictor else { return }
         control.requestedBudget = try predictor.chooseBudget(for: prompt, in: session, tolerance: options.qualityTolerance)

@@ -42,9 +42,6 @@ public enum AutoBudgetRun {
         let L = model.config.layers
         let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
-        // The predictor reads the prompt at full depth, so every prompt runs at full depth, the
-        // fixed budgets' too, and a budget covers the reply (as the chat runs a message).
-        session.promptDepth = .full
         let evaluator = ChatEvaluator(session: session)
         let predictorModel: BudgetPredictor
         let grid: [Double]
@@ -56,7 +53,7 @@ public enum AutoBudgetRun {
         } catch let e as ToolError { throw e } catch { throw ToolError("\(error)") }
 
         // Per grid budget: every prompt's fixed result. Per prompt and tolerance: the budget
-        // the predictor chooses from the prompt run at full depth (as the chat and `generate` do). The
+        // the predictor chooses before the prompt runs (as the chat and `generate` do). The
         // auto result is the grid run at that budget (same router, same budget: the same
         // computation), or the full model's (KL 0, top-1 1) when it chooses 1.
         var fixedRows: [[ChatDivergence]] = []   // [prompt][grid budget]

@@ -4,35 +4,23 @@ import Foundation
 /// Predicts, per prompt, how far a routed model will drift from the full model at each budget
 /// of a grid, and picks the smallest budget whose predicted KL stays under a tolerance.
 ///
-///   features f = h_L / rms(h_L): the prompt's last token after the last layer, the prompt run
-///                at full depth (dim; what the output head reads, without its norm weight)
+///   features f = [mean K0 (kvDim), mean V0 (kvDim), h0 of the prompt's last token (dim)]
 ///   z          = (f - mean) * scale                                   (featureDim)
 ///   log KL_b   = w_b · z + bias_b, for each grid budget b             (budgets.count)
 ///
 /// Fitted by ridge regression (kernel form, n × n solve) on measured per-prompt curves:
 /// for each training prompt the full model's greedy continuation is teacher-forced through
-/// the routed model at every grid budget (the prompt at full depth, as the chat runs it) and
-/// the mean KL per token is recorded.
-///
-/// Why the last layer's state: how far a reply drifts depends mostly on what kind of reply
-/// the prompt asks for (on the 40 training chat prompts, MT-Bench's category explains 78 % of
-/// the variance of the mean log KL). Layer 0 (the Decision Module's view, the features of
-/// predictors before version 6) barely sees that: cross-validated R² of the mean log KL 0.07,
-/// against 0.42 for the last layer's state (docs/TRAINING.md). The chat runs the prompt at
-/// full depth anyway, so reading it costs nothing there.
+/// the routed model at every grid budget and the mean KL per token is recorded.
 public struct BudgetPredictor: Sendable, Equatable {
     /// The default, chosen on the training prompts only: `buddy train predictor` compares
     /// --budget auto with a fixed budget of the same mean compute on its 40 chat prompts, each
     /// choice made by a predictor fitted without that prompt (`toleranceReport`), and prefers,
     /// among tolerances that keep the mean budget in the slider's recommended zone, the largest
-    /// gain (`preferredTolerance`), or among all when none does. With the last-state features
-    /// (2026-12-05; the shipped router and stand-ins V) none stays in the zone (0.25 comes
-    /// closest, mean 0.79, −2.8 %), and 0.6 gains most: mean budget 0.64, −8.7 % against the
-    /// fixed budget and −3.8 % against the best prompt-blind mix. Held out: EVAL.md.
-    public static let defaultTolerance = 0.6
-
-    /// What the features are, as predictor files name it ("features" field).
-    public static let featureKind = "last-state"
+    /// gain (`preferredTolerance`). With the shipped router (retrained on 2026-12-04) and stand-ins
+    /// V (docs/STAND-INS.md), only 0.25 stays in the zone there (mean 0.84, choices 0.7–0.9; it
+    /// ties the fixed budget, +0.4 %); 0.6 and 1.0 gain most (−5.2 %, −2.5 %) but choose 0.5–0.7,
+    /// where the slider warns. Held-out figures for all four: EVAL.md (0.25: −2.4 %).
+    public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
     /// layer counts `ks`: the neighbouring indices and the weight of the upper one, for the
@@ -172,44 +160,58 @@ public struct BudgetPredictor: Sendable, Equatable {
 }
 
 extension BudgetPredictor {
-    /// Throws unless the predictor reads this model's features (the last layer's state, dim).
+    /// Throws unless the predictor reads this model's features (pooled layer-0 K and V, and
+    /// the hidden state after layer 0).
     public func checkFits(_ config: ModelConfig) throws {
-        guard featureDim == config.dim else {
+        guard featureDim == 2 * config.kvDim + config.dim else {
             throw RoutingError.badRouterFile(path: "budget predictor", reason: "feature dimension \(featureDim) does not fit this model")
         }
     }
 
-    /// The budget for `prompt`, the one way every command (the chat, `generate`, `eval auto`)
-    /// picks an automatic budget: the prompt runs at full depth in `session` (only the part
-    /// not already cached), whatever the session's `promptDepth`, and the budget is chosen
-    /// from its last token's final state. The session then holds the prompt with the logits
-    /// of its last token, so the caller sets the chosen budget and decodes the reply (an
-    /// `evaluate` of the same prompt recomputes only its last token).
+    /// The budget for `prompt` before it runs in `session`, the one way every command (the
+    /// chat, `generate`, `eval auto`) picks an automatic budget: its features need only
+    /// layer 0, so layer 0 runs over the new part of the prompt (the session then holds what it
+    /// held before) and the budget is chosen from the routing context at the prompt's last
+    /// token. The caller then sets that budget and evaluates the prompt under it.
     public func chooseBudget(for prompt: [Int32], in session: Session, tolerance: Double) throws -> Double {
         try features(for: prompt, in: session).withUnsafeBufferPointer { choose($0.baseAddress!, tolerance: tolerance) }
     }
 
-    /// What `chooseBudget` reads (several tolerances can share one); evaluates `prompt` at full
-    /// depth in `session` as `chooseBudget` says.
+    /// The routing context `chooseBudget` reads (several tolerances can share one).
     public func features(for prompt: [Int32], in session: Session) throws -> [Float] {
         try checkFits(session.model.config)
-        return try BudgetPredictor.evaluateAtFullDepth(prompt, in: session)
+        let probe = FeatureProbe(config: session.model.config)
+        try session.runFirstLayer(over: prompt) { start, count in
+            _ = probe.selectLayers(chunkStart: start, count: count, batch: session.batch, cache: session.cache)
+        }
+        return probe.features
+    }
+}
+
+/// Captures the budget predictor's features while a prompt is evaluated at full depth
+/// (a selector that runs every layer and records the routing context of the last chunk).
+public final class FeatureProbe: LayerSelector {
+    public private(set) var features: [Float]
+    private var pooled: PooledContext
+    private let dim: Int
+
+    public init(config: ModelConfig) {
+        dim = config.dim
+        pooled = PooledContext(kvDim: config.kvDim)
+        features = [Float](repeating: 0, count: 2 * config.kvDim + config.dim)
     }
 
-    /// Evaluates `prompt` in `session` with every layer (the session's routing and prompt depth
-    /// are left as they were) and returns the predictor's features: the last token's state
-    /// after the last layer, divided by its root mean square.
-    public static func evaluateAtFullDepth(_ prompt: [Int32], in session: Session) throws -> [Float] {
-        let depth = session.promptDepth
-        session.promptDepth = .full
-        defer { session.promptDepth = depth }
-        try session.evaluate(prompt)
-        let dim = session.model.config.dim
-        let x = session.decode.x   // the last prompt token after the last layer (batchLogits copies it here)
-        var sumSquares: Float = 0
-        for i in 0..<dim { sumSquares += x[i] * x[i] }
-        let inverseRMS = 1 / (sumSquares / Float(dim) + 1e-6).squareRoot()
-        return (0..<dim).map { x[$0] * inverseRMS }
+    public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
+        [Bool](repeating: true, count: cache.layers)
+    }
+
+    public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
+        if chunkStart < pooled.count { pooled.reset() }
+        pooled.update(cache: cache, through: chunkStart + count)
+        features.withUnsafeMutableBufferPointer { f in
+            RoutingInput.write(pooled: pooled, hiddenState: batch.x + (count - 1) * dim, dim: dim, into: f.baseAddress!)
+        }
+        return [Bool](repeating: true, count: cache.layers)
     }
 }
 
@@ -235,22 +237,20 @@ public struct BudgetCurveMeter {
         self.evaluator = evaluator; self.budgets = budgets; self.makeRouter = makeRouter
     }
 
-    /// The prompt's features and, at each budget, the mean KL along the full model's greedy
-    /// continuation with the prompt at full depth (as `--budget auto` runs it).
     public func measure(id: String, prompt: [Int32], maxReply: Int) throws -> BudgetCurve {
         let session = evaluator.session
+        let probe = FeatureProbe(config: session.model.config)
         session.reset()
-        session.selector = nil
-        let features = try BudgetPredictor.evaluateAtFullDepth(prompt, in: session)
+        session.selector = probe
+        try session.evaluate(prompt)
+        let features = probe.features
         let ref = try evaluator.reference(prompt: prompt, maxTokens: maxReply)
-        let depth = session.promptDepth
-        session.promptDepth = .full
-        defer { session.promptDepth = depth; session.selector = nil }
         var kl: [Double] = []
         for b in budgets {
             session.selector = try makeRouter(b)
             kl.append(try evaluator.compare(ref).meanKL)
         }
+        session.selector = nil
         return BudgetCurve(id: id, features: features, kl: kl, tokens: ref.reply.count)
     }
 }

@@ -10,12 +10,8 @@ import Foundation
 ///      "input_mean": [...], "input_scale": [...],
 ///      "choices": [{"kept": k, "sets": [[layers]], "names": ["search", ...],
 ///                   "weights": [...], "bias": [...]}, ...],         // one per k = 1...routable
-///      "features": "last-state", "feature_dim": 576, "budgets": [...],   // kind "budget-predictor"
-///      "mean": [...], "scale": [...], "weights": [...], "bias": [...],
 ///      "notes": "how it was made"}
 ///
-/// Budget predictors without "features": "last-state" read layer 0 (the retired features)
-/// and are refused with an error that says so.
 /// Decision modules of versions 1–4 (an MLP over a prior table, a context gate, token
 /// switches) are a retired format: loading one fails with an error that says so.
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
@@ -113,13 +109,8 @@ public enum RouterFile {
         let j = try header(path: path, model: model)
         guard j["kind"] as? String == "budget-predictor" else { throw RoutingError.badRouterFile(path: path, reason: "not a budget predictor (kind field)") }
         func numbers(_ key: String) throws -> [Double] { try RouterFile.numbers(j, key, path: path) }
-        guard j["features"] as? String == BudgetPredictor.featureKind else {
-            throw RoutingError.retiredFormat(path: path, found: j["version"] as? Int ?? 0,
-                what: "a budget predictor that reads layer 0 (the retired features; current predictors read the prompt's last state at full depth)",
-                remedy: "train a new one with `buddy train predictor`")
-        }
         guard let d = j["feature_dim"] as? Int else { throw RoutingError.badRouterFile(path: path, reason: "missing feature_dim") }
-        guard d == model.config.dim else {
+        guard d == 2 * model.config.kvDim + model.config.dim else {
             throw RoutingError.badRouterFile(path: path, reason: "feature_dim \(d) does not fit this model")
         }
         do {
@@ -135,8 +126,7 @@ public enum RouterFile {
     public static func save(_ p: BudgetPredictor, model: LanguageModel, notes: String, to path: String) throws {
         try write([
             "format": format, "version": version, "kind": "budget-predictor", "router": p.router,
-            "model_fingerprint": model.fingerprint, "layers": model.config.layers,
-            "features": BudgetPredictor.featureKind, "feature_dim": p.featureDim,
+            "model_fingerprint": model.fingerprint, "layers": model.config.layers, "feature_dim": p.featureDim,
             "budgets": p.budgets, "mean": p.mean, "scale": p.scale, "weights": p.weights, "bias": p.bias, "notes": notes,
         ], to: path)
     }

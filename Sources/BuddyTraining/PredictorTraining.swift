@@ -64,9 +64,6 @@ public enum PredictorTraining {
         /// "off", or "on" and the stand-ins' `identity` ("on" alone in older files, which are
         /// then measured again; nil in files from before stand-ins: measured without them).
         public var standIns: String?
-        /// What the curves' features are (`BudgetPredictor.featureKind`; nil in files from
-        /// before the last-state features, which are then measured again).
-        public var features: String?
         public var curves: [BudgetCurve]
     }
 
@@ -108,12 +105,12 @@ public enum PredictorTraining {
         // Resume from saved curves when they were measured the same way.
         let curvePath = o.curves ?? o.out + ".curves.json"
         var file = CurveFile(modelFingerprint: model.fingerprint, router: o.router, budgets: grid, maxReply: o.maxReply,
-                             routerIdentity: routerIdentity, standIns: standInIdentity, features: BudgetPredictor.featureKind, curves: [])
+                             routerIdentity: routerIdentity, standIns: standInIdentity, curves: [])
         let dec = JSONDecoder(); dec.keyDecodingStrategy = .convertFromSnakeCase
         if let data = FileManager.default.contents(atPath: curvePath) {
             if let saved = try? dec.decode(CurveFile.self, from: data), saved.modelFingerprint == model.fingerprint,
                saved.router == o.router, saved.routerIdentity == routerIdentity, saved.budgets == grid, saved.maxReply == o.maxReply,
-               (saved.standIns ?? "off") == standInIdentity, saved.features == BudgetPredictor.featureKind {
+               (saved.standIns ?? "off") == standInIdentity {
                 file.curves = saved.curves
                 report.note("resuming: \(saved.curves.count) curves already measured in \(curvePath)")
             } else {

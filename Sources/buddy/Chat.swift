@@ -47,7 +47,6 @@ struct Chat: ParsableCommand {
         guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
         guard context >= 16 else { throw ValidationError("--context must be at least 16") }
-        guard !(budget == .auto && promptDepth == .budget) else { throw ValidationError(PromptDepth.autoConflict) }
         try modelOptions.validateThreads()
     }
 

@@ -7,8 +7,7 @@ extension KVPolicy: ExpressibleByArgument {}
 extension StandInChoice: ExpressibleByArgument {}
 extension PromptDepth: ExpressibleByArgument {
     /// --prompt-depth's help, shared by `chat` and `generate` (both default to full).
-    static let autoConflict = "--budget auto reads the prompt at full depth to choose the reply's budget, so it cannot be combined with --prompt-depth budget"
-    static let help: ArgumentHelp = "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure; not with --budget auto, which reads the prompt at full depth)."
+    static let help: ArgumentHelp = "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure)."
 }
 
 /// A budget as typed: a number in (0, 1] or `auto`.
@@ -29,11 +28,10 @@ struct RoutingOptions: ParsableArguments {
     func validate() throws {
         guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
         guard rerouteEvery >= 1 else { throw ValidationError("--reroute-every must be at least 1") }
-        guard !(budget == .auto && promptDepth == .budget) else { throw ValidationError(PromptDepth.autoConflict) }
     }
 
-    /// The budget the reply to `prompt` runs at: the one typed, or under `auto` the Budget
-    /// Predictor's choice, read from the prompt run at full depth (`session` then holds it).
+    /// The budget `prompt` runs at: the one typed, or under `auto` the Budget Predictor's choice
+    /// for it, made before the prompt runs (layer 0 only; `session` keeps what it held).
     func resolveBudget(for prompt: [Int32], in session: Session) throws -> Double {
         guard budget == .auto else { return budget.value ?? 1 }
         return try Routers.autoBudgetPredictor(model: session.model).chooseBudget(for: prompt, in: session, tolerance: qualityTolerance)

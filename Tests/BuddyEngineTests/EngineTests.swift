@@ -294,8 +294,7 @@ final class EngineTests: XCTestCase {
         engine.drain()
         let names = rec.events.map(name)
         let firstToken = try XCTUnwrap(names.firstIndex(of: "token"))
-        // The engine asks the predictor when the message arrives, from the prompt run at full
-        // depth, before the first token.
+        // The engine asks the predictor when the message arrives, before the prompt runs.
         let started = try XCTUnwrap(names.firstIndex(of: "started"))
         let budgetEvents = names.prefix(firstToken).indices.filter { names[$0] == "budget" }
         XCTAssertTrue(budgetEvents.allSatisfy { $0 == started + 1 }, "the chosen budget is announced right after the reply starts: \(names)")

@@ -122,7 +122,7 @@ final class BudgetPredictorTests: XCTestCase {
 
     func testPredictorFileAndAutoBudgetOnTheModel() throws {
         let m = try TestSupport.model()
-        let d = m.config.dim
+        let d = 2 * m.config.kvDim + m.config.dim
         var rng = SeededRNG(seed: 3)
         let feats = (0..<6).map { _ in (0..<d).map { _ in rng.nextUnitFloat() } }
         let logs = (0..<6).map { i in grid.map { -Double(i) * 0.1 - 3 * $0 } }
@@ -149,48 +149,33 @@ final class BudgetPredictorTests: XCTestCase {
             XCTAssertThrowsError(try RouterFile.loadPredictor(path: try rewrite(edit), model: m)) { XCTAssertTrue("\($0)".contains(reason), "\($0)") }
         }
 
-        // A predictor of the retired form (layer-0 features, no "features" field) is refused
-        // with an error that names it.
-        XCTAssertThrowsError(try RouterFile.loadPredictor(path: try rewrite { $0["features"] = nil }, model: m)) {
-            XCTAssertTrue("\($0)".contains("retired"), "\($0)")
-        }
-
-        // The features are the prompt's last state after the last layer at full depth, divided
-        // by its RMS: the same state the output head reads, so a hand-made RMS norm of the
-        // full model's final hidden state (recomputed here from scratch) must match.
+        // The predictor's choice for this prompt is made from its features at full depth,
+        // which a probe records while the prompt runs; a router set to it runs k + 2 layers.
+        let session = Session(model: m, capacity: 128, threads: 2)
+        let probe = FeatureProbe(config: m.config)
+        session.selector = probe
         let prompt = m.tokenizer.encode("The quick brown fox jumps over the lazy dog.", parseSpecial: false)
-        let reference = Session(model: m, capacity: 128, threads: 2)
-        try reference.evaluate(prompt)   // no selector: every layer
-        let x = (0..<d).map { reference.decode.x[$0] }
-        let rms = (x.reduce(0) { $0 + $1 * $1 } / Float(d)).squareRoot()
+        try session.evaluate(prompt)
         var chosen: Set<Double> = []
         for tol in [1e-9, 0.02, 1e9] {
-            // Every command (chat, generate, eval auto) asks with the prompt not yet run, or with
-            // its start cached, and even in a session whose prompts run at the budget: the
-            // prompt runs at full depth, the choice is the same, and afterwards the session
-            // holds the prompt with its last token's logits, as `evaluate` leaves them.
-            let ahead = Session(model: m, capacity: 128, threads: 2)
-            ahead.selector = try Routers.make("sleb", model: m, budget: 0.5)
-            let f = try back.features(for: prompt, in: ahead)
-            for i in 0..<d { XCTAssertEqual(f[i], x[i] / rms, accuracy: 1e-4 * max(1, abs(x[i] / rms))) }
-            let want = f.withUnsafeBufferPointer { back.choose($0.baseAddress!, tolerance: tol) }
+            let want = probe.features.withUnsafeBufferPointer { back.choose($0.baseAddress!, tolerance: tol) }
             chosen.insert(want)
-            ahead.reset()
-            ahead.selector = nil   // the cached start, like the rest, at full depth here
-            try ahead.evaluate(Array(prompt.prefix(4)))
-            ahead.selector = try Routers.make("sleb", model: m, budget: 0.5)
-            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
-            XCTAssertEqual(ahead.tokens, prompt)
-            XCTAssertEqual(ahead.promptDepth, .budget)
-            XCTAssertEqual(ahead.lastLayers.count, m.config.layers, "the prompt ran every layer")
-            for v in [0, 7, 100] { XCTAssertEqual(ahead.decode.logits[v], reference.decode.logits[v], accuracy: 1e-3) }
+            session.reset()
+            session.selector = try Routers.make("sleb", model: m, budget: want)
+            try session.evaluate(prompt)
+            XCTAssertEqual(session.lastLayers.count, 2 + LayerBudget.routableCount(budget: want, layers: m.config.layers))
 
-            // A router set to the chosen budget then runs k + 2 layers for the reply.
-            if want < 1 {
-                ahead.selector = try Routers.make("sleb", model: m, budget: want)
-                try ahead.step(prompt[0])
-                XCTAssertEqual(ahead.lastLayers.count, 2 + LayerBudget.routableCount(budget: want, layers: m.config.layers))
-            }
+            // Every command (chat, generate, eval auto) asks before the prompt runs (layer 0
+            // only) and gets the same choice, from an empty session and from one that holds the
+            // start of the prompt; afterwards the session holds only what `evaluate` would keep.
+            let ahead = Session(model: m, capacity: 128, threads: 2)
+            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
+            XCTAssertEqual(ahead.tokens, [])
+            XCTAssertEqual(ahead.cache.count, 0)
+            try ahead.evaluate(Array(prompt.prefix(4)))
+            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
+            XCTAssertEqual(ahead.tokens, Array(prompt.prefix(4)))
+            XCTAssertEqual(ahead.cache.count, 4)
         }
         // A vanishing tolerance keeps the full model; a huge one lets the predictor go lower.
         XCTAssertTrue(chosen.contains(1) && chosen.count >= 2, "\(chosen)")

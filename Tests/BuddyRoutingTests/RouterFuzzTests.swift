@@ -10,7 +10,7 @@ import XCTest
 final class RouterFuzzTests: XCTestCase {
     func testMutatedRouterFilesAreRefusedOrLoadCleanly() throws {
         let m = try TestSupport.model()
-        let L = m.config.layers, d = m.config.dim
+        let L = m.config.layers, d = 2 * m.config.kvDim + m.config.dim
         let dir = try TestSupport.scratchDirectory("rfuzz")
         defer { try? FileManager.default.removeItem(at: dir) }
         let module = try TestModules.withScorers(model: m, seed: 1, scored: [14, 20], candidates: 2)
