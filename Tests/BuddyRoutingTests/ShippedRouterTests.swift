@@ -106,10 +106,13 @@ final class ShippedRouterTests: XCTestCase {
         XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
         // The stand-ins it was trained with are a file in the repository, for this model.
         let command = notes.split(separator: ";")[0].split(separator: " ").map(String.init)
-        if let i = command.firstIndex(of: "--stand-ins"), !["on", "off", "auto"].contains(command[i + 1]) {
-            let file = TestSupport.root.appendingPathComponent(command[i + 1]).path
-            XCTAssertTrue(FileManager.default.fileExists(atPath: file), "\(command[i + 1]), named in the router's notes, is not in the repository")
-            XCTAssertNotNil(try Routers.standIns(model: m, path: file))
+        if let i = command.firstIndex(of: "--stand-ins") {
+            let value = try XCTUnwrap(command.dropFirst(i + 1).first, "--stand-ins without a value in the router's notes")
+            if !["on", "off", "auto"].contains(value) {
+                let file = TestSupport.root.appendingPathComponent(value).path
+                XCTAssertTrue(FileManager.default.fileExists(atPath: file), "\(value), named in the router's notes, is not in the repository")
+                XCTAssertNotNil(try Routers.standIns(model: m, path: file))
+            }
         }
         let module = try XCTUnwrap(try Routers.make("buddy", model: m) as? DecisionModule)
         XCTAssertEqual(module.weights.choices.count, m.config.layers - 2)
