@@ -7,6 +7,9 @@ import Foundation
 public enum PredictorTraining {
     public struct Options {
         public var chatData: String
+        /// More chat requests (MT-Bench layout), every one of them a training prompt
+        /// (`scripts/training_chat_requests.py`); nil: the train split of `chatData` only.
+        public var extraChatData: String?
         public var textData: String
         public var textPrompts: Int = 120
         public var textTokens: Int = 10_240
@@ -23,8 +26,9 @@ public enum PredictorTraining {
         public var tolerances: String = "0.25,0.4,0.6,1.0"
         public var seed: UInt64 = 0
         public var threads: Int = 2
-        public init(chatData: String, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = "buddy", standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2) {
+        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = "buddy", standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2) {
             self.chatData = chatData
+            self.extraChatData = extraChatData
             self.textData = textData
             self.textPrompts = textPrompts
             self.textTokens = textTokens
@@ -76,9 +80,22 @@ public enum PredictorTraining {
         guard let chatText = try? String(contentsOfFile: o.chatData, encoding: .utf8) else { throw ToolError("cannot read '\(o.chatData)'") }
         guard var text = try? String(contentsOfFile: o.textData, encoding: .utf8) else { throw ToolError("cannot read '\(o.textData)'") }
         if text.hasSuffix("\n") { text.removeLast() }
-        let model = try loadModel()
-        let chat: [ChatPrompt]
+        var chat: [ChatPrompt]
         do { chat = try ChatPromptSet.parse(chatText, split: .train) } catch { throw ToolError("\(o.chatData): \(error)") }
+        var extraCount = 0
+        if let path = o.extraChatData {
+            guard let extraText = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read '\(path)'") }
+            let extra: [ChatPrompt]
+            do { extra = try ChatPromptSet.parse(extraText, split: .all) } catch { throw ToolError("\(path): \(error)") }
+            // Curves are keyed by "chat-<id>": an id shared with the MT-Bench prompts would mix two prompts' curves.
+            let ids = Set(chat.map(\.id))
+            guard Set(extra.map(\.id)).count == extra.count, extra.allSatisfy({ !ids.contains($0.id) }) else {
+                throw ToolError("\(path): question ids must be distinct and differ from those of \(o.chatData)")
+            }
+            chat += extra
+            extraCount = extra.count
+        }
+        let model = try loadModel()
         let session = Session(model: model, capacity: 1024, threads: o.threads, batchSize: 256)
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let standInLabel = session.standIns == nil ? "off" : "on"
@@ -142,7 +159,8 @@ public enum PredictorTraining {
         }
         try toleranceReport(usable, grid: grid, lambda: fitted.lambda, tolerances: tolerances, routable: model.config.layers - 2,
                             router: o.router, report: report)
-        let notes = "buddy train predictor: \(usable.count) prompts (\(chat.count) chat train-split, rest WikiText-2 segments from the first \(o.textTokens) tokens), "
+        let chatSource = o.extraChatData == nil ? "\(chat.count) chat train-split" : "\(chat.count - extraCount) chat train-split, \(extraCount) chat requests from \(o.extraChatData!)"
+        let notes = "buddy train predictor: \(usable.count) prompts (\(chatSource), rest WikiText-2 segments from the first \(o.textTokens) tokens), "
             + "continuations of \(o.maxReply) tokens, router \(o.router), stand-ins \(standInLabel), ridge lambda \(fitted.lambda) (validation MSE of log KL \(String(format: "%.4f", fitted.validationMSE)))"
         try RouterFile.save(fitted.predictor, model: model, notes: notes, to: o.out)
         report.line("wrote \(o.out) (\(notes))")
@@ -208,9 +226,9 @@ public enum PredictorTraining {
     /// auto's mean (budget 1: no drift), as `buddy eval auto` does on held-out prompts. This is the
     /// evidence for `BudgetPredictor.defaultTolerance`, and it uses the training prompts only.
     public static func toleranceComparison(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double],
-                                           routable: Int, router: String) throws -> [ToleranceRow] {
+                                           routable: Int, router: String, scored: (String) -> Bool = isChat) throws -> [ToleranceRow] {
         let folds = 5
-        let chat = curves.indices.filter { curves[$0].id.hasPrefix("chat-") }
+        let chat = curves.indices.filter { scored(curves[$0].id) }
         guard curves.count >= 2 * folds, !chat.isEmpty else { return [] }
         var predictors: [BudgetPredictor] = []
         for f in 0..<folds {
@@ -239,20 +257,33 @@ public enum PredictorTraining {
         }
     }
 
-    /// Prints `toleranceComparison` and returns `preferredTolerance` of its rows.
+    /// A training chat prompt's curve: "chat-" and the prompt's id.
+    public static func isChat(_ id: String) -> Bool { id.hasPrefix("chat-") }
+    /// An MT-Bench question's curve: "chat-" and its numeric id (extra requests have named ids).
+    public static func isMTBench(_ id: String) -> Bool { isChat(id) && id.dropFirst(5).allSatisfy(\.isNumber) && id.count > 5 }
+
+    /// Prints `toleranceComparison` and returns `preferredTolerance` of its rows (over every
+    /// training chat prompt; with extra chat requests, the MT-Bench questions alone follow).
     @discardableResult
     public static func toleranceReport(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double], routable: Int,
                                        router: String, report: Reporter) throws -> Double? {
         let rows = try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router)
         guard !rows.isEmpty else { return nil }
-        let chat = curves.filter { $0.id.hasPrefix("chat-") }.count
-        report.line("--budget auto on the \(chat) training chat prompts, each chosen by a predictor fitted without it (5 folds):")
-        report.line("| tolerance | mean budget | budgets chosen | auto KL | fixed KL, same mean layers | auto vs fixed | best prompt-blind mix | auto vs mix |")
-        report.line("|---|---|---|---|---|---|---|---|")
-        for r in rows {
-            report.line(String(format: "| %g | %.3f | %@ | %.4f | %.4f | %+.1f %% | %.4f | %+.1f %% |", r.tolerance, r.meanBudget,
-                               r.chosen.map { String(format: "%g", $0) }.joined(separator: ", "), r.autoKL, r.fixedKL, 100 * r.gain,
-                               r.mixKL, 100 * r.gainOverMix))
+        func table(_ rows: [ToleranceRow], _ title: String) {
+            report.line(title)
+            report.line("| tolerance | mean budget | budgets chosen | auto KL | fixed KL, same mean layers | auto vs fixed | best prompt-blind mix | auto vs mix |")
+            report.line("|---|---|---|---|---|---|---|---|")
+            for r in rows {
+                report.line(String(format: "| %g | %.3f | %@ | %.4f | %.4f | %+.1f %% | %.4f | %+.1f %% |", r.tolerance, r.meanBudget,
+                                   r.chosen.map { String(format: "%g", $0) }.joined(separator: ", "), r.autoKL, r.fixedKL, 100 * r.gain,
+                                   r.mixKL, 100 * r.gainOverMix))
+            }
+        }
+        let chat = curves.filter { isChat($0.id) }.count, mtBench = curves.filter { isMTBench($0.id) }.count
+        table(rows, "--budget auto on the \(chat) training chat prompts, each chosen by a predictor fitted without it (5 folds):")
+        if mtBench > 0, mtBench < chat {
+            table(try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router, scored: isMTBench),
+                  "the same, on the \(mtBench) MT-Bench questions among them:")
         }
         guard let best = preferredTolerance(rows) else { return nil }
         report.line(String(format: "preferred tolerance on the training prompts: %g (%+.1f %% against fixed)", best.tolerance, 100 * best.gain))

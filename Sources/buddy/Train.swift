@@ -83,6 +83,7 @@ struct TrainPredictor: ParsableCommand {
             """)
 
     @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.") var chatData: String
+    @Option(name: .long, help: "More chat requests (MT-Bench layout, e.g. from scripts/training_chat_requests.py), all of them training prompts.") var extraChatData: String?
     @Option(name: .long, help: "Text for extra prompts (WikiText-2); segments come from its first --text-tokens tokens.") var textData: String
     @Option(name: .long, help: "Number of text segments used as prompts.") var textPrompts: Int = 120
     @Option(name: .long, help: "Text segments are drawn from the first N tokens (evaluation skips the first 20 chunks of 512 = 10,240).") var textTokens: Int = 10_240
@@ -100,7 +101,7 @@ struct TrainPredictor: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     var options: PredictorTraining.Options {
-        .init(chatData: chatData, textData: textData, textPrompts: textPrompts, textTokens: textTokens, maxReply: maxReply, budgets: budgets, router: router,
+        .init(chatData: chatData, extraChatData: extraChatData, textData: textData, textPrompts: textPrompts, textTokens: textTokens, maxReply: maxReply, budgets: budgets, router: router,
               standIns: standIns, out: out, curves: curves, lambdas: lambdas, valFraction: valFraction, qualityTolerance: qualityTolerance, tolerances: tolerances, seed: seed,
               threads: modelOptions.threads)
     }
