@@ -87,10 +87,10 @@ public enum PredictorTraining {
             guard let extraText = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read '\(path)'") }
             let extra: [ChatPrompt]
             do { extra = try ChatPromptSet.parse(extraText, split: .all) } catch { throw ToolError("\(path): \(error)") }
-            // Curves are keyed by "chat-<id>": an id shared with the MT-Bench prompts would mix two prompts' curves.
-            let ids = Set(chat.map(\.id))
-            guard Set(extra.map(\.id)).count == extra.count, extra.allSatisfy({ !ids.contains($0.id) }) else {
-                throw ToolError("\(path): question ids must be distinct and differ from those of \(o.chatData)")
+            // Curves are keyed by "chat-<id>", and MT-Bench's ids are numbers (`isMTBench`): a
+            // request's id must be a distinct name, or two prompts' curves would mix.
+            guard Set(extra.map(\.id)).count == extra.count, extra.allSatisfy({ !$0.id.allSatisfy(\.isNumber) }) else {
+                throw ToolError("\(path): every request needs a distinct question_id that is not a number (e.g. \"hellaswag-1400\")")
             }
             chat += extra
             extraCount = extra.count

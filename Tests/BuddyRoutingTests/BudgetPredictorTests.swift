@@ -81,6 +81,52 @@ final class BudgetPredictorTests: XCTestCase {
                                                               router: "test", report: .silent), 0.3)
     }
 
+    /// Extra chat requests (named ids) count as chat prompts; `isMTBench` keeps MT-Bench's
+    /// numbered questions apart, and the comparison over them alone is the hand-computed one
+    /// above, since the folds and the fits do not change.
+    func testToleranceComparisonOverMTBenchQuestionsAlone() throws {
+        XCTAssertTrue(PredictorTraining.isMTBench("chat-81"))
+        XCTAssertFalse(PredictorTraining.isMTBench("chat-hellaswag-1400"))
+        XCTAssertFalse(PredictorTraining.isMTBench("chat-"))
+        XCTAssertFalse(PredictorTraining.isMTBench("text-3-100"))
+        XCTAssertTrue(PredictorTraining.isChat("chat-tips-2100"))
+        func curve(_ id: String, _ f: [Float], _ kl: [Double]) -> BudgetCurve { BudgetCurve(id: id, features: f, kl: kl, tokens: 8) }
+        var curves: [BudgetCurve] = []
+        for i in 0..<10 {
+            curves.append(i % 2 == 0 ? curve("chat-\(i)", [1, 0], [0.2, 0.1]) : curve("chat-\(i)", [-1, 0], [2.0, 0.5]))
+            curves.append(curve("chat-request-\(i)", [0, 1], [0.05, 0.02]))
+        }
+        let mtBench = try PredictorTraining.toleranceComparison(curves, grid: [0.5, 0.75], lambda: 1e-3, tolerances: [0.3], routable: 4,
+                                                                router: "test", scored: PredictorTraining.isMTBench)
+        XCTAssertEqual(mtBench.first?.autoKL ?? -1, 0.1, accuracy: 1e-9)
+        XCTAssertEqual(mtBench.first?.fixedKL ?? -1, 0.3, accuracy: 1e-9)
+        // Over every chat prompt the requests join: all 10 take 0.5 (KL 0.05), so mean layers
+        // (15·2 + 5·4)/20 = 2.5, auto KL (5·0.2 + 10·0.05)/20 = 0.075.
+        let all = try PredictorTraining.toleranceComparison(curves, grid: [0.5, 0.75], lambda: 1e-3, tolerances: [0.3], routable: 4, router: "test")
+        XCTAssertEqual(all.first?.meanBudget ?? -1, 2.5 / 4, accuracy: 1e-12)
+        XCTAssertEqual(all.first?.autoKL ?? -1, 0.075, accuracy: 1e-9)
+    }
+
+    /// `buddy train predictor --extra-chat-data` refuses requests whose ids could mix with
+    /// MT-Bench's numbered questions or with each other, before the model loads.
+    func testExtraChatRequestsNeedDistinctNamedIds() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("buddy-extra-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let chat = dir.appendingPathComponent("chat.jsonl").path, text = dir.appendingPathComponent("text.txt").path
+        try #"{"question_id": 81, "turns": ["Hi"]}"#.write(toFile: chat, atomically: true, encoding: .utf8)
+        try "some text".write(toFile: text, atomically: true, encoding: .utf8)
+        for bad in [#"{"question_id": 81, "turns": ["A"]}"#, #"{"turns": ["no id"]}"#,
+                    #"{"question_id": "a", "turns": ["A"]}"# + "\n" + #"{"question_id": "a", "turns": ["B"]}"#] {
+            let extra = dir.appendingPathComponent("extra.jsonl").path
+            try bad.write(toFile: extra, atomically: true, encoding: .utf8)
+            let o = PredictorTraining.Options(chatData: chat, extraChatData: extra, textData: text, out: dir.appendingPathComponent("p.json").path)
+            XCTAssertThrowsError(try PredictorTraining.run(o, model: { XCTFail("model loaded"); throw ToolError("unreachable") }, report: .silent)) {
+                XCTAssertTrue("\($0)".contains("not a number"), "\($0)")
+            }
+        }
+    }
+
     /// The best prompt-blind mix of fixed budgets, by hand: the lower convex hull of the points.
     func testBestMixFollowsTheLowerConvexHull() {
         // (2, 1.0), (3, 0.8), (4, 0): the middle point lies above the chord from 2 to 4, so at 3
