@@ -44,43 +44,58 @@ def untokenise(text):
     return text.replace(" n't", "n't").replace(" 's", "'s")
 
 
-def wikitext_prompts(path, start_fraction, count, min_words, max_words):
+def wikitext_span(path, start_fraction, end_fraction=1.0):
+    """(character offset, stripped line) for every non-empty line that starts inside the span."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    start = int(len(text) * start_fraction)
-    offset = 0
-    prompts = []
+    start, end = int(len(text) * start_fraction), int(len(text) * end_fraction)
+    offset, lines = 0, []
     for line in text.split("\n"):
-        line_start = offset
+        if start <= offset < end and line.strip():
+            lines.append((offset, line.strip()))
         offset += len(line) + 1
-        stripped = line.strip()
-        if line_start < start or not stripped or stripped.startswith("="):
-            continue
-        words = stripped.split()
-        if not (min_words <= len(words) <= max_words):
-            continue
-        prompts.append((f"wikitext-char-{line_start}", "summary",
-                        "Summarize this passage in two or three sentences:\n\n" + untokenise(stripped)))
-        if len(prompts) == count:
-            break
-    if len(prompts) < count:
-        raise SystemExit(f"only {len(prompts)} paragraphs qualify in {path}")
-    return prompts
+    return lines
+
+
+def paragraphs(lines, min_words, max_words):
+    """The lines of `wikitext_span` that are paragraphs (not headings) of min_words..max_words words."""
+    return [(o, s) for o, s in lines if not s.startswith("=") and min_words <= len(s.split()) <= max_words]
+
+
+def summary_prompt(offset, paragraph):
+    return (f"wikitext-char-{offset}", "summary", "Summarize this passage in two or three sentences:\n\n" + untokenise(paragraph))
+
+
+def wikitext_prompts(path, start_fraction, count, min_words, max_words):
+    found = paragraphs(wikitext_span(path, start_fraction), min_words, max_words)
+    if len(found) < count:
+        raise SystemExit(f"only {len(found)} paragraphs qualify in {path}")
+    return [summary_prompt(o, s) for o, s in found[:count]]
+
+
+def command_line(description, out_name):
+    """The scripts' shared options: --data-dir (../shared/data) and --out (.build/OUT_NAME)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data-dir", default=os.path.join(root, "..", "shared", "data"))
+    parser.add_argument("--out", default=os.path.join(root, ".build", out_name))
+    return parser.parse_args()
+
+
+def write_prompts(prompts, out):
+    """One MT-Bench-layout JSON line per (question_id, category, text) prompt."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        for qid, category, prompt in prompts:
+            f.write(json.dumps({"question_id": qid, "category": category, "turns": [prompt]}) + "\n")
+    print(f"{len(prompts)} prompts -> {out}")
 
 
 def main():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.path.join(root, "..", "shared", "data"))
-    parser.add_argument("--out", default=os.path.join(root, ".build", "held-out-chat-prompts.jsonl"))
-    args = parser.parse_args()
+    args = command_line(__doc__.split("\n\n")[0], "held-out-chat-prompts.jsonl")
     prompts = hellaswag_prompts(os.path.join(args.data_dir, "hellaswag_dev.txt"), 2000, 100)
     prompts += wikitext_prompts(os.path.join(args.data_dir, "wikitext2_valid.txt"), 0.85, 100, 60, 220)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        for qid, category, prompt in prompts:
-            f.write(json.dumps({"question_id": qid, "category": category, "turns": [prompt]}) + "\n")
-    print(f"{len(prompts)} prompts -> {args.out}")
+    write_prompts(prompts, args.out)
 
 
 if __name__ == "__main__":

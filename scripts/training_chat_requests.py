@@ -20,11 +20,10 @@ WikiText-2's tokenisation is undone as in scripts/held_out_chat_prompts.py.
 
   python3 scripts/training_chat_requests.py [--data-dir ../shared/data] [--out PATH]
 """
-import argparse
-import json
 import os
 
-from held_out_chat_prompts import hellaswag_prompts, untokenise
+from held_out_chat_prompts import (command_line, hellaswag_prompts, paragraphs, summary_prompt, untokenise,
+                                   wikitext_span, write_prompts)
 
 
 def tips_prompts(path, first, last, count):
@@ -42,28 +41,13 @@ def tips_prompts(path, first, last, count):
     raise SystemExit(f"only {len(prompts)} distinct labels in tasks {first}-{last - 1}")
 
 
-def wikitext_span(path, start_fraction, end_fraction):
-    """(character offset, stripped line) for every line that starts inside the span."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    start, end = int(len(text) * start_fraction), int(len(text) * end_fraction)
-    offset, lines = 0, []
-    for line in text.split("\n"):
-        if start <= offset < end and line.strip():
-            lines.append((offset, line.strip()))
-        offset += len(line) + 1
-    return lines
-
-
 def paragraph_prompts(lines, count, min_words, max_words):
-    paragraphs = [(o, s) for o, s in lines if not s.startswith("=") and min_words <= len(s.split()) <= max_words]
-    if len(paragraphs) < 2 * count:
-        raise SystemExit(f"only {len(paragraphs)} paragraphs qualify")
-    summaries = [(f"wikitext-char-{o}", "summary", "Summarize this passage in two or three sentences:\n\n" + untokenise(s))
-                 for o, s in paragraphs[:count]]
+    found = paragraphs(lines, min_words, max_words)
+    if len(found) < 2 * count:
+        raise SystemExit(f"only {len(found)} paragraphs qualify")
     explanations = [(f"wikitext-char-{o}", "explain", "Explain this passage so that a twelve-year-old can follow it:\n\n" + untokenise(s))
-                    for o, s in paragraphs[count:2 * count]]
-    return summaries + explanations
+                    for o, s in found[count:2 * count]]
+    return [summary_prompt(o, s) for o, s in found[:count]] + explanations
 
 
 def topic_prompts(lines, count):
@@ -78,22 +62,14 @@ def topic_prompts(lines, count):
 
 
 def main():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=os.path.join(root, "..", "shared", "data"))
-    parser.add_argument("--out", default=os.path.join(root, ".build", "training-chat-requests.jsonl"))
-    args = parser.parse_args()
+    args = command_line(__doc__.split("\n\n")[0], "training-chat-requests.jsonl")
     hellaswag = os.path.join(args.data_dir, "hellaswag_dev.txt")
     lines = wikitext_span(os.path.join(args.data_dir, "wikitext2_valid.txt"), 0.42, 0.55)
     prompts = hellaswag_prompts(hellaswag, 1400, 50)
     prompts += tips_prompts(hellaswag, 2100, 5000, 50)
     prompts += paragraph_prompts(lines, 50, 60, 220)
     prompts += topic_prompts(lines, 50)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        for qid, category, prompt in prompts:
-            f.write(json.dumps({"question_id": qid, "category": category, "turns": [prompt]}) + "\n")
-    print(f"{len(prompts)} prompts -> {args.out}")
+    write_prompts(prompts, args.out)
 
 
 if __name__ == "__main__":
