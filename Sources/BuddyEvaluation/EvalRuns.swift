@@ -285,19 +285,27 @@ public enum ChatFidelityRun {
     /// The header of the per-prompt rows (`--items`): one row per cell and prompt, with the
     /// summed KL over the reply, the top-1 agreements and the reply's tokens.
     public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,kl_sum,agreements,tokens"
+    /// The header of the per-position rows (`--positions`): one row per cell, prompt and reply
+    /// position (`ChatPosition`), for studies of where along a reply the divergence lies.
+    public static let positionHeader = "method,budget,stand_ins,prompt,position,token,kl,routed_entropy,routed_log_probability,reference_entropy"
 
     /// The table (kl, top1_agreement, tokens), the number of prompts and one `itemHeader` row
     /// per cell and prompt (header first), for paired comparisons (`PairedComparison`).
     /// `promptDepth` says whether each prompt runs at the cell's budget (the protocol of the
     /// published figures) or at full depth, as the chat runs it.
+    /// With `positions`, `positionRows` holds one `positionHeader` row per cell, prompt and
+    /// reply position (header first; the full model's own cells have none).
     public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, promptDepth: PromptDepth = .budget, threads: Int,
-                           model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, prompts: Int, items: [String]) {
+                           positions: Bool = false,
+                           model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, prompts: Int, items: [String], positionRows: [String]) {
         let prompts = try selection.load()
         let model = try loadModel()
         let session = Session(model: model, capacity: 2048, threads: threads, batchSize: 256)
         session.policy = grid.kvPolicy
         session.promptDepth = promptDepth
         let evaluator = ChatEvaluator(session: session)
+        evaluator.recordsPositions = positions
+        var positionRows = positions ? [positionHeader] : []
         // Every cell of the grid, each with its own router (per-token state lives in it).
         // A cell whose layers depend on the budget alone runs each reply as one batch.
         var cells: [(method: String, budget: Double, selector: BudgetedLayerSelector?, batched: Bool, standIns: (label: String, weights: StandIns?))] = []
@@ -321,6 +329,10 @@ public enum ChatFidelityRun {
                     session.selector = cell.selector
                     session.standIns = cell.standIns.weights
                     d = try evaluator.compare(ref, batched: cell.batched)
+                    for (t, q) in evaluator.positions.enumerated() {
+                        positionRows.append(String(format: "%@,%.2f,%@,%@,%d,%d,%.6f,%.6f,%.6f,%.6f", cell.method, cell.budget, cell.standIns.label,
+                                                   selection.itemKey(p), t, ref.reply[t], q.kl, q.routedEntropy, q.routedLogProbability, q.referenceEntropy))
+                    }
                 }
                 totals[i].add(d)
                 items.append(String(format: "%@,%.2f,%@,%@,%@,%.6f,%d,%d", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
@@ -332,6 +344,6 @@ public enum ChatFidelityRun {
         var table = EvalTable(metrics: ["kl", "top1_agreement", "tokens"], headers: ["KL (nats/token)", "top-1 agreement", "tokens"],
                               formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: grid.kvPolicy.rawValue)
         for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)], standIns: cell.standIns.label) }
-        return (table, prompts.count, items)
+        return (table, prompts.count, items, positionRows)
     }
 }

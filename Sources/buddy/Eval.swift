@@ -99,14 +99,17 @@ extension Eval {
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,kl,top1_agreement,tokens).") var csv: String?
         @Option(name: .long, help: "Also draw KL against budget, one line per method, as SVG.") var plot: String?
         @Option(name: .long, help: "Also write every prompt's result as CSV (method,budget,kv_policy,stand_ins,prompt,kl_sum,agreements,tokens), for paired comparisons of methods on the same prompts (buddy eval paired).") var items: String?
+        @Option(name: .long, help: "Also write every reply position as CSV (method,budget,stand_ins,prompt,position,token,kl,routed_entropy,routed_log_probability,reference_entropy), for studies of where the divergence lies.") var positions: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws { try modelOptions.validateThreads() }
 
         func run() throws {
-            let (table, prompts, itemRows) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, promptDepth: promptDepth,
-                                                                     threads: modelOptions.threads, model: modelOptions.load, report: .terminal)
+            let (table, prompts, itemRows, positionRows) = try ChatFidelityRun.run(prompts: promptOptions.selection, grid: routing.grid, promptDepth: promptDepth,
+                                                                                   threads: modelOptions.threads, positions: positions != nil,
+                                                                                   model: modelOptions.load, report: .terminal)
             try writeItems(itemRows, to: items)
+            try writeItems(positionRows, to: positions)
             print(table.markdown(), terminator: "")
             print("\(prompts) prompts (\(promptOptions.split) split\(promptOptions.turn == .followUp ? ", follow-up turns" : "")), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
                   + (promptDepth == .full ? "prompts at full depth" : "prompts at each budget"))

@@ -42,6 +42,23 @@ final class ChatEvalTests: XCTestCase {
         XCTAssertEqual(d.tokens, ref.reply.count)
         XCTAssertEqual(d.agreements, d.tokens)
         XCTAssertLessThan(d.meanKL, 1e-6, "only the float rounding of the stored log-probabilities")
+        XCTAssertTrue(ev.positions.isEmpty, "positions are kept only when asked for")
+
+        // Kept positions: the full model against itself has its own entropy, gives the greedy
+        // token its largest log-probability, and sums to the comparison's KL.
+        ev.recordsPositions = true
+        let again = try ev.compare(ref)
+        XCTAssertEqual(ev.positions.count, ref.reply.count)
+        XCTAssertEqual(ev.positions.reduce(0) { $0 + $1.kl }, again.klSum, accuracy: 1e-9)
+        let vocab = m.config.vocabSize
+        for (t, q) in ev.positions.enumerated() {
+            XCTAssertEqual(q.routedEntropy, q.referenceEntropy, accuracy: 1e-3, "position \(t)")
+            let row = ref.logProbs[(t * vocab)..<((t + 1) * vocab)]
+            XCTAssertEqual(q.routedLogProbability, Double(row.max()!), accuracy: 1e-4, "position \(t)")
+            let entropy = row.reduce(0.0) { $0 - ($1 > -30 ? exp(Double($1)) * Double($1) : 0) }
+            XCTAssertEqual(q.referenceEntropy, entropy, accuracy: 1e-9)
+            XCTAssertGreaterThan(q.referenceEntropy, 0)
+        }
     }
 
     /// KL and agreement of a routed run equal an independent computation from one batched

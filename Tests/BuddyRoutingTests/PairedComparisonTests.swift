@@ -191,9 +191,9 @@ final class PairedComparisonTests: XCTestCase {
             {"question_id": 2, "turns": ["What is two plus two?"]}
 
             """)
-        let (chatTable, count, chatItems) = try ChatFidelityRun.run(
+        let (chatTable, count, chatItems, positionRows) = try ChatFidelityRun.run(
             prompts: ChatPromptSelection(data: prompts, split: "all", maxReply: 8), grid: EvalGrid(budgets: "0.5", methods: "buddy,sleb", standIns: "on"),
-            threads: 2, model: { model }, report: .silent)
+            threads: 2, positions: true, model: { model }, report: .silent)
         XCTAssertEqual(count, 2)
         XCTAssertEqual(chatItems.count, 1 + 2 * 2)
         let chatFields: [[String]] = chatItems.dropFirst().map { line in line.split(separator: ",").map(String.init) }
@@ -204,7 +204,14 @@ final class PairedComparisonTests: XCTestCase {
             let tokens: Int = mine.reduce(0) { s, f in s + Int(f[7])! }
             XCTAssertEqual(kl / Double(tokens), row.values[0], accuracy: 1e-5, row.method)
             XCTAssertEqual(Double(tokens), row.values[2])
+            // --positions: one row per reply position, numbered from 0, summing to the prompt's KL.
+            for f in mine {
+                let rows = positionRows.dropFirst().map { $0.split(separator: ",").map(String.init) }.filter { $0[0] == row.method && $0[3] == f[4] }
+                XCTAssertEqual(rows.map { Int($0[4])! }, Array(0..<Int(f[7])!))
+                XCTAssertEqual(rows.reduce(0.0) { $0 + Double($1[6])! }, Double(f[5])!, accuracy: 1e-4)
+            }
         }
+        XCTAssertEqual(positionRows.first, ChatFidelityRun.positionHeader)
     }
 
     /// `--turn follow-up`: the prompt is the question, the full model's own greedy reply to it and

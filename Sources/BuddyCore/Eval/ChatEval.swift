@@ -60,6 +60,20 @@ public struct ChatDivergence: Sendable {
     public mutating func add(_ o: ChatDivergence) { klSum += o.klSum; agreements += o.agreements; tokens += o.tokens }
 }
 
+/// One reply position of a comparison, kept when `ChatEvaluator.recordsPositions` is set (what
+/// `buddy eval chat --positions` writes): the divergence there and what a running model could
+/// see of its own output without the full model.
+public struct ChatPosition: Sendable, Equatable {
+    /// KL(full ‖ routed) in nats
+    public let kl: Double
+    /// entropy of the routed distribution, nats
+    public let routedEntropy: Double
+    /// the routed log-probability of the reference reply's token at this position
+    public let routedLogProbability: Double
+    /// entropy of the full model's distribution, nats
+    public let referenceEntropy: Double
+}
+
 /// The full model's greedy reply to a prompt and its distributions along it; the reference a
 /// routed model is compared with. Rows are log-softmax over the vocabulary.
 public struct ChatReference {
@@ -76,6 +90,11 @@ public struct ChatReference {
 /// with its own decision, as in the chat.
 public final class ChatEvaluator {
     public let session: Session
+    /// Keep every reply position of the last `compare` in `positions` (off by default: it costs
+    /// two more passes over the vocabulary per position).
+    public var recordsPositions = false
+    /// The last `compare`'s positions, in reply order, when `recordsPositions` is set.
+    public private(set) var positions: [ChatPosition] = []
     /// [session.batch.maxTokens × vocab] logits of a reply's rows (batched comparisons)
     private let rows: UnsafeMutablePointer<Float>
 
@@ -136,6 +155,7 @@ public final class ChatEvaluator {
     /// a `RowwiseLayerSelector` (one decision per row), but not for other per-token routers.
     public func compare(_ ref: ChatReference, batched: Bool = false) throws -> ChatDivergence {
         session.reset()
+        positions.removeAll(keepingCapacity: true)
         var d = ChatDivergence()
         guard !ref.reply.isEmpty else { return d }
         let vocab = session.model.config.vocabSize
@@ -168,6 +188,18 @@ public final class ChatEvaluator {
         d.klSum += max(0, kl)
         if Int32(best) == ref.argmax[t] { d.agreements += 1 }
         d.tokens += 1
+        if recordsPositions {
+            let lse = LogProbabilities.logSumExp(logits, count: vocab)
+            var routedEntropy = 0.0, referenceEntropy = 0.0
+            for i in 0..<vocab {
+                let lq = Double(logits[i]) - lse
+                routedEntropy -= exp(lq) * lq
+                let lp = Double(ref.logProbs[t * vocab + i])
+                if lp > -30 { referenceEntropy -= exp(lp) * lp }
+            }
+            positions.append(ChatPosition(kl: max(0, kl), routedEntropy: routedEntropy,
+                                          routedLogProbability: Double(logits[Int(ref.reply[t])]) - lse, referenceEntropy: referenceEntropy))
+        }
     }
 
 }
