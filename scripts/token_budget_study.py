@@ -28,11 +28,13 @@ def load(paths):
 
 def k_of(b, L=28): return round(b * L)
 
-def main():
-    paths = sys.argv[1:]
-    kl, feat = load(paths)
+def positions_with_every_budget(kl):
+    """The budgets recorded and the (prompt, position) keys that have a row at each of them."""
     budgets = sorted({b for v in kl.values() for b in v})
-    keys = sorted(k for k in kl if len(kl[k]) == len(budgets))
+    return budgets, sorted(k for k in kl if len(kl[k]) == len(budgets))
+
+def main(kl, feat):
+    budgets, keys = positions_with_every_budget(kl)
     prompts = sorted({k[0] for k in keys})
     print(f"{len(keys)} positions, {len(prompts)} prompts, budgets {budgets}")
     K = np.array([[kl[k][b] for b in budgets] for k in keys])
@@ -78,10 +80,8 @@ def main():
         print(f"lo {lo} hi {hi} f_hi {f:.2f}: fixed 0.8 {K[:, i8].mean():.4f} | token-blind mix {blind:.4f} | entropy rule {ent:.4f} | CV predictor {policy:.4f} (R2 {r2:.3f}) | oracle {oracle:.4f}")
 
 
-def extra():
-    kl, feat = load(sys.argv[1:])
-    budgets = sorted({b for v in kl.values() for b in v})
-    keys = sorted(k for k in kl if len(kl[k]) == len(budgets))
+def extra(kl, feat):
+    budgets, keys = positions_with_every_budget(kl)
     ilo, ihi = budgets.index(0.75), budgets.index(0.9)
     g = {k: kl[k][0.75] - kl[k][0.9] for k in keys}
     # persistence: corr(g_t, g_{t-1})
@@ -109,12 +109,10 @@ def extra():
     print("g std", true.std(), "mean", true.mean())
 
 
-def midreply(head=16):
+def midreply(kl, feat, head=16):
     """Per prompt: do the first `head` reply tokens' observable signals (at 0.8) predict the
     rest of the reply's drift level and gain (KL 0.75 - KL 0.9)?"""
-    kl, feat = load(sys.argv[1:])
-    budgets = sorted({b for v in kl.values() for b in v})
-    keys = sorted(k for k in kl if len(kl[k]) == len(budgets))
+    budgets, keys = positions_with_every_budget(kl)
     by = {}
     for k in keys: by.setdefault(k[0], []).append(k[1])
     rows = []
@@ -146,22 +144,22 @@ def midreply(head=16):
 
 
 
-def where():
-    rows = [r for p in sys.argv[1:] for r in csv.DictReader(open(p))]
-    for b in ['0.70','0.80','0.90']:
-        kl = np.array([float(r['kl']) for r in rows if r['budget'] == b])
-        s = np.sort(kl)[::-1]
-        print(b, "mean %.4f; share of KL in top 5%% / 10%% / 25%% of positions: %.2f / %.2f / %.2f" % (kl.mean(), s[:len(s)//20].sum()/s.sum(), s[:len(s)//10].sum()/s.sum(), s[:len(s)//4].sum()/s.sum()))
+def where(kl):
+    for b in [0.7, 0.8, 0.9]:
+        v = np.array([x[b] for x in kl.values() if b in x])
+        s = np.sort(v)[::-1]
+        print("%.2f" % b, "mean %.4f; share of KL in top 5%% / 10%% / 25%% of positions: %.2f / %.2f / %.2f" % (v.mean(), s[:len(s)//20].sum()/s.sum(), s[:len(s)//10].sum()/s.sum(), s[:len(s)//4].sum()/s.sum()))
     # by position bucket
     buckets = [(0,1),(1,8),(8,32),(32,64),(64,128)]
     for lo, hi in buckets:
-        sel = lambda b: np.array([float(r['kl']) for r in rows if r['budget'] == b and lo <= int(r['position']) < hi])
-        a, c, d = sel('0.75'), sel('0.80'), sel('0.90')
+        sel = lambda b: np.array([x[b] for (p, t), x in kl.items() if b in x and lo <= t < hi])
+        a, c, d = sel(0.75), sel(0.8), sel(0.9)
         print(f"positions {lo}-{hi-1}: n {len(c)}  KL 0.75 {a.mean():.4f}  0.8 {c.mean():.4f}  0.9 {d.mean():.4f}  gain 0.75->0.9 {a.mean()-d.mean():.4f}")
 
 
 if __name__ == '__main__':
-    main()
-    extra()
-    midreply()
-    where()
+    kl, feat = load(sys.argv[1:])
+    main(kl, feat)
+    extra(kl, feat)
+    midreply(kl, feat)
+    where(kl)
