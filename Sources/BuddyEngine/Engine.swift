@@ -20,6 +20,8 @@ public struct EngineOptions: Sendable {
     public var kvPolicy: KVPolicy = .fill
     /// Whether the user's messages run at full depth (the budget covering replies only) or at the budget.
     public var promptDepth: PromptDepth = .full
+    /// Whether the router spends the budget unevenly along the reply (`BudgetSteering`).
+    public var steering = false
     /// What a skipped layer adds to the residual stream (nil: nothing).
     public var standIns: StandIns?
     public var maxTokens = 512
@@ -126,7 +128,7 @@ public enum EngineEvent: Sendable {
 }
 
 /// Wraps a router to time its decisions (the "router overhead" of the status bar).
-final class TimedSelector: LayerSelector {
+final class TimedSelector: OutputWatchingSelector {
     let inner: BudgetedLayerSelector
     var seconds = 0.0
     init(_ inner: BudgetedLayerSelector) { self.inner = inner }
@@ -142,6 +144,11 @@ final class TimedSelector: LayerSelector {
     }
     func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
         timed { inner.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache) }
+    }
+    /// A steered router reads each step's logits; its entropy counts as routing time.
+    func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
+        guard let watcher = inner as? OutputWatchingSelector else { return }
+        timed { watcher.observe(logits: logits, count: count, replyStarts: replyStarts) }
     }
 }
 
@@ -216,6 +223,7 @@ public final class ChatEngine: @unchecked Sendable {
             // requantised copy) so the user knows which calibration command fixes it.
             notice = "router '\(options.router)' unavailable (\(error)); using the static \(router.name) ranking"
         }
+        if options.steering { router = BudgetSteering(router) }
         timed = TimedSelector(router)
         session = Session(model: model, capacity: options.context, threads: options.threads)
         session.selector = timed
@@ -314,7 +322,8 @@ public final class ChatEngine: @unchecked Sendable {
             sink(.systemPrompt(conversation.system))
         case let .setRouter(spec):
             do {
-                let r = try Routers.make(spec, model: model, budget: budget)
+                let made = try Routers.make(spec, model: model, budget: budget)
+                let r: BudgetedLayerSelector = options.steering ? BudgetSteering(made) : made
                 router = r
                 timed = TimedSelector(r)
                 session.selector = timed

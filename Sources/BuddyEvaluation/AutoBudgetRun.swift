@@ -13,6 +13,9 @@ public enum AutoBudgetRun {
         public var standIns: StandInChoice = .auto
         public var csv: String?
         public var threads: Int = 2
+        /// Whether the automatic budget is also steered along each reply (`BudgetSteering`);
+        /// the fixed budgets it is compared with are not.
+        public var steering = false
         public init(prompts: ChatPromptSelection, qualityTolerance: String = String(BudgetPredictor.defaultTolerance), predictor: String? = nil, router: String = "buddy", standIns: StandInChoice = .auto, csv: String? = nil, threads: Int = 2) {
             self.prompts = prompts
             self.qualityTolerance = qualityTolerance
@@ -40,6 +43,7 @@ public enum AutoBudgetRun {
         let tolerances = o.tolerances
         let model = try loadModel()
         let L = model.config.layers
+        func k(_ b: Double) -> Int { LayerBudget.routableCount(budget: b, layers: L) }
         let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let evaluator = ChatEvaluator(session: session)
@@ -58,6 +62,10 @@ public enum AutoBudgetRun {
         // computation), or the full model's (KL 0, top-1 1) when it chooses 1.
         var fixedRows: [[ChatDivergence]] = []   // [prompt][grid budget]
         var rowsByTolerance = [[Row]](repeating: [], count: tolerances.count)
+        // With steering: the steered router per grid budget, and each auto row's mean routable
+        // layers per reply step (what the steering actually ran).
+        let steered = o.steering ? fixed.map { BudgetSteering($0) } : []
+        var layersByTolerance = [[Double]](repeating: [], count: tolerances.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
         for p in prompts {
@@ -74,24 +82,38 @@ public enum AutoBudgetRun {
             session.selector = nil
             session.reset()
             let features = try predictorModel.features(for: ids, in: session)
+            var steeredRuns: [Int: (d: ChatDivergence, layers: Double)] = [:]   // by grid index, run once per prompt
             for (ti, t) in tolerances.enumerated() {
                 let b = features.withUnsafeBufferPointer { predictorModel.choose($0.baseAddress!, tolerance: t) }
-                let d = grid.firstIndex(where: { abs($0 - b) < 1e-9 }).map { row[$0] }
-                    ?? ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
+                let gi = grid.firstIndex(where: { abs($0 - b) < 1e-9 })
+                var d = gi.map { row[$0] } ?? ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
+                var layers = Double(k(b))
+                if let gi, !steered.isEmpty {
+                    if steeredRuns[gi] == nil {
+                        session.selector = steered[gi]
+                        let run = try evaluator.compare(ref)
+                        let s = steered[gi]
+                        steeredRuns[gi] = (run, s.steps > 0 ? Double(s.routedLayers) / Double(s.steps) : Double(k(b)))
+                        session.selector = nil
+                    }
+                    (d, layers) = steeredRuns[gi]!
+                }
                 rowsByTolerance[ti].append((p, b, d))
+                layersByTolerance[ti].append(layers)
             }
         }
 
         for (ti, t) in tolerances.enumerated() {
             if ti > 0 { report.line("") }
-            summary(tolerance: t, rows: rowsByTolerance[ti], fixedRows: fixedRows, grid: grid, layers: L, split: o.prompts.split, report: report)
+            summary(tolerance: t, rows: rowsByTolerance[ti], fixedRows: fixedRows, grid: grid, layers: L, split: o.prompts.split,
+                    routedLayers: o.steering ? layersByTolerance[ti] : nil, report: report)
         }
         if let csv = o.csv {
-            var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens\n"
+            var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers\n"
             for i in prompts.indices {
                 for (ti, t) in tolerances.enumerated() {
                     let r = rowsByTolerance[ti][i]
-                    out += "\(t),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens)\n"
+                    out += "\(t),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens),\(String(format: "%.3f", layersByTolerance[ti][i]))\n"
                 }
             }
             try AtomicFile.write(Data(out.utf8), to: csv)
@@ -101,14 +123,20 @@ public enum AutoBudgetRun {
     /// One tolerance's report: the distribution of chosen budgets, the mean budget per category,
     /// and auto against fixed budgets at the same mean compute, with the paired standard error of
     /// that difference over the prompts. `fixedRows[prompt][grid budget]` holds every prompt's
-    /// fixed runs, in `autoRows`' order.
+    /// fixed runs, in `autoRows`' order. `routedLayers`, when given, is each auto row's measured
+    /// mean routable layers per step (a steered run's), used instead of its budget's k.
     public static func summary(tolerance: Double, rows autoRows: [Row], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int,
-                               split: String, report: Reporter) {
+                               split: String, routedLayers: [Double]? = nil, report: Reporter) {
         precondition(fixedRows.count == autoRows.count && fixedRows.allSatisfy { $0.count == grid.count }, "one fixed run per prompt and grid budget")
+        precondition(routedLayers == nil || routedLayers!.count == autoRows.count, "one layer count per auto row")
         func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
         var autoTotal = ChatDivergence()
         var tokenK = 0.0, tokenBudget = 0.0
-        for r in autoRows { autoTotal.add(r.d); tokenK += k(r.budget) * Double(r.d.tokens); tokenBudget += r.budget * Double(r.d.tokens) }
+        for (i, r) in autoRows.enumerated() {
+            autoTotal.add(r.d)
+            tokenK += (routedLayers?[i] ?? k(r.budget)) * Double(r.d.tokens)
+            tokenBudget += r.budget * Double(r.d.tokens)
+        }
         let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
 
         report.line("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(autoRows.count) prompts, \(split) split):\n")
@@ -139,7 +167,7 @@ public enum AutoBudgetRun {
         report.line("\nAuto against fixed budgets at the same mean compute:\n")
         report.line("| | mean budget | mean k/\(L - 2) | KL (nats/token) | top-1 agreement |")
         report.line("|---|---|---|---|---|")
-        report.line(String(format: "| auto | %.3f | %.2f | %.4f | %.4f |", meanBudget, meanK, autoTotal.meanKL, autoTotal.top1Agreement))
+        report.line(String(format: "| %@ | %.3f | %.2f | %.4f | %.4f |", routedLayers == nil ? "auto" : "auto, steered", meanBudget, meanK, autoTotal.meanKL, autoTotal.top1Agreement))
         if let (lo, hi, w) = BudgetPredictor.bracket(points.map(\.k), at: meanK) {
             let a = points[lo], b = points[hi]
             if lo != hi { report.line(String(format: "| fixed %.2f | %.3f | %.2f | %.4f | %.4f |", a.budget, a.budget, a.k, a.kl, a.top1)) }

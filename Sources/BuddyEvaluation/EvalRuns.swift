@@ -38,15 +38,30 @@ public struct EvalGrid {
 
     public func validate() throws {
         _ = try budgetList()
-        for m in methodList where !Routers.names.contains(m) {
-            throw ToolError.usage("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")))")
+        for m in methodList where !Routers.names.contains(Self.split(m).router) {
+            throw ToolError.usage("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")), each optionally with +steer or +blind)")
         }
+    }
+
+    /// A method as written: a router name, optionally steered along the reply (`sleb+steer`:
+    /// `BudgetSteering` by entropy; `+blind`: its fixed-seed control), so every method can be
+    /// given the same steering.
+    static func split(_ method: String) -> (router: String, steering: BudgetSteering.Signal?) {
+        for signal in BudgetSteering.Signal.allCases {
+            let suffix = signal == .entropy ? "+steer" : "+blind"
+            if method.hasSuffix(suffix) { return (String(method.dropLast(suffix.count)), signal) }
+        }
+        return (method, nil)
     }
 
     /// The router for one cell of the grid; nil at budget 1 (the full model).
     public func selector(method: String, budget: Double, model: LanguageModel) throws -> BudgetedLayerSelector? {
         guard budget < 1 else { return nil }
-        do { return try Routers.make(method == "buddy" ? (router ?? "buddy") : method, model: model, budget: budget) } catch {
+        let (name, steering) = Self.split(method)
+        do {
+            let selector = try Routers.make(name == "buddy" ? (router ?? "buddy") : name, model: model, budget: budget)
+            return steering.map { BudgetSteering(selector, signal: $0) } ?? selector
+        } catch {
             throw ToolError("\(error)")
         }
     }
@@ -314,6 +329,7 @@ public enum ChatFidelityRun {
             cells.append((method, b, selector, Routers.canBatch(selector, budget: b), mode))
         }
         var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)
+        var steered = [(steps: Int, layers: Int)](repeating: (0, 0), count: cells.count)   // what steered cells ran
         let bar = report.progress("chat", prompts.count * (cells.count + 1))
         var done = 0
         var items = [itemHeader]
@@ -329,6 +345,7 @@ public enum ChatFidelityRun {
                     session.selector = cell.selector
                     session.standIns = cell.standIns.weights
                     d = try evaluator.compare(ref, batched: cell.batched)
+                    if let s = cell.selector as? BudgetSteering { steered[i].steps += s.steps; steered[i].layers += s.routedLayers }
                     for (t, q) in evaluator.positions.enumerated() {
                         positionRows.append(String(format: "%@,%.2f,%@,%@,%d,%d,%.6f,%.6f,%.6f,%.6f", cell.method, cell.budget, cell.standIns.label,
                                                    selection.itemKey(p), t, ref.reply[t], q.kl, q.routedEntropy, q.routedLogProbability, q.referenceEntropy))
@@ -344,6 +361,11 @@ public enum ChatFidelityRun {
         var table = EvalTable(metrics: ["kl", "top1_agreement", "tokens"], headers: ["KL (nats/token)", "top-1 agreement", "tokens"],
                               formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: grid.kvPolicy.rawValue)
         for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)], standIns: cell.standIns.label) }
+        // A steered cell's compute is its mean over the reply steps, k only on average.
+        for (i, cell) in cells.enumerated() where steered[i].steps > 0 {
+            report.note(String(format: "%@ at %.2f (stand-ins %@): %.2f routable layers per reply step on average (k = %d)", cell.method, cell.budget, cell.standIns.label,
+                               Double(steered[i].layers) / Double(steered[i].steps), LayerBudget.routableCount(budget: cell.budget, layers: model.config.layers)))
+        }
         return (table, prompts.count, items, positionRows)
     }
 }

@@ -91,12 +91,13 @@ extension Routers {
     /// The selector to install for `router` at `budget`, or nil when the full model runs
     /// (budget 1 needs no router, and runs bit for bit the same computation). An automatic
     /// budget is not a selector: `autoBudgetPredictor` chooses it before the prompt runs.
-    public static func selector(router spec: String, budget b: Double, rerouteEvery: Int, model: LanguageModel) throws -> BudgetedLayerSelector? {
+    /// With `steering`, the router spends the budget unevenly along the reply (`BudgetSteering`).
+    public static func selector(router spec: String, budget b: Double, rerouteEvery: Int, steering: Bool = false, model: LanguageModel) throws -> BudgetedLayerSelector? {
         if b >= 1 && spec == "buddy" { return nil }
         do {
             let s = try Routers.make(spec, model: model, budget: b)
             (s as? DecisionModule)?.rerouteEvery = rerouteEvery
-            return s
+            return steering ? BudgetSteering(s) : s
         } catch RoutingError.unknownRouter(let name) where name == "buddy" {
             throw ToolError("no trained router found for this model (routers/buddy-router.json); train one with `buddy train`, or pass --router shortgpt|sleb|last|random|even")
         }

@@ -32,6 +32,8 @@ struct Chat: ParsableCommand {
     var standIns: StandInChoice = .auto
     @Option(name: .long, help: PromptDepth.help)
     var promptDepth: PromptDepth = .full
+    @Option(name: .long, help: Steering.help)
+    var steering: Steering = .off
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")
@@ -65,6 +67,7 @@ struct Chat: ParsableCommand {
         opts.qualityTolerance = qualityTolerance
         opts.kvPolicy = kvPolicy
         opts.promptDepth = promptDepth
+        opts.steering = steering == .on
         opts.standIns = try standIns.resolve(model: model)
         opts.system = system
         opts.maxTokens = maxTokens

@@ -180,12 +180,15 @@ extension Eval {
         @Option(name: .long, help: "Budget predictor file (default: routers/budget-predictor.json).") var predictor: String?
         @Option(name: .long, help: "Router the budgets are run with.") var router: String = "buddy"
         @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
-        @Option(name: .long, help: "Also write one CSV row per prompt and tolerance (tolerance,id,category,chosen_budget,kl,top1_agreement,tokens).") var csv: String?
+        @Option(name: .long, help: "on: the automatic budget is also steered along each reply (see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: Steering = .off
+        @Option(name: .long, help: "Also write one CSV row per prompt and tolerance (tolerance,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers).") var csv: String?
         @OptionGroup var modelOptions: ModelOptions
 
         var options: AutoBudgetRun.Options {
-            .init(prompts: promptOptions.selection, qualityTolerance: qualityTolerance, predictor: predictor, router: router, standIns: standIns, csv: csv,
-                  threads: modelOptions.threads)
+            var o = AutoBudgetRun.Options(prompts: promptOptions.selection, qualityTolerance: qualityTolerance, predictor: predictor, router: router,
+                                          standIns: standIns, csv: csv, threads: modelOptions.threads)
+            o.steering = steering == .on
+            return o
         }
         func validate() throws { try validating(options.validate) }
 
@@ -217,7 +220,7 @@ struct ChatPromptOptions: ParsableArguments {
 /// --budgets, --methods, --router, --kv-policy: the grid every `buddy eval` command runs.
 struct EvalRoutingOptions: ParsableArguments {
     @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.") var budgets: String = "1"
-    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even.") var methods: String = "buddy"
+    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even; each may end in +steer (the budget steered along the reply, see `buddy generate --help`) or +blind (the same share of raised steps chosen by a fixed-seed coin, the control).") var methods: String = "buddy"
     @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).") var router: String?
     @Option(name: .long, help: "KV policy for skipped layers: fill (default: their K/V from the layer's input, computed when a later token runs the layer), mask or zero. Static sets give the same results under all three.") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Comma-separated stand-in modes to compare, each on (the model's stand-ins), off (plain skip), auto (on when the model has stand-ins) or a stand-in file; e.g. on,off.") var standIns: String = "auto"

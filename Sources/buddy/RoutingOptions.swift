@@ -10,6 +10,12 @@ extension PromptDepth: ExpressibleByArgument {
     static let help: ArgumentHelp = "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure)."
 }
 
+/// --steering: whether the budget is spent evenly (off) or follows the reply's uncertainty (on).
+enum Steering: String, ExpressibleByArgument, CaseIterable {
+    case on, off
+    static let help: ArgumentHelp = "on: spend the budget unevenly along the reply, k + 3 layers after a step where the model was unsure (top quarter of the reply's entropies so far), k − 1 otherwise, the same k on average; off (the default): k layers at every step."
+}
+
 /// A budget as typed: a number in (0, 1] or `auto`.
 typealias BudgetArgument = BudgetChoice
 extension BudgetChoice: ExpressibleByArgument {}
@@ -24,6 +30,7 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: "What a skipped layer adds instead of nothing: on (the model's stand-ins, routers/stand-ins.bin), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).") var rerouteEvery: Int = 1
     @Option(name: .long, help: PromptDepth.help) var promptDepth: PromptDepth = .full
+    @Option(name: .long, help: Steering.help) var steering: Steering = .off
 
     func validate() throws {
         guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
@@ -39,6 +46,6 @@ struct RoutingOptions: ParsableArguments {
 
     /// The selector to install at `budget`, or nil when the full model runs.
     func makeSelector(budget: Double, model: LanguageModel) throws -> BudgetedLayerSelector? {
-        try Routers.selector(router: router, budget: budget, rerouteEvery: rerouteEvery, model: model)
+        try Routers.selector(router: router, budget: budget, rerouteEvery: rerouteEvery, steering: steering == .on, model: model)
     }
 }

@@ -13,6 +13,19 @@ public enum LogProbabilities {
         return Double(m) + log(s)
     }
 
+    /// The entropy of softmax(x) in nats: log z − Σ q·(x − m) with z = Σ exp(x − m), in one
+    /// pass after the maximum m (a decode step's steering reads it every token).
+    public static func entropy(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        var m = -Float.infinity
+        for i in 0..<count where x[i] > m { m = x[i] }
+        var z = 0.0, weighted = 0.0
+        for i in 0..<count {
+            let d = Double(x[i] - m), e = exp(d)
+            z += e; weighted += e * d
+        }
+        return log(z) - weighted / z
+    }
+
     /// −log softmax(logits)[target].
     public static func negativeLogProb(_ logits: UnsafePointer<Float>, count: Int, target: Int) -> Double {
         var m = -Float.infinity

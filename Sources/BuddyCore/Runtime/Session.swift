@@ -19,6 +19,13 @@ public protocol RowwiseLayerSelector: LayerSelector {
     func selectLayers(rowsFrom chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [[Bool]]
 }
 
+/// A selector that also reads the model's output: each token's logits as soon as they are
+/// computed, before a sampler changes them (repetition penalty works in place). `replyStarts`
+/// is true for the logits of a prompt's last token, which predict a new reply's first token.
+public protocol OutputWatchingSelector: LayerSelector {
+    func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool)
+}
+
 /// Errors a generation can end with, worded for users.
 public enum SessionError: Error, CustomStringConvertible {
     case contextFull(needed: Int, capacity: Int)
@@ -111,6 +118,9 @@ public final class Session: @unchecked Sendable {
             lastCount = n
         }
         t.batchLogits(row: lastCount - 1, batch, decode)
+        if let watcher = selector as? OutputWatchingSelector {
+            watcher.observe(logits: decode.logits, count: model.config.vocabSize, replyStarts: role == .prompt)
+        }
     }
 
     /// How many leading tokens of `prompt` the cache already holds and `evaluate` keeps.
@@ -158,6 +168,9 @@ public final class Session: @unchecked Sendable {
         if lastMask.count != runs.count { lastMask = [Bool](repeating: false, count: runs.count) }
         for l in 0..<runs.count { lastMask[l] = runs[l] }
         layerTokenCount += Session.count(runs)
+        if let watcher = selector as? OutputWatchingSelector {
+            watcher.observe(logits: decode.logits, count: model.config.vocabSize, replyStarts: false)
+        }
         return decode.logits
     }
 
