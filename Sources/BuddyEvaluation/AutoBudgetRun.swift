@@ -43,7 +43,6 @@ public enum AutoBudgetRun {
         let tolerances = o.tolerances
         let model = try loadModel()
         let L = model.config.layers
-        func k(_ b: Double) -> Int { LayerBudget.routableCount(budget: b, layers: L) }
         let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let evaluator = ChatEvaluator(session: session)
@@ -87,13 +86,13 @@ public enum AutoBudgetRun {
                 let b = features.withUnsafeBufferPointer { predictorModel.choose($0.baseAddress!, tolerance: t) }
                 let gi = grid.firstIndex(where: { abs($0 - b) < 1e-9 })
                 var d = gi.map { row[$0] } ?? ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
-                var layers = Double(k(b))
+                var layers = routableLayers(b, layers: L)
                 if let gi, !steered.isEmpty {
                     if steeredRuns[gi] == nil {
                         session.selector = steered[gi]
                         let run = try evaluator.compare(ref)
                         let s = steered[gi]
-                        steeredRuns[gi] = (run, s.steps > 0 ? Double(s.routedLayers) / Double(s.steps) : Double(k(b)))
+                        steeredRuns[gi] = (run, s.steps > 0 ? Double(s.routedLayers) / Double(s.steps) : layers)
                         session.selector = nil
                     }
                     (d, layers) = steeredRuns[gi]!
@@ -120,6 +119,11 @@ public enum AutoBudgetRun {
         }
     }
 
+    /// The routable layers a budget runs per token (every one at 1, the full model).
+    static func routableLayers(_ b: Double, layers L: Int) -> Double {
+        b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L))
+    }
+
     /// One tolerance's report: the distribution of chosen budgets, the mean budget per category,
     /// and auto against fixed budgets at the same mean compute, with the paired standard error of
     /// that difference over the prompts. `fixedRows[prompt][grid budget]` holds every prompt's
@@ -129,7 +133,7 @@ public enum AutoBudgetRun {
                                split: String, routedLayers: [Double]? = nil, report: Reporter) {
         precondition(fixedRows.count == autoRows.count && fixedRows.allSatisfy { $0.count == grid.count }, "one fixed run per prompt and grid budget")
         precondition(routedLayers == nil || routedLayers!.count == autoRows.count, "one layer count per auto row")
-        func k(_ b: Double) -> Double { b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L)) }
+        func k(_ b: Double) -> Double { routableLayers(b, layers: L) }
         var autoTotal = ChatDivergence()
         var tokenK = 0.0, tokenBudget = 0.0
         for (i, r) in autoRows.enumerated() {

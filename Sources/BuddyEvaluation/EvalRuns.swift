@@ -47,9 +47,8 @@ public struct EvalGrid {
     /// `BudgetSteering` by entropy; `+blind`: its fixed-seed control), so every method can be
     /// given the same steering.
     static func split(_ method: String) -> (router: String, steering: BudgetSteering.Signal?) {
-        for signal in BudgetSteering.Signal.allCases {
-            let suffix = signal == .entropy ? "+steer" : "+blind"
-            if method.hasSuffix(suffix) { return (String(method.dropLast(suffix.count)), signal) }
+        for signal in BudgetSteering.Signal.allCases where method.hasSuffix(signal.suffix) {
+            return (String(method.dropLast(signal.suffix.count)), signal)
         }
         return (method, nil)
     }

@@ -27,7 +27,11 @@ import Foundation
 /// `blind` is the control: the same share of raised steps, chosen by a fixed-seed coin instead
 /// of the entropy (evaluations only).
 public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector {
-    public enum Signal: String, Sendable, CaseIterable { case entropy, blind }
+    public enum Signal: String, Sendable, CaseIterable {
+        case entropy, blind
+        /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
+        public var suffix: String { self == .entropy ? "+steer" : "+blind" }
+    }
 
     /// Layers added after an uncertain step, and the share of steps that get them.
     public static let raise = 3
@@ -37,7 +41,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public let signal: Signal
     /// The mean budget.
     public var budget: Double
-    public var name: String { inner.name + "+" + (signal == .entropy ? "steer" : "blind") }
+    public var name: String { inner.name + signal.suffix }
     public var lastScores: [Float]? { inner.lastScores }
     public var layerSetLabel: String? { inner.layerSetLabel }
 
@@ -45,7 +49,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public static let window = 2048
     /// The last `window` entropies (nats) in arrival order (a ring) and ascending (for the
     /// quartile); both preallocated, so a step allocates nothing.
-    private var recentEntropies: [Double]
+    private var recentEntropies: [Double] = []
     private var sortedEntropies: [Double] = []
     private var oldest = 0
     private var lastEntropy = 0.0
@@ -60,7 +64,6 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         self.inner = inner
         self.signal = signal
         budget = inner.budget
-        recentEntropies = []
         recentEntropies.reserveCapacity(Self.window)
         sortedEntropies.reserveCapacity(Self.window)
     }

@@ -13,7 +13,7 @@ extension PromptDepth: ExpressibleByArgument {
 /// --steering: whether the budget is spent evenly (off) or follows the reply's uncertainty (on).
 enum Steering: String, ExpressibleByArgument, CaseIterable {
     case on, off
-    static let help: ArgumentHelp = "on: spend the budget unevenly along the reply, k + 3 layers after a step where the model was unsure (top quarter of the reply's entropies so far), k − 1 otherwise, the same k on average; off (the default): k layers at every step."
+    static let help: ArgumentHelp = "on: spend the budget unevenly along the reply, k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, the same k on average; off (the default): k layers at every step."
 }
 
 /// A budget as typed: a number in (0, 1] or `auto`.

@@ -190,10 +190,9 @@ public final class ChatEvaluator {
         d.tokens += 1
         if recordsPositions {
             let lse = LogProbabilities.logSumExp(logits, count: vocab)
-            var routedEntropy = 0.0, referenceEntropy = 0.0
+            let routedEntropy = LogProbabilities.entropy(logits, count: vocab)
+            var referenceEntropy = 0.0
             for i in 0..<vocab {
-                let lq = Double(logits[i]) - lse
-                routedEntropy -= exp(lq) * lq
                 let lp = Double(ref.logProbs[t * vocab + i])
                 if lp > -30 { referenceEntropy -= exp(lp) * lp }
             }
