@@ -12,9 +12,11 @@ public enum BenchRun {
         public var router: String?
         public var kvPolicy: KVPolicy = .fill
         public var standIns: StandInChoice = .auto
+        /// Wrap each budget's router in `BudgetSteering` (its per-step entropy is in the decode time).
+        public var steering: Bool = false
         public var json: Bool = false
         public var threads: Int = 2
-        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, json: Bool = false, threads: Int = 2) {
+        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = false, json: Bool = false, threads: Int = 2) {
             self.promptTokens = promptTokens
             self.genTokens = genTokens
             self.budgets = budgets
@@ -22,6 +24,7 @@ public enum BenchRun {
             self.router = router
             self.kvPolicy = kvPolicy
             self.standIns = standIns
+            self.steering = steering
             self.json = json
             self.threads = threads
         }
@@ -58,7 +61,7 @@ public enum BenchRun {
         ids = Array(ids.prefix(promptTokens))
         let routerSpec = o.router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
         if !json {
-            report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)")
+            report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)\(o.steering ? BudgetSteering.Signal.entropy.suffix : "")")
             report.line("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | stand-in share | head share | peak RSS MB |")
             report.line("|---|---|---|---|---|---|---|---|---|---|")
         }
@@ -68,7 +71,15 @@ public enum BenchRun {
         struct Series { var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = [], layersPerToken = 0.0 }
         let standInWeights = try o.standIns.resolve(model: model, note: report.note)
         var selectors: [BudgetedLayerSelector?] = []
-        for b in budgetList { selectors.append(b >= 1 ? nil : try Routers.make(routerSpec, model: model, budget: b)) }
+        for b in budgetList {
+            guard b < 1 else { selectors.append(nil); continue }
+            let made = try Routers.make(routerSpec, model: model, budget: b)
+            selectors.append(o.steering ? BudgetSteering(made) : made)
+        }
+        // The Decision Module under a possible steering wrapper: it keeps the routing time.
+        func decisionModule(_ s: BudgetedLayerSelector?) -> DecisionModule? {
+            (s as? DecisionModule) ?? ((s as? BudgetSteering)?.inner as? DecisionModule)
+        }
         var series = [Series](repeating: Series(), count: budgetList.count)
         for r in 0...runs {
             for (i, selector) in selectors.enumerated() {
@@ -76,8 +87,8 @@ public enum BenchRun {
                 session.policy = o.kvPolicy
                 session.standIns = standInWeights
                 session.reset()
-                (selector as? DecisionModule)?.resetContext()
-                let routing0 = (selector as? DecisionModule)?.routingSeconds ?? 0
+                decisionModule(selector)?.resetContext()
+                let routing0 = decisionModule(selector)?.routingSeconds ?? 0
                 let t0 = monotonicSeconds()
                 try session.evaluate(ids)
                 let t1 = monotonicSeconds()
@@ -92,7 +103,7 @@ public enum BenchRun {
                 guard r > 0 else { continue }   // warm-up
                 series[i].prefill.append(Double(promptTokens) / (t1 - t0))
                 series[i].decode.append(Double(genTokens - 1) / (t2 - t1))
-                let routing = ((selector as? DecisionModule)?.routingSeconds ?? 0) - routing0
+                let routing = (decisionModule(selector)?.routingSeconds ?? 0) - routing0
                 series[i].shares.append(routing / (t2 - t0))
                 series[i].layersPerToken = Double(layerSum) / Double(genTokens - 1)
             }
@@ -114,7 +125,7 @@ public enum BenchRun {
             let headShare = headSeconds * d
             if json {
                 report.line("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(o.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
                     + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
                 report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.1f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, 100 * standInShare, 100 * headShare, rss))

@@ -211,10 +211,19 @@ public enum PerplexityRun {
             let label = String(format: "%@ %.2f %@", method, b, mode.label == "off" ? "" : "+stand-ins")
             let bar = report.progress(label, total)
             let fixed = Routers.fixedMask(selector, budget: b)
+            var steered = (steps: 0, layers: 0)   // a steered cell's scored steps and the routable layers they ran
             let result = evaluator.evaluate(
                 tokens: tokens, maxChunks: total, firstChunk: o.skipChunks,
                 runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
-                progress: { done, _, partial in bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity)) })
+                progress: { done, _, partial in
+                    // Its counters restart with each chunk (a "reply"), so add them up after each.
+                    if let s = selector as? BudgetSteering { steered.steps += s.steps; steered.layers += s.routedLayers }
+                    bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity))
+                })
+            if steered.steps > 0 {
+                report.note(String(format: "%@ at %.2f (stand-ins %@): %.2f routable layers per scored step on average (k = %d)", method, b, mode.label,
+                                   Double(steered.layers) / Double(steered.steps), LayerBudget.routableCount(budget: b, layers: model.config.layers)))
+            }
             table.add(method, b, [result.perplexity, Double(result.count)], standIns: mode.label)
             if b >= 1 { fullDepthChunks = result.chunks }
             addItems(method, b, mode.label, result.chunks)

@@ -24,12 +24,13 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Router for budgets below 1 (default: buddy if trained, else an evenly spread layer subset).") var router: String?
     @Option(name: .long, help: "KV policy for skipped layers (fill, mask, zero).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+    @Option(name: .long, help: Steering.help) var steering: Steering = .off
     @Flag(name: .long, help: "One JSON object per budget.") var json = false
     @OptionGroup var modelOptions: ModelOptions
 
     var options: BenchRun.Options {
         .init(promptTokens: promptTokens, genTokens: genTokens, budgets: budgets, runs: runs, router: router, kvPolicy: kvPolicy, standIns: standIns,
-              json: json, threads: modelOptions.threads)
+              steering: steering == .on, json: json, threads: modelOptions.threads)
     }
     func validate() throws { try validating(options.validate) }
 

@@ -24,6 +24,19 @@ final class BenchTests: XCTestCase {
         }
     }
 
+    func testSteeredBenchWrapsTheRouterAndKeepsItsRoutingTime() throws {
+        let model = try TestSupport.model()
+        var lines: [String] = []
+        let report = Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) })
+        let options = BenchRun.Options(promptTokens: 8, genTokens: 8, budgets: "0.5", runs: 1, router: "buddy", standIns: .on, steering: true, json: true, threads: 1)
+        try BenchRun.run(options, model: model, report: report)
+        let row = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(XCTUnwrap(lines.first).utf8)) as? [String: Any])
+        XCTAssertEqual(row["router"] as? String, "buddy+steer")
+        XCTAssertEqual(row["steering"] as? String, "on")
+        // The Decision Module under the wrapper still reports the time it spent deciding.
+        XCTAssertGreaterThan(try XCTUnwrap(row["routing_share"] as? Double), 0)
+    }
+
     func testTimingTheHeadLeavesTheLogitsOfTheLastToken() throws {
         let model = try TestSupport.model()
         let session = Session(model: model, capacity: 16, threads: 1)

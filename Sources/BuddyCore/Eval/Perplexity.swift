@@ -93,9 +93,17 @@ public final class PerplexityEvaluator {
             }
             return (nll, m)
         }
+        // A selector that watches the output (BudgetSteering) sees every step's logits, as in
+        // a Session: the prompt's last row first (the "reply" starts), then each decode step's.
+        let watcher = selector as? OutputWatchingSelector
+        if let watcher {
+            t.batchLogits(row: first - 1, batch, decode)
+            watcher.observe(logits: decode.logits, count: vocab, replyStarts: true)
+        }
         for pos in first..<(n - 1) {
             t.routedForward(token: chunk[pos], pos: pos, decode, cache, routing: .perChunk(selector), policy: policy)
             nll += LogProbabilities.negativeLogProb(decode.logits, count: vocab, target: Int(chunk[pos + 1]))
+            watcher?.observe(logits: decode.logits, count: vocab, replyStarts: false)
         }
         return (nll, n - 1 - first)
     }
