@@ -164,4 +164,40 @@ final class BudgetSteeringTests: XCTestCase {
         for _ in 0..<8 { try s.step(token); token = Sampler.argmax(s.decode.logits, count: vocab) }
         XCTAssertEqual(bac_stop(), 0, "heap allocations in 8 steered decode steps")
     }
+
+    /// Perplexity's token-by-token scoring steers as a Session does: the second half of a chunk
+    /// scored through `PerplexityEvaluator` gives the same log-likelihood and the same steered
+    /// layer counts as a Session that reads the first half as a prompt at the budget and then
+    /// steps through the second, teacher-forced.
+    func testPerplexityScoringSteersLikeASession() throws {
+        let m = try TestSupport.model()
+        let vocab = m.config.vocabSize, n = 96
+        var ids = m.tokenizer.encode(String(repeating: "The river rose in the spring and the town moved its market up the hill. ", count: 8), parseSpecial: false)
+        ids = Array(ids.prefix(n))
+        if m.tokenizer.addBOS, let bos = m.tokenizer.bosID { ids[0] = bos }
+        let standIns = try Routers.standIns(model: m)
+
+        let p = PerplexityEvaluator(model: m, contextSize: n, threads: 2)
+        p.standIns = standIns
+        let scored = BudgetSteering(try Routers.make("sleb", model: m, budget: 0.8))
+        let viaEvaluator = p.scoreChunkRouted(ids[...], selector: scored, policy: .fill)
+
+        let s = Session(model: m, capacity: n, threads: 2, batchSize: n)
+        s.standIns = standIns
+        s.promptDepth = .budget
+        let stepped = BudgetSteering(try Routers.make("sleb", model: m, budget: 0.8))
+        s.selector = stepped
+        try s.evaluate(Array(ids[0..<(n / 2)]))
+        var nll = 0.0
+        for pos in (n / 2)..<(n - 1) {
+            try s.step(ids[pos])
+            nll += LogProbabilities.negativeLogProb(s.decode.logits, count: vocab, target: Int(ids[pos + 1]))
+        }
+        XCTAssertEqual(viaEvaluator.count, n - 1 - n / 2)
+        XCTAssertEqual(scored.steps, viaEvaluator.count)
+        XCTAssertGreaterThan(scored.raisedSteps, 0, "the scored steps see the output, so some are raised")
+        XCTAssertEqual(scored.raisedSteps, stepped.raisedSteps)
+        XCTAssertEqual(scored.routedLayers, stepped.routedLayers)
+        XCTAssertEqual(viaEvaluator.nll, nll, accuracy: 1e-3 * nll)
+    }
 }
