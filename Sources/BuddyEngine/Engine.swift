@@ -21,7 +21,7 @@ public struct EngineOptions: Sendable {
     /// Whether the user's messages run at full depth (the budget covering replies only) or at the budget.
     public var promptDepth: PromptDepth = .full
     /// Whether the router spends the budget unevenly along the reply (`BudgetSteering`).
-    public var steering = false
+    public var steering = BudgetSteering.onByDefault
     /// What a skipped layer adds to the residual stream (nil: nothing).
     public var standIns: StandIns?
     public var maxTokens = 512

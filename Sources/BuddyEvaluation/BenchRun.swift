@@ -13,10 +13,10 @@ public enum BenchRun {
         public var kvPolicy: KVPolicy = .fill
         public var standIns: StandInChoice = .auto
         /// Wrap each budget's router in `BudgetSteering` (its per-step entropy is in the decode time).
-        public var steering: Bool = false
+        public var steering: Bool = BudgetSteering.onByDefault
         public var json: Bool = false
         public var threads: Int = 2
-        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = false, json: Bool = false, threads: Int = 2) {
+        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = BudgetSteering.onByDefault, json: Bool = false, threads: Int = 2) {
             self.promptTokens = promptTokens
             self.genTokens = genTokens
             self.budgets = budgets

@@ -24,7 +24,7 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "Router for budgets below 1 (default: buddy if trained, else an evenly spread layer subset).") var router: String?
     @Option(name: .long, help: "KV policy for skipped layers (fill, mask, zero).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
-    @Option(name: .long, help: Steering.help) var steering: Steering = .off
+    @Option(name: .long, help: Steering.help) var steering: Steering = .standard
     @Flag(name: .long, help: "One JSON object per budget.") var json = false
     @OptionGroup var modelOptions: ModelOptions
 

@@ -33,7 +33,7 @@ struct Chat: ParsableCommand {
     @Option(name: .long, help: PromptDepth.help)
     var promptDepth: PromptDepth = .full
     @Option(name: .long, help: Steering.help)
-    var steering: Steering = .off
+    var steering: Steering = .standard
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")

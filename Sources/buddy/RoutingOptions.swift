@@ -13,7 +13,9 @@ extension PromptDepth: ExpressibleByArgument {
 /// --steering: whether the budget is spent evenly (off) or follows the reply's uncertainty (on).
 enum Steering: String, ExpressibleByArgument, CaseIterable {
     case on, off
-    static let help: ArgumentHelp = "on: spend the budget unevenly along the reply, k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, the same k on average; off (the default): k layers at every step."
+    /// The chat's, generate's and bench's default (owned by `BudgetSteering.onByDefault`).
+    static var standard: Steering { BudgetSteering.onByDefault ? .on : .off }
+    static let help: ArgumentHelp = "on (the default): spend the budget unevenly along the reply, k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, the same k on average; off: k layers at every step."
 }
 
 /// A budget as typed: a number in (0, 1] or `auto`.
@@ -30,7 +32,7 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: "What a skipped layer adds instead of nothing: on (the model's stand-ins, routers/stand-ins.bin), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).") var rerouteEvery: Int = 1
     @Option(name: .long, help: PromptDepth.help) var promptDepth: PromptDepth = .full
-    @Option(name: .long, help: Steering.help) var steering: Steering = .off
+    @Option(name: .long, help: Steering.help) var steering: Steering = .standard
 
     func validate() throws {
         guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }

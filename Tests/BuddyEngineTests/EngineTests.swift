@@ -41,8 +41,10 @@ final class Recorder: @unchecked Sendable {
 }
 
 final class EngineTests: XCTestCase {
-    func makeEngine(_ rec: Recorder, router: String = "even", maxTokens: Int = 10, fallBack: Bool = false) throws -> ChatEngine {
+    /// Steering off unless asked: most tests here count the budget's exact k per step.
+    func makeEngine(_ rec: Recorder, router: String = "even", maxTokens: Int = 10, fallBack: Bool = false, steering: Bool = false) throws -> ChatEngine {
         var o = EngineOptions()
+        o.steering = steering
         o.router = router
         o.fallBackToEven = fallBack
         o.maxTokens = maxTokens
@@ -113,6 +115,7 @@ final class EngineTests: XCTestCase {
             let rec = Recorder()
             var o = EngineOptions()
             XCTAssertEqual(o.promptDepth, .full)
+            o.steering = false   // exact k per step
             o.router = "even"; o.fallBackToEven = false; o.maxTokens = 4; o.context = 512; o.sampling = .greedy
             o.budget = 0.5
             o.promptDepth = depth
@@ -125,6 +128,26 @@ final class EngineTests: XCTestCase {
             XCTAssertEqual(toks[0].1.layers.count, depth == .full ? L : k + 2, "\(depth): the first token comes from the message's last position")
             for (_, s) in toks.dropFirst() { XCTAssertEqual(s.layers.count, k + 2, "\(depth): step \(s.step)") }
         }
+    }
+
+    /// By default the engine steers the router along the reply (`BudgetSteering.onByDefault`):
+    /// the reply's record names the steered router, and every step after the first runs k − 1
+    /// or k + 3 routable layers (k where those do not exist), averaging near k.
+    func testTheChatSteersByDefault() throws {
+        let rec = Recorder()
+        var o = EngineOptions()
+        XCTAssertTrue(o.steering)
+        o.router = "sleb"; o.fallBackToEven = false; o.maxTokens = 40; o.context = 512; o.sampling = .greedy
+        o.budget = 0.5
+        let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
+        engine.send(.send("Tell me about the history of Rome."))
+        engine.drain()
+        let k = LayerBudget.routableCount(budget: 0.5, layers: engine.layers)
+        XCTAssertEqual(rec.done?.router, "sleb+steer")
+        let steps = rec.tokens.dropFirst().map { $0.1.layers.count - 2 }
+        XCTAssertGreaterThanOrEqual(steps.count, 20, "the reply ended too early to see the steering")
+        for (i, n) in steps.enumerated() { XCTAssertTrue(n == k - 1 || n == k + 3, "step \(i + 1) ran \(n) routable layers, k = \(k)") }
+        XCTAssertTrue(steps.contains(k + 3), "some steps after an unsure one get k + 3")
     }
 
     func testBudgetChangeTakesEffectAtTheNextDecodeStep() throws {
