@@ -70,6 +70,21 @@ render)
   done
   pair all-held-out-chat eval/stand-ins-chat-items.csv eval/follow-up-chat-items.csv \
        eval/held-out-2-next-event-chat-items.csv eval/held-out-2-summary-chat-items.csv
+  # Steering along the reply (eval/NOTES.md): the registered paired comparisons per held-out
+  # set, pooled over the 240 prompts, on the chat target's protocol and on perplexity at 0.5.
+  steer_sets="mtbench held-out-2-next-event held-out-2-summary"
+  steer_pair() {   # steer_pair NAME A B FILE...: A against B into $paired_dir/steer-NAME-A-vs-B.csv
+    local name="$1" a="$2" b="$3"; shift 3
+    for f in "$@"; do [ -f "$f" ] || return 0; done
+    $buddy eval paired --a "$a+stand-ins" --b "$b+stand-ins" "$@" --csv "$paired_dir/steer-$name-$a-vs-$b.csv" > /dev/null
+  }
+  for pairing in "buddy+steer buddy" "buddy+steer buddy+blind" "sleb+steer sleb" "buddy+steer sleb+steer"; do
+    read -r a b <<< "$pairing"
+    for s in $steer_sets; do steer_pair "$s" "$a" "$b" "eval/steering-$s-chat-items.csv"; done
+    steer_pair pooled "$a" "$b" $(for s in $steer_sets; do echo "eval/steering-$s-chat-items.csv"; done)
+  done
+  for b in buddy buddy+blind; do steer_pair budget-prompt buddy+steer "$b" eval/steering-mtbench-budget-prompt-chat-items.csv; done
+  for b in buddy sleb sleb+steer shortgpt; do steer_pair ppl-0.5 buddy+steer "$b" eval/steering-ppl-0.5-items.csv; done
   PAIRED_DIR="$paired_dir" PAIRED_SI="$paired_si" PAIRED_SI_ALL="$paired_si_all" PAIRED_GEMMA="$paired_gemma" python3 - > EVAL.md <<'PY'
 import csv, json, math, os, re
 def load(name):
@@ -291,6 +306,106 @@ if si_ppl or si_chat:
             q = statistics.quantiles(ratios, n=4)
             print(f"At 0.5 over all {len(ratios)} rounds of this bench and the repeats in `eval/stand-ins-bench-repeats.jsonl` "
                   f"(`scripts/eval_stand_ins.sh`): median **{statistics.median(ratios):.2f}×** full depth, quartiles {q[0]:.2f}× and {q[2]:.2f}×.\n")
+def steering_section():
+    """The registered held-out test of steering the budget along the reply (eval/NOTES.md)."""
+    sets = [("mtbench", "MT-Bench (40)"), ("held-out-2-next-event", "next-event (100)"), ("held-out-2-summary", "summary (100)")]
+    if not all(os.path.exists(f"eval/steering-{s}-chat.csv") for s, _ in sets): return
+    def paired_row(name, a, b, budget):
+        path = os.path.join(os.environ.get("PAIRED_DIR", ""), f"steer-{name}-{a}-vs-{b}.csv")
+        if not os.path.exists(path): return None
+        for r in csv.DictReader(open(path)):
+            if abs(float(r["budget"]) - budget) < 1e-9: return r
+        return None
+    def pct(name, a, b, budget):
+        r = paired_row(name, a, b, budget)
+        if r is None: return "—"
+        p, se = float(r["percent"]), float(r["standard_error"])
+        text = f"{p:+.1f} % ± {se:.1f} %"
+        return f"**{text}**" if abs(p) >= 2 * se else text
+    print("## Steering the budget along the reply (the chat's default since 2026-12-05)\n\n"
+          "`BudgetSteering` (docs/TRAINING.md, \"Steering the budget along the reply\"): before each decode step k + 3 routable "
+          "layers if the previous step's output entropy is above the upper quartile of the last 2,048 steps, k − 1 otherwise, so "
+          "the mean is k. `+steer` after a method steers it, `+blind` is the control (the same share of raised steps by a "
+          "fixed-seed coin). Run exactly as registered in eval/NOTES.md before the first run, on held-out prompts only, stand-ins "
+          "on, prompts at full depth as the chat runs a message; paired differences in KL with their s.e. over the prompts (bold "
+          "beyond 2 s.e.). Steered cells ran 19.93–20.04, 21.95–22.02 and 24.98–25.00 mean routable layers per reply step at "
+          "0.7 (k = 20), 0.8 (k = 22) and 0.9 (k = 25) (`eval/steering-*-chat.md` and the notes of each run).\n")
+    print("| prompts | budget | buddy | buddy+steer | buddy+blind | sleb | sleb+steer | buddy+steer vs buddy | vs buddy+blind | sleb+steer vs sleb | buddy+steer vs sleb+steer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, label in sets + [("pooled", "all 240")]:
+        rows = load(f"steering-{name}-chat.csv") if name != "pooled" else []
+        for b in (0.9, 0.8, 0.7):
+            if rows:
+                kl = {m: value(rows, m, b, "kl") for m in ("buddy", "buddy+steer", "buddy+blind", "sleb", "sleb+steer")}
+            else:
+                r1, r2 = paired_row(name, "buddy+steer", "buddy", b), paired_row(name, "buddy+steer", "buddy+blind", b)
+                r3 = paired_row(name, "sleb+steer", "sleb", b)
+                if not (r1 and r2 and r3): continue
+                kl = {"buddy": float(r1["b"]), "buddy+steer": float(r1["a"]), "buddy+blind": float(r2["b"]),
+                      "sleb": float(r3["b"]), "sleb+steer": float(r3["a"])}
+            cells = " | ".join(f"{kl[m]:.3f}" if kl[m] is not None else "—" for m in ("buddy", "buddy+steer", "buddy+blind", "sleb", "sleb+steer"))
+            print(f"| {label} | {b:.2f} | {cells} | {pct(name, 'buddy+steer', 'buddy', b)} | {pct(name, 'buddy+steer', 'buddy+blind', b)} | "
+                  f"{pct(name, 'sleb+steer', 'sleb', b)} | {pct(name, 'buddy+steer', 'sleb+steer', b)} |")
+    print()
+    bp = load("steering-mtbench-budget-prompt-chat.csv")
+    if bp:
+        kl = {m: value(bp, m, 0.8, "kl") for m in ("buddy", "buddy+steer", "buddy+blind")}
+        print("### On the chat target's protocol (MT-Bench first turns, the prompt at the budget)\n\n"
+              f"At 0.8: buddy {kl['buddy']:.3f}, buddy+steer **{kl['buddy+steer']:.3f}**, buddy+blind {kl['buddy+blind']:.3f} nats/token; "
+              f"steered against unsteered {pct('budget-prompt', 'buddy+steer', 'buddy', 0.8)}, against the blind control "
+              f"{pct('budget-prompt', 'buddy+steer', 'buddy+blind', 0.8)} (`eval/steering-mtbench-budget-prompt-chat.md`). "
+              "Issue 17 asks for ≤ 0.5: still missed. With the prompt at the budget the drift is set mostly while reading "
+              "the prompt, which steering (decode steps only) does not touch.\n")
+    pp = load("steering-ppl-0.5.csv")
+    if pp:
+        v = {r["method"]: float(r["ppl"]) for r in pp}
+        print("### WikiText-2 perplexity at 0.5, chunks 300–427, steered\n\n"
+              "`buddy eval perplexity` steps through each chunk's scored half token by token, so a steered selector sees each "
+              "step's output as in generation. Stand-ins on (`eval/steering-ppl-0.5.md`); buddy+steer ran 14.01 mean routable "
+              "layers per scored step, sleb+steer 14.00 (k = 14).\n")
+        print("| method | perplexity | buddy+steer against it |")
+        print("|---|---|---|")
+        for m in ("buddy+steer", "buddy", "sleb", "sleb+steer", "shortgpt"):
+            if m in v: print(f"| {m} | {v[m]:.2f} | {'—' if m == 'buddy+steer' else pct('ppl-0.5', 'buddy+steer', m, 0.5)} |")
+        print()
+    autos = [(s, l) for s, l in sets if os.path.exists(f"eval/steering-{s}-auto.md")]
+    if autos:
+        import statistics
+        print("### The automatic budget, steered\n\n`buddy eval auto --steering on --stand-ins on` at the default tolerance: the auto rows "
+              "are steered, the fixed budgets they are compared with are not (`eval auto` keeps its protocol: prompts at the budget), "
+              "so the margin holds steering's own gain (about 10 % at a fixed 0.8 above) as well as the predictor's. Spread: the "
+              "standard deviation and range of the per-prompt mean routable layers.\n")
+        print("| prompts | auto mean k | auto KL | fixed, same mean k | best prompt-blind mix | auto vs fixed (paired) | per-prompt layers: s.d. (min–max) |")
+        print("|---|---|---|---|---|---|---|")
+        for s, label in autos:
+            md = open(f"eval/steering-{s}-auto.md").read().split("### Tolerance")[1]
+            auto = re.search(r"\| auto, steered \| [0-9.]+ \| ([0-9.]+) \| ([0-9.]+) \|", md)
+            fixed = re.search(r"\| fixed, same mean k \(interpolated\) \| — \| [0-9.]+ \| ([0-9.]+) \|", md)
+            mix = re.search(r"\| best prompt-blind mix[^|]*\| — \| [0-9.]+ \| ([0-9.]+) \|", md)
+            paired_text = re.search(r"KL ([+-][0-9.]+ % ± [0-9.]+ %)", md)
+            layers = [float(r["routed_layers"]) for r in load(f"steering-{s}-auto.csv") if r["tolerance"] == "0.25"]
+            spread = f"{statistics.pstdev(layers):.2f} ({min(layers):.1f}–{max(layers):.1f})" if layers else "—"
+            print(f"| {label} | {auto.group(1)} | {auto.group(2)} | {fixed.group(1)} | {mix.group(1) if mix else '—'} | "
+                  f"{paired_text.group(1) if paired_text else '—'} | {spread} |")
+        print()
+    sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
+    if sb:
+        import statistics
+        print("### Decode speed with steering on and off\n\n`buddy bench --budgets 1,0.8,0.5 --runs 3 --steering off|on --json`, the two "
+              "invocations alternated three times (`eval/steering-bench.jsonl`), stand-ins on, 2 threads. Speed-up: the median over "
+              "all rounds of the round's ratio to full depth.\n")
+        print("| budget | steering | layers/token | decode tok/s (median) | × full depth |")
+        print("|---|---|---|---|---|")
+        for b in (1.0, 0.8, 0.5):
+            for mode in ("off", "on"):
+                rows = [r for r in sb if r.get("steering") == mode and abs(r["budget"] - b) < 1e-9]
+                fulls = [r for r in sb if r.get("steering") == mode and r["budget"] >= 1]
+                if not rows: continue
+                speeds = [x for r in rows for x in r["decode_runs"]]
+                ratios = [x / y for r, f in zip(rows, fulls) for x, y in zip(r["decode_runs"], f["decode_runs"])]
+                print(f"| {b:.2f} | {mode} | {statistics.mean(r['layers_per_token'] for r in rows):.2f} | {statistics.median(speeds):.1f} | {statistics.median(ratios):.2f}× |")
+        print()
+steering_section()
 plain_tables()
 bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []
 if bench:

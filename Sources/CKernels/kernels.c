@@ -1166,6 +1166,53 @@ BK_AVX2 static void attend_avx2(const float *q, const float *keys, const float *
 }
 #endif
 
+#if BK_X86
+// bk_entropy eight logits at a time: exp_avx2 in float, the two sums in double lanes (the
+// vocabulary has ~50k terms, too many for float sums to keep 1e-6).
+BK_AVX2 static double entropy_avx2(const float *x, int n) {
+    __m256 vmax = _mm256_set1_ps(-INFINITY);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+    float lanes[8];
+    _mm256_storeu_ps(lanes, vmax);
+    float m = -INFINITY;
+    for (int j = 0; j < 8; j++) if (lanes[j] > m) m = lanes[j];
+    for (; i < n; i++) if (x[i] > m) m = x[i];
+    const __m256 vm = _mm256_set1_ps(m);
+    __m256d z0 = _mm256_setzero_pd(), z1 = z0, w0 = z0, w1 = z0;
+    i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vm);
+        __m256 e = exp_avx2(d), ed = _mm256_mul_ps(e, d);
+        z0 = _mm256_add_pd(z0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        z1 = _mm256_add_pd(z1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        w0 = _mm256_add_pd(w0, _mm256_cvtps_pd(_mm256_castps256_ps128(ed)));
+        w1 = _mm256_add_pd(w1, _mm256_cvtps_pd(_mm256_extractf128_ps(ed, 1)));
+    }
+    double zs[4], ws[4];
+    _mm256_storeu_pd(zs, _mm256_add_pd(z0, z1));
+    _mm256_storeu_pd(ws, _mm256_add_pd(w0, w1));
+    double z = zs[0] + zs[1] + zs[2] + zs[3], w = ws[0] + ws[1] + ws[2] + ws[3];
+    for (; i < n; i++) { double d = (double)(x[i] - m), e = exp(d); z += e; w += e * d; }
+    return log(z) - w / z;
+}
+#endif
+
+double bk_entropy_ref(const float *x, int n) {
+    float m = -INFINITY;
+    for (int i = 0; i < n; i++) if (x[i] > m) m = x[i];
+    double z = 0, w = 0;
+    for (int i = 0; i < n; i++) { double d = (double)(x[i] - m), e = exp(d); z += e; w += e * d; }
+    return log(z) - w / z;
+}
+
+double bk_entropy(const float *x, int n) {
+#if BK_X86
+    if (bk_has_avx2()) return entropy_avx2(x, n);
+#endif
+    return bk_entropy_ref(x, n);
+}
+
 void bk_attend(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
                int n, int hd, float scale, int half_weights, float *scores, float *out) {
 #if BK_X86

@@ -383,6 +383,31 @@ final class DequantizeFixtureTests: XCTestCase {
 final class AttentionKernelTests: XCTestCase {
     /// The fused attention kernel against its scalar twin, with holes (masked positions), at
     /// odd lengths, with and without half-precision weights.
+    /// The steering's entropy kernel against its double-precision twin: a vocabulary-sized row
+    /// of logits with a realistic spread, a peaked row, a flat one, and odd lengths (tails).
+    func testEntropyKernelMatchesReference() {
+        var rng = SeededRNG(seed: 21)
+        var rows: [[Float]] = []
+        for n in [1, 7, 8, 13, 4099, 49_152] {
+            rows.append((0..<n).map { _ in 12 * rng.nextUnitFloat() - 4 })
+        }
+        var peaked = [Float](repeating: -3, count: 49_152); peaked[777] = 25
+        rows.append(peaked)
+        rows.append([Float](repeating: 0.25, count: 1001))
+        // Logits far below the maximum (beyond exp's float range) contribute nothing.
+        var wide = (0..<4096).map { _ in 200 * rng.nextUnitFloat() - 150 }; wide[5] = 60
+        rows.append(wide)
+        for portable in [false, true] {
+            bk_force_portable(portable ? 1 : 0)
+            for row in rows {
+                let fast = bk_entropy(row, Int32(row.count)), ref = bk_entropy_ref(row, Int32(row.count))
+                XCTAssertEqual(fast, ref, accuracy: 1e-6 * max(1, ref), "portable \(portable), n = \(row.count)")
+            }
+        }
+        bk_force_portable(0)
+        XCTAssertEqual(bk_entropy_ref([0, 0, 0, 0], 4), log(4.0), accuracy: 1e-12)
+    }
+
     func testAttentionMatchesReference() throws {
         let file = try TinyModel.writer(arch: "llama", seed: 4).parse()
         let t = try Transformer(file: file)

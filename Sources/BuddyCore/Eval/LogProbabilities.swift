@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Log-probabilities and divergences of logit rows, in one place for every evaluator,
@@ -14,16 +15,16 @@ public enum LogProbabilities {
     }
 
     /// The entropy of softmax(x) in nats: log z − Σ q·(x − m) with z = Σ exp(x − m), in one
-    /// pass after the maximum m (a decode step's steering reads it every token).
+    /// pass after the maximum m (a decode step's steering reads it every token, so it runs in
+    /// the kernel `bk_entropy`: about 0.5 ms in scalar double over a 49,152-token vocabulary
+    /// cost 10 % of decode speed at 0.5; its scalar twin `bk_entropy_ref` is `entropyReference`).
     public static func entropy(_ x: UnsafePointer<Float>, count: Int) -> Double {
-        var m = -Float.infinity
-        for i in 0..<count where x[i] > m { m = x[i] }
-        var z = 0.0, weighted = 0.0
-        for i in 0..<count {
-            let d = Double(x[i] - m), e = exp(d)
-            z += e; weighted += e * d
-        }
-        return log(z) - weighted / z
+        bk_entropy(x, Int32(count))
+    }
+
+    /// The scalar twin of `entropy`, in double throughout.
+    public static func entropyReference(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        bk_entropy_ref(x, Int32(count))
     }
 
     /// −log softmax(logits)[target].
