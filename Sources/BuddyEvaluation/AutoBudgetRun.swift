@@ -16,6 +16,9 @@ public enum AutoBudgetRun {
         /// Whether the automatic budget is also steered along each reply (`BudgetSteering`);
         /// the fixed budgets it is compared with are not.
         public var steering = false
+        /// With `steering`: the fixed budgets are steered too, so auto and fixed differ only in
+        /// the predictor's choice (each auto row is then the steered fixed run at its budget).
+        public var steerFixed = false
         public init(prompts: ChatPromptSelection, qualityTolerance: String = String(BudgetPredictor.defaultTolerance), predictor: String? = nil, router: String = "buddy", standIns: StandInChoice = .auto, csv: String? = nil, threads: Int = 2) {
             self.prompts = prompts
             self.qualityTolerance = qualityTolerance
@@ -31,6 +34,7 @@ public enum AutoBudgetRun {
         public func validate() throws {
             guard !tolerances.isEmpty, tolerances.allSatisfy({ $0 > 0 }) else { throw ToolError.usage("--quality-tolerance must be positive numbers") }
             try validateThreads(threads)
+            if steerFixed && !steering { throw ToolError.usage("--steer-fixed needs --steering on") }
         }
     }
 
@@ -52,7 +56,10 @@ public enum AutoBudgetRun {
         do {
             predictorModel = try Routers.autoBudgetPredictor(model: model, path: o.predictor)
             grid = predictorModel.budgets.sorted()
-            fixed = try grid.map { try Routers.make(o.router, model: model, budget: $0) }
+            fixed = try grid.map { b -> BudgetedLayerSelector in
+                let r = try Routers.make(o.router, model: model, budget: b)
+                return o.steerFixed ? BudgetSteering(r) : r
+            }
         } catch let e as ToolError { throw e } catch { throw ToolError("\(error)") }
 
         // Per grid budget: every prompt's fixed result. Per prompt and tolerance: the budget
@@ -63,7 +70,8 @@ public enum AutoBudgetRun {
         var rowsByTolerance = [[Row]](repeating: [], count: tolerances.count)
         // With steering: the steered router per grid budget, and each auto row's mean routable
         // layers per reply step (what the steering actually ran).
-        let steered = o.steering ? fixed.map { BudgetSteering($0) } : []
+        let steered = o.steering && !o.steerFixed ? fixed.map { BudgetSteering($0) } : []
+        var fixedLayerSums = [(steps: Int, layers: Int)](repeating: (0, 0), count: grid.count)   // steered fixed runs
         var layersByTolerance = [[Double]](repeating: [], count: tolerances.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
@@ -71,9 +79,16 @@ public enum AutoBudgetRun {
             let (ids, ref) = try o.prompts.reference(to: p, evaluator: evaluator)
             done += 1
             var row: [ChatDivergence] = []
-            for r in fixed {
+            var rowLayers: [Double] = []   // each grid run's mean routable layers per reply step
+            for (gi, r) in fixed.enumerated() {
                 session.selector = r
                 row.append(try evaluator.compare(ref))
+                if let s = r as? BudgetSteering, s.steps > 0 {
+                    rowLayers.append(Double(s.routedLayers) / Double(s.steps))
+                    fixedLayerSums[gi].steps += s.steps; fixedLayerSums[gi].layers += s.routedLayers
+                } else {
+                    rowLayers.append(routableLayers(grid[gi], layers: L))
+                }
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }
@@ -86,7 +101,7 @@ public enum AutoBudgetRun {
                 let b = features.withUnsafeBufferPointer { predictorModel.choose($0.baseAddress!, tolerance: t) }
                 let gi = grid.firstIndex(where: { abs($0 - b) < 1e-9 })
                 var d = gi.map { row[$0] } ?? ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
-                var layers = routableLayers(b, layers: L)
+                var layers = gi.map { rowLayers[$0] } ?? routableLayers(b, layers: L)
                 if let gi, !steered.isEmpty {
                     if steeredRuns[gi] == nil {
                         session.selector = steered[gi]
@@ -102,6 +117,11 @@ public enum AutoBudgetRun {
             }
         }
 
+        if o.steerFixed {
+            report.note("fixed budgets steered too; mean routable layers per reply step: " + grid.indices.compactMap { gi in
+                fixedLayerSums[gi].steps > 0 ? String(format: "%.2f at %.2f (k = %.0f)", Double(fixedLayerSums[gi].layers) / Double(fixedLayerSums[gi].steps), grid[gi], routableLayers(grid[gi], layers: L)) : nil
+            }.joined(separator: ", "))
+        }
         for (ti, t) in tolerances.enumerated() {
             if ti > 0 { report.line("") }
             summary(tolerance: t, rows: rowsByTolerance[ti], fixedRows: fixedRows, grid: grid, layers: L, split: o.prompts.split,
