@@ -388,6 +388,23 @@ def steering_section():
             print(f"| {label} | {auto.group(1)} | {auto.group(2)} | {fixed.group(1)} | {mix.group(1) if mix else '—'} | "
                   f"{paired_text.group(1) if paired_text else '—'} | {spread} |")
         print()
+        like = [(s, l) for s, l in sets if os.path.exists(f"eval/steering-{s}-auto-steered-fixed.md")]
+        if like:
+            print("Like for like (registered in eval/NOTES.md before it ran): `--steer-fixed` steers the fixed budgets too, and each "
+                  "auto row is the steered fixed run at the budget the predictor chose, so only that choice differs "
+                  "(`eval/steering-*-auto-steered-fixed.md`).\n")
+            print("| prompts | auto mean k | auto KL | steered fixed, same mean k | best prompt-blind mix | auto vs steered fixed (paired) |")
+            print("|---|---|---|---|---|---|")
+            for s, label in like:
+                md = open(f"eval/steering-{s}-auto-steered-fixed.md").read().split("### Tolerance")[1]
+                auto = re.search(r"\| auto, steered \| [0-9.]+ \| ([0-9.]+) \| ([0-9.]+) \|", md)
+                fixed = re.search(r"\| fixed, same mean k \(interpolated\) \| — \| [0-9.]+ \| ([0-9.]+) \|", md)
+                mix = re.search(r"\| best prompt-blind mix[^|]*\| — \| [0-9.]+ \| ([0-9.]+) \|", md)
+                paired_text = re.search(r"KL ([+-][0-9.]+ % ± [0-9.]+ %)", md)
+                if not (auto and fixed): continue
+                print(f"| {label} | {auto.group(1)} | {auto.group(2)} | {fixed.group(1)} | {mix.group(1) if mix else '—'} | "
+                      f"{paired_text.group(1) if paired_text else '—'} |")
+            print()
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:
         import statistics
