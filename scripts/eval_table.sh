@@ -377,16 +377,23 @@ def steering_section():
               "standard deviation and range of the per-prompt mean routable layers.\n")
         print("| prompts | auto mean k | auto KL | fixed, same mean k | best prompt-blind mix | auto vs fixed (paired) | per-prompt layers: s.d. (min–max) |")
         print("|---|---|---|---|---|---|---|")
-        for s, label in autos:
-            md = open(f"eval/steering-{s}-auto.md").read().split("### Tolerance")[1]
+        def auto_figures(path):
+            """A steered `eval auto` report's first tolerance as table cells: auto's mean k and KL, the
+            fixed budget's KL at the same mean k, the best prompt-blind mix's, and the paired difference."""
+            md = open(path).read().split("### Tolerance")[1]
             auto = re.search(r"\| auto, steered \| [0-9.]+ \| ([0-9.]+) \| ([0-9.]+) \|", md)
             fixed = re.search(r"\| fixed, same mean k \(interpolated\) \| — \| [0-9.]+ \| ([0-9.]+) \|", md)
             mix = re.search(r"\| best prompt-blind mix[^|]*\| — \| [0-9.]+ \| ([0-9.]+) \|", md)
             paired_text = re.search(r"KL ([+-][0-9.]+ % ± [0-9.]+ %)", md)
+            if not (auto and fixed): return None
+            return " | ".join([auto.group(1), auto.group(2), fixed.group(1), mix.group(1) if mix else "—",
+                               paired_text.group(1) if paired_text else "—"])
+        for s, label in autos:
+            cells = auto_figures(f"eval/steering-{s}-auto.md")
+            if cells is None: continue
             layers = [float(r["routed_layers"]) for r in load(f"steering-{s}-auto.csv") if r["tolerance"] == "0.25"]
             spread = f"{statistics.pstdev(layers):.2f} ({min(layers):.1f}–{max(layers):.1f})" if layers else "—"
-            print(f"| {label} | {auto.group(1)} | {auto.group(2)} | {fixed.group(1)} | {mix.group(1) if mix else '—'} | "
-                  f"{paired_text.group(1) if paired_text else '—'} | {spread} |")
+            print(f"| {label} | {cells} | {spread} |")
         print()
         like = [(s, l) for s, l in sets if os.path.exists(f"eval/steering-{s}-auto-steered-fixed.md")]
         if like:
@@ -396,14 +403,8 @@ def steering_section():
             print("| prompts | auto mean k | auto KL | steered fixed, same mean k | best prompt-blind mix | auto vs steered fixed (paired) |")
             print("|---|---|---|---|---|---|")
             for s, label in like:
-                md = open(f"eval/steering-{s}-auto-steered-fixed.md").read().split("### Tolerance")[1]
-                auto = re.search(r"\| auto, steered \| [0-9.]+ \| ([0-9.]+) \| ([0-9.]+) \|", md)
-                fixed = re.search(r"\| fixed, same mean k \(interpolated\) \| — \| [0-9.]+ \| ([0-9.]+) \|", md)
-                mix = re.search(r"\| best prompt-blind mix[^|]*\| — \| [0-9.]+ \| ([0-9.]+) \|", md)
-                paired_text = re.search(r"KL ([+-][0-9.]+ % ± [0-9.]+ %)", md)
-                if not (auto and fixed): continue
-                print(f"| {label} | {auto.group(1)} | {auto.group(2)} | {fixed.group(1)} | {mix.group(1) if mix else '—'} | "
-                      f"{paired_text.group(1) if paired_text else '—'} |")
+                cells = auto_figures(f"eval/steering-{s}-auto-steered-fixed.md")
+                if cells is not None: print(f"| {label} | {cells} |")
             print()
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:

@@ -71,7 +71,7 @@ public enum AutoBudgetRun {
         // With steering: the steered router per grid budget, and each auto row's mean routable
         // layers per reply step (what the steering actually ran).
         let steered = o.steering && !o.steerFixed ? fixed.map { BudgetSteering($0) } : []
-        var fixedLayerSums = [(steps: Int, layers: Int)](repeating: (0, 0), count: grid.count)   // steered fixed runs
+        var fixedTallies = [BudgetSteering.Tally](repeating: .init(), count: grid.count)   // steered fixed runs
         var layersByTolerance = [[Double]](repeating: [], count: tolerances.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
@@ -83,12 +83,10 @@ public enum AutoBudgetRun {
             for (gi, r) in fixed.enumerated() {
                 session.selector = r
                 row.append(try evaluator.compare(ref))
-                if let s = r as? BudgetSteering, s.steps > 0 {
-                    rowLayers.append(Double(s.routedLayers) / Double(s.steps))
-                    fixedLayerSums[gi].steps += s.steps; fixedLayerSums[gi].layers += s.routedLayers
-                } else {
-                    rowLayers.append(routableLayers(grid[gi], layers: L))
-                }
+                var reply = BudgetSteering.Tally()
+                reply.add(r)
+                rowLayers.append(reply.meanLayers ?? routableLayers(grid[gi], layers: L))
+                fixedTallies[gi].add(r)
                 done += 1
                 bar.update(done, detail: "prompt \(p.id)")
             }
@@ -106,8 +104,9 @@ public enum AutoBudgetRun {
                     if steeredRuns[gi] == nil {
                         session.selector = steered[gi]
                         let run = try evaluator.compare(ref)
-                        let s = steered[gi]
-                        steeredRuns[gi] = (run, s.steps > 0 ? Double(s.routedLayers) / Double(s.steps) : layers)
+                        var reply = BudgetSteering.Tally()
+                        reply.add(steered[gi])
+                        steeredRuns[gi] = (run, reply.meanLayers ?? layers)
                         session.selector = nil
                     }
                     (d, layers) = steeredRuns[gi]!
@@ -119,7 +118,7 @@ public enum AutoBudgetRun {
 
         if o.steerFixed {
             report.note("fixed budgets steered too; mean routable layers per reply step: " + grid.indices.compactMap { gi in
-                fixedLayerSums[gi].steps > 0 ? String(format: "%.2f at %.2f (k = %.0f)", Double(fixedLayerSums[gi].layers) / Double(fixedLayerSums[gi].steps), grid[gi], routableLayers(grid[gi], layers: L)) : nil
+                fixedTallies[gi].meanLayers.map { String(format: "%.2f at %.2f (k = %.0f)", $0, grid[gi], routableLayers(grid[gi], layers: L)) }
             }.joined(separator: ", "))
         }
         for (ti, t) in tolerances.enumerated() {

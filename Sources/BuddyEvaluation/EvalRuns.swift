@@ -211,19 +211,16 @@ public enum PerplexityRun {
             let label = String(format: "%@ %.2f %@", method, b, mode.label == "off" ? "" : "+stand-ins")
             let bar = report.progress(label, total)
             let fixed = Routers.fixedMask(selector, budget: b)
-            var steered = (steps: 0, layers: 0)   // a steered cell's scored steps and the routable layers they ran
+            var steered = BudgetSteering.Tally()   // a steered cell's scored steps and the layers they ran
             let result = evaluator.evaluate(
                 tokens: tokens, maxChunks: total, firstChunk: o.skipChunks,
                 runs: fixed.map { m in { m[$0] } }, selector: fixed == nil ? selector : nil, policy: kvPolicy,
                 progress: { done, _, partial in
                     // Its counters restart with each chunk (a "reply"), so add them up after each.
-                    if let s = selector as? BudgetSteering { steered.steps += s.steps; steered.layers += s.routedLayers }
+                    steered.add(selector)
                     bar.update(done, detail: String(format: "ppl %.4f", partial.perplexity))
                 })
-            if steered.steps > 0 {
-                report.note(String(format: "%@ at %.2f (stand-ins %@): %.2f routable layers per scored step on average (k = %d)", method, b, mode.label,
-                                   Double(steered.layers) / Double(steered.steps), LayerBudget.routableCount(budget: b, layers: model.config.layers)))
-            }
+            if let note = steeredComputeNote(method, b, standIns: mode.label, steered, step: "scored step", layers: model.config.layers) { report.note(note) }
             table.add(method, b, [result.perplexity, Double(result.count)], standIns: mode.label)
             if b >= 1 { fullDepthChunks = result.chunks }
             addItems(method, b, mode.label, result.chunks)
@@ -337,7 +334,7 @@ public enum ChatFidelityRun {
             cells.append((method, b, selector, Routers.canBatch(selector, budget: b), mode))
         }
         var totals = [ChatDivergence](repeating: ChatDivergence(), count: cells.count)
-        var steered = [(steps: Int, layers: Int)](repeating: (0, 0), count: cells.count)   // what steered cells ran
+        var steered = [BudgetSteering.Tally](repeating: .init(), count: cells.count)   // what steered cells ran
         let bar = report.progress("chat", prompts.count * (cells.count + 1))
         var done = 0
         var items = [itemHeader]
@@ -353,7 +350,7 @@ public enum ChatFidelityRun {
                     session.selector = cell.selector
                     session.standIns = cell.standIns.weights
                     d = try evaluator.compare(ref, batched: cell.batched)
-                    if let s = cell.selector as? BudgetSteering { steered[i].steps += s.steps; steered[i].layers += s.routedLayers }
+                    steered[i].add(cell.selector)
                     for (t, q) in evaluator.positions.enumerated() {
                         positionRows.append(String(format: "%@,%.2f,%@,%@,%d,%d,%.6f,%.6f,%.6f,%.6f", cell.method, cell.budget, cell.standIns.label,
                                                    selection.itemKey(p), t, ref.reply[t], q.kl, q.routedEntropy, q.routedLogProbability, q.referenceEntropy))
@@ -369,11 +366,18 @@ public enum ChatFidelityRun {
         var table = EvalTable(metrics: ["kl", "top1_agreement", "tokens"], headers: ["KL (nats/token)", "top-1 agreement", "tokens"],
                               formats: ["%.4f", "%.4f", "%.0f"], kvPolicy: grid.kvPolicy.rawValue)
         for (i, cell) in cells.enumerated() { table.add(cell.method, cell.budget, [totals[i].meanKL, totals[i].top1Agreement, Double(totals[i].tokens)], standIns: cell.standIns.label) }
-        // A steered cell's compute is its mean over the reply steps, k only on average.
-        for (i, cell) in cells.enumerated() where steered[i].steps > 0 {
-            report.note(String(format: "%@ at %.2f (stand-ins %@): %.2f routable layers per reply step on average (k = %d)", cell.method, cell.budget, cell.standIns.label,
-                               Double(steered[i].layers) / Double(steered[i].steps), LayerBudget.routableCount(budget: cell.budget, layers: model.config.layers)))
+        for (i, cell) in cells.enumerated() {
+            if let note = steeredComputeNote(cell.method, cell.budget, standIns: cell.standIns.label, steered[i], step: "reply step", layers: model.config.layers) { report.note(note) }
         }
         return (table, prompts.count, items, positionRows)
+    }
+}
+
+/// What a steered cell ran: its mean routable layers per `step`, k only on average (nil for a
+/// cell that was not steered).
+func steeredComputeNote(_ method: String, _ budget: Double, standIns: String, _ tally: BudgetSteering.Tally, step: String, layers: Int) -> String? {
+    tally.meanLayers.map {
+        String(format: "%@ at %.2f (stand-ins %@): %.2f routable layers per %@ on average (k = %d)", method, budget, standIns, $0, step,
+               LayerBudget.routableCount(budget: budget, layers: layers))
     }
 }

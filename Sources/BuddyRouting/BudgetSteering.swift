@@ -66,6 +66,22 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public private(set) var raisedSteps = 0
     public private(set) var routedLayers = 0
 
+    /// Steered decode steps and the routable layers they ran, summed over replies (the counters
+    /// above restart with each reply): what an evaluation reports as a steered run's compute.
+    public struct Tally: Sendable {
+        public private(set) var steps = 0
+        public private(set) var layers = 0
+        public init() {}
+        /// Adds the current reply's counters of `selector`, when it is steered.
+        public mutating func add(_ selector: LayerSelector?) {
+            guard let s = selector as? BudgetSteering else { return }
+            steps += s.steps
+            layers += s.routedLayers
+        }
+        /// Mean routable layers per step; nil before any steered step.
+        public var meanLayers: Double? { steps > 0 ? Double(layers) / Double(steps) : nil }
+    }
+
     public init(_ inner: BudgetedLayerSelector, signal: Signal = .entropy) {
         self.inner = inner
         self.signal = signal

@@ -17,14 +17,9 @@ public enum LogProbabilities {
     /// The entropy of softmax(x) in nats: log z − Σ q·(x − m) with z = Σ exp(x − m), in one
     /// pass after the maximum m (a decode step's steering reads it every token, so it runs in
     /// the kernel `bk_entropy`: about 0.5 ms in scalar double over a 49,152-token vocabulary
-    /// cost 10 % of decode speed at 0.5; its scalar twin `bk_entropy_ref` is `entropyReference`).
+    /// cost 10 % of decode speed at 0.5; its scalar twin is `bk_entropy_ref`).
     public static func entropy(_ x: UnsafePointer<Float>, count: Int) -> Double {
         bk_entropy(x, Int32(count))
-    }
-
-    /// The scalar twin of `entropy`, in double throughout.
-    public static func entropyReference(_ x: UnsafePointer<Float>, count: Int) -> Double {
-        bk_entropy_ref(x, Int32(count))
     }
 
     /// −log softmax(logits)[target].

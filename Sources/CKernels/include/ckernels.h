@@ -67,12 +67,13 @@ int bk_dequantize_row(int type, const void *src, float *dst, int count);
 void bk_attend(const float *q, const float *keys, const float *values, size_t stride, const uint8_t *present,
                int n, int hd, float scale, int half_weights, float *scores, float *out);
 
-/// rows [r0, r1) of an F16 (type 1) or BF16 (type 30) matrix · fp32 x, into y[0 ..< r1-r0]
-// The entropy of softmax(x) in nats, log z − Σ softmax(x)·(x − max) with z = Σ exp(x − max):
-// one max pass and one exp pass (AVX2: a polynomial exp in float, sums in double). _ref is the
-// scalar twin in double throughout.
+/// The entropy of softmax(x) in nats, log z − Σ softmax(x)·(x − max) with z = Σ exp(x − max):
+/// one max pass and one exp pass (AVX2: a polynomial exp in float, sums in double). _ref is the
+/// scalar twin in double throughout.
 double bk_entropy(const float *x, int n);
 double bk_entropy_ref(const float *x, int n);
+
+/// rows [r0, r1) of an F16 (type 1) or BF16 (type 30) matrix · fp32 x, into y[0 ..< r1-r0]
 void bk_matvec_half(int type, const void *w, size_t rb, int r0, int r1, int cols, const float *x, float *y);
 float bk_dot_f32(const float *x, const float *y, int n);
 /// y += a * x
