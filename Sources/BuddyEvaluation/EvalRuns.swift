@@ -38,25 +38,15 @@ public struct EvalGrid {
 
     public func validate() throws {
         _ = try budgetList()
-        for m in methodList where !Routers.names.contains(Self.split(m).router) {
+        for m in methodList where !Routers.names.contains(BudgetSteering.method(m).router) {
             throw ToolError.usage("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")), each optionally with +steer or +blind)")
         }
-    }
-
-    /// A method as written: a router name, optionally steered along the reply (`sleb+steer`:
-    /// `BudgetSteering` by entropy; `+blind`: its fixed-seed control), so every method can be
-    /// given the same steering.
-    static func split(_ method: String) -> (router: String, steering: BudgetSteering.Signal?) {
-        for signal in BudgetSteering.Signal.allCases where method.hasSuffix(signal.suffix) {
-            return (String(method.dropLast(signal.suffix.count)), signal)
-        }
-        return (method, nil)
     }
 
     /// The router for one cell of the grid; nil at budget 1 (the full model).
     public func selector(method: String, budget: Double, model: LanguageModel) throws -> BudgetedLayerSelector? {
         guard budget < 1 else { return nil }
-        let (name, steering) = Self.split(method)
+        let (name, steering) = BudgetSteering.method(method)
         do {
             let selector = try Routers.make(name == "buddy" ? (router ?? "buddy") : name, model: model, budget: budget)
             return steering.map { BudgetSteering(selector, signal: $0) } ?? selector

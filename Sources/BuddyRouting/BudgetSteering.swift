@@ -82,6 +82,16 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         public var meanLayers: Double? { steps > 0 ? Double(layers) / Double(steps) : nil }
     }
 
+    /// A method as written in evaluations and `train predictor`: a router name, optionally
+    /// steered along the reply (`sleb+steer`: by entropy; `+blind`: the fixed-seed control), so
+    /// every router can be given the same steering.
+    public static func method(_ spec: String) -> (router: String, steering: Signal?) {
+        for signal in Signal.allCases where spec.hasSuffix(signal.suffix) {
+            return (String(spec.dropLast(signal.suffix.count)), signal)
+        }
+        return (spec, nil)
+    }
+
     public init(_ inner: BudgetedLayerSelector, signal: Signal = .entropy) {
         self.inner = inner
         self.signal = signal

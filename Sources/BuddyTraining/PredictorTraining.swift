@@ -15,7 +15,8 @@ public enum PredictorTraining {
         public var textTokens: Int = 10_240
         public var maxReply: Int = 48
         public var budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"
-        public var router: String = "buddy"
+        /// The router measured, optionally steered (`buddy+steer`); by default as the chat runs it.
+        public var router: String = PredictorTraining.defaultRouter
         public var standIns: StandInChoice = .auto
         public var out: String
         public var curves: String?
@@ -26,7 +27,7 @@ public enum PredictorTraining {
         public var tolerances: String = "0.25,0.4,0.6,1.0"
         public var seed: UInt64 = 0
         public var threads: Int = 2
-        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = "buddy", standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2) {
+        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = PredictorTraining.defaultRouter, standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2) {
             self.chatData = chatData
             self.extraChatData = extraChatData
             self.textData = textData
@@ -55,6 +56,11 @@ public enum PredictorTraining {
             try validateThreads(threads)
         }
     }
+
+    /// The router whose curves are measured unless `--router` says otherwise: the Decision
+    /// Module, steered along the reply when the chat steers by default, so the curves are those
+    /// of the budgets `--budget auto` hands to the chat.
+    public static let defaultRouter = "buddy" + (BudgetSteering.onByDefault ? BudgetSteering.Signal.entropy.suffix : "")
 
     /// The measured curves on disk, reused by a rerun measured the same way.
     public struct CurveFile: Codable, Sendable {
@@ -100,7 +106,8 @@ public enum PredictorTraining {
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let standInLabel = session.standIns == nil ? "off" : "on"
         let standInIdentity = session.standIns.map { "on " + $0.identity } ?? "off"
-        let routerIdentity = Routers.identity(o.router, model: model)
+        let (routerName, steering) = BudgetSteering.method(o.router)
+        let routerIdentity = Routers.identity(routerName, model: model)
         let evaluator = ChatEvaluator(session: session)
 
         // The prompts, in a fixed order: chat first, then seeded text segments.
@@ -135,9 +142,15 @@ public enum PredictorTraining {
             }
         }
         let enc = JSONEncoder(); enc.keyEncodingStrategy = .convertToSnakeCase
-        let router = o.router
+        func makeRouter(_ b: Double) throws -> BudgetedLayerSelector {
+            do { return try Routers.make(routerName, model: model, budget: b) } catch { throw ToolError("router '\(routerName)': \(error)") }
+        }
+        // Steered: one steered router per budget for the whole run, so its entropy window spans
+        // replies as it does in a conversation (a fresh one per prompt would see one reply only).
+        let steered = try steering.map { signal in try grid.map { BudgetSteering(try makeRouter($0), signal: signal) } }
         let meter = BudgetCurveMeter(evaluator: evaluator, budgets: grid) { b in
-            do { return try Routers.make(router, model: model, budget: b) } catch { throw ToolError("router '\(router)': \(error)") }
+            if let steered, let i = grid.firstIndex(of: b) { return steered[i] }
+            return try makeRouter(b)
         }
         let done = Set(file.curves.map(\.id))
         let bar = report.progress("measuring curves", prompts.count)

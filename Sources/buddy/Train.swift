@@ -89,7 +89,7 @@ struct TrainPredictor: ParsableCommand {
     @Option(name: .long, help: "Text segments are drawn from the first N tokens (evaluation skips the first 20 chunks of 512 = 10,240).") var textTokens: Int = 10_240
     @Option(name: .long, help: "Reference continuation length in tokens.") var maxReply: Int = 48
     @Option(name: .long, help: "Budget grid the predictor chooses from.") var budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"
-    @Option(name: .long, help: "Router whose quality curves are measured.") var router: String = "buddy"
+    @Option(name: .long, help: "Router whose quality curves are measured, optionally steered along each reply (+steer, as the chat runs by default).") var router: String = PredictorTraining.defaultRouter
     @Option(name: .long, help: "Stand-ins the curves are measured with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Where to write the predictor (written atomically).") var out: String
     @Option(name: .long, help: "Measured curves, saved after each prompt and reused on the next run (default: <out>.curves.json).") var curves: String?
