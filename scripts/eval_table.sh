@@ -395,17 +395,24 @@ def steering_section():
             spread = f"{statistics.pstdev(layers):.2f} ({min(layers):.1f}–{max(layers):.1f})" if layers else "—"
             print(f"| {label} | {cells} | {spread} |")
         print()
-        like = [(s, l) for s, l in sets if os.path.exists(f"eval/steering-{s}-auto-steered-fixed.md")]
-        if like:
-            print("Like for like (registered in eval/NOTES.md before it ran): `--steer-fixed` steers the fixed budgets too, and each "
-                  "auto row is the steered fixed run at the budget the predictor chose, so only that choice differs "
-                  "(`eval/steering-*-auto-steered-fixed.md`).\n")
+        def like_for_like(pattern, intro):
+            """Steered auto against steered fixed budgets, one row per set whose report exists."""
+            found = [(s, l) for s, l in sets if os.path.exists(f"eval/{pattern.format(s)}")]
+            if not found: return
+            print(intro + "\n")
             print("| prompts | auto mean k | auto KL | steered fixed, same mean k | best prompt-blind mix | auto vs steered fixed (paired) |")
             print("|---|---|---|---|---|---|")
-            for s, label in like:
-                cells = auto_figures(f"eval/steering-{s}-auto-steered-fixed.md")
+            for s, label in found:
+                cells = auto_figures(f"eval/{pattern.format(s)}")
                 if cells is not None: print(f"| {label} | {cells} |")
             print()
+        like_for_like("steering-{}-auto-steered-fixed.md",
+                      "Like for like (registered in eval/NOTES.md before it ran): `--steer-fixed` steers the fixed budgets too, and each "
+                      "auto row is the steered fixed run at the budget the predictor chose, so only that choice differs "
+                      "(`eval/steering-*-auto-steered-fixed.md`).")
+        like_for_like("steered-predictor-{}-auto.md",
+                      "With the Budget Predictor refitted on steered curves (the shipped one since 2026-12-05; same test, registered "
+                      "before it ran; `eval/steered-predictor-*-auto.md`):")
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:
         import statistics

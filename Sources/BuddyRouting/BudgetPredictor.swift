@@ -16,10 +16,11 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// --budget auto with a fixed budget of the same mean compute on its 40 chat prompts, each
     /// choice made by a predictor fitted without that prompt (`toleranceReport`), and prefers,
     /// among tolerances that keep the mean budget in the slider's recommended zone, the largest
-    /// gain (`preferredTolerance`). With the shipped router (retrained on 2026-12-04) and stand-ins
-    /// V (docs/STAND-INS.md), only 0.25 stays in the zone there (mean 0.84, choices 0.7–0.9; it
-    /// ties the fixed budget, +0.4 %); 0.6 and 1.0 gain most (−5.2 %, −2.5 %) but choose 0.5–0.7,
-    /// where the slider warns. Held-out figures for all four: EVAL.md (0.25: −2.4 %).
+    /// gain (`preferredTolerance`). With the shipped router (retrained on 2026-12-04), stand-ins
+    /// V (docs/STAND-INS.md) and the curves measured steered, as the chat runs (refitted
+    /// 2026-12-05), only 0.25 stays in the zone there (mean 0.84, choices 0.75–0.85; it ties the
+    /// fixed budget, +0.7 %); 0.6 and 1.0 gain most (−1.3 %, −2.0 %) but choose 0.5–0.7, where
+    /// the slider warns. Held out at 0.25 it is level with a steered fixed budget (EVAL.md).
     public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending

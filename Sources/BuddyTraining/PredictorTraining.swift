@@ -62,6 +62,20 @@ public enum PredictorTraining {
     /// of the budgets `--budget auto` hands to the chat.
     public static let defaultRouter = "buddy" + (BudgetSteering.onByDefault ? BudgetSteering.Signal.entropy.suffix : "")
 
+    /// The routers a curve measurement asks for, one budget at a time: `make`'s router, or for a
+    /// steered method (`buddy+steer`) one steered router per grid budget made here and handed
+    /// out for every prompt, so its entropy window spans replies as in a conversation (a fresh
+    /// one per prompt would see one reply only, the variant that lost on training data).
+    public static func curveRouters(_ method: String, grid: [Double],
+                                    make: @escaping (Double) throws -> BudgetedLayerSelector) throws -> (Double) throws -> BudgetedLayerSelector {
+        guard let signal = BudgetSteering.method(method).steering else { return make }
+        let steered = try grid.map { BudgetSteering(try make($0), signal: signal) }
+        return { b in
+            guard let i = grid.firstIndex(of: b) else { return BudgetSteering(try make(b), signal: signal) }
+            return steered[i]
+        }
+    }
+
     /// The measured curves on disk, reused by a rerun measured the same way.
     public struct CurveFile: Codable, Sendable {
         public var modelFingerprint: String
@@ -106,7 +120,7 @@ public enum PredictorTraining {
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let standInLabel = session.standIns == nil ? "off" : "on"
         let standInIdentity = session.standIns.map { "on " + $0.identity } ?? "off"
-        let (routerName, steering) = BudgetSteering.method(o.router)
+        let routerName = BudgetSteering.method(o.router).router
         let routerIdentity = Routers.identity(routerName, model: model)
         let evaluator = ChatEvaluator(session: session)
 
@@ -142,16 +156,9 @@ public enum PredictorTraining {
             }
         }
         let enc = JSONEncoder(); enc.keyEncodingStrategy = .convertToSnakeCase
-        func makeRouter(_ b: Double) throws -> BudgetedLayerSelector {
+        let meter = BudgetCurveMeter(evaluator: evaluator, budgets: grid, makeRouter: try curveRouters(o.router, grid: grid) { b in
             do { return try Routers.make(routerName, model: model, budget: b) } catch { throw ToolError("router '\(routerName)': \(error)") }
-        }
-        // Steered: one steered router per budget for the whole run, so its entropy window spans
-        // replies as it does in a conversation (a fresh one per prompt would see one reply only).
-        let steered = try steering.map { signal in try grid.map { BudgetSteering(try makeRouter($0), signal: signal) } }
-        let meter = BudgetCurveMeter(evaluator: evaluator, budgets: grid) { b in
-            if let steered, let i = grid.firstIndex(of: b) { return steered[i] }
-            return try makeRouter(b)
-        }
+        })
         let done = Set(file.curves.map(\.id))
         let bar = report.progress("measuring curves", prompts.count)
         for (i, p) in prompts.enumerated() {

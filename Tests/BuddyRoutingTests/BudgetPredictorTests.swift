@@ -226,4 +226,39 @@ final class BudgetPredictorTests: XCTestCase {
         // A vanishing tolerance keeps the full model; a huge one lets the predictor go lower.
         XCTAssertTrue(chosen.contains(1) && chosen.count >= 2, "\(chosen)")
     }
+    /// A steered method is the router's name and a signal; `train predictor` measures a steered
+    /// method with one steered router per grid budget, the same object for every prompt (its
+    /// entropy window must span replies), and an unsteered one with whatever `make` returns.
+    func testCurveRoutersKeepOneSteeredRouterPerBudget() throws {
+        XCTAssertTrue(BudgetSteering.method("sleb+steer") == ("sleb", .entropy))
+        XCTAssertTrue(BudgetSteering.method("buddy+blind") == ("buddy", .blind))
+        XCTAssertTrue(BudgetSteering.method("buddy") == ("buddy", nil))
+        XCTAssertTrue(BudgetSteering.method("steer") == ("steer", nil))
+        XCTAssertEqual(PredictorTraining.defaultRouter, BudgetSteering.onByDefault ? "buddy+steer" : "buddy")
+
+        var made = 0
+        let make: (Double) throws -> BudgetedLayerSelector = { b in
+            made += 1
+            return try StaticRanking(name: "r", layers: 6, ranking: [1, 2, 3, 4], budget: b)
+        }
+        let grid = [0.5, 0.75]
+        let steered = try PredictorTraining.curveRouters("r+steer", grid: grid, make: make)
+        XCTAssertEqual(made, 2)
+        for b in grid {
+            let first = try steered(b), again = try steered(b)
+            XCTAssertTrue(first === again, "budget \(b): a new router would forget the window")
+            let s = try XCTUnwrap(first as? BudgetSteering)
+            XCTAssertEqual(s.signal, .entropy)
+            XCTAssertEqual(s.budget, b)
+            XCTAssertEqual(s.inner.budget, b)
+        }
+        XCTAssertEqual(made, 2)
+        XCTAssertFalse(try steered(0.5) === steered(0.75))
+
+        let plain = try PredictorTraining.curveRouters("r", grid: grid, make: make)
+        let p = try plain(0.75)
+        XCTAssertFalse(p is BudgetSteering)
+        XCTAssertEqual(p.budget, 0.75)
+        XCTAssertEqual(made, 3)
+    }
 }
