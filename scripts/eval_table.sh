@@ -274,9 +274,10 @@ if si_ppl or si_chat:
         # The default's one owner is BudgetPredictor.defaultTolerance; the prose reads it from there.
         default_tolerance = re.search(r"defaultTolerance = ([0-9.]+)",
                                       open("Sources/BuddyRouting/BudgetPredictor.swift").read()).group(1)
-        print("### The automatic budget with stand-ins\n\nThe Budget Predictor refitted to the quality curves measured with stand-ins "
+        print("### The automatic budget with stand-ins\n\nThe Budget Predictor (unsteered curves; shipped until 2026-12-05, when it was refitted on "
+              "steered curves: \"Steering the budget along the reply\" below) refitted to the quality curves measured with stand-ins "
               "(`buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl --text-data ../shared/data/wikitext2_valid.txt "
-              "--text-prompts 40 --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
+              "--text-prompts 40 --router buddy --out routers/budget-predictor.json`), on the 40 held-out prompts (`buddy eval auto --stand-ins on`). "
               f"The default tolerance is {default_tolerance}, the one `buddy train predictor` prefers on the training chat prompts "
               "(cross-validated against a fixed budget of the same mean compute, among the tolerances whose mean choice stays in the "
               "slider's recommended zone; `PredictorTraining.preferredTolerance`, docs/TRAINING.md). "
