@@ -381,8 +381,6 @@ final class DequantizeFixtureTests: XCTestCase {
 }
 
 final class AttentionKernelTests: XCTestCase {
-    /// The fused attention kernel against its scalar twin, with holes (masked positions), at
-    /// odd lengths, with and without half-precision weights.
     /// The steering's entropy kernel against its double-precision twin: a vocabulary-sized row
     /// of logits with a realistic spread, a peaked row, a flat one, and odd lengths (tails).
     func testEntropyKernelMatchesReference() {
@@ -408,6 +406,8 @@ final class AttentionKernelTests: XCTestCase {
         XCTAssertEqual(bk_entropy_ref([0, 0, 0, 0], 4), log(4.0), accuracy: 1e-12)
     }
 
+    /// The fused attention kernel against its scalar twin, with holes (masked positions), at
+    /// odd lengths, with and without half-precision weights.
     func testAttentionMatchesReference() throws {
         let file = try TinyModel.writer(arch: "llama", seed: 4).parse()
         let t = try Transformer(file: file)

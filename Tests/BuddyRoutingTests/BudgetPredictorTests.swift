@@ -226,6 +226,7 @@ final class BudgetPredictorTests: XCTestCase {
         // A vanishing tolerance keeps the full model; a huge one lets the predictor go lower.
         XCTAssertTrue(chosen.contains(1) && chosen.count >= 2, "\(chosen)")
     }
+
     /// A steered method is the router's name and a signal; `train predictor` measures a steered
     /// method with one steered router per grid budget, the same object for every prompt (its
     /// entropy window must span replies), and an unsteered one with whatever `make` returns.
