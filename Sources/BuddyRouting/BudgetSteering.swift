@@ -28,7 +28,7 @@ import Foundation
 ///
 /// `blind` is the control: the same share of raised steps, chosen by a fixed-seed coin instead
 /// of the entropy (evaluations only).
-public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector {
+public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, PromptSetSelector {
     public enum Signal: String, Sendable, CaseIterable {
         case entropy, blind
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
@@ -152,6 +152,13 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         let k = LayerBudget.routableCount(budget: budget, layers: cache.layers)
         inner.budget = Double(stepLayers(k: k, routable: routable)) / Double(routable)
         return inner.selectLayers(position: position, state: state, cache: cache)
+    }
+
+    /// A prompt runs at the mean budget: the inner router's prompt set for k, if it has one.
+    public func promptMask() -> [Bool]? {
+        guard let inner = inner as? PromptSetSelector else { return nil }
+        self.inner.budget = budget
+        return inner.promptMask()
     }
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {

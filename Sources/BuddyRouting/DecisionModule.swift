@@ -13,11 +13,13 @@ import Foundation
 ///   run    first layer + set argmax_j score_j + last layer           (exactly k + 2 layers)
 ///
 /// A k with one candidate runs that set for every token (no scorer is stored). One module
-/// serves every budget: the budget picks the row of choices, the context picks the set. The
+/// serves every budget: the budget picks the row of choices, the context picks the set.
+/// A prompt at the budget runs the k's searched prompt set when the module has one
+/// (`promptSets`, `buddy train prompt-sets`), and is decided like a token otherwise. The
 /// sets come from a layer-set search with stand-ins and from static rankings; the scorers are
 /// fitted on per-token KL from full depth (`SetChoiceFit`, `buddy train router`,
 /// docs/TRAINING.md).
-public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, @unchecked Sendable {
+public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, PromptSetSelector, @unchecked Sendable {
     /// The candidate sets for one k and the scorer that picks among them.
     public struct Choice: Sendable, Equatable {
         public var kept: Int
@@ -50,6 +52,8 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     public var inputDim: Int { 2 * kvDim + dim }
     public let weights: Weights
     public var budget: Double = 1
+    /// Per k, the set a prompt at the budget runs (searched on training chat); empty: none.
+    public var promptSets: PromptSets
     /// Re-decide every N decode steps (1 = every token, as the paper does).
     public var rerouteEvery = 1
     /// Per routable layer, the probability the last decision's scorer gave to running it
@@ -90,6 +94,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         candidateScores = [Float](repeating: 0, count: DecisionModule.maxCandidates)
         layerProbability = [Float](repeating: 0, count: max(layers - 2, 0))
         maskBuffer = [Bool](repeating: true, count: layers)
+        promptSets = .none(routable: layers - 2)
         masks = weights.choices.map { c in c.sets.map { LayerBudget.mask(layers: layers, chosen: Set($0)) } }
         try validate()
     }
@@ -248,6 +253,8 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     public func candidateMasks(budget: Double) -> [[Bool]] {
         masks[LayerBudget.routableCount(budget: budget, layers: layers) - 1]
     }
+
+    public func promptMask() -> [Bool]? { promptSets.mask(budget: budget) }
 
     /// Forget the pooled context (a new conversation).
     public func resetContext() { pooled.reset(); hasDecision = false }

@@ -3,13 +3,14 @@ import Foundation
 
 /// Router files (JSON), versioned and tied to the model they were made for.
 ///
-///     {"format": "buddy-router", "version": 5, "kind": "ranking" | "decision-module" | "budget-predictor",
+///     {"format": "buddy-router", "version": 6, "kind": "ranking" | "decision-module" | "budget-predictor",
 ///      "method": "shortgpt", "model_fingerprint": "…", "layers": 30,
 ///      "ranking": [routable layers, most important first],          // kind "ranking"
 ///      "dim": 576, "kv_dim": 192,                                    // kind "decision-module"
 ///      "input_mean": [...], "input_scale": [...],
 ///      "choices": [{"kept": k, "sets": [[layers]], "names": ["search", ...],
 ///                   "weights": [...], "bias": [...]}, ...],         // one per k = 1...routable
+///      "prompt_sets": [{"kept": k, "set": [layers]}, ...],         // optional, either kind (version 6)
 ///      "notes": "how it was made"}
 ///
 /// Decision modules of versions 1–4 (an MLP over a prior table, a context gate, token
@@ -17,9 +18,11 @@ import Foundation
 /// Writing goes through a temporary file and a rename, so an existing file is never lost.
 public enum RouterFile {
     public static let format = "buddy-router"
-    /// Version 5 replaced the decision module's form (candidate sets and scorers per k); rankings
-    /// and budget predictors of versions 1–4 are still read.
-    public static let version = 5
+    /// Version 5 replaced the decision module's form (candidate sets and scorers per k); version
+    /// 6 added prompt sets (an older build would run a version-6 file without them, so it must
+    /// refuse it). Rankings and budget predictors of versions 1–5 and decision modules of
+    /// version 5 are still read.
+    public static let version = 6
     /// The first version whose decision modules this build reads.
     public static let decisionModuleVersion = 5
 
@@ -57,11 +60,14 @@ public enum RouterFile {
         switch j["kind"] as? String {
         case "ranking":
             guard let ranking = j["ranking"] as? [Int] else { throw RoutingError.badRouterFile(path: path, reason: "missing ranking") }
-            do { return try StaticRanking(name: method, layers: layers, ranking: ranking) } catch {
+            let r: StaticRanking
+            do { r = try StaticRanking(name: method, layers: layers, ranking: ranking) } catch {
                 throw RoutingError.badRouterFile(path: path, reason: "\(error)")
             }
+            r.promptSets = try PromptSets.read(j, routable: layers - 2, path: path)
+            return r
         case "decision-module":
-            guard j["version"] as? Int == decisionModuleVersion else {
+            guard let v = j["version"] as? Int, v >= decisionModuleVersion else {
                 throw RoutingError.retiredFormat(path: path, found: j["version"] as? Int ?? 0,
                     what: "a Decision Module of the retired form (an MLP over tables of layer sets, a context gate, token switches)",
                     remedy: "train a new one with `buddy train router`")
@@ -75,11 +81,14 @@ public enum RouterFile {
             let w = DecisionModule.Weights(inputMean: try numbers(j, "input_mean", path: path).map(Float.init),
                                            inputScale: try numbers(j, "input_scale", path: path).map(Float.init),
                                            choices: try choices(j, path: path))
+            let m: DecisionModule
             do {
-                return try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, weights: w)
+                m = try DecisionModule(name: method, layers: layers, dim: dim, kvDim: kvDim, weights: w)
             } catch let RoutingError.badRouterFile(_, reason) {
                 throw RoutingError.badRouterFile(path: path, reason: reason)
             }
+            m.promptSets = try PromptSets.read(j, routable: layers - 2, path: path)
+            return m
         default:
             throw RoutingError.badRouterFile(path: path, reason: "unknown kind \(String(describing: j["kind"]))")
         }
@@ -132,10 +141,12 @@ public enum RouterFile {
     }
 
     public static func save(_ ranking: StaticRanking, model: LanguageModel, notes: String, to path: String) throws {
-        try write([
+        var o: [String: Any] = [
             "format": format, "version": version, "kind": "ranking", "method": ranking.name,
             "model_fingerprint": model.fingerprint, "layers": ranking.layers, "ranking": ranking.ranking, "notes": notes,
-        ], to: path)
+        ]
+        if !ranking.promptSets.isEmpty { o["prompt_sets"] = ranking.promptSets.json }
+        try write(o, to: path)
     }
 
     public static func save(_ m: DecisionModule, model: LanguageModel, notes: String, to path: String) throws {
@@ -145,11 +156,13 @@ public enum RouterFile {
             if c.candidates > 1 { o["weights"] = c.weights; o["bias"] = c.bias }
             return o
         }
-        try write([
+        var o: [String: Any] = [
             "format": format, "version": version, "kind": "decision-module", "method": m.name,
             "model_fingerprint": model.fingerprint, "layers": m.layers, "dim": m.dim, "kv_dim": m.kvDim,
             "input_mean": w.inputMean, "input_scale": w.inputScale, "choices": choices, "notes": notes,
-        ], to: path)
+        ]
+        if !m.promptSets.isEmpty { o["prompt_sets"] = m.promptSets.json }
+        try write(o, to: path)
     }
 
     /// Atomic write: temporary file in the same directory, fsync, rename.

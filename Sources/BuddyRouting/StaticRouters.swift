@@ -3,13 +3,16 @@ import BuddyCore
 /// A fixed order of preference over the routable layers: every budget runs the first k of
 /// one ranking, the same for every token. ShortGPT, SLEB, drop-last, random and the evenly
 /// spread subset used for benchmarking are all rankings.
-public final class StaticRanking: BudgetedLayerSelector, @unchecked Sendable {
+public final class StaticRanking: BudgetedLayerSelector, PromptSetSelector, @unchecked Sendable {
     public let name: String
     public let layers: Int
     /// Routable layers (1 ..< layers-1), most important first.
     public let ranking: [Int]
     public var budget: Double
     public var lastScores: [Float]? { nil }
+    /// Per k, the set a prompt at the budget runs instead of the ranking's prefix (searched on
+    /// training chat like the Decision Module's, so the baseline gets the same capability).
+    public var promptSets: PromptSets
 
     public init(name: String, layers: Int, ranking: [Int], budget: Double = 1) throws {
         let routable = Set(1..<max(1, layers - 1))
@@ -20,6 +23,7 @@ public final class StaticRanking: BudgetedLayerSelector, @unchecked Sendable {
         self.layers = layers
         self.ranking = ranking
         self.budget = budget
+        promptSets = .none(routable: layers - 2)
         masksByCount = (0...ranking.count).map { LayerBudget.mask(layers: layers, chosen: ranking.prefix($0)) }
     }
 
@@ -31,6 +35,7 @@ public final class StaticRanking: BudgetedLayerSelector, @unchecked Sendable {
         masksByCount[LayerBudget.routableCount(budget: budget, layers: layers)]
     }
 
+    public func promptMask() -> [Bool]? { promptSets.mask(budget: budget) }
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] { mask(budget: budget) }
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] { mask(budget: budget) }
     public func selectLayers(rowsFrom chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [[Bool]] {

@@ -6,8 +6,8 @@ import Foundation
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train the Decision Module (default) or the Budget Predictor for this model.",
-        subcommands: [TrainRouter.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
+        abstract: "Train the Decision Module (default), the prompt sets of a router, or the Budget Predictor for this model.",
+        subcommands: [TrainRouter.self, TrainPromptSets.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
 }
 
 struct TrainRouter: ParsableCommand {
@@ -64,6 +64,48 @@ struct TrainRouter: ParsableCommand {
     func validate() throws { try validating(options.validate) }
 
     func run() throws { try RouterTraining.run(options, model: try modelOptions.load(), report: .terminal) }
+}
+
+struct TrainPromptSets: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "prompt-sets",
+        abstract: "Search, per budget, the layer set a prompt at that budget runs, and write the router with them.",
+        discussion: """
+            Every reply token reads the prompt's KV cache, so the layers a prompt skips cost
+            the whole reply. On the train split of the chat prompts (even positions), with the
+            reply routed by the router itself, this measures chat KL for the router's own prompt
+            decisions, for the set it picks most often, and for every one-layer change of that
+            set, then tries the swaps of the best additions and cheapest removals; a budget
+            keeps the best set of exactly k layers only if it beats the router's own decisions
+            (docs/TRAINING.md, "The prompt's own set"). Works for the Decision Module and for
+            static rankings alike, so baselines get the same capability. Reproduce the shipped
+            sets with (each about 15 minutes per budget on one core):
+              buddy train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl \\
+                --budgets 0.8,0.7,0.9,0.5 --out routers/buddy-router.json
+            and likewise --router sleb / shortgpt with --out routers/sleb-ranking.json / shortgpt-ranking.json.
+            """)
+
+    @Option(name: .long, help: "The router: buddy, sleb, shortgpt or a router/ranking file.") var router: String = "buddy"
+    @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.") var chatData: String
+    @Option(name: .long, help: "Train-split prompts used (from the first).") var prompts: Int = 40
+    @Option(name: .long, help: "Length of the full model's reference replies, in tokens.") var replyTokens: Int = 64
+    @Option(name: .long, help: "Budgets searched, in order; the router's other budgets keep the prompt sets they have.") var budgets: String = "0.8"
+    @Option(name: .long, help: "How many of the best additions and cheapest removals are combined into swaps.") var width: Int = 2
+    @Option(name: .long, help: "Stand-ins the search runs with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+    @Option(name: .long, help: "Where to write the router with its prompt sets (written atomically; may be the router's own file).") var out: String
+    @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.prompt-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
+    @OptionGroup var modelOptions: ModelOptions
+
+    var options: PromptSetSearch.Options {
+        var o = PromptSetSearch.Options(router: router, chatData: chatData, out: out)
+        o.prompts = prompts; o.replyTokens = replyTokens; o.width = width; o.standIns = standIns
+        o.budgets = budgets.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        o.checkpoint = checkpoint; o.threads = modelOptions.threads
+        return o
+    }
+    func validate() throws { try validating(options.validate) }
+
+    func run() throws { try PromptSetSearch.run(options, model: try modelOptions.load(), report: .terminal) }
 }
 
 struct TrainPredictor: ParsableCommand {

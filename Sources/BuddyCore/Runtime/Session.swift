@@ -19,6 +19,14 @@ public protocol RowwiseLayerSelector: LayerSelector {
     func selectLayers(rowsFrom chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [[Bool]]
 }
 
+/// A selector that may run a set of its own for a prompt at the budget: for the current
+/// budget, the mask every prompt chunk runs, or nil to decide as for any chunk. A prompt's
+/// layers set the KV cache every reply token reads, so the set that serves a prompt best
+/// need not be the one a decode step would pick (docs/TRAINING.md, "The prompt's own set").
+public protocol PromptSetSelector: LayerSelector {
+    func promptMask() -> [Bool]?
+}
+
 /// A selector that also reads the model's output: each token's logits as soon as they are
 /// computed, before a sampler changes them (repetition penalty works in place). `replyStarts`
 /// is true for the logits of a prompt's last token, which predict a new reply's first token.
@@ -103,7 +111,10 @@ public final class Session: @unchecked Sendable {
         let t = model.transformer
         let routing: LayerRouting
         switch role {
-        case .prompt: routing = promptDepth == .full ? .allLayers : .session(selector, perRow: false)
+        case .prompt:
+            if promptDepth == .full { routing = .allLayers }
+            else if let mask = (selector as? PromptSetSelector)?.promptMask() { routing = .fixed(mask) }
+            else { routing = .session(selector, perRow: false) }
         case let .reply(perToken): routing = .session(selector, perRow: perToken)
         }
         var lastCount = 0

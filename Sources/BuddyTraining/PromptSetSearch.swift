@@ -1,0 +1,198 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// A router whose prompt sets can be replaced (the Decision Module and the static rankings).
+public protocol PromptSetHolder: BudgetedLayerSelector, PromptSetSelector {
+    var promptSets: PromptSets { get set }
+}
+extension DecisionModule: PromptSetHolder {}
+extension StaticRanking: PromptSetHolder {}
+
+/// `buddy train prompt-sets`: for each budget, the layer set a prompt at that budget runs,
+/// searched on training chat with the reply routed by the router itself.
+///
+/// The measure is chat KL from full depth along the full model's greedy replies to
+/// training prompts (MT-Bench's train split), prompt at the budget, reply decided token by
+/// token by the router (unsteered, so a reply runs as one batch; steering moves only decode
+/// steps and leaves the prompt at k). Per budget, with k its routable layers:
+///
+///   1. the router's own prompt decisions (the reference to beat) and the set it picks most
+///      often, S0;
+///   2. S0 as every prompt's set, then every one-layer change of it for the prompt: each kept
+///      layer left out (k − 1 layers) and each skipped layer added (k + 1), which ranks what
+///      each layer is worth to the prompt;
+///   3. the swaps that add one of the `width` best additions and leave out one of the `width`
+///      cheapest removals (exactly k layers);
+///   4. the best set of exactly k found, kept only if it beats both the router's own decisions
+///      and S0; otherwise the budget gets no prompt set.
+///
+/// About 2 + routable + width² measurements per budget. Every measurement is checkpointed,
+/// so a rerun resumes.
+public enum PromptSetSearch {
+    public struct Options: Sendable {
+        public var router: String
+        public var chatData: String
+        public var prompts: Int = 40
+        public var replyTokens: Int = 64
+        public var budgets: [Double] = [0.8]
+        public var width: Int = 2
+        public var standIns: StandInChoice = .auto
+        public var kvPolicy: KVPolicy = .fill
+        public var out: String
+        public var checkpoint: String?
+        public var threads: Int = 1
+        public init(router: String, chatData: String, out: String) { self.router = router; self.chatData = chatData; self.out = out }
+
+        public func validate() throws {
+            guard prompts >= 1, replyTokens >= 1, width >= 1 else { throw ToolError.usage("--prompts, --reply-tokens and --width must be at least 1") }
+            guard !budgets.isEmpty, budgets.allSatisfy({ $0 > 0 && $0 < 1 }) else { throw ToolError.usage("--budgets must be numbers in (0, 1)") }
+        }
+
+        /// The command that reproduces a search, as recorded in the router's notes.
+        var command: String {
+            "buddy train prompt-sets --router \(router) --chat-data \(chatData) --prompts \(prompts) --reply-tokens \(replyTokens)"
+                + " --budgets " + budgets.map { String(format: "%g", $0) }.joined(separator: ",")
+                + (width == 2 ? "" : " --width \(width)") + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
+                + " --out \(out)"
+        }
+    }
+
+    /// What one budget's search found.
+    public struct Outcome: Sendable {
+        public var budget: Double
+        public var kept: Int
+        /// Mean KL with the router's own prompt decisions, with S0, and with the set kept.
+        public var routerKL: Double
+        public var startKL: Double
+        public var start: [Int]
+        public var best: [Int]?
+        public var bestKL: Double?
+    }
+
+    /// Measurements by key ("k=22 router", "k=22 set 1,2,..."): KL summed and tokens.
+    struct Checkpoint: Codable {
+        var settings: String
+        var sums: [String: [Double]] = [:]
+    }
+
+    @discardableResult
+    public static func run(_ o: Options, model: LanguageModel, report: Reporter) throws -> [Outcome] {
+        try o.validate()
+        guard let text = try? String(contentsOfFile: o.chatData, encoding: .utf8) else { throw ToolError("cannot read chat data '\(o.chatData)'") }
+        let questions: [ChatPrompt]
+        do { questions = Array(try ChatPromptSet.parse(text, split: .train).prefix(o.prompts)) } catch { throw ToolError("\(o.chatData): \(error)") }
+        guard !questions.isEmpty else { throw ToolError("'\(o.chatData)' has no train-split prompts") }
+        guard let router = try Routers.make(o.router, model: model) as? PromptSetHolder else {
+            throw ToolError("--router \(o.router): prompt sets need the Decision Module or a static ranking file")
+        }
+        guard let routerPath = Routers.locate(o.router, model: model),
+              let routerJSON = try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: routerPath))) as? [String: Any] else {
+            throw ToolError("--router \(o.router): cannot read its file")
+        }
+        let standIns = try o.standIns.resolve(model: model, note: report.note)
+        let routable = model.config.layers - 2
+
+        let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
+        session.policy = o.kvPolicy
+        session.promptDepth = .budget
+        let evaluator = ChatEvaluator(session: session)
+
+        // The checkpoint is reused only by the same search (data, router file, stand-ins).
+        let settings = [o.chatData, "\(questions.count)", "\(o.replyTokens)", Routers.identity(o.router, model: model),
+                        standIns.map { $0.identity } ?? "off", o.kvPolicy.rawValue, model.fingerprint].joined(separator: "|")
+        let checkpointPath = o.checkpoint ?? o.out + ".prompt-sets.checkpoint.json"
+        var saved = Checkpoint(settings: settings)
+        if let data = FileManager.default.contents(atPath: checkpointPath),
+           let old = try? JSONDecoder().decode(Checkpoint.self, from: data), old.settings == settings {
+            saved = old
+            report.note("resuming: \(old.sums.count) measurements from \(checkpointPath)")
+        }
+
+        let bar = report.progress("references", questions.count)
+        var references: [ChatReference] = []
+        for (i, q) in questions.enumerated() {
+            references.append(try evaluator.reference(prompt: evaluator.promptTokens(q.text), maxTokens: o.replyTokens))
+            bar.update(i + 1, detail: "prompt \(q.id)")
+        }
+
+        /// Mean KL over the references with `set` as every prompt's set (nil: the router's own
+        /// decisions), and how often each prompt mask was run.
+        func measure(_ set: [Int]?, k: Int, label: String) throws -> (kl: Double, masks: [[Bool]: Int]) {
+            let key = "k=\(k) " + (set.map { "set " + $0.map(String.init).joined(separator: ",") } ?? "router")
+            if set != nil, let s = saved.sums[key] { return (s[0] / s[1], [:]) }
+            router.budget = Double(k) / Double(routable)
+            router.promptSets = .none(routable: routable)
+            if let set { try router.promptSets.set(set, kept: k) }
+            session.selector = router
+            session.standIns = standIns
+            var total = ChatDivergence()
+            var masks: [[Bool]: Int] = [:]
+            let bar = report.progress(label, references.count)
+            for (i, ref) in references.enumerated() {
+                total.add(try evaluator.compare(ref, batched: Routers.canBatch(router, budget: router.budget)))
+                // compare evaluates the prompt first; with the reply batched the session's
+                // last mask is the reply's, so read the prompt's decision afresh.
+                if set == nil {
+                    session.reset()
+                    try session.evaluate(ref.prompt)
+                    masks[session.lastMask, default: 0] += 1
+                }
+                bar.update(i + 1, detail: String(format: "KL %.4f", total.meanKL))
+            }
+            saved.sums[key] = [total.klSum, Double(total.tokens)]
+            try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath)
+            return (total.meanKL, masks)
+        }
+
+        var outcomes: [Outcome] = []
+        for b in o.budgets {
+            let k = LayerBudget.routableCount(budget: b, layers: model.config.layers)
+            guard k >= 2, k < routable else { report.note(String(format: "%.2f: k = %d leaves no room for a search", b, k)); continue }
+            let own = try measure(nil, k: k, label: String(format: "%.2f router", b))
+            let start = try (own.masks.max { $0.value < $1.value }?.key).map { m in (1...routable).filter { m[$0] } }
+                ?? { throw ToolError("no prompt decision recorded") }()
+            let startKL = try measure(start, k: k, label: String(format: "%.2f S0", b)).kl
+            // What each layer is worth to the prompt: KL with it added (skipped layers) or left out (kept ones).
+            var additions: [(layer: Int, kl: Double)] = [], removals: [(layer: Int, kl: Double)] = []
+            for l in 1...routable {
+                if start.contains(l) {
+                    removals.append((l, try measure(start.filter { $0 != l }, k: k - 1, label: String(format: "%.2f −%d", b, l)).kl))
+                } else {
+                    additions.append((l, try measure((start + [l]).sorted(), k: k + 1, label: String(format: "%.2f +%d", b, l)).kl))
+                }
+            }
+            additions.sort { $0.kl < $1.kl }
+            removals.sort { $0.kl < $1.kl }
+            var best: (set: [Int], kl: Double) = (start, startKL)
+            for a in additions.prefix(o.width) {
+                for r in removals.prefix(o.width) {
+                    let set = (start.filter { $0 != r.layer } + [a.layer]).sorted()
+                    let kl = try measure(set, k: k, label: String(format: "%.2f +%d −%d", b, a.layer, r.layer)).kl
+                    if kl < best.kl { best = (set, kl) }
+                }
+            }
+            let kept = best.kl < own.kl ? best : nil
+            outcomes.append(Outcome(budget: b, kept: k, routerKL: own.kl, startKL: startKL, start: start, best: kept?.set, bestKL: kept?.kl))
+            report.line(String(format: "%.2f (k = %d): router's own prompt decisions %.4f, its most frequent set %.4f, ", b, k, own.kl, startKL)
+                        + (kept.map { String(format: "kept %@ %.4f", $0.set.map(String.init).joined(separator: ","), $0.kl) } ?? "no prompt set kept"))
+            report.line("  layer added: " + additions.map { String(format: "+%d %.4f", $0.layer, $0.kl) }.joined(separator: " "))
+            report.line("  layer left out: " + removals.map { String(format: "−%d %.4f", $0.layer, $0.kl) }.joined(separator: " "))
+        }
+
+        // Write the router with its prompt sets: budgets not searched keep the sets they had.
+        let fresh = try Routers.make(o.router, model: model)
+        guard let holder = fresh as? PromptSetHolder else { throw ToolError("--router \(o.router) cannot hold prompt sets") }
+        for outcome in outcomes { try holder.promptSets.set(outcome.best, kept: outcome.kept) }
+        let oldNotes = (routerJSON["notes"] as? String) ?? ""
+        let notes = oldNotes.components(separatedBy: "; prompt sets: ")[0] + "; prompt sets: " + o.command
+            + "; " + outcomes.map { String(format: "%.2f: %.4f -> %.4f", $0.budget, $0.routerKL, $0.bestKL ?? $0.routerKL) }.joined(separator: ", ")
+            + " (chat KL, train split)"
+        if let m = holder as? DecisionModule { try RouterFile.save(m, model: model, notes: notes, to: o.out) }
+        else if let r = holder as? StaticRanking { try RouterFile.save(r, model: model, notes: notes, to: o.out) }
+        // A checkpoint named on the command line is kept, so a later run with more budgets reuses it.
+        if o.checkpoint == nil { try? FileManager.default.removeItem(atPath: checkpointPath) }
+        report.line("wrote \(o.out)")
+        return outcomes
+    }
+}

@@ -1,0 +1,165 @@
+import BuddyCore
+import BuddyRouting
+import BuddyTestSupport
+import BuddyTraining
+import Foundation
+import XCTest
+
+/// Prompt sets: the layers a prompt at the budget runs, held by any router.
+final class PromptSetTests: XCTestCase {
+    /// A set must run exactly k distinct routable layers; its mask runs the first and last layer too.
+    func testPromptSetsAreStrict() throws {
+        var sets = PromptSets.none(routable: 28)
+        XCTAssertNil(sets.mask(budget: 0.8))
+        try sets.set([27, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21], kept: 22)
+        let mask = try XCTUnwrap(sets.mask(budget: 0.8))   // round(0.8 × 28) = 22
+        XCTAssertEqual(mask.count, 30)
+        XCTAssertEqual(mask.indices.filter { mask[$0] }, [0] + Array(1...21) + [27, 29])
+        XCTAssertNil(sets.mask(budget: 0.7), "k = 20 has no set of its own")
+        XCTAssertEqual(sets.sets[22], Array(1...21) + [27], "kept in ascending order")
+        XCTAssertThrowsError(try sets.set([1, 2, 3], kept: 4)) { XCTAssertTrue("\($0)".contains("must hold 4 distinct routable layers"), "\($0)") }
+        XCTAssertThrowsError(try sets.set([1, 1, 2], kept: 3)) { XCTAssertTrue("\($0)".contains("distinct"), "\($0)") }
+        XCTAssertThrowsError(try sets.set([0, 1, 2], kept: 3), "layer 0 always runs: not routable")
+        XCTAssertThrowsError(try sets.set([1, 2, 29], kept: 3), "layer 29 always runs: not routable")
+        XCTAssertThrowsError(try sets.set([1], kept: 29)) { XCTAssertTrue("\($0)".contains("outside 1...28"), "\($0)") }
+        try sets.set(nil, kept: 22)
+        XCTAssertTrue(sets.isEmpty)
+    }
+
+    /// A prompt at the budget runs the router's prompt set (and its logits are those of a forward
+    /// pass with exactly that set); the reply's tokens are decided by the router as before; at a
+    /// budget without a set, at full prompt depth, or steered, the rules hold as documented.
+    func testPromptRunsItsSetAndTheReplyTheRoutersChoice() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize
+        let prompt = m.tokenizer.encode("Question: what is the capital of France? Answer:", parseSpecial: false)
+        let reply = m.tokenizer.encode(" Paris, which is famous for", parseSpecial: false)
+        let budget = 0.8, k = LayerBudget.routableCount(budget: budget, layers: L)
+        // A set the module never picks for k (its candidates are prefixes of random rankings).
+        let promptSet = Array(1...k - 1) + [L - 2]
+        func logits(_ s: Session) -> [Float] { Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab)) }
+        func session(_ setUp: (DecisionModule) throws -> Void, steered: Bool = false, depth: PromptDepth = .budget) throws -> Session {
+            let s = Session(model: m, capacity: 64, threads: 2, batchSize: 32)
+            let dm = try TestModules.withScorers(model: m, seed: 11)
+            dm.budget = budget
+            try setUp(dm)
+            s.selector = steered ? BudgetSteering(dm) : dm
+            s.promptDepth = depth
+            return s
+        }
+        let plain = try session { _ in }
+        let withSet = try session { try $0.promptSets.set(promptSet, kept: k) }
+        XCTAssertNotEqual(try session { _ in }.selectorPromptDecision(prompt), LayerBudget.mask(layers: L, chosen: promptSet), "the set must differ from the module's own decision")
+
+        try withSet.evaluate(prompt)
+        XCTAssertEqual(withSet.lastLayers, [0] + promptSet + [L - 1])
+        XCTAssertEqual(withSet.layerTokenCount, prompt.count * (k + 2), "the prompt stays at the budget")
+        // Independent of the session: the same prompt through the routed forward pass with that set.
+        let reference = Session(model: m, capacity: 64, threads: 2, batchSize: 32)
+        let t = m.transformer
+        t.routedForward(prompt[...], start: 0, reference.batch, reference.cache, routing: .fixed(LayerBudget.mask(layers: L, chosen: promptSet)), policy: .fill)
+        t.batchLogits(row: prompt.count - 1, reference.batch, reference.decode)
+        XCTAssertEqual(logits(withSet), logits(reference), "prompt logits are those of the prompt set's forward pass")
+
+        // The reply's decisions are the router's own: the same masks as without a prompt set
+        // (decisions read layer 0 only), exactly k + 2 layers each.
+        try plain.evaluate(prompt)
+        for token in reply {
+            try plain.step(token); try withSet.step(token)
+            XCTAssertEqual(withSet.lastMask, plain.lastMask)
+            XCTAssertEqual(Session.count(withSet.lastMask), k + 2)
+        }
+        XCTAssertNotEqual(logits(withSet), logits(plain), "the prompt's cache differs, so the reply's logits do")
+
+        // Another k has no set: the module decides the prompt as before.
+        for s in [plain, withSet] { (s.selector as! DecisionModule).budget = 0.7; s.reset(); (s.selector as! DecisionModule).resetContext() }
+        try plain.evaluate(prompt); try withSet.evaluate(prompt)
+        XCTAssertEqual(withSet.lastMask, plain.lastMask)
+        XCTAssertEqual(logits(withSet), logits(plain))
+
+        // At full prompt depth the set is not used.
+        let full = try session({ try $0.promptSets.set(promptSet, kept: k) }, depth: .full)
+        try full.evaluate(prompt)
+        XCTAssertEqual(full.lastLayers.count, L)
+
+        // Steered, a prompt runs at the mean budget: the same set.
+        let steered = try session({ try $0.promptSets.set(promptSet, kept: k) }, steered: true)
+        try steered.evaluate(prompt)
+        XCTAssertEqual(steered.lastLayers, [0] + promptSet + [L - 1])
+    }
+
+    /// Prompt sets survive a round trip through a router file, for the Decision Module and for
+    /// a static ranking; hostile entries are refused with an error naming the field; a version-5
+    /// module (no prompt sets) still loads; and the evaluation's batching rules are unchanged.
+    func testPromptSetsInRouterFiles() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers
+        let dm = try TestModules.withScorers(model: m, seed: 5)
+        try dm.promptSets.set(Array(1...22), kept: 22)
+        try dm.promptSets.set(Array(3...22), kept: 20)
+        let saved = try SavedModuleCopy(dm, model: m, tag: "prompt-sets")
+        defer { saved.remove() }
+        let back = try XCTUnwrap(RouterFile.load(path: saved.path, model: m) as? DecisionModule)
+        XCTAssertEqual(back.promptSets, dm.promptSets)
+        XCTAssertEqual(back.weights, dm.weights)
+
+        let ranking = StaticRanking.dropLast(layers: L)
+        try ranking.promptSets.set(Array(2...23), kept: 22)
+        let rankPath = saved.dir.appendingPathComponent("k.json").path
+        try RouterFile.save(ranking, model: m, notes: "t", to: rankPath)
+        let rankBack = try XCTUnwrap(RouterFile.load(path: rankPath, model: m) as? StaticRanking)
+        XCTAssertEqual(rankBack.promptSets.sets, [22: Array(2...23)])
+        rankBack.budget = 0.8
+        XCTAssertEqual(rankBack.promptMask(), LayerBudget.mask(layers: L, chosen: 2...23))
+        XCTAssertEqual(rankBack.mask(budget: 0.8), ranking.mask(budget: 0.8), "decode steps still run the ranking's prefix")
+
+        func refuses(_ edit: @escaping (inout [String: Any]) -> Void, _ contains: String, line: UInt = #line) throws {
+            XCTAssertThrowsError(try RouterFile.load(path: try saved.edited(edit), model: m), line: line) { e in
+                XCTAssertTrue("\(e)".contains(contains), "\(e)", line: line)
+            }
+        }
+        try refuses({ $0["prompt_sets"] = [["kept": 22, "set": Array(1...21)]] }, "prompt_sets[0]: the set for k = 22 must hold 22 distinct routable layers")
+        try refuses({ $0["prompt_sets"] = [["kept": 3, "set": [1, 2, 29]]] }, "distinct routable layers (1...28)")
+        try refuses({ $0["prompt_sets"] = [["kept": 2, "set": [1, 2]], ["kept": 2, "set": [3, 4]]] }, "lists k = 2 twice")
+        try refuses({ $0["prompt_sets"] = [["kept": 2]] }, "prompt_sets[0] needs \"kept\"")
+        try refuses({ $0["prompt_sets"] = "all" }, "prompt_sets is not a list")
+        try refuses({ $0["prompt_sets"] = [["kept": 0, "set": []]] }, "outside 1...28")
+        // Version 5 (before prompt sets) is still read, without them.
+        let v5 = try saved.edited { $0["version"] = 5; $0["prompt_sets"] = nil }
+        let old = try XCTUnwrap(RouterFile.load(path: v5, model: m) as? DecisionModule)
+        XCTAssertTrue(old.promptSets.isEmpty)
+        // A reply teacher-forced in one batch is still per row: prompt sets do not change batching.
+        XCTAssertTrue(Routers.canBatch(back, budget: 0.8))
+    }
+
+    /// The shipped routers' prompt sets (the Decision Module's and the static baselines') run
+    /// exactly k layers at every budget that has one, and each was searched on the train split
+    /// by the command its notes record.
+    func testShippedPromptSetsAreStrictAndReproducible() throws {
+        let m = try TestSupport.model()
+        let routable = m.config.layers - 2
+        for name in ["buddy", "sleb", "shortgpt"] {
+            let r = try XCTUnwrap(try Routers.make(name, model: m) as? PromptSetHolder, name)
+            XCTAssertFalse(r.promptSets.isEmpty, "\(name) ships prompt sets")
+            for (k, set) in r.promptSets.sets {
+                XCTAssertEqual(set.count, k, name)
+                XCTAssertTrue(set.allSatisfy { (1...routable).contains($0) }, name)
+                r.budget = Double(k) / Double(routable)
+                XCTAssertEqual(r.promptMask().map(Session.count), k + 2, "\(name) at k = \(k)")
+            }
+            let path = try XCTUnwrap(Routers.locate(name, model: m))
+            let notes = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])?["notes"] as? String)
+            XCTAssertTrue(notes.contains("; prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl "), notes)
+            XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
+        }
+    }
+}
+
+private extension Session {
+    /// What the selector decides for `prompt` as a chunk, without prompt sets.
+    func selectorPromptDecision(_ prompt: [Int32]) throws -> [Bool] {
+        reset()
+        try evaluate(prompt)
+        return lastMask
+    }
+}
