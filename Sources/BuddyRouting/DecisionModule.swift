@@ -59,8 +59,8 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     /// Per routable layer, the probability the last decision's scorer gave to running it
     /// (softmax over the candidates' scores, summed over the sets holding the layer).
     public var lastScores: [Float]? { decisions > 0 ? layerProbability : nil }
-    /// The source of the set the last decision ran ("search", "sleb", ...).
-    public var layerSetLabel: String? { decisions > 0 ? lastSetName : nil }
+    /// The source of the set the last decision ran ("search", "sleb", ...; "prompt" for a prompt set).
+    public var layerSetLabel: String? { lastSetName.isEmpty ? nil : lastSetName }
     /// Seconds spent deciding (context pooling + scoring), for overhead reports.
     public private(set) var routingSeconds = 0.0
     public private(set) var decisions = 0
@@ -254,7 +254,11 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         masks[LayerBudget.routableCount(budget: budget, layers: layers) - 1]
     }
 
-    public func promptMask() -> [Bool]? { promptSets.mask(budget: budget) }
+    public func promptMask() -> [Bool]? {
+        guard let m = promptSets.mask(budget: budget) else { return nil }
+        lastSetName = "prompt"
+        return m
+    }
 
     /// Forget the pooled context (a new conversation).
     public func resetContext() { pooled.reset(); hasDecision = false }

@@ -53,6 +53,7 @@ final class PromptSetTests: XCTestCase {
 
         try withSet.evaluate(prompt)
         XCTAssertEqual(withSet.lastLayers, [0] + promptSet + [L - 1])
+        XCTAssertEqual((withSet.selector as? DecisionModule)?.layerSetLabel, "prompt", "the routing panel names the prompt set")
         XCTAssertEqual(withSet.layerTokenCount, prompt.count * (k + 2), "the prompt stays at the budget")
         // Independent of the session: the same prompt through the routed forward pass with that set.
         let reference = Session(model: m, capacity: 64, threads: 2, batchSize: 32)

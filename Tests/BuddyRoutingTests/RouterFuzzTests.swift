@@ -14,10 +14,13 @@ final class RouterFuzzTests: XCTestCase {
         let dir = try TestSupport.scratchDirectory("rfuzz")
         defer { try? FileManager.default.removeItem(at: dir) }
         let module = try TestModules.withScorers(model: m, seed: 1, scored: [14, 20], candidates: 2)
+        try module.promptSets.set(Array(1...14), kept: 14)   // so mutations reach "prompt_sets" too
+        let ranking = StaticRanking.dropLast(layers: L)
+        try ranking.promptSets.set(Array(3...16), kept: 14)
         let seeds: [(String, Bool)] = try {
             let a = dir.appendingPathComponent("dm.json").path, b = dir.appendingPathComponent("rank.json").path, c = dir.appendingPathComponent("bp.json").path
             try RouterFile.save(module, model: m, notes: "seed", to: a)
-            try RouterFile.save(StaticRanking.dropLast(layers: L), model: m, notes: "seed", to: b)
+            try RouterFile.save(ranking, model: m, notes: "seed", to: b)
             let p = try BudgetPredictor(budgets: [0.5, 0.9], featureDim: d, mean: [Float](repeating: 0, count: d), scale: [Float](repeating: 1, count: d),
                                         weights: [Float](repeating: 0.01, count: 2 * d), bias: [-1, -3], router: "buddy")
             try RouterFile.save(p, model: m, notes: "seed", to: c)
@@ -42,6 +45,8 @@ final class RouterFuzzTests: XCTestCase {
                 } else {
                     let r = try RouterFile.load(path: path, model: m)
                     r.budget = 0.5
+                    // A prompt set that loads runs exactly k + 2 layers.
+                    if let p = (r as? PromptSetSelector)?.promptMask() { XCTAssertEqual(Session.count(p), 16) }
                     if let dm = r as? DecisionModule {
                         let x = [Float](repeating: 0.1, count: dm.inputDim)
                         XCTAssertEqual(dm.choice(budget: 0.5).sets[dm.pick(input: x, budget: 0.5)].count, 14)
