@@ -431,6 +431,74 @@ def steering_section():
                 ratios = [x / y for r, f in zip(rows, fulls) for x, y in zip(r["decode_runs"], f["decode_runs"])]
                 print(f"| {b:.2f} | {mode} | {statistics.mean(r['layers_per_token'] for r in rows):.2f} | {statistics.median(speeds):.1f} | {statistics.median(ratios):.2f}× |")
         print()
+def prompt_sets_section():
+    """The registered held-out test of the searched prompt sets (eval/NOTES.md, "Prompt sets searched per budget")."""
+    sets = [("mtbench", "MT-Bench first turns (40)", "stand-ins-chat-items.csv"),
+            ("held-out-2-next-event", "next-event requests (100)", "held-out-2-next-event-chat-items.csv"),
+            ("held-out-2-summary", "summary requests (100)", "held-out-2-summary-chat-items.csv")]
+    if not all(os.path.exists(f"eval/prompt-sets-{s}-chat-items.csv") for s, _, _ in sets): return
+    def items(path, extra=None):
+        """(method, budget) -> {prompt: (kl_sum, tokens)} for stand-ins on."""
+        out = {}
+        for name in [path] + ([extra] if extra else []):
+            p = os.path.join("eval", name)
+            if not os.path.exists(p): continue
+            for r in csv.DictReader(open(p)):
+                if r["stand_ins"] != "on": continue
+                out.setdefault((r["method"], round(float(r["budget"]), 2)), {})[r["prompt"]] = (float(r["kl_sum"]), int(r["tokens"]))
+        return out
+    def compare(a, b):
+        """Mean KL of a and b over their common prompts, and a against b in percent with its paired s.e."""
+        keys = sorted(set(a) & set(b))
+        if len(keys) < 2: return None
+        ka, kb = sum(a[k][0] for k in keys), sum(b[k][0] for k in keys)
+        ta, tb = sum(a[k][1] for k in keys), sum(b[k][1] for k in keys)
+        d = [a[k][0] - b[k][0] for k in keys]
+        n = len(keys); md = sum(d) / n
+        se = math.sqrt(sum((x - md) ** 2 for x in d) / (n - 1) / n) * n / kb
+        return ka / ta, kb / tb, 100 * (ka / kb - 1), 100 * se
+    def fmt(c, bold=True):
+        if c is None: return "—"
+        text = f"{c[2]:+.1f} % ± {c[3]:.1f} %"
+        return f"**{text}**" if bold and abs(c[2]) >= 2 * c[3] else text
+    new = {s: items(f"prompt-sets-{s}-chat-items.csv") for s, _, _ in sets}
+    old = {s: items(o, "steering-mtbench-budget-prompt-chat-items.csv" if s == "mtbench" else None) for s, _, o in sets}
+    pooled_new, pooled_old = {}, {}
+    for s, _, _ in sets:
+        for key, rows in new[s].items(): pooled_new.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+        for key, rows in old[s].items(): pooled_old.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+    print("## Prompt sets: the layers a prompt at the budget runs, searched per budget (2026-12-05)\n\n"
+          "`buddy train prompt-sets` (docs/TRAINING.md, \"The prompt's own set\") searched, for the Decision Module and for SLEB's "
+          "and ShortGPT's rankings alike, the set a prompt runs at 0.9, 0.8, 0.7 and 0.5 on the 40 MT-Bench train-split first "
+          "turns; the reply is routed as before. Run as registered in eval/NOTES.md before the first held-out run: prompt at the "
+          "budget, stand-ins on, held-out prompts only; each method against its own items before prompt sets on the same prompts "
+          "(`eval/stand-ins-chat-items.csv`, `eval/held-out-2-*-chat-items.csv`, "
+          "`eval/steering-mtbench-budget-prompt-chat-items.csv`), paired s.e. over prompts, bold beyond 2 s.e. Files: "
+          "`eval/prompt-sets-*-chat.{md,csv}` and `-items.csv`.\n")
+    groups = [(label, new[s], old[s]) for s, label, _ in sets] + [("all 240 pooled", pooled_new, pooled_old)]
+    for label, nw, od in groups:
+        print(f"### {label}: chat KL at the budget, before → with prompt sets\n")
+        print("| budget | buddy | sleb | shortgpt | buddy+steer | buddy vs best static, both with prompt sets |")
+        print("|---|---|---|---|---|---|")
+        for b in (0.9, 0.8, 0.7, 0.5):
+            cells, withs = [], {}
+            for m in ("buddy", "sleb", "shortgpt", "buddy+steer"):
+                c = compare(nw.get((m, b), {}), od.get((m, b), {}))
+                if c is None:
+                    only = nw.get((m, b))
+                    cells.append(f"{sum(v[0] for v in only.values()) / sum(v[1] for v in only.values()):.3f}" if only else "—")
+                else:
+                    cells.append(f"{c[1]:.3f} → {c[0]:.3f} ({fmt(c)})")
+                if nw.get((m, b)): withs[m] = nw[(m, b)]
+            static = [(compare(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
+            static = [(c, m) for c, m in static if c is not None]
+            if static:
+                c, m = min(static, key=lambda x: x[0][1])   # the best static: lowest KL with prompt sets
+                vs = f"{fmt(c)} vs {m}"
+            else: vs = "—"
+            print(f"| {b:.2f} | " + " | ".join(cells) + f" | {vs} |")
+        print()
+prompt_sets_section()
 steering_section()
 plain_tables()
 bench = [json.loads(l) for l in open("eval/bench.jsonl")] if os.path.exists("eval/bench.jsonl") else []

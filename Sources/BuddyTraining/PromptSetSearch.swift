@@ -98,8 +98,14 @@ public enum PromptSetSearch {
         session.promptDepth = .budget
         let evaluator = ChatEvaluator(session: session)
 
-        // The checkpoint is reused only by the same search (data, router file, stand-ins).
-        let settings = [o.chatData, "\(questions.count)", "\(o.replyTokens)", Routers.identity(o.router, model: model),
+        // The checkpoint is reused only by the same search (data, router, stand-ins). The router
+        // is identified without its prompt sets and notes, which a search itself rewrites.
+        var decisions = routerJSON
+        decisions["prompt_sets"] = nil
+        decisions["notes"] = nil
+        let routerIdentity = try JSONSerialization.data(withJSONObject: decisions, options: [.sortedKeys])
+            .withUnsafeBytes { String(format: "%016llx", StandInFile.fnv64($0)) }
+        let settings = [o.chatData, "\(questions.count)", "\(o.replyTokens)", routerIdentity,
                         standIns.map { $0.identity } ?? "off", o.kvPolicy.rawValue, model.fingerprint].joined(separator: "|")
         let checkpointPath = o.checkpoint ?? o.out + ".prompt-sets.checkpoint.json"
         var saved = Checkpoint(settings: settings)
@@ -107,6 +113,8 @@ public enum PromptSetSearch {
            let old = try? JSONDecoder().decode(Checkpoint.self, from: data), old.settings == settings {
             saved = old
             report.note("resuming: \(old.sums.count) measurements from \(checkpointPath)")
+        } else if FileManager.default.fileExists(atPath: checkpointPath) {
+            report.note("\(checkpointPath) was made by another search (data, router or stand-ins differ); starting afresh")
         }
 
         let bar = report.progress("references", questions.count)
