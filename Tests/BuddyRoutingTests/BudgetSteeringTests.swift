@@ -168,7 +168,8 @@ final class BudgetSteeringTests: XCTestCase {
     /// Perplexity's token-by-token scoring steers as a Session does: the second half of a chunk
     /// scored through `PerplexityEvaluator` gives the same log-likelihood and the same steered
     /// layer counts as a Session that reads the first half as a prompt at the budget and then
-    /// steps through the second, teacher-forced.
+    /// steps through the second, teacher-forced. Perplexity's context half is text, not a chat
+    /// prompt, so it runs without prompt sets: the Session's router is given none.
     func testPerplexityScoringSteersLikeASession() throws {
         let m = try TestSupport.model()
         let vocab = m.config.vocabSize, n = 96
@@ -185,7 +186,10 @@ final class BudgetSteeringTests: XCTestCase {
         let s = Session(model: m, capacity: n, threads: 2, batchSize: n)
         s.standIns = standIns
         s.promptDepth = .budget
-        let stepped = BudgetSteering(try Routers.make("sleb", model: m, budget: 0.8))
+        let sleb = try XCTUnwrap(try Routers.make("sleb", model: m, budget: 0.8) as? StaticRanking)
+        XCTAssertNotNil(sleb.promptMask(), "the shipped ranking has a prompt set at 0.8 (what this test sets aside)")
+        sleb.promptSets = .none(routable: m.config.layers - 2)
+        let stepped = BudgetSteering(sleb)
         s.selector = stepped
         try s.evaluate(Array(ids[0..<(n / 2)]))
         var nll = 0.0

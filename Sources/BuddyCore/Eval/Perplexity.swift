@@ -72,6 +72,8 @@ public final class PerplexityEvaluator {
     /// first half is a prompt (one decision, one batch), then every scored position is a
     /// decode step with its own decision from the context so far (run as one batch when the
     /// selector can make those decisions per row: the same numbers, several times faster).
+    /// The first half is text to be continued, not a chat prompt, so a router's prompt sets
+    /// (searched on chat prompts) do not apply to it: it is decided as any chunk is.
     public func scoreChunkRouted(_ tokens: ArraySlice<Int32>, selector: LayerSelector, policy: KVPolicy) -> (nll: Double, count: Int) {
         let n = tokens.count
         precondition(n == contextSize)
