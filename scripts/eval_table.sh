@@ -474,7 +474,10 @@ def prompt_sets_section():
           "budget, stand-ins on, held-out prompts only; each method against its own items before prompt sets on the same prompts "
           "(`eval/stand-ins-chat-items.csv`, `eval/held-out-2-*-chat-items.csv`, "
           "`eval/steering-mtbench-budget-prompt-chat-items.csv`), paired s.e. over prompts, bold beyond 2 s.e. Files: "
-          "`eval/prompt-sets-*-chat.{md,csv}` and `-items.csv`.\n")
+          "`eval/prompt-sets-*-chat.{md,csv}` and `-items.csv`. `buddy+steer` ran on the MT-Bench prompts only (the target's "
+          "protocol; before prompt sets it was measured at 0.8 only), so the pooled row repeats MT-Bench's. The other chat tables "
+          "of this file with the prompt at the budget were measured before prompt sets; perplexity, HellaSwag and every run with "
+          "the prompt at full depth (the chat's default) are unaffected by them.\n")
     groups = [(label, new[s], old[s]) for s, label, _ in sets] + [("all 240 pooled", pooled_new, pooled_old)]
     for label, nw, od in groups:
         print(f"### {label}: chat KL at the budget, before → with prompt sets\n")
