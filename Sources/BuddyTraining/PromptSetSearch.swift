@@ -24,10 +24,12 @@ extension StaticRanking: PromptSetHolder {}
 ///      each layer is worth to the prompt;
 ///   3. the swaps that add one of the `width` best additions and leave out one of the `width`
 ///      cheapest removals (exactly k layers);
-///   4. the best set of exactly k found, kept only if it beats both the router's own decisions
-///      and S0; otherwise the budget gets no prompt set.
+///   4. with `rounds` > 1, steps 2 and 3 again from the best set so far, until a round finds
+///      nothing better;
+///   5. the best set of exactly k found, kept only if it beats the router's own decisions;
+///      otherwise the budget gets no prompt set.
 ///
-/// About 2 + routable + width² measurements per budget. Every measurement is checkpointed,
+/// About 2 + rounds × (routable + width²) measurements per budget. Every measurement is checkpointed,
 /// so a rerun resumes.
 public enum PromptSetSearch {
     public struct Options: Sendable {
@@ -37,6 +39,8 @@ public enum PromptSetSearch {
         public var replyTokens: Int = 64
         public var budgets: [Double] = [0.8]
         public var width: Int = 2
+        /// Rounds of one-layer changes, each from the best set of the last (stops early when one finds nothing better).
+        public var rounds: Int = 1
         public var standIns: StandInChoice = .auto
         public var kvPolicy: KVPolicy = .fill
         public var out: String
@@ -45,7 +49,7 @@ public enum PromptSetSearch {
         public init(router: String, chatData: String, out: String) { self.router = router; self.chatData = chatData; self.out = out }
 
         public func validate() throws {
-            guard prompts >= 1, replyTokens >= 1, width >= 1 else { throw ToolError.usage("--prompts, --reply-tokens and --width must be at least 1") }
+            guard prompts >= 1, replyTokens >= 1, width >= 1, rounds >= 1 else { throw ToolError.usage("--prompts, --reply-tokens, --width and --rounds must be at least 1") }
             guard !budgets.isEmpty, budgets.allSatisfy({ $0 > 0 && $0 < 1 }) else { throw ToolError.usage("--budgets must be numbers in (0, 1)") }
         }
 
@@ -53,7 +57,7 @@ public enum PromptSetSearch {
         var command: String {
             "buddy train prompt-sets --router \(router) --chat-data \(chatData) --prompts \(prompts) --reply-tokens \(replyTokens)"
                 + " --budgets " + budgets.map { String(format: "%g", $0) }.joined(separator: ",")
-                + (width == 2 ? "" : " --width \(width)") + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
+                + (width == 2 ? "" : " --width \(width)") + (rounds == 1 ? "" : " --rounds \(rounds)") + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
                 + " --out \(out)"
         }
     }
@@ -161,24 +165,30 @@ public enum PromptSetSearch {
             let start = try (own.masks.max { $0.value < $1.value }?.key).map { m in (1...routable).filter { m[$0] } }
                 ?? { throw ToolError("no prompt decision recorded") }()
             let startKL = try measure(start, k: k, label: String(format: "%.2f S0", b)).kl
-            // What each layer is worth to the prompt: KL with it added (skipped layers) or left out (kept ones).
-            var additions: [(layer: Int, kl: Double)] = [], removals: [(layer: Int, kl: Double)] = []
-            for l in 1...routable {
-                if start.contains(l) {
-                    removals.append((l, try measure(start.filter { $0 != l }, k: k - 1, label: String(format: "%.2f −%d", b, l)).kl))
-                } else {
-                    additions.append((l, try measure((start + [l]).sorted(), k: k + 1, label: String(format: "%.2f +%d", b, l)).kl))
-                }
-            }
-            additions.sort { $0.kl < $1.kl }
-            removals.sort { $0.kl < $1.kl }
+            // Each round starts from the best set so far: what each layer is worth to the prompt
+            // (KL with it added, for skipped layers, or left out, for kept ones), then the swaps.
             var best: (set: [Int], kl: Double) = (start, startKL)
-            for a in additions.prefix(o.width) {
-                for r in removals.prefix(o.width) {
-                    let set = (start.filter { $0 != r.layer } + [a.layer]).sorted()
-                    let kl = try measure(set, k: k, label: String(format: "%.2f +%d −%d", b, a.layer, r.layer)).kl
-                    if kl < best.kl { best = (set, kl) }
+            var additions: [(layer: Int, kl: Double)] = [], removals: [(layer: Int, kl: Double)] = []
+            for round in 1...o.rounds {
+                let base = best.set
+                additions = []; removals = []
+                for l in 1...routable {
+                    if base.contains(l) {
+                        removals.append((l, try measure(base.filter { $0 != l }, k: k - 1, label: String(format: "%.2f r%d −%d", b, round, l)).kl))
+                    } else {
+                        additions.append((l, try measure((base + [l]).sorted(), k: k + 1, label: String(format: "%.2f r%d +%d", b, round, l)).kl))
+                    }
                 }
+                additions.sort { $0.kl < $1.kl }
+                removals.sort { $0.kl < $1.kl }
+                for a in additions.prefix(o.width) {
+                    for r in removals.prefix(o.width) {
+                        let set = (base.filter { $0 != r.layer } + [a.layer]).sorted()
+                        let kl = try measure(set, k: k, label: String(format: "%.2f r%d +%d −%d", b, round, a.layer, r.layer)).kl
+                        if kl < best.kl { best = (set, kl) }
+                    }
+                }
+                if best.set == base { break }   // no swap helped: another round would measure the same sets
             }
             let kept = best.kl < own.kl ? best : nil
             outcomes.append(Outcome(budget: b, kept: k, routerKL: own.kl, startKL: startKL, start: start, best: kept?.set, bestKL: kept?.kl))

@@ -91,6 +91,7 @@ struct TrainPromptSets: ParsableCommand {
     @Option(name: .long, help: "Length of the full model's reference replies, in tokens.") var replyTokens: Int = 64
     @Option(name: .long, help: "Budgets searched, in order; the router's other budgets keep the prompt sets they have.") var budgets: String = "0.8"
     @Option(name: .long, help: "How many of the best additions and cheapest removals are combined into swaps.") var width: Int = 2
+    @Option(name: .long, help: "Rounds of one-layer changes, each from the best set of the last; stops early when a round finds nothing better.") var rounds: Int = 1
     @Option(name: .long, help: "Stand-ins the search runs with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Where to write the router with its prompt sets (written atomically; may be the router's own file).") var out: String
     @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.prompt-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
@@ -98,7 +99,7 @@ struct TrainPromptSets: ParsableCommand {
 
     var options: PromptSetSearch.Options {
         var o = PromptSetSearch.Options(router: router, chatData: chatData, out: out)
-        o.prompts = prompts; o.replyTokens = replyTokens; o.width = width; o.standIns = standIns
+        o.prompts = prompts; o.replyTokens = replyTokens; o.width = width; o.rounds = rounds; o.standIns = standIns
         o.budgets = budgets.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
         o.checkpoint = checkpoint; o.threads = modelOptions.threads
         return o
