@@ -19,14 +19,14 @@ public struct PromptSets: Sendable, Equatable {
     /// k → the set as a mask over every layer (first and last run), built once.
     private var masks: [Int: [Bool]]
 
-    public init(routable: Int, sets: [Int: [Int]] = [:]) throws {
-        self.routable = routable
-        self.sets = [:]
-        masks = [:]
-        for (k, set) in sets.sorted(by: { $0.key < $1.key }) { try self.set(set, kept: k) }
-    }
+    /// No prompt sets: every prompt is decided as any chunk is (`set(_:kept:)` adds them).
+    public static func none(routable: Int) -> PromptSets { PromptSets(routable: routable) }
 
-    public static func none(routable: Int) -> PromptSets { try! PromptSets(routable: routable) }
+    private init(routable: Int) {
+        self.routable = routable
+        sets = [:]
+        masks = [:]
+    }
 
     public var isEmpty: Bool { sets.isEmpty }
 
