@@ -202,15 +202,31 @@ public enum PromptSetSearch {
         let fresh = try Routers.make(o.router, model: model)
         guard let holder = fresh as? PromptSetHolder else { throw ToolError("--router \(o.router) cannot hold prompt sets") }
         for outcome in outcomes { try holder.promptSets.set(outcome.best, kept: outcome.kept) }
-        let oldNotes = (routerJSON["notes"] as? String) ?? ""
-        let notes = oldNotes.components(separatedBy: "; prompt sets: ")[0] + "; prompt sets: " + o.command
-            + "; " + outcomes.map { String(format: "%.2f: %.4f -> %.4f", $0.budget, $0.routerKL, $0.bestKL ?? $0.routerKL) }.joined(separator: ", ")
-            + " (chat KL, train split)"
+        let notes = recordedNotes(old: (routerJSON["notes"] as? String) ?? "",
+                                  oldKept: (routerJSON["prompt_sets"] as? [[String: Any]])?.compactMap { $0["kept"] as? Int } ?? [],
+                                  options: o, searchedKept: outcomes.map { $0.kept },
+                                  figures: outcomes.map { String(format: "%.2f: %.4f -> %.4f", $0.budget, $0.routerKL, $0.bestKL ?? $0.routerKL) }.joined(separator: ", "))
         if let m = holder as? DecisionModule { try RouterFile.save(m, model: model, notes: notes, to: o.out) }
         else if let r = holder as? StaticRanking { try RouterFile.save(r, model: model, notes: notes, to: o.out) }
         // A checkpoint named on the command line is kept, so a later run with more budgets reuses it.
         if o.checkpoint == nil { try? FileManager.default.removeItem(atPath: checkpointPath) }
         report.line("wrote \(o.out)")
         return outcomes
+    }
+
+    /// The router's notes after a search: what made the router, then the search's command and
+    /// figures. A search of only some budgets leaves the other budgets' sets as an earlier search
+    /// made them, so that search's record stays and this one follows it ("; then prompt sets: …"),
+    /// replacing an earlier follow-up over the same budgets; the notes list, in order, the
+    /// commands that reproduce the file.
+    public static func recordedNotes(old: String, oldKept: [Int], options o: Options, searchedKept: [Int], figures: String) -> String {
+        let record = "prompt sets: " + o.command + "; " + figures + " (chat KL, train split)"
+        let parts = old.components(separatedBy: "; prompt sets: ")
+        let coversEarlierSets = Set(oldKept).isSubset(of: Set(searchedKept))
+        guard parts.count > 1, !coversEarlierSets else { return parts[0] + "; " + record }
+        let budgets = " --budgets " + o.budgets.map { String(format: "%g", $0) }.joined(separator: ",") + " "
+        let followUps = old.components(separatedBy: "; then prompt sets: ")
+        let kept = [followUps[0]] + followUps.dropFirst().filter { !$0.contains(budgets) }.map { "prompt sets: " + $0 }
+        return kept.joined(separator: "; then ") + "; then " + record
     }
 }

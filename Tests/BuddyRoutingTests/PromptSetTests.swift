@@ -133,6 +133,25 @@ final class PromptSetTests: XCTestCase {
         XCTAssertTrue(Routers.canBatch(back, budget: 0.8))
     }
 
+    /// A search of every budget with a set replaces the earlier record; a search of some budgets
+    /// keeps it and follows it, replacing only an earlier follow-up over the same budgets.
+    func testNotesRecordTheCommandsThatMadeTheSets() {
+        var o = PromptSetSearch.Options(router: "sleb", chatData: "chat.jsonl", out: "routers/sleb-ranking.json")
+        o.budgets = [0.8, 0.7]
+        let first = PromptSetSearch.recordedNotes(old: "calibrated", oldKept: [], options: o, searchedKept: [22, 20], figures: "F1")
+        let firstRecord = "prompt sets: buddy train prompt-sets --router sleb --chat-data chat.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8,0.7 --out routers/sleb-ranking.json; F1 (chat KL, train split)"
+        XCTAssertEqual(first, "calibrated; " + firstRecord)
+        o.budgets = [0.8]; o.rounds = 4
+        let second = PromptSetSearch.recordedNotes(old: first, oldKept: [22, 20], options: o, searchedKept: [22], figures: "F2")
+        let secondRecord = "prompt sets: buddy train prompt-sets --router sleb --chat-data chat.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8 --rounds 4 --out routers/sleb-ranking.json; F2 (chat KL, train split)"
+        XCTAssertEqual(second, first + "; then " + secondRecord)
+        let again = PromptSetSearch.recordedNotes(old: second, oldKept: [22, 20], options: o, searchedKept: [22], figures: "F3")
+        XCTAssertEqual(again, first + "; then " + secondRecord.replacingOccurrences(of: "F2", with: "F3"), "a rerun over the same budgets replaces its own record")
+        o.budgets = [0.8, 0.7]; o.rounds = 1
+        XCTAssertEqual(PromptSetSearch.recordedNotes(old: again, oldKept: [22, 20], options: o, searchedKept: [22, 20], figures: "F4"),
+                       "calibrated; " + firstRecord.replacingOccurrences(of: "F1", with: "F4"), "a search of every budget replaces both")
+    }
+
     /// The shipped routers' prompt sets (the Decision Module's and the static baselines') run
     /// exactly k layers at every budget that has one, and each was searched on the train split
     /// by the command its notes record.
