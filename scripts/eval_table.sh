@@ -431,38 +431,39 @@ def steering_section():
                 ratios = [x / y for r, f in zip(rows, fulls) for x, y in zip(r["decode_runs"], f["decode_runs"])]
                 print(f"| {b:.2f} | {mode} | {statistics.mean(r['layers_per_token'] for r in rows):.2f} | {statistics.median(speeds):.1f} | {statistics.median(ratios):.2f}× |")
         print()
+def chat_items(path, extra=None):
+    """(method, budget) -> {prompt: (kl_sum, tokens)} for stand-ins on."""
+    out = {}
+    for name in [path] + ([extra] if extra else []):
+        p = os.path.join("eval", name)
+        if not os.path.exists(p): continue
+        for r in csv.DictReader(open(p)):
+            if r["stand_ins"] != "on": continue
+            out.setdefault((r["method"], round(float(r["budget"]), 2)), {})[r["prompt"]] = (float(r["kl_sum"]), int(r["tokens"]))
+    return out
+def paired_kl(a, b):
+    """Mean KL of a and b over their common prompts, and a against b in percent with its paired s.e."""
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 2: return None
+    ka, kb = sum(a[k][0] for k in keys), sum(b[k][0] for k in keys)
+    ta, tb = sum(a[k][1] for k in keys), sum(b[k][1] for k in keys)
+    d = [a[k][0] - b[k][0] for k in keys]
+    n = len(keys); md = sum(d) / n
+    se = math.sqrt(sum((x - md) ** 2 for x in d) / (n - 1) / n) * n / kb
+    return ka / ta, kb / tb, 100 * (ka / kb - 1), 100 * se
+def paired_cell(c, bold=True):
+    if c is None: return "—"
+    text = f"{c[2]:+.1f} % ± {c[3]:.1f} %"
+    return f"**{text}**" if bold and c[2] != 0 and abs(c[2]) >= 2 * c[3] else text
+
 def prompt_sets_section():
     """The registered held-out test of the searched prompt sets (eval/NOTES.md, "Prompt sets searched per budget")."""
     sets = [("mtbench", "MT-Bench first turns (40)", "stand-ins-chat-items.csv"),
             ("held-out-2-next-event", "next-event requests (100)", "held-out-2-next-event-chat-items.csv"),
             ("held-out-2-summary", "summary requests (100)", "held-out-2-summary-chat-items.csv")]
     if not all(os.path.exists(f"eval/prompt-sets-{s}-chat-items.csv") for s, _, _ in sets): return
-    def items(path, extra=None):
-        """(method, budget) -> {prompt: (kl_sum, tokens)} for stand-ins on."""
-        out = {}
-        for name in [path] + ([extra] if extra else []):
-            p = os.path.join("eval", name)
-            if not os.path.exists(p): continue
-            for r in csv.DictReader(open(p)):
-                if r["stand_ins"] != "on": continue
-                out.setdefault((r["method"], round(float(r["budget"]), 2)), {})[r["prompt"]] = (float(r["kl_sum"]), int(r["tokens"]))
-        return out
-    def compare(a, b):
-        """Mean KL of a and b over their common prompts, and a against b in percent with its paired s.e."""
-        keys = sorted(set(a) & set(b))
-        if len(keys) < 2: return None
-        ka, kb = sum(a[k][0] for k in keys), sum(b[k][0] for k in keys)
-        ta, tb = sum(a[k][1] for k in keys), sum(b[k][1] for k in keys)
-        d = [a[k][0] - b[k][0] for k in keys]
-        n = len(keys); md = sum(d) / n
-        se = math.sqrt(sum((x - md) ** 2 for x in d) / (n - 1) / n) * n / kb
-        return ka / ta, kb / tb, 100 * (ka / kb - 1), 100 * se
-    def fmt(c, bold=True):
-        if c is None: return "—"
-        text = f"{c[2]:+.1f} % ± {c[3]:.1f} %"
-        return f"**{text}**" if bold and abs(c[2]) >= 2 * c[3] else text
-    new = {s: items(f"prompt-sets-{s}-chat-items.csv") for s, _, _ in sets}
-    old = {s: items(o, "steering-mtbench-budget-prompt-chat-items.csv" if s == "mtbench" else None) for s, _, o in sets}
+    new = {s: chat_items(f"prompt-sets-{s}-chat-items.csv") for s, _, _ in sets}
+    old = {s: chat_items(o, "steering-mtbench-budget-prompt-chat-items.csv" if s == "mtbench" else None) for s, _, o in sets}
     pooled_new, pooled_old = {}, {}
     for s, _, _ in sets:
         for key, rows in new[s].items(): pooled_new.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
@@ -486,21 +487,60 @@ def prompt_sets_section():
         for b in (0.9, 0.8, 0.7, 0.5):
             cells, withs = [], {}
             for m in ("buddy", "sleb", "shortgpt", "buddy+steer"):
-                c = compare(nw.get((m, b), {}), od.get((m, b), {}))
+                c = paired_kl(nw.get((m, b), {}), od.get((m, b), {}))
                 if c is None:
                     only = nw.get((m, b))
                     cells.append(f"{sum(v[0] for v in only.values()) / sum(v[1] for v in only.values()):.3f}" if only else "—")
                 else:
-                    cells.append(f"{c[1]:.3f} → {c[0]:.3f} ({fmt(c)})")
+                    cells.append(f"{c[1]:.3f} → {c[0]:.3f} ({paired_cell(c)})")
                 if nw.get((m, b)): withs[m] = nw[(m, b)]
-            static = [(compare(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
+            static = [(paired_kl(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
             static = [(c, m) for c, m in static if c is not None]
             if static:
                 c, m = min(static, key=lambda x: x[0][1])   # the best static: lowest KL with prompt sets
-                vs = f"{fmt(c)} vs {m}"
+                vs = f"{paired_cell(c)} vs {m}"
             else: vs = "—"
             print(f"| {b:.2f} | " + " | ".join(cells) + f" | {vs} |")
         print()
+
+def prompt_rounds_section():
+    """The registered held-out test of the 0.8 prompt sets searched in more rounds (eval/NOTES.md, "Prompt sets at 0.8 searched in more rounds")."""
+    sets = [("mtbench", "MT-Bench first turns (40)"), ("held-out-2-next-event", "next-event requests (100)"),
+            ("held-out-2-summary", "summary requests (100)")]
+    if not all(os.path.exists(f"eval/prompt-rounds-{s}-chat-items.csv") for s, _ in sets): return
+    new = {s: chat_items(f"prompt-rounds-{s}-chat-items.csv") for s, _ in sets}
+    old = {s: chat_items(f"prompt-sets-{s}-chat-items.csv") for s, _ in sets}
+    pooled_new, pooled_old = {}, {}
+    for s, _ in sets:
+        for key, rows in new[s].items(): pooled_new.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+        for key, rows in old[s].items(): pooled_old.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+    print("## Prompt sets at 0.8 searched in more rounds (2026-12-05)\n\n"
+          "`buddy train prompt-sets --budgets 0.8 --rounds 4` repeated the search's one-layer changes and swaps from the best set "
+          "so far, on the same 40 MT-Bench train-split first turns, for the Decision Module and SLEB's and ShortGPT's rankings alike "
+          "(docs/TRAINING.md, \"The prompt's own set\"). Run as registered in eval/NOTES.md before the held-out run: 0.8 only, prompt "
+          "at the budget, stand-ins on, held-out prompts only; each method against its own items with the one-round sets "
+          "(`eval/prompt-sets-*-chat-items.csv`), paired s.e. over prompts, bold beyond 2 s.e. A method missing from the new runs kept "
+          "its one-round set; its earlier items stand for it. Files: `eval/prompt-rounds-*-chat.{md,csv}` and `-items.csv`.\n")
+    print("| prompts | buddy | sleb | shortgpt | buddy+steer | buddy vs best static, both with their sets |")
+    print("|---|---|---|---|---|---|")
+    for label, nw, od in [(label, new[s], old[s]) for s, label in sets] + [("all 240 pooled", pooled_new, pooled_old)]:
+        cells, withs = [], {}
+        for m in ("buddy", "sleb", "shortgpt", "buddy+steer"):
+            c = paired_kl(nw.get((m, 0.8), {}), od.get((m, 0.8), {}))
+            if c is None and od.get((m, 0.8)):
+                rows = od[(m, 0.8)]
+                cells.append(f"{sum(v[0] for v in rows.values()) / sum(v[1] for v in rows.values()):.3f} (set unchanged)")
+            else: cells.append("—" if c is None else f"{c[1]:.3f} → {c[0]:.3f} ({paired_cell(c)})")
+            if nw.get((m, 0.8)) or od.get((m, 0.8)): withs[m] = nw.get((m, 0.8)) or od[(m, 0.8)]
+        static = [(paired_kl(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
+        static = [(c, m) for c, m in static if c is not None]
+        vs = "—"
+        if static:
+            c, m = min(static, key=lambda x: x[0][1])
+            vs = f"{paired_cell(c)} vs {m}"
+        print(f"| {label} | " + " | ".join(cells) + f" | {vs} |")
+    print()
+prompt_rounds_section()
 prompt_sets_section()
 steering_section()
 plain_tables()
