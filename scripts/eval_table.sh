@@ -441,6 +441,12 @@ def chat_items(path, extra=None):
             if r["stand_ins"] != "on": continue
             out.setdefault((r["method"], round(float(r["budget"]), 2)), {})[r["prompt"]] = (float(r["kl_sum"]), int(r["tokens"]))
     return out
+def pooled(per_set):
+    """Items of several prompt sets as one: (method, budget) -> {set + prompt: value}."""
+    out = {}
+    for s, by_key in per_set.items():
+        for key, rows in by_key.items(): out.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+    return out
 def paired_kl(a, b):
     """Mean KL of a and b over their common prompts, and a against b in percent with its paired s.e."""
     keys = sorted(set(a) & set(b))
@@ -464,10 +470,7 @@ def prompt_sets_section():
     if not all(os.path.exists(f"eval/prompt-sets-{s}-chat-items.csv") for s, _, _ in sets): return
     new = {s: chat_items(f"prompt-sets-{s}-chat-items.csv") for s, _, _ in sets}
     old = {s: chat_items(o, "steering-mtbench-budget-prompt-chat-items.csv" if s == "mtbench" else None) for s, _, o in sets}
-    pooled_new, pooled_old = {}, {}
-    for s, _, _ in sets:
-        for key, rows in new[s].items(): pooled_new.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
-        for key, rows in old[s].items(): pooled_old.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+    pooled_new, pooled_old = pooled(new), pooled(old)
     print("## Prompt sets: the layers a prompt at the budget runs, searched per budget (2026-12-05)\n\n"
           "`buddy train prompt-sets` (docs/TRAINING.md, \"The prompt's own set\") searched, for the Decision Module and for SLEB's "
           "and ShortGPT's rankings alike, the set a prompt runs at 0.9, 0.8, 0.7 and 0.5 on the 40 MT-Bench train-split first "
@@ -510,10 +513,7 @@ def prompt_rounds_section():
     if not all(os.path.exists(f"eval/prompt-rounds-{s}-chat-items.csv") for s, _ in sets): return
     new = {s: chat_items(f"prompt-rounds-{s}-chat-items.csv") for s, _ in sets}
     old = {s: chat_items(f"prompt-sets-{s}-chat-items.csv") for s, _ in sets}
-    pooled_new, pooled_old = {}, {}
-    for s, _ in sets:
-        for key, rows in new[s].items(): pooled_new.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
-        for key, rows in old[s].items(): pooled_old.setdefault(key, {}).update({s + p: v for p, v in rows.items()})
+    pooled_new, pooled_old = pooled(new), pooled(old)
     print("## Prompt sets at 0.8 searched in more rounds (2026-12-05)\n\n"
           "`buddy train prompt-sets --budgets 0.8 --rounds 4` repeated the search's one-layer changes and swaps from the best set "
           "so far, on the same 40 MT-Bench train-split first turns, for the Decision Module and SLEB's and ShortGPT's rankings alike "
