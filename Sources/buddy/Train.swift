@@ -82,7 +82,9 @@ struct TrainPromptSets: ParsableCommand {
             sets with (each about 15 minutes per budget on one core):
               buddy train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl \\
                 --budgets 0.8,0.7,0.9,0.5 --out routers/buddy-router.json
-            and likewise --router sleb / shortgpt with --out routers/sleb-ranking.json / shortgpt-ranking.json.
+            then the same with --budgets 0.8 --rounds 4 (about 45 minutes), and likewise --router
+            sleb / shortgpt with --out routers/sleb-ranking.json / shortgpt-ranking.json. A search
+            of some budgets keeps the earlier search's record in the notes and follows it.
             """)
 
     @Option(name: .long, help: "The router: buddy, sleb, shortgpt or a router/ranking file.") var router: String = "buddy"
