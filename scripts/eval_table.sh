@@ -355,8 +355,9 @@ def steering_section():
               f"At 0.8: buddy {kl['buddy']:.3f}, buddy+steer **{kl['buddy+steer']:.3f}**, buddy+blind {kl['buddy+blind']:.3f} nats/token; "
               f"steered against unsteered {pct('budget-prompt', 'buddy+steer', 'buddy', 0.8)}, against the blind control "
               f"{pct('budget-prompt', 'buddy+steer', 'buddy+blind', 0.8)} (`eval/steering-mtbench-budget-prompt-chat.md`). "
-              "Issue 17 asks for ≤ 0.5: still missed. With the prompt at the budget the drift is set mostly while reading "
-              "the prompt, which steering (decode steps only) does not touch.\n")
+              "Issue 17 asks for ≤ 0.5: still missed by steering alone. With the prompt at the budget the drift is set mostly "
+              "while reading the prompt, which steering (decode steps only) does not touch; the prompt sets searched since "
+              "(the \"Prompt sets\" sections above) lower it further.\n")
     pp = load("steering-ppl-0.5.csv")
     if pp:
         v = {r["method"]: float(r["ppl"]) for r in pp}
@@ -520,7 +521,9 @@ def prompt_rounds_section():
           "(docs/TRAINING.md, \"The prompt's own set\"). Run as registered in eval/NOTES.md before the held-out run: 0.8 only, prompt "
           "at the budget, stand-ins on, held-out prompts only; each method against its own items with the one-round sets "
           "(`eval/prompt-sets-*-chat-items.csv`), paired s.e. over prompts, bold beyond 2 s.e. A method missing from the new runs kept "
-          "its one-round set; its earlier items stand for it. Files: `eval/prompt-rounds-*-chat.{md,csv}` and `-items.csv`.\n")
+          "its one-round set; its earlier items stand for it. `buddy+steer` (the target's protocol) ran on the MT-Bench prompts "
+          "only, so the pooled row repeats MT-Bench's. Files: `eval/prompt-rounds-*-chat.{md,csv}` and `-items.csv`.\n")
+    print("Chat KL at 0.8, one-round set → four-round set:\n")
     print("| prompts | buddy | sleb | shortgpt | buddy+steer | buddy vs best static, both with their sets |")
     print("|---|---|---|---|---|---|")
     for label, nw, od in [(label, new[s], old[s]) for s, label in sets] + [("all 240 pooled", pooled_new, pooled_old)]:
