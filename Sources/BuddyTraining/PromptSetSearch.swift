@@ -226,7 +226,7 @@ public enum PromptSetSearch {
         guard parts.count > 1, !coversEarlierSets else { return parts[0] + "; " + record }
         let budgets = " --budgets " + o.budgets.map { String(format: "%g", $0) }.joined(separator: ",") + " "
         let followUps = old.components(separatedBy: "; then prompt sets: ")
-        let kept = [followUps[0]] + followUps.dropFirst().filter { !$0.contains(budgets) }.map { "prompt sets: " + $0 }
-        return kept.joined(separator: "; then ") + "; then " + record
+        let records = [followUps[0]] + followUps.dropFirst().filter { !$0.contains(budgets) }.map { "prompt sets: " + $0 }
+        return records.joined(separator: "; then ") + "; then " + record
     }
 }

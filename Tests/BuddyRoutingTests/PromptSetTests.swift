@@ -154,7 +154,7 @@ final class PromptSetTests: XCTestCase {
 
     /// The shipped routers' prompt sets (the Decision Module's and the static baselines') run
     /// exactly k layers at every budget that has one, and each was searched on the train split
-    /// by the command its notes record.
+    /// by the commands its notes record.
     func testShippedPromptSetsAreStrictAndReproducible() throws {
         let m = try TestSupport.model()
         let routable = m.config.layers - 2
@@ -170,6 +170,8 @@ final class PromptSetTests: XCTestCase {
             let path = try XCTUnwrap(Routers.locate(name, model: m))
             let notes = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])?["notes"] as? String)
             XCTAssertTrue(notes.contains("; prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl "), notes)
+            XCTAssertTrue(notes.contains("; then prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8 --rounds 4 "),
+                          "the 0.8 sets come from a second search, recorded after the first: \(notes)")
             XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
         }
     }
