@@ -462,6 +462,16 @@ def paired_cell(c, bold=True):
     if c is None: return "—"
     text = f"{c[2]:+.1f} % ± {c[3]:.1f} %"
     return f"**{text}**" if bold and c[2] != 0 and abs(c[2]) >= 2 * c[3] else text
+def mean_kl(rows):
+    """Token-weighted mean KL of {prompt: (kl_sum, tokens)}."""
+    return sum(v[0] for v in rows.values()) / sum(v[1] for v in rows.values())
+def versus_best_static(withs):
+    """The module against the static method with the lowest mean KL in withs ({method: items}): its cell, or —."""
+    static = [(paired_kl(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
+    static = [(c, m) for c, m in static if c is not None]
+    if not static: return "—"
+    c, m = min(static, key=lambda x: x[0][1])
+    return f"{paired_cell(c)} vs {m}"
 
 def prompt_sets_section():
     """The registered held-out test of the searched prompt sets (eval/NOTES.md, "Prompt sets searched per budget")."""
@@ -494,17 +504,11 @@ def prompt_sets_section():
                 c = paired_kl(nw.get((m, b), {}), od.get((m, b), {}))
                 if c is None:
                     only = nw.get((m, b))
-                    cells.append(f"{sum(v[0] for v in only.values()) / sum(v[1] for v in only.values()):.3f}" if only else "—")
+                    cells.append(f"{mean_kl(only):.3f}" if only else "—")
                 else:
                     cells.append(f"{c[1]:.3f} → {c[0]:.3f} ({paired_cell(c)})")
                 if nw.get((m, b)): withs[m] = nw[(m, b)]
-            static = [(paired_kl(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
-            static = [(c, m) for c, m in static if c is not None]
-            if static:
-                c, m = min(static, key=lambda x: x[0][1])   # the best static: lowest KL with prompt sets
-                vs = f"{paired_cell(c)} vs {m}"
-            else: vs = "—"
-            print(f"| {b:.2f} | " + " | ".join(cells) + f" | {vs} |")
+            print(f"| {b:.2f} | " + " | ".join(cells) + f" | {versus_best_static(withs)} |")
         print()
 
 def prompt_rounds_section():
@@ -531,17 +535,10 @@ def prompt_rounds_section():
         for m in ("buddy", "sleb", "shortgpt", "buddy+steer"):
             c = paired_kl(nw.get((m, 0.8), {}), od.get((m, 0.8), {}))
             if c is None and od.get((m, 0.8)):
-                rows = od[(m, 0.8)]
-                cells.append(f"{sum(v[0] for v in rows.values()) / sum(v[1] for v in rows.values()):.3f} (set unchanged)")
+                cells.append(f"{mean_kl(od[(m, 0.8)]):.3f} (set unchanged)")
             else: cells.append("—" if c is None else f"{c[1]:.3f} → {c[0]:.3f} ({paired_cell(c)})")
             if nw.get((m, 0.8)) or od.get((m, 0.8)): withs[m] = nw.get((m, 0.8)) or od[(m, 0.8)]
-        static = [(paired_kl(withs["buddy"], withs[m]), m) for m in ("sleb", "shortgpt") if "buddy" in withs and m in withs]
-        static = [(c, m) for c, m in static if c is not None]
-        vs = "—"
-        if static:
-            c, m = min(static, key=lambda x: x[0][1])
-            vs = f"{paired_cell(c)} vs {m}"
-        print(f"| {label} | " + " | ".join(cells) + f" | {vs} |")
+        print(f"| {label} | " + " | ".join(cells) + f" | {versus_best_static(withs)} |")
     print()
 prompt_rounds_section()
 prompt_sets_section()

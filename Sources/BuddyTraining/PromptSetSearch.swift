@@ -53,10 +53,13 @@ public enum PromptSetSearch {
             guard !budgets.isEmpty, budgets.allSatisfy({ $0 > 0 && $0 < 1 }) else { throw ToolError.usage("--budgets must be numbers in (0, 1)") }
         }
 
+        /// The budgets as `--budgets` takes them ("0.8,0.7").
+        var budgetsArgument: String { budgets.map { String(format: "%g", $0) }.joined(separator: ",") }
+
         /// The command that reproduces a search, as recorded in the router's notes.
         var command: String {
             "buddy train prompt-sets --router \(router) --chat-data \(chatData) --prompts \(prompts) --reply-tokens \(replyTokens)"
-                + " --budgets " + budgets.map { String(format: "%g", $0) }.joined(separator: ",")
+                + " --budgets " + budgetsArgument
                 + (width == 2 ? "" : " --width \(width)") + (rounds == 1 ? "" : " --rounds \(rounds)") + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
                 + " --out \(out)"
         }
@@ -201,10 +204,9 @@ public enum PromptSetSearch {
         // Write the router with its prompt sets: budgets not searched keep the sets they had.
         let fresh = try Routers.make(o.router, model: model)
         guard let holder = fresh as? PromptSetHolder else { throw ToolError("--router \(o.router) cannot hold prompt sets") }
+        let earlierKept = Array(holder.promptSets.sets.keys)   // the file's sets, before this search's replace them
         for outcome in outcomes { try holder.promptSets.set(outcome.best, kept: outcome.kept) }
-        let notes = recordedNotes(old: (routerJSON["notes"] as? String) ?? "",
-                                  oldKept: (routerJSON["prompt_sets"] as? [[String: Any]])?.compactMap { $0["kept"] as? Int } ?? [],
-                                  options: o, searchedKept: outcomes.map { $0.kept },
+        let notes = recordedNotes(old: (routerJSON["notes"] as? String) ?? "", oldKept: earlierKept, options: o, searchedKept: outcomes.map { $0.kept },
                                   figures: outcomes.map { String(format: "%.2f: %.4f -> %.4f", $0.budget, $0.routerKL, $0.bestKL ?? $0.routerKL) }.joined(separator: ", "))
         if let m = holder as? DecisionModule { try RouterFile.save(m, model: model, notes: notes, to: o.out) }
         else if let r = holder as? StaticRanking { try RouterFile.save(r, model: model, notes: notes, to: o.out) }
@@ -224,7 +226,7 @@ public enum PromptSetSearch {
         let parts = old.components(separatedBy: "; prompt sets: ")
         let coversEarlierSets = Set(oldKept).isSubset(of: Set(searchedKept))
         guard parts.count > 1, !coversEarlierSets else { return parts[0] + "; " + record }
-        let budgets = " --budgets " + o.budgets.map { String(format: "%g", $0) }.joined(separator: ",") + " "
+        let budgets = " --budgets " + o.budgetsArgument + " "
         let followUps = old.components(separatedBy: "; then prompt sets: ")
         let records = [followUps[0]] + followUps.dropFirst().filter { !$0.contains(budgets) }.map { "prompt sets: " + $0 }
         return records.joined(separator: "; then ") + "; then " + record
