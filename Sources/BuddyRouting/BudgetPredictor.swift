@@ -2,7 +2,8 @@ import BuddyCore
 import Foundation
 
 /// Predicts, per prompt, how far a routed model will drift from the full model at each budget
-/// of a grid, and picks the smallest budget whose predicted KL stays under a tolerance.
+/// of a grid, and picks the smallest of its `choices` whose predicted KL stays under a
+/// tolerance (full depth when none does).
 ///
 ///   features f = [mean K0 (kvDim), mean V0 (kvDim), h0 of the prompt's last token (dim)]
 ///   z          = (f - mean) * scale                                   (featureDim)
@@ -53,6 +54,12 @@ public struct BudgetPredictor: Sendable, Equatable {
 
     /// Ascending budgets in (0, 1).
     public var budgets: [Double]
+    /// The budgets `choose` may return besides full depth: ascending, a subset of `budgets`.
+    /// A fit takes the lower convex hull of its training prompts' mean curve within the
+    /// slider's recommended zone (`hullChoices`): a budget above that hull is beaten, at the
+    /// same mean compute, by sending some prompts to its neighbours on it, and auto should only
+    /// choose points a mix of other choices cannot beat. Files before version 7: every budget.
+    public var choices: [Double]
     public var featureDim: Int
     public var mean: [Float]          // [featureDim]
     public var scale: [Float]         // [featureDim]
@@ -61,8 +68,9 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// The router whose curves were measured (its choices are what the KL refers to).
     public var router: String
 
-    public init(budgets: [Double], featureDim: Int, mean: [Float], scale: [Float], weights: [Float], bias: [Float], router: String) throws {
-        self.budgets = budgets; self.featureDim = featureDim; self.mean = mean; self.scale = scale
+    public init(budgets: [Double], choices: [Double]? = nil, featureDim: Int, mean: [Float], scale: [Float], weights: [Float], bias: [Float],
+                router: String) throws {
+        self.budgets = budgets; self.choices = choices ?? budgets; self.featureDim = featureDim; self.mean = mean; self.scale = scale
         self.weights = weights; self.bias = bias; self.router = router
         try validate()
     }
@@ -71,6 +79,9 @@ public struct BudgetPredictor: Sendable, Equatable {
         func bad(_ r: String) -> RoutingError { .badRouterFile(path: "budget predictor", reason: r) }
         guard !budgets.isEmpty, budgets.count <= 100, budgets.allSatisfy({ $0 > 0 && $0 < 1 }), zip(budgets, budgets.dropFirst()).allSatisfy({ $0 < $1 }) else {
             throw bad("budgets must be 1–100 ascending values in (0, 1)")
+        }
+        guard !choices.isEmpty, choices.allSatisfy({ budgets.contains($0) }), zip(choices, choices.dropFirst()).allSatisfy({ $0 < $1 }) else {
+            throw bad("choices must be ascending budgets of the grid, at least one")
         }
         guard (1...1_000_000).contains(featureDim) else { throw bad("absurd feature dimension \(featureDim)") }
         for (name, a, n) in [("mean", mean, featureDim), ("scale", scale, featureDim), ("weights", weights, budgets.count * featureDim), ("bias", bias, budgets.count)] {
@@ -93,15 +104,35 @@ public struct BudgetPredictor: Sendable, Equatable {
         return out
     }
 
-    /// The smallest grid budget whose predicted KL is at most `tolerance`; 1 when none is.
+    /// The smallest of `choices` whose predicted KL is at most `tolerance`; 1 when none is.
     public func choose(_ f: UnsafePointer<Float>, tolerance: Double) -> Double {
         let kl = predictKL(f)
-        return budgets.indices.first { kl[$0] <= tolerance }.map { budgets[$0] } ?? 1
+        return choices.first { kl[budgets.firstIndex(of: $0)!] <= tolerance } ?? 1
+    }
+
+    /// The budgets on the lower convex hull of a mean curve within the recommended zone: the
+    /// points (routable layers, mean KL) of the grid budgets at or above `floor`, and full depth
+    /// at KL 0, whose hull vertices below full depth are returned (the whole grid when no budget
+    /// reaches the floor). `layers` turns a budget into its routable layer count.
+    public static func hullChoices(budgets: [Double], meanKL: [Double], routable: Double, floor: Double = Budget.recommendedFloor,
+                                   layers: (Double) -> Double) -> [Double] {
+        let zone = budgets.indices.filter { budgets[$0] >= floor - 1e-9 }
+        guard !zone.isEmpty else { return budgets }
+        var hull: [(budget: Double, k: Double, kl: Double)] = []
+        for p in zone.map({ (budget: budgets[$0], k: layers(budgets[$0]), kl: meanKL[$0]) }) + [(budget: 1, k: routable, kl: 0)] {
+            while hull.count >= 2 {
+                let a = hull[hull.count - 2], b = hull[hull.count - 1]
+                if (b.kl - a.kl) * (p.k - a.k) >= (p.kl - a.kl) * (b.k - a.k) { hull.removeLast() } else { break }
+            }
+            hull.append(p)
+        }
+        return hull.map(\.budget).filter { $0 < 1 }
     }
 
     /// Ridge regression of log KL on standardised features, one output per grid budget.
     /// - features: [n][featureDim]; logKL: [n][budgets.count]
-    public static func fit(features: [[Float]], logKL: [[Double]], budgets: [Double], lambda: Double, router: String) throws -> BudgetPredictor {
+    public static func fit(features: [[Float]], logKL: [[Double]], budgets: [Double], choices: [Double]? = nil, lambda: Double,
+                           router: String) throws -> BudgetPredictor {
         let n = features.count
         guard n >= 2, logKL.count == n else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "need at least 2 measured prompts") }
         let d = features[0].count, nb = budgets.count
@@ -129,7 +160,8 @@ public struct BudgetPredictor: Sendable, Equatable {
                 weights[b * d + j] = Float(s * norm)
             }
         }
-        return try BudgetPredictor(budgets: budgets, featureDim: d, mean: mean, scale: scale, weights: weights, bias: bias, router: router)
+        return try BudgetPredictor(budgets: budgets, choices: choices, featureDim: d, mean: mean, scale: scale, weights: weights, bias: bias,
+                                   router: router)
     }
 
     /// Gaussian elimination with partial pivoting (the matrix is symmetric positive definite).

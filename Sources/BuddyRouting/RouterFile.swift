@@ -3,7 +3,7 @@ import Foundation
 
 /// Router files (JSON), versioned and tied to the model they were made for.
 ///
-///     {"format": "buddy-router", "version": 6, "kind": "ranking" | "decision-module" | "budget-predictor",
+///     {"format": "buddy-router", "version": 7, "kind": "ranking" | "decision-module" | "budget-predictor",
 ///      "method": "shortgpt", "model_fingerprint": "…", "layers": 30,
 ///      "ranking": [routable layers, most important first],          // kind "ranking"
 ///      "dim": 576, "kv_dim": 192,                                    // kind "decision-module"
@@ -11,6 +11,9 @@ import Foundation
 ///      "choices": [{"kept": k, "sets": [[layers]], "names": ["search", ...],
 ///                   "weights": [...], "bias": [...]}, ...],         // one per k = 1...routable
 ///      "prompt_sets": [{"kept": k, "set": [layers]}, ...],         // optional, either kind (version 6)
+///      "router": "buddy+steer", "feature_dim": 960, "budgets": [grid], // kind "budget-predictor"
+///      "choices": [budgets auto may choose],                         // (version 7; older: the grid)
+///      "mean": [...], "scale": [...], "weights": [...], "bias": [...],
 ///      "notes": "how it was made"}
 ///
 /// Decision modules of versions 1–4 (an MLP over a prior table, a context gate, token
@@ -20,9 +23,10 @@ public enum RouterFile {
     public static let format = "buddy-router"
     /// Version 5 replaced the decision module's form (candidate sets and scorers per k); version
     /// 6 added prompt sets (an older build would run a version-6 file without them, so it must
-    /// refuse it). Rankings and budget predictors of versions 1–5 and decision modules of
-    /// version 5 are still read.
-    public static let version = 6
+    /// refuse it); version 7 added the budget predictor's `choices` (older predictors choose
+    /// from every grid budget). Rankings and budget predictors of versions 1–6 and decision
+    /// modules of versions 5–6 are still read.
+    public static let version = 7
     /// The first version whose decision modules this build reads.
     public static let decisionModuleVersion = 5
 
@@ -124,7 +128,7 @@ public enum RouterFile {
         }
         do {
             return try BudgetPredictor(
-                budgets: try numbers("budgets"), featureDim: d, mean: try numbers("mean").map(Float.init),
+                budgets: try numbers("budgets"), choices: j["choices"] == nil ? nil : try numbers("choices"), featureDim: d, mean: try numbers("mean").map(Float.init),
                 scale: try numbers("scale").map(Float.init), weights: try numbers("weights").map(Float.init),
                 bias: try numbers("bias").map(Float.init), router: j["router"] as? String ?? "buddy")
         } catch let RoutingError.badRouterFile(_, reason) {
@@ -136,7 +140,7 @@ public enum RouterFile {
         try write([
             "format": format, "version": version, "kind": "budget-predictor", "router": p.router,
             "model_fingerprint": model.fingerprint, "layers": model.config.layers, "feature_dim": p.featureDim,
-            "budgets": p.budgets, "mean": p.mean, "scale": p.scale, "weights": p.weights, "bias": p.bias, "notes": notes,
+            "budgets": p.budgets, "choices": p.choices, "mean": p.mean, "scale": p.scale, "weights": p.weights, "bias": p.bias, "notes": notes,
         ], to: path)
     }
 

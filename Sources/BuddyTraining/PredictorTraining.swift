@@ -25,9 +25,11 @@ public enum PredictorTraining {
         public var qualityTolerance: Double = BudgetPredictor.defaultTolerance
         /// Tolerances the cross-validated comparison with fixed budgets covers (`toleranceReport`).
         public var tolerances: String = "0.25,0.4,0.6,1.0"
+        /// The budgets --budget auto may choose (`ChoiceRule`).
+        public var choiceRule: ChoiceRule = .hull
         public var seed: UInt64 = 0
         public var threads: Int = 2
-        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = PredictorTraining.defaultRouter, standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2) {
+        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = PredictorTraining.defaultRouter, standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2, choiceRule: ChoiceRule = .hull) {
             self.chatData = chatData
             self.extraChatData = extraChatData
             self.textData = textData
@@ -45,6 +47,7 @@ public enum PredictorTraining {
             self.tolerances = tolerances
             self.seed = seed
             self.threads = threads
+            self.choiceRule = choiceRule
         }
 
         public func validate() throws {
@@ -54,6 +57,27 @@ public enum PredictorTraining {
             guard valFraction > 0, valFraction < 1 else { throw ToolError.usage("--val-fraction must be in (0, 1)") }
             guard qualityTolerance > 0 else { throw ToolError.usage("--quality-tolerance must be positive") }
             try validateThreads(threads)
+        }
+    }
+
+    /// Which grid budgets the fitted predictor may choose (`BudgetPredictor.choices`).
+    public enum ChoiceRule: String, CaseIterable, Sendable {
+        /// The lower convex hull of the training chat prompts' mean curve within the recommended
+        /// zone, and full depth (`BudgetPredictor.hullChoices`).
+        case hull
+        /// Every grid budget (the rule before 2026-12-05).
+        case grid
+
+        /// The choices for a predictor fitted on `curves`: the mean curve is the chat prompts'
+        /// among them (all curves' when there are none), as --budget auto serves the chat.
+        public func choices(for curves: [BudgetCurve], grid: [Double], routable: Int) -> [Double] {
+            guard self == .hull, !curves.isEmpty else { return grid }
+            let chat = curves.filter { isChat($0.id) }
+            let scored = chat.isEmpty ? curves : chat
+            let mean = grid.indices.map { g in scored.reduce(0.0) { $0 + $1.kl[g] } / Double(scored.count) }
+            return BudgetPredictor.hullChoices(budgets: grid, meanKL: mean, routable: Double(routable)) {
+                Double(LayerBudget.routableCount(budget: $0, layers: routable + 2))
+            }
         }
     }
 
@@ -171,17 +195,19 @@ public enum PredictorTraining {
         }
 
         let usable = file.curves.filter { c in prompts.contains { $0.id == c.id } }
+        let routable = model.config.layers - 2
         let fitted = try fit(usable, grid: grid, lambdas: lambdaList, valFraction: o.valFraction, tolerance: o.qualityTolerance,
-                             router: o.router, rng: &rng, report: report)
+                             router: o.router, choiceRule: o.choiceRule, routable: routable, rng: &rng, report: report)
         let tolerances = try o.tolerances.split(separator: ",").map { t -> Double in
             guard let v = Double(t), v > 0 else { throw ToolError.usage("--tolerances must be positive numbers") }
             return v
         }
-        try toleranceReport(usable, grid: grid, lambda: fitted.lambda, tolerances: tolerances, routable: model.config.layers - 2,
-                            router: o.router, report: report)
+        try toleranceReport(usable, grid: grid, lambda: fitted.lambda, tolerances: tolerances, routable: routable,
+                            router: o.router, choiceRule: o.choiceRule, report: report)
         let chatSource = o.extraChatData == nil ? "\(chat.count) chat train-split" : "\(chat.count - extraCount) chat train-split, \(extraCount) chat requests from \(o.extraChatData!)"
         let notes = "buddy train predictor: \(usable.count) prompts (\(chatSource), rest WikiText-2 segments from the first \(o.textTokens) tokens), "
-            + "continuations of \(o.maxReply) tokens, router \(o.router), stand-ins \(standInLabel), ridge lambda \(fitted.lambda) (validation MSE of log KL \(String(format: "%.4f", fitted.validationMSE)))"
+            + "continuations of \(o.maxReply) tokens, router \(o.router), stand-ins \(standInLabel), ridge lambda \(fitted.lambda) (validation MSE of log KL \(String(format: "%.4f", fitted.validationMSE))), "
+            + "choices \(o.choiceRule.rawValue): \(fitted.predictor.choices.map { String(format: "%g", $0) }.joined(separator: ", ")) and full depth"
         try RouterFile.save(fitted.predictor, model: model, notes: notes, to: o.out)
         report.line("wrote \(o.out) (\(notes))")
     }
@@ -191,21 +217,25 @@ public enum PredictorTraining {
     /// Reports each lambda's errors, the mean-curve baseline's, and what --budget auto would choose
     /// on the validation curves at `tolerance`.
     public static func fit(_ curves: [BudgetCurve], grid: [Double], lambdas: [Double], valFraction: Double, tolerance: Double, router: String,
+                           choiceRule: ChoiceRule = .grid, routable: Int = 28,
                            rng: inout SeededRNG, report: Reporter) throws -> (predictor: BudgetPredictor, lambda: Double, validationMSE: Double) {
         guard curves.count >= 10 else { throw ToolError("need at least 10 measured prompts, have \(curves.count)") }
         var order = Array(curves.indices)
         for i in stride(from: order.count - 1, to: 0, by: -1) { order.swapAt(i, Int(rng.next() % UInt64(i + 1))) }
         let nVal = max(2, Int(Double(curves.count) * valFraction))
         let val = order.prefix(nVal).map { curves[$0] }, train = order.dropFirst(nVal).map { curves[$0] }
+        let trainChoices = choiceRule.choices(for: train, grid: grid, routable: routable)
         var best: (lambda: Double, model: BudgetPredictor, val: Double)?
         for l in lambdas {
-            let p = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: l, router: router)
+            let p = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, choices: trainChoices, lambda: l,
+                                            router: router)
             let v = logError(p, val)
             report.note(String(format: "lambda %g: train MSE(log KL) %.4f, validation %.4f", l, logError(p, train), v))
             if best == nil || v < best!.val { best = (l, p, v) }
         }
         // A constant predictor (the mean curve) is the bar the regression must clear.
-        let constant = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: 1e12, router: router)
+        let constant = try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, choices: trainChoices,
+                                               lambda: 1e12, router: router)
         report.note(String(format: "mean-curve baseline: validation MSE(log KL) %.4f", logError(constant, val)))
 
         // What --budget auto would do on the validation prompts at the report tolerance.
@@ -216,7 +246,8 @@ public enum PredictorTraining {
         }
         summary(best!.model, "predictor")
         summary(constant, "mean curve")
-        let final = try BudgetPredictor.fit(features: curves.map(\.features), logKL: curves.map(logKL), budgets: grid, lambda: best!.lambda, router: router)
+        let final = try BudgetPredictor.fit(features: curves.map(\.features), logKL: curves.map(logKL), budgets: grid,
+                                            choices: choiceRule.choices(for: curves, grid: grid, routable: routable), lambda: best!.lambda, router: router)
         return (final, best!.lambda, best!.val)
     }
 
@@ -246,14 +277,16 @@ public enum PredictorTraining {
     /// auto's mean (budget 1: no drift), as `buddy eval auto` does on held-out prompts. This is the
     /// evidence for `BudgetPredictor.defaultTolerance`, and it uses the training prompts only.
     public static func toleranceComparison(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double],
-                                           routable: Int, router: String, scored: (String) -> Bool = isChat) throws -> [ToleranceRow] {
+                                           routable: Int, router: String, choiceRule: ChoiceRule = .grid,
+                                           scored: (String) -> Bool = isChat) throws -> [ToleranceRow] {
         let folds = 5
         let chat = curves.indices.filter { scored(curves[$0].id) }
         guard curves.count >= 2 * folds, !chat.isEmpty else { return [] }
         var predictors: [BudgetPredictor] = []
         for f in 0..<folds {
             let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
-            predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: lambda, router: router))
+            predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid,
+                                                      choices: choiceRule.choices(for: train, grid: grid, routable: routable), lambda: lambda, router: router))
         }
         func layers(_ b: Double) -> Double { Double(LayerBudget.routableCount(budget: b, layers: routable + 2)) }
         var fixed = grid.indices.map { g in (k: layers(grid[g]), kl: chat.reduce(0.0) { $0 + curves[$1].kl[g] } / Double(chat.count)) }
@@ -286,8 +319,9 @@ public enum PredictorTraining {
     /// training chat prompt; with extra chat requests, the MT-Bench questions alone follow).
     @discardableResult
     public static func toleranceReport(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double], routable: Int,
-                                       router: String, report: Reporter) throws -> Double? {
-        let rows = try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router)
+                                       router: String, choiceRule: ChoiceRule = .grid, report: Reporter) throws -> Double? {
+        let rows = try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router,
+                                           choiceRule: choiceRule)
         guard !rows.isEmpty else { return nil }
         func table(_ rows: [ToleranceRow], _ title: String) {
             report.line(title)
@@ -302,7 +336,8 @@ public enum PredictorTraining {
         let chat = curves.filter { isChat($0.id) }.count, mtBench = curves.filter { isMTBench($0.id) }.count
         table(rows, "--budget auto on the \(chat) training chat prompts, each chosen by a predictor fitted without it (5 folds):")
         if mtBench > 0, mtBench < chat {
-            table(try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router, scored: isMTBench),
+            table(try toleranceComparison(curves, grid: grid, lambda: lambda, tolerances: tolerances, routable: routable, router: router,
+                                          choiceRule: choiceRule, scored: isMTBench),
                   "the same, on the \(mtBench) MT-Bench questions among them:")
         }
         guard let best = preferredTolerance(rows) else { return nil }

@@ -46,6 +46,79 @@ final class BudgetPredictorTests: XCTestCase {
         XCTAssertThrowsError(try BudgetPredictor(budgets: grid, featureDim: 1, mean: [.nan], scale: [1], weights: [0, 0, 0], bias: [0, 0, 0], router: "t"))
     }
 
+    /// `choices` limits what `choose` returns: with 0.7 alone it skips 0.9 even when 0.9 is under
+    /// the tolerance, and goes to full depth instead; choices outside the grid are refused.
+    func testChoosesOnlyAmongItsChoices() throws {
+        let p = try BudgetPredictor(budgets: grid, choices: [0.7], featureDim: 1, mean: [0], scale: [1], weights: [0, 0, 0],
+                                    bias: [log(0.8), log(0.3), log(0.05)], router: "t")
+        var f: [Float] = [0]
+        XCTAssertEqual(p.choose(&f, tolerance: 1.0), 0.7, "0.5 is under the tolerance but not a choice")
+        XCTAssertEqual(p.choose(&f, tolerance: 0.3), 0.7)
+        XCTAssertEqual(p.choose(&f, tolerance: 0.1), 1, "0.9 (0.05) would meet it, but only 0.7 and full depth are choices")
+        XCTAssertEqual(try BudgetPredictor(budgets: grid, featureDim: 1, mean: [0], scale: [1], weights: [0, 0, 0], bias: [0, 0, 0], router: "t").choices, grid,
+                       "no choices given: every grid budget")
+        for bad in [[0.8], [0.9, 0.7], []] as [[Double]] {
+            XCTAssertThrowsError(try BudgetPredictor(budgets: grid, choices: bad, featureDim: 1, mean: [0], scale: [1], weights: [0, 0, 0],
+                                                     bias: [0, 0, 0], router: "t")) { XCTAssertTrue("\($0)".contains("choices"), "\($0)") }
+        }
+    }
+
+    /// The hull choices by hand: within the zone (budget ≥ floor) the points and full depth at KL
+    /// 0; a point on or above the chord between its neighbours on the hull is dropped.
+    func testHullChoicesKeepTheZonesLowerConvexHull() {
+        let budgets = [0.5, 0.8, 0.85, 0.9, 0.95]
+        func layers(_ b: Double) -> Double { (28 * b).rounded() }   // 14, 22, 24, 25, 27; full depth 28
+        // The shipped predictor's training chat curve (docs/TRAINING.md): from 22 layers (0.2869)
+        // the chord to full depth falls 0.0478 per layer, below 0.85 (0.2198 > 0.1913), 0.9 and
+        // 0.95; 0.5 lies below the floor.
+        let concave = [0.9356, 0.2869, 0.2198, 0.1813, 0.0731]
+        XCTAssertEqual(BudgetPredictor.hullChoices(budgets: budgets, meanKL: concave, routable: 28, layers: layers), [0.8])
+        // A convex curve keeps every zone budget.
+        let convex = [0.9, 0.30, 0.12, 0.07, 0.02]
+        XCTAssertEqual(BudgetPredictor.hullChoices(budgets: budgets, meanKL: convex, routable: 28, layers: layers), [0.8, 0.85, 0.9, 0.95])
+        // 0.9 above the chord from 0.85 to 0.95 (at 25 layers: 0.12 - 0.05 = 0.07 < 0.09): dropped.
+        let kink = [0.9, 0.30, 0.12, 0.09, 0.02]
+        XCTAssertEqual(BudgetPredictor.hullChoices(budgets: budgets, meanKL: kink, routable: 28, layers: layers), [0.8, 0.85, 0.95])
+        // Nothing in the zone: the whole grid; a lower floor lets 0.5 in (it starts the hull).
+        XCTAssertEqual(BudgetPredictor.hullChoices(budgets: [0.5, 0.6], meanKL: [1, 0.8], routable: 28, layers: layers), [0.5, 0.6])
+        XCTAssertEqual(BudgetPredictor.hullChoices(budgets: budgets, meanKL: concave, routable: 28, floor: 0.5, layers: layers), [0.5, 0.8])
+    }
+
+    /// With hull choices the cross-validated comparison, by hand. Grid 0.8 / 0.9 on 10 routable
+    /// layers (8 and 9). The chat prompts' mean curve at 8 / 9 / 10 layers is 0.6 / 0.5 / 0, and
+    /// 0.9 lies above the chord from 8 to full depth (0.3 at 9): the hull keeps 0.8 alone. At
+    /// tolerance 0.95 every-grid-budget choice sends the high-drift prompts to 0.9 (KL 0.9 ≤
+    /// 0.95); the hull's sends them to full depth.
+    func testToleranceComparisonWithHullChoices() throws {
+        let grid = [0.8, 0.9]
+        func curve(_ id: String, _ f: [Float], _ kl: [Double]) -> BudgetCurve { BudgetCurve(id: id, features: f, kl: kl, tokens: 8) }
+        var curves: [BudgetCurve] = []
+        for i in 0..<10 {
+            curves.append(i % 2 == 0 ? curve("chat-\(i)", [1, 0], [0.2, 0.1]) : curve("chat-\(i)", [-1, 0], [1.0, 0.9]))
+            curves.append(curve("text-\(i)", [0, 1], [0.05, 0.02]))   // not chat: neither chooses nor scores
+        }
+        XCTAssertEqual(PredictorTraining.ChoiceRule.hull.choices(for: curves, grid: grid, routable: 10), [0.8])
+        XCTAssertEqual(PredictorTraining.ChoiceRule.grid.choices(for: curves, grid: grid, routable: 10), grid)
+        func row(_ rule: PredictorTraining.ChoiceRule) throws -> PredictorTraining.ToleranceRow {
+            try XCTUnwrap(PredictorTraining.toleranceComparison(curves, grid: grid, lambda: 1e-3, tolerances: [0.95], routable: 10, router: "test",
+                                                                choiceRule: rule).first)
+        }
+        // Every grid budget: half at 8 layers (0.2), half at 9 (0.9): mean 8.5 layers, KL 0.55,
+        // and the fixed budget there (0.6 + 0.5) / 2 = 0.55.
+        let grids = try row(.grid)
+        XCTAssertEqual(grids.chosen, [0.8, 0.9])
+        XCTAssertEqual(grids.autoKL, 0.55, accuracy: 1e-9)
+        XCTAssertEqual(grids.fixedKL, 0.55, accuracy: 1e-9)
+        // The hull: half at 8 (0.2), half at full depth (0): mean 9 layers, KL 0.1 against the
+        // fixed 0.9's 0.5; the best prompt-blind mix at 9 layers is the chord, 0.3.
+        let hull = try row(.hull)
+        XCTAssertEqual(hull.chosen, [0.8, 1])
+        XCTAssertEqual(hull.meanBudget, 0.9, accuracy: 1e-12)
+        XCTAssertEqual(hull.autoKL, 0.1, accuracy: 1e-9)
+        XCTAssertEqual(hull.fixedKL, 0.5, accuracy: 1e-9)
+        XCTAssertEqual(hull.mixKL, 0.3, accuracy: 1e-9)
+    }
+
     /// Files round-trip, are tied to their model, and bad ones are refused with a reason.
     /// `--budget auto` then routes a real prompt under the predicted budget.
     /// The cross-validated comparison behind the default tolerance, against a hand computation:
@@ -180,6 +253,7 @@ final class BudgetPredictorTests: XCTestCase {
         let back = try RouterFile.loadPredictor(path: path, model: m)
         XCTAssertEqual(back.budgets, p.budgets)
         XCTAssertEqual(back.weights, p.weights)
+        XCTAssertEqual(back.choices, p.choices)
         func rewrite(_ edit: (inout [String: Any]) -> Void) throws -> String {
             var j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
             edit(&j)
@@ -188,7 +262,8 @@ final class BudgetPredictorTests: XCTestCase {
             return q
         }
         for (edit, reason) in [({ (j: inout [String: Any]) in j["model_fingerprint"] = "x" }, "another model"),
-                               ({ $0["version"] = 7 }, "version 7"),
+                               ({ $0["version"] = 8 }, "version 8"),
+                               ({ $0["choices"] = [0.6] }, "choices must be ascending budgets of the grid"),
                                ({ $0["kind"] = "ranking" }, "not a budget predictor"),
                                ({ $0["feature_dim"] = 5 }, "does not fit"),
                                ({ $0["bias"] = [1] }, "bias has 1 values")] as [((inout [String: Any]) -> Void, String)] {
