@@ -415,6 +415,11 @@ def steering_section():
         like_for_like("steered-predictor-{}-auto.md",
                       "With the Budget Predictor refitted on steered curves (the shipped one since 2026-12-05; same test, registered "
                       "before it ran; `eval/steered-predictor-*-auto.md`):")
+        like_for_like("prompt-sets-predictor-{}-auto.md",
+                      "Refitted on curves with prompt sets (same test, registered before it ran; `eval/prompt-sets-predictor-*-auto.md`):")
+        like_for_like("hull-predictor-{}-auto.md",
+                      "Choosing only on the hull (0.8 or full depth) and trained on 250 more requests (same test, registered before it "
+                      "ran; eval/NOTES.md, \"The Budget Predictor choosing on the hull\"; `eval/hull-predictor-*-auto.md`):")
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:
         import statistics
@@ -511,35 +516,37 @@ def prompt_sets_section():
             print(f"| {b:.2f} | " + " | ".join(cells) + f" | {versus_best_static(withs)} |")
         print()
 
-def prompt_rounds_section():
-    """The registered held-out test of the 0.8 prompt sets searched in more rounds (eval/NOTES.md, "Prompt sets at 0.8 searched in more rounds")."""
+def prompt_rounds_section(budget=0.8, rounds=4, files="prompt-rounds"):
+    """The registered held-out tests of prompt sets searched in more rounds at one budget (eval/NOTES.md, "Prompt sets at 0.8
+    searched in more rounds" and "Prompt sets at 0.7 searched in more rounds")."""
     sets = [("mtbench", "MT-Bench first turns (40)"), ("held-out-2-next-event", "next-event requests (100)"),
             ("held-out-2-summary", "summary requests (100)")]
-    if not all(os.path.exists(f"eval/prompt-rounds-{s}-chat-items.csv") for s, _ in sets): return
-    new = {s: chat_items(f"prompt-rounds-{s}-chat-items.csv") for s, _ in sets}
+    if not all(os.path.exists(f"eval/{files}-{s}-chat-items.csv") for s, _ in sets): return
+    new = {s: chat_items(f"{files}-{s}-chat-items.csv") for s, _ in sets}
     old = {s: chat_items(f"prompt-sets-{s}-chat-items.csv") for s, _ in sets}
     pooled_new, pooled_old = pooled(new), pooled(old)
-    print("## Prompt sets at 0.8 searched in more rounds (2026-12-05)\n\n"
-          "`buddy train prompt-sets --budgets 0.8 --rounds 4` repeated the search's one-layer changes and swaps from the best set "
+    print(f"## Prompt sets at {budget} searched in more rounds (2026-12-05)\n\n"
+          f"`buddy train prompt-sets --budgets {budget} --rounds {rounds}` repeated the search's one-layer changes and swaps from the best set "
           "so far, on the same 40 MT-Bench train-split first turns, for the Decision Module and SLEB's and ShortGPT's rankings alike "
-          "(docs/TRAINING.md, \"The prompt's own set\"). Run as registered in eval/NOTES.md before the held-out run: 0.8 only, prompt "
+          f"(docs/TRAINING.md, \"The prompt's own set\"). Run as registered in eval/NOTES.md before the held-out run: {budget} only, prompt "
           "at the budget, stand-ins on, held-out prompts only; each method against its own items with the one-round sets "
           "(`eval/prompt-sets-*-chat-items.csv`), paired s.e. over prompts, bold beyond 2 s.e. A method missing from the new runs kept "
           "its one-round set; its earlier items stand for it. `buddy+steer` (the target's protocol) ran on the MT-Bench prompts "
-          "only, so the pooled row repeats MT-Bench's. Files: `eval/prompt-rounds-*-chat.{md,csv}` and `-items.csv`.\n")
-    print("Chat KL at 0.8, one-round set → four-round set:\n")
+          f"only, so the pooled row repeats MT-Bench's. Files: `eval/{files}-*-chat.{{md,csv}}` and `-items.csv`.\n")
+    print(f"Chat KL at {budget}, one-round set → {rounds}-round set:\n")
     print("| prompts | buddy | sleb | shortgpt | buddy+steer | buddy vs best static, both with their sets |")
     print("|---|---|---|---|---|---|")
     for label, nw, od in [(label, new[s], old[s]) for s, label in sets] + [("all 240 pooled", pooled_new, pooled_old)]:
         cells, withs = [], {}
         for m in ("buddy", "sleb", "shortgpt", "buddy+steer"):
-            c = paired_kl(nw.get((m, 0.8), {}), od.get((m, 0.8), {}))
-            if c is None and od.get((m, 0.8)):
-                cells.append(f"{mean_kl(od[(m, 0.8)]):.3f} (set unchanged)")
+            c = paired_kl(nw.get((m, budget), {}), od.get((m, budget), {}))
+            if c is None and od.get((m, budget)):
+                cells.append(f"{mean_kl(od[(m, budget)]):.3f} (set unchanged)")
             else: cells.append("—" if c is None else f"{c[1]:.3f} → {c[0]:.3f} ({paired_cell(c)})")
-            if nw.get((m, 0.8)) or od.get((m, 0.8)): withs[m] = nw.get((m, 0.8)) or od[(m, 0.8)]
+            if nw.get((m, budget)) or od.get((m, budget)): withs[m] = nw.get((m, budget)) or od[(m, budget)]
         print(f"| {label} | " + " | ".join(cells) + f" | {versus_best_static(withs)} |")
     print()
+prompt_rounds_section(0.7, 2, "prompt-rounds-0.7")
 prompt_rounds_section()
 prompt_sets_section()
 steering_section()
