@@ -165,7 +165,7 @@ public enum PromptSetSearch {
             let k = LayerBudget.routableCount(budget: b, layers: model.config.layers)
             guard k >= 2, k < routable else { report.note(String(format: "%.2f: k = %d leaves no room for a search", b, k)); continue }
             let own = try measure(nil, k: k, label: String(format: "%.2f router", b))
-            let start = try (own.masks.max { $0.value < $1.value }?.key).map { m in (1...routable).filter { m[$0] } }
+            let start = try (mostFrequent(own.masks)).map { m in (1...routable).filter { m[$0] } }
                 ?? { throw ToolError("no prompt decision recorded") }()
             let startKL = try measure(start, k: k, label: String(format: "%.2f S0", b)).kl
             // Each round starts from the best set so far: what each layer is worth to the prompt
@@ -214,6 +214,15 @@ public enum PromptSetSearch {
         if o.checkpoint == nil { try? FileManager.default.removeItem(atPath: checkpointPath) }
         report.line("wrote \(o.out)")
         return outcomes
+    }
+
+    /// The mask run most often; among equally frequent ones the one that runs the earliest
+    /// layers (lexicographic order, a layer run before one skipped), so a rerun starts from the
+    /// same set whatever order the dictionary holds them in (Swift seeds its hashing per process).
+    public static func mostFrequent(_ masks: [[Bool]: Int]) -> [Bool]? {
+        masks.min { a, b in
+            a.value != b.value ? a.value > b.value : a.key.lexicographicallyPrecedes(b.key) { $0 && !$1 }
+        }?.key
     }
 
     /// The router's notes after a search: what made the router, then the search's command and

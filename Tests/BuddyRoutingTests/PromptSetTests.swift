@@ -155,6 +155,20 @@ final class PromptSetTests: XCTestCase {
     /// The shipped routers' prompt sets (the Decision Module's and the static baselines') run
     /// exactly k layers at every budget that has one, and each was searched on the train split
     /// by the commands its notes record.
+    /// The search's start is the most frequent prompt decision; a tie goes to the mask that runs
+    /// the earliest layers, whatever order the dictionary (seeded per process) lists them in.
+    func testStartSetIsTheMostFrequentMaskWithADeterministicTieBreak() {
+        let early: [Bool] = [true, true, true, false, true], late: [Bool] = [true, true, false, true, true]
+        let rare: [Bool] = [true, false, true, true, true]
+        XCTAssertEqual(PromptSetSearch.mostFrequent([late: 3, early: 2, rare: 1]), late)
+        for _ in 0..<20 {
+            var masks: [[Bool]: Int] = [:]
+            for m in [rare, late, early].shuffled() { masks[m] = m == rare ? 1 : 2 }
+            XCTAssertEqual(PromptSetSearch.mostFrequent(masks), early)
+        }
+        XCTAssertNil(PromptSetSearch.mostFrequent([:]))
+    }
+
     func testShippedPromptSetsAreStrictAndReproducible() throws {
         let m = try TestSupport.model()
         let routable = m.config.layers - 2
