@@ -351,13 +351,15 @@ public enum PredictorTraining {
     /// The tolerance to make the default. Candidates: the tolerances whose choices spread over
     /// more than one budget and whose mean chosen budget stays in the slider's recommended zone
     /// (`Budget.recommendedFloor`), since a default that runs the chat where the slider warns
-    /// of damage would defeat the point of choosing automatically; when none stays there, all
-    /// spreading ones. Among them the largest gain against the fixed budget, ties (within
-    /// `toleranceTie`) to the smallest tolerance, which keeps replies closer to the full model
-    /// for the same advantage (nil when none spreads).
-    public static func preferredTolerance(_ rows: [ToleranceRow], floor: Double = Budget.recommendedFloor) -> ToleranceRow? {
+    /// of damage would defeat the point of choosing automatically, and at or below `ceiling`
+    /// (`Budget.automaticCeiling`), since one that runs nearly everything at full depth saves
+    /// nothing; when none stays there, all spreading ones. Among them the largest gain against
+    /// the fixed budget, ties (within `toleranceTie`) to the smallest tolerance, which keeps
+    /// replies closer to the full model for the same advantage (nil when none spreads).
+    public static func preferredTolerance(_ rows: [ToleranceRow], floor: Double = Budget.recommendedFloor,
+                                          ceiling: Double = Budget.automaticCeiling) -> ToleranceRow? {
         let spreading = rows.filter { $0.chosen.count > 1 }
-        let inZone = spreading.filter { Budget.isRecommended($0.meanBudget, floor: floor) }
+        let inZone = spreading.filter { Budget.isRecommended($0.meanBudget, floor: floor) && $0.meanBudget <= ceiling + 1e-9 }
         let candidates = inZone.isEmpty ? spreading : inZone
         guard let best = candidates.map(\.gain).min() else { return nil }
         return candidates.filter { $0.gain <= best + toleranceTie }.min { $0.tolerance < $1.tolerance }

@@ -220,7 +220,7 @@ final class BudgetPredictorTests: XCTestCase {
     }
 
     /// The default's rule: among spreading tolerances whose mean budget stays in the recommended
-    /// zone (all spreading ones when none does), the largest gain against the fixed budget,
+    /// zone and at most 0.9 (all spreading ones when none does), the largest gain against the fixed budget,
     /// ties (within half a percent) to the smallest tolerance; one budget for all never counts.
     func testPreferredToleranceStaysInTheZoneAndBreaksTiesTowardsLessDrift() {
         func row(_ t: Double, _ mean: Double, _ chosen: [Double], _ auto: Double, _ fixed: Double) -> PredictorTraining.ToleranceRow {
@@ -237,6 +237,12 @@ final class BudgetPredictorTests: XCTestCase {
         // A bigger gain from a tolerance that chose one budget for every prompt does not count.
         XCTAssertEqual(PredictorTraining.preferredTolerance([row(0.4, 0.8, [0.8], 0.1, 0.5), row(1, 0.6, [0.5, 0.6], 0.8, 0.9)])?.tolerance, 1)
         XCTAssertNil(PredictorTraining.preferredTolerance([row(0.4, 0.8, [0.8], 0.1, 0.5)]))
+        // The hull predictor's rows on its 290 training chat prompts (2026-12-05): 0.25 gains most
+        // but averages 0.998, nearly full depth; the ceiling of 0.9 leaves 0.4.
+        let hull = [row(0.25, 0.998, [0.8, 1], 0.0026, 0.0059), row(0.4, 0.861, [0.8, 1], 0.2126, 0.3173),
+                    row(0.6, 0.786, [0.8], 0.3842, 0.3842), row(1, 0.786, [0.8], 0.3842, 0.3842)]
+        XCTAssertEqual(PredictorTraining.preferredTolerance(hull)?.tolerance, 0.4)
+        XCTAssertEqual(PredictorTraining.preferredTolerance(hull, ceiling: 1)?.tolerance, 0.25)
     }
 
     func testPredictorFileAndAutoBudgetOnTheModel() throws {

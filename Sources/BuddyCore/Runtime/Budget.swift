@@ -24,6 +24,12 @@ public enum Budget {
     /// details (README describes the chat at 90, 80, 70 and 50 %), so the floor stays at 0.8.
     public static let recommendedFloor = 0.8
 
+    /// The automatic budget's default tolerance must keep its mean choice on the training chat
+    /// prompts at or below this: decode at 0.9 is barely faster than full depth (EVAL.md), so an
+    /// automatic budget that averages more saves nothing worth its drift (choosing 0.8 or full
+    /// depth, the tolerance 0.25 averaged 0.998 there; `PredictorTraining.preferredTolerance`).
+    public static let automaticCeiling = 0.9
+
     /// Whether `b` is in the recommended zone (at or above `floor`, by default the zone's own),
     /// with a hair of slack for budgets reached by arithmetic (slider steps, means of layer counts).
     public static func isRecommended(_ b: Double, floor: Double = recommendedFloor) -> Bool { b >= floor - 1e-9 }
