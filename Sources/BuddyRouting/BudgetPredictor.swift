@@ -16,12 +16,11 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// The default, chosen on the training prompts only: `buddy train predictor` compares
     /// --budget auto with a fixed budget of the same mean compute on its 40 chat prompts, each
     /// choice made by a predictor fitted without that prompt (`toleranceReport`), and prefers,
-    /// among tolerances that keep the mean budget in the slider's recommended zone, the largest
-    /// gain (`preferredTolerance`). With the shipped router (retrained on 2026-12-04), stand-ins
-    /// V (docs/STAND-INS.md) and the curves measured steered, as the chat runs (refitted
-    /// 2026-12-05), only 0.25 stays in the zone there (mean 0.84, choices 0.75–0.85; it ties the
-    /// fixed budget, +0.7 %); 0.6 and 1.0 gain most (−1.3 %, −2.0 %) but choose 0.5–0.7, where
-    /// the slider warns. Held out at 0.25 it is level with a steered fixed budget (EVAL.md).
+    /// among tolerances that keep the mean budget in the slider's recommended zone and at most
+    /// `Budget.automaticCeiling`, the largest gain (`preferredTolerance`). Refitted to the
+    /// routers with the 0.7 sets of two rounds (2026-12-05), only 0.25 stays there (mean 0.83,
+    /// choices 0.75–0.85; −4.6 % against the fixed budget, +2.1 % against the best prompt-blind
+    /// mix). Held out it has been level with a steered fixed budget at every refit (EVAL.md).
     public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
@@ -54,11 +53,11 @@ public struct BudgetPredictor: Sendable, Equatable {
 
     /// Ascending budgets in (0, 1).
     public var budgets: [Double]
-    /// The budgets `choose` may return besides full depth: ascending, a subset of `budgets`.
-    /// A fit takes the lower convex hull of its training prompts' mean curve within the
-    /// slider's recommended zone (`hullChoices`): a budget above that hull is beaten, at the
-    /// same mean compute, by sending some prompts to its neighbours on it, and auto should only
-    /// choose points a mix of other choices cannot beat. Files before version 7: every budget.
+    /// The budgets `choose` may return besides full depth: ascending, a subset of `budgets`
+    /// (files before version 7: every budget). `buddy train predictor --choices hull` keeps only
+    /// the lower convex hull of the training prompts' mean curve within the slider's recommended
+    /// zone (`hullChoices`), since a budget above that hull is beaten, at the same mean compute,
+    /// by sending some prompts to its neighbours on it; the default keeps the whole grid.
     public var choices: [Double]
     public var featureDim: Int
     public var mean: [Float]          // [featureDim]

@@ -26,10 +26,10 @@ public enum PredictorTraining {
         /// Tolerances the cross-validated comparison with fixed budgets covers (`toleranceReport`).
         public var tolerances: String = "0.25,0.4,0.6,1.0"
         /// The budgets --budget auto may choose (`ChoiceRule`).
-        public var choiceRule: ChoiceRule = .hull
+        public var choiceRule: ChoiceRule = .grid
         public var seed: UInt64 = 0
         public var threads: Int = 2
-        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = PredictorTraining.defaultRouter, standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2, choiceRule: ChoiceRule = .hull) {
+        public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = PredictorTraining.defaultRouter, standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2, choiceRule: ChoiceRule = .grid) {
             self.chatData = chatData
             self.extraChatData = extraChatData
             self.textData = textData
@@ -63,9 +63,10 @@ public enum PredictorTraining {
     /// Which grid budgets the fitted predictor may choose (`BudgetPredictor.choices`).
     public enum ChoiceRule: String, CaseIterable, Sendable {
         /// The lower convex hull of the training chat prompts' mean curve within the recommended
-        /// zone, and full depth (`BudgetPredictor.hullChoices`).
+        /// zone, and full depth (`BudgetPredictor.hullChoices`). Tried on 2026-12-05 and not the
+        /// default: held out it sent every request of a kind to the same budget (docs/TRAINING.md).
         case hull
-        /// Every grid budget (the rule before 2026-12-05).
+        /// Every grid budget (the default).
         case grid
 
         /// The choices for a predictor fitted on `curves`: the mean curve is the chat prompts'

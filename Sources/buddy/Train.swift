@@ -136,7 +136,7 @@ struct TrainPredictor: ParsableCommand {
     @Option(name: .long, help: "Text segments are drawn from the first N tokens (evaluation skips the first 20 chunks of 512 = 10,240).") var textTokens: Int = 10_240
     @Option(name: .long, help: "Reference continuation length in tokens.") var maxReply: Int = 48
     @Option(name: .long, help: "Budget grid whose quality curves are measured and predicted.") var budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95"
-    @Option(name: .long, help: "Budgets --budget auto may choose: hull (the grid budgets on the lower convex hull of the training chat prompts' mean curve within the recommended zone, and full depth) or grid (every grid budget).") var choices: PredictorTraining.ChoiceRule = .hull
+    @Option(name: .long, help: "Budgets --budget auto may choose: hull (the grid budgets on the lower convex hull of the training chat prompts' mean curve within the recommended zone, and full depth) or grid (every grid budget, the default).") var choices: PredictorTraining.ChoiceRule = .grid
     @Option(name: .long, help: "Router whose quality curves are measured, optionally steered along each reply (+steer, as the chat runs by default).") var router: String = PredictorTraining.defaultRouter
     @Option(name: .long, help: "Stand-ins the curves are measured with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: "Where to write the predictor (written atomically).") var out: String
