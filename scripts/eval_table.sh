@@ -418,7 +418,7 @@ def steering_section():
         like_for_like("prompt-sets-predictor-{}-auto.md",
                       "Refitted on curves with prompt sets (same test, registered before it ran; `eval/prompt-sets-predictor-*-auto.md`):")
         like_for_like("hull-predictor-{}-auto.md",
-                      "Choosing only on the hull (0.8 or full depth) and trained on 250 more requests (same test, registered before it "
+                      "Choosing only on the hull (0.8 or full depth) and trained on 250 more requests, at 0.4, the tolerance judged (same test, registered before it "
                       "ran; eval/NOTES.md, \"The Budget Predictor choosing on the hull\"; `eval/hull-predictor-*-auto.md`):")
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:
