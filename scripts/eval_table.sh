@@ -420,6 +420,9 @@ def steering_section():
         like_for_like("hull-predictor-{}-auto.md",
                       "Choosing only on the hull (0.8 or full depth) and trained on 250 more requests, at 0.4, the tolerance judged (same test, registered before it "
                       "ran; eval/NOTES.md, \"The Budget Predictor choosing on the hull\"; `eval/hull-predictor-*-auto.md`):")
+        like_for_like("rounds-0.7-predictor-{}-auto.md",
+                      "The shipped predictor, refitted with the grid rule to the routers with the 0.7 sets of two rounds, at 0.25 (same "
+                      "test, registered before it ran; `eval/rounds-0.7-predictor-*-auto.md`):")
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:
         import statistics

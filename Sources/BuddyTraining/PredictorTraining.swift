@@ -71,8 +71,11 @@ public enum PredictorTraining {
 
         /// The choices for a predictor fitted on `curves`: the mean curve is the chat prompts'
         /// among them (all curves' when there are none), as --budget auto serves the chat.
+        /// `routable` is the model's routable layer count (the hull needs layer counts); 0 for a
+        /// caller of the grid rule, which does not.
         public func choices(for curves: [BudgetCurve], grid: [Double], routable: Int) -> [Double] {
             guard self == .hull, !curves.isEmpty else { return grid }
+            precondition(routable > 0, "the hull rule needs the model's routable layer count")
             let chat = curves.filter { isChat($0.id) }
             let scored = chat.isEmpty ? curves : chat
             let mean = grid.indices.map { g in scored.reduce(0.0) { $0 + $1.kl[g] } / Double(scored.count) }
@@ -218,7 +221,7 @@ public enum PredictorTraining {
     /// Reports each lambda's errors, the mean-curve baseline's, and what --budget auto would choose
     /// on the validation curves at `tolerance`.
     public static func fit(_ curves: [BudgetCurve], grid: [Double], lambdas: [Double], valFraction: Double, tolerance: Double, router: String,
-                           choiceRule: ChoiceRule = .grid, routable: Int = 28,
+                           choiceRule: ChoiceRule = .grid, routable: Int = 0,
                            rng: inout SeededRNG, report: Reporter) throws -> (predictor: BudgetPredictor, lambda: Double, validationMSE: Double) {
         guard curves.count >= 10 else { throw ToolError("need at least 10 measured prompts, have \(curves.count)") }
         var order = Array(curves.indices)
