@@ -38,17 +38,23 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// at least one) achieves at mean `k` layers without looking at the prompts: the point
     /// where the points' lower convex hull crosses k (the first point's KL below it).
     public static func bestMix(_ points: [(k: Double, kl: Double)], atLayers k: Double) -> Double {
-        var hull: [(k: Double, kl: Double)] = []
-        for p in points {
-            // Drop the last hull point while it lies on or above the chord to p.
-            while hull.count >= 2 {
-                let a = hull[hull.count - 2], b = hull[hull.count - 1]
-                if (b.kl - a.kl) * (p.k - a.k) >= (p.kl - a.kl) * (b.k - a.k) { hull.removeLast() } else { break }
-            }
-            hull.append(p)
-        }
+        let hull = lowerHull(points).map { points[$0] }
         guard let (lo, hi, w) = bracket(hull.map(\.k), at: k) else { return hull.last?.kl ?? 0 }
         return hull[lo].kl + w * (hull[hi].kl - hull[lo].kl)
+    }
+
+    /// The indices of the points (ascending layers) on their lower convex hull, in order.
+    static func lowerHull(_ points: [(k: Double, kl: Double)]) -> [Int] {
+        var hull: [Int] = []
+        for (i, p) in points.enumerated() {
+            // Drop the last hull point while it lies on or above the chord to p.
+            while hull.count >= 2 {
+                let a = points[hull[hull.count - 2]], b = points[hull[hull.count - 1]]
+                if (b.kl - a.kl) * (p.k - a.k) >= (p.kl - a.kl) * (b.k - a.k) { hull.removeLast() } else { break }
+            }
+            hull.append(i)
+        }
+        return hull
     }
 
     /// Ascending budgets in (0, 1).
@@ -117,15 +123,8 @@ public struct BudgetPredictor: Sendable, Equatable {
                                    layers: (Double) -> Double) -> [Double] {
         let zone = budgets.indices.filter { budgets[$0] >= floor - 1e-9 }
         guard !zone.isEmpty else { return budgets }
-        var hull: [(budget: Double, k: Double, kl: Double)] = []
-        for p in zone.map({ (budget: budgets[$0], k: layers(budgets[$0]), kl: meanKL[$0]) }) + [(budget: 1, k: routable, kl: 0)] {
-            while hull.count >= 2 {
-                let a = hull[hull.count - 2], b = hull[hull.count - 1]
-                if (b.kl - a.kl) * (p.k - a.k) >= (p.kl - a.kl) * (b.k - a.k) { hull.removeLast() } else { break }
-            }
-            hull.append(p)
-        }
-        return hull.map(\.budget).filter { $0 < 1 }
+        let points: [(k: Double, kl: Double)] = zone.map { (k: layers(budgets[$0]), kl: meanKL[$0]) } + [(k: routable, kl: 0)]
+        return lowerHull(points).filter { $0 < zone.count }.map { budgets[zone[$0]] }
     }
 
     /// Ridge regression of log KL on standardised features, one output per grid budget.

@@ -8,6 +8,19 @@ import XCTest
 final class BudgetPredictorTests: XCTestCase {
     let grid = [0.5, 0.7, 0.9]
 
+    /// Ten chat prompts in two kinds at features (1, 0) and (−1, 0), with curves `low` and
+    /// `high`, and ten more prompts named `other`-i at (0, 1) with curve `otherKL`: affinely
+    /// independent features, so a linear predictor fits each kind exactly.
+    func twoKindCurves(low: [Double], high: [Double], other: String = "text", otherKL: [Double]) -> [BudgetCurve] {
+        var curves: [BudgetCurve] = []
+        for i in 0..<10 {
+            let isLow = i % 2 == 0
+            curves.append(BudgetCurve(id: "chat-\(i)", features: isLow ? [1, 0] : [-1, 0], kl: isLow ? low : high, tokens: 8))
+            curves.append(BudgetCurve(id: "\(other)-\(i)", features: [0, 1], kl: otherKL, tokens: 8))
+        }
+        return curves
+    }
+
     /// Synthetic curves whose log KL is linear in two of the features: the ridge fit recovers
     /// them on prompts it did not see.
     func testRidgeFitRecoversALinearRelation() throws {
@@ -91,12 +104,8 @@ final class BudgetPredictorTests: XCTestCase {
     /// 0.95); the hull's sends them to full depth.
     func testToleranceComparisonWithHullChoices() throws {
         let grid = [0.8, 0.9]
-        func curve(_ id: String, _ f: [Float], _ kl: [Double]) -> BudgetCurve { BudgetCurve(id: id, features: f, kl: kl, tokens: 8) }
-        var curves: [BudgetCurve] = []
-        for i in 0..<10 {
-            curves.append(i % 2 == 0 ? curve("chat-\(i)", [1, 0], [0.2, 0.1]) : curve("chat-\(i)", [-1, 0], [1.0, 0.9]))
-            curves.append(curve("text-\(i)", [0, 1], [0.05, 0.02]))   // not chat: neither chooses nor scores
-        }
+        // The text prompts are not chat: they neither choose the hull nor count in the comparison.
+        let curves = twoKindCurves(low: [0.2, 0.1], high: [1.0, 0.9], otherKL: [0.05, 0.02])
         XCTAssertEqual(PredictorTraining.ChoiceRule.hull.choices(for: curves, grid: grid, routable: 10), [0.8])
         XCTAssertEqual(PredictorTraining.ChoiceRule.grid.choices(for: curves, grid: grid, routable: 10), grid)
         func row(_ rule: PredictorTraining.ChoiceRule) throws -> PredictorTraining.ToleranceRow {
@@ -119,20 +128,12 @@ final class BudgetPredictorTests: XCTestCase {
         XCTAssertEqual(hull.mixKL, 0.3, accuracy: 1e-9)
     }
 
-    /// Files round-trip, are tied to their model, and bad ones are refused with a reason.
-    /// `--budget auto` then routes a real prompt under the predicted budget.
     /// The cross-validated comparison behind the default tolerance, against a hand computation:
     /// 10 chat prompts in two kinds (low and high drift) plus 10 text prompts
     /// that must not count. Grid 0.5 / 0.75 on a model with 4 routable layers (k = 2 and 3).
     func testToleranceComparisonAgainstHandComputation() throws {
         let grid = [0.5, 0.75]
-        // Three kinds at affinely independent features: a linear predictor fits each exactly.
-        func curve(_ id: String, _ f: [Float], _ kl: [Double]) -> BudgetCurve { BudgetCurve(id: id, features: f, kl: kl, tokens: 8) }
-        var curves: [BudgetCurve] = []
-        for i in 0..<10 {
-            curves.append(i % 2 == 0 ? curve("chat-\(i)", [1, 0], [0.2, 0.1]) : curve("chat-\(i)", [-1, 0], [2.0, 0.5]))
-            curves.append(curve("text-\(i)", [0, 1], [0.05, 0.02]))
-        }
+        let curves = twoKindCurves(low: [0.2, 0.1], high: [2.0, 0.5], otherKL: [0.05, 0.02])
         let rows = try PredictorTraining.toleranceComparison(curves, grid: grid, lambda: 1e-3, tolerances: [0.3, 1e-4], routable: 4, router: "test")
         XCTAssertEqual(rows.count, 2)
         // At 0.3 every low-drift prompt takes 0.5 (KL 0.2) and every high-drift one full depth
@@ -163,12 +164,7 @@ final class BudgetPredictorTests: XCTestCase {
         XCTAssertFalse(PredictorTraining.isMTBench("chat-"))
         XCTAssertFalse(PredictorTraining.isMTBench("text-3-100"))
         XCTAssertTrue(PredictorTraining.isChat("chat-tips-2100"))
-        func curve(_ id: String, _ f: [Float], _ kl: [Double]) -> BudgetCurve { BudgetCurve(id: id, features: f, kl: kl, tokens: 8) }
-        var curves: [BudgetCurve] = []
-        for i in 0..<10 {
-            curves.append(i % 2 == 0 ? curve("chat-\(i)", [1, 0], [0.2, 0.1]) : curve("chat-\(i)", [-1, 0], [2.0, 0.5]))
-            curves.append(curve("chat-request-\(i)", [0, 1], [0.05, 0.02]))
-        }
+        let curves = twoKindCurves(low: [0.2, 0.1], high: [2.0, 0.5], other: "chat-request", otherKL: [0.05, 0.02])
         let mtBench = try PredictorTraining.toleranceComparison(curves, grid: [0.5, 0.75], lambda: 1e-3, tolerances: [0.3], routable: 4,
                                                                 router: "test", scored: PredictorTraining.isMTBench)
         XCTAssertEqual(mtBench.first?.autoKL ?? -1, 0.1, accuracy: 1e-9)
@@ -245,6 +241,8 @@ final class BudgetPredictorTests: XCTestCase {
         XCTAssertEqual(PredictorTraining.preferredTolerance(hull, ceiling: 1)?.tolerance, 0.25)
     }
 
+    /// Files round-trip, are tied to their model, and bad ones are refused with a reason.
+    /// `--budget auto` then routes a real prompt under the predicted budget.
     func testPredictorFileAndAutoBudgetOnTheModel() throws {
         let m = try TestSupport.model()
         let d = 2 * m.config.kvDim + m.config.dim
