@@ -519,23 +519,25 @@ def prompt_sets_section():
             print(f"| {b:.2f} | " + " | ".join(cells) + f" | {versus_best_static(withs)} |")
         print()
 
-def prompt_rounds_section(budget=0.8, rounds=4, files="prompt-rounds"):
+def prompt_rounds_section(budget=0.8, rounds=4, files="prompt-rounds", date="2026-12-05"):
     """The registered held-out tests of prompt sets searched in more rounds at one budget (eval/NOTES.md, "Prompt sets at 0.8
-    searched in more rounds" and "Prompt sets at 0.7 searched in more rounds")."""
+    searched in more rounds", "Prompt sets at 0.7 …" and "Prompt sets at 0.5 …")."""
     sets = [("mtbench", "MT-Bench first turns (40)"), ("held-out-2-next-event", "next-event requests (100)"),
             ("held-out-2-summary", "summary requests (100)")]
     if not all(os.path.exists(f"eval/{files}-{s}-chat-items.csv") for s, _ in sets): return
     new = {s: chat_items(f"{files}-{s}-chat-items.csv") for s, _ in sets}
     old = {s: chat_items(f"prompt-sets-{s}-chat-items.csv") for s, _ in sets}
     pooled_new, pooled_old = pooled(new), pooled(old)
-    print(f"## Prompt sets at {budget} searched in more rounds (2026-12-05)\n\n"
+    print(f"## Prompt sets at {budget} searched in more rounds ({date})\n\n"
           f"`buddy train prompt-sets --budgets {budget} --rounds {rounds}` repeated the search's one-layer changes and swaps from the best set "
           "so far, on the same 40 MT-Bench train-split first turns, for the Decision Module and SLEB's and ShortGPT's rankings alike "
           f"(docs/TRAINING.md, \"The prompt's own set\"). Run as registered in eval/NOTES.md before the held-out run: {budget} only, prompt "
           "at the budget, stand-ins on, held-out prompts only; each method against its own items with the one-round sets "
           "(`eval/prompt-sets-*-chat-items.csv`), paired s.e. over prompts, bold beyond 2 s.e. A method missing from the new runs kept "
-          "its one-round set; its earlier items stand for it. `buddy+steer` (the target's protocol) ran on the MT-Bench prompts "
-          f"only, so the pooled row repeats MT-Bench's. Files: `eval/{files}-*-chat.{{md,csv}}` and `-items.csv`.\n")
+          "its one-round set; its earlier items stand for it. "
+          + ("`buddy+steer` (the target's protocol) ran on the MT-Bench prompts only, so the pooled row repeats MT-Bench's. "
+             if any(("buddy+steer", budget) in old[s] for s, _ in sets) else f"There is no earlier `buddy+steer` cell at {budget}, so it did not run. ")
+          + f"Files: `eval/{files}-*-chat.{{md,csv}}` and `-items.csv`.\n")
     print(f"Chat KL at {budget}, one-round set → {rounds}-round set:\n")
     print("| prompts | buddy | sleb | shortgpt | buddy+steer | buddy vs best static, both with their sets |")
     print("|---|---|---|---|---|---|")
@@ -549,6 +551,7 @@ def prompt_rounds_section(budget=0.8, rounds=4, files="prompt-rounds"):
             if nw.get((m, budget)) or od.get((m, budget)): withs[m] = nw.get((m, budget)) or od[(m, budget)]
         print(f"| {label} | " + " | ".join(cells) + f" | {versus_best_static(withs)} |")
     print()
+prompt_rounds_section(0.5, 2, "prompt-rounds-0.5", "2026-12-06")
 prompt_rounds_section(0.7, 2, "prompt-rounds-0.7")
 prompt_rounds_section()
 prompt_sets_section()
