@@ -84,8 +84,9 @@ struct TrainPromptSets: ParsableCommand {
             sets with (each about 15 minutes per budget on one core):
               buddy train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl \\
                 --budgets 0.8,0.7,0.9,0.5 --out routers/buddy-router.json
-            then the same with --budgets 0.8 --rounds 4 (about 45 minutes) and with --budgets 0.7
-            --rounds 2 (about 25 minutes), and likewise --router sleb / shortgpt with --out
+            then the same with --budgets 0.8 --rounds 4 (about 45 minutes), with --budgets 0.7
+            --rounds 2 (about 25 minutes) and with --budgets 0.5 --rounds 2 (about 25 minutes), in
+            that order, and likewise --router sleb / shortgpt with --out
             routers/sleb-ranking.json / shortgpt-ranking.json. A search of some budgets keeps the
             earlier searches' records in the notes and follows them.
             """)

@@ -189,7 +189,9 @@ final class PromptSetTests: XCTestCase {
             let file = name == "buddy" ? "routers/buddy-router.json" : "routers/\(name)-ranking.json"
             let third = notes.range(of: "; then prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.7 --rounds 2 --out \(file); 0.70: ")
             let second = notes.range(of: "--budgets 0.8 --rounds 4 ")
-            XCTAssertTrue(third != nil && second != nil && second!.upperBound < third!.lowerBound, "the 0.7 sets come from a third search, recorded last: \(notes)")
+            XCTAssertTrue(third != nil && second != nil && second!.upperBound < third!.lowerBound, "the 0.7 sets come from a third search, recorded after the second: \(notes)")
+            let fourth = notes.range(of: "; then prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.5 --rounds 2 --out \(file); 0.50: ")
+            XCTAssertTrue(fourth != nil && third != nil && third!.upperBound < fourth!.lowerBound, "the 0.5 sets come from a fourth search, recorded last: \(notes)")
             XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
         }
     }
