@@ -155,7 +155,15 @@ final class TinyGemma3Tests: XCTestCase {
             t.prefill(tokens[4...], start: 4, b, cache)
             t.batchLogitsAll(n: tokens.count - 4, b, out.baseAddress! + 4 * vocab)
         }
+        // The batch's F32 products go through OpenBLAS sgemm, whose summation order depends on
+        // the kernel it picks for the CPU, while decode sums in our own order; the fast path
+        // then rounds Q/K/V and the attention weights to half, so a different float order can
+        // flip one half rounding. Measured: under 1e-4 with OpenBLAS's AVX-512 (SkylakeX)
+        // kernels, 4.0e-4 on an AVX2-only AMD EPYC (Haswell/Zen kernels). A structural
+        // difference between the paths (window, RoPE base, norms) is of order 1 (ignoring the
+        // window and the local RoPE base puts the logits 1.76 off the formulas), so 2e-3 still
+        // catches such a bug on any CPU.
         let worst = zip(batched, decoded).map { abs($0 - $1) }.max()!
-        XCTAssertLessThan(worst, 1e-4, "batched prompt vs token by token")
+        XCTAssertLessThan(worst, 2e-3, "batched prompt vs token by token")
     }
 }
