@@ -423,6 +423,9 @@ def steering_section():
         like_for_like("rounds-0.7-predictor-{}-auto.md",
                       "The shipped predictor, refitted with the grid rule to the routers with the 0.7 sets of two rounds, at 0.25 (same "
                       "test, registered before it ran; `eval/rounds-0.7-predictor-*-auto.md`):")
+        like_for_like("rounds-0.5-predictor-{}-auto.md",
+                      "The shipped predictor, refitted with its command to the routers with the 0.5 sets of two rounds, at 0.25 (same "
+                      "test, registered before it ran; `eval/rounds-0.5-predictor-*-auto.md`):")
     sb = [json.loads(l) for l in open("eval/steering-bench.jsonl")] if os.path.exists("eval/steering-bench.jsonl") else []
     if sb:
         import statistics
