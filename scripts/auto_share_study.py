@@ -16,6 +16,16 @@ import json, sys
 import numpy as np
 
 LAYERS = 28  # routable layers of SmolLM2-135M (30 in all; first and last always run)
+SHARE = 0.25  # of each kind sent to full depth
+
+
+def top_share(scores, idx):
+    """The SHARE of the positions `idx` with the highest `scores`."""
+    return idx[np.argsort(-scores[idx])[: int(round(SHARE * len(idx)))]]
+
+
+def spearman(a, b):
+    return np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1]
 
 
 def routable(b):
@@ -73,38 +83,34 @@ def main():
     labels = np.array([kind[c["id"]] for c in curves])
     print(f"{len(curves)} chat curves; kinds: " + ", ".join(f"{k} {np.sum(labels == k)}" for k in sorted(set(labels))))
     k80, k85 = routable(0.8), routable(0.85)
+    layers = k80 + SHARE * (LAYERS - k80)
+    t = (layers - k80) / (k85 - k80)
+    fixed = (1 - t) * kl80 + t * kl85  # per prompt, the fixed budget of the same mean layers
+    kinds_seen = sorted(set(labels))
     for lam in (1.0, 10.0):
         print(f"\nridge lambda {lam}")
         preds = [cv_predictions(X, y, lam, seed=s) for s in range(10)]
-        for q in (0.25,):
-            layers = k80 + q * (LAYERS - k80)
-            t = (layers - k80) / (k85 - k80)
-            fixed = (1 - t) * kl80 + t * kl85  # per prompt, the fixed budget of the same mean layers
-            print(f"share {q} at full depth: mean layers {layers:.2f}; per kind: rank corr, auto KL, blind KL, fixed KL, auto vs fixed (s.e.), auto vs blind, oracle")
-            for k in sorted(set(labels)) + ["all"]:
-                m = labels == k if k != "all" else np.ones(len(labels), bool)
-                rows = []
-                for p in preds:
-                    sel = np.zeros(len(labels), bool)
-                    groups = sorted(set(labels)) if k == "all" else [k]
-                    for g in groups:  # within each kind, the top q by prediction run at full depth
-                        idx = np.where(labels == g)[0]
-                        top = idx[np.argsort(-p[idx])[: int(round(q * len(idx)))]]
-                        sel[top] = True
-                    auto = np.where(sel, 0.0, kl80)
-                    rows.append(auto[m])
-                auto = np.mean(rows, 0)
-                n = m.sum()
-                rc = np.mean([np.corrcoef(np.argsort(np.argsort(p[m])), np.argsort(np.argsort(y[m])))[0, 1] for p in preds])
-                blind = (1 - q) * kl80[m]
-                d = auto - fixed[m]
-                se = d.std(ddof=1) / np.sqrt(n) / fixed[m].mean()
-                top = np.zeros(n, bool)
-                top[np.argsort(-kl80[m])[: int(round(q * n))]] = True
-                oracle = np.where(top, 0.0, kl80[m]).mean()
-                print(f"  {k:10s} n={n:3d}  rho {rc:+.2f}  auto {auto.mean():.4f}  blind {blind.mean():.4f}  fixed {fixed[m].mean():.4f}"
-                      f"  {100 * d.mean() / fixed[m].mean():+.1f} % ± {100 * se:.1f}  vs blind {100 * (auto.mean() / blind.mean() - 1):+.1f} %  oracle {oracle:.4f}")
-
+        # Per prediction, the prompts the rule runs at full depth: the top share of each kind.
+        chosen = []
+        for p in preds:
+            sel = np.zeros(len(labels), bool)
+            for g in kinds_seen:
+                sel[top_share(p, np.where(labels == g)[0])] = True
+            chosen.append(sel)
+        print(f"share {SHARE} at full depth: mean layers {layers:.2f}; per kind: rank corr, auto KL, blind KL, fixed KL, auto vs fixed (s.e.), auto vs blind, oracle")
+        for k in kinds_seen + ["all"]:
+            m = labels == k if k != "all" else np.ones(len(labels), bool)
+            auto = np.mean([np.where(sel, 0.0, kl80)[m] for sel in chosen], 0)
+            n = m.sum()
+            rc = np.mean([spearman(p[m], y[m]) for p in preds])
+            blind = (1 - SHARE) * kl80[m]
+            d = auto - fixed[m]
+            se = d.std(ddof=1) / np.sqrt(n) / fixed[m].mean()
+            top = np.zeros(n, bool)
+            top[top_share(kl80[m], np.arange(n))] = True
+            oracle = np.where(top, 0.0, kl80[m]).mean()
+            print(f"  {k:10s} n={n:3d}  rho {rc:+.2f}  auto {auto.mean():.4f}  blind {blind.mean():.4f}  fixed {fixed[m].mean():.4f}"
+                  f"  {100 * d.mean() / fixed[m].mean():+.1f} % ± {100 * se:.1f}  vs blind {100 * (auto.mean() / blind.mean() - 1):+.1f} %  oracle {oracle:.4f}")
 
 if __name__ == "__main__":
     main()

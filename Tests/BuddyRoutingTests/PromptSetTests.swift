@@ -183,15 +183,18 @@ final class PromptSetTests: XCTestCase {
             }
             let path = try XCTUnwrap(Routers.locate(name, model: m))
             let notes = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])?["notes"] as? String)
-            XCTAssertTrue(notes.contains("; prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl "), notes)
-            XCTAssertTrue(notes.contains("; then prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8 --rounds 4 "),
-                          "the 0.8 sets come from a second search, recorded after the first: \(notes)")
+            // The first search (every budget), then each later search's record after the one before it.
+            let command = "prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl "
+            let first = try XCTUnwrap(notes.range(of: "; " + command), notes)
             let file = name == "buddy" ? "routers/buddy-router.json" : "routers/\(name)-ranking.json"
-            let third = notes.range(of: "; then prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.7 --rounds 2 --out \(file); 0.70: ")
-            let second = notes.range(of: "--budgets 0.8 --rounds 4 ")
-            XCTAssertTrue(third != nil && second != nil && second!.upperBound < third!.lowerBound, "the 0.7 sets come from a third search, recorded after the second: \(notes)")
-            let fourth = notes.range(of: "; then prompt sets: buddy train prompt-sets --router \(name) --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.5 --rounds 2 --out \(file); 0.50: ")
-            XCTAssertTrue(fourth != nil && third != nil && third!.upperBound < fourth!.lowerBound, "the 0.5 sets come from a fourth search, recorded last: \(notes)")
+            var previous = first.upperBound
+            for (budget, rounds) in [(0.8, 4), (0.7, 2), (0.5, 2)] {
+                let b = String(format: "%.1f", budget), shown = String(format: "%.2f", budget)
+                let record = notes.range(of: "; then " + command + "--prompts 40 --reply-tokens 64 --budgets \(b) --rounds \(rounds) --out \(file); \(shown): ",
+                                         range: previous..<notes.endIndex)
+                XCTAssertNotNil(record, "the \(b) sets come from a search of \(rounds) rounds, recorded after the earlier ones: \(notes)")
+                previous = record?.upperBound ?? previous
+            }
             XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
         }
     }
