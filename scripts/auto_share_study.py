@@ -111,6 +111,15 @@ def main():
             oracle = np.where(top, 0.0, kl80[m]).mean()
             print(f"  {k:10s} n={n:3d}  rho {rc:+.2f}  auto {auto.mean():.4f}  blind {blind.mean():.4f}  fixed {fixed[m].mean():.4f}"
                   f"  {100 * d.mean() / fixed[m].mean():+.1f} % ± {100 * se:.1f}  vs blind {100 * (auto.mean() / blind.mean() - 1):+.1f} %  oracle {oracle:.4f}")
+        # One share over all prompts instead of one per kind: what the prediction knows about
+        # kinds, against the same blind share and against ranking by each kind's true mean.
+        everyone = np.arange(len(labels))
+        overall = np.mean([np.where(np.isin(everyone, top_share(p, everyone)), 0.0, kl80).mean() for p in preds])
+        kind_mean = np.array([kl80[labels == k].mean() for k in labels])
+        by_kind = np.where(np.isin(everyone, top_share(kind_mean, everyone)), 0.0, kl80).mean()
+        blind_all = (1 - SHARE) * kl80.mean()
+        print(f"  one share over all kinds: auto {overall:.4f} ({100 * (overall / blind_all - 1):+.1f} % vs blind),"
+              f" ranked by each kind's true mean {by_kind:.4f} ({100 * (by_kind / blind_all - 1):+.1f} %)")
 
 if __name__ == "__main__":
     main()
