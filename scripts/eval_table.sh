@@ -289,7 +289,7 @@ if si_ppl or si_chat:
     si_bench = [json.loads(l) for l in open("eval/stand-ins-bench.jsonl")] if os.path.exists("eval/stand-ins-bench.jsonl") else []
     if si_bench:
         print("### Decode speed with stand-ins on (buddy router, `buddy bench --stand-ins on`)\n")
-        print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share | head share |")
+        print("| budget | layers/token | decode tok/s (median) | × full depth | routing share | stand-in share (timed apart) | head share |")
         print("|---|---|---|---|---|---|---|")
         for r in si_bench:
             print(f"| {r['budget']:.2f} | {r['layers_per_token']:.1f} | {r['decode_tok_s']:.1f} | {r.get('decode_speedup') or 1:.2f} | "
@@ -306,7 +306,10 @@ if si_ppl or si_chat:
             import statistics
             q = statistics.quantiles(ratios, n=4)
             print(f"At 0.5 over all {len(ratios)} rounds of this bench and the repeats in `eval/stand-ins-bench-repeats.jsonl` "
-                  f"(`scripts/eval_stand_ins.sh`): median **{statistics.median(ratios):.2f}×** full depth, quartiles {q[0]:.2f}× and {q[2]:.2f}×.\n")
+                  f"(`scripts/eval_stand_ins.sh`): median **{statistics.median(ratios):.2f}×** full depth, quartiles {q[0]:.2f}× and {q[2]:.2f}×. "
+                  "These benches ran on machines with AVX-512, and timed the stand-ins apart, in a loop of their own with their "
+                  "weights in cache, which understates their share; on an AVX2-only CPU, timed where they run, see \"Decode at 0.5 "
+                  "on a CPU without AVX-512\" (eval/NOTES.md).\n")
 def steering_section():
     """The registered held-out test of steering the budget along the reply (eval/NOTES.md)."""
     sets = [("mtbench", "MT-Bench (40)"), ("held-out-2-next-event", "next-event (100)"), ("held-out-2-summary", "summary (100)")]
@@ -652,7 +655,7 @@ if g_ppl or g_hs or g_bench:
               + (f" ({100 * min(si_share):.1f}–{100 * max(si_share):.1f} % of decode time)" if si_share else "")
               + " (`eval/gemma-bench.jsonl`), and on SmolLM2-135M Q4_1 with its own router and `--stand-ins off` (`eval/gemma-bench-smollm2.jsonl`). "
               "Head share: the final norm and output projection of one token, timed apart in the same process (median of 5 batches "
-              "of 10) and multiplied by the decode speed, as `buddy bench` does for stand-ins. \"Head bound\" is the speed-up the "
+              "of 10) and multiplied by the decode speed, as `buddy bench` did for stand-ins until 2026-12-06. \"Head bound\" is the speed-up the "
               "head allows: if the time outside the head scaled with the layers run, full depth's time would shrink to "
               "h + (1 − h)·(layers run / all layers), h being full depth's head share.\n")
         print("| budget | Gemma layers/token | Gemma tok/s | Gemma × full | Gemma head share | Gemma head bound "

@@ -68,7 +68,7 @@ public enum BenchRun {
         // Rounds alternate over the budgets (1, 0.75, 0.5, 1, 0.75, …) so that drift of a noisy
         // machine hits every budget alike; speed-ups are medians of ratios within a round.
         let budgetList = try parseBudgets(o.budgets)
-        struct Series { var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = [], layersPerToken = 0.0 }
+        struct Series { var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = [], standInShares: [Double] = [], layersPerToken = 0.0 }
         let standInWeights = try o.standIns.resolve(model: model, note: report.note)
         var selectors: [BudgetedLayerSelector?] = []
         for b in budgetList {
@@ -94,6 +94,7 @@ public enum BenchRun {
                 let t1 = monotonicSeconds()
                 var tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
                 var layerSum = 0
+                let standIn0 = session.decode.standInSeconds
                 for _ in 0..<genTokens - 1 {
                     try session.step(tok)
                     layerSum += Session.count(session.lastMask)
@@ -105,12 +106,12 @@ public enum BenchRun {
                 series[i].decode.append(Double(genTokens - 1) / (t2 - t1))
                 let routing = (decisionModule(selector)?.routingSeconds ?? 0) - routing0
                 series[i].shares.append(routing / (t2 - t0))
+                series[i].standInShares.append((session.decode.standInSeconds - standIn0) / (t2 - t1))
                 series[i].layersPerToken = Double(layerSum) / Double(genTokens - 1)
             }
             if r > 0 && !json { report.note("round \(r)/\(runs): decode " + series.map { String(format: "%.1f", $0.decode.last!) }.joined(separator: " / ") + " tok/s") }
         }
         let fullIndex = budgetList.firstIndex { $0 >= 1 }
-        let standInSeconds = standInWeights.map(secondsPerStandIn) ?? 0
         let headSeconds = secondsPerHead(model.transformer, session.decode)
         for (i, b) in budgetList.enumerated() {
             let s = series[i]
@@ -118,9 +119,8 @@ public enum BenchRun {
             // Speed-up over full depth: the median over rounds of this round's ratio.
             let speedup = fullIndex.map { f in median(zip(s.decode, series[f].decode).map { $0 / $1 }) }
             let rss = peakRSSMegabytes()
-            // Stand-ins run once per skipped routable layer: their time per token over the step's.
-            let skipped = Double(model.config.layers) - s.layersPerToken
-            let standInShare = skipped * standInSeconds * d
+            // The stand-ins' own time within the decode steps (timed where they run).
+            let standInShare = median(s.standInShares)
             // The final norm and output head run once per token whatever the budget.
             let headShare = headSeconds * d
             if json {
@@ -145,19 +145,5 @@ public enum BenchRun {
             batches.append((monotonicSeconds() - t0) / 10)
         }
         return median(batches)
-    }
-
-    /// Mean time of one stand-in over the routable layers, measured apart (the decode loop
-    /// is not instrumented): 200 applications of each layer's map to a residual vector.
-    public static func secondsPerStandIn(_ s: StandIns) -> Double {
-        let routable = 1..<(s.layers.count - 1)
-        var x = [Float](repeating: 0.1, count: s.dim), normed = x, projected = [Float](repeating: 0, count: max(1, s.maxRank))
-        let reps = 200
-        let t0 = monotonicSeconds()
-        for _ in 0..<reps {
-            // The input is normalised inside, so repeated application stays finite.
-            for l in routable { s.apply(layer: l, &x, normed: &normed, projected: &projected) }
-        }
-        return (monotonicSeconds() - t0) / Double(reps * routable.count)
     }
 }

@@ -13,7 +13,8 @@ struct Bench: ParsableCommand {
             decode. Reports medians, decode speed-up over full depth (median of the per-round
             ratios, when budget 1 is in the list), peak resident memory and the shares of decode
             time spent routing, in stand-ins and in the output head (final norm and output
-            projection; stand-ins and head are timed apart and scaled by the decode speed).
+            projection). Routing and stand-ins are timed where they run; the head is timed apart
+            and scaled by the decode speed.
             Compare against llama.cpp with scripts/bench_vs_llamacpp.py.
             """)
 

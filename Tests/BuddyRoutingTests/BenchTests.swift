@@ -35,6 +35,23 @@ final class BenchTests: XCTestCase {
         XCTAssertEqual(row["steering"] as? String, "on")
         // The Decision Module under the wrapper still reports the time it spent deciding.
         XCTAssertGreaterThan(try XCTUnwrap(row["routing_share"] as? Double), 0)
+        // Stand-ins ran for the skipped layers of every decode step, timed where they ran: a
+        // share of decode time, neither nothing nor all of it.
+        let standIns = try XCTUnwrap(row["stand_in_share"] as? Double)
+        XCTAssertGreaterThan(standIns, 0)
+        XCTAssertLessThan(standIns, 0.5)
+    }
+
+    func testStandInTimeAccumulatesOnlyOnStepsThatSkipLayers() throws {
+        let model = try TestSupport.model()
+        let session = Session(model: model, capacity: 16, threads: 1)
+        session.standIns = try XCTUnwrap(try Routers.standIns(model: model))
+        try session.evaluate(model.tokenizer.encode("The sky is", parseSpecial: false))
+        try session.step(42)
+        XCTAssertEqual(session.decode.standInSeconds, 0, "full depth applies no stand-in")
+        session.selector = try Routers.make("even", model: model, budget: 0.5)
+        try session.step(43)
+        XCTAssertGreaterThan(session.decode.standInSeconds, 0)
     }
 
     func testTimingTheHeadLeavesTheLogitsOfTheLastToken() throws {

@@ -33,6 +33,10 @@ public final class DecodeState: @unchecked Sendable {
     public var standIns: StandIns? {
         didSet { precondition((standIns?.maxRank ?? 0) <= config.dim && standIns.map { $0.dim == config.dim } ?? true, "stand-ins do not fit this model") }
     }
+    /// Seconds spent applying stand-ins on this state's steps, ever (callers take differences).
+    /// Timed where they run, between the layers: their weights then come from memory as in a
+    /// real step, which a loop of stand-ins alone, with its weights in cache, would not show.
+    public internal(set) var standInSeconds = 0.0
 
     public init(config c: ModelConfig, capacity: Int, pool: ThreadPool) {
         config = c
@@ -203,7 +207,9 @@ extension Transformer {
             if s.reference {
                 standIns.applyRef(layer: l, s.x, normed: s.xb, projected: s.scratch)
             } else {
+                let start = monotonicSeconds()
                 standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch)
+                s.standInSeconds += monotonicSeconds() - start
             }
         }
     }
