@@ -35,7 +35,7 @@ def main():
         kl[row["prompt"]].append(float(row["kl"]))
     kind = kinds(sys.argv[2], sys.argv[3])
     ids = [p for p in kl if len(kl[p]) >= MIN_POSITIONS]
-    labels = np.array([kind.get(p, kind.get("chat-" + p, "?")) for p in ids])
+    labels = np.array([kind.get("chat-" + p, "?") for p in ids])  # kinds() keys prompts as chat-<id>
     first = np.array([np.mean(kl[p][: len(kl[p]) // 2]) for p in ids])
     second = np.array([np.mean(kl[p][len(kl[p]) // 2:]) for p in ids])
     blocks = [np.array([np.mean([x for i, x in enumerate(kl[p]) if (i // 8) % 2 == parity]) for p in ids]) for parity in (0, 1)]

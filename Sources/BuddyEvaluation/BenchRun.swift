@@ -68,7 +68,7 @@ public enum BenchRun {
         // Rounds alternate over the budgets (1, 0.75, 0.5, 1, 0.75, …) so that drift of a noisy
         // machine hits every budget alike; speed-ups are medians of ratios within a round.
         let budgetList = try parseBudgets(o.budgets)
-        struct Series { var prefill: [Double] = [], decode: [Double] = [], shares: [Double] = [], standInShares: [Double] = [], layersPerToken = 0.0 }
+        struct Series { var prefill: [Double] = [], decode: [Double] = [], routingShares: [Double] = [], standInShares: [Double] = [], layersPerToken = 0.0 }
         let standInWeights = try o.standIns.resolve(model: model, note: report.note)
         var selectors: [BudgetedLayerSelector?] = []
         for b in budgetList {
@@ -105,7 +105,7 @@ public enum BenchRun {
                 series[i].prefill.append(Double(promptTokens) / (t1 - t0))
                 series[i].decode.append(Double(genTokens - 1) / (t2 - t1))
                 let routing = (decisionModule(selector)?.routingSeconds ?? 0) - routing0
-                series[i].shares.append(routing / (t2 - t0))
+                series[i].routingShares.append(routing / (t2 - t0))
                 series[i].standInShares.append((session.decode.standInSeconds - standIn0) / (t2 - t1))
                 series[i].layersPerToken = Double(layerSum) / Double(genTokens - 1)
             }
@@ -115,7 +115,7 @@ public enum BenchRun {
         let headSeconds = secondsPerHead(model.transformer, session.decode)
         for (i, b) in budgetList.enumerated() {
             let s = series[i]
-            let p = median(s.prefill), d = median(s.decode), share = median(s.shares)
+            let p = median(s.prefill), d = median(s.decode), share = median(s.routingShares)
             // Speed-up over full depth: the median over rounds of this round's ratio.
             let speedup = fullIndex.map { f in median(zip(s.decode, series[f].decode).map { $0 / $1 }) }
             let rss = peakRSSMegabytes()
