@@ -115,7 +115,8 @@ def main():
         # kinds, against the same blind share and against ranking by each kind's true mean.
         everyone = np.arange(len(labels))
         overall = np.mean([np.where(np.isin(everyone, top_share(p, everyone)), 0.0, kl80).mean() for p in preds])
-        kind_mean = np.array([kl80[labels == k].mean() for k in labels])
+        mean_of_kind = {k: kl80[labels == k].mean() for k in kinds_seen}
+        kind_mean = np.array([mean_of_kind[k] for k in labels])
         by_kind = np.where(np.isin(everyone, top_share(kind_mean, everyone)), 0.0, kl80).mean()
         blind_all = (1 - SHARE) * kl80.mean()
         print(f"  one share over all kinds: auto {overall:.4f} ({100 * (overall / blind_all - 1):+.1f} % vs blind),"

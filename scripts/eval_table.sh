@@ -655,7 +655,7 @@ if g_ppl or g_hs or g_bench:
               + (f" ({100 * min(si_share):.1f}–{100 * max(si_share):.1f} % of decode time)" if si_share else "")
               + " (`eval/gemma-bench.jsonl`), and on SmolLM2-135M Q4_1 with its own router and `--stand-ins off` (`eval/gemma-bench-smollm2.jsonl`). "
               "Head share: the final norm and output projection of one token, timed apart in the same process (median of 5 batches "
-              "of 10) and multiplied by the decode speed, as `buddy bench` did for stand-ins until 2026-12-06. \"Head bound\" is the speed-up the "
+              "of 10) and multiplied by the decode speed, as `buddy bench` does for the head. \"Head bound\" is the speed-up the "
               "head allows: if the time outside the head scaled with the layers run, full depth's time would shrink to "
               "h + (1 − h)·(layers run / all layers), h being full depth's head share.\n")
         print("| budget | Gemma layers/token | Gemma tok/s | Gemma × full | Gemma head share | Gemma head bound "

@@ -115,7 +115,7 @@ public enum BenchRun {
         let headSeconds = secondsPerHead(model.transformer, session.decode)
         for (i, b) in budgetList.enumerated() {
             let s = series[i]
-            let p = median(s.prefill), d = median(s.decode), share = median(s.routingShares)
+            let p = median(s.prefill), d = median(s.decode), routingShare = median(s.routingShares)
             // Speed-up over full depth: the median over rounds of this round's ratio.
             let speedup = fullIndex.map { f in median(zip(s.decode, series[f].decode).map { $0 / $1 }) }
             let rss = peakRSSMegabytes()
@@ -125,10 +125,10 @@ public enum BenchRun {
             let headShare = headSeconds * d
             if json {
                 report.line("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(o.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", share)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", routingShare)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
                     + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
-                report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.1f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * share, 100 * standInShare, 100 * headShare, rss))
+                report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.1f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * routingShare, 100 * standInShare, 100 * headShare, rss))
             }
         }
     }
