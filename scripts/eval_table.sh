@@ -138,6 +138,8 @@ print("Made by `scripts/eval_stand_ins.sh run` and `scripts/eval_table.sh run` (
       "(teacher-forced sequences run as one batch with one decision per row, which gives token-by-token routing's "
       "decisions). The static baselines run one set for every token. Stand-ins (on by default) come first; the "
       "plain-skip tables after them cover more budgets for the static methods.\n")
+if os.path.exists("eval/TARGETS.md"):
+    print(open("eval/TARGETS.md").read())
 # Stand-ins (scripts/eval_stand_ins.sh): every method with and without them on the same data.
 si_ppl, si_chat = load("stand-ins-ppl.csv"), load("stand-ins-chat.csv")
 def si_value(rows, m, b, mode, key):
