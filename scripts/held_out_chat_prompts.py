@@ -66,11 +66,12 @@ def summary_prompt(offset, paragraph):
     return (f"wikitext-char-{offset}", "summary", "Summarize this passage in two or three sentences:\n\n" + untokenise(paragraph))
 
 
-def wikitext_prompts(path, start_fraction, count, min_words, max_words):
+def wikitext_prompts(path, start_fraction, count, min_words, max_words, skip=0):
+    """Summary requests for the qualifying paragraphs skip..skip+count-1 (file order) past start_fraction."""
     found = paragraphs(wikitext_span(path, start_fraction), min_words, max_words)
-    if len(found) < count:
-        raise SystemExit(f"only {len(found)} paragraphs qualify in {path}")
-    return [summary_prompt(o, s) for o, s in found[:count]]
+    if len(found) < skip + count:
+        raise SystemExit(f"only {len(found)} paragraphs qualify in {path}; {skip + count} are needed")
+    return [summary_prompt(o, s) for o, s in found[skip:skip + count]]
 
 
 def command_line(description, out_name):

@@ -13,17 +13,13 @@ It is the chat half of a check on data never seen (eval/NOTES.md, "A check on da
 """
 import os
 
-from held_out_chat_prompts import (command_line, hellaswag_prompts, paragraphs, summary_prompt,
-                                   wikitext_span, write_prompts)
+from held_out_chat_prompts import command_line, hellaswag_prompts, wikitext_prompts, write_prompts
 
 
 def main():
     args = command_line(__doc__.split("\n\n")[0], "third-chat-prompts.jsonl")
     prompts = hellaswag_prompts(os.path.join(args.data_dir, "hellaswag_dev.txt"), 1450, 100)
-    found = paragraphs(wikitext_span(os.path.join(args.data_dir, "wikitext2_valid.txt"), 0.85), 60, 220)
-    if len(found) < 160:
-        raise SystemExit(f"only {len(found)} paragraphs qualify; this set needs 160")
-    prompts += [summary_prompt(o, s) for o, s in found[100:160]]
+    prompts += wikitext_prompts(os.path.join(args.data_dir, "wikitext2_valid.txt"), 0.85, 60, 60, 220, skip=100)
     write_prompts(prompts, args.out)
 
 
