@@ -263,3 +263,20 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
     /// Forget the pooled context (a new conversation).
     public func resetContext() { pooled.reset(); hasDecision = false }
 }
+
+extension DecisionModule {
+    /// This module with `choices` in place of its own, its prompt sets kept.
+    public func replacingChoices(_ choices: [Choice]) throws -> DecisionModule {
+        let m = try DecisionModule(name: name, layers: layers, dim: dim, kvDim: kvDim,
+                                   weights: Weights(inputMean: weights.inputMean, inputScale: weights.inputScale, choices: choices))
+        m.promptSets = promptSets
+        return m
+    }
+
+    /// This module with `choice` serving its k (`choice.kept`), everything else kept.
+    public func replacingChoice(_ choice: Choice) throws -> DecisionModule {
+        var choices = weights.choices
+        choices[choice.kept - 1] = choice
+        return try replacingChoices(choices)
+    }
+}

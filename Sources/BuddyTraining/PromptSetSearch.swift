@@ -32,6 +32,11 @@ extension StaticRanking: PromptSetHolder {}
 /// About 2 + rounds × (routable + width²) measurements per budget. Every measurement is checkpointed,
 /// so a rerun resumes.
 public enum PromptSetSearch {
+    /// The part of a conversation a searched set serves.
+    public enum SetPart: String, Sendable {
+        case prompt, reply
+    }
+
     public struct Options: Sendable {
         public var router: String
         public var chatData: String
@@ -43,6 +48,15 @@ public enum PromptSetSearch {
         public var rounds: Int = 1
         public var standIns: StandInChoice = .auto
         public var kvPolicy: KVPolicy = .fill
+        /// Which part of a conversation the searched set serves: the prompt, or the reply
+        /// (`buddy train reply-sets`, the Decision Module's one set at the budget).
+        public var part: SetPart = .prompt
+        /// Which prompts of --chat-data are searched on (train: even positions).
+        public var split: ChatPromptSplit = .train
+        /// Reply sets only: prose and validation chat on which the module's own set, the reply
+        /// set and a pair scorer over both compete for the choice (nil: the reply set is kept
+        /// whenever it beats the module on the searched chat).
+        public var pairData: ReplySetPair.Data?
         public var out: String
         public var checkpoint: String?
         public var threads: Int = 1
@@ -58,10 +72,11 @@ public enum PromptSetSearch {
 
         /// The command that reproduces a search, as recorded in the router's notes.
         var command: String {
-            "buddy train prompt-sets --router \(router) --chat-data \(chatData) --prompts \(prompts) --reply-tokens \(replyTokens)"
+            "buddy train \(part)-sets --router \(router) --chat-data \(chatData)" + (split == .train ? "" : " --split \(split.rawValue)")
+                + " --prompts \(prompts) --reply-tokens \(replyTokens)"
                 + " --budgets " + budgetsArgument
                 + (width == 2 ? "" : " --width \(width)") + (rounds == 1 ? "" : " --rounds \(rounds)") + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
-                + " --out \(out)"
+                + (pairData.map { " " + $0.commandLine } ?? "") + " --out \(out)"
         }
     }
 
@@ -88,11 +103,14 @@ public enum PromptSetSearch {
         try o.validate()
         guard let text = try? String(contentsOfFile: o.chatData, encoding: .utf8) else { throw ToolError("cannot read chat data '\(o.chatData)'") }
         let questions: [ChatPrompt]
-        do { questions = Array(try ChatPromptSet.parse(text, split: .train).prefix(o.prompts)) } catch { throw ToolError("\(o.chatData): \(error)") }
-        guard !questions.isEmpty else { throw ToolError("'\(o.chatData)' has no train-split prompts") }
+        do { questions = Array(try ChatPromptSet.parse(text, split: o.split).prefix(o.prompts)) } catch { throw ToolError("\(o.chatData): \(error)") }
+        guard !questions.isEmpty else { throw ToolError("'\(o.chatData)' has no prompts in the \(o.split.rawValue) split") }
         guard let router = try Routers.make(o.router, model: model) as? PromptSetHolder else {
             throw ToolError("--router \(o.router): prompt sets need the Decision Module or a static ranking file")
         }
+        // A reply set replaces the module's choice at a budget; a static ranking's sets are its ranking.
+        let module = router as? DecisionModule
+        guard o.part == .prompt || module != nil else { throw ToolError("--router \(o.router): reply sets need the Decision Module") }
         guard let routerPath = Routers.locate(o.router, model: model),
               let routerJSON = try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: routerPath))) as? [String: Any] else {
             throw ToolError("--router \(o.router): cannot read its file")
@@ -102,7 +120,9 @@ public enum PromptSetSearch {
 
         let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
         session.policy = o.kvPolicy
-        session.promptDepth = .budget
+        // A reply set is searched with the prompt at full depth, as the chat runs it, so that the
+        // prompt's own sets (at this budget and at k ± 1 alike) play no part.
+        session.promptDepth = o.part == .reply ? .full : .budget
         let evaluator = ChatEvaluator(session: session)
 
         // The checkpoint is reused only by the same search (data, router, stand-ins). The router
@@ -113,8 +133,9 @@ public enum PromptSetSearch {
         let routerIdentity = try JSONSerialization.data(withJSONObject: decisions, options: [.sortedKeys])
             .withUnsafeBytes { String(format: "%016llx", StandInFile.fnv64($0)) }
         let settings = [o.chatData, "\(questions.count)", "\(o.replyTokens)", routerIdentity,
-                        standIns.map { $0.identity } ?? "off", o.kvPolicy.rawValue, model.fingerprint].joined(separator: "|")
-        let checkpointPath = o.checkpoint ?? o.out + ".prompt-sets.checkpoint.json"
+                        standIns.map { $0.identity } ?? "off", o.kvPolicy.rawValue, model.fingerprint]
+            .joined(separator: "|") + (o.part == .prompt ? "" : "|\(o.part)|\(o.split.rawValue)")
+        let checkpointPath = o.checkpoint ?? o.out + ".\(o.part)-sets.checkpoint.json"
         var saved = Checkpoint(settings: settings)
         if let data = FileManager.default.contents(atPath: checkpointPath),
            let old = try? JSONDecoder().decode(Checkpoint.self, from: data), old.settings == settings {
@@ -136,19 +157,27 @@ public enum PromptSetSearch {
         func measure(_ set: [Int]?, k: Int, label: String) throws -> (kl: Double, masks: [[Bool]: Int]) {
             let key = "k=\(k) " + (set.map { "set " + $0.map(String.init).joined(separator: ",") } ?? "router")
             if set != nil, let s = saved.sums[key] { return (s[0] / s[1], [:]) }
-            router.budget = Double(k) / Double(routable)
-            router.promptSets = .none(routable: routable)
-            if let set { try router.promptSets.set(set, kept: k) }
-            session.selector = router
+            let selector: BudgetedLayerSelector
+            if o.part == .reply, let module, let set {
+                selector = try module.replacingChoice(DecisionModule.Choice(kept: k, sets: [set], names: ["reply search"]))
+            } else {
+                selector = router
+                if o.part == .prompt {
+                    router.promptSets = .none(routable: routable)
+                    if let set { try router.promptSets.set(set, kept: k) }
+                }
+            }
+            selector.budget = Double(k) / Double(routable)
+            session.selector = selector
             session.standIns = standIns
             var total = ChatDivergence()
             var masks: [[Bool]: Int] = [:]
             let bar = report.progress(label, references.count)
             for (i, ref) in references.enumerated() {
-                total.add(try evaluator.compare(ref, batched: Routers.canBatch(router, budget: router.budget)))
+                total.add(try evaluator.compare(ref, batched: Routers.canBatch(selector, budget: selector.budget)))
                 // compare evaluates the prompt first; with the reply batched the session's
                 // last mask is the reply's, so read the prompt's decision afresh.
-                if set == nil {
+                if set == nil, o.part == .prompt {
                     session.reset()
                     try session.evaluate(ref.prompt)
                     masks[session.lastMask, default: 0] += 1
@@ -165,8 +194,15 @@ public enum PromptSetSearch {
             let k = LayerBudget.routableCount(budget: b, layers: model.config.layers)
             guard k >= 2, k < routable else { report.note(String(format: "%.2f: k = %d leaves no room for a search", b, k)); continue }
             let own = try measure(nil, k: k, label: String(format: "%.2f router", b))
-            let start = try (mostFrequent(own.masks)).map { m in (1...routable).filter { m[$0] } }
-                ?? { throw ToolError("no prompt decision recorded") }()
+            let start: [Int]
+            if o.part == .reply, let module {
+                // The module's set at k (its "search" candidate when a scorer mixes several).
+                let choice = module.weights.choices[k - 1]
+                start = choice.sets[choice.names.firstIndex(of: "search") ?? 0]
+            } else {
+                start = try (mostFrequent(own.masks)).map { m in (1...routable).filter { m[$0] } }
+                    ?? { throw ToolError("no prompt decision recorded") }()
+            }
             let startKL = try measure(start, k: k, label: String(format: "%.2f S0", b)).kl
             // Each round starts from the best set so far: what each layer is worth to the prompt
             // (KL with it added, for skipped layers, or left out, for kept ones), then the swaps.
@@ -195,10 +231,35 @@ public enum PromptSetSearch {
             }
             let kept = best.kl < own.kl ? best : nil
             outcomes.append(Outcome(budget: b, kept: k, routerKL: own.kl, startKL: startKL, start: start, best: kept?.set, bestKL: kept?.kl))
-            report.line(String(format: "%.2f (k = %d): router's own prompt decisions %.4f, its most frequent set %.4f, ", b, k, own.kl, startKL)
-                        + (kept.map { String(format: "kept %@ %.4f", $0.set.map(String.init).joined(separator: ","), $0.kl) } ?? "no prompt set kept"))
+            report.line(String(format: "%.2f (k = %d): router's own %@ decisions %.4f, its %@ set %.4f, ", b, k, o.part.rawValue, own.kl,
+                               o.part == .prompt ? "most frequent" : "start", startKL)
+                        + (kept.map { String(format: "kept %@ %.4f", $0.set.map(String.init).joined(separator: ","), $0.kl) } ?? "no \(o.part) set kept"))
             report.line("  layer added: " + additions.map { String(format: "+%d %.4f", $0.layer, $0.kl) }.joined(separator: " "))
             report.line("  layer left out: " + removals.map { String(format: "−%d %.4f", $0.layer, $0.kl) }.joined(separator: " "))
+        }
+
+        if o.part == .reply, let module {
+            // The module with each kept set as its one choice at that k; prompt sets as they were.
+            var choices = module.weights.choices
+            var figures = outcomes.map { String(format: "%.2f: %.4f -> %.4f", $0.budget, $0.routerKL, $0.bestKL ?? $0.routerKL) }.joined(separator: ", ")
+            for outcome in outcomes {
+                guard let best = outcome.best else { continue }
+                if let pairData = o.pairData {
+                    let pair = try ReplySetPair.choose(module: module, k: outcome.kept, own: outcome.start, reply: best, data: pairData, chat: o,
+                                                       model: model, standIns: standIns, report: report)
+                    choices[outcome.kept - 1] = pair.choice
+                    figures += String(format: "; k %d on validation prose and chat: own set %.4f, reply set %.4f, pair %.4f, shipped %@",
+                                      outcome.kept, pair.own, pair.reply, pair.pair, pair.shipped)
+                } else {
+                    choices[outcome.kept - 1] = DecisionModule.Choice(kept: outcome.kept, sets: [best], names: ["reply search"])
+                }
+            }
+            let written = try module.replacingChoices(choices)
+            let notes = ((routerJSON["notes"] as? String) ?? "") + "; then reply sets: " + o.command + "; " + figures + " (chat KL, prompt at full depth)"
+            try RouterFile.save(written, model: model, notes: notes, to: o.out)
+            if o.checkpoint == nil { try? FileManager.default.removeItem(atPath: checkpointPath) }
+            report.line("wrote \(o.out)")
+            return outcomes
         }
 
         // Write the router with its prompt sets: budgets not searched keep the sets they had.

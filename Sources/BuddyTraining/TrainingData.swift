@@ -43,12 +43,12 @@ public enum TrainingData {
     /// `replyTokens`; the positions that predict the reply are scored. With `secondTurns`, each
     /// prompt that has a follow-up question adds a second conversation: first question, the
     /// full model's reply to it, the follow-up, and the full model's reply to that (scored).
-    public static func chatSequences(model: LanguageModel, path: String, prompts range: Range<Int>, replyTokens: Int, threads: Int,
+    public static func chatSequences(model: LanguageModel, path: String, split: ChatPromptSplit = .train, prompts range: Range<Int>, replyTokens: Int, threads: Int,
                                      secondTurns: Bool = false, report: Reporter) throws -> [SearchSequence] {
         guard let chatText = try? String(contentsOfFile: path, encoding: .utf8) else { throw ToolError("cannot read chat prompts '\(path)'") }
-        let all = try ChatPromptSet.parse(chatText, split: .train)
+        let all = try ChatPromptSet.parse(chatText, split: split)
         let prompts = all[min(range.lowerBound, all.count)..<min(range.upperBound, all.count)]
-        guard !prompts.isEmpty || range.isEmpty else { throw ToolError("'\(path)' has only \(all.count) train-split prompts") }
+        guard !prompts.isEmpty || range.isEmpty else { throw ToolError("'\(path)' has only \(all.count) \(split.rawValue)-split prompts") }
         var sequences: [SearchSequence] = []
         guard !prompts.isEmpty else { return sequences }
         let capacity = 512

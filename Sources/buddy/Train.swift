@@ -9,7 +9,7 @@ extension PredictorTraining.ChoiceRule: ExpressibleByArgument {}
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the Decision Module (default), the prompt sets of a router, or the Budget Predictor for this model.",
-        subcommands: [TrainRouter.self, TrainPromptSets.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
+        subcommands: [TrainRouter.self, TrainPromptSets.self, TrainReplySets.self, TrainPredictor.self], defaultSubcommand: TrainRouter.self)
 }
 
 struct TrainRouter: ParsableCommand {
@@ -111,6 +111,63 @@ struct TrainPromptSets: ParsableCommand {
         return o
     }
     func validate() throws { try validating(options.validate) }
+
+    func run() throws { try PromptSetSearch.run(options, model: try modelOptions.load(), report: .terminal) }
+}
+
+struct TrainReplySets: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reply-sets",
+        abstract: "Search, per budget, the one layer set the Decision Module's reply runs, on chat, and write the router with it.",
+        discussion: """
+            The search of `buddy train prompt-sets` applied to the reply: with the prompt at
+            full depth (as the chat runs it), chat KL along the full model's greedy replies for
+            the module's own reply decisions at the budget, for its set there, for every
+            one-layer change of that set and for the swaps of the best additions and cheapest
+            removals. A budget keeps the best set of exactly k layers as the module's one choice
+            there only if it beats the module's own decisions; prompt sets are kept as they are
+            (docs/TRAINING.md, "A reply set searched on more kinds of chat").
+            """)
+
+    @Option(name: .long, help: "The Decision Module: buddy or a router file.") var router: String = "buddy"
+    @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines).") var chatData: String
+    @Option(name: .long, help: "Which prompts of --chat-data: train (even positions), heldout (odd) or all.") var split: String = "train"
+    @Option(name: .long, help: "Prompts of the split used (from the first).") var prompts: Int = 40
+    @Option(name: .long, help: "Length of the full model's reference replies, in tokens.") var replyTokens: Int = 64
+    @Option(name: .long, help: "Budgets searched, in order; the module's other budgets keep their choices.") var budgets: String = "0.5"
+    @Option(name: .long, help: "How many of the best additions and cheapest removals are combined into swaps.") var width: Int = 2
+    @Option(name: .long, help: "Rounds of one-layer changes, each from the best set of the last; stops early when a round finds nothing better.") var rounds: Int = 1
+    @Option(name: .long, help: "Stand-ins the search runs with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+    @Option(name: .long, help: "WikiText-2 file: with it, the module's own set, the reply set and a pair scorer over both compete on validation prose and chat, and the best is the choice.") var textData: String?
+    @Option(name: .long, help: "Training text: 512-token chunks from the start of --text-data (scored from position 128).") var textChunks: Int = 8
+    @Option(name: .long, help: "512-token chunks of --text-data skipped before the validation text.") var validationSkipChunks: Int = 12
+    @Option(name: .long, help: "512-token chunks of validation text (second halves scored).") var validationChunks: Int = 8
+    @Option(name: .long, help: "Validation chat: prompts of the split after the --prompts searched ones.") var validationPrompts: Int = 60
+    @Option(name: .long, help: "Where to write the router (written atomically; may be the router's own file).") var out: String
+    @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.reply-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
+    @OptionGroup var modelOptions: ModelOptions
+
+    var options: PromptSetSearch.Options {
+        var o = PromptSetSearch.Options(router: router, chatData: chatData, out: out)
+        o.part = .reply
+        o.split = ChatPromptSplit(rawValue: split) ?? .train
+        if let textData {
+            var d = ReplySetPair.Data(text: textData)
+            d.textChunks = textChunks; d.validationSkipChunks = validationSkipChunks; d.validationChunks = validationChunks; d.validationPrompts = validationPrompts
+            o.pairData = d
+        }
+        o.prompts = prompts; o.replyTokens = replyTokens; o.width = width; o.rounds = rounds; o.standIns = standIns
+        o.budgets = budgets.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        o.checkpoint = checkpoint; o.threads = modelOptions.threads
+        return o
+    }
+    func validate() throws {
+        guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
+        guard textChunks >= 1, validationSkipChunks >= 0, validationChunks >= 1, validationPrompts >= 1 else {
+            throw ValidationError("--text-chunks, --validation-chunks and --validation-prompts must be at least 1")
+        }
+        try validating(options.validate)
+    }
 
     func run() throws { try PromptSetSearch.run(options, model: try modelOptions.load(), report: .terminal) }
 }

@@ -89,6 +89,36 @@ final class PromptSetTests: XCTestCase {
         XCTAssertEqual(steered.lastLayers, [0] + promptSet + [L - 1])
     }
 
+    /// A reply set (`buddy train reply-sets`) replaces the module's choice at one k: every decode
+    /// step at that budget runs exactly the set, the module becomes batchable there, and every
+    /// other k, the prompt sets and the input normalisation are unchanged.
+    func testReplacingOneChoiceRunsThatSetAndKeepsTheRest() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers
+        let dm = try TestModules.withScorers(model: m, seed: 21)
+        let k = LayerBudget.routableCount(budget: 0.8, layers: L)
+        try dm.promptSets.set(Array(2...(k + 1)), kept: k)
+        let replySet = Array(1...(k - 1)) + [L - 2]
+        let replaced = try dm.replacingChoice(.init(kept: k, sets: [replySet], names: ["reply search"]))
+        XCTAssertEqual(replaced.weights.choices[k - 1].sets, [replySet])
+        XCTAssertEqual(replaced.weights.choices[k - 2], dm.weights.choices[k - 2])
+        XCTAssertEqual(replaced.weights.inputMean, dm.weights.inputMean)
+        XCTAssertEqual(replaced.promptSets, dm.promptSets)
+        XCTAssertNil(Routers.fixedMask(dm, budget: 0.8), "the scorer decides per token")
+        XCTAssertEqual(Routers.fixedMask(replaced, budget: 0.8), LayerBudget.mask(layers: L, chosen: Set(replySet)), "one set: the same for every token")
+
+        let s = Session(model: m, capacity: 64, threads: 2, batchSize: 32)
+        replaced.budget = 0.8
+        s.selector = replaced
+        s.promptDepth = .full
+        try s.evaluate(m.tokenizer.encode("The river flows", parseSpecial: false))
+        for token in m.tokenizer.encode(" past the old mill and", parseSpecial: false) {
+            try s.step(token)
+            XCTAssertEqual(s.lastLayers, [0] + replySet + [L - 1])
+        }
+        XCTAssertThrowsError(try dm.replacingChoice(.init(kept: k, sets: [Array(1...(k - 1))], names: ["short"])), "a set of k − 1 layers cannot serve k")
+    }
+
     /// Prompt sets survive a round trip through a router file, for the Decision Module and for
     /// a static ranking; hostile entries are refused with an error naming the field; a version-5
     /// module (no prompt sets) still loads; and the evaluation's batching rules are unchanged.
