@@ -94,19 +94,16 @@ struct TrainPromptSets: ParsableCommand {
     @Option(name: .long, help: "The router: buddy, sleb, shortgpt or a router/ranking file.") var router: String = "buddy"
     @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.") var chatData: String
     @Option(name: .long, help: "Train-split prompts used (from the first).") var prompts: Int = 40
-    @Option(name: .long, help: "Length of the full model's reference replies, in tokens.") var replyTokens: Int = 64
     @Option(name: .long, help: "Budgets searched, in order; the router's other budgets keep the prompt sets they have.") var budgets: String = "0.8"
-    @Option(name: .long, help: "How many of the best additions and cheapest removals are combined into swaps.") var width: Int = 2
-    @Option(name: .long, help: "Rounds of one-layer changes, each from the best set of the last; stops early when a round finds nothing better.") var rounds: Int = 1
-    @Option(name: .long, help: "Stand-ins the search runs with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+    @OptionGroup var search: SetSearchRounds
     @Option(name: .long, help: "Where to write the router with its prompt sets (written atomically; may be the router's own file).") var out: String
     @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.prompt-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
     @OptionGroup var modelOptions: ModelOptions
 
     var options: PromptSetSearch.Options {
         var o = PromptSetSearch.Options(router: router, chatData: chatData, out: out)
-        o.prompts = prompts; o.replyTokens = replyTokens; o.width = width; o.rounds = rounds; o.standIns = standIns
-        o.budgets = budgets.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        o.prompts = prompts
+        search.apply(to: &o, budgets: budgets)
         o.checkpoint = checkpoint; o.threads = modelOptions.threads
         return o
     }
@@ -133,11 +130,8 @@ struct TrainReplySets: ParsableCommand {
     @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines).") var chatData: String
     @Option(name: .long, help: "Which prompts of --chat-data: train (even positions), heldout (odd) or all.") var split: String = "train"
     @Option(name: .long, help: "Prompts of the split used (from the first).") var prompts: Int = 40
-    @Option(name: .long, help: "Length of the full model's reference replies, in tokens.") var replyTokens: Int = 64
     @Option(name: .long, help: "Budgets searched, in order; the module's other budgets keep their choices.") var budgets: String = "0.5"
-    @Option(name: .long, help: "How many of the best additions and cheapest removals are combined into swaps.") var width: Int = 2
-    @Option(name: .long, help: "Rounds of one-layer changes, each from the best set of the last; stops early when a round finds nothing better.") var rounds: Int = 1
-    @Option(name: .long, help: "Stand-ins the search runs with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+    @OptionGroup var search: SetSearchRounds
     @Option(name: .long, help: "WikiText-2 file: with it, the module's own set, the reply set and a pair scorer over both compete on validation prose and chat, and the best is the choice.") var textData: String?
     @Option(name: .long, help: "Training text: 512-token chunks from the start of --text-data (scored from position 128).") var textChunks: Int = 8
     @Option(name: .long, help: "512-token chunks of --text-data skipped before the validation text.") var validationSkipChunks: Int = 12
@@ -156,8 +150,8 @@ struct TrainReplySets: ParsableCommand {
             d.textChunks = textChunks; d.validationSkipChunks = validationSkipChunks; d.validationChunks = validationChunks; d.validationPrompts = validationPrompts
             o.pairData = d
         }
-        o.prompts = prompts; o.replyTokens = replyTokens; o.width = width; o.rounds = rounds; o.standIns = standIns
-        o.budgets = budgets.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+        o.prompts = prompts
+        search.apply(to: &o, budgets: budgets)
         o.checkpoint = checkpoint; o.threads = modelOptions.threads
         return o
     }
@@ -170,6 +164,19 @@ struct TrainReplySets: ParsableCommand {
     }
 
     func run() throws { try PromptSetSearch.run(options, model: try modelOptions.load(), report: .terminal) }
+}
+
+/// What `buddy train prompt-sets` and `reply-sets` share: the references and the rounds of the search.
+struct SetSearchRounds: ParsableArguments {
+    @Option(name: .long, help: "Length of the full model's reference replies, in tokens.") var replyTokens: Int = 64
+    @Option(name: .long, help: "How many of the best additions and cheapest removals are combined into swaps.") var width: Int = 2
+    @Option(name: .long, help: "Rounds of one-layer changes, each from the best set of the last; stops early when a round finds nothing better.") var rounds: Int = 1
+    @Option(name: .long, help: "Stand-ins the search runs with: on (the model's), off, or a file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
+
+    func apply(to o: inout PromptSetSearch.Options, budgets: String) {
+        o.replyTokens = replyTokens; o.width = width; o.rounds = rounds; o.standIns = standIns
+        o.budgets = budgets.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+    }
 }
 
 struct TrainPredictor: ParsableCommand {
