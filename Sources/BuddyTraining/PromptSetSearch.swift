@@ -250,6 +250,8 @@ public enum PromptSetSearch {
                     choices[outcome.kept - 1] = pair.choice
                     figures += String(format: "; k %d on validation prose and chat: own set %.4f, reply set %.4f, pair %.4f, shipped %@",
                                       outcome.kept, pair.own, pair.reply, pair.pair, pair.shipped)
+                        + String(format: " (prose %.4f / %.4f / %.4f, chat %.4f / %.4f / %.4f)", pair.prose[0], pair.prose[1], pair.prose[2],
+                                 pair.chat[0], pair.chat[1], pair.chat[2])
                 } else {
                     choices[outcome.kept - 1] = DecisionModule.Choice(kept: outcome.kept, sets: [best], names: ["reply search"])
                 }

@@ -8,6 +8,11 @@ import Foundation
 /// the reply set, or both with a pair scorer (`SetChoiceFit`) that decides per token from the
 /// routing context, as `buddy train router`'s scorers do. The input normalisation is the
 /// module's own, shared by every k.
+///
+/// With `balanced`, prose and chat weigh the same however many positions each has (in the fit
+/// and in the choice of L2), and a choice must not cost validation prose more than --min-gain:
+/// among those that do not, the one with the lowest validation chat KL, if it beats the
+/// module's own set there by --min-gain. Without it, positions are pooled.
 public enum ReplySetPair {
     public struct Data: Sendable {
         public var text: String
@@ -20,17 +25,21 @@ public enum ReplySetPair {
         public var l2: [Float] = [0.0001, 0.001, 0.01, 0.1]
         public var balance: Float = 1
         public var minGain = 0.005
+        /// Prose and chat weigh the same, and no choice may cost prose (see above).
+        public var balanced = false
         public init(text: String) { self.text = text }
 
         var commandLine: String {
             "--text-data \(text) --text-chunks \(textChunks) --validation-skip-chunks \(validationSkipChunks) --validation-chunks \(validationChunks)"
-                + " --validation-prompts \(validationPrompts)"
+                + " --validation-prompts \(validationPrompts)" + (balanced ? " --balanced" : "")
         }
     }
 
     public struct Outcome: Sendable {
         /// Validation KL (prose and chat positions pooled) of the module's set, the reply set and the pair.
         public var own: Double, reply: Double, pair: Double
+        /// The same on validation prose and on validation chat alone ([own, reply, pair]).
+        public var prose: [Double], chat: [Double]
         public var choice: DecisionModule.Choice
         public var shipped: String
     }
@@ -64,8 +73,18 @@ public enum ReplySetPair {
         let (mean, scale) = (module.weights.inputMean, module.weights.inputScale)
         func normalised(_ rows: [[Float]]) -> [[Float]] { rows.map { x in x.indices.map { (x[$0] - mean[$0]) * scale[$0] } } }
         let zTrain = normalised(train.routingInputs()), zValidation = normalised(validation.routingInputs())
-        func perPosition(_ c: [[Double]]) -> [[Double]] { (0..<c[0].count).map { t in c.map { $0[t] } } }
-        let trainMatrix = perPosition(trainCosts), validationMatrix = perPosition(validationCosts)
+        // Positions are prose first, then chat, in both splits (the sequences' order).
+        let proseTrain = textTrain.reduce(0) { $0 + $1.scored.count }, proseValidation = textValidation.reduce(0) { $0 + $1.scored.count }
+        /// Each position's weight: 1 pooled; balanced, prose and chat each weigh half of the total.
+        func weights(prose: Int, total: Int) -> [Double] {
+            guard data.balanced, prose > 0, prose < total else { return [Double](repeating: 1, count: total) }
+            let wProse = 0.5 * Double(total) / Double(prose), wChat = 0.5 * Double(total) / Double(total - prose)
+            return (0..<total).map { $0 < prose ? wProse : wChat }
+        }
+        let trainWeights = weights(prose: proseTrain, total: train.scoredCount)
+        let validationWeights = weights(prose: proseValidation, total: validation.scoredCount)
+        func perPosition(_ c: [[Double]], _ w: [Double]) -> [[Double]] { (0..<c[0].count).map { t in c.map { $0[t] * w[t] } } }
+        let trainMatrix = perPosition(trainCosts, trainWeights), validationMatrix = perPosition(validationCosts, validationWeights)
         var best: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
         for l2 in data.l2 {
             let scorer = SetChoiceFit.fit(inputs: zTrain, costs: trainMatrix, l2: l2, balance: data.balance)
@@ -75,17 +94,26 @@ public enum ReplySetPair {
         let pairChoice = DecisionModule.Choice(kept: k, sets: sets, names: ["search", "reply search"], weights: best!.scorer.weights, bias: best!.scorer.bias)
         let trial = try module.replacingChoice(pairChoice)
         trial.budget = Double(k) / Double(routable)
-        let pair = validation.routedKL(trial, policy: chat.kvPolicy)
-        let ownKL = TrainingData.mean(validationCosts[0]), replyKL = TrainingData.mean(validationCosts[1])
+        let pairCosts = validation.routedPositionKL(trial, policy: chat.kvPolicy)
+        let all = [validationCosts[0], validationCosts[1], pairCosts]
+        let prose = all.map { TrainingData.mean(Array($0[..<proseValidation])) }, chatKL = all.map { TrainingData.mean(Array($0[proseValidation...])) }
+        let pooled = all.map(TrainingData.mean)
+        let choices: [(DecisionModule.Choice, String)] = [(module.weights.choices[k - 1], "own"), (.init(kept: k, sets: [reply], names: ["reply search"]), "reply set"),
+                                                          (pairChoice, String(format: "pair (L2 %g)", best!.l2))]
         // The module's own set stays unless another choice beats it by --min-gain.
-        var outcome = Outcome(own: ownKL, reply: replyKL, pair: pair, choice: module.weights.choices[k - 1], shipped: "own")
-        if replyKL < ownKL * (1 - data.minGain), replyKL <= pair {
-            outcome.choice = .init(kept: k, sets: [reply], names: ["reply search"]); outcome.shipped = "reply set"
-        } else if pair < ownKL * (1 - data.minGain) {
-            outcome.choice = pairChoice; outcome.shipped = String(format: "pair (L2 %g)", best!.l2)
+        var pick = 0
+        if data.balanced {
+            for j in 1...2 where prose[j] <= prose[0] * (1 + data.minGain) && chatKL[j] < chatKL[0] * (1 - data.minGain) && chatKL[j] < chatKL[pick] { pick = j }
+        } else if pooled[1] < pooled[0] * (1 - data.minGain), pooled[1] <= pooled[2] {
+            pick = 1
+        } else if pooled[2] < pooled[0] * (1 - data.minGain) {
+            pick = 2
         }
+        let outcome = Outcome(own: pooled[0], reply: pooled[1], pair: pooled[2], prose: prose, chat: chatKL, choice: choices[pick].0, shipped: choices[pick].1)
         report.line(String(format: "k %d validation KL (prose and chat): own set %.4f, reply set %.4f, pair routed %.4f (estimate %.4f): %@",
-                           k, ownKL, replyKL, pair, best!.cost, outcome.shipped))
+                           k, pooled[0], pooled[1], pooled[2], best!.cost, outcome.shipped))
+        report.line(String(format: "  prose: own %.4f, reply %.4f, pair %.4f; chat: own %.4f, reply %.4f, pair %.4f",
+                           prose[0], prose[1], prose[2], chatKL[0], chatKL[1], chatKL[2]))
         return outcome
     }
 }

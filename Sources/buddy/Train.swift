@@ -137,6 +137,7 @@ struct TrainReplySets: ParsableCommand {
     @Option(name: .long, help: "512-token chunks of --text-data skipped before the validation text.") var validationSkipChunks: Int = 12
     @Option(name: .long, help: "512-token chunks of validation text (second halves scored).") var validationChunks: Int = 8
     @Option(name: .long, help: "Validation chat: prompts of the split after the --prompts searched ones.") var validationPrompts: Int = 60
+    @Flag(name: .long, help: "Prose and chat weigh the same in the pair's fit and choice, and no choice may cost validation prose more than 0.5 %.") var balanced = false
     @Option(name: .long, help: "Where to write the router (written atomically; may be the router's own file).") var out: String
     @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.reply-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
     @OptionGroup var modelOptions: ModelOptions
@@ -147,7 +148,7 @@ struct TrainReplySets: ParsableCommand {
         o.split = ChatPromptSplit(rawValue: split) ?? .train
         if let textData {
             var d = ReplySetPair.Data(text: textData)
-            d.textChunks = textChunks; d.validationSkipChunks = validationSkipChunks; d.validationChunks = validationChunks; d.validationPrompts = validationPrompts
+            d.textChunks = textChunks; d.validationSkipChunks = validationSkipChunks; d.validationChunks = validationChunks; d.validationPrompts = validationPrompts; d.balanced = balanced
             o.pairData = d
         }
         o.prompts = prompts
