@@ -101,19 +101,29 @@ public enum ReplySetPair {
         let choices: [(DecisionModule.Choice, String)] = [(module.weights.choices[k - 1], "own"), (.init(kept: k, sets: [reply], names: ["reply search"]), "reply set"),
                                                           (pairChoice, String(format: "pair (L2 %g)", best!.l2))]
         // The module's own set stays unless another choice beats it by --min-gain.
-        var pick = 0
-        if data.balanced {
-            for j in 1...2 where prose[j] <= prose[0] * (1 + data.minGain) && chatKL[j] < chatKL[0] * (1 - data.minGain) && chatKL[j] < chatKL[pick] { pick = j }
-        } else if pooled[1] < pooled[0] * (1 - data.minGain), pooled[1] <= pooled[2] {
-            pick = 1
-        } else if pooled[2] < pooled[0] * (1 - data.minGain) {
-            pick = 2
-        }
+        let pick = choice(prose: prose, chat: chatKL, pooled: pooled, balanced: data.balanced, minGain: data.minGain)
         let outcome = Outcome(own: pooled[0], reply: pooled[1], pair: pooled[2], prose: prose, chat: chatKL, choice: choices[pick].0, shipped: choices[pick].1)
         report.line(String(format: "k %d validation KL (prose and chat): own set %.4f, reply set %.4f, pair routed %.4f (estimate %.4f): %@",
                            k, pooled[0], pooled[1], pooled[2], best!.cost, outcome.shipped))
         report.line(String(format: "  prose: own %.4f, reply %.4f, pair %.4f; chat: own %.4f, reply %.4f, pair %.4f",
                            prose[0], prose[1], prose[2], chatKL[0], chatKL[1], chatKL[2]))
         return outcome
+    }
+
+    /// Which of [own set, reply set, pair] becomes the choice, from their validation KL on prose,
+    /// on chat and pooled. Pooled: the lower of reply set and pair if it beats the own set by
+    /// `minGain` (the reply set on a tie). Balanced: among the two that cost prose at most
+    /// `minGain`, the lowest chat KL, if it beats the own set's chat by `minGain`. 0 otherwise.
+    public static func choice(prose: [Double], chat: [Double], pooled: [Double], balanced: Bool, minGain: Double) -> Int {
+        precondition(prose.count == 3 && chat.count == 3 && pooled.count == 3, "own set, reply set, pair")
+        var pick = 0
+        if balanced {
+            for j in 1...2 where prose[j] <= prose[0] * (1 + minGain) && chat[j] < chat[0] * (1 - minGain) && chat[j] < chat[pick] { pick = j }
+        } else if pooled[1] < pooled[0] * (1 - minGain), pooled[1] <= pooled[2] {
+            pick = 1
+        } else if pooled[2] < pooled[0] * (1 - minGain) {
+            pick = 2
+        }
+        return pick
     }
 }

@@ -119,6 +119,23 @@ final class PromptSetTests: XCTestCase {
         XCTAssertThrowsError(try dm.replacingChoice(.init(kept: k, sets: [Array(1...(k - 1))], names: ["short"])), "a set of k − 1 layers cannot serve k")
     }
 
+    /// The reply-set step's choice among the module's own set, the reply set and the pair, on
+    /// the figures of its two runs (docs/TRAINING.md) and on hand-made edge cases.
+    func testReplySetChoiceRule() {
+        // The shipped run's validation figures: pooled, the pair wins; balanced, it costs prose 0.7 %.
+        let prose = [0.5944, 0.6306, 0.5986], chat = [1.2183, 1.2320, 1.1778]
+        XCTAssertEqual(ReplySetPair.choice(prose: prose, chat: chat, pooled: [0.9950, 1.0167, 0.9657], balanced: false, minGain: 0.005), 2)
+        XCTAssertEqual(ReplySetPair.choice(prose: prose, chat: chat, pooled: [0.9950, 1.0167, 0.9705], balanced: true, minGain: 0.005), 0)
+        XCTAssertEqual(ReplySetPair.choice(prose: prose, chat: chat, pooled: [0.9950, 1.0167, 0.9705], balanced: true, minGain: 0.01), 2,
+                       "a 1 % allowance admits the pair's 0.7 %")
+        // Pooled: a gain below minGain keeps the own set; the reply set wins a tie with the pair.
+        XCTAssertEqual(ReplySetPair.choice(prose: prose, chat: chat, pooled: [1.0, 0.996, 0.997], balanced: false, minGain: 0.005), 0)
+        XCTAssertEqual(ReplySetPair.choice(prose: prose, chat: chat, pooled: [1.0, 0.9, 0.9], balanced: false, minGain: 0.005), 1)
+        // Balanced: both admissible, the lower chat KL is picked.
+        XCTAssertEqual(ReplySetPair.choice(prose: [1, 1, 1], chat: [1, 0.8, 0.9], pooled: [1, 1, 1], balanced: true, minGain: 0.005), 1)
+        XCTAssertEqual(ReplySetPair.choice(prose: [1, 1.2, 1], chat: [1, 0.8, 0.9], pooled: [1, 1, 1], balanced: true, minGain: 0.005), 2)
+    }
+
     /// Prompt sets survive a round trip through a router file, for the Decision Module and for
     /// a static ranking; hostile entries are refused with an error naming the field; a version-5
     /// module (no prompt sets) still loads; and the evaluation's batching rules are unchanged.
