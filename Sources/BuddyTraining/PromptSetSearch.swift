@@ -57,6 +57,10 @@ public enum PromptSetSearch {
         /// set and a pair scorer over both compete for the choice (nil: the reply set is kept
         /// whenever it beats the module on the searched chat).
         public var pairData: ReplySetPair.Data?
+        /// Reply sets with --text-data only: the search's measure is the mean of chat KL and of
+        /// KL on the training prose (`pairData`'s text chunks), so that the set it finds is not a
+        /// worse set for text.
+        public var proseObjective = false
         public var out: String
         public var checkpoint: String?
         public var threads: Int = 1
@@ -76,7 +80,7 @@ public enum PromptSetSearch {
                 + " --prompts \(prompts) --reply-tokens \(replyTokens)"
                 + " --budgets " + budgetsArgument
                 + (width == 2 ? "" : " --width \(width)") + (rounds == 1 ? "" : " --rounds \(rounds)") + (standIns == .auto ? "" : " --stand-ins \(standIns.argument)")
-                + (pairData.map { " " + $0.commandLine } ?? "") + " --out \(out)"
+                + (pairData.map { " " + $0.commandLine } ?? "") + (proseObjective ? " --prose-objective" : "") + " --out \(out)"
         }
     }
 
@@ -135,6 +139,7 @@ public enum PromptSetSearch {
         let settings = [o.chatData, "\(questions.count)", "\(o.replyTokens)", routerIdentity,
                         standIns.map { $0.identity } ?? "off", o.kvPolicy.rawValue, model.fingerprint]
             .joined(separator: "|") + (o.part == .prompt ? "" : "|\(o.part)|\(o.split.rawValue)")
+            + (o.proseObjective ? "|prose \(o.pairData?.text ?? "")x\(o.pairData?.textChunks ?? 0)" : "")
         let checkpointPath = o.checkpoint ?? o.out + ".\(o.part)-sets.checkpoint.json"
         var saved = Checkpoint(settings: settings)
         if let data = FileManager.default.contents(atPath: checkpointPath),
@@ -154,9 +159,35 @@ public enum PromptSetSearch {
 
         /// Mean KL over the references with `set` as every prompt's set (nil: the router's own
         /// decisions), and how often each prompt mask was run.
+        // The training prose of the search's measure (--prose-objective).
+        var prose: LayerSetSearch?
+        if o.proseObjective {
+            guard o.part == .reply, let d = o.pairData else { throw ToolError("--prose-objective needs reply sets and --text-data") }
+            let ids = try TrainingData.textTokens(d.text, model: model)
+            let chunks = try TrainingData.textSequences(ids, chunks: 0..<d.textChunks, length: 512, firstScored: d.textFirstScored, path: d.text)
+            prose = TrainingData.search(model: model, sequences: chunks, threads: o.threads, label: "search prose", report: report)
+            prose?.standIns = standIns
+        }
+        /// With --prose-objective, the mean of `chatKL` and the KL on the training prose of the
+        /// module with `set` at k (its own decisions for nil), measured once and checkpointed.
+        func withProse(_ chatKL: Double, _ set: [Int]?, k: Int, key: String) throws -> Double {
+            guard let prose, let module else { return chatKL }
+            if let s = saved.sums["prose " + key] { return 0.5 * chatKL + 0.5 * s[0] / s[1] }
+            let costs: [Double]
+            if let set {
+                costs = prose.positionKL(LayerBudget.mask(layers: model.config.layers, chosen: Set(set)))
+            } else {
+                module.budget = Double(k) / Double(routable)
+                costs = prose.routedPositionKL(module, policy: o.kvPolicy)
+            }
+            saved.sums["prose " + key] = [costs.reduce(0, +), Double(costs.count)]
+            try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath)
+            return 0.5 * chatKL + 0.5 * TrainingData.mean(costs)
+        }
+
         func measure(_ set: [Int]?, k: Int, label: String) throws -> (kl: Double, masks: [[Bool]: Int]) {
             let key = "k=\(k) " + (set.map { "set " + $0.map(String.init).joined(separator: ",") } ?? "router")
-            if set != nil, let s = saved.sums[key] { return (s[0] / s[1], [:]) }
+            if set != nil, let s = saved.sums[key] { return (try withProse(s[0] / s[1], set, k: k, key: key), [:]) }
             let selector: BudgetedLayerSelector
             if o.part == .reply, let module, let set {
                 selector = try module.replacingChoice(DecisionModule.Choice(kept: k, sets: [set], names: ["reply search"]))
@@ -186,7 +217,7 @@ public enum PromptSetSearch {
             }
             saved.sums[key] = [total.klSum, Double(total.tokens)]
             try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath)
-            return (total.meanKL, masks)
+            return (try withProse(total.meanKL, set, k: k, key: key), masks)
         }
 
         var outcomes: [Outcome] = []

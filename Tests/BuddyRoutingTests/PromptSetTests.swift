@@ -136,6 +136,56 @@ final class PromptSetTests: XCTestCase {
         XCTAssertEqual(ReplySetPair.choice(prose: [1, 1.2, 1], chat: [1, 0.8, 0.9], pooled: [1, 1, 1], balanced: true, minGain: 0.005), 2)
     }
 
+    /// `buddy train reply-sets` end to end on a small scale, with the prose objective: the
+    /// search's measure of the start set is the mean of its chat KL and of its KL on the training
+    /// prose, the latter equal to an independent layer-set search's; the written module is
+    /// strict at the budget, keeps its prompt sets, and its notes record the command.
+    func testReplySetSearchWithTheProseObjective() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, routable = L - 2
+        let dm = try TestModules.withScorers(model: m, seed: 31)
+        // A low budget keeps the search's ~30 measurements cheap (few layers run).
+        let budget = 0.1, k = LayerBudget.routableCount(budget: budget, layers: L)
+        try dm.promptSets.set(Array(1...k), kept: k)
+        let saved = try SavedModuleCopy(dm, model: m, tag: "reply-sets")
+        defer { saved.remove() }
+        let chat = saved.dir.appendingPathComponent("chat.jsonl").path
+        try (#"{"question_id": "a", "category": "t", "turns": ["Name three colours."]}"# + "\n"
+             + #"{"question_id": "b", "category": "t", "turns": ["What is rain?"]}"# + "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+        let text = saved.dir.appendingPathComponent("text.txt").path
+        try String(try TestSupport.sharedText("wikitext2_valid.txt").prefix(12_000)).write(toFile: text, atomically: true, encoding: .utf8)
+
+        var o = PromptSetSearch.Options(router: saved.path, chatData: chat, out: saved.dir.appendingPathComponent("out.json").path)
+        o.part = .reply; o.split = .all; o.prompts = 1; o.replyTokens = 8; o.width = 1; o.budgets = [budget]; o.threads = 2
+        var d = ReplySetPair.Data(text: text)
+        d.textChunks = 1; d.validationSkipChunks = 1; d.validationChunks = 1; d.validationPrompts = 1; d.balanced = true
+        o.pairData = d; o.proseObjective = true
+        o.checkpoint = saved.dir.appendingPathComponent("checkpoint.json").path
+        let outcome = try XCTUnwrap(try PromptSetSearch.run(o, model: m, report: .silent).first)
+
+        let start = dm.weights.choices[k - 1].sets[0]
+        XCTAssertEqual(outcome.start, start)
+        let sums = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: o.checkpoint!))) as? [String: Any])?["sums"] as? [String: [Double]])
+        let key = "k=\(k) set " + start.map(String.init).joined(separator: ",")
+        let chatKL = try XCTUnwrap(sums[key]), proseKL = try XCTUnwrap(sums["prose " + key])
+        // The prose KL of the start set, measured independently on the same chunk.
+        let ids = try TrainingData.textTokens(text, model: m)
+        let reference = LayerSetSearch(model: m, sequences: try TrainingData.textSequences(ids, chunks: 0..<1, length: 512, firstScored: 128, path: text))
+        reference.standIns = try Routers.standIns(model: m)
+        let expected = reference.positionKL(LayerBudget.mask(layers: L, chosen: Set(start)))
+        XCTAssertEqual(proseKL[1], Double(expected.count))
+        XCTAssertEqual(proseKL[0] / proseKL[1], expected.reduce(0, +) / Double(expected.count), accuracy: 1e-9)
+        XCTAssertEqual(outcome.startKL, 0.5 * chatKL[0] / chatKL[1] + 0.5 * proseKL[0] / proseKL[1], accuracy: 1e-12)
+
+        let written = try XCTUnwrap(RouterFile.load(path: o.out, model: m) as? DecisionModule)
+        XCTAssertTrue(written.weights.choices[k - 1].sets.allSatisfy { $0.count == k && $0.allSatisfy { (1...routable).contains($0) } })
+        XCTAssertEqual(written.promptSets, dm.promptSets)
+        XCTAssertEqual(written.weights.choices[k - 2], dm.weights.choices[k - 2], "other budgets keep their choices")
+        let notes = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: o.out))) as? [String: Any])?["notes"] as? String)
+        XCTAssertTrue(notes.hasPrefix("test; then reply sets: buddy train reply-sets --router \(saved.path)"), notes)
+        XCTAssertTrue(notes.contains("--balanced --prose-objective --out"), notes)
+    }
+
     /// Prompt sets survive a round trip through a router file, for the Decision Module and for
     /// a static ranking; hostile entries are refused with an error naming the field; a version-5
     /// module (no prompt sets) still loads; and the evaluation's batching rules are unchanged.
