@@ -18,6 +18,8 @@ public enum ReplySetPair {
         public var text: String
         public var textChunks = 8
         public var textFirstScored = 128
+        /// More training prose for the pair's fit only (512-token chunks, e.g. 84..<116).
+        public var textExtraChunks: Range<Int>?
         public var validationSkipChunks = 12
         public var validationChunks = 8
         /// Chat prompts of the search's split used for validation, after the searched ones.
@@ -31,6 +33,7 @@ public enum ReplySetPair {
 
         var commandLine: String {
             "--text-data \(text) --text-chunks \(textChunks) --validation-skip-chunks \(validationSkipChunks) --validation-chunks \(validationChunks)"
+                + (textExtraChunks.map { " --text-extra-chunks \($0.lowerBound)..<\($0.upperBound)" } ?? "")
                 + " --validation-prompts \(validationPrompts)" + (balanced ? " --balanced" : "")
         }
     }
@@ -50,6 +53,7 @@ public enum ReplySetPair {
         let L = model.config.layers, routable = L - 2
         let ids = try TrainingData.textTokens(data.text, model: model)
         let textTrain = try TrainingData.textSequences(ids, chunks: 0..<data.textChunks, length: 512, firstScored: data.textFirstScored, path: data.text)
+            + (try data.textExtraChunks.map { try TrainingData.textSequences(ids, chunks: $0, length: 512, firstScored: data.textFirstScored, path: data.text) } ?? [])
         let textValidation = try TrainingData.textSequences(ids, chunks: data.validationSkipChunks..<(data.validationSkipChunks + data.validationChunks),
                                                             length: 512, firstScored: 256, path: data.text)
         let chatTrain = try TrainingData.chatSequences(model: model, path: chat.chatData, split: chat.split, prompts: 0..<chat.prompts,

@@ -138,6 +138,7 @@ struct TrainReplySets: ParsableCommand {
     @Option(name: .long, help: "512-token chunks of validation text (second halves scored).") var validationChunks: Int = 8
     @Option(name: .long, help: "Validation chat: prompts of the split after the --prompts searched ones.") var validationPrompts: Int = 60
     @Flag(name: .long, help: "Prose and chat weigh the same in the pair's fit and choice, and no choice may cost validation prose more than 0.5 %.") var balanced = false
+    @Option(name: .long, help: "More training prose for the pair's fit, as FIRST..<END 512-token chunks of --text-data (e.g. 84..<116).") var textExtraChunks: String?
     @Flag(name: .long, help: "The search's measure is the mean of chat KL and KL on the training prose of --text-data (needs --text-data).") var proseObjective = false
     @Option(name: .long, help: "Where to write the router (written atomically; may be the router's own file).") var out: String
     @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.reply-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
@@ -153,6 +154,7 @@ struct TrainReplySets: ParsableCommand {
             o.pairData = d
         }
         o.proseObjective = proseObjective
+        if let textExtraChunks { o.pairData?.textExtraChunks = try? TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks") }
         o.prompts = prompts
         search.apply(to: &o, budgets: budgets)
         o.checkpoint = checkpoint; o.threads = modelOptions.threads
@@ -160,6 +162,10 @@ struct TrainReplySets: ParsableCommand {
     }
     func validate() throws {
         guard ChatPromptSplit(rawValue: split) != nil else { throw ValidationError("--split must be train, heldout or all") }
+        if let textExtraChunks {
+            guard textData != nil else { throw ValidationError("--text-extra-chunks needs --text-data") }
+            try validating { _ = try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks") }
+        }
         guard !proseObjective || textData != nil else { throw ValidationError("--prose-objective needs --text-data") }
         guard textChunks >= 1, validationSkipChunks >= 0, validationChunks >= 1, validationPrompts >= 1 else {
             throw ValidationError("--text-chunks, --validation-chunks and --validation-prompts must be at least 1")
