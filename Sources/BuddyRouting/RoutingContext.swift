@@ -102,6 +102,11 @@ public func standardisation(_ rows: [[Float]]) -> (mean: [Float], scale: [Float]
     return (mean, scale)
 }
 
+/// `rows` standardised with a stored `mean` and `scale`: (x − mean) · scale per column.
+public func standardised(_ rows: [[Float]], mean: [Float], scale: [Float]) -> [[Float]] {
+    rows.map { x in x.indices.map { (x[$0] - mean[$0]) * scale[$0] } }
+}
+
 /// Mean and standard deviation of column d of rows.
 public func columnStatistics(_ rows: [[Float]], _ d: Int) -> (mean: Double, std: Double) {
     var sum = 0.0, sq = 0.0

@@ -157,14 +157,11 @@ public enum PromptSetSearch {
             bar.update(i + 1, detail: "prompt \(q.id)")
         }
 
-        /// Mean KL over the references with `set` as every prompt's set (nil: the router's own
-        /// decisions), and how often each prompt mask was run.
         // The training prose of the search's measure (--prose-objective).
         var prose: LayerSetSearch?
         if o.proseObjective {
             guard o.part == .reply, let d = o.pairData else { throw ToolError("--prose-objective needs reply sets and --text-data") }
-            let ids = try TrainingData.textTokens(d.text, model: model)
-            let chunks = try TrainingData.textSequences(ids, chunks: 0..<d.textChunks, length: 512, firstScored: d.textFirstScored, path: d.text)
+            let chunks = try d.trainingProse(try TrainingData.textTokens(d.text, model: model), extra: false)
             prose = TrainingData.search(model: model, sequences: chunks, threads: o.threads, label: "search prose", report: report)
             prose?.standIns = standIns
         }
@@ -185,6 +182,8 @@ public enum PromptSetSearch {
             return 0.5 * chatKL + 0.5 * TrainingData.mean(costs)
         }
 
+        /// Mean KL over the references with `set` as every prompt's set (nil: the router's own
+        /// decisions), and how often each prompt mask was run.
         func measure(_ set: [Int]?, k: Int, label: String) throws -> (kl: Double, masks: [[Bool]: Int]) {
             let key = "k=\(k) " + (set.map { "set " + $0.map(String.init).joined(separator: ",") } ?? "router")
             if set != nil, let s = saved.sums[key] { return (try withProse(s[0] / s[1], set, k: k, key: key), [:]) }

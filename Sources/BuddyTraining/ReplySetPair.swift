@@ -31,6 +31,13 @@ public enum ReplySetPair {
         public var balanced = false
         public init(text: String) { self.text = text }
 
+        /// The training prose (chunks 0..<textChunks, scored from textFirstScored) of `ids`, the
+        /// tokens of `text`; the pair's fit adds --text-extra-chunks, the search's measure does not.
+        func trainingProse(_ ids: [Int32], extra: Bool) throws -> [SearchSequence] {
+            try TrainingData.textSequences(ids, chunks: 0..<textChunks, length: 512, firstScored: textFirstScored, path: text)
+                + (extra ? try textExtraChunks.map { try TrainingData.textSequences(ids, chunks: $0, length: 512, firstScored: textFirstScored, path: text) } ?? [] : [])
+        }
+
         var commandLine: String {
             "--text-data \(text) --text-chunks \(textChunks) --validation-skip-chunks \(validationSkipChunks) --validation-chunks \(validationChunks)"
                 + (textExtraChunks.map { " --text-extra-chunks \($0.lowerBound)..<\($0.upperBound)" } ?? "")
@@ -52,8 +59,7 @@ public enum ReplySetPair {
                               model: LanguageModel, standIns: StandIns?, report: Reporter) throws -> Outcome {
         let L = model.config.layers, routable = L - 2
         let ids = try TrainingData.textTokens(data.text, model: model)
-        let textTrain = try TrainingData.textSequences(ids, chunks: 0..<data.textChunks, length: 512, firstScored: data.textFirstScored, path: data.text)
-            + (try data.textExtraChunks.map { try TrainingData.textSequences(ids, chunks: $0, length: 512, firstScored: data.textFirstScored, path: data.text) } ?? [])
+        let textTrain = try data.trainingProse(ids, extra: true)
         let textValidation = try TrainingData.textSequences(ids, chunks: data.validationSkipChunks..<(data.validationSkipChunks + data.validationChunks),
                                                             length: 512, firstScored: 256, path: data.text)
         let chatTrain = try TrainingData.chatSequences(model: model, path: chat.chatData, split: chat.split, prompts: 0..<chat.prompts,
@@ -75,8 +81,8 @@ public enum ReplySetPair {
             validationCosts.append(validation.positionKL(mask)); bar.update(2 * i + 2, detail: "")
         }
         let (mean, scale) = (module.weights.inputMean, module.weights.inputScale)
-        func normalised(_ rows: [[Float]]) -> [[Float]] { rows.map { x in x.indices.map { (x[$0] - mean[$0]) * scale[$0] } } }
-        let zTrain = normalised(train.routingInputs()), zValidation = normalised(validation.routingInputs())
+        let zTrain = standardised(train.routingInputs(), mean: mean, scale: scale)
+        let zValidation = standardised(validation.routingInputs(), mean: mean, scale: scale)
         // Positions are prose first, then chat, in both splits (the sequences' order).
         let proseTrain = textTrain.reduce(0) { $0 + $1.scored.count }, proseValidation = textValidation.reduce(0) { $0 + $1.scored.count }
         /// Each position's weight: 1 pooled; balanced, prose and chat each weigh half of the total.

@@ -301,10 +301,8 @@ public enum RouterTraining {
 
         // 3. Inputs, normalisation, scorers.
         let trainInputs = train.routingInputs(), validationInputs = validation.routingInputs()
-        let inDim = 2 * c.kvDim + c.dim
         let (mean, scale) = standardisation(trainInputs)
-        func normalised(_ rows: [[Float]]) -> [[Float]] { rows.map { x in (0..<inDim).map { (x[$0] - mean[$0]) * scale[$0] } } }
-        let zTrain = normalised(trainInputs), zValidation = normalised(validationInputs)
+        let zTrain = standardised(trainInputs, mean: mean, scale: scale), zValidation = standardised(validationInputs, mean: mean, scale: scale)
 
         var choices = (1...routable).map { k in
             DecisionModule.Choice(kept: k, sets: [k == routable ? Array(1...routable) : searched[k]!], names: [k == routable ? "all" : "search"])
