@@ -29,6 +29,10 @@ public enum ReplySetPair {
         public var minGain = 0.005
         /// Prose and chat weigh the same, and no choice may cost prose (see above).
         public var balanced = false
+        /// In the pair's fit only, the reply set costs at least the own set plus this many nats
+        /// at every training prose position: the scorer learns to keep prose on the own set,
+        /// telling prose from chat by the pooled context (0: costs as measured).
+        public var proseGuard = 0.0
         public init(text: String) { self.text = text }
 
         /// The training prose (chunks 0..<textChunks, scored from textFirstScored) of `ids`, the
@@ -42,6 +46,7 @@ public enum ReplySetPair {
             "--text-data \(text) --text-chunks \(textChunks) --validation-skip-chunks \(validationSkipChunks) --validation-chunks \(validationChunks)"
                 + (textExtraChunks.map { " --text-extra-chunks \($0.lowerBound)..<\($0.upperBound)" } ?? "")
                 + " --validation-prompts \(validationPrompts)" + (balanced ? " --balanced" : "")
+                + (proseGuard > 0 ? " --prose-guard \(proseGuard)" : "") + (balance != 1 ? " --pair-balance \(balance)" : "")
         }
     }
 
@@ -94,13 +99,15 @@ public enum ReplySetPair {
         let trainWeights = weights(prose: proseTrain, total: train.scoredCount)
         let validationWeights = weights(prose: proseValidation, total: validation.scoredCount)
         func perPosition(_ c: [[Double]], _ w: [Double]) -> [[Double]] { (0..<c[0].count).map { t in c.map { $0[t] * w[t] } } }
-        let trainMatrix = perPosition(trainCosts, trainWeights), validationMatrix = perPosition(validationCosts, validationWeights)
+        let trainMatrix = perPosition(guarded(trainCosts, prose: proseTrain, guard: data.proseGuard), trainWeights), validationMatrix = perPosition(validationCosts, validationWeights)
         var best: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
         for l2 in data.l2 {
             let scorer = SetChoiceFit.fit(inputs: zTrain, costs: trainMatrix, l2: l2, balance: data.balance)
             let cost = SetChoiceFit.meanCost(picks: SetChoiceFit.picks(scorer, inputs: zValidation), costs: validationMatrix)
             if best == nil || cost < best!.cost { best = (scorer, cost, l2) }
         }
+        let validationPicks = SetChoiceFit.picks(best!.scorer, inputs: zValidation)
+        let replyShare = (prose: share(validationPicks[..<proseValidation]), chat: share(validationPicks[proseValidation...]))
         let pairChoice = DecisionModule.Choice(kept: k, sets: sets, names: ["search", "reply search"], weights: best!.scorer.weights, bias: best!.scorer.bias)
         let trial = try module.replacingChoice(pairChoice)
         trial.budget = Double(k) / Double(routable)
@@ -117,7 +124,23 @@ public enum ReplySetPair {
                            k, pooled[0], pooled[1], pooled[2], best!.cost, outcome.shipped))
         report.line(String(format: "  prose: own %.4f, reply %.4f, pair %.4f; chat: own %.4f, reply %.4f, pair %.4f",
                            prose[0], prose[1], prose[2], chatKL[0], chatKL[1], chatKL[2]))
+        report.line(String(format: "  the pair runs the reply set at %.1f %% of validation prose positions and %.1f %% of chat positions",
+                           100 * replyShare.prose, 100 * replyShare.chat))
         return outcome
+    }
+
+    /// The costs the pair is fitted on: with a guard g > 0, at the first `prose` positions the
+    /// reply set (index 1) costs at least the own set (index 0) plus g.
+    public static func guarded(_ costs: [[Double]], prose: Int, guard g: Double) -> [[Double]] {
+        guard g > 0 else { return costs }
+        var out = costs
+        for t in 0..<prose { out[1][t] = max(costs[1][t], costs[0][t] + g) }
+        return out
+    }
+
+    /// The share of picks that are the reply set (index 1).
+    public static func share(_ picks: ArraySlice<Int>) -> Double {
+        picks.isEmpty ? 0 : Double(picks.filter { $0 == 1 }.count) / Double(picks.count)
     }
 
     /// Which of [own set, reply set, pair] becomes the choice, from their validation KL on prose,

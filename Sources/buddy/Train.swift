@@ -138,6 +138,8 @@ struct TrainReplySets: ParsableCommand {
     @Option(name: .long, help: "512-token chunks of validation text (second halves scored).") var validationChunks: Int = 8
     @Option(name: .long, help: "Validation chat: prompts of the split after the --prompts searched ones.") var validationPrompts: Int = 60
     @Flag(name: .long, help: "Prose and chat weigh the same in the pair's fit and choice, and no choice may cost validation prose more than 0.5 %.") var balanced = false
+    @Option(name: .long, help: "Balance of the pair scorer's fit (SetChoiceFit): keeps both sets in use over all training positions; 0 lets a prose guard keep prose on the own set.") var pairBalance: Float = 1
+    @Option(name: .long, help: "In the pair's fit, the reply set costs at least the own set plus this many nats at every training prose position, so the scorer keeps prose on the module's own set (0: none).") var proseGuard: Double = 0
     @Option(name: .long, help: "More training prose for the pair's fit, as FIRST..<END 512-token chunks of --text-data (e.g. 84..<116).") var textExtraChunks: String?
     @Flag(name: .long, help: "The search's measure is the mean of chat KL and KL on the training prose of --text-data (needs --text-data).") var proseObjective = false
     @Option(name: .long, help: "Where to write the router (written atomically; may be the router's own file).") var out: String
@@ -151,6 +153,7 @@ struct TrainReplySets: ParsableCommand {
         if let textData {
             var d = ReplySetPair.Data(text: textData)
             d.textChunks = textChunks; d.validationSkipChunks = validationSkipChunks; d.validationChunks = validationChunks; d.validationPrompts = validationPrompts; d.balanced = balanced
+            d.proseGuard = proseGuard; d.balance = pairBalance
             o.pairData = d
         }
         o.proseObjective = proseObjective
@@ -166,6 +169,9 @@ struct TrainReplySets: ParsableCommand {
             guard textData != nil else { throw ValidationError("--text-extra-chunks needs --text-data") }
             try validating { _ = try TrainingData.chunkRange(textExtraChunks, "--text-extra-chunks") }
         }
+        guard pairBalance >= 0, pairBalance.isFinite else { throw ValidationError("--pair-balance must be a finite number, at least 0") }
+        guard proseGuard >= 0, proseGuard.isFinite else { throw ValidationError("--prose-guard must be a finite number of nats, at least 0") }
+        guard proseGuard == 0 || textData != nil else { throw ValidationError("--prose-guard needs --text-data") }
         guard !proseObjective || textData != nil else { throw ValidationError("--prose-objective needs --text-data") }
         guard textChunks >= 1, validationSkipChunks >= 0, validationChunks >= 1, validationPrompts >= 1 else {
             throw ValidationError("--text-chunks, --validation-chunks and --validation-prompts must be at least 1")

@@ -136,6 +136,37 @@ final class PromptSetTests: XCTestCase {
         XCTAssertEqual(ReplySetPair.choice(prose: [1, 1.2, 1], chat: [1, 0.8, 0.9], pooled: [1, 1, 1], balanced: true, minGain: 0.005), 2)
     }
 
+    /// The prose guard: a pair scorer fitted on measured costs runs the reply set on prose
+    /// tokens where it happens to be cheaper; fitted on guarded costs it keeps every prose token
+    /// on the own set (telling prose from chat by a context feature, as the pooled K/V do) and
+    /// still runs the reply set on the chat tokens where it is cheaper.
+    func testProseGuardKeepsProseOnOwnSet() {
+        // Inputs [context (−1 prose, +1 chat), token feature]; the reply set (index 1) is cheaper
+        // exactly where the token feature is positive, in prose and in chat alike.
+        var inputs: [[Float]] = [], costs: [[Double]] = []
+        let prose = 200
+        for t in 0..<400 {
+            let feature = Float(sin(Double(t) * 1.7))
+            inputs.append([t < prose ? -1 : 1, feature])
+            costs.append(feature > 0 ? [1.0, 0.8] : [1.0, 1.3])
+        }
+        let measured = [costs.map { $0[0] }, costs.map { $0[1] }]   // [set][position], as the pair step holds them
+        let guarded = ReplySetPair.guarded(measured, prose: prose, guard: 0.5)
+        XCTAssertEqual(guarded[1][..<prose].map { $0 >= 1.5 }, [Bool](repeating: true, count: prose), "prose: own cost plus the guard at least")
+        XCTAssertEqual(Array(guarded[1][prose...]), costs[prose...].map { $0[1] }, "chat costs untouched")
+        XCTAssertEqual(ReplySetPair.guarded([[1, 2], [3, 0]], prose: 1, guard: 0), [[1, 2], [3, 0]], "no guard: the costs as measured")
+        func fitPicks(_ perSet: [[Double]]) -> [Int] {
+            let rows = inputs.indices.map { t in [perSet[0][t], perSet[1][t]] }
+            return SetChoiceFit.picks(SetChoiceFit.fit(inputs: inputs, costs: rows, l2: 0.0001, steps: 600, learningRate: 0.05), inputs: inputs)
+        }
+        let plain = fitPicks(measured), withGuard = fitPicks(guarded)
+        XCTAssertGreaterThan(ReplySetPair.share(plain[..<prose]), 0.3, "unguarded, prose runs the reply set where it is cheaper")
+        XCTAssertEqual(ReplySetPair.share(withGuard[..<prose]), 0, "guarded, prose stays on the own set")
+        let chatCheaper = (prose..<400).filter { costs[$0][1] < costs[$0][0] }
+        XCTAssertGreaterThan(Double(chatCheaper.filter { withGuard[$0] == 1 }.count) / Double(chatCheaper.count), 0.9,
+                             "guarded, chat still runs the reply set where it is cheaper")
+    }
+
     /// `buddy train reply-sets` end to end on a small scale, with the prose objective: the
     /// search's measure of the start set is the mean of its chat KL and of its KL on the training
     /// prose, the latter equal to an independent layer-set search's; the written module is
