@@ -18,7 +18,8 @@ import Foundation
 /// the positions: it keeps every candidate in use. The per-set costs are measured with one set
 /// for every token, so they cannot see what mixing does; mixing near-equal sets token by token
 /// leaves no layer's K/V stale at every position, which routed measurement shows can beat
-/// either set (docs/TRAINING.md, "Mixing near-equal sets").
+/// either set (docs/TRAINING.md, "Mixing near-equal sets"). `balanceFrom` > 0 takes p̄ over the
+/// positions from that index on only (the reply-set pair: chat, after the guarded prose).
 public enum SetChoiceFit {
     public struct Scorer: Sendable, Equatable {
         public var weights: [Float]   // [m × d]
@@ -26,7 +27,7 @@ public enum SetChoiceFit {
     }
 
     /// - inputs: [n][d] normalised routing inputs; costs: [n][m] per-position costs.
-    public static func fit(inputs: [[Float]], costs: [[Double]], l2: Float, balance: Float = 0, steps: Int = 300, learningRate: Float = 0.01) -> Scorer {
+    public static func fit(inputs: [[Float]], costs: [[Double]], l2: Float, balance: Float = 0, balanceFrom: Int = 0, steps: Int = 300, learningRate: Float = 0.01) -> Scorer {
         let n = inputs.count, m = costs.first?.count ?? 0, d = inputs.first?.count ?? 0
         precondition(n > 0 && m > 1 && d > 0 && costs.count == n, "one cost per candidate at every position")
         let z = inputs.flatMap { $0 }                                     // [n × d]
@@ -60,12 +61,13 @@ public enum SetChoiceFit {
             }
             if balance > 0 {
                 // d/ds_tj of β/2 Σ_i (p̄_i − 1/m)² = β/n · p_tj (dev_j − Σ_i p_ti dev_i), dev = p̄ − 1/m.
+                let first = min(max(balanceFrom, 0), n - 1), counted = Float(n - first)
                 var dev = [Float](repeating: -1 / Float(m), count: m)
-                for t in 0..<n { for j in 0..<m { dev[j] += s[t * m + j] / Float(n) } }
-                for t in 0..<n {
+                for t in first..<n { for j in 0..<m { dev[j] += s[t * m + j] / counted } }
+                for t in first..<n {
                     var mean: Float = 0
                     for i in 0..<m { mean += s[t * m + i] * dev[i] }
-                    for j in 0..<m { g[t * m + j] += balance / Float(n) * s[t * m + j] * (dev[j] - mean) }
+                    for j in 0..<m { g[t * m + j] += balance / counted * s[t * m + j] * (dev[j] - mean) }
                 }
             }
             // gw = gᵀ z + λ w,  gb = Σ_t g_t

@@ -138,7 +138,7 @@ struct TrainReplySets: ParsableCommand {
     @Option(name: .long, help: "512-token chunks of validation text (second halves scored).") var validationChunks: Int = 8
     @Option(name: .long, help: "Validation chat: prompts of the split after the --prompts searched ones.") var validationPrompts: Int = 60
     @Flag(name: .long, help: "Prose and chat weigh the same in the pair's fit and choice, and no choice may cost validation prose more than 0.5 %.") var balanced = false
-    @Option(name: .long, help: "Balance of the pair scorer's fit (SetChoiceFit): keeps both sets in use over all training positions; 0 lets a prose guard keep prose on the own set.") var pairBalance: Float = 1
+    @Option(name: .long, help: "Balance of the pair scorer's fit (SetChoiceFit): keeps both sets in use, over all training positions, or with --prose-guard over chat positions only.") var pairBalance: Float = 1
     @Option(name: .long, help: "In the pair's fit, the reply set costs at least the own set plus this many nats at every training prose position, so the scorer keeps prose on the module's own set (0: none).") var proseGuard: Double = 0
     @Option(name: .long, help: "More training prose for the pair's fit, as FIRST..<END 512-token chunks of --text-data (e.g. 84..<116).") var textExtraChunks: String?
     @Flag(name: .long, help: "The search's measure is the mean of chat KL and KL on the training prose of --text-data (needs --text-data).") var proseObjective = false

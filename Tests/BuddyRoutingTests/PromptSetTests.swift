@@ -155,9 +155,10 @@ final class PromptSetTests: XCTestCase {
         XCTAssertEqual(guarded[1][..<prose].map { $0 >= 1.5 }, [Bool](repeating: true, count: prose), "prose: own cost plus the guard at least")
         XCTAssertEqual(Array(guarded[1][prose...]), costs[prose...].map { $0[1] }, "chat costs untouched")
         XCTAssertEqual(ReplySetPair.guarded([[1, 2], [3, 0]], prose: 1, guard: 0), [[1, 2], [3, 0]], "no guard: the costs as measured")
-        func fitPicks(_ perSet: [[Double]]) -> [Int] {
+        func fitPicks(_ perSet: [[Double]], balance: Float = 0, balanceFrom: Int = 0) -> [Int] {
             let rows = inputs.indices.map { t in [perSet[0][t], perSet[1][t]] }
-            return SetChoiceFit.picks(SetChoiceFit.fit(inputs: inputs, costs: rows, l2: 0.0001, steps: 600, learningRate: 0.05), inputs: inputs)
+            let scorer = SetChoiceFit.fit(inputs: inputs, costs: rows, l2: 0.0001, balance: balance, balanceFrom: balanceFrom, steps: 600, learningRate: 0.05)
+            return SetChoiceFit.picks(scorer, inputs: inputs)
         }
         let plain = fitPicks(measured), withGuard = fitPicks(guarded)
         XCTAssertGreaterThan(ReplySetPair.share(plain[..<prose]), 0.3, "unguarded, prose runs the reply set where it is cheaper")
@@ -165,6 +166,10 @@ final class PromptSetTests: XCTestCase {
         let chatCheaper = (prose..<400).filter { costs[$0][1] < costs[$0][0] }
         XCTAssertGreaterThan(Double(chatCheaper.filter { withGuard[$0] == 1 }.count) / Double(chatCheaper.count), 0.9,
                              "guarded, chat still runs the reply set where it is cheaper")
+        // A balance over chat positions only (as the pair step fits with a guard) leaves prose alone.
+        let chatBalanced = fitPicks(guarded, balance: 1, balanceFrom: prose)
+        XCTAssertEqual(ReplySetPair.share(chatBalanced[..<prose]), 0, "a chat-only balance keeps prose on the own set")
+        XCTAssertGreaterThan(ReplySetPair.share(chatBalanced[prose...]), 0.3)
     }
 
     /// `buddy train reply-sets` end to end on a small scale, with the prose objective: the
