@@ -278,16 +278,19 @@ public enum PromptSetSearch {
                     let pair = try ReplySetPair.choose(module: module, k: outcome.kept, own: outcome.start, reply: best, data: pairData, chat: o,
                                                        model: model, standIns: standIns, report: report)
                     choices[outcome.kept - 1] = pair.choice
-                    figures += String(format: "; k %d on validation prose and chat: own set %.4f, reply set %.4f, pair %.4f, shipped %@",
-                                      outcome.kept, pair.own, pair.reply, pair.pair, pair.shipped)
-                        + String(format: " (prose %.4f / %.4f / %.4f, chat %.4f / %.4f / %.4f)", pair.prose[0], pair.prose[1], pair.prose[2],
+                    // No " /" in the notes: tests read a space before a slash as a path outside the repository.
+                    figures += " (chat KL, prompt at full depth)"
+                        + String(format: "; k %d on validation prose and chat: own set %.4f, reply set %.4f, pair %.4f, shipped %@",
+                                 outcome.kept, pair.own, pair.reply, pair.pair, pair.shipped)
+                        + String(format: " (prose own %.4f, reply %.4f, pair %.4f, chat own %.4f, reply %.4f, pair %.4f)", pair.prose[0], pair.prose[1], pair.prose[2],
                                  pair.chat[0], pair.chat[1], pair.chat[2])
                 } else {
                     choices[outcome.kept - 1] = DecisionModule.Choice(kept: outcome.kept, sets: [best], names: ["reply search"])
                 }
             }
             let written = try module.replacingChoices(choices)
-            let notes = ((routerJSON["notes"] as? String) ?? "") + "; then reply sets: " + o.command + "; " + figures + " (chat KL, prompt at full depth)"
+            let notes = ((routerJSON["notes"] as? String) ?? "") + "; then reply sets: " + o.command + "; " + figures
+                + (o.pairData == nil ? " (chat KL, prompt at full depth)" : "")
             try RouterFile.save(written, model: model, notes: notes, to: o.out)
             if o.checkpoint == nil { try? FileManager.default.removeItem(atPath: checkpointPath) }
             report.line("wrote \(o.out)")
