@@ -157,11 +157,13 @@ public enum PromptSetSearch {
             bar.update(i + 1, detail: "prompt \(q.id)")
         }
 
+        // The tokens of --text-data, read once for the search's prose measure and every pair step.
+        let textTokens = try o.pairData.map { try TrainingData.textTokens($0.text, model: model) }
         // The training prose of the search's measure (--prose-objective).
         var prose: LayerSetSearch?
         if o.proseObjective {
-            guard o.part == .reply, let d = o.pairData else { throw ToolError("--prose-objective needs reply sets and --text-data") }
-            let chunks = try d.trainingProse(try TrainingData.textTokens(d.text, model: model), extra: false)
+            guard o.part == .reply, let d = o.pairData, let textTokens else { throw ToolError("--prose-objective needs reply sets and --text-data") }
+            let chunks = try d.trainingProse(textTokens, extra: false)
             prose = TrainingData.search(model: model, sequences: chunks, threads: o.threads, label: "search prose", report: report)
             prose?.standIns = standIns
         }
@@ -275,7 +277,7 @@ public enum PromptSetSearch {
             for outcome in outcomes {
                 guard let best = outcome.best else { continue }
                 if let pairData = o.pairData {
-                    let pair = try ReplySetPair.choose(module: module, k: outcome.kept, own: outcome.start, reply: best, data: pairData, chat: o,
+                    let pair = try ReplySetPair.choose(module: module, k: outcome.kept, own: outcome.start, reply: best, data: pairData, textTokens: textTokens ?? [], chat: o,
                                                        model: model, standIns: standIns, report: report)
                     choices[outcome.kept - 1] = pair.choice
                     // No " /" in the notes: tests read a space before a slash as a path outside the repository.

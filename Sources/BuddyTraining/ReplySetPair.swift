@@ -62,11 +62,11 @@ public enum ReplySetPair {
         public var shipped: String
     }
 
-    /// The choice at k (`own` the module's set, `reply` the searched one) that does best on validation.
-    public static func choose(module: DecisionModule, k: Int, own: [Int], reply: [Int], data: Data, chat: PromptSetSearch.Options,
+    /// The choice at k (`own` the module's set, `reply` the searched one) that does best on
+    /// validation; `textTokens` are the tokens of `data.text`.
+    public static func choose(module: DecisionModule, k: Int, own: [Int], reply: [Int], data: Data, textTokens ids: [Int32], chat: PromptSetSearch.Options,
                               model: LanguageModel, standIns: StandIns?, report: Reporter) throws -> Outcome {
         let L = model.config.layers, routable = L - 2
-        let ids = try TrainingData.textTokens(data.text, model: model)
         let textTrain = try data.trainingProse(ids, extra: true)
         let textValidation = try TrainingData.textSequences(ids, chunks: data.validationSkipChunks..<(data.validationSkipChunks + data.validationChunks),
                                                             length: 512, firstScored: 256, path: data.text)
@@ -103,15 +103,15 @@ public enum ReplySetPair {
         let validationWeights = weights(prose: proseValidation, total: validation.scoredCount)
         func perPosition(_ c: [[Double]], _ w: [Double]) -> [[Double]] { (0..<c[0].count).map { t in c.map { $0[t] * w[t] } } }
         let trainMatrix = perPosition(guarded(trainCosts, prose: proseTrain, guard: data.proseGuard), trainWeights), validationMatrix = perPosition(validationCosts, validationWeights)
-        var best: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float)?
+        var best: (scorer: SetChoiceFit.Scorer, cost: Double, l2: Float, picks: [Int])?
         for l2 in data.l2 {
             let scorer = SetChoiceFit.fit(inputs: zTrain, costs: trainMatrix, l2: l2, balance: data.balance,
                                           balanceFrom: data.proseGuard > 0 ? proseTrain : 0)   // guarded: balance chat only
-            let cost = SetChoiceFit.meanCost(picks: SetChoiceFit.picks(scorer, inputs: zValidation), costs: validationMatrix)
-            if best == nil || cost < best!.cost { best = (scorer, cost, l2) }
+            let picks = SetChoiceFit.picks(scorer, inputs: zValidation)
+            let cost = SetChoiceFit.meanCost(picks: picks, costs: validationMatrix)
+            if best == nil || cost < best!.cost { best = (scorer, cost, l2, picks) }
         }
-        let validationPicks = SetChoiceFit.picks(best!.scorer, inputs: zValidation)
-        let replyShare = (prose: share(validationPicks[..<proseValidation]), chat: share(validationPicks[proseValidation...]))
+        let replyShare = (prose: share(best!.picks[..<proseValidation]), chat: share(best!.picks[proseValidation...]))
         let pairChoice = DecisionModule.Choice(kept: k, sets: sets, names: ["search", "reply search"], weights: best!.scorer.weights, bias: best!.scorer.bias)
         let trial = try module.replacingChoice(pairChoice)
         trial.budget = Double(k) / Double(routable)
