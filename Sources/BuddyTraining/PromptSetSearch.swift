@@ -327,14 +327,23 @@ public enum PromptSetSearch {
     /// figures. A search of only some budgets leaves the other budgets' sets as an earlier search
     /// made them, so that search's record stays and this one follows it ("; then prompt sets: …"),
     /// replacing an earlier follow-up over the same budgets; the notes list, in order, the
-    /// commands that reproduce the file.
+    /// commands that reproduce the file. A reply-set search (`--part reply`, "; then reply sets: …")
+    /// read the router the records before it made, so it and everything before it stay as they
+    /// are, in the order they ran; only the prompt-set records after it can be replaced.
     public static func recordedNotes(old: String, oldKept: [Int], options o: Options, searchedKept: [Int], figures: String) -> String {
         let record = "prompt sets: " + o.command + "; " + figures + " (chat KL, train split)"
+        let budgets = " --budgets " + o.budgetsArgument + " "
+        let followUpMarker = "; then prompt sets: "
+        if let reply = old.range(of: "; then reply sets: ", options: .backwards) {
+            let after = old[reply.upperBound...].components(separatedBy: followUpMarker)
+            let history = String(old[..<reply.upperBound]) + after[0]
+            let later = after.dropFirst().filter { !$0.contains(budgets) }.map { "prompt sets: " + $0 }
+            return ([history] + later).joined(separator: "; then ") + "; then " + record
+        }
         let parts = old.components(separatedBy: "; prompt sets: ")
         let coversEarlierSets = Set(oldKept).isSubset(of: Set(searchedKept))
         guard parts.count > 1, !coversEarlierSets else { return parts[0] + "; " + record }
-        let budgets = " --budgets " + o.budgetsArgument + " "
-        let followUps = old.components(separatedBy: "; then prompt sets: ")
+        let followUps = old.components(separatedBy: followUpMarker)
         let records = [followUps[0]] + followUps.dropFirst().filter { !$0.contains(budgets) }.map { "prompt sets: " + $0 }
         return records.joined(separator: "; then ") + "; then " + record
     }

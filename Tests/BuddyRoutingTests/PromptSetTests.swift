@@ -283,6 +283,20 @@ final class PromptSetTests: XCTestCase {
         o.budgets = [0.8, 0.7]; o.rounds = 1
         XCTAssertEqual(PromptSetSearch.recordedNotes(old: again, oldKept: [22, 20], options: o, searchedKept: [22, 20], figures: "F4"),
                        "calibrated; " + firstRecord.replacingOccurrences(of: "F1", with: "F4"), "a search of every budget replaces both")
+
+        // After a reply-set search its record and everything before it stay, in the order they
+        // ran, even when the new search covers every budget; later prompt-set records over the
+        // same budgets are still replaced.
+        let reply = "reply sets: buddy train reply-sets --router sleb --budgets 0.5 --out routers/sleb-ranking.json; R"
+        let withReply = second + "; then " + reply
+        let afterReply = PromptSetSearch.recordedNotes(old: withReply, oldKept: [22, 20, 14], options: o, searchedKept: [22, 20, 14], figures: "F5")
+        let fifthRecord = firstRecord.replacingOccurrences(of: "F1", with: "F5")
+        XCTAssertEqual(afterReply, withReply + "; then " + fifthRecord)
+        let rerun = PromptSetSearch.recordedNotes(old: afterReply, oldKept: [22, 20, 14], options: o, searchedKept: [22, 20, 14], figures: "F6")
+        XCTAssertEqual(rerun, withReply + "; then " + firstRecord.replacingOccurrences(of: "F1", with: "F6"), "a rerun after the reply record replaces its own record")
+        o.budgets = [0.8]; o.rounds = 4
+        let narrower = PromptSetSearch.recordedNotes(old: rerun, oldKept: [22, 20, 14], options: o, searchedKept: [22], figures: "F7")
+        XCTAssertEqual(narrower, rerun + "; then " + secondRecord.replacingOccurrences(of: "F2", with: "F7"), "other budgets' later records stay")
     }
 
     /// The shipped routers' prompt sets (the Decision Module's and the static baselines') run
