@@ -11,8 +11,11 @@ public struct EngineOptions: Sendable {
     public var budget: Double = 1
     /// Start with the automatic budget (Budget Predictor) on.
     public var auto = false
-    /// Largest predicted mean KL per token from full depth that `auto` accepts.
-    public var qualityTolerance = BudgetPredictor.defaultTolerance
+    /// How `auto` chooses (`AutoBudgetRule`): a tolerance (largest predicted mean KL per token
+    /// from full depth accepted) or a share of messages at full depth; both nil: the
+    /// predictor's default.
+    public var qualityTolerance: Double?
+    public var fullDepthShare: Double?
     /// Budget predictor file (nil: the one shipped in routers/ for this model).
     public var predictorPath: String?
     public var system: String?
@@ -192,7 +195,9 @@ public final class ChatEngine: @unchecked Sendable {
     private var router: BudgetedLayerSelector
     private var timed: TimedSelector
     /// Loaded on first use of auto; nil when this model has none.
-    private var predictor: BudgetPredictor?
+    /// One chooser for the whole conversation: under the share rule it compares each message
+    /// with the ones before it.
+    private var predictor: AutoBudget?
     private var predictorError: String?
     /// The automatic budget is on: each message's budget comes from `predictor`.
     private var auto = false
@@ -283,7 +288,7 @@ public final class ChatEngine: @unchecked Sendable {
             do {
                 let p = try Routers.predictor(model: model, path: options.predictorPath)
                 try p.checkFits(model.config)
-                predictor = p
+                predictor = try AutoBudget(predictor: p, rule: .resolve(tolerance: options.qualityTolerance, share: options.fullDepthShare, predictor: p))
             } catch {
                 predictorError = "\(error)"
             }
@@ -295,7 +300,18 @@ public final class ChatEngine: @unchecked Sendable {
         }
         auto = on
         sink(.auto(on))
-        if on { sink(.notice(String(format: "auto budget: the smallest budget whose predicted drift stays under %.2f nats/token is chosen for each message", options.qualityTolerance))) }
+        if on, let predictor { sink(.notice(Self.autoNotice(predictor))) }
+    }
+
+    /// What the chat says when the automatic budget comes on.
+    static func autoNotice(_ auto: AutoBudget) -> String {
+        switch auto.rule {
+        case let .tolerance(t):
+            return String(format: "auto budget: the smallest budget whose predicted drift stays under %.2f nats/token is chosen for each message", t)
+        case let .share(s):
+            return String(format: "auto budget: each message runs at %.0f %% or, if it is among the %.0f %% predicted to drift most (against your recent messages), at full depth",
+                          100 * auto.predictor.choices[0], 100 * s)
+        }
     }
 
     /// Under the automatic budget: asks the Budget Predictor for this prompt's budget and puts
@@ -303,7 +319,7 @@ public final class ChatEngine: @unchecked Sendable {
     /// prompt included, runs under it.
     private func predictBudget(for prompt: [Int32]) throws {
         guard auto, let predictor else { return }
-        control.requestedBudget = try predictor.chooseBudget(for: prompt, in: session, tolerance: options.qualityTolerance)
+        control.requestedBudget = try predictor.chooseBudget(for: prompt, in: session)
         applyBudget()
     }
 

@@ -7,7 +7,10 @@ import Foundation
 public enum AutoBudgetRun {
     public struct Options {
         public var prompts: ChatPromptSelection
-        public var qualityTolerance: String = String(BudgetPredictor.defaultTolerance)
+        /// Tolerance rules to report (comma-separated), or nil.
+        public var qualityTolerance: String?
+        /// Share rules to report (comma-separated), or nil; with neither, the predictor's default rule.
+        public var fullDepthShare: String?
         public var predictor: String?
         public var router: String = "buddy"
         public var standIns: StandInChoice = .auto
@@ -19,9 +22,10 @@ public enum AutoBudgetRun {
         /// With `steering`: the fixed budgets are steered too, so auto and fixed differ only in
         /// the predictor's choice (each auto row is then the steered fixed run at its budget).
         public var steerFixed = false
-        public init(prompts: ChatPromptSelection, qualityTolerance: String = String(BudgetPredictor.defaultTolerance), predictor: String? = nil, router: String = "buddy", standIns: StandInChoice = .auto, csv: String? = nil, threads: Int = 2) {
+        public init(prompts: ChatPromptSelection, qualityTolerance: String? = nil, fullDepthShare: String? = nil, predictor: String? = nil, router: String = "buddy", standIns: StandInChoice = .auto, csv: String? = nil, threads: Int = 2) {
             self.prompts = prompts
             self.qualityTolerance = qualityTolerance
+            self.fullDepthShare = fullDepthShare
             self.predictor = predictor
             self.router = router
             self.standIns = standIns
@@ -29,10 +33,19 @@ public enum AutoBudgetRun {
             self.threads = threads
         }
 
-        public var tolerances: [Double] { qualityTolerance.split(separator: ",").compactMap { Double($0.trimmingCharacters(in: .whitespaces)) } }
+        static func list(_ s: String?) -> [Double]? {
+            s.map { $0.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) ?? .nan } }
+        }
+
+        /// The rules reported: every tolerance and share given, else the predictor's default.
+        public func rules(_ predictor: BudgetPredictor) -> [AutoBudgetRule] {
+            let given = (Self.list(qualityTolerance) ?? []).map(AutoBudgetRule.tolerance) + (Self.list(fullDepthShare) ?? []).map(AutoBudgetRule.share)
+            return given.isEmpty ? [.resolve(tolerance: nil, share: nil, predictor: predictor)] : given
+        }
 
         public func validate() throws {
-            guard !tolerances.isEmpty, tolerances.allSatisfy({ $0 > 0 }) else { throw ToolError.usage("--quality-tolerance must be positive numbers") }
+            if let t = Self.list(qualityTolerance), t.isEmpty || !t.allSatisfy({ $0 > 0 }) { throw ToolError.usage("--quality-tolerance must be positive numbers") }
+            if let s = Self.list(fullDepthShare), s.isEmpty || !s.allSatisfy({ $0 > 0 && $0 < 1 }) { throw ToolError.usage("--full-depth-share must be numbers in (0, 1)") }
             try validateThreads(threads)
             if steerFixed && !steering { throw ToolError.usage("--steer-fixed needs --steering on") }
         }
@@ -44,17 +57,21 @@ public enum AutoBudgetRun {
     /// Markdown and writes the per-prompt CSV when asked; `model` is loaded once the prompts have been read.
     public static func run(_ o: Options, model loadModel: () throws -> LanguageModel, report: Reporter) throws {
         let prompts = try o.prompts.load()
-        let tolerances = o.tolerances
         let model = try loadModel()
         let L = model.config.layers
         let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let evaluator = ChatEvaluator(session: session)
         let predictorModel: BudgetPredictor
+        let rules: [AutoBudgetRule]
+        let choosers: [AutoBudget]
         let grid: [Double]
         let fixed: [BudgetedLayerSelector]
         do {
             predictorModel = try Routers.autoBudgetPredictor(model: model, path: o.predictor)
+            rules = o.rules(predictorModel)
+            // One chooser per rule, walking the prompts in order as a conversation's messages.
+            choosers = try rules.map { try AutoBudget(predictor: predictorModel, rule: $0) }
             grid = predictorModel.budgets.sorted()
             fixed = try grid.map { b -> BudgetedLayerSelector in
                 let r = try Routers.make(o.router, model: model, budget: b)
@@ -67,12 +84,12 @@ public enum AutoBudgetRun {
         // auto result is the grid run at that budget (same router, same budget: the same
         // computation), or the full model's (KL 0, top-1 1) when it chooses 1.
         var fixedRows: [[ChatDivergence]] = []   // [prompt][grid budget]
-        var rowsByTolerance = [[Row]](repeating: [], count: tolerances.count)
+        var rowsByRule = [[Row]](repeating: [], count: rules.count)
         // With steering: the steered router per grid budget, and each auto row's mean routable
         // layers per reply step (what the steering actually ran).
         let steered = o.steering && !o.steerFixed ? fixed.map { BudgetSteering($0) } : []
         var fixedTallies = [BudgetSteering.Tally](repeating: .init(), count: grid.count)   // steered fixed runs
-        var layersByTolerance = [[Double]](repeating: [], count: tolerances.count)
+        var layersByRule = [[Double]](repeating: [], count: rules.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
         var done = 0
         for p in prompts {
@@ -95,8 +112,8 @@ public enum AutoBudgetRun {
             session.reset()
             let features = try predictorModel.features(for: ids, in: session)
             var steeredRuns: [Int: (d: ChatDivergence, layers: Double)] = [:]   // by grid index, run once per prompt
-            for (ti, t) in tolerances.enumerated() {
-                let b = features.withUnsafeBufferPointer { predictorModel.choose($0.baseAddress!, tolerance: t) }
+            for ti in rules.indices {
+                let b = features.withUnsafeBufferPointer { choosers[ti].choose($0.baseAddress!) }
                 let gi = grid.firstIndex(where: { abs($0 - b) < 1e-9 })
                 var d = gi.map { row[$0] } ?? ChatDivergence(klSum: 0, agreements: ref.reply.count, tokens: ref.reply.count)
                 var layers = gi.map { rowLayers[$0] } ?? routableLayers(b, layers: L)
@@ -111,8 +128,8 @@ public enum AutoBudgetRun {
                     }
                     (d, layers) = steeredRuns[gi]!
                 }
-                rowsByTolerance[ti].append((p, b, d))
-                layersByTolerance[ti].append(layers)
+                rowsByRule[ti].append((p, b, d))
+                layersByRule[ti].append(layers)
             }
         }
 
@@ -121,17 +138,17 @@ public enum AutoBudgetRun {
                 fixedTallies[gi].meanLayers.map { String(format: "%.2f at %.2f (k = %.0f)", $0, grid[gi], routableLayers(grid[gi], layers: L)) }
             }.joined(separator: ", "))
         }
-        for (ti, t) in tolerances.enumerated() {
+        for (ti, rule) in rules.enumerated() {
             if ti > 0 { report.line("") }
-            summary(tolerance: t, rows: rowsByTolerance[ti], fixedRows: fixedRows, grid: grid, layers: L, split: o.prompts.split,
-                    routedLayers: o.steering ? layersByTolerance[ti] : nil, report: report)
+            summary(rule: rule, lowestChoice: predictorModel.choices[0], rows: rowsByRule[ti], fixedRows: fixedRows, grid: grid, layers: L,
+                    split: o.prompts.split, routedLayers: o.steering ? layersByRule[ti] : nil, report: report)
         }
         if let csv = o.csv {
-            var out = "tolerance,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers\n"
+            var out = "rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers\n"
             for i in prompts.indices {
-                for (ti, t) in tolerances.enumerated() {
-                    let r = rowsByTolerance[ti][i]
-                    out += "\(t),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens),\(String(format: "%.3f", layersByTolerance[ti][i]))\n"
+                for (ti, rule) in rules.enumerated() {
+                    let r = rowsByRule[ti][i]
+                    out += "\(rule),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens),\(String(format: "%.3f", layersByRule[ti][i]))\n"
                 }
             }
             try AtomicFile.write(Data(out.utf8), to: csv)
@@ -143,12 +160,15 @@ public enum AutoBudgetRun {
         b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L))
     }
 
-    /// One tolerance's report: the distribution of chosen budgets, the mean budget per category,
+    /// One rule's report: the distribution of chosen budgets, the mean budget per category,
     /// and auto against fixed budgets at the same mean compute, with the paired standard error of
     /// that difference over the prompts. `fixedRows[prompt][grid budget]` holds every prompt's
     /// fixed runs, in `autoRows`' order. `routedLayers`, when given, is each auto row's measured
     /// mean routable layers per step (a steered run's), used instead of its budget's k.
-    public static func summary(tolerance: Double, rows autoRows: [Row], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int,
+    /// Under the share rule it also compares auto with a seeded coin that sends the same share of
+    /// prompts to full depth and the rest to `lowestChoice` (its expected KL, prompt by prompt):
+    /// what the mix alone gives, without the prediction.
+    public static func summary(rule: AutoBudgetRule, lowestChoice: Double, rows autoRows: [Row], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int,
                                split: String, routedLayers: [Double]? = nil, report: Reporter) {
         precondition(fixedRows.count == autoRows.count && fixedRows.allSatisfy { $0.count == grid.count }, "one fixed run per prompt and grid budget")
         precondition(routedLayers == nil || routedLayers!.count == autoRows.count, "one layer count per auto row")
@@ -162,7 +182,11 @@ public enum AutoBudgetRun {
         }
         let meanK = tokenK / Double(max(autoTotal.tokens, 1)), meanBudget = tokenBudget / Double(max(autoTotal.tokens, 1))
 
-        report.line("### Tolerance \(tolerance) nats/token\n\nChosen budgets (\(autoRows.count) prompts, \(split) split):\n")
+        switch rule {
+        case let .tolerance(t): report.line("### Tolerance \(t) nats/token\n")
+        case let .share(s): report.line("### Full-depth share \(s) (the rest at \(lowestChoice))\n")
+        }
+        report.line("Chosen budgets (\(autoRows.count) prompts, \(split) split):\n")
         report.line("| budget | k/\(L - 2) | prompts | KL at the chosen budget | top-1 |")
         report.line("|---|---|---|---|---|")
         for b in (grid + [1]) {
@@ -211,5 +235,15 @@ public enum AutoBudgetRun {
             report.line(String(format: "\nAuto against the interpolated fixed budget, paired over the %d prompts: KL %+.1f %% ± %.1f %% (s.e.)%@",
                                p.items, p.percent, p.standardError, abs(p.percent) < 2 * p.standardError ? "; within 2 s.e." : ""))
         }
+        guard case .share = rule, let low = grid.firstIndex(where: { abs($0 - lowestChoice) < 1e-9 }) else { return }
+        let full = Double(autoRows.filter { $0.budget >= 1 }.count) / Double(max(autoRows.count, 1))
+        let blind = autoRows.indices.map { i in
+            (PairedComparison.Item(loss: autoRows[i].d.klSum, tokens: autoRows[i].d.tokens),
+             PairedComparison.Item(loss: (1 - full) * fixedRows[i][low].klSum, tokens: autoRows[i].d.tokens))
+        }
+        guard let b = PairedComparison.row(.chat, budget: meanBudget, blind) else { return }
+        report.line(String(format: "Auto against a seeded coin sending the same share (%.1f %%) to full depth and the rest to %.2f (expected KL %.4f), paired: KL %+.1f %% ± %.1f %% (s.e.)%@",
+                           100 * full, lowestChoice, (1 - full) * fixedTotals[low].meanKL, b.percent, b.standardError,
+                           abs(b.percent) < 2 * b.standardError ? "; within 2 s.e." : ""))
     }
 }

@@ -72,11 +72,21 @@ public struct BudgetPredictor: Sendable, Equatable {
     public var bias: [Float]          // [budgets.count]
     /// The router whose curves were measured (its choices are what the KL refers to).
     public var router: String
+    /// The share rule's default (`AutoBudgetRule.share`): the share of requests run at full
+    /// depth, the rest at the lowest choice. nil in predictors fitted without
+    /// `--full-depth-share` (and in files from before it), which choose by tolerance.
+    public var fullDepthShare: Double?
+    /// With `fullDepthShare`: where the share rule's window of recent predictions starts, the
+    /// predicted KL at the lowest choice of the training chat prompts at evenly spaced quantiles,
+    /// ordered from the median outwards so that the window, replacing its oldest entries first,
+    /// loses the middle of the training spread before its ends (`AutoBudget`).
+    public var recentSeed: [Double]
 
     public init(budgets: [Double], choices: [Double]? = nil, featureDim: Int, mean: [Float], scale: [Float], weights: [Float], bias: [Float],
-                router: String) throws {
+                router: String, fullDepthShare: Double? = nil, recentSeed: [Double] = []) throws {
         self.budgets = budgets; self.choices = choices ?? budgets; self.featureDim = featureDim; self.mean = mean; self.scale = scale
         self.weights = weights; self.bias = bias; self.router = router
+        self.fullDepthShare = fullDepthShare; self.recentSeed = recentSeed
         try validate()
     }
 
@@ -93,6 +103,36 @@ public struct BudgetPredictor: Sendable, Equatable {
             guard a.count == n else { throw bad("\(name) has \(a.count) values, expected \(n)") }
             guard a.allSatisfy({ $0.isFinite }) else { throw bad("\(name) contains NaN or infinity") }
         }
+        if let share = fullDepthShare {
+            guard share > 0, share < 1 else { throw bad("full_depth_share must be in (0, 1)") }
+            guard (1...AutoBudget.window).contains(recentSeed.count), recentSeed.allSatisfy({ $0.isFinite && $0 >= 0 }) else {
+                throw bad("recent_predictions must hold 1–\(AutoBudget.window) finite values of at least 0")
+            }
+        } else if !recentSeed.isEmpty {
+            throw bad("recent_predictions without full_depth_share")
+        }
+    }
+
+    /// This predictor with the share rule as its default: `share` of requests at full depth,
+    /// the window seeded from the predictions at the lowest choice for `seedFeatures` (the
+    /// training chat prompts'), `AutoBudget.window` evenly spaced quantiles of them.
+    public func withShareRule(_ share: Double, seedFeatures: [[Float]]) throws -> BudgetPredictor {
+        guard !seedFeatures.isEmpty else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "the share rule needs training chat prompts") }
+        let low = budgets.firstIndex(of: choices[0])!
+        let sorted = seedFeatures.map { f in f.withUnsafeBufferPointer { predictKL($0.baseAddress!)[low] } }.sorted()
+        let n = AutoBudget.window
+        let quantiles = (0..<n).map { i in sorted[min(sorted.count - 1, Int((Double(i) + 0.5) / Double(n) * Double(sorted.count)))] }
+        // From the median outwards: n/2, n/2 − 1, n/2 + 1, n/2 − 2, ...
+        var order: [Int] = [], below = n / 2 - 1, above = n / 2
+        while order.count < n {
+            if above < n { order.append(above); above += 1 }
+            if below >= 0 { order.append(below); below -= 1 }
+        }
+        var p = self
+        p.fullDepthShare = share
+        p.recentSeed = order.map { quantiles[$0] }
+        try p.validate()
+        return p
     }
 
     /// Predicted mean KL per token at each grid budget, made non-increasing in the budget
@@ -199,16 +239,9 @@ extension BudgetPredictor {
         }
     }
 
-    /// The budget for `prompt` before it runs in `session`, the one way every command (the
-    /// chat, `generate`, `eval auto`) picks an automatic budget: its features need only
-    /// layer 0, so layer 0 runs over the new part of the prompt (the session then holds what it
-    /// held before) and the budget is chosen from the routing context at the prompt's last
-    /// token. The caller then sets that budget and evaluates the prompt under it.
-    public func chooseBudget(for prompt: [Int32], in session: Session, tolerance: Double) throws -> Double {
-        try features(for: prompt, in: session).withUnsafeBufferPointer { choose($0.baseAddress!, tolerance: tolerance) }
-    }
-
-    /// The routing context `chooseBudget` reads (several tolerances can share one).
+    /// The routing context `AutoBudget.chooseBudget` reads (several rules can share one): its
+    /// features need only layer 0, so layer 0 runs over the new part of the prompt and the
+    /// session then holds what it held before.
     public func features(for prompt: [Int32], in session: Session) throws -> [Float] {
         try checkFits(session.model.config)
         let probe = FeatureProbe(config: session.model.config)
@@ -283,5 +316,115 @@ public struct BudgetCurveMeter {
         }
         session.selector = nil
         return BudgetCurve(id: id, features: features, kl: kl, tokens: ref.reply.count)
+    }
+}
+
+/// How `--budget auto` turns the predictor's curve into a budget.
+public enum AutoBudgetRule: Sendable, Equatable, CustomStringConvertible {
+    /// The smallest choice whose predicted KL is at most this many nats per token; full depth
+    /// when none is (`BudgetPredictor.choose`).
+    case tolerance(Double)
+    /// Full depth for this share of requests, the lowest choice for the rest: a request runs at
+    /// full depth when its predicted KL at the lowest choice is above that share's quantile
+    /// among the last `AutoBudget.window` requests'. The quality curve is not convex near full
+    /// depth (full depth drifts by nothing), so sending whole requests to its two ends beats a
+    /// fixed budget of the same mean compute; the prediction decides which requests go
+    /// (docs/TRAINING.md, "The share rule").
+    case share(Double)
+
+    public var description: String {
+        switch self {
+        case let .tolerance(t): return "tolerance \(t)"
+        case let .share(s): return "full-depth share \(s)"
+        }
+    }
+
+    /// The rule a command runs: a tolerance or share given on its command line, else the
+    /// predictor's default (its share when it has one, else `BudgetPredictor.defaultTolerance`).
+    public static func resolve(tolerance: Double?, share: Double?, predictor: BudgetPredictor) -> AutoBudgetRule {
+        if let tolerance { return .tolerance(tolerance) }
+        if let share = share ?? predictor.fullDepthShare { return .share(share) }
+        return .tolerance(BudgetPredictor.defaultTolerance)
+    }
+}
+
+/// Chooses automatic budgets one request after another, the one way every command (the chat,
+/// `generate`, `eval auto`) picks one. Under the share rule it remembers the predictions of the
+/// last `window` requests (a conversation's, or an evaluation's prompts in order), starting from
+/// the training prompts' (`BudgetPredictor.recentSeed`); nothing is allocated per choice.
+public final class AutoBudget {
+    /// Requests the share rule compares a new one with.
+    public static let window = 32
+    public let predictor: BudgetPredictor
+    public let rule: AutoBudgetRule
+    private var recent: [Double]
+    private var sorted: [Double]
+    private var oldest = 0
+
+    public init(predictor: BudgetPredictor, rule: AutoBudgetRule) throws {
+        if case let .share(s) = rule {
+            guard s > 0, s < 1 else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "the full-depth share must be in (0, 1)") }
+            guard !predictor.recentSeed.isEmpty else {
+                throw RoutingError.badRouterFile(path: "budget predictor",
+                                                 reason: "this predictor has no recent predictions for the share rule; refit it with `buddy train predictor --full-depth-share`, or give --quality-tolerance")
+            }
+        }
+        if case let .tolerance(t) = rule, !(t > 0) {
+            throw RoutingError.badRouterFile(path: "budget predictor", reason: "the quality tolerance must be positive")
+        }
+        self.predictor = predictor
+        self.rule = rule
+        recent = predictor.recentSeed
+        recent.reserveCapacity(Self.window)
+        sorted = recent
+        sorted.reserveCapacity(Self.window)
+    }
+
+    /// The budget for a request with routing context `f`; under the share rule the request then
+    /// joins the window.
+    public func choose(_ f: UnsafePointer<Float>) -> Double {
+        switch rule {
+        case let .tolerance(t):
+            return predictor.choose(f, tolerance: t)
+        case .share:
+            return choose(predictedAtLowestChoice: predictor.predictKL(f)[predictor.budgets.firstIndex(of: predictor.choices[0])!])
+        }
+    }
+
+    /// The share rule's choice for a request whose predicted KL at the lowest choice is `x`
+    /// (which then joins the window); under a tolerance rule, the lowest choice when `x` is
+    /// within the tolerance, else full depth.
+    public func choose(predictedAtLowestChoice x: Double) -> Double {
+        let low = predictor.choices[0]
+        switch rule {
+        case let .tolerance(t):
+            return x <= t ? low : 1
+        case let .share(s):
+            let runsFull = x > threshold(share: s)
+            remember(x)
+            return runsFull ? 1 : low
+        }
+    }
+
+    /// The prediction above which a request runs at full depth: the window's value with
+    /// (1 − share)·(n + 1) values at or below it, so that a new request from the same spread
+    /// lands above it with probability close to the share.
+    func threshold(share: Double) -> Double {
+        sorted.replaceSubrange(sorted.indices, with: recent)
+        sorted.sort()
+        let rank = Int(((1 - share) * Double(sorted.count + 1)).rounded(.down))
+        return sorted[min(max(rank, 1), sorted.count) - 1]
+    }
+
+    private func remember(_ x: Double) {
+        if recent.count < Self.window { recent.append(x); return }
+        recent[oldest] = x
+        oldest = (oldest + 1) % Self.window
+    }
+
+    /// The budget for `prompt` before it runs in `session` (layer 0 only; the session keeps
+    /// what it held). The caller then sets that budget and evaluates the prompt under it.
+    public func chooseBudget(for prompt: [Int32], in session: Session) throws -> Double {
+        try predictor.features(for: prompt, in: session).withUnsafeBufferPointer { choose($0.baseAddress!) }
     }
 }

@@ -13,6 +13,7 @@ import Foundation
 ///      "prompt_sets": [{"kept": k, "set": [layers]}, ...],         // optional, either kind (version 6)
 ///      "router": "buddy+steer", "feature_dim": 960, "budgets": [grid], // kind "budget-predictor"
 ///      "choices": [budgets auto may choose],                         // (version 7; older: the grid)
+///      "full_depth_share": 0.5, "recent_predictions": [...],         // optional: the share rule (AutoBudget)
 ///      "mean": [...], "scale": [...], "weights": [...], "bias": [...],
 ///      "notes": "how it was made"}
 ///
@@ -126,22 +127,30 @@ public enum RouterFile {
         guard d == 2 * model.config.kvDim + model.config.dim else {
             throw RoutingError.badRouterFile(path: path, reason: "feature_dim \(d) does not fit this model")
         }
+        func share() throws -> Double? {
+            guard let v = j["full_depth_share"] else { return nil }
+            guard let x = (v as? NSNumber)?.doubleValue, !(v is Bool) else { throw RoutingError.badRouterFile(path: path, reason: "full_depth_share must be a number") }
+            return x
+        }
         do {
             return try BudgetPredictor(
                 budgets: try numbers("budgets"), choices: j["choices"] == nil ? nil : try numbers("choices"), featureDim: d, mean: try numbers("mean").map(Float.init),
                 scale: try numbers("scale").map(Float.init), weights: try numbers("weights").map(Float.init),
-                bias: try numbers("bias").map(Float.init), router: j["router"] as? String ?? "buddy")
+                bias: try numbers("bias").map(Float.init), router: j["router"] as? String ?? "buddy",
+                fullDepthShare: try share(), recentSeed: j["recent_predictions"] == nil ? [] : try numbers("recent_predictions"))
         } catch let RoutingError.badRouterFile(_, reason) {
             throw RoutingError.badRouterFile(path: path, reason: reason)
         }
     }
 
     public static func save(_ p: BudgetPredictor, model: LanguageModel, notes: String, to path: String) throws {
-        try write([
+        var o: [String: Any] = [
             "format": format, "version": version, "kind": "budget-predictor", "router": p.router,
             "model_fingerprint": model.fingerprint, "layers": model.config.layers, "feature_dim": p.featureDim,
             "budgets": p.budgets, "choices": p.choices, "mean": p.mean, "scale": p.scale, "weights": p.weights, "bias": p.bias, "notes": notes,
-        ], to: path)
+        ]
+        if let share = p.fullDepthShare { o["full_depth_share"] = share; o["recent_predictions"] = p.recentSeed }
+        try write(o, to: path)
     }
 
     public static func save(_ ranking: StaticRanking, model: LanguageModel, notes: String, to path: String) throws {

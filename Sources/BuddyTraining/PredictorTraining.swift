@@ -27,6 +27,9 @@ public enum PredictorTraining {
         public var tolerances: String = "0.25,0.4,0.6,1.0"
         /// The budgets --budget auto may choose (`ChoiceRule`).
         public var choiceRule: ChoiceRule = .grid
+        /// Make the share rule the predictor's default with this share at full depth
+        /// (`AutoBudgetRule.share`; needs `choiceRule` hull); nil: the tolerance rule.
+        public var fullDepthShare: Double?
         public var seed: UInt64 = 0
         public var threads: Int = 2
         public init(chatData: String, extraChatData: String? = nil, textData: String, textPrompts: Int = 120, textTokens: Int = 10_240, maxReply: Int = 48, budgets: String = "0.5,0.6,0.7,0.75,0.8,0.85,0.9,0.95", router: String = PredictorTraining.defaultRouter, standIns: StandInChoice = .auto, out: String, curves: String? = nil, lambdas: String = "0.01,0.1,1,10", valFraction: Double = 0.2, qualityTolerance: Double = BudgetPredictor.defaultTolerance, tolerances: String = "0.25,0.4,0.6,1.0", seed: UInt64 = 0, threads: Int = 2, choiceRule: ChoiceRule = .grid) {
@@ -56,6 +59,10 @@ public enum PredictorTraining {
             guard textPrompts >= 0, maxReply >= 1, maxReply <= 512 else { throw ToolError.usage("--text-prompts must be >= 0 and --max-reply 1...512") }
             guard valFraction > 0, valFraction < 1 else { throw ToolError.usage("--val-fraction must be in (0, 1)") }
             guard qualityTolerance > 0 else { throw ToolError.usage("--quality-tolerance must be positive") }
+            if let share = fullDepthShare {
+                guard share > 0, share < 1 else { throw ToolError.usage("--full-depth-share must be in (0, 1)") }
+                guard choiceRule == .hull else { throw ToolError.usage("--full-depth-share needs --choices hull (the share rule runs the lowest choice or full depth)") }
+            }
             try validateThreads(threads)
         }
     }
@@ -200,8 +207,18 @@ public enum PredictorTraining {
 
         let usable = file.curves.filter { c in prompts.contains { $0.id == c.id } }
         let routable = model.config.layers - 2
-        let fitted = try fit(usable, grid: grid, lambdas: lambdaList, valFraction: o.valFraction, tolerance: o.qualityTolerance,
+        var fitted = try fit(usable, grid: grid, lambdas: lambdaList, valFraction: o.valFraction, tolerance: o.qualityTolerance,
                              router: o.router, choiceRule: o.choiceRule, routable: routable, rng: &rng, report: report)
+        var shareNote = ""
+        if let share = o.fullDepthShare {
+            fitted.predictor = try fitted.predictor.withShareRule(share, seedFeatures: usable.filter { isChat($0.id) }.map(\.features))
+            let row = try shareComparison(usable, grid: grid, lambda: fitted.lambda, share: share, seed: fitted.predictor, routable: routable, router: o.router)
+            report.line(String(format: "share rule %g on the %d training chat prompts in order, each predicted without it (5 folds): mean budget %.3f, %.1f %% at full depth, "
+                               + "KL %.4f against %.4f fixed at the same mean layers (%+.1f %%) and %.4f for a coin sending the same share (%+.1f %%)",
+                               share, row.prompts, row.meanBudget, 100 * row.fullShare, row.autoKL, row.fixedKL, 100 * row.gain, row.coinKL, 100 * row.gainOverCoin))
+            shareNote = String(format: ", share rule %g (cross-validated on the training chat prompts: %+.1f %% against the fixed budget of the same mean layers, %+.1f %% against a coin)",
+                               share, 100 * row.gain, 100 * row.gainOverCoin)
+        }
         let tolerances = try o.tolerances.split(separator: ",").map { t -> Double in
             guard let v = Double(t), v > 0 else { throw ToolError.usage("--tolerances must be positive numbers") }
             return v
@@ -211,7 +228,7 @@ public enum PredictorTraining {
         let chatSource = o.extraChatData == nil ? "\(chat.count) chat train-split" : "\(chat.count - extraCount) chat train-split, \(extraCount) chat requests from \(o.extraChatData!)"
         let notes = "buddy train predictor: \(usable.count) prompts (\(chatSource), rest WikiText-2 segments from the first \(o.textTokens) tokens), "
             + "continuations of \(o.maxReply) tokens, router \(o.router), stand-ins \(standInLabel), ridge lambda \(fitted.lambda) (validation MSE of log KL \(String(format: "%.4f", fitted.validationMSE))), "
-            + "choices \(o.choiceRule.rawValue): \(fitted.predictor.choices.map { String(format: "%g", $0) }.joined(separator: ", ")) and full depth"
+            + "choices \(o.choiceRule.rawValue): \(fitted.predictor.choices.map { String(format: "%g", $0) }.joined(separator: ", ")) and full depth" + shareNote
         try RouterFile.save(fitted.predictor, model: model, notes: notes, to: o.out)
         report.line("wrote \(o.out) (\(notes))")
     }
@@ -312,6 +329,43 @@ public enum PredictorTraining {
             return ToleranceRow(tolerance: t, meanBudget: kSum / n / Double(routable), chosen: chosen.sorted(),
                                 autoKL: klSum / n, fixedKL: fixedKL(atLayers: kSum / n), mixKL: BudgetPredictor.bestMix(fixed, atLayers: kSum / n))
         }
+    }
+
+    /// The share rule on the training chat prompts, in their order: one `AutoBudget` walks them
+    /// (its window seeded as `seed`'s), each prompt's prediction at the lowest choice made by a
+    /// predictor fitted without it (5 folds by position). Against the fixed budget at the same
+    /// mean routable layers (the chat prompts' mean curve, interpolated) and a coin sending the
+    /// same share to full depth.
+    public static func shareComparison(_ curves: [BudgetCurve], grid: [Double], lambda: Double, share: Double, seed: BudgetPredictor,
+                                       routable: Int, router: String) throws
+        -> (prompts: Int, meanBudget: Double, fullShare: Double, autoKL: Double, fixedKL: Double, coinKL: Double, gain: Double, gainOverCoin: Double) {
+        let folds = 5
+        let chat = curves.indices.filter { isChat(curves[$0].id) }
+        guard curves.count >= 2 * folds, !chat.isEmpty else { throw ToolError("need at least \(2 * folds) curves and one chat prompt") }
+        let low = grid.firstIndex(of: seed.choices[0])!
+        var predictors: [BudgetPredictor] = []
+        for f in 0..<folds {
+            let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
+            predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: lambda, router: router))
+        }
+        let chooser = try AutoBudget(predictor: seed, rule: .share(share))
+        func layers(_ b: Double) -> Double { Double(LayerBudget.routableCount(budget: b, layers: routable + 2)) }
+        var kSum = 0.0, klSum = 0.0, lowSum = 0.0, full = 0
+        for i in chat {
+            let x = curves[i].features.withUnsafeBufferPointer { predictors[i % folds].predictKL($0.baseAddress!)[low] }
+            let b = chooser.choose(predictedAtLowestChoice: x)
+            kSum += b >= 1 ? Double(routable) : layers(b)
+            klSum += b >= 1 ? 0 : curves[i].kl[low]
+            lowSum += curves[i].kl[low]
+            if b >= 1 { full += 1 }
+        }
+        let n = Double(chat.count)
+        var fixed = grid.indices.map { g in (k: layers(grid[g]), kl: chat.reduce(0.0) { $0 + curves[$1].kl[g] } / n) }
+        fixed.append((k: Double(routable), kl: 0))
+        let fixedKL = BudgetPredictor.bracket(fixed.map(\.k), at: kSum / n).map { fixed[$0.lo].kl + $0.weight * (fixed[$0.hi].kl - fixed[$0.lo].kl) } ?? 0
+        let fullShare = Double(full) / n, autoKL = klSum / n, coinKL = (1 - fullShare) * lowSum / n
+        return (chat.count, kSum / n / Double(routable), fullShare, autoKL, fixedKL, coinKL,
+                fixedKL > 0 ? autoKL / fixedKL - 1 : 0, coinKL > 0 ? autoKL / coinKL - 1 : 0)
     }
 
     /// A training chat prompt's curve: "chat-" and the prompt's id.

@@ -22,8 +22,10 @@ struct Chat: ParsableCommand {
     var system: String?
     @Option(name: .long, help: "Depth budget in (0, 1] (the fraction of routable layers run per token), or auto: the Budget Predictor picks one per message.")
     var budget: BudgetArgument = .fixed(1)
-    @Option(name: .long, help: "For --budget auto: the largest predicted drift from the full model (mean KL, nats per token) accepted.")
-    var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+    @Option(name: .long, help: AutoBudgetHelp.tolerance)
+    var qualityTolerance: Double?
+    @Option(name: .long, help: AutoBudgetHelp.share)
+    var fullDepthShare: Double?
     @Option(name: .long, help: "Router: buddy (default; falls back to even until trained), shortgpt, sleb, last, random, even, or a router file.")
     var router: String?
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (default), mask or zero (see `buddy generate --help`).")
@@ -46,7 +48,7 @@ struct Chat: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     func validate() throws {
-        guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
+        try AutoBudgetHelp.validate(tolerance: qualityTolerance, share: fullDepthShare)
         guard maxTokens >= 1 else { throw ValidationError("--max-tokens must be at least 1") }
         guard context >= 16 else { throw ValidationError("--context must be at least 16") }
         try modelOptions.validateThreads()
@@ -65,6 +67,7 @@ struct Chat: ParsableCommand {
         opts.budget = budget.value ?? 1
         opts.auto = budget.value == nil
         opts.qualityTolerance = qualityTolerance
+        opts.fullDepthShare = fullDepthShare
         opts.kvPolicy = kvPolicy
         opts.promptDepth = promptDepth
         opts.steering = steering == .on

@@ -176,17 +176,18 @@ extension Eval {
                   buddy eval auto --data ../shared/data/mt_bench_questions.jsonl --csv eval/auto.csv
                 """)
         @OptionGroup var promptOptions: ChatPromptOptions
-        @Option(name: .long, help: "Largest predicted KL from full depth (nats per token) the auto budget accepts; a comma-separated list reports each.") var qualityTolerance: String = String(BudgetPredictor.defaultTolerance)
+        @Option(name: .long, help: "Tolerance rules to report: the largest predicted KL from full depth (nats per token) the auto budget accepts; a comma-separated list reports each.") var qualityTolerance: String?
+        @Option(name: .long, help: "Share rules to report: the share of prompts run at full depth (the rest at the predictor's lowest choice), each chooser walking the prompts in order; a comma-separated list reports each. With neither option: the predictor's default rule.") var fullDepthShare: String?
         @Option(name: .long, help: "Budget predictor file (default: routers/budget-predictor.json).") var predictor: String?
         @Option(name: .long, help: "Router the budgets are run with.") var router: String = "buddy"
         @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
         @Option(name: .long, help: "on: the automatic budget is also steered along each reply (see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: Steering = .off
         @Flag(name: .long, help: "With --steering on: steer the fixed budgets too, so auto and fixed differ only in the predictor's choice (each auto row is the steered fixed run at its budget).") var steerFixed = false
-        @Option(name: .long, help: "Also write one CSV row per prompt and tolerance (tolerance,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers).") var csv: String?
+        @Option(name: .long, help: "Also write one CSV row per prompt and rule (rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers).") var csv: String?
         @OptionGroup var modelOptions: ModelOptions
 
         var options: AutoBudgetRun.Options {
-            var o = AutoBudgetRun.Options(prompts: promptOptions.selection, qualityTolerance: qualityTolerance, predictor: predictor, router: router,
+            var o = AutoBudgetRun.Options(prompts: promptOptions.selection, qualityTolerance: qualityTolerance, fullDepthShare: fullDepthShare, predictor: predictor, router: router,
                                           standIns: standIns, csv: csv, threads: modelOptions.threads)
             o.steering = steering == .on
             o.steerFixed = steerFixed

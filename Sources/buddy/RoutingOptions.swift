@@ -24,9 +24,10 @@ extension BudgetChoice: ExpressibleByArgument {}
 
 /// --budget, --router, --kv-policy: how deep the model runs for each token.
 struct RoutingOptions: ParsableArguments {
-    @Option(name: .long, help: "Compute budget in (0, 1]: the fraction of the routable layers (all but the first and last) run for every token; 1 runs the full model. auto: the Budget Predictor picks one per prompt (see --quality-tolerance).")
+    @Option(name: .long, help: "Compute budget in (0, 1]: the fraction of the routable layers (all but the first and last) run for every token; 1 runs the full model. auto: the Budget Predictor picks one per prompt (see --full-depth-share and --quality-tolerance).")
     var budget: BudgetArgument = .fixed(1)
-    @Option(name: .long, help: "For --budget auto: the largest predicted drift from the full model (mean KL, nats per token) accepted.") var qualityTolerance: Double = BudgetPredictor.defaultTolerance
+    @Option(name: .long, help: AutoBudgetHelp.tolerance) var qualityTolerance: Double?
+    @Option(name: .long, help: AutoBudgetHelp.share) var fullDepthShare: Double?
     @Option(name: .long, help: "Which layers run under the budget: buddy (the trained Decision Module), shortgpt, sleb, last, random, even, or a router/ranking file.") var router: String = "buddy"
     @Option(name: .long, help: "What a skipped layer leaves in the KV cache: fill (its K/V from the layer's input, about 6 % of a layer, computed only when a later token runs that layer; the default, since the router mixes layer sets token by token), mask (later tokens ignore it), zero (zero-filled entries, the paper's choice).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds instead of nothing: on (the model's stand-ins, routers/stand-ins.bin), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
@@ -35,7 +36,7 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: Steering.help) var steering: Steering = .standard
 
     func validate() throws {
-        guard qualityTolerance > 0 else { throw ValidationError("--quality-tolerance must be positive") }
+        try AutoBudgetHelp.validate(tolerance: qualityTolerance, share: fullDepthShare)
         guard rerouteEvery >= 1 else { throw ValidationError("--reroute-every must be at least 1") }
     }
 
@@ -43,11 +44,25 @@ struct RoutingOptions: ParsableArguments {
     /// for it, made before the prompt runs (layer 0 only; `session` keeps what it held).
     func resolveBudget(for prompt: [Int32], in session: Session) throws -> Double {
         guard budget == .auto else { return budget.value ?? 1 }
-        return try Routers.autoBudgetPredictor(model: session.model).chooseBudget(for: prompt, in: session, tolerance: qualityTolerance)
+        let predictor = try Routers.autoBudgetPredictor(model: session.model)
+        let rule = AutoBudgetRule.resolve(tolerance: qualityTolerance, share: fullDepthShare, predictor: predictor)
+        return try AutoBudget(predictor: predictor, rule: rule).chooseBudget(for: prompt, in: session)
     }
 
     /// The selector to install at `budget`, or nil when the full model runs.
     func makeSelector(budget: Double, model: LanguageModel) throws -> BudgetedLayerSelector? {
         try Routers.selector(router: router, budget: budget, rerouteEvery: rerouteEvery, steering: steering == .on, model: model)
+    }
+}
+
+/// The options that say how `--budget auto` chooses (`AutoBudgetRule`), shared by every command.
+enum AutoBudgetHelp {
+    static let tolerance: ArgumentHelp = "For --budget auto: choose the smallest budget whose predicted drift from the full model (mean KL, nats per token) stays under this, instead of the predictor's share rule."
+    static let share: ArgumentHelp = "For --budget auto: the share of requests run at full depth (those predicted to drift most among the recent ones), the rest at the predictor's lowest choice. Default: the predictor's."
+
+    static func validate(tolerance: Double?, share: Double?) throws {
+        if let tolerance, !(tolerance > 0) { throw ValidationError("--quality-tolerance must be positive") }
+        if let share, !(share > 0 && share < 1) { throw ValidationError("--full-depth-share must be in (0, 1)") }
+        if tolerance != nil && share != nil { throw ValidationError("give --quality-tolerance or --full-depth-share, not both") }
     }
 }

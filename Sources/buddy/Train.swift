@@ -227,13 +227,16 @@ struct TrainPredictor: ParsableCommand {
     @Option(name: .long, help: "Share of prompts held out for validation.") var valFraction: Double = 0.2
     @Option(name: .long, help: "Tolerance (mean KL per token) the validation report uses.") var qualityTolerance: Double = BudgetPredictor.defaultTolerance
     @Option(name: .long, help: "Tolerances of the cross-validated comparison of --budget auto with fixed budgets on the training chat prompts.") var tolerances: String = "0.25,0.4,0.6,1.0"
+    @Option(name: .long, help: "Make the share rule --budget auto's default: this share of requests at full depth (those predicted to drift most among the recent ones), the rest at the lowest choice. Needs --choices hull.") var fullDepthShare: Double?
     @Option(name: .long, help: "Random seed (segments and the validation split).") var seed: UInt64 = 0
     @OptionGroup var modelOptions: ModelOptions
 
     var options: PredictorTraining.Options {
-        .init(chatData: chatData, extraChatData: extraChatData, textData: textData, textPrompts: textPrompts, textTokens: textTokens, maxReply: maxReply, budgets: budgets, router: router,
-              standIns: standIns, out: out, curves: curves, lambdas: lambdas, valFraction: valFraction, qualityTolerance: qualityTolerance, tolerances: tolerances, seed: seed,
-              threads: modelOptions.threads, choiceRule: choices)
+        var o = PredictorTraining.Options(chatData: chatData, extraChatData: extraChatData, textData: textData, textPrompts: textPrompts, textTokens: textTokens, maxReply: maxReply,
+              budgets: budgets, router: router, standIns: standIns, out: out, curves: curves, lambdas: lambdas, valFraction: valFraction, qualityTolerance: qualityTolerance,
+              tolerances: tolerances, seed: seed, threads: modelOptions.threads, choiceRule: choices)
+        o.fullDepthShare = fullDepthShare
+        return o
     }
     func validate() throws { try validating(options.validate) }
 

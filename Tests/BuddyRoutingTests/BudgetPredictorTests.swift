@@ -76,6 +76,77 @@ final class BudgetPredictorTests: XCTestCase {
         }
     }
 
+    /// A predictor whose predicted KL at its one choice, 0.7, is 0.3·e^z for the single feature z.
+    func shareRulePredictor() throws -> BudgetPredictor {
+        try BudgetPredictor(budgets: grid, choices: [0.7], featureDim: 1, mean: [0], scale: [1], weights: [0, 1, 0],
+                            bias: [log(0.9), log(0.3), log(0.01)], router: "t")
+    }
+
+    /// The share rule's window starts from the training prompts' predictions at evenly spaced
+    /// quantiles, median first; a request above the window's upper share runs at full depth, one
+    /// below at the lowest choice; over a long stream the share holds, also when the requests
+    /// move to a spread the training prompts never had (the window follows them).
+    func testShareRuleRunsTheRequestsPredictedToDriftMostAtFullDepth() throws {
+        let training = (0..<64).map { i in [Float(i) / 63 * 2 - 1] }   // z from −1 to 1
+        let p = try shareRulePredictor().withShareRule(0.5, seedFeatures: training)
+        XCTAssertEqual(p.fullDepthShare, 0.5)
+        XCTAssertEqual(p.recentSeed.count, AutoBudget.window)
+        let want = (0..<AutoBudget.window).map { i in 0.3 * exp(Double(training[(2 * i + 1) * 64 / (2 * AutoBudget.window)][0])) }
+        for (got, expected) in zip(p.recentSeed.sorted(), want) { XCTAssertEqual(got, expected, accuracy: 1e-6, "evenly spaced quantiles") }
+        XCTAssertEqual(p.recentSeed[0], want[AutoBudget.window / 2], accuracy: 1e-6, "the median first")
+        XCTAssertEqual(p.recentSeed[1], want[AutoBudget.window / 2 - 1], accuracy: 1e-6)
+        XCTAssertEqual(p.recentSeed[2], want[AutoBudget.window / 2 + 1], accuracy: 1e-6)
+
+        let auto = try AutoBudget(predictor: p, rule: .share(0.5))
+        var z: [Float] = [3]
+        XCTAssertEqual(auto.choose(&z), 1, "above every training prompt: full depth")
+        z = [-3]
+        XCTAssertEqual(auto.choose(&z), 0.7, "below every training prompt: the lowest choice")
+        XCTAssertEqual(auto.choose(predictedAtLowestChoice: 0.3 * exp(0.9)), 1)
+        XCTAssertEqual(auto.choose(predictedAtLowestChoice: 0.3 * exp(-0.9)), 0.7)
+
+        var rng = SeededRNG(seed: 3)
+        for (share, spread) in [(0.5, Float(0)), (0.25, 0), (0.5, 6)] {
+            let chooser = try AutoBudget(predictor: p, rule: .share(share))
+            // The first window's worth of a new spread settles the window; then count.
+            var full = 0
+            for i in 0..<(AutoBudget.window + 2000) {
+                var f: [Float] = [spread + rng.nextUnitFloat() * 2 - 1]
+                let b = chooser.choose(&f)
+                XCTAssertTrue(b == 1 || b == 0.7)
+                if i >= AutoBudget.window, b == 1 { full += 1 }
+            }
+            XCTAssertEqual(Double(full) / 2000, share, accuracy: 0.05, "share \(share), spread at \(spread)")
+        }
+
+        // The rule a command runs: its own option first, then the predictor's default.
+        XCTAssertEqual(AutoBudgetRule.resolve(tolerance: 0.4, share: nil, predictor: p), .tolerance(0.4))
+        XCTAssertEqual(AutoBudgetRule.resolve(tolerance: nil, share: 0.3, predictor: p), .share(0.3))
+        XCTAssertEqual(AutoBudgetRule.resolve(tolerance: nil, share: nil, predictor: p), .share(0.5))
+        let plain = try shareRulePredictor()
+        XCTAssertEqual(AutoBudgetRule.resolve(tolerance: nil, share: nil, predictor: plain), .tolerance(BudgetPredictor.defaultTolerance))
+        XCTAssertThrowsError(try AutoBudget(predictor: plain, rule: .share(0.5))) { XCTAssertTrue("\($0)".contains("--full-depth-share"), "\($0)") }
+        XCTAssertThrowsError(try AutoBudget(predictor: p, rule: .share(1))) { XCTAssertTrue("\($0)".contains("(0, 1)"), "\($0)") }
+        XCTAssertThrowsError(try AutoBudget(predictor: p, rule: .tolerance(0))) { XCTAssertTrue("\($0)".contains("positive"), "\($0)") }
+        // Under a tolerance the same request runs at the lowest choice when within it.
+        let byTolerance = try AutoBudget(predictor: p, rule: .tolerance(0.5))
+        z = [0]
+        XCTAssertEqual(byTolerance.choose(&z), 0.7)
+        z = [1]
+        XCTAssertEqual(byTolerance.choose(&z), 1)
+    }
+
+    /// `--full-depth-share` needs the hull's choices (the rule runs the lowest choice or full depth).
+    func testShareRuleTrainingNeedsHullChoices() throws {
+        var o = PredictorTraining.Options(chatData: "c", textData: "t", out: "o")
+        o.fullDepthShare = 0.5
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("--choices hull"), "\($0)") }
+        o.choiceRule = .hull
+        XCTAssertNoThrow(try o.validate())
+        o.fullDepthShare = 1.5
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("(0, 1)"), "\($0)") }
+    }
+
     /// The hull choices by hand: within the zone (budget ≥ floor) the points and full depth at KL
     /// 0; a point on or above the chord between its neighbours on the hull is dropped.
     func testHullChoicesKeepTheZonesLowerConvexHull() {
@@ -258,6 +329,15 @@ final class BudgetPredictorTests: XCTestCase {
         XCTAssertEqual(back.budgets, p.budgets)
         XCTAssertEqual(back.weights, p.weights)
         XCTAssertEqual(back.choices, p.choices)
+        XCTAssertNil(back.fullDepthShare)
+        // The share rule and its window's start survive the round trip.
+        let shared = try p.withShareRule(0.5, seedFeatures: feats)
+        let sharedPath = dir.appendingPathComponent("s.json").path
+        try RouterFile.save(shared, model: m, notes: "test", to: sharedPath)
+        let sharedBack = try RouterFile.loadPredictor(path: sharedPath, model: m)
+        XCTAssertEqual(sharedBack.fullDepthShare, 0.5)
+        XCTAssertEqual(sharedBack.recentSeed.count, shared.recentSeed.count)
+        for (a, b) in zip(sharedBack.recentSeed, shared.recentSeed) { XCTAssertEqual(a, b, accuracy: 1e-12 * b) }
         func rewrite(_ edit: (inout [String: Any]) -> Void) throws -> String {
             var j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
             edit(&j)
@@ -270,7 +350,13 @@ final class BudgetPredictorTests: XCTestCase {
                                ({ $0["choices"] = [0.6] }, "choices must be ascending budgets of the grid"),
                                ({ $0["kind"] = "ranking" }, "not a budget predictor"),
                                ({ $0["feature_dim"] = 5 }, "does not fit"),
-                               ({ $0["bias"] = [1] }, "bias has 1 values")] as [((inout [String: Any]) -> Void, String)] {
+                               ({ $0["bias"] = [1] }, "bias has 1 values"),
+                               ({ $0["full_depth_share"] = 1.5; $0["recent_predictions"] = [0.1] }, "full_depth_share must be in (0, 1)"),
+                               ({ $0["full_depth_share"] = "half"; $0["recent_predictions"] = [0.1] }, "full_depth_share must be a number"),
+                               ({ $0["full_depth_share"] = 0.5; $0["recent_predictions"] = [0.1, "x"] }, "recent_predictions holds a non-number"),
+                               ({ $0["full_depth_share"] = 0.5; $0["recent_predictions"] = [Double](repeating: 0.1, count: 33) }, "recent_predictions must hold"),
+                               ({ $0["full_depth_share"] = 0.5 }, "recent_predictions must hold"),
+                               ({ $0["recent_predictions"] = [0.1] }, "recent_predictions without full_depth_share")] as [((inout [String: Any]) -> Void, String)] {
             XCTAssertThrowsError(try RouterFile.loadPredictor(path: try rewrite(edit), model: m)) { XCTAssertTrue("\($0)".contains(reason), "\($0)") }
         }
 
@@ -294,11 +380,11 @@ final class BudgetPredictorTests: XCTestCase {
             // only) and gets the same choice, from an empty session and from one that holds the
             // start of the prompt; afterwards the session holds only what `evaluate` would keep.
             let ahead = Session(model: m, capacity: 128, threads: 2)
-            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
+            XCTAssertEqual(try AutoBudget(predictor: back, rule: .tolerance(tol)).chooseBudget(for: prompt, in: ahead), want)
             XCTAssertEqual(ahead.tokens, [])
             XCTAssertEqual(ahead.cache.count, 0)
             try ahead.evaluate(Array(prompt.prefix(4)))
-            XCTAssertEqual(try back.chooseBudget(for: prompt, in: ahead, tolerance: tol), want)
+            XCTAssertEqual(try AutoBudget(predictor: back, rule: .tolerance(tol)).chooseBudget(for: prompt, in: ahead), want)
             XCTAssertEqual(ahead.tokens, Array(prompt.prefix(4)))
             XCTAssertEqual(ahead.cache.count, 4)
         }

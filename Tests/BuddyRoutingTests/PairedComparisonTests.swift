@@ -257,12 +257,34 @@ final class PairedComparisonTests: XCTestCase {
         let chosen = [0, 1, 1]
         let rows: [AutoBudgetRun.Row] = prompts.indices.map { (prompts[$0], [0.5, 0.8][chosen[$0]], fixedRows[$0][chosen[$0]]) }
         var lines: [String] = []
-        AutoBudgetRun.summary(tolerance: 0.25, rows: rows, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30, split: "all",
+        AutoBudgetRun.summary(rule: .tolerance(0.25), lowestChoice: 0.5, rows: rows, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30, split: "all",
                               report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
         XCTAssertEqual(lines.last, "\nAuto against the interpolated fixed budget, paired over the 3 prompts: KL -2.7 % ± 25.7 % (s.e.); within 2 s.e.")
         XCTAssertTrue(lines.contains("| fixed, same mean k (interpolated) | — | 19.33 | 0.4111 | 0.5000 |"), lines.joined(separator: "\n"))
         // Mean KL per token at k 14, 22, 28: 19/30, 9/30, 0. The middle point lies above the chord
         // from 14 to full depth, so the best prompt-blind mix at 58/3 is 19/30 · (28 − 58/3) / 14 = 0.3921.
         XCTAssertTrue(lines.contains("| best prompt-blind mix of fixed budgets, same mean k | — | 19.33 | 0.3921 | — |"), lines.joined(separator: "\n"))
+    }
+
+    /// Under the share rule the report adds a coin that sends the same share to full depth and
+    /// the rest to the lowest choice (0.8 here), by hand: prompt 2 (KL sum 4 at 0.8) runs at full
+    /// depth, so auto is 3 + 0 + 2 = 5; the coin's expected sums are 2/3 of 3, 4, 2 (6 in all):
+    /// −16.7 %, s.e. √(3/2 · Σ(aᵢ − 5/6 · bᵢ)²) / 6 = √(3/2 · 608/81) / 6 = 55.9 %; its mean KL
+    /// 2/3 · 9/30 = 0.2.
+    func testShareRuleIsComparedWithACoinOfTheSameShare() throws {
+        let prompts = try ChatPromptSet.parse("""
+            {"question_id": 1, "turns": ["a"]}
+            {"question_id": 2, "turns": ["b"]}
+            {"question_id": 3, "turns": ["c"]}
+            """)
+        let fixedRows = [[6, 3], [8, 4], [5, 2]].map { $0.map { ChatDivergence(klSum: $0, agreements: 5, tokens: 10) } }
+        let rows: [AutoBudgetRun.Row] = [(prompts[0], 0.8, fixedRows[0][1]), (prompts[1], 1, ChatDivergence(klSum: 0, agreements: 10, tokens: 10)),
+                                         (prompts[2], 0.8, fixedRows[2][1])]
+        var lines: [String] = []
+        AutoBudgetRun.summary(rule: .share(0.3), lowestChoice: 0.8, rows: rows, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30, split: "all",
+                              report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
+        XCTAssertEqual(lines.first, "### Full-depth share 0.3 (the rest at 0.8)\n")
+        XCTAssertEqual(lines.last, "Auto against a seeded coin sending the same share (33.3 %) to full depth and the rest to 0.80 (expected KL 0.2000), paired: "
+                       + "KL -16.7 % ± 55.9 % (s.e.); within 2 s.e.", lines.joined(separator: "\n"))
     }
 }
