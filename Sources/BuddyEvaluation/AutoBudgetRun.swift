@@ -37,6 +37,27 @@ public enum AutoBudgetRun {
             s.map { $0.split(separator: ",", omittingEmptySubsequences: false).map { Double($0.trimmingCharacters(in: .whitespaces)) ?? .nan } }
         }
 
+        /// Fixed budgets to run every prompt at (comma-separated), a subset of the predictor's
+        /// grid holding every budget the rules can choose; nil: the whole grid.
+        public var budgets: String?
+
+        /// The fixed budgets every prompt runs at, ascending: `budgets` or the predictor's grid.
+        public func fixedBudgets(_ predictor: BudgetPredictor, rules: [AutoBudgetRule]) throws -> [Double] {
+            guard let given = Self.list(budgets) else { return predictor.budgets.sorted() }
+            let grid = predictor.budgets.filter { b in given.contains { abs($0 - b) < 1e-9 } }.sorted()
+            guard grid.count == given.count else {
+                throw ToolError.usage("--budgets must be budgets of the predictor's grid (\(predictor.budgets.map { String(format: "%g", $0) }.joined(separator: ",")))")
+            }
+            let chosen = Set(rules.flatMap { rule -> [Double] in
+                if case .share = rule { return [predictor.choices[0]] }
+                return predictor.choices
+            })
+            guard chosen.isSubset(of: Set(grid)) else {
+                throw ToolError.usage("--budgets must include every budget the rules can choose (\(chosen.sorted().map { String(format: "%g", $0) }.joined(separator: ",")))")
+            }
+            return grid
+        }
+
         /// The rules reported: every tolerance and share given, else the predictor's default.
         public func rules(_ predictor: BudgetPredictor) -> [AutoBudgetRule] {
             let given = (Self.list(qualityTolerance) ?? []).map(AutoBudgetRule.tolerance) + (Self.list(fullDepthShare) ?? []).map(AutoBudgetRule.share)
@@ -46,6 +67,7 @@ public enum AutoBudgetRun {
         public func validate() throws {
             if let t = Self.list(qualityTolerance), t.isEmpty || !t.allSatisfy({ $0 > 0 }) { throw ToolError.usage("--quality-tolerance must be positive numbers") }
             if let s = Self.list(fullDepthShare), s.isEmpty || !s.allSatisfy({ $0 > 0 && $0 < 1 }) { throw ToolError.usage("--full-depth-share must be numbers in (0, 1)") }
+            if let b = Self.list(budgets), b.isEmpty || !b.allSatisfy({ $0 > 0 && $0 < 1 }) { throw ToolError.usage("--budgets must be numbers in (0, 1)") }
             try validateThreads(threads)
             if steerFixed && !steering { throw ToolError.usage("--steer-fixed needs --steering on") }
         }
@@ -72,7 +94,7 @@ public enum AutoBudgetRun {
             rules = o.rules(predictorModel)
             // One chooser per rule, walking the prompts in order as a conversation's messages.
             choosers = try rules.map { try AutoBudget(predictor: predictorModel, rule: $0) }
-            grid = predictorModel.budgets.sorted()
+            grid = try o.fixedBudgets(predictorModel, rules: rules)
             fixed = try grid.map { b -> BudgetedLayerSelector in
                 let r = try Routers.make(o.router, model: model, budget: b)
                 return o.steerFixed ? BudgetSteering(r) : r

@@ -179,6 +179,7 @@ extension Eval {
         @Option(name: .long, help: "Tolerance rules to report: the largest predicted KL from full depth (nats per token) the auto budget accepts; a comma-separated list reports each.") var qualityTolerance: String?
         @Option(name: .long, help: "Share rules to report: the share of prompts run at full depth (the rest at the predictor's lowest choice), each chooser walking the prompts in order; a comma-separated list reports each. With neither option: the predictor's default rule.") var fullDepthShare: String?
         @Option(name: .long, help: "Budget predictor file (default: routers/budget-predictor.json).") var predictor: String?
+        @Option(name: .long, help: "Fixed budgets every prompt runs at: a subset of the predictor's grid that holds every budget the rules can choose (default: the whole grid). Fixed budgets of the same mean compute interpolate between these.") var budgets: String?
         @Option(name: .long, help: "Router the budgets are run with.") var router: String = "buddy"
         @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
         @Option(name: .long, help: "on: the automatic budget is also steered along each reply (see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: Steering = .off
@@ -191,6 +192,7 @@ extension Eval {
                                           standIns: standIns, csv: csv, threads: modelOptions.threads)
             o.steering = steering == .on
             o.steerFixed = steerFixed
+            o.budgets = budgets
             return o
         }
         func validate() throws { try validating(options.validate) }

@@ -266,6 +266,24 @@ final class PairedComparisonTests: XCTestCase {
         XCTAssertTrue(lines.contains("| best prompt-blind mix of fixed budgets, same mean k | — | 19.33 | 0.3921 | — |"), lines.joined(separator: "\n"))
     }
 
+    /// `eval auto --budgets` runs a subset of the grid, which must hold what the rules can choose:
+    /// the share rule only the lowest choice, a tolerance rule every choice.
+    func testAutoEvaluationRunsTheFixedBudgetsTheRulesNeed() throws {
+        let p = try BudgetPredictor(budgets: [0.5, 0.8, 0.9], choices: [0.8, 0.9], featureDim: 1, mean: [0], scale: [1], weights: [0, 0, 0],
+                                    bias: [0, 0, 0], router: "t")
+        var o = AutoBudgetRun.Options(prompts: ChatPromptSelection(data: "x"))
+        XCTAssertEqual(try o.fixedBudgets(p, rules: [.share(0.5)]), [0.5, 0.8, 0.9], "no --budgets: the whole grid")
+        o.budgets = "0.9,0.8"
+        XCTAssertEqual(try o.fixedBudgets(p, rules: [.share(0.5), .tolerance(0.2)]), [0.8, 0.9])
+        o.budgets = "0.8"
+        XCTAssertEqual(try o.fixedBudgets(p, rules: [.share(0.5)]), [0.8])
+        XCTAssertThrowsError(try o.fixedBudgets(p, rules: [.tolerance(0.2)])) { XCTAssertTrue("\($0)".contains("every budget the rules can choose (0.8,0.9)"), "\($0)") }
+        o.budgets = "0.8,0.85"
+        XCTAssertThrowsError(try o.fixedBudgets(p, rules: [.share(0.5)])) { XCTAssertTrue("\($0)".contains("the predictor's grid (0.5,0.8,0.9)"), "\($0)") }
+        o.budgets = "0.8,x"
+        XCTAssertThrowsError(try o.validate()) { XCTAssertTrue("\($0)".contains("--budgets"), "\($0)") }
+    }
+
     /// Under the share rule the report adds a coin that sends the same share to full depth and
     /// the rest to the lowest choice (0.8 here), by hand: prompt 2 (KL sum 4 at 0.8) runs at full
     /// depth, so auto is 3 + 0 + 2 = 5; the coin's expected sums are 2/3 of 3, 4, 2 (6 in all):
