@@ -160,17 +160,20 @@ public enum AutoBudgetRun {
                 fixedTallies[gi].meanLayers.map { String(format: "%.2f at %.2f (k = %.0f)", $0, grid[gi], routableLayers(grid[gi], layers: L)) }
             }.joined(separator: ", "))
         }
+        var comparisons: [[Comparison]] = []
         for (ti, rule) in rules.enumerated() {
             if ti > 0 { report.line("") }
-            summary(rule: rule, lowestChoice: predictorModel.choices[0], rows: rowsByRule[ti], fixedRows: fixedRows, grid: grid, layers: L,
-                    split: o.prompts.split, routedLayers: o.steering ? layersByRule[ti] : nil, report: report)
+            comparisons.append(summary(rule: rule, lowestChoice: predictorModel.choices[0], rows: rowsByRule[ti], fixedRows: fixedRows, grid: grid, layers: L,
+                    split: o.prompts.split, routedLayers: o.steering ? layersByRule[ti] : nil, report: report))
         }
         if let csv = o.csv {
-            var out = "rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers\n"
+            // fixed_kl and coin_kl: the prompt's KL in the paired comparisons (empty where none).
+            var out = "rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers,fixed_kl,coin_kl\n"
             for i in prompts.indices {
                 for (ti, rule) in rules.enumerated() {
                     let r = rowsByRule[ti][i]
-                    out += "\(rule),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens),\(String(format: "%.3f", layersByRule[ti][i]))\n"
+                    out += "\(rule),\(r.prompt.id),\(r.prompt.category),\(r.budget),\(String(format: "%.6f", r.d.meanKL)),\(String(format: "%.6f", r.d.top1Agreement)),\(r.d.tokens),\(String(format: "%.3f", layersByRule[ti][i])),"
+                        + [comparisons[ti][i].fixed, comparisons[ti][i].coin].map { $0.map { String(format: "%.6f", $0) } ?? "" }.joined(separator: ",") + "\n"
                 }
             }
             try AtomicFile.write(Data(out.utf8), to: csv)
@@ -187,11 +190,17 @@ public enum AutoBudgetRun {
     /// that difference over the prompts. `fixedRows[prompt][grid budget]` holds every prompt's
     /// fixed runs, in `autoRows`' order. `routedLayers`, when given, is each auto row's measured
     /// mean routable layers per step (a steered run's), used instead of its budget's k.
-    /// Under the share rule it also compares auto with a seeded coin that sends the same share of
+    /// Under the share rule it also compares auto with a coin that sends the same share of
     /// prompts to full depth and the rest to `lowestChoice` (its expected KL, prompt by prompt):
     /// what the mix alone gives, without the prediction.
+    /// A prompt's KL per token in the paired comparisons: the fixed budget of the same mean
+    /// compute and, under the share rule, the coin's expectation (nil where there is none).
+    public typealias Comparison = (fixed: Double?, coin: Double?)
+
+    @discardableResult
     public static func summary(rule: AutoBudgetRule, lowestChoice: Double, rows autoRows: [Row], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int,
-                               split: String, routedLayers: [Double]? = nil, report: Reporter) {
+                               split: String, routedLayers: [Double]? = nil, report: Reporter) -> [Comparison] {
+        var comparisons = [Comparison](repeating: (nil, nil), count: autoRows.count)
         precondition(fixedRows.count == autoRows.count && fixedRows.allSatisfy { $0.count == grid.count }, "one fixed run per prompt and grid budget")
         precondition(routedLayers == nil || routedLayers!.count == autoRows.count, "one layer count per auto row")
         func k(_ b: Double) -> Double { routableLayers(b, layers: L) }
@@ -253,19 +262,23 @@ public enum AutoBudgetRun {
                 (PairedComparison.Item(loss: autoRows[i].d.klSum, tokens: autoRows[i].d.tokens),
                  PairedComparison.Item(loss: klSum(i, lo) + w * (klSum(i, hi) - klSum(i, lo)), tokens: autoRows[i].d.tokens))
             }
-            guard let p = PairedComparison.row(.chat, budget: meanBudget, pairs) else { return }
-            report.line(String(format: "\nAuto against the interpolated fixed budget, paired over the %d prompts: KL %+.1f %% ± %.1f %% (s.e.)%@",
-                               p.items, p.percent, p.standardError, abs(p.percent) < 2 * p.standardError ? "; within 2 s.e." : ""))
+            for i in pairs.indices { comparisons[i].fixed = pairs[i].1.loss / Double(max(pairs[i].1.tokens, 1)) }
+            if let p = PairedComparison.row(.chat, budget: meanBudget, pairs) {
+                report.line(String(format: "\nAuto against the interpolated fixed budget, paired over the %d prompts: KL %+.1f %% ± %.1f %% (s.e.)%@",
+                                   p.items, p.percent, p.standardError, abs(p.percent) < 2 * p.standardError ? "; within 2 s.e." : ""))
+            }
         }
-        guard case .share = rule, let low = grid.firstIndex(where: { abs($0 - lowestChoice) < 1e-9 }) else { return }
+        guard case .share = rule, let low = grid.firstIndex(where: { abs($0 - lowestChoice) < 1e-9 }) else { return comparisons }
         let full = Double(autoRows.filter { $0.budget >= 1 }.count) / Double(max(autoRows.count, 1))
         let blind = autoRows.indices.map { i in
             (PairedComparison.Item(loss: autoRows[i].d.klSum, tokens: autoRows[i].d.tokens),
              PairedComparison.Item(loss: (1 - full) * fixedRows[i][low].klSum, tokens: autoRows[i].d.tokens))
         }
-        guard let b = PairedComparison.row(.chat, budget: meanBudget, blind) else { return }
-        report.line(String(format: "Auto against a seeded coin sending the same share (%.1f %%) to full depth and the rest to %.2f (expected KL %.4f), paired: KL %+.1f %% ± %.1f %% (s.e.)%@",
+        for i in blind.indices { comparisons[i].coin = blind[i].1.loss / Double(max(blind[i].1.tokens, 1)) }
+        guard let b = PairedComparison.row(.chat, budget: meanBudget, blind) else { return comparisons }
+        report.line(String(format: "Auto against a coin sending the same share (%.1f %%) to full depth and the rest to %.2f (expected KL %.4f), paired: KL %+.1f %% ± %.1f %% (s.e.)%@",
                            100 * full, lowestChoice, (1 - full) * fixedTotals[low].meanKL, b.percent, b.standardError,
                            abs(b.percent) < 2 * b.standardError ? "; within 2 s.e." : ""))
+        return comparisons
     }
 }

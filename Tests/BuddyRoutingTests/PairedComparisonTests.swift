@@ -299,10 +299,12 @@ final class PairedComparisonTests: XCTestCase {
         let rows: [AutoBudgetRun.Row] = [(prompts[0], 0.8, fixedRows[0][1]), (prompts[1], 1, ChatDivergence(klSum: 0, agreements: 10, tokens: 10)),
                                          (prompts[2], 0.8, fixedRows[2][1])]
         var lines: [String] = []
-        AutoBudgetRun.summary(rule: .share(0.3), lowestChoice: 0.8, rows: rows, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30, split: "all",
+        let comparisons = AutoBudgetRun.summary(rule: .share(0.3), lowestChoice: 0.8, rows: rows, fixedRows: fixedRows, grid: [0.5, 0.8], layers: 30, split: "all",
                               report: Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) }))
         XCTAssertEqual(lines.first, "### Full-depth share 0.3 (the rest at 0.8)\n")
-        XCTAssertEqual(lines.last, "Auto against a seeded coin sending the same share (33.3 %) to full depth and the rest to 0.80 (expected KL 0.2000), paired: "
+        XCTAssertEqual(lines.last, "Auto against a coin sending the same share (33.3 %) to full depth and the rest to 0.80 (expected KL 0.2000), paired: "
                        + "KL -16.7 % ± 55.9 % (s.e.); within 2 s.e.", lines.joined(separator: "\n"))
+        // Per prompt (the CSV's coin_kl): 2/3 of 0.3, 0.4, 0.2.
+        for (got, want) in zip(comparisons.map(\.coin), [0.2, 0.4 * 2 / 3, 0.2 * 2 / 3]) { XCTAssertEqual(try XCTUnwrap(got), want, accuracy: 1e-12) }
     }
 }
