@@ -165,14 +165,16 @@ extension Eval {
         static let configuration = CommandConfiguration(
             abstract: "Does --budget auto put compute where it matters? Its chosen budgets against a fixed budget of the same mean compute.",
             discussion: """
-                For each chat prompt the Budget Predictor chooses a budget from the prompt's routing
-                context (as `--budget auto` does) and the routed model is teacher-forced along the
+                For each chat prompt, in the file's order (one chooser walks them, as a
+                conversation's messages), the Budget Predictor chooses a budget from the prompt's
+                routing context (as `--budget auto` does) and the routed model is teacher-forced along the
                 full model's greedy reply (KL from full depth and top-1 agreement, as in
                 `buddy eval chat`). Every prompt is also measured at each budget of the predictor's
                 grid, so the same prompts at a fixed budget of the same mean compute (mean routable
                 layers per reply token, interpolated between the two neighbouring grid budgets)
                 are the comparison. Prints the distribution of chosen budgets, the mean budget per
-                prompt category, and auto against fixed. Example:
+                prompt category, and auto against fixed; under the share rule also against a coin
+                that sends the same share of prompts to full depth. Example:
                   buddy eval auto --data ../shared/data/mt_bench_questions.jsonl --csv eval/auto.csv
                 """)
         @OptionGroup var promptOptions: ChatPromptOptions

@@ -205,10 +205,16 @@ struct TrainPredictor: ParsableCommand {
             teacher-forced through the router at every grid budget and the mean KL per token is
             recorded. Curves are saved after every prompt to --curves, so an interrupted run
             resumes where it stopped. A ridge regression then predicts log KL at each budget
-            from the prompt's routing context; `--budget auto` runs the smallest budget whose
-            predicted KL is under --quality-tolerance. Reproduce the shipped predictor with:
+            from the prompt's routing context. With --full-depth-share (and --choices hull)
+            `--budget auto` runs that share of requests, those predicted to drift most among the
+            recent ones, at full depth and the rest at the lowest choice; otherwise the smallest
+            budget whose predicted KL is under --quality-tolerance. Reproduce the shipped
+            predictor with:
+              python3 scripts/training_chat_requests.py
               buddy train predictor --chat-data ../shared/data/mt_bench_questions.jsonl \\
-                --text-data ../shared/data/wikitext2_valid.txt --out routers/budget-predictor.json
+                --extra-chat-data .build/training-chat-requests.jsonl --text-prompts 40 \\
+                --text-data ../shared/data/wikitext2_valid.txt --choices hull \\
+                --full-depth-share 0.25 --out routers/budget-predictor.json
             """)
 
     @Option(name: .long, help: "Chat prompts (MT-Bench JSON lines); the train split (even positions) is used.") var chatData: String

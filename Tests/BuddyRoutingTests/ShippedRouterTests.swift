@@ -135,6 +135,33 @@ final class ShippedRouterTests: XCTestCase {
         }
     }
 
+    /// The shipped Budget Predictor runs the share rule between 0.8 and full depth, says how it
+    /// was made without pointing outside the repository, and on real prompts picks one of the two;
+    /// a request predicted above every recent one goes to full depth.
+    func testShippedPredictorRunsTheShareRule() throws {
+        let m = try TestSupport.model()
+        let p = try Routers.predictor(model: m)
+        XCTAssertEqual(p.choices, [0.8])
+        XCTAssertEqual(p.fullDepthShare, 0.25)
+        XCTAssertEqual(p.recentSeed.count, AutoBudget.window)
+        let path = try XCTUnwrap(Routers.locate("budget-predictor", model: m))
+        let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        let notes = try XCTUnwrap(j["notes"] as? String)
+        XCTAssertTrue(notes.hasPrefix("buddy train predictor: 330 prompts"), notes)
+        XCTAssertFalse(notes.contains("/work/") || notes.contains(" /"), "the notes must not point outside the repository")
+        let auto = try AutoBudget(predictor: p, rule: .resolve(tolerance: nil, share: nil, predictor: p))
+        XCTAssertEqual(auto.rule, .share(0.25))
+        let session = Session(model: m, capacity: 256, threads: 2)
+        var chosen: [Double] = []
+        for text in ["Why is the sky blue?", "Write a haiku about autumn leaves.", "List three prime numbers.", "Summarise: the cat sat on the mat."] {
+            chosen.append(try auto.chooseBudget(for: m.tokenizer.encode(text, parseSpecial: false), in: session))
+            XCTAssertEqual(session.cache.count, 0, "choosing runs layer 0 only and keeps nothing")
+        }
+        XCTAssertTrue(chosen.allSatisfy { $0 == 0.8 || $0 == 1 }, "\(chosen)")
+        XCTAssertEqual(auto.choose(predictedAtLowestChoice: 100), 1)
+        XCTAssertEqual(auto.choose(predictedAtLowestChoice: 0), 0.8)
+    }
+
     /// Gemma 3's router (routers/gemma-3-270m-q4_k_m/, made by the same command) loads for Gemma,
     /// beside Gemma's own stand-ins (refused for SmolLM2), says how it was made, runs exactly
     /// k + 2 of its 18 layers in prefill and decode, and routes a batch as it routes token by token.
