@@ -23,6 +23,7 @@ final class RouterFuzzTests: XCTestCase {
             try RouterFile.save(ranking, model: m, notes: "seed", to: b)
             let p = try BudgetPredictor(budgets: [0.5, 0.9], featureDim: d, mean: [Float](repeating: 0, count: d), scale: [Float](repeating: 1, count: d),
                                         weights: [Float](repeating: 0.01, count: 2 * d), bias: [-1, -3], router: "buddy")
+                .withShareRule(0.25, seedFeatures: [[Float](repeating: 0.5, count: d), [Float](repeating: 0, count: d)])
             try RouterFile.save(p, model: m, notes: "seed", to: c)
             return [(a, false), (b, false), (c, true)]
         }()
@@ -42,6 +43,12 @@ final class RouterFuzzTests: XCTestCase {
                     var f = [Float](repeating: 0.5, count: p.featureDim)
                     let choice = p.choose(&f, tolerance: 0.1)
                     XCTAssertTrue(choice > 0 && choice <= 1)
+                    // A share rule that loads chooses the lowest choice or full depth.
+                    if let share = p.fullDepthShare {
+                        let auto = try AutoBudget(predictor: p, rule: .share(share))
+                        let b = auto.choose(&f)
+                        XCTAssertTrue(b == p.choices[0] || b == 1, "\(b)")
+                    }
                 } else {
                     let r = try RouterFile.load(path: path, model: m)
                     r.budget = 0.5
