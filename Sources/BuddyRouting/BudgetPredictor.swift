@@ -2,8 +2,11 @@ import BuddyCore
 import Foundation
 
 /// Predicts, per prompt, how far a routed model will drift from the full model at each budget
-/// of a grid, and picks the smallest of its `choices` whose predicted KL stays under a
-/// tolerance (full depth when none does).
+/// of a grid. `AutoBudget` turns the prediction into a budget by one of two rules
+/// (`AutoBudgetRule`): the share rule (full depth for the requests predicted to drift most among
+/// the recent ones, the lowest choice for the rest; the shipped default) or the tolerance rule
+/// (`choose`: the smallest of its `choices` whose predicted KL stays under a tolerance, full depth
+/// when none does).
 ///
 ///   features f = [mean K0 (kvDim), mean V0 (kvDim), h0 of the prompt's last token (dim)]
 ///   z          = (f - mean) * scale                                   (featureDim)
@@ -21,6 +24,8 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// routers with the 0.7 sets of two rounds (2026-12-05), only 0.25 stays there (mean 0.83,
     /// choices 0.75–0.85; −4.6 % against the fixed budget, +2.1 % against the best prompt-blind
     /// mix). Held out it has been level with a steered fixed budget at every refit (EVAL.md).
+    /// The tolerance rule's default, for predictors without a share rule and `--quality-tolerance`
+    /// lists that name none.
     public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
