@@ -24,8 +24,8 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// routers with the 0.7 sets of two rounds (2026-12-05), only 0.25 stays there (mean 0.83,
     /// choices 0.75–0.85; −4.6 % against the fixed budget, +2.1 % against the best prompt-blind
     /// mix). Held out it has been level with a steered fixed budget at every refit (EVAL.md).
-    /// The tolerance rule's default, for predictors without a share rule and `--quality-tolerance`
-    /// lists that name none.
+    /// This is the tolerance rule's default, used when a predictor has no share rule and no
+    /// tolerance is given.
     public static let defaultTolerance = 0.25
 
     /// Where a mean of `k` routable layers falls among fixed budgets' points with ascending
