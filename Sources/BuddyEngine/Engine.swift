@@ -194,12 +194,12 @@ public final class ChatEngine: @unchecked Sendable {
     private var records: [ReplyRecord?] = []
     private var router: BudgetedLayerSelector
     private var timed: TimedSelector
-    /// Loaded on first use of auto; nil when this model has none.
-    /// One chooser for the whole conversation: under the share rule it compares each message
-    /// with the ones before it.
-    private var predictor: AutoBudget?
+    /// The automatic budget's chooser, loaded on first use of auto (nil when this model has no
+    /// predictor): one for the whole conversation, since under the share rule it compares each
+    /// message with the ones before it.
+    private var autoBudget: AutoBudget?
     private var predictorError: String?
-    /// The automatic budget is on: each message's budget comes from `predictor`.
+    /// The automatic budget is on: each message's budget comes from `autoBudget`.
     private var auto = false
     private var sampler: Sampler
     /// The budget in force: the router runs under it, every `.budget` event announces it.
@@ -284,23 +284,23 @@ public final class ChatEngine: @unchecked Sendable {
     }
 
     private func setAuto(_ on: Bool) {
-        if on && predictor == nil && predictorError == nil {
+        if on && autoBudget == nil && predictorError == nil {
             do {
                 let p = try Routers.predictor(model: model, path: options.predictorPath)
                 try p.checkFits(model.config)
-                predictor = try AutoBudget(predictor: p, rule: .resolve(tolerance: options.qualityTolerance, share: options.fullDepthShare, predictor: p))
+                autoBudget = try AutoBudget(predictor: p, rule: .resolve(tolerance: options.qualityTolerance, share: options.fullDepthShare, predictor: p))
             } catch {
                 predictorError = "\(error)"
             }
         }
-        if on, predictor == nil {
+        if on, autoBudget == nil {
             sink(.notice("no budget predictor for this model (\(predictorError ?? "")); train one with `buddy train predictor`. The budget stays manual."))
             sink(.auto(false))
             return
         }
         auto = on
         sink(.auto(on))
-        if on, let predictor { sink(.notice(Self.autoNotice(predictor))) }
+        if on, let autoBudget { sink(.notice(Self.autoNotice(autoBudget))) }
     }
 
     /// What the chat says when the automatic budget comes on.
@@ -318,8 +318,8 @@ public final class ChatEngine: @unchecked Sendable {
     /// it in force (announced with `.budget`) before the prompt runs, so the whole reply,
     /// prompt included, runs under it.
     private func predictBudget(for prompt: [Int32]) throws {
-        guard auto, let predictor else { return }
-        control.requestedBudget = try predictor.chooseBudget(for: prompt, in: session)
+        guard auto, let autoBudget else { return }
+        control.requestedBudget = try autoBudget.chooseBudget(for: prompt, in: session)
         applyBudget()
     }
 

@@ -48,10 +48,7 @@ public enum AutoBudgetRun {
             guard grid.count == given.count else {
                 throw ToolError.usage("--budgets must be budgets of the predictor's grid (\(predictor.budgets.map { String(format: "%g", $0) }.joined(separator: ",")))")
             }
-            let chosen = Set(rules.flatMap { rule -> [Double] in
-                if case .share = rule { return [predictor.choices[0]] }
-                return predictor.choices
-            })
+            let chosen = Set(rules.flatMap { $0.budgets(of: predictor) })
             guard chosen.isSubset(of: Set(grid)) else {
                 throw ToolError.usage("--budgets must include every budget the rules can choose (\(chosen.sorted().map { String(format: "%g", $0) }.joined(separator: ",")))")
             }
@@ -185,6 +182,10 @@ public enum AutoBudgetRun {
         b >= 1 ? Double(L - 2) : Double(LayerBudget.routableCount(budget: b, layers: L))
     }
 
+    /// A prompt's KL per token in the paired comparisons: the fixed budget of the same mean
+    /// compute and, under the share rule, the coin's expectation (nil where there is none).
+    public typealias Comparison = (fixed: Double?, coin: Double?)
+
     /// One rule's report: the distribution of chosen budgets, the mean budget per category,
     /// and auto against fixed budgets at the same mean compute, with the paired standard error of
     /// that difference over the prompts. `fixedRows[prompt][grid budget]` holds every prompt's
@@ -192,11 +193,7 @@ public enum AutoBudgetRun {
     /// mean routable layers per step (a steered run's), used instead of its budget's k.
     /// Under the share rule it also compares auto with a coin that sends the same share of
     /// prompts to full depth and the rest to `lowestChoice` (its expected KL, prompt by prompt):
-    /// what the mix alone gives, without the prediction.
-    /// A prompt's KL per token in the paired comparisons: the fixed budget of the same mean
-    /// compute and, under the share rule, the coin's expectation (nil where there is none).
-    public typealias Comparison = (fixed: Double?, coin: Double?)
-
+    /// what the mix alone gives, without the prediction. Returns each prompt's `Comparison`.
     @discardableResult
     public static func summary(rule: AutoBudgetRule, lowestChoice: Double, rows autoRows: [Row], fixedRows: [[ChatDivergence]], grid: [Double], layers L: Int,
                                split: String, routedLayers: [Double]? = nil, report: Reporter) -> [Comparison] {

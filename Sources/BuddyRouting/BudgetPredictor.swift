@@ -123,8 +123,7 @@ public struct BudgetPredictor: Sendable, Equatable {
     /// training chat prompts'), `AutoBudget.window` evenly spaced quantiles of them.
     public func withShareRule(_ share: Double, seedFeatures: [[Float]]) throws -> BudgetPredictor {
         guard !seedFeatures.isEmpty else { throw RoutingError.badRouterFile(path: "budget predictor", reason: "the share rule needs training chat prompts") }
-        let low = budgets.firstIndex(of: choices[0])!
-        let sorted = seedFeatures.map { f in f.withUnsafeBufferPointer { predictKL($0.baseAddress!)[low] } }.sorted()
+        let sorted = seedFeatures.map { f in f.withUnsafeBufferPointer { predictKL($0.baseAddress!)[lowestChoiceIndex] } }.sorted()
         let n = AutoBudget.window
         let quantiles = (0..<n).map { i in sorted[min(sorted.count - 1, Int((Double(i) + 0.5) / Double(n) * Double(sorted.count)))] }
         // From the median outwards: n/2, n/2 − 1, n/2 + 1, n/2 − 2, ...
@@ -139,6 +138,9 @@ public struct BudgetPredictor: Sendable, Equatable {
         try p.validate()
         return p
     }
+
+    /// Where the lowest choice sits in `budgets` (`choices` is a subset of them).
+    public var lowestChoiceIndex: Int { budgets.firstIndex(of: choices[0])! }
 
     /// Predicted mean KL per token at each grid budget, made non-increasing in the budget
     /// (running more layers never predicts more drift).
@@ -346,6 +348,12 @@ public enum AutoBudgetRule: Sendable, Equatable, CustomStringConvertible {
 
     /// The rule a command runs: a tolerance or share given on its command line, else the
     /// predictor's default (its share when it has one, else `BudgetPredictor.defaultTolerance`).
+    /// The budgets below full depth this rule can choose with `predictor`.
+    public func budgets(of predictor: BudgetPredictor) -> [Double] {
+        if case .share = self { return [predictor.choices[0]] }
+        return predictor.choices
+    }
+
     public static func resolve(tolerance: Double?, share: Double?, predictor: BudgetPredictor) -> AutoBudgetRule {
         if let tolerance { return .tolerance(tolerance) }
         if let share = share ?? predictor.fullDepthShare { return .share(share) }
@@ -356,14 +364,13 @@ public enum AutoBudgetRule: Sendable, Equatable, CustomStringConvertible {
 /// Chooses automatic budgets one request after another, the one way every command (the chat,
 /// `generate`, `eval auto`) picks one. Under the share rule it remembers the predictions of the
 /// last `window` requests (a conversation's, or an evaluation's prompts in order), starting from
-/// the training prompts' (`BudgetPredictor.recentSeed`); nothing is allocated per choice.
+/// the training prompts' (`BudgetPredictor.recentSeed`).
 public final class AutoBudget {
     /// Requests the share rule compares a new one with.
     public static let window = 32
     public let predictor: BudgetPredictor
     public let rule: AutoBudgetRule
     private var recent: [Double]
-    private var sorted: [Double]
     private var oldest = 0
 
     public init(predictor: BudgetPredictor, rule: AutoBudgetRule) throws {
@@ -381,8 +388,6 @@ public final class AutoBudget {
         self.rule = rule
         recent = predictor.recentSeed
         recent.reserveCapacity(Self.window)
-        sorted = recent
-        sorted.reserveCapacity(Self.window)
     }
 
     /// The budget for a request with routing context `f`; under the share rule the request then
@@ -392,31 +397,24 @@ public final class AutoBudget {
         case let .tolerance(t):
             return predictor.choose(f, tolerance: t)
         case .share:
-            return choose(predictedAtLowestChoice: predictor.predictKL(f)[predictor.budgets.firstIndex(of: predictor.choices[0])!])
+            return choose(predictedAtLowestChoice: predictor.predictKL(f)[predictor.lowestChoiceIndex])
         }
     }
 
-    /// The share rule's choice for a request whose predicted KL at the lowest choice is `x`
-    /// (which then joins the window); under a tolerance rule, the lowest choice when `x` is
-    /// within the tolerance, else full depth.
+    /// The share rule's choice for a request whose predicted KL at the lowest choice is `x`,
+    /// which then joins the window (a tolerance rule needs the whole predicted curve: `choose`).
     public func choose(predictedAtLowestChoice x: Double) -> Double {
-        let low = predictor.choices[0]
-        switch rule {
-        case let .tolerance(t):
-            return x <= t ? low : 1
-        case let .share(s):
-            let runsFull = x > threshold(share: s)
-            remember(x)
-            return runsFull ? 1 : low
-        }
+        guard case let .share(s) = rule else { preconditionFailure("choose(predictedAtLowestChoice:) is the share rule's") }
+        let runsFull = x > threshold(share: s)
+        remember(x)
+        return runsFull ? 1 : predictor.choices[0]
     }
 
     /// The prediction above which a request runs at full depth: the window's value with
     /// (1 − share)·(n + 1) values at or below it, so that a new request from the same spread
     /// lands above it with probability close to the share.
     func threshold(share: Double) -> Double {
-        sorted.replaceSubrange(sorted.indices, with: recent)
-        sorted.sort()
+        let sorted = recent.sorted()
         let rank = Int(((1 - share) * Double(sorted.count + 1)).rounded(.down))
         return sorted[min(max(rank, 1), sorted.count) - 1]
     }

@@ -300,35 +300,52 @@ public enum PredictorTraining {
     public static func toleranceComparison(_ curves: [BudgetCurve], grid: [Double], lambda: Double, tolerances: [Double],
                                            routable: Int, router: String, choiceRule: ChoiceRule = .grid,
                                            scored: (String) -> Bool = isChat) throws -> [ToleranceRow] {
-        let folds = 5
         let chat = curves.indices.filter { scored(curves[$0].id) }
         guard curves.count >= 2 * folds, !chat.isEmpty else { return [] }
-        var predictors: [BudgetPredictor] = []
-        for f in 0..<folds {
-            let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
-            predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid,
-                                                      choices: choiceRule.choices(for: train, grid: grid, routable: routable), lambda: lambda, router: router))
-        }
-        func layers(_ b: Double) -> Double { Double(LayerBudget.routableCount(budget: b, layers: routable + 2)) }
-        var fixed = grid.indices.map { g in (k: layers(grid[g]), kl: chat.reduce(0.0) { $0 + curves[$1].kl[g] } / Double(chat.count)) }
-        fixed.append((k: Double(routable), kl: 0))
-        func fixedKL(atLayers k: Double) -> Double {
-            // k never exceeds the last point (full depth), so a bracket always exists.
-            guard let (lo, hi, w) = BudgetPredictor.bracket(fixed.map(\.k), at: k) else { return 0 }
-            return fixed[lo].kl + w * (fixed[hi].kl - fixed[lo].kl)
-        }
+        let predictors = try foldPredictors(curves, grid: grid, lambda: lambda, routable: routable, router: router, choiceRule: choiceRule)
+        let fixed = meanCurve(curves, of: chat, grid: grid, routable: routable)
         return tolerances.map { t in
             var kSum = 0.0, klSum = 0.0, chosen = Set<Double>()
             for i in chat {
                 let b = curves[i].features.withUnsafeBufferPointer { predictors[i % folds].choose($0.baseAddress!, tolerance: t) }
                 chosen.insert(b)
-                kSum += layers(b)
+                kSum += layers(b, routable: routable)
                 klSum += b >= 1 ? 0 : curves[i].kl[grid.firstIndex(of: b)!]
             }
             let n = Double(chat.count)
             return ToleranceRow(tolerance: t, meanBudget: kSum / n / Double(routable), chosen: chosen.sorted(),
-                                autoKL: klSum / n, fixedKL: fixedKL(atLayers: kSum / n), mixKL: BudgetPredictor.bestMix(fixed, atLayers: kSum / n))
+                                autoKL: klSum / n, fixedKL: interpolate(fixed, atLayers: kSum / n), mixKL: BudgetPredictor.bestMix(fixed, atLayers: kSum / n))
         }
+    }
+
+    /// Folds of the cross-validated rule comparisons (by position).
+    static let folds = 5
+
+    /// One predictor per fold, each fitted without the curves at positions ≡ fold (mod `folds`).
+    static func foldPredictors(_ curves: [BudgetCurve], grid: [Double], lambda: Double, routable: Int, router: String,
+                               choiceRule: ChoiceRule) throws -> [BudgetPredictor] {
+        try (0..<folds).map { f in
+            let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
+            return try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid,
+                                           choices: choiceRule.choices(for: train, grid: grid, routable: routable), lambda: lambda, router: router)
+        }
+    }
+
+    /// The routable layers a budget runs (all of them at full depth).
+    static func layers(_ b: Double, routable: Int) -> Double { Double(LayerBudget.routableCount(budget: b, layers: routable + 2)) }
+
+    /// The mean measured curve of the curves at `indices` as points (routable layers, KL), one
+    /// per grid budget, and full depth at KL 0: the fixed budgets a rule is compared with.
+    static func meanCurve(_ curves: [BudgetCurve], of indices: [Int], grid: [Double], routable: Int) -> [(k: Double, kl: Double)] {
+        grid.indices.map { g in (k: layers(grid[g], routable: routable), kl: indices.reduce(0.0) { $0 + curves[$1].kl[g] } / Double(indices.count)) }
+            + [(k: Double(routable), kl: 0)]
+    }
+
+    /// The fixed budget's KL at a mean of `k` routable layers: `points` interpolated linearly
+    /// (k never exceeds the last point, full depth, so a bracket always exists).
+    static func interpolate(_ points: [(k: Double, kl: Double)], atLayers k: Double) -> Double {
+        guard let (lo, hi, w) = BudgetPredictor.bracket(points.map(\.k), at: k) else { return 0 }
+        return points[lo].kl + w * (points[hi].kl - points[lo].kl)
     }
 
     /// The share rule on the training chat prompts, in their order: one `AutoBudget` walks them
@@ -339,30 +356,22 @@ public enum PredictorTraining {
     public static func shareComparison(_ curves: [BudgetCurve], grid: [Double], lambda: Double, share: Double, seed: BudgetPredictor,
                                        routable: Int, router: String) throws
         -> (prompts: Int, meanBudget: Double, fullShare: Double, autoKL: Double, fixedKL: Double, coinKL: Double, gain: Double, gainOverCoin: Double) {
-        let folds = 5
         let chat = curves.indices.filter { isChat(curves[$0].id) }
         guard curves.count >= 2 * folds, !chat.isEmpty else { throw ToolError("need at least \(2 * folds) curves and one chat prompt") }
-        let low = grid.firstIndex(of: seed.choices[0])!
-        var predictors: [BudgetPredictor] = []
-        for f in 0..<folds {
-            let train = curves.indices.filter { $0 % folds != f }.map { curves[$0] }
-            predictors.append(try BudgetPredictor.fit(features: train.map(\.features), logKL: train.map(logKL), budgets: grid, lambda: lambda, router: router))
-        }
+        let low = seed.lowestChoiceIndex
+        let predictors = try foldPredictors(curves, grid: grid, lambda: lambda, routable: routable, router: router, choiceRule: .grid)
         let chooser = try AutoBudget(predictor: seed, rule: .share(share))
-        func layers(_ b: Double) -> Double { Double(LayerBudget.routableCount(budget: b, layers: routable + 2)) }
         var kSum = 0.0, klSum = 0.0, lowSum = 0.0, full = 0
         for i in chat {
             let x = curves[i].features.withUnsafeBufferPointer { predictors[i % folds].predictKL($0.baseAddress!)[low] }
             let b = chooser.choose(predictedAtLowestChoice: x)
-            kSum += b >= 1 ? Double(routable) : layers(b)
+            kSum += layers(b, routable: routable)
             klSum += b >= 1 ? 0 : curves[i].kl[low]
             lowSum += curves[i].kl[low]
             if b >= 1 { full += 1 }
         }
         let n = Double(chat.count)
-        var fixed = grid.indices.map { g in (k: layers(grid[g]), kl: chat.reduce(0.0) { $0 + curves[$1].kl[g] } / n) }
-        fixed.append((k: Double(routable), kl: 0))
-        let fixedKL = BudgetPredictor.bracket(fixed.map(\.k), at: kSum / n).map { fixed[$0.lo].kl + $0.weight * (fixed[$0.hi].kl - fixed[$0.lo].kl) } ?? 0
+        let fixedKL = interpolate(meanCurve(curves, of: chat, grid: grid, routable: routable), atLayers: kSum / n)
         let fullShare = Double(full) / n, autoKL = klSum / n, coinKL = (1 - fullShare) * lowSum / n
         return (chat.count, kSum / n / Double(routable), fullShare, autoKL, fixedKL, coinKL,
                 fixedKL > 0 ? autoKL / fixedKL - 1 : 0, coinKL > 0 ? autoKL / coinKL - 1 : 0)
