@@ -17,10 +17,11 @@ final class DeferredFillTests: XCTestCase {
 
     /// Logits of every position decoded token by token with `masks`; `deferDim` 0 computes K/V at once.
     static func decode(_ t: Transformer, _ tokens: [Int32], masks: [[Bool]], standIns: StandIns?, deferDim: Int,
-                       cache existing: KVCache? = nil, from start: Int = 0) -> [[Float]] {
+                       cache existing: KVCache? = nil, from start: Int = 0, catchUp: BatchState? = nil) -> [[Float]] {
         let c = t.config
         let s = DecodeState(config: c, capacity: 64, pool: ThreadPool.shared(threads: 2))
         s.standIns = standIns
+        s.catchUpBatch = catchUp
         let cache = existing ?? KVCache(layers: c.layers, capacity: 64, kvDim: c.kvDim, deferDim: deferDim)
         return tokens.enumerated().map { i, tok in
             let pos = start + i
@@ -71,6 +72,31 @@ final class DeferredFillTests: XCTestCase {
             let rest = Array(tokens[(n1 + n2)...])
             let masks = [[Bool]](repeating: all, count: n1 + n2) + rest.indices.map { $0 % 2 == 0 ? skipping : all }
             return out + Self.decode(m.transformer, rest, masks: masks, standIns: standIns, deferDim: deferDim, cache: cache, from: n1 + n2).joined()
+        }
+        XCTAssertEqual(run(deferDim: c.dim), run(deferDim: 0))
+    }
+
+    /// A prompt chunk that skips layers for all its positions, then decoding that runs them: the
+    /// first decoded token catches the chunk's K/V up as one batch (a session's decode state
+    /// has its batch for that), and everything equals filling them at once.
+    func testDecodeCatchesUpAPromptsDeferredLayersInOneBatch() throws {
+        let m = try TestSupport.model()
+        let c = m.config, L = c.layers
+        let tokens = m.tokenizer.encode("The old lighthouse keeper climbed the stairs every evening at dusk, lit the lamp, and wrote in his log what ships had passed", parseSpecial: false)
+        let n = 16   // at least Transformer.batchedCatchUp (8) deferred positions per layer
+        XCTAssertGreaterThan(tokens.count, n + 4)
+        let skipping = (0..<L).map { ![3, 9, 14].contains($0) }, all = [Bool](repeating: true, count: L)
+        let standIns = StandInTests.random(config: c, seed: 11)
+        let pool = ThreadPool.shared(threads: 2)
+        func run(deferDim: Int) -> [Float] {
+            let b = BatchState(config: c, maxTokens: 16, capacity: 64, pool: pool)
+            b.standIns = standIns
+            let cache = KVCache(layers: L, capacity: 64, kvDim: c.kvDim, deferDim: deferDim)
+            m.transformer.routedForward(tokens[0..<n], start: 0, b, cache, routing: .fixed(skipping), policy: .fill)
+            let rest = Array(tokens[n...])
+            let masks = [[Bool]](repeating: skipping, count: n) + rest.indices.map { $0 % 3 == 2 ? skipping : all }
+            return Self.decode(m.transformer, rest, masks: masks, standIns: standIns, deferDim: deferDim,
+                               cache: cache, from: n, catchUp: b).joined().map { $0 }
         }
         XCTAssertEqual(run(deferDim: c.dim), run(deferDim: 0))
     }

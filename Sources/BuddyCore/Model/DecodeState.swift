@@ -37,6 +37,11 @@ public final class DecodeState: @unchecked Sendable {
     /// Timed where they run, between the layers: their weights then come from memory as in a
     /// real step, which a loop of stand-ins alone, with its weights in cache, would not show.
     public internal(set) var standInSeconds = 0.0
+    /// Batch buffers for catching up many deferred K/V at once (`computeDeferredKV`): a prompt
+    /// evaluated at the budget defers whole layers for all its positions, and the first token
+    /// that runs such a layer then fills them as one batched product instead of one by one.
+    /// Its owner (the session) sets it; the batch holds nothing live between prompts.
+    public var catchUpBatch: BatchState?
 
     public init(config c: ModelConfig, capacity: Int, pool: ThreadPool) {
         config = c
@@ -244,12 +249,20 @@ extension Transformer {
     func computeDeferredKV(_ l: Int, before pos: Int, _ s: DecodeState, _ cache: KVCache) {
         let first = cache.firstDeferred[l]
         guard first < pos else { return }
+        if let b = s.catchUpBatch, !s.reference, pos - first >= Self.batchedCatchUp {
+            var pending = 0
+            for p in first..<pos where cache.isDeferred(l, p) { pending += 1 }
+            if pending >= Self.batchedCatchUp { return computeDeferredKV(l, before: pos, b, cache) }
+        }
         for p in first..<pos where cache.isDeferred(l, p) {
             fillKV(l, pos: p, input: cache.deferredInput(l, p), s, cache)
         }
         // Positions from `pos` on are rewritten before anyone reads them, and a new deferral lowers this again.
         cache.firstDeferred[l] = cache.capacity
     }
+
+    /// From this many deferred positions on, a catch-up runs as one batch (`catchUpBatch`).
+    static let batchedCatchUp = 8
 
     /// Final norm and output head: fills s.logits.
     public func computeLogits(_ s: DecodeState) {

@@ -86,6 +86,7 @@ public final class Session: @unchecked Sendable {
         cache = KVCache(layers: c.layers, capacity: self.capacity, kvDim: c.kvDim, deferDim: c.dim)
         decode = DecodeState(config: c, capacity: self.capacity, pool: pool)
         batch = BatchState(config: c, maxTokens: min(batchSize, self.capacity), capacity: self.capacity, pool: pool)
+        decode.catchUpBatch = batch
         tokens.reserveCapacity(self.capacity)   // a decode step's append never grows it
     }
 
