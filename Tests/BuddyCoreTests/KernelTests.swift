@@ -320,11 +320,11 @@ final class KernelTests: XCTestCase {
             for n in [1, 3, 6] {
                 let x = r.floats(n * cols, -2, 2)
                 bothPaths { path in
-                    let batch = Q8KBatch(rows: n, cols: cols)
+                    let product = BatchedProduct(rows: n, cols: cols, pool: ThreadPool.shared(threads: 2))
                     var y = [Float](repeating: .nan, count: n * rows)
                     data.withUnsafeBytes { raw in
                         let m = QuantMatrix(name: "w", type: type, rows: rows, cols: cols, data: raw.baseAddress!)
-                        x.withUnsafeBufferPointer { gemmQ8K(m, $0.baseAddress!, n: n, &y, ldy: rows, batch, pool: ThreadPool.shared(threads: 2)) }
+                        x.withUnsafeBufferPointer { product.run(m, $0.baseAddress!, n: n, &y, ldy: rows) }
                         for t in 0..<n {
                             var a = Q8Activations(capacity: cols)
                             defer { a.deallocate() }

@@ -240,4 +240,24 @@ final class ShippedRouterTests: XCTestCase {
             XCTAssertEqual(allocations, 0, "\(name) at \(budget): heap allocations in 8 decode steps")
         }
     }
+
+    /// A decode step that catches up a prompt's deferred K/V (as one batch, from 8 positions
+    /// on) allocates nothing either: a prompt at the budget, then a token that runs every layer.
+    func testCatchingUpDeferredKVAllocatesNothing() throws {
+        guard bac_available() != 0 else { throw XCTSkip("allocation counting needs Linux/glibc") }
+        let m = try TestSupport.model()
+        let c = m.config, pool = ThreadPool.shared(threads: 2)
+        let b = BatchState(config: c, maxTokens: 16, capacity: 64, pool: pool)
+        let s = DecodeState(config: c, capacity: 64, pool: pool)
+        s.catchUpBatch = b
+        let cache = KVCache(layers: c.layers, capacity: 64, kvDim: c.kvDim, deferDim: c.dim)
+        let tokens = m.tokenizer.encode("Rain fell on the roofs of the town all through the night, and in the morning the streets shone", parseSpecial: false)
+        XCTAssertGreaterThan(tokens.count, 18)
+        let skipping = (0..<c.layers).map { ![3, 9, 14].contains($0) }, all = m.transformer.fullDepthMask
+        m.transformer.routedForward(tokens[0..<16], start: 0, b, cache, routing: .fixed(skipping), policy: .fill)
+        m.transformer.routedForward(token: tokens[16], pos: 16, s, cache, routing: .fixed(skipping), policy: .fill)
+        bac_start()
+        m.transformer.routedForward(token: tokens[17], pos: 17, s, cache, routing: .fixed(all), policy: .fill)
+        XCTAssertEqual(bac_stop(), 0, "heap allocations in a step that catches up 17 deferred positions of three layers")
+    }
 }

@@ -192,24 +192,70 @@ public final class Q8KBatch: @unchecked Sendable {
     deinit { qs.deallocate(); d.deallocate(); bsums.deallocate() }
 }
 
-/// Y[n × m.rows] = X[n × m.cols] · mᵀ for a K-quant m, with exactly the per-(row, token)
-/// arithmetic of the decode matvec (bk_gemm_qk), so a prompt batch and token-by-token decoding
-/// give identical projections.
-public func gemmQ8K(_ m: QuantMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int,
-                    _ a: Q8KBatch, pool: ThreadPool) {
-    let cols = m.cols, sb = cols / 256
-    let tasks = pool.threads
-    let perRow = (n + tasks - 1) / tasks
-    pool.parallelFor(tasks) { t in
-        for i in min(n, t * perRow)..<min(n, (t + 1) * perRow) {
-            bk_quantize_q8k(x + i * cols, Int32(cols), a.qs + i * cols, a.d + i * sb, a.bsums + i * 16 * sb)
-        }
+/// Y[n × m.rows] = X[n × m.cols] · mᵀ for a matrix with an 8-bit kernel (Q4_0 … Q8_0 against
+/// Q8 rows, the K-quants against Q8_K rows), with exactly the per-(row, token) arithmetic of
+/// the decode matvec, so a prompt batch and token-by-token decoding give identical projections.
+/// Two parallel loops as `ParallelTasks`, so nothing is allocated: first each thread quantises
+/// its share of the n activation rows, then each streams its share of the weight rows once for
+/// all n tokens.
+public final class BatchedProduct: ParallelTasks, @unchecked Sendable {
+    private let pool: ThreadPool
+    /// [rows × cols] activation rows as Q8 blocks (scales, integer sums, scale × sum) …
+    private let aq: UnsafeMutablePointer<Int8>, ad: UnsafeMutablePointer<Float>
+    private let asums: UnsafeMutablePointer<Int32>, ads: UnsafeMutablePointer<Float>
+    /// … and as Q8_K super-blocks, for K-quant weights.
+    private let kq: Q8KBatch
+    private var quantizing = true
+    private var m: QuantMatrix?
+    private var x: UnsafePointer<Float>?, y: UnsafeMutablePointer<Float>?
+    private var n = 0, ldy = 0, rowsPerTask = 0, tokensPerTask = 0
+
+    public init(rows: Int, cols: Int, pool: ThreadPool) {
+        self.pool = pool
+        aq = .allocate(capacity: rows * cols)
+        ad = .allocate(capacity: rows * cols / 32)
+        asums = .allocate(capacity: rows * cols / 32)
+        ads = .allocate(capacity: rows * cols / 32)
+        kq = Q8KBatch(rows: rows, cols: cols)
     }
-    let per = (m.rows + tasks - 1) / tasks
-    pool.parallelFor(tasks) { t in
-        let lo = t * per, hi = min(m.rows, lo + per)
-        if lo < hi {
-            bk_gemm_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols), Int32(n), a.qs, a.d, a.bsums, y + lo, Int32(ldy))
+    deinit { aq.deallocate(); ad.deallocate(); asums.deallocate(); ads.deallocate() }
+
+    /// Y = X·mᵀ; m.usesQ8Input or m.type.isKQuant; n ≤ rows and m.cols ≤ cols of the init.
+    public func run(_ m: QuantMatrix, _ x: UnsafePointer<Float>, n: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
+        let tasks = pool.threads
+        self.m = m; self.x = x; self.y = y; self.n = n; self.ldy = ldy
+        tokensPerTask = (n + tasks - 1) / tasks
+        rowsPerTask = (m.rows + tasks - 1) / tasks
+        quantizing = true
+        pool.parallelFor(tasks, self)
+        quantizing = false
+        pool.parallelFor(tasks, self)
+        self.m = nil; self.x = nil; self.y = nil
+    }
+
+    public func runTask(_ t: Int) {
+        guard let m, let x, let y else { return }
+        let cols = m.cols
+        if quantizing {
+            for i in min(n, t * tokensPerTask)..<min(n, (t + 1) * tokensPerTask) {
+                if m.type.isKQuant {
+                    let sb = cols / 256
+                    bk_quantize_q8k(x + i * cols, Int32(cols), kq.qs + i * cols, kq.d + i * sb, kq.bsums + i * 16 * sb)
+                } else {
+                    let blocks = cols / 32
+                    bk_quantize_q8(x + i * cols, Int32(cols), aq + i * cols, ad + i * blocks, asums + i * blocks, ads + i * blocks)
+                }
+            }
+            return
+        }
+        let lo = t * rowsPerTask, hi = min(m.rows, lo + rowsPerTask)
+        guard lo < hi else { return }
+        if m.type.isKQuant {
+            bk_gemm_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols), Int32(n),
+                       kq.qs, kq.d, kq.bsums, y + lo, Int32(ldy))
+        } else {
+            bk_gemm_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols),
+                      Int32(n), aq, ad, asums, ads, y + lo, Int32(ldy))
         }
     }
 }

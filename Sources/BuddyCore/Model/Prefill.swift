@@ -18,11 +18,8 @@ public final class BatchState: @unchecked Sendable {
     public let slab: UnsafeMutablePointer<Float>    // [slabRows × max(dim, ffnDim)] dequantised weights
     public let slabRows: Int
     public let scores: UnsafeMutablePointer<Float>  // [threads × capacity]
-    public let aq: UnsafeMutablePointer<Int8>       // [maxTokens × wideIn] rows quantised to 8 bits
-    public let ad: UnsafeMutablePointer<Float>      // [maxTokens × wideIn/32] their block scales
-    public let asums: UnsafeMutablePointer<Int32>   // [maxTokens × wideIn/32] their block sums
-    public let ads: UnsafeMutablePointer<Float>     // [maxTokens × wideIn/32] scale × sum (Q8_1 `s`)
-    public let kq: Q8KBatch                         // the same rows as Q8_K, for K-quant weights
+    public let product: BatchedProduct              // [maxTokens × wideIn] rows quantised to 8 bits, and the product
+    let deferredRows: UnsafeMutablePointer<Int>     // [maxTokens] positions of a deferred K/V batch
     public let capacity: Int
     public let pool: ThreadPool
     public var trace: TraceSink?
@@ -50,17 +47,13 @@ public final class BatchState: @unchecked Sendable {
         slabRows = 1024
         slab = .allocate(capacity: slabRows * wideIn)
         scores = .allocate(capacity: pool.threads * capacity)
-        aq = .allocate(capacity: maxTokens * wideIn)
-        ad = .allocate(capacity: maxTokens * wideIn / 32)
-        asums = .allocate(capacity: maxTokens * wideIn / 32)
-        ads = .allocate(capacity: maxTokens * wideIn / 32)
-        kq = Q8KBatch(rows: maxTokens, cols: wideIn)
+        product = BatchedProduct(rows: maxTokens, cols: wideIn, pool: pool)
+        deferredRows = .allocate(capacity: maxTokens)
     }
 
     deinit {
-        for p in [x, xb, q, k, v, att, g, u, saved, slab, scores, ad, ads] { p.deallocate() }
-        aq.deallocate()
-        asums.deallocate()
+        for p in [x, xb, q, k, v, att, g, u, saved, slab, scores] { p.deallocate() }
+        deferredRows.deallocate()
     }
 
     @inline(__always) func emit(_ name: String, _ layer: Int, _ p: UnsafePointer<Float>, _ n: Int) {
@@ -75,30 +68,10 @@ extension Transformer {
     /// are dequantised and multiplied with OpenBLAS.
     func gemm(_ m: QuantMatrix, _ x: UnsafePointer<Float>, _ n: Int, _ y: UnsafeMutablePointer<Float>, _ b: BatchState, ldy: Int? = nil) {
         let ldy = ldy ?? m.rows
-        if m.type.isKQuant {
-            gemmQ8K(m, x, n: n, y, ldy: ldy, b.kq, pool: b.pool)
-            return
-        }
-        guard m.usesQ8Input else {
+        if m.usesQ8Input || m.type.isKQuant {
+            b.product.run(m, x, n: n, y, ldy: ldy)
+        } else {
             gemmDequantized(m, x, n: n, y, ldy: ldy, slab: b.slab, slabRows: b.slabRows, pool: b.pool)
-            return
-        }
-        let cols = m.cols, blocks = cols / 32
-        let tasks = b.pool.threads
-        let perRow = (n + tasks - 1) / tasks
-        b.pool.parallelFor(tasks) { t in
-            for i in t * perRow..<min(n, (t + 1) * perRow) {
-                bk_quantize_q8(x + i * cols, Int32(cols), b.aq + i * cols, b.ad + i * blocks, b.asums + i * blocks, b.ads + i * blocks)
-            }
-        }
-        // Split the weight rows across threads; each thread streams its rows once for all tokens.
-        let per = (m.rows + tasks - 1) / tasks
-        b.pool.parallelFor(tasks) { t in
-            let lo = t * per, hi = min(m.rows, lo + per)
-            if lo < hi {
-                bk_gemm_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols),
-                          Int32(n), b.aq, b.ad, b.asums, b.ads, y + lo, Int32(ldy))
-            }
         }
     }
 
@@ -270,20 +243,15 @@ extension Transformer {
     func computeDeferredKV(_ l: Int, before start: Int, _ b: BatchState, _ cache: KVCache) {
         let first = cache.firstDeferred[l]
         guard first < start else { return }
-        let w = layers[l], dim = config.dim
-        var rows: [Int] = []
-        rows.reserveCapacity(min(b.maxTokens, start - first))
-        func flush() {
-            guard !rows.isEmpty else { return }
-            storeKVRows(l, n: rows.count, at: { rows[$0] }, b, cache)
-            rows.removeAll(keepingCapacity: true)
-        }
+        let w = layers[l], dim = config.dim, rows = b.deferredRows
+        var count = 0
         for p in first..<start where cache.isDeferred(l, p) {
-            rmsNorm(cache.deferredInput(l, p), w.attnNorm, b.xb + rows.count * dim)
-            rows.append(p)
-            if rows.count == b.maxTokens { flush() }
+            rmsNorm(cache.deferredInput(l, p), w.attnNorm, b.xb + count * dim)
+            rows[count] = p
+            count += 1
+            if count == b.maxTokens { storeKVRows(l, n: count, at: { rows[$0] }, b, cache); count = 0 }
         }
-        flush()
+        if count > 0 { storeKVRows(l, n: count, at: { rows[$0] }, b, cache) }
         cache.firstDeferred[l] = cache.capacity
     }
 
