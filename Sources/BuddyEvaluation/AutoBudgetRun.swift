@@ -165,7 +165,7 @@ public enum AutoBudgetRun {
         }
         if let csv = o.csv {
             // fixed_kl and coin_kl: the prompt's KL in the paired comparisons (empty where none).
-            var out = "rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers,fixed_kl,coin_kl\n"
+            var out = AutoBudgetRun.csvHeader + "\n"
             for i in prompts.indices {
                 for (ti, rule) in rules.enumerated() {
                     let r = rowsByRule[ti][i]
@@ -277,5 +277,68 @@ public enum AutoBudgetRun {
                            100 * full, lowestChoice, (1 - full) * fixedTotals[low].meanKL, b.percent, b.standardError,
                            abs(b.percent) < 2 * b.standardError ? "; within 2 s.e." : ""))
         return comparisons
+    }
+}
+
+extension AutoBudgetRun {
+    /// The header of the per-prompt CSV that `--csv` writes.
+    public static let csvHeader = "rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers,fixed_kl,coin_kl"
+
+    /// Several prompt sets' `--csv` files pooled (`buddy eval pool-auto`): per rule, in the
+    /// order the files first name it, auto's KL against the fixed budget of the same mean
+    /// compute (each set's own interpolation, `fixed_kl`) and, where every prompt has one, a coin
+    /// of the same share (`coin_kl`), paired over every prompt with the chat ratio estimator of
+    /// `PairedComparison`. The files are untrusted: a bad line or a prompt given twice is named.
+    public static func pooled(files: [String]) throws -> String {
+        struct Prompt { var budget: Double; var tokens: Int; var kl: Double; var fixed: Double?; var coin: Double? }
+        var rules: [String] = [], byRule: [String: [Prompt]] = [:], seen = Set<String>()
+        guard !files.isEmpty else { throw ToolError("no eval auto CSV files given") }
+        for file in files {
+            guard let text = try? String(contentsOfFile: file, encoding: .utf8) else { throw ToolError("cannot read '\(file)'") }
+            let lines = text.split(whereSeparator: \.isNewline).map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
+            guard lines.first == csvHeader else {
+                throw ToolError("'\(file)' is not a CSV of buddy eval auto --csv (header '\(lines.first?.prefix(80) ?? "")')")
+            }
+            for (i, line) in lines.enumerated().dropFirst() where !line.isEmpty {
+                let f = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+                func figure(_ column: Int) -> Double?? {
+                    if f[column].isEmpty { return .some(nil) }
+                    guard let v = Double(f[column]), v.isFinite, v >= 0 else { return nil }
+                    return v
+                }
+                guard f.count == 10, !f[0].isEmpty, !f[1].isEmpty,
+                      let budget = Double(f[3]), budget > 0, budget <= 1,
+                      let kl = Double(f[4]), kl.isFinite, kl >= 0,
+                      let tokens = Int(f[6]), tokens > 0,
+                      let fixed = figure(8), let coin = figure(9) else {
+                    throw ToolError("'\(file)' line \(i + 1) is not a valid eval auto row: '\(line.prefix(80))'")
+                }
+                guard seen.insert(f[0] + "\u{0}" + f[1]).inserted else {
+                    throw ToolError("'\(file)' line \(i + 1): prompt \(f[1]) under rule '\(f[0])' is already in the pool")
+                }
+                if byRule[f[0]] == nil { rules.append(f[0]) }
+                byRule[f[0], default: []].append(Prompt(budget: budget, tokens: tokens, kl: kl, fixed: fixed, coin: coin))
+            }
+        }
+        var out = ""
+        for rule in rules {
+            let prompts = byRule[rule]!
+            let tokens = prompts.reduce(0) { $0 + $1.tokens }
+            let auto = prompts.reduce(0.0) { $0 + $1.kl * Double($1.tokens) } / Double(tokens)
+            var line = String(format: "%@: %d prompts, %d at full depth, auto KL %.4f", rule, prompts.count,
+                              prompts.filter { $0.budget >= 1 }.count, auto)
+            for (name, other) in [("fixed, same mean compute", \Prompt.fixed), ("coin, same share", \Prompt.coin)] {
+                let values = prompts.compactMap { $0[keyPath: other] }
+                guard values.count == prompts.count else { continue }
+                let pairs = zip(prompts, values).map { p, v in
+                    (PairedComparison.Item(loss: p.kl * Double(p.tokens), tokens: p.tokens),
+                     PairedComparison.Item(loss: v * Double(p.tokens), tokens: p.tokens))
+                }
+                guard let row = PairedComparison.row(.chat, budget: 1, pairs) else { continue }
+                line += String(format: "; %@ %.4f: %+.1f %% ± %.1f %%", name, row.b, row.percent, row.standardError)
+            }
+            out += line + "\n"
+        }
+        return out
     }
 }

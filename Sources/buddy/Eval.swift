@@ -7,7 +7,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Auto.self, Paired.self, Plot.self])
+        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Auto.self, PoolAuto.self, Paired.self, Plot.self])
 }
 
 extension Eval {
@@ -139,6 +139,21 @@ extension Eval {
             print(PairedComparison.markdown(kind, rows, a: a, b: b), terminator: "")
             if let csv { try AtomicFile.write(Data(PairedComparison.csv(rows).utf8), to: csv) }
         }
+    }
+
+    struct PoolAuto: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "pool-auto",
+            abstract: "Pool the per-prompt CSVs of several `buddy eval auto --csv` runs: auto against the fixed budget of the same mean compute, and against a coin of the same share, over every prompt.",
+            discussion: """
+                Per rule: the prompts, how many ran at full depth, auto's mean KL per token, and
+                the paired comparisons the CSVs carry (fixed_kl, coin_kl) with the standard error
+                over all prompts, as `buddy eval auto` reports them for one set. Example:
+                  buddy eval pool-auto eval/share-predictor-*-auto.csv
+                """)
+        @Argument(help: "CSV files written by buddy eval auto --csv.") var files: [String]
+
+        func run() throws { print(try AutoBudgetRun.pooled(files: files), terminator: "") }
     }
 
     struct Plot: ParsableCommand {

@@ -307,4 +307,46 @@ final class PairedComparisonTests: XCTestCase {
         // Per prompt (the CSV's coin_kl): 2/3 of 0.3, 0.4, 0.2.
         for (got, want) in zip(comparisons.map(\.coin), [0.2, 0.4 * 2 / 3, 0.2 * 2 / 3]) { XCTAssertEqual(try XCTUnwrap(got), want, accuracy: 1e-12) }
     }
+
+    /// `buddy eval pool-auto`, by hand. Share rule: auto's KL sums 3, 0, 4 (7 over 40 tokens),
+    /// the fixed budget's 2, 4, 2 (8): R = 7/8, −12.5 %, s.e. √(3/2 · (1.25² + 3.5² + 2.25²)) / 8
+    /// = 66.5 %; the coin's 2.5, 2, 2 (6.5): +7.7 %, s.e. 53.8 %. Tolerance rule (no coin): 1, 2
+    /// against 1, 1: +50 %, s.e. √(2 · 0.5) / 2 = 50 %.
+    func testPooledAutoFilesMatchHandComputedValues() throws {
+        let a = try write("a-auto.csv", """
+            \(AutoBudgetRun.csvHeader)
+            full-depth share 0.5,p1,x,0.8,0.3,0.5,10,22.0,0.2,0.25
+            tolerance 0.3,p1,x,0.9,0.1,0.5,10,25.0,0.1,
+            full-depth share 0.5,p2,x,1.0,0,1,10,28.0,0.4,0.2
+            tolerance 0.3,p2,x,0.9,0.2,0.5,10,25.0,0.1,
+
+            """)
+        let b = try write("b-auto.csv", "\(AutoBudgetRun.csvHeader)\nfull-depth share 0.5,p3,y,0.8,0.2,0.5,20,22.0,0.1,0.1\n")
+        XCTAssertEqual(try AutoBudgetRun.pooled(files: [a, b]), """
+            full-depth share 0.5: 3 prompts, 1 at full depth, auto KL 0.1750; fixed, same mean compute 0.2000: -12.5 % ± 66.5 %; coin, same share 0.1625: +7.7 % ± 53.8 %
+            tolerance 0.3: 2 prompts, 0 at full depth, auto KL 0.1500; fixed, same mean compute 0.1000: +50.0 % ± 50.0 %
+
+            """)
+        // Untrusted files: the problem is named.
+        for (text, problem) in [("rule,id\n", "is not a CSV of buddy eval auto"),
+                                ("\(AutoBudgetRun.csvHeader)\nr,p1,x,0.8,nan,0.5,10,22.0,0.2,\n", "line 2 is not a valid eval auto row"),
+                                ("\(AutoBudgetRun.csvHeader)\nr,p1,x,1.5,0.1,0.5,10,22.0,0.2,\n", "line 2 is not a valid eval auto row"),
+                                ("\(AutoBudgetRun.csvHeader)\nr,p1,x,0.8,0.1,0.5,10,22.0\n", "line 2 is not a valid eval auto row")] {
+            let bad = try write("bad-auto.csv", text)
+            XCTAssertThrowsError(try AutoBudgetRun.pooled(files: [bad])) { XCTAssertTrue("\($0)".contains(problem), "\($0)") }
+        }
+        XCTAssertThrowsError(try AutoBudgetRun.pooled(files: [b, b])) { XCTAssertTrue("\($0)".contains("prompt p3 under rule 'full-depth share 0.5' is already in the pool"), "\($0)") }
+        XCTAssertThrowsError(try AutoBudgetRun.pooled(files: [])) { XCTAssertTrue("\($0)".contains("no eval auto CSV files"), "\($0)") }
+    }
+
+    /// The pooled held-out figures EVAL.md publishes for the share rule come out of the committed CSVs.
+    func testPublishedPooledAutoFiguresComeFromTheCommittedFiles() throws {
+        let dir = TestSupport.root.appendingPathComponent("eval")
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+            .filter { $0.hasPrefix("share-predictor-") && $0.hasSuffix("-auto.csv") }.sorted()
+        XCTAssertEqual(files.count, 5)
+        XCTAssertEqual(try AutoBudgetRun.pooled(files: files.map { dir.appendingPathComponent($0).path }),
+                       "full-depth share 0.25: 400 prompts, 82 at full depth, auto KL 0.2772; fixed, same mean compute 0.3126: -11.3 % ± 2.5 %; "
+                       + "coin, same share 0.2780: -0.3 % ± 2.8 %\n")
+    }
 }
