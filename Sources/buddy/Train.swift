@@ -23,10 +23,9 @@ struct TrainRouter: ParsableCommand {
             budget a linear scorer on the routing context (pooled layer-0 K/V and the token's
             hidden state after layer 0) learns which set to run for each token, and is kept
             only where routing with it beats the best single set on validation. Everything
-            measured is checkpointed, so a rerun resumes. Reproduce the shipped router with:
-              buddy train router --data ../shared/data/wikitext2_valid.txt \\
-                --chat-data ../shared/data/mt_bench_questions.jsonl --neighbour-budgets 0.9,0.8,0.5 \\
-                --pair-balance 1 --out routers/buddy-router.json
+            measured is checkpointed, so a rerun resumes. The shipped router is this command
+            followed by `buddy train prompt-sets` and `buddy train reply-sets` runs, as its notes
+            record; scripts/train_router.sh runs that chain.
             """)
 
     @Option(name: .long, help: "Where to write the router (written atomically).") var out: String

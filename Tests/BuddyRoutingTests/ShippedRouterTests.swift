@@ -135,6 +135,36 @@ final class ShippedRouterTests: XCTestCase {
         }
     }
 
+    /// scripts/train_router.sh, the one command that reproduces the shipped router, runs the
+    /// commands the file's notes record, in their order and word for word (step 1 adds the
+    /// `--out` that the training command's own notes leave out).
+    func testTrainRouterScriptRunsTheChainTheShippedNotesRecord() throws {
+        let m = try TestSupport.model()
+        let path = try XCTUnwrap(Routers.locate("buddy", model: m))
+        let j = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any])
+        let notes = try XCTUnwrap(j["notes"] as? String)
+        // Every recorded command starts "buddy train " and ends at the next "; ".
+        var recorded: [String] = []
+        var rest = Substring(notes)
+        while let start = rest.range(of: "buddy train ") {
+            let tail = rest[start.lowerBound...]
+            let end = tail.range(of: "; ")?.lowerBound ?? tail.endIndex
+            recorded.append(String(tail[..<end]).trimmingCharacters(in: .whitespaces))
+            rest = tail[end...]
+        }
+        XCTAssertEqual(recorded.count, 6, notes)
+        let script = try String(contentsOf: TestSupport.root.appendingPathComponent("scripts/train_router.sh"), encoding: .utf8)
+        let steps = script.split(separator: "\n").filter { $0.hasPrefix("step ") && $0.contains("\"$buddy\" train ") }.map { line in
+            String(line[line.range(of: "\"$buddy\" ")!.upperBound...]).replacingOccurrences(of: "'", with: "")
+        }
+        XCTAssertEqual(steps.count, recorded.count)
+        for (i, (step, command)) in zip(steps, recorded).enumerated() {
+            let out = " --out routers/buddy-router.json"
+            XCTAssertTrue("buddy " + step == command || "buddy " + step == command + out,
+                          "step \(i + 1) of scripts/train_router.sh is not the notes' command:\n\(step)\n\(command)")
+        }
+    }
+
     /// The shipped Budget Predictor runs the share rule between 0.8 and full depth, says how it
     /// was made without pointing outside the repository, and on real prompts picks one of the two;
     /// a request predicted above every recent one goes to full depth.
