@@ -30,6 +30,20 @@ final class DeferredFillTests: XCTestCase {
         }
     }
 
+    /// Layers 3, 9 and 14 skipped, every other layer run.
+    static func skipping(layers L: Int) -> [Bool] { (0..<L).map { ![3, 9, 14].contains($0) } }
+
+    /// A batch and a cache (deferring `fill` when deferDim > 0) after `tokens` ran as one prompt
+    /// chunk at positions 0..<count with `skipping(layers:)`.
+    static func promptSkippingLayers(_ t: Transformer, _ tokens: ArraySlice<Int32>, standIns: StandIns, deferDim: Int) -> (BatchState, KVCache) {
+        let c = t.config
+        let b = BatchState(config: c, maxTokens: tokens.count, capacity: 64, pool: ThreadPool.shared(threads: 2))
+        b.standIns = standIns
+        let cache = KVCache(layers: c.layers, capacity: 64, kvDim: c.kvDim, deferDim: deferDim)
+        t.routedForward(tokens, start: 0, b, cache, routing: .fixed(skipping(layers: c.layers)), policy: .fill)
+        return (b, cache)
+    }
+
     func testDecodeWithDeferredFillEqualsImmediateFill() throws {
         let m = try TestSupport.model()
         let tokens = m.tokenizer.encode("The committee met again on Tuesday to discuss the budget for the new library and the park", parseSpecial: false)
@@ -50,16 +64,12 @@ final class DeferredFillTests: XCTestCase {
         let tokens = m.tokenizer.encode("In the spring of that year the river rose higher than anyone in the village could remember, and", parseSpecial: false)
         let n1 = 8, n2 = 8
         XCTAssertGreaterThan(tokens.count, n1 + n2 + 2)
-        let skipping = (0..<L).map { ![3, 9, 14].contains($0) }, all = [Bool](repeating: true, count: L)
+        let skipping = Self.skipping(layers: L), all = [Bool](repeating: true, count: L)
         let standIns = StandInTests.random(config: c, seed: 9)
-        let pool = ThreadPool.shared(threads: 2)
         func run(deferDim: Int) -> [Float] {
-            let b = BatchState(config: c, maxTokens: 8, capacity: 64, pool: pool)
-            b.standIns = standIns
-            let cache = KVCache(layers: L, capacity: 64, kvDim: c.kvDim, deferDim: deferDim)
+            let (b, cache) = Self.promptSkippingLayers(m.transformer, tokens[0..<n1], standIns: standIns, deferDim: deferDim)
             var out = [Float](repeating: 0, count: (n1 + n2) * V)
             out.withUnsafeMutableBufferPointer { o in
-                m.transformer.routedForward(tokens[0..<n1], start: 0, b, cache, routing: .fixed(skipping), policy: .fill)
                 m.transformer.batchLogitsAll(n: n1, b, o.baseAddress!)
                 // Rows mix: even rows run every layer, odd rows skip 3, 9 and 14 again.
                 let rowRuns = (0..<n2).map { $0 % 2 == 0 ? all : skipping }
@@ -85,14 +95,10 @@ final class DeferredFillTests: XCTestCase {
         let tokens = m.tokenizer.encode("The old lighthouse keeper climbed the stairs every evening at dusk, lit the lamp, and wrote in his log what ships had passed", parseSpecial: false)
         let n = 16   // at least Transformer.batchedCatchUp (8) deferred positions per layer
         XCTAssertGreaterThan(tokens.count, n + 4)
-        let skipping = (0..<L).map { ![3, 9, 14].contains($0) }, all = [Bool](repeating: true, count: L)
+        let skipping = Self.skipping(layers: L), all = [Bool](repeating: true, count: L)
         let standIns = StandInTests.random(config: c, seed: 11)
-        let pool = ThreadPool.shared(threads: 2)
         func run(deferDim: Int) -> [Float] {
-            let b = BatchState(config: c, maxTokens: 16, capacity: 64, pool: pool)
-            b.standIns = standIns
-            let cache = KVCache(layers: L, capacity: 64, kvDim: c.kvDim, deferDim: deferDim)
-            m.transformer.routedForward(tokens[0..<n], start: 0, b, cache, routing: .fixed(skipping), policy: .fill)
+            let (b, cache) = Self.promptSkippingLayers(m.transformer, tokens[0..<n], standIns: standIns, deferDim: deferDim)
             let rest = Array(tokens[n...])
             let masks = [[Bool]](repeating: skipping, count: n) + rest.indices.map { $0 % 3 == 2 ? skipping : all }
             return Self.decode(m.transformer, rest, masks: masks, standIns: standIns, deferDim: deferDim,
