@@ -15,8 +15,9 @@
 # when rerun; a finished step is marked in .build/train-router/ and skipped on the next run.
 # Time on 2 cores: 70–100 minutes for step 1 (measured twice), and by the docs' per-search figures
 # about three hours more for the searches (estimated; the chain has not been timed in one go).
-# Step 6 alone, run on the file as step 5 left it (commit 1b1f55d), reproduced the shipped file
-# byte for byte (2026-12-06, 40 minutes).
+# Checked on 2026-12-06, each step alone on the file as the step before left it: step 6 (from
+# commit 1b1f55d) wrote the shipped file byte for byte (40 minutes), step 5 (from 1403225) wrote
+# 1b1f55d's file byte for byte (18 minutes).
 # Data: ../shared/data (WikiText-2 validation and MT-Bench, as the recorded commands name them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
