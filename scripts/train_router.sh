@@ -17,7 +17,8 @@
 # about three hours more for the searches (estimated; the chain has not been timed in one go).
 # Checked on 2026-12-06, each step alone on the file as the step before left it: step 6 (from
 # commit 1b1f55d) wrote the shipped file byte for byte (40 minutes), step 5 (from 1403225) wrote
-# 1b1f55d's file byte for byte (18 minutes).
+# 1b1f55d's file byte for byte (18 minutes), step 4 (from b264195) wrote 1403225's file byte for
+# byte (17 minutes). Step 1 reproduced its router in full on 2026-12-04 (docs/TRAINING.md).
 # Data: ../shared/data (WikiText-2 validation and MT-Bench, as the recorded commands name them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
