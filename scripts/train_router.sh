@@ -36,7 +36,6 @@ mkdir -p "$marks"
 
 swift build -c release --product buddy
 buddy=.build/release/buddy
-python3 scripts/reply_search_prompts.py   # .build/reply-search-prompts.jsonl, for step 6
 
 # step N command... : runs the command unless step N is marked done (or lies past --through).
 step() {
@@ -53,6 +52,9 @@ step 2 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_b
 step 3 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8 --rounds 4 --out routers/buddy-router.json
 step 4 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.7 --rounds 2 --out routers/buddy-router.json
 step 5 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.5 --rounds 2 --out routers/buddy-router.json
+if [ "$through" -ge 6 ] && [ ! -f "$marks/step-6.done" ]; then
+  python3 scripts/reply_search_prompts.py   # .build/reply-search-prompts.jsonl, step 6's chat
+fi
 step 6 "$buddy" train reply-sets --router buddy --chat-data .build/reply-search-prompts.jsonl --split all --prompts 60 --reply-tokens 64 --budgets 0.5 --rounds 2 --text-data ../shared/data/wikitext2_valid.txt --text-chunks 8 --validation-skip-chunks 152 --validation-chunks 68 --text-extra-chunks '84..<116' --validation-prompts 60 --balanced --prose-guard 0.1 --out routers/buddy-router.json
 
 git diff --stat -- routers/buddy-router.json

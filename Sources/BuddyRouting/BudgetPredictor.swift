@@ -346,14 +346,14 @@ public enum AutoBudgetRule: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The rule a command runs: a tolerance or share given on its command line, else the
-    /// predictor's default (its share when it has one, else `BudgetPredictor.defaultTolerance`).
     /// The budgets below full depth this rule can choose with `predictor`.
     public func budgets(of predictor: BudgetPredictor) -> [Double] {
         if case .share = self { return [predictor.choices[0]] }
         return predictor.choices
     }
 
+    /// The rule a command runs: a tolerance or share given on its command line, else the
+    /// predictor's default (its share when it has one, else `BudgetPredictor.defaultTolerance`).
     public static func resolve(tolerance: Double?, share: Double?, predictor: BudgetPredictor) -> AutoBudgetRule {
         if let tolerance { return .tolerance(tolerance) }
         if let share = share ?? predictor.fullDepthShare { return .share(share) }

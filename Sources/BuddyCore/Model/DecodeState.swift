@@ -249,10 +249,11 @@ extension Transformer {
     func computeDeferredKV(_ l: Int, before pos: Int, _ s: DecodeState, _ cache: KVCache) {
         let first = cache.firstDeferred[l]
         guard first < pos else { return }
+        // The span from `first` is the number of deferred positions (every token since skipped the
+        // layer, or it would have caught them up) unless a rewind left a gap; the batch takes any
+        // number, so the span decides and nothing is counted.
         if let b = s.catchUpBatch, !s.reference, pos - first >= Self.batchedCatchUp {
-            var pending = 0
-            for p in first..<pos where cache.isDeferred(l, p) { pending += 1 }
-            if pending >= Self.batchedCatchUp { return computeDeferredKV(l, before: pos, b, cache) }
+            return computeDeferredKV(l, before: pos, b, cache)
         }
         for p in first..<pos where cache.isDeferred(l, p) {
             fillKV(l, pos: p, input: cache.deferredInput(l, p), s, cache)
@@ -261,7 +262,7 @@ extension Transformer {
         cache.firstDeferred[l] = cache.capacity
     }
 
-    /// From this many deferred positions on, a catch-up runs as one batch (`catchUpBatch`).
+    /// From a span of this many deferred positions on, a catch-up runs as one batch (`catchUpBatch`).
     static let batchedCatchUp = 8
 
     /// Final norm and output head: fills s.logits.
