@@ -308,8 +308,9 @@ public enum PromptSetSearch {
                                   figures: outcomes.map { String(format: "%.2f: %.4f -> %.4f", $0.budget, $0.routerKL, $0.bestKL ?? $0.routerKL) }.joined(separator: ", "))
         if let m = holder as? DecisionModule { try RouterFile.save(m, model: model, notes: notes, to: o.out) }
         else if let r = holder as? StaticRanking { try RouterFile.save(r, model: model, notes: notes, to: o.out) }
-        // A checkpoint named on the command line is kept, so a later run with more budgets reuses it.
-        if o.checkpoint == nil { try? FileManager.default.removeItem(atPath: checkpointPath) }
+        // The checkpoint is kept: a later search of the same router (more budgets, more rounds)
+        // reuses its measurements. The settings leave out the prompt sets this search writes, so
+        // scripts/train_router.sh's steps 3-5 find their first rounds measured by step 2.
         report.line("wrote \(o.out)")
         return outcomes
     }

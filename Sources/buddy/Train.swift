@@ -96,7 +96,7 @@ struct TrainPromptSets: ParsableCommand {
     @Option(name: .long, help: "Budgets searched, in order; the router's other budgets keep the prompt sets they have.") var budgets: String = "0.8"
     @OptionGroup var search: SetSearchRounds
     @Option(name: .long, help: "Where to write the router with its prompt sets (written atomically; may be the router's own file).") var out: String
-    @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.prompt-sets.checkpoint.json, removed when the search finishes; a file named here is kept).") var checkpoint: String?
+    @Option(name: .long, help: "Measurements are saved here after each one and reused by a rerun (default: <out>.prompt-sets.checkpoint.json). Kept when the search finishes: a later search of the same router reuses its measurements.") var checkpoint: String?
     @OptionGroup var modelOptions: ModelOptions
 
     var options: PromptSetSearch.Options {

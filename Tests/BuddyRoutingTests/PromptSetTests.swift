@@ -222,6 +222,45 @@ final class PromptSetTests: XCTestCase {
         XCTAssertTrue(notes.contains("--balanced --prose-objective --out"), notes)
     }
 
+    /// A prompt-set search keeps its checkpoint, so a later search of the same router file (as
+    /// scripts/train_router.sh's steps 3-5 search the file step 2 wrote, with more rounds) finds
+    /// its first round measured and ends exactly where a fresh search of the original ends.
+    func testALaterSearchReusesTheFirstRoundsMeasurements() throws {
+        let m = try TestSupport.model()
+        let dm = try TestModules.withScorers(model: m, seed: 37)
+        let budget = 0.1   // few layers run, so the ~60 measurements stay cheap
+        let chained = try SavedModuleCopy(dm, model: m, tag: "prompt-sets-chained")
+        let fresh = try SavedModuleCopy(dm, model: m, tag: "prompt-sets-fresh")
+        defer { chained.remove(); fresh.remove() }
+        let chat = chained.dir.appendingPathComponent("chat.jsonl").path
+        try (#"{"question_id": "a", "category": "t", "turns": ["Name three colours."]}"# + "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+        func search(_ saved: SavedModuleCopy, rounds: Int, notes: @escaping (String) -> Void = { _ in }) throws -> PromptSetSearch.Outcome {
+            var o = PromptSetSearch.Options(router: saved.path, chatData: chat, out: saved.path)
+            o.split = .all; o.prompts = 1; o.replyTokens = 8; o.width = 1; o.budgets = [budget]; o.rounds = rounds; o.threads = 2
+            return try XCTUnwrap(try PromptSetSearch.run(o, model: m, report: Reporter(line: { _ in }, note: notes, progress: { SilentProgress(total: $1) })).first)
+        }
+        func measured(_ saved: SavedModuleCopy) throws -> Int {
+            let j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: saved.path + ".prompt-sets.checkpoint.json"))) as? [String: Any]
+            return try XCTUnwrap(j?["sums"] as? [String: [Double]]).count
+        }
+
+        let first = try search(chained, rounds: 1)
+        let afterFirst = try measured(chained)
+        XCTAssertGreaterThan(afterFirst, m.config.layers - 2, "one round measures every one-layer change")
+        var notes: [String] = []
+        let resumed = try search(chained, rounds: 2) { notes.append($0) }
+        XCTAssertTrue(notes.contains("resuming: \(afterFirst) measurements from \(chained.path).prompt-sets.checkpoint.json"), "\(notes)")
+        let direct = try search(fresh, rounds: 2)
+        XCTAssertEqual(resumed.startKL, first.startKL)
+        XCTAssertEqual(resumed.routerKL, direct.routerKL)
+        XCTAssertEqual(resumed.startKL, direct.startKL)
+        XCTAssertEqual(resumed.best, direct.best)
+        XCTAssertEqual(resumed.bestKL, direct.bestKL)
+        let a = try XCTUnwrap(RouterFile.load(path: chained.path, model: m) as? DecisionModule)
+        let b = try XCTUnwrap(RouterFile.load(path: fresh.path, model: m) as? DecisionModule)
+        XCTAssertEqual(a.promptSets, b.promptSets)
+    }
+
     /// Prompt sets survive a round trip through a router file, for the Decision Module and for
     /// a static ranking; hostile entries are refused with an error naming the field; a version-5
     /// module (no prompt sets) still loads; and the evaluation's batching rules are unchanged.
