@@ -261,7 +261,7 @@ extension BudgetPredictor {
 
 /// Captures the budget predictor's features while a prompt is evaluated at full depth
 /// (a selector that runs every layer and records the routing context of the last chunk).
-public final class FeatureProbe: LayerSelector {
+public final class FeatureProbe: ContextKeepingSelector {
     public private(set) var features: [Float]
     private var pooled: PooledContext
     private let dim: Int
@@ -274,6 +274,10 @@ public final class FeatureProbe: LayerSelector {
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
         [Bool](repeating: true, count: cache.layers)
+    }
+
+    public func cacheTruncated(to length: Int) {
+        if length < pooled.count { pooled.reset() }
     }
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {

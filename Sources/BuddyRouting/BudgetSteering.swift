@@ -28,7 +28,7 @@ import Foundation
 ///
 /// `blind` is the control: the same share of raised steps, chosen by a fixed-seed coin instead
 /// of the entropy (evaluations only).
-public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, PromptSetSelector {
+public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
     public enum Signal: String, Sendable, CaseIterable {
         case entropy, blind
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
@@ -159,6 +159,10 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         guard let inner = inner as? PromptSetSelector else { return nil }
         self.inner.budget = budget
         return inner.promptMask()
+    }
+
+    public func cacheTruncated(to length: Int) {
+        (inner as? ContextKeepingSelector)?.cacheTruncated(to: length)
     }
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {

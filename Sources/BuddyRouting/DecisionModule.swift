@@ -19,7 +19,7 @@ import Foundation
 /// sets come from a layer-set search with stand-ins and from static rankings; the scorers are
 /// fitted on per-token KL from full depth (`SetChoiceFit`, `buddy train router`,
 /// docs/TRAINING.md).
-public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, PromptSetSelector, @unchecked Sendable {
+public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, PromptSetSelector, ContextKeepingSelector, @unchecked Sendable {
     /// The candidate sets for one k and the scorer that picks among them.
     public struct Choice: Sendable, Equatable {
         public var kept: Int
@@ -262,6 +262,13 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
 
     /// Forget the pooled context (a new conversation).
     public func resetContext() { pooled.reset(); hasDecision = false }
+
+    /// Positions from `length` on are gone or rewritten: the sums are rebuilt from the cache at
+    /// the next decision. Without this, a prompt the module did not route (at full depth, or on
+    /// a prompt set) that ended beyond the old sums left the last conversation's positions in them.
+    public func cacheTruncated(to length: Int) {
+        if length < pooled.count { resetContext() }
+    }
 }
 
 extension DecisionModule {

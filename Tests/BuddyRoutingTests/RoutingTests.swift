@@ -125,6 +125,53 @@ final class RoutingTests: XCTestCase {
         XCTAssertEqual(inc.keySum, three.keySum)
     }
 
+    /// A new conversation pools only its own context: after a short exchange, a longer prompt
+    /// (at full depth, as the chat runs it, so the module does not see it) is followed by reply
+    /// steps whose pooled sums are those of the new conversation alone, whatever came before;
+    /// and a prompt that rewrites the cache's tail (a reused prefix, a different ending) pools
+    /// the rewritten positions, not the old ones.
+    func testANewConversationPoolsOnlyItsOwnContext() throws {
+        let m = try TestSupport.model()
+        let dm = try DecisionModule(ranking: StaticRanking.dropLast(layers: m.config.layers), dim: m.config.dim, kvDim: m.config.kvDim)
+        dm.budget = 0.5
+        let s = Session(model: m, capacity: 128, threads: 2, batchSize: 16)
+        s.selector = dm
+        s.promptDepth = .full
+        func pooledIsTheSessions(_ when: String) {
+            let fresh = PooledContext.recomputed(cache: s.cache, through: s.tokens.count)
+            XCTAssertEqual(dm.pooled.count, fresh.count, when)
+            XCTAssertTrue(dm.pooled.keySum == fresh.keySum && dm.pooled.valueSum == fresh.valueSum, when)
+        }
+        let short = m.tokenizer.encode("Hi there.", parseSpecial: false)
+        try s.evaluate(short)
+        for _ in 0..<2 { try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize)) }
+        pooledIsTheSessions("first conversation")
+
+        s.reset()
+        let long = m.tokenizer.encode("The river ran past the old mill, and the miller's daughter counted the boats that went by each morning before school.", parseSpecial: false)
+        XCTAssertGreaterThan(long.count, short.count + 2)
+        try s.evaluate(long)
+        try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize))
+        pooledIsTheSessions("a longer second conversation")
+
+        // Same opening, another ending, longer than what the sums covered.
+        let other = Array(long.prefix(4)) + m.tokenizer.encode(" a quiet street where nobody had walked for years, under a grey and patient sky that did not change at all, not once, not even in spring.", parseSpecial: false)
+        XCTAssertGreaterThan(other.count, long.count + 1)
+        try s.evaluate(other)
+        try s.evaluate(other + [Sampler.argmax(s.decode.logits, count: m.config.vocabSize)], as: .reply(oneDecisionPerToken: true))
+        pooledIsTheSessions("a prompt that rewrote the tail")
+
+        // Steered (the chat's default), the module inside hears of a new conversation too.
+        s.selector = BudgetSteering(dm)
+        s.reset()
+        try s.evaluate(short)
+        for _ in 0..<2 { try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize)) }
+        s.reset()
+        try s.evaluate(long)
+        try s.step(Sampler.argmax(s.decode.logits, count: m.config.vocabSize))
+        pooledIsTheSessions("steered, a longer second conversation")
+    }
+
     /// A Decision Module with one set per budget, taken from a static ranking, runs exactly that
     /// ranking's choice, in prefill and decode.
     func testModuleWithOneSetPerBudgetRunsThoseSets() throws {

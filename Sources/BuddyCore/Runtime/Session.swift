@@ -34,6 +34,16 @@ public protocol OutputWatchingSelector: LayerSelector {
     func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool)
 }
 
+/// A selector that keeps what it has seen of the context between calls (the Decision Module
+/// pools the first layer's K/V as positions arrive). It is not asked about a prompt that runs
+/// at full depth or on a prompt set, so by itself it cannot tell that a new conversation began
+/// or that a prompt rewrote the cache's tail; the session tells it whenever the cache loses
+/// positions, and when it becomes the session's selector.
+public protocol ContextKeepingSelector: LayerSelector {
+    /// The cache now holds only positions 0..<length: forget anything kept about later ones.
+    func cacheTruncated(to length: Int)
+}
+
 /// Errors a generation can end with, worded for users.
 public enum SessionError: Error, CustomStringConvertible {
     case contextFull(needed: Int, capacity: Int)
@@ -57,7 +67,10 @@ public final class Session: @unchecked Sendable {
     public let pool: ThreadPool
     /// Tokens whose K/V are in the cache, in order.
     public private(set) var tokens: [Int32] = []
-    public var selector: LayerSelector?
+    /// Told the cache is empty when it is set: what it kept may come from another conversation.
+    public var selector: LayerSelector? {
+        didSet { (selector as? ContextKeepingSelector)?.cacheTruncated(to: 0) }
+    }
     /// What skipped layers leave in the cache. fill by default: a router that changes the set
     /// from token to token needs earlier tokens' keys in layers they skipped.
     public var policy: KVPolicy = .fill
@@ -90,7 +103,13 @@ public final class Session: @unchecked Sendable {
         tokens.reserveCapacity(self.capacity)   // a decode step's append never grows it
     }
 
-    public func reset() { tokens.removeAll(keepingCapacity: true); cache.truncate(to: 0) }
+    public func reset() { tokens.removeAll(keepingCapacity: true); truncateCache(to: 0) }
+
+    /// Every truncation of the cache goes through here, so the selector hears of it.
+    private func truncateCache(to length: Int) {
+        cache.truncate(to: length)
+        (selector as? ContextKeepingSelector)?.cacheTruncated(to: length)
+    }
 
     /// How the new tokens of `evaluate` are routed.
     public enum TokenRole: Sendable, Equatable {
@@ -106,7 +125,7 @@ public final class Session: @unchecked Sendable {
     /// cached. Leaves the logits of the last prompt token in decode.logits.
     public func evaluate(_ prompt: [Int32], as role: TokenRole = .prompt) throws {
         let common = try reusablePrefix(prompt)
-        cache.truncate(to: common)
+        truncateCache(to: common)
         tokens.removeLast(tokens.count - common)   // keeps the reserved capacity
         var start = common
         let t = model.transformer
@@ -154,7 +173,7 @@ public final class Session: @unchecked Sendable {
     /// cache and tokens agree and `evaluate` recomputes the rest in full.
     public func runFirstLayer(over prompt: [Int32], visit: (_ chunkStart: Int, _ count: Int) -> Void) throws {
         let common = try reusablePrefix(prompt)
-        cache.truncate(to: common)
+        truncateCache(to: common)
         tokens.removeLast(tokens.count - common)   // keeps the reserved capacity
         let t = model.transformer
         var start = common
@@ -164,7 +183,7 @@ public final class Session: @unchecked Sendable {
             visit(start, n)
             start += n
         }
-        cache.truncate(to: common)
+        truncateCache(to: common)
     }
 
     /// Feed one token at the next position; returns its logits (decode.logits).
