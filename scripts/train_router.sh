@@ -3,7 +3,7 @@
 #
 #   scripts/train_router.sh              every step not yet done
 #   scripts/train_router.sh --through N  steps 1..N only (to check part of the chain)
-#   scripts/train_router.sh --fresh      forget which steps are done, start at step 1
+#   scripts/train_router.sh --fresh      forget which steps are done and every checkpoint, start at step 1
 #
 # The file was made by a chain of commands, which its notes record in order: `buddy train
 # router` (candidate sets and scorers per budget), then the prompt-set searches (which layers the
@@ -19,6 +19,11 @@
 # commit 1b1f55d) wrote the shipped file byte for byte (40 minutes), step 5 (from 1403225) wrote
 # 1b1f55d's file byte for byte (18 minutes), step 4 (from b264195) wrote 1403225's file byte for
 # byte (17 minutes). Step 1 reproduced its router in full on 2026-12-04 (docs/TRAINING.md).
+# Steps 3-5 reuse the measurements of step 2's first round (a prompt-set search keeps its
+# checkpoint, routers/buddy-router.json.prompt-sets.checkpoint.json; --fresh removes it).
+# Since commit 32ddf43 (the Decision Module's pooled context no longer carries one conversation
+# into the next) steps 2-6 measure some chat differently, so this binary no longer writes the
+# shipped file byte for byte; the binary of commit ebb1b7e does (docs/TRAINING.md).
 # Data: ../shared/data (WikiText-2 validation and MT-Bench, as the recorded commands name them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +32,7 @@ cd "$root"
 through=99
 case "${1:-}" in
   --through) through="${2:?--through needs a step number}" ;;
-  --fresh) rm -rf .build/train-router ;;
+  --fresh) rm -rf .build/train-router; rm -f routers/buddy-router.json.*checkpoint.json ;;
   "") ;;
   *) echo "usage: scripts/train_router.sh [--through N | --fresh]" >&2; exit 2 ;;
 esac
