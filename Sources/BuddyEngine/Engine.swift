@@ -131,7 +131,7 @@ public enum EngineEvent: Sendable {
 }
 
 /// Wraps a router to time its decisions (the "router overhead" of the status bar).
-final class TimedSelector: OutputWatchingSelector {
+final class TimedSelector: OutputWatchingSelector, ContextKeepingSelector {
     let inner: BudgetedLayerSelector
     var seconds = 0.0
     init(_ inner: BudgetedLayerSelector) { self.inner = inner }
@@ -147,6 +147,10 @@ final class TimedSelector: OutputWatchingSelector {
     }
     func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
         timed { inner.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache) }
+    }
+    /// A new conversation or a rewritten tail reaches the router (the Decision Module's pooled context).
+    func cacheTruncated(to length: Int) {
+        (inner as? ContextKeepingSelector)?.cacheTruncated(to: length)
     }
     /// A steered router reads each step's logits; its entropy counts as routing time.
     func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {

@@ -130,6 +130,36 @@ final class EngineTests: XCTestCase {
         }
     }
 
+    /// A new conversation is routed from its own context: after a short exchange and a reset, the
+    /// reply to a longer message (which runs at full depth, unseen by the router) runs exactly
+    /// the layers a fresh engine's reply to it runs. Before the fix the Decision Module kept the
+    /// short exchange's positions in its pooled context, and the replies differed.
+    func testANewConversationIsRoutedFromItsOwnContext() throws {
+        func engine(_ rec: Recorder) throws -> ChatEngine {
+            var o = EngineOptions()
+            o.steering = false; o.router = "buddy"; o.fallBackToEven = false
+            o.maxTokens = 16; o.context = 512; o.sampling = .greedy; o.budget = 0.5
+            return try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
+        }
+        let message = "Describe, in a few sentences, how a river carves a valley over thousands of years, and why the shape of the valley tells us about the rock beneath it."
+        let fresh = Recorder()
+        let first = try engine(fresh)
+        first.send(.send(message))
+        first.drain()
+        let reused = Recorder()
+        let second = try engine(reused)
+        second.send(.send("Hi."))
+        second.drain()
+        second.send(.reset)
+        second.drain()
+        reused.clear()
+        second.send(.send(message))
+        second.drain()
+        XCTAssertGreaterThan(fresh.tokens.count, 4)
+        XCTAssertEqual(reused.tokens.map(\.1.layers), fresh.tokens.map(\.1.layers))
+        XCTAssertEqual(reused.tokens.map(\.0), fresh.tokens.map(\.0))
+    }
+
     /// By default the engine steers the router along the reply (`BudgetSteering.onByDefault`):
     /// the reply's record names the steered router, and every step after the first runs k − 1
     /// or k + 3 routable layers (k where those do not exist), averaging near k.
