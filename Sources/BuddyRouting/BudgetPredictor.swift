@@ -277,11 +277,11 @@ public final class FeatureProbe: ContextKeepingSelector {
     }
 
     public func cacheTruncated(to length: Int) {
-        if length < pooled.count { pooled.reset() }
+        pooled.truncate(to: length)
     }
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
-        if chunkStart < pooled.count { pooled.reset() }
+        pooled.truncate(to: chunkStart)
         pooled.update(cache: cache, through: chunkStart + count)
         features.withUnsafeMutableBufferPointer { f in
             RoutingInput.write(pooled: pooled, hiddenState: batch.x + (count - 1) * dim, dim: dim, into: f.baseAddress!)

@@ -207,7 +207,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
 
     func selectLayers(position: Int, hiddenState: UnsafePointer<Float>, cache: KVCache) -> [Bool] {
         // A rewound cache rewrote positions the sums already hold: rebuild them.
-        if position < pooled.count { pooled.reset(); hasDecision = false }
+        cacheTruncated(to: position)
         let k = LayerBudget.routableCount(budget: budget, layers: layers)
         // Between re-decisions keep the last set, unless the budget moved.
         if hasDecision, stepsSinceDecision + 1 < rerouteEvery, Session.count(maskBuffer) == k + 2 {
@@ -234,7 +234,7 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
 
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
         // One decision per prompt chunk, from the chunk's last token and everything pooled so far.
-        if chunkStart < pooled.count { pooled.reset() }
+        pooled.truncate(to: chunkStart)
         let m = decide(hiddenState: batch.x + (count - 1) * dim, cache: cache, through: chunkStart + count)
         hasDecision = true
         stepsSinceDecision = 0

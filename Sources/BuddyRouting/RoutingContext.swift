@@ -21,12 +21,18 @@ public struct PooledContext: Sendable {
 
     /// Bring the sums to cover positions 0..<end of layer 0.
     public mutating func update(cache: KVCache, through end: Int) {
-        if end < count { reset() }
+        truncate(to: end)
         while count < end {
             let k = cache.key(0, count), v = cache.value(0, count)
             for i in 0..<kvDim { keySum[i] += Double(k[i]); valueSum[i] += Double(v[i]) }
             count += 1
         }
+    }
+
+    /// Positions from `length` on are gone or rewritten: forget the sums if they cover any of
+    /// them (the next update rebuilds them from the cache).
+    public mutating func truncate(to length: Int) {
+        if length < count { reset() }
     }
 
     public mutating func reset() {
