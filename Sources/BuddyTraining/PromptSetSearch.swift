@@ -130,10 +130,13 @@ public enum PromptSetSearch {
         let evaluator = ChatEvaluator(session: session)
 
         // The checkpoint is reused only by the same search (data, router, stand-ins). The router
-        // is identified without its prompt sets and notes, which a search itself rewrites.
+        // is identified without its prompt sets and notes, which a search itself rewrites, and
+        // without its format version, which a search raises when it saves (an older module file,
+        // version 5, comes back as version 7 with the same decisions).
         var decisions = routerJSON
         decisions["prompt_sets"] = nil
         decisions["notes"] = nil
+        decisions["version"] = nil
         let routerIdentity = try JSONSerialization.data(withJSONObject: decisions, options: [.sortedKeys])
             .withUnsafeBytes { String(format: "%016llx", StandInFile.fnv64($0)) }
         let settings = [o.chatData, "\(questions.count)", "\(o.replyTokens)", routerIdentity,

@@ -244,6 +244,11 @@ final class PromptSetTests: XCTestCase {
             return try XCTUnwrap(j?["sums"] as? [String: [Double]]).count
         }
 
+        // The chain's first file can be an older format (the shipped step 1 wrote version 5);
+        // the search saves the latest, which must not make the next search start afresh.
+        var older = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: chained.path))) as? [String: Any])
+        older["version"] = RouterFile.decisionModuleVersion
+        try JSONSerialization.data(withJSONObject: older).write(to: URL(fileURLWithPath: chained.path))
         let first = try search(chained, rounds: 1)
         let afterFirst = try measured(chained)
         XCTAssertGreaterThan(afterFirst, m.config.layers - 2, "one round measures every one-layer change")
