@@ -508,14 +508,29 @@ BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0
 }
 
 
-// The prompt path for Q8_0/Q4_0/Q5_0. A block of weight rows is unpacked once into |w|, w
-// and the block scales (at most BK_UNPACK_BYTES, so it stays in L1 with a tile of four
-// tokens' activations); then every four-token tile runs over those rows. Streaming each
-// token tile once per row block instead of once per row keeps the loop out of L2. Per
-// (row, token, block) the arithmetic is exactly BK_Q8_0_STEP's (same integer sums, the
-// same scale product, the same even/odd accumulators), so the result equals
-// matvec_q_0_avx2's bit for bit.
+// The prompt path for the 32-weight block types. A block of weight rows is unpacked once
+// (at most BK_UNPACK_BYTES, so it stays in L1 with a tile of four tokens' activations); then
+// every four-token tile runs over those rows. Streaming each token tile once per row block
+// instead of once per row keeps the loop out of L2. The block loop is unrolled by two (even
+// blocks into one set of accumulators, odd into the other, as the step macros alternate), and
+// the four tokens' activation scales are laid out side by side once per tile, so that one
+// multiply gives the four products w_scale · a_scale. Per (row, token, block) the arithmetic is
+// exactly the step macro's (same integer sums, the same scale product, the same even/odd
+// accumulators, the offset terms summed in the same order), so the result equals the matvec's
+// bit for bit (KernelTests compare them).
 #define BK_UNPACK_BYTES 20480
+
+// Broadcast lane 0, 1, 2 or 3 of four scales to eight lanes.
+#define BK_LANE0(v) _mm256_broadcastss_ps(v)
+#define BK_LANE1(v) _mm256_broadcastss_ps(_mm_movehdup_ps(v))
+#define BK_LANE2(v) _mm256_broadcastss_ps(_mm_movehl_ps(v, v))
+#define BK_LANE3(v) _mm256_broadcastss_ps(_mm_shuffle_ps(v, v, 0xff))
+
+// The four tokens' scales of block b side by side: out[b] = (s[b], s[b + stride], s[b + 2·stride], s[b + 3·stride]).
+#define BK_SIDE_BY_SIDE(OUT, S, STRIDE, BLOCKS) \
+    for (int b_ = 0; b_ < (BLOCKS); b_++) OUT[b_] = _mm_setr_ps((S)[b_], (S)[b_ + (STRIDE)], (S)[b_ + 2 * (STRIDE)], (S)[b_ + 3 * (STRIDE)]);
+
+// Q8_0/Q4_0/Q5_0: w·a as |w|·(a with w's sign), as BK_Q8_0_STEP.
 #define BK_GEMM_Q0_UNPACKED(NAME, TARGET, DOT4)                                                                   \
 TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,                \
                         const int8_t *qs, const float *d, float *y, int ldy) {                                     \
@@ -523,6 +538,7 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
     const __m256i ones = _mm256_set1_epi16(1); (void)ones;                                                         \
     __m256i unpacked[BK_UNPACK_BYTES / 32];                                                                        \
     float wscale[BK_UNPACK_BYTES / 64];                                                                            \
+    __m128 dT[BK_UNPACK_BYTES / 64];                                                                               \
     int rowsPerBlock = BK_UNPACK_BYTES / (64 * blocks);                                                            \
     if (rowsPerBlock > 16) rowsPerBlock = 16;                                                                      \
     const int tiles = n / 4;                                                                                       \
@@ -539,27 +555,15 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
         for (int tile = 0; tile < tiles; tile++) {                                                                 \
             const int t = 4 * tile;                                                                                \
             const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;             \
-            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;     \
+            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks, blocks)                                            \
             for (int r = rb0; r < rb1; r++) {                                                                      \
                 const __m256i *u = unpacked + 2 * (size_t)(r - rb0) * blocks;                                      \
                 const float *ws = wscale + (r - rb0) * blocks;                                                     \
                 __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00; \
-                for (int b = 0; b < blocks; b++) {                                                                 \
-                    const __m256i sg = u[2 * b], ab = u[2 * b + 1];                                                \
-                    const __m256 wdv = _mm256_set1_ps(ws[b]);                                                      \
-                    __m256i i0 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x0 + 32 * b)), sg)); \
-                    __m256i i1 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x1 + 32 * b)), sg)); \
-                    __m256i i2 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x2 + 32 * b)), sg)); \
-                    __m256i i3 = DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x3 + 32 * b)), sg)); \
-                    __m256 s0 = _mm256_mul_ps(wdv, _mm256_set1_ps(d0[b])), s1 = _mm256_mul_ps(wdv, _mm256_set1_ps(d1[b])); \
-                    __m256 s2 = _mm256_mul_ps(wdv, _mm256_set1_ps(d2[b])), s3 = _mm256_mul_ps(wdv, _mm256_set1_ps(d3[b])); \
-                    if (b & 1) {                                                                                   \
-                        a01 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(i0), a01); a11 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), a11); \
-                        a21 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(i2), a21); a31 = _mm256_fmadd_ps(s3, _mm256_cvtepi32_ps(i3), a31); \
-                    } else {                                                                                       \
-                        a00 = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(i0), a00); a10 = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(i1), a10); \
-                        a20 = _mm256_fmadd_ps(s2, _mm256_cvtepi32_ps(i2), a20); a30 = _mm256_fmadd_ps(s3, _mm256_cvtepi32_ps(i3), a30); \
-                    }                                                                                              \
+                _Pragma("clang loop unroll(disable)")                                                              \
+                for (int b = 0; b < blocks; b += 2) {                                                              \
+                    BK_GEMM_Q0_STEP(DOT4, b, a00, a10, a20, a30)                                                   \
+                    if (b + 1 < blocks) BK_GEMM_Q0_STEP(DOT4, b + 1, a01, a11, a21, a31)                           \
                 }                                                                                                  \
                 y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01));                                  \
                 y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11));                            \
@@ -572,9 +576,17 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
                             y + (size_t)t * ldy + (rb0 - r0));                                                     \
     }                                                                                                              \
 }
+// One block of a Q0 tile: four tokens against one unpacked row block.
+#define BK_GEMM_Q0_STEP(DOT4, B, A0, A1, A2, A3) {                                                                \
+    const __m256i sg = u[2 * (B)], ab = u[2 * (B) + 1];                                                            \
+    const __m128 sc = _mm_mul_ps(_mm_set1_ps(ws[B]), dT[B]);                                                       \
+    A0 = _mm256_fmadd_ps(BK_LANE0(sc), _mm256_cvtepi32_ps(DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x0 + 32 * (B))), sg))), A0); \
+    A1 = _mm256_fmadd_ps(BK_LANE1(sc), _mm256_cvtepi32_ps(DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x1 + 32 * (B))), sg))), A1); \
+    A2 = _mm256_fmadd_ps(BK_LANE2(sc), _mm256_cvtepi32_ps(DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x2 + 32 * (B))), sg))), A2); \
+    A3 = _mm256_fmadd_ps(BK_LANE3(sc), _mm256_cvtepi32_ps(DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x3 + 32 * (B))), sg))), A3); }
 
-// The same row-block tiling for Q4_1 and Q5_1 (unsigned weights plus an offset term),
-// with exactly BK_Q4_1_STEP's arithmetic, so it equals matvec_q_1_avx2 bit for bit.
+// Q4_1 and Q5_1: unsigned weights plus an offset term, as BK_Q4_1_STEP; the four tokens'
+// offset terms (w_min · a_sum) side by side in one vector per parity.
 #define BK_GEMM_Q1_UNPACKED(NAME, TARGET, DOT4)                                                                   \
 TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,                \
                         const int8_t *qs, const float *d, const float *ds, float *y, int ldy) {                    \
@@ -582,6 +594,7 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
     const __m256i ones = _mm256_set1_epi16(1); (void)ones;                                                         \
     __m256i unpacked[BK_UNPACK_BYTES / 32];                                                                        \
     float wscale[BK_UNPACK_BYTES / 32], wmin[BK_UNPACK_BYTES / 32];                                                \
+    __m128 dT[BK_UNPACK_BYTES / 32], sT[BK_UNPACK_BYTES / 32];                                                     \
     int rowsPerBlock = BK_UNPACK_BYTES / (32 * blocks);                                                            \
     if (rowsPerBlock > 16) rowsPerBlock = 16;                                                                      \
     const int tiles = n / 4;                                                                                       \
@@ -597,35 +610,22 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
         for (int tile = 0; tile < tiles; tile++) {                                                                 \
             const int t = 4 * tile;                                                                                \
             const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;             \
-            const float *d0 = d + (size_t)t * blocks, *d1 = d0 + blocks, *d2 = d1 + blocks, *d3 = d2 + blocks;     \
-            const float *s0 = ds + (size_t)t * blocks, *s1 = s0 + blocks, *s2 = s1 + blocks, *s3 = s2 + blocks;    \
+            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks, blocks)                                            \
+            BK_SIDE_BY_SIDE(sT, ds + (size_t)t * blocks, blocks, blocks)                                           \
             for (int r = rb0; r < rb1; r++) {                                                                      \
                 const int o = (r - rb0) * blocks;                                                                  \
                 __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00; \
-                float m00 = 0, m01 = 0, m10 = 0, m11 = 0, m20 = 0, m21 = 0, m30 = 0, m31 = 0;                      \
-                for (int b = 0; b < blocks; b++) {                                                                 \
-                    const __m256i q = unpacked[o + b];                                                             \
-                    const float wd_ = wscale[o + b], wm_ = wmin[o + b];                                            \
-                    __m256i i0 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x0 + 32 * b)));                      \
-                    __m256i i1 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x1 + 32 * b)));                      \
-                    __m256i i2 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x2 + 32 * b)));                      \
-                    __m256i i3 = DOT4(q, _mm256_loadu_si256((const __m256i *)(x3 + 32 * b)));                      \
-                    if (b & 1) {                                                                                   \
-                        a01 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d0[b]), _mm256_cvtepi32_ps(i0), a01); m01 += wm_ * s0[b]; \
-                        a11 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d1[b]), _mm256_cvtepi32_ps(i1), a11); m11 += wm_ * s1[b]; \
-                        a21 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d2[b]), _mm256_cvtepi32_ps(i2), a21); m21 += wm_ * s2[b]; \
-                        a31 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d3[b]), _mm256_cvtepi32_ps(i3), a31); m31 += wm_ * s3[b]; \
-                    } else {                                                                                       \
-                        a00 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d0[b]), _mm256_cvtepi32_ps(i0), a00); m00 += wm_ * s0[b]; \
-                        a10 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d1[b]), _mm256_cvtepi32_ps(i1), a10); m10 += wm_ * s1[b]; \
-                        a20 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d2[b]), _mm256_cvtepi32_ps(i2), a20); m20 += wm_ * s2[b]; \
-                        a30 = _mm256_fmadd_ps(_mm256_set1_ps(wd_ * d3[b]), _mm256_cvtepi32_ps(i3), a30); m30 += wm_ * s3[b]; \
-                    }                                                                                              \
+                __m128 mEven = _mm_setzero_ps(), mOdd = mEven;                                                     \
+                _Pragma("clang loop unroll(disable)")                                                              \
+                for (int b = 0; b < blocks; b += 2) {                                                              \
+                    BK_GEMM_Q1_STEP(DOT4, b, a00, a10, a20, a30, mEven)                                            \
+                    if (b + 1 < blocks) BK_GEMM_Q1_STEP(DOT4, b + 1, a01, a11, a21, a31, mOdd)                     \
                 }                                                                                                  \
-                y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01)) + (m00 + m01);                    \
-                y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11)) + (m10 + m11);              \
-                y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21)) + (m20 + m21);              \
-                y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31)) + (m30 + m31);              \
+                const __m128 m = _mm_add_ps(mEven, mOdd);                                                          \
+                y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01)) + _mm_cvtss_f32(m);               \
+                y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11)) + _mm_cvtss_f32(_mm_movehdup_ps(m)); \
+                y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21)) + _mm_cvtss_f32(_mm_movehl_ps(m, m)); \
+                y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31)) + _mm_cvtss_f32(_mm_shuffle_ps(m, m, 0xff)); \
             }                                                                                                      \
         }                                                                                                          \
         for (int t = 4 * tiles; t < n; t++)                                                                        \
@@ -633,6 +633,15 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
                             ds + (size_t)t * blocks, y + (size_t)t * ldy + (rb0 - r0));                            \
     }                                                                                                              \
 }
+// One block of a Q1 tile: four tokens against one unpacked row block, and their offset terms.
+#define BK_GEMM_Q1_STEP(DOT4, B, A0, A1, A2, A3, M) {                                                             \
+    const __m256i q = unpacked[o + (B)];                                                                           \
+    const __m128 sc = _mm_mul_ps(_mm_set1_ps(wscale[o + (B)]), dT[B]);                                             \
+    M = _mm_add_ps(M, _mm_mul_ps(_mm_set1_ps(wmin[o + (B)]), sT[B]));                                              \
+    A0 = _mm256_fmadd_ps(BK_LANE0(sc), _mm256_cvtepi32_ps(DOT4(q, _mm256_loadu_si256((const __m256i *)(x0 + 32 * (B))))), A0); \
+    A1 = _mm256_fmadd_ps(BK_LANE1(sc), _mm256_cvtepi32_ps(DOT4(q, _mm256_loadu_si256((const __m256i *)(x1 + 32 * (B))))), A1); \
+    A2 = _mm256_fmadd_ps(BK_LANE2(sc), _mm256_cvtepi32_ps(DOT4(q, _mm256_loadu_si256((const __m256i *)(x2 + 32 * (B))))), A2); \
+    A3 = _mm256_fmadd_ps(BK_LANE3(sc), _mm256_cvtepi32_ps(DOT4(q, _mm256_loadu_si256((const __m256i *)(x3 + 32 * (B))))), A3); }
 
 #define BK_DOT4_AVX2(U, S) _mm256_madd_epi16(_mm256_maddubs_epi16(U, S), ones)
 #define BK_DOT4_VNNI(U, S) _mm256_dpbusd_epi32(_mm256_setzero_si256(), U, S)
