@@ -89,6 +89,57 @@ final class PromptSetTests: XCTestCase {
         XCTAssertEqual(steered.lastLayers, [0] + promptSet + [L - 1])
     }
 
+    /// The searches' shared measurement (`ChatEvaluator.compare(_:sets:part:)`): several sets run
+    /// on one conversation, each restarting from the first set's streams below its first
+    /// difference, give exactly what `compare` gives for each set alone, for prompt sets (reply
+    /// decided row by row by a scorer that mixes sets) and for reply sets (prompt at full
+    /// depth), with stand-ins on and the `fill` policy deferring skipped layers' K/V. Sets
+    /// differ from the first at an early, a middle and a late layer, one not at all.
+    func testSharedMeasurementEqualsEachSetAlone() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, routable = L - 2
+        let k = LayerBudget.routableCount(budget: 0.7, layers: L)
+        let first = Array(1...k)
+        let sets = [first, first.filter { $0 != 1 } + [routable], first.filter { $0 != 9 } + [routable - 1], first.filter { $0 != k } + [k + 2], first]
+        let masks = sets.map { LayerBudget.mask(layers: L, chosen: $0) }
+        let standIns = try XCTUnwrap(try Routers.standIns(model: m))
+        for part in [ChatEvaluator.SetPart.prompt, .reply] {
+            let s = Session(model: m, capacity: 256, threads: 2, batchSize: 64)
+            s.standIns = standIns
+            s.policy = .fill
+            s.promptDepth = part == .prompt ? .budget : .full
+            let evaluator = ChatEvaluator(session: s)
+            let ref = try evaluator.reference(prompt: evaluator.promptTokens("Name three rivers in Europe."), maxTokens: 24)
+            XCTAssertGreaterThan(ref.reply.count, 8)
+            func module(_ set: [Int]) throws -> DecisionModule {
+                let dm = try TestModules.withScorers(model: m, seed: 41, scored: [k])
+                dm.budget = Double(k) / Double(routable)
+                if part == .prompt { try dm.promptSets.set(set, kept: k); return dm }
+                let one = try dm.replacingChoice(.init(kept: k, sets: [set], names: ["reply search"]))
+                one.budget = dm.budget
+                return one
+            }
+            s.selector = try module(sets[0])
+            let shared = try XCTUnwrap(evaluator.compare(ref, sets: masks, part: part), "\(part)")
+            XCTAssertEqual(shared.count, sets.count)
+            for (i, set) in sets.enumerated() {
+                s.selector = try module(set)
+                let alone = try evaluator.compare(ref, batched: true)
+                XCTAssertEqual(shared[i].klSum, alone.klSum, "\(part) set \(i)")
+                XCTAssertEqual(shared[i].agreements, alone.agreements, "\(part) set \(i)")
+                XCTAssertEqual(shared[i].tokens, alone.tokens, "\(part) set \(i)")
+                XCTAssertGreaterThan(alone.klSum, 0, "\(part) set \(i)")
+            }
+            XCTAssertNotEqual(shared[1].klSum, shared[2].klSum, "the sets differ")
+            // The session is left clean: a plain comparison afterwards is unchanged.
+            s.selector = try module(sets[2])
+            XCTAssertEqual(try evaluator.compare(ref, batched: true).klSum, shared[2].klSum)
+        }
+        XCTAssertEqual(PromptSetSearch.sharingOrder([[true, true, false, true], [true, false, true, true], [true, true, true, true]]), [0, 1, 2],
+                       "the set whose differences from the others lie deepest runs first")
+        XCTAssertEqual(PromptSetSearch.sharingOrder([[true, false, true, true], [true, true, false, true], [true, true, true, true]]), [1, 0, 2])
+    }
+
     /// A reply set (`buddy train reply-sets`) replaces the module's choice at one k: every decode
     /// step at that budget runs exactly the set, the module becomes batchable there, and every
     /// other k, the prompt sets and the input normalisation are unchanged.

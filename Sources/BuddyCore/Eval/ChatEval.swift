@@ -177,6 +177,89 @@ public final class ChatEvaluator {
         return d
     }
 
+    /// Which part of a conversation the layer sets of `compare(_:sets:part:)` serve.
+    public enum SetPart: Sendable {
+        /// Each set is the prompt's; the reply is routed row by row by the session's selector,
+        /// which decides once, on the first set's run, for every set (its decisions read only
+        /// layer 0, which every set runs alike).
+        case prompt
+        /// The prompt runs at full depth, once; every reply row runs the set.
+        case reply
+    }
+
+    /// `compare` for several layer sets (masks over every layer) on one conversation, with the
+    /// work they share done once: the first set runs in full, keeping the residual streams
+    /// before every layer, and each other set restarts from the streams before the first layer
+    /// where it differs from the first (below it the cache holds the same values for both).
+    /// Each divergence equals `compare`'s with that set alone: as the prompt set of the
+    /// session's selector (`.prompt`), or as the selector's one choice for the reply with the
+    /// prompt at full depth (`.reply`). Nil when this cannot share (a prompt or reply longer
+    /// than one batch, a reply of one token, a selector that watches outputs or does not
+    /// decide row by row, positions being recorded): call `compare` per set then.
+    public func compare(_ ref: ChatReference, sets: [[Bool]], part: SetPart) -> [ChatDivergence]? {
+        let t = session.model.transformer, b = session.batch, cache = session.cache
+        let L = session.model.config.layers, dim = session.model.config.dim, vocab = session.model.config.vocabSize
+        let p = ref.prompt.count, m = ref.reply.count - 1
+        guard let base = sets.first, sets.allSatisfy({ $0.count == L && $0[0] && $0[L - 1] }),
+              p >= 1, p <= b.maxTokens, m >= 1, m <= b.maxTokens, !recordsPositions,
+              !(session.selector is OutputWatchingSelector), part == .reply || session.selector is RowwiseLayerSelector else { return nil }
+        // The token positions exactly as `compare` hands them to the model.
+        let tokens = ref.prompt + ref.reply[0..<m]
+        // [layers × rows × dim] the streams entering each layer, prompt and reply
+        let promptStreams = UnsafeMutablePointer<Float>.allocate(capacity: L * p * dim)
+        let replyStreams = UnsafeMutablePointer<Float>.allocate(capacity: L * m * dim)
+        defer { promptStreams.deallocate(); replyStreams.deallocate() }
+        func keep(_ streams: UnsafeMutablePointer<Float>, _ n: Int) -> (Int) -> Void {
+            { l in (streams + l * n * dim).update(from: b.x, count: n * dim) }
+        }
+        func restore(_ streams: UnsafeMutablePointer<Float>, _ n: Int, before l: Int) {
+            b.x.update(from: streams + l * n * dim, count: n * dim)
+        }
+        func replyRows(_ d: inout ChatDivergence) {
+            t.batchLogitsAll(n: m, b, rows)
+            for i in 1...m { add(rows + (i - 1) * vocab, t: i, ref, &d) }
+        }
+
+        // The first set, in full, as `compare` runs it.
+        session.reset()
+        var first = ChatDivergence()
+        t.routedForward(tokens[0..<p], start: 0, b, cache, routing: part == .prompt ? .fixed(base) : .allLayers, policy: session.policy,
+                        beforeLayer: keep(promptStreams, p))
+        t.batchLogits(row: p - 1, b, session.decode)
+        add(session.decode.logits, t: 0, ref, &first)
+        let afterPrompt = first
+        let decided = t.routedForward(tokens[p..<p + m], start: p, b, cache,
+                                      routing: part == .prompt ? .session(session.selector, perRow: true) : .fixed(base),
+                                      policy: session.policy, beforeLayer: keep(replyStreams, m))
+        replyRows(&first)
+
+        var out = [first]
+        for set in sets.dropFirst() {
+            guard let f = (1..<L - 1).first(where: { set[$0] != base[$0] }) else { out.append(first); continue }
+            var d = ChatDivergence()
+            switch part {
+            case .prompt:
+                restore(promptStreams, p, before: f)
+                t.routedForward(tokens[0..<p], start: 0, b, cache, routing: .fixed(set), policy: session.policy, fromLayer: f)
+                t.batchLogits(row: p - 1, b, session.decode)
+                add(session.decode.logits, t: 0, ref, &d)
+                restore(replyStreams, m, before: f)
+                t.routedForward(tokens[p..<p + m], start: p, b, cache, routing: .rows(decided), policy: session.policy, fromLayer: f)
+            case .reply:
+                // The prompt is the same for every set, and so is the row predicting reply token 0.
+                d = afterPrompt
+                restore(replyStreams, m, before: f)
+                t.routedForward(tokens[p..<p + m], start: p, b, cache, routing: .fixed(set), policy: session.policy, fromLayer: f)
+            }
+            replyRows(&d)
+            out.append(d)
+        }
+        // The cache now holds the last set's conversation, which the session's tokens do not
+        // describe: start the next use afresh.
+        session.reset()
+        return out
+    }
+
     /// KL(reference row t ‖ logits) and top-1 agreement for one reply position.
     private func add(_ logits: UnsafePointer<Float>, t: Int, _ ref: ChatReference, _ d: inout ChatDivergence) {
         let vocab = session.model.config.vocabSize

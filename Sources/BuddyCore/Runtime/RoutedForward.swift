@@ -11,6 +11,9 @@ public enum LayerRouting {
     /// One decision per row, each as a decode step at that position would make it (teacher
     /// forcing with exactly the decisions of token-by-token routing), still as one batch.
     case perRow(RowwiseLayerSelector)
+    /// Decisions already made, one mask per row (a `.perRow` pass run again from a later
+    /// layer, as searches do to share the layers below a candidate's first difference).
+    case rows([[Bool]])
 }
 
 /// The routed forward pass: embed, run layer 0, decide, then run or skip each later layer,
@@ -24,7 +27,7 @@ extension Transformer {
     /// - fromLayer: 0 embeds the tokens. A later layer restarts there from the residual
     ///   streams already in b.x (kept by `beforeLayer` on an earlier pass whose masks agree
     ///   below it), which searches use to share the layers under a candidate's first
-    ///   difference; only `.allLayers` and `.fixed` can restart (no decision is remade).
+    ///   difference; only `.allLayers`, `.fixed` and `.rows` can restart (no decision is remade).
     /// - endLayer: stop before this layer (nil: run to the end). With endLayer 1 only layer 0
     ///   runs and no decision is made (the routing context alone).
     /// - beforeLayer: called with l before layer l runs or is skipped, when b.x holds the
@@ -49,6 +52,9 @@ extension Transformer {
         case .fixed(let mask):
             precondition(mask.count == L && mask[0] && mask[L - 1], "a layer mask has \(L) entries with the first and last layer set")
             rows = [[Bool]](repeating: mask, count: n)
+        case .rows(let stored):
+            precondition(stored.count == n && stored.allSatisfy { $0.count == L && $0[0] && $0[L - 1] }, "one mask of \(L) layers per row")
+            rows = stored
         case .perChunk(let selector):
             precondition(fromLayer == 0, "a routed chunk cannot restart above layer 0")
             rows = end > 1 ? [[Bool]](repeating: selector.selectLayers(chunkStart: start, count: n, batch: b, cache: cache), count: n)
@@ -78,6 +84,9 @@ extension Transformer {
         case .fixed(let mask): runs = mask
         case .perChunk(let selector): runs = selector.selectLayers(position: pos, state: s, cache: cache)
         case .perRow(let selector): runs = selector.selectLayers(position: pos, state: s, cache: cache)
+        case .rows(let stored):
+            precondition(stored.count == 1, "a decode step runs one stored mask")
+            runs = stored[0]
         }
         for l in 1..<config.layers {
             if runs[l] { runLayer(l, pos: pos, s, cache) } else { skipLayer(l, pos: pos, policy: policy, s, cache) }
