@@ -13,17 +13,15 @@
 # routers/buddy-router.json in place: afterwards `git diff routers/buddy-router.json` shows whether
 # the chain reproduced the shipped file. Each command checkpoints its measurements and resumes
 # when rerun; a finished step is marked in .build/train-router/ and skipped on the next run.
-# Time on 2 cores: 70–100 minutes for step 1 (measured twice), and by the docs' per-search figures
-# about three hours more for the searches (estimated; the chain has not been timed in one go).
-# Checked on 2026-12-06, each step alone on the file as the step before left it: step 6 (from
-# commit 1b1f55d) wrote the shipped file byte for byte (40 minutes), step 5 (from 1403225) wrote
-# 1b1f55d's file byte for byte (18 minutes), step 4 (from b264195) wrote 1403225's file byte for
-# byte (17 minutes). Step 1 reproduced its router in full on 2026-12-04 (docs/TRAINING.md).
+# Time on 2 cores: 70–100 minutes for step 1 (measured twice); steps 3, 4, 5 and 6 took 4, 6, 5
+# and 25 minutes on 2026-12-06 (the searches measure each round's sets as groups sharing their
+# common layers, commit 979d8a0), step 2 43 minutes with an earlier binary (about 25 by the
+# figures of steps 4 and 5): about two and a half hours in all.
 # Steps 3-5 reuse the measurements of step 2's first round (a prompt-set search keeps its
 # checkpoint, routers/buddy-router.json.prompt-sets.checkpoint.json; --fresh removes it).
-# Since commit 32ddf43 (the Decision Module's pooled context no longer carries one conversation
-# into the next) steps 2-6 measure some chat differently, so this binary no longer writes the
-# shipped file byte for byte; the binary of commit ebb1b7e does (docs/TRAINING.md).
+# Checked on 2026-12-06 with the binary of this day (after the pooled-context fix, 32ddf43):
+# steps 2-6 from step 1's file (commit 0dc5746) wrote the shipped file byte for byte. Step 1
+# reproduced its router in full on 2026-12-04 (docs/TRAINING.md).
 # Data: ../shared/data (WikiText-2 validation and MT-Bench, as the recorded commands name them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
