@@ -13,10 +13,10 @@
 # routers/buddy-router.json in place: afterwards `git diff routers/buddy-router.json` shows whether
 # the chain reproduced the shipped file. Each command checkpoints its measurements and resumes
 # when rerun; a finished step is marked in .build/train-router/ and skipped on the next run.
-# Time on 2 cores: 70–100 minutes for step 1 (measured twice); steps 3, 4, 5 and 6 took 4, 6, 5
-# and 25 minutes on 2026-12-06 (the searches measure each round's sets as groups sharing their
-# common layers, commit 979d8a0), step 2 43 minutes with an earlier binary (about 25 by the
-# figures of steps 4 and 5): about two and a half hours in all.
+# Time on 2 cores: 70–100 minutes for step 1 (measured twice); on 2026-12-06 step 2 took 24
+# minutes, step 3 4 minutes a round (about 12), steps 4, 5 and 6 6, 5 and 25 minutes (the searches
+# measure each round's sets as groups sharing their common layers, commit 979d8a0): about two and
+# a half hours in all.
 # Steps 3-5 reuse the measurements of step 2's first round (a prompt-set search keeps its
 # checkpoint, routers/buddy-router.json.prompt-sets.checkpoint.json; --fresh removes it).
 # Checked on 2026-12-06 with the binary of this day (after the pooled-context fix, 32ddf43):
