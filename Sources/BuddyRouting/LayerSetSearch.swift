@@ -188,7 +188,7 @@ public final class LayerSetSearch {
     public func objectives(base: [Bool], candidates: [[Bool]]) -> [Double] {
         let L = model.config.layers, dim = model.config.dim
         var totals = [Double](repeating: 0, count: candidates.count)
-        let firsts = candidates.map { c in (0..<L).first { c[$0] != base[$0] } ?? L }
+        let firsts = candidates.map { LayerBudget.firstDifference($0, base) ?? L }
         for (i, s) in sequences.enumerated() {
             let n = s.tokens.count
             run(s, from: 0, runs: base, keepStreams: true)

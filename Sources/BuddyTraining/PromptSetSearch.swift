@@ -243,16 +243,19 @@ public enum PromptSetSearch {
                 let order = sharingOrder(masks)
                 var totals = [ChatDivergence](repeating: ChatDivergence(), count: missing.count)
                 let bar = report.progress(label + " (\(missing.count) sets)", references.count)
+                // The first set's selector decides the shared reply (the prompt part) or is not
+                // consulted (the reply part); a conversation that cannot share runs every set alone.
+                let base = try configure(missing[order[0]], k: k)
+                let batchable = Routers.canBatch(base, budget: base.budget)
                 for (i, ref) in references.enumerated() {
-                    let selector = try configure(missing[order[0]], k: k)
-                    if Routers.canBatch(selector, budget: selector.budget),
-                       let shared = evaluator.compare(ref, sets: order.map { masks[$0] }, part: o.part == .prompt ? .prompt : .reply) {
+                    if batchable, let shared = evaluator.compare(ref, sets: order.map { masks[$0] }, part: o.part == .prompt ? .prompt : .reply) {
                         for (j, d) in zip(order, shared) { totals[j].add(d) }
                     } else {
                         for j in missing.indices {
                             let alone = try configure(missing[j], k: k)
                             totals[j].add(try evaluator.compare(ref, batched: Routers.canBatch(alone, budget: alone.budget)))
                         }
+                        _ = try configure(missing[order[0]], k: k)
                     }
                     bar.update(i + 1, detail: String(format: "KL %.4f .. %.4f", totals.map(\.meanKL).min() ?? .nan, totals.map(\.meanKL).max() ?? .nan))
                 }
@@ -357,21 +360,21 @@ public enum PromptSetSearch {
         return outcomes
     }
 
-    /// The mask run most often; among equally frequent ones the one that runs the earliest
-    /// layers (lexicographic order, a layer run before one skipped), so a rerun starts from the
-    /// same set whatever order the dictionary holds them in (Swift seeds its hashing per process).
     /// The order in which `ChatEvaluator.compare(_:sets:part:)` should run `masks`: first the
     /// one whose first differences from the others lie deepest (the least work redone), then
     /// the others as given.
     public static func sharingOrder(_ masks: [[Bool]]) -> [Int] {
         guard let L = masks.first?.count else { return [] }
         func redone(_ b: Int) -> Int {
-            masks.indices.reduce(0) { sum, j in sum + L - ((0..<L).first { masks[j][$0] != masks[b][$0] } ?? L) }
+            masks.indices.reduce(0) { sum, j in sum + L - (LayerBudget.firstDifference(masks[j], masks[b]) ?? L) }
         }
         let base = masks.indices.min { redone($0) < redone($1) }!
         return [base] + masks.indices.filter { $0 != base }
     }
 
+    /// The mask run most often; among equally frequent ones the one that runs the earliest
+    /// layers (lexicographic order, a layer run before one skipped), so a rerun starts from the
+    /// same set whatever order the dictionary holds them in (Swift seeds its hashing per process).
     public static func mostFrequent(_ masks: [[Bool]: Int]) -> [Bool]? {
         masks.min { a, b in
             a.value != b.value ? a.value > b.value : a.key.lexicographicallyPrecedes(b.key) { $0 && !$1 }

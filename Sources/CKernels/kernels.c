@@ -526,9 +526,10 @@ BK_AVX2 static void gemm_q_0_avx2(const uint8_t *w, size_t rb, int bytes, int r0
 #define BK_LANE2(v) _mm256_broadcastss_ps(_mm_movehl_ps(v, v))
 #define BK_LANE3(v) _mm256_broadcastss_ps(_mm_shuffle_ps(v, v, 0xff))
 
-// The four tokens' scales of block b side by side: out[b] = (s[b], s[b + stride], s[b + 2·stride], s[b + 3·stride]).
-#define BK_SIDE_BY_SIDE(OUT, S, STRIDE, BLOCKS) \
-    for (int b_ = 0; b_ < (BLOCKS); b_++) OUT[b_] = _mm_setr_ps((S)[b_], (S)[b_ + (STRIDE)], (S)[b_ + 2 * (STRIDE)], (S)[b_ + 3 * (STRIDE)]);
+// The four tokens' scales of block b side by side (each token's row holds `blocks` scales):
+// out[b] = (s[b], s[b + blocks], s[b + 2·blocks], s[b + 3·blocks]).
+#define BK_SIDE_BY_SIDE(OUT, S, BLOCKS) \
+    for (int b_ = 0; b_ < (BLOCKS); b_++) OUT[b_] = _mm_setr_ps((S)[b_], (S)[b_ + (BLOCKS)], (S)[b_ + 2 * (BLOCKS)], (S)[b_ + 3 * (BLOCKS)]);
 
 // Q8_0/Q4_0/Q5_0: w·a as |w|·(a with w's sign), as BK_Q8_0_STEP.
 #define BK_GEMM_Q0_UNPACKED(NAME, TARGET, DOT4)                                                                   \
@@ -555,7 +556,7 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
         for (int tile = 0; tile < tiles; tile++) {                                                                 \
             const int t = 4 * tile;                                                                                \
             const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;             \
-            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks, blocks)                                            \
+            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks)                                                    \
             for (int r = rb0; r < rb1; r++) {                                                                      \
                 const __m256i *u = unpacked + 2 * (size_t)(r - rb0) * blocks;                                      \
                 const float *ws = wscale + (r - rb0) * blocks;                                                     \
@@ -610,8 +611,8 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
         for (int tile = 0; tile < tiles; tile++) {                                                                 \
             const int t = 4 * tile;                                                                                \
             const int8_t *x0 = qs + (size_t)t * cols, *x1 = x0 + cols, *x2 = x1 + cols, *x3 = x2 + cols;             \
-            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks, blocks)                                            \
-            BK_SIDE_BY_SIDE(sT, ds + (size_t)t * blocks, blocks, blocks)                                           \
+            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks)                                                    \
+            BK_SIDE_BY_SIDE(sT, ds + (size_t)t * blocks, blocks)                                                   \
             for (int r = rb0; r < rb1; r++) {                                                                      \
                 const int o = (r - rb0) * blocks;                                                                  \
                 __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00; \

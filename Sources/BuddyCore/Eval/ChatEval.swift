@@ -235,7 +235,7 @@ public final class ChatEvaluator {
 
         var out = [first]
         for set in sets.dropFirst() {
-            guard let f = (1..<L - 1).first(where: { set[$0] != base[$0] }) else { out.append(first); continue }
+            guard let f = LayerBudget.firstDifference(set, base) else { out.append(first); continue }
             var d = ChatDivergence()
             switch part {
             case .prompt:

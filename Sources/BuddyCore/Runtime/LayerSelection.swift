@@ -10,6 +10,13 @@ public enum LayerBudget {
         return min(r, max(1, Int((budget * Double(r)).rounded(.toNearestOrAwayFromZero))))
     }
 
+    /// The first layer where two run masks differ (nil: they are equal). A pass with `b` can
+    /// restart there from the streams a pass with `a` kept (`routedForward`'s `fromLayer`).
+    public static func firstDifference(_ a: [Bool], _ b: [Bool]) -> Int? {
+        precondition(a.count == b.count, "masks of different lengths")
+        return a.indices.first { a[$0] != b[$0] }
+    }
+
     /// The run mask for a set of chosen routable layers (indices into 0..<layers).
     public static func mask(layers: Int, chosen: some Sequence<Int>) -> [Bool] {
         var m = [Bool](repeating: false, count: layers)
