@@ -62,6 +62,10 @@ final class StandInTests: XCTestCase {
         var fast = x0, scratch = [Float](repeating: 0, count: dim), proj = [Float](repeating: 0, count: rank)
         s.apply(layer: 0, &fast, normed: &scratch, projected: &proj)
         XCTAssertEqual(fast, expected)
+        // Decode splits both products by rows across two threads: the same numbers.
+        var split = x0
+        s.apply(layer: 0, &split, normed: &scratch, projected: &proj, split: StandInProducts(pool: ThreadPool.shared(threads: 2)))
+        XCTAssertEqual(split, expected)
         // Full-precision weights (a fit in progress) keep the fp32 kernel.
         let exact = try StandIns(dim: dim, eps: 1e-5, layers: [StandIns.Layer(rank: rank, bias: layer.bias, down: layer.down.map { $0 + 1e-6 }, up: layer.up)])
         XCTAssertFalse(exact.usesHalfWeights(layer: 0))

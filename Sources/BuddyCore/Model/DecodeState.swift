@@ -26,6 +26,8 @@ public final class DecodeState: @unchecked Sendable {
     let gateUpOut: [UnsafeMutablePointer<Float>]
     /// The attention heads of one layer as a parallel loop (its parameters set per layer).
     let attention = AttentionHeads()
+    /// A skipped layer's stand-in products as a parallel loop.
+    let standInProducts: StandInProducts
     /// Use the plain fp32 reference path (dequantised weights, fp32 activations, scalar code).
     public var reference = false
     public var trace: TraceSink?
@@ -60,6 +62,7 @@ public final class DecodeState: @unchecked Sendable {
         scratch = .allocate(capacity: wide)
         xq = Q8Activations(capacity: (wide + 31) / 32 * 32)
         matvec = MatVec(pool: pool, maxCols: wide)
+        standInProducts = StandInProducts(pool: pool)
         qkvOut = [q, k, v]
         kvOut = [k, v]
         gateUpOut = [hb, hb2]
@@ -213,7 +216,7 @@ extension Transformer {
                 standIns.applyRef(layer: l, s.x, normed: s.xb, projected: s.scratch)
             } else {
                 let start = monotonicSeconds()
-                standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch)
+                standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch, split: s.standInProducts)
                 s.standInSeconds += monotonicSeconds() - start
             }
         }

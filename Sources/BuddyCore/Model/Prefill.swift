@@ -127,10 +127,8 @@ extension Transformer {
             } else {
                 b.saved.update(from: b.x, count: n * dim)
                 prefillLayer(l, n: n, start: start, b, cache, skipping: { !rowRuns[$0][l] }, policy: policy)
-                for i in 0..<n where !rowRuns[i][l] {
-                    (b.x + i * dim).update(from: b.saved + i * dim, count: dim)
-                    applyStandIn(l, row: i, b)
-                }
+                for i in 0..<n where !rowRuns[i][l] { (b.x + i * dim).update(from: b.saved + i * dim, count: dim) }
+                applyStandIns(l, n: n, b) { !rowRuns[$0][l] }
             }
         }
         cache.count = max(cache.count, start + n)
@@ -204,8 +202,20 @@ extension Transformer {
         standIns.apply(layer: l, b.x + i * dim, normed: b.xb + i * dim, projected: b.g + i * config.ffnDim)
     }
 
+    /// The stand-in of layer l on every row of the chunk that `skips` (all when nil), the rows
+    /// shared out across the pool (each row is computed whole by one thread, so the numbers do
+    /// not depend on the split).
+    func applyStandIns(_ l: Int, n: Int, _ b: BatchState, skips: ((Int) -> Bool)? = nil) {
+        guard b.standIns?.layers[l] != nil else { return }
+        let tasks = min(n, b.pool.threads)
+        let perTask = (n + tasks - 1) / tasks
+        b.pool.parallelFor(tasks) { t in
+            for i in t * perTask..<min(n, (t + 1) * perTask) where skips?(i) ?? true { self.applyStandIn(l, row: i, b) }
+        }
+    }
+
     func skipLayerBatch(_ l: Int, n: Int, start: Int, policy: KVPolicy, _ b: BatchState, _ cache: KVCache) {
-        defer { for i in 0..<n { applyStandIn(l, row: i, b) } }
+        defer { applyStandIns(l, n: n, b) }
         let c = config, w = layers[l]
         switch policy {
         case .mask:

@@ -145,6 +145,54 @@ extension StandIns {
     }
 }
 
+extension StandIns {
+    /// `apply` with both products split by rows across `split`'s pool: every row's dot product
+    /// is still computed whole by one thread with the same kernel, so the numbers are those of
+    /// `apply`. Decode calls this: one token's stand-in is two small products (a rank-128 one
+    /// reads 295 KB), which one core streams at about half the rate two cores draw.
+    @inline(__always)
+    public func apply(layer l: Int, _ x: UnsafeMutablePointer<Float>, normed: UnsafeMutablePointer<Float>,
+                      projected: UnsafeMutablePointer<Float>, split: StandInProducts) {
+        guard let s = layers[l] else { return }
+        guard let h = halfWeights[l], split.pool.threads > 1 else { return apply(layer: l, x, normed: normed, projected: projected) }
+        let n = dim, r = s.rank
+        let scale = 1 / (vectorDot(x, x, n) / Float(n) + eps).squareRoot()
+        for i in 0..<n { normed[i] = x[i] * scale }
+        h.down.withUnsafeBufferPointer { a in split.run(a.baseAddress!, rows: r, cols: n, normed, projected) }
+        h.up.withUnsafeBufferPointer { b in split.run(b.baseAddress!, rows: n, cols: r, projected, normed) }
+        s.bias.withUnsafeBufferPointer { c in for i in 0..<n { x[i] += c[i] + normed[i] } }
+    }
+}
+
+/// One half-precision product y = W·x as a parallel loop over contiguous row ranges (a reusable
+/// object, so a decode step allocates nothing). Owned by a decode state.
+public final class StandInProducts: ParallelTasks, @unchecked Sendable {
+    public let pool: ThreadPool
+    private var weights: UnsafePointer<UInt16>?
+    private var x: UnsafePointer<Float>?
+    private var y: UnsafeMutablePointer<Float>?
+    private var cols = 0, rows = 0, perTask = 0
+
+    public init(pool: ThreadPool) { self.pool = pool }
+
+    /// y[0..<rows] = W·x for W [rows × cols] in half precision, row-major.
+    @inline(__always)
+    func run(_ w: UnsafePointer<UInt16>, rows: Int, cols: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
+        weights = w; self.x = x; self.y = y; self.rows = rows; self.cols = cols
+        let tasks = pool.threads
+        perTask = (rows + tasks - 1) / tasks
+        pool.parallelFor(tasks, self)
+        weights = nil; self.x = nil; self.y = nil
+    }
+
+    public func runTask(_ t: Int) {
+        guard let weights, let x, let y else { return }
+        let r0 = t * perTask, r1 = min(rows, r0 + perTask)
+        guard r0 < r1 else { return }
+        bk_matvec_half(1, weights, 2 * cols, Int32(r0), Int32(r1), Int32(cols), x, y + r0)
+    }
+}
+
 @inline(__always) private func vectorDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float { dotF32(x, y, count: n) }
 @inline(__always) private func scalarDot(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ n: Int) -> Float { dotF32Ref(x, y, count: n) }
 
