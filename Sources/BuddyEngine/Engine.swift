@@ -27,6 +27,8 @@ public struct EngineOptions: Sendable {
     public var steering = BudgetSteering.onByDefault
     /// What a skipped layer adds to the residual stream (nil: nothing).
     public var standIns: StandIns?
+    /// The output head of tokens that run few layers.
+    public var head: HeadChoice = .standard
     public var maxTokens = 512
     public var context = 2048
     public var threads = 2
@@ -239,6 +241,7 @@ public final class ChatEngine: @unchecked Sendable {
         session.policy = options.kvPolicy
         session.promptDepth = options.promptDepth
         session.standIns = options.standIns
+        session.head = options.head
         conversation = Conversation(template: model.template, system: options.system)
         sampler = Sampler(options.sampling)
         let name = URL(fileURLWithPath: model.path).deletingPathExtension().lastPathComponent

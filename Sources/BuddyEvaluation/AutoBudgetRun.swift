@@ -22,6 +22,8 @@ public enum AutoBudgetRun {
         /// With `steering`: the fixed budgets are steered too, so auto and fixed differ only in
         /// the predictor's choice (each auto row is then the steered fixed run at its budget).
         public var steerFixed = false
+        /// The output head of tokens that run few layers.
+        public var head: HeadChoice = .standard
         public init(prompts: ChatPromptSelection, qualityTolerance: String? = nil, fullDepthShare: String? = nil, predictor: String? = nil, router: String = "buddy", standIns: StandInChoice = .auto, csv: String? = nil, threads: Int = 2) {
             self.prompts = prompts
             self.qualityTolerance = qualityTolerance
@@ -79,6 +81,7 @@ public enum AutoBudgetRun {
         let model = try loadModel()
         let L = model.config.layers
         let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
+        session.head = o.head
         session.standIns = try o.standIns.resolve(model: model, note: report.note)
         let evaluator = ChatEvaluator(session: session)
         let predictorModel: BudgetPredictor

@@ -16,7 +16,10 @@ public enum BenchRun {
         public var steering: Bool = BudgetSteering.onByDefault
         public var json: Bool = false
         public var threads: Int = 2
-        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = BudgetSteering.onByDefault, json: Bool = false, threads: Int = 2) {
+        /// The output head of tokens that run few layers.
+        public var head: HeadChoice = .standard
+        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = BudgetSteering.onByDefault, json: Bool = false, threads: Int = 2, head: HeadChoice = .standard) {
+            self.head = head
             self.promptTokens = promptTokens
             self.genTokens = genTokens
             self.budgets = budgets
@@ -54,6 +57,7 @@ public enum BenchRun {
         let (promptTokens, genTokens, runs, json) = (o.promptTokens, o.genTokens, o.runs, o.json)
         let capacity = promptTokens + genTokens + 1
         let session = Session(model: model, capacity: capacity, threads: o.threads, batchSize: min(promptTokens, 512))
+        session.head = o.head
         // A natural-text prompt of exactly promptTokens tokens.
         let seed = "The history of the region is long and varied. Over the centuries many peoples settled its valleys, built towns along its rivers and traded with distant lands. "
         var ids: [Int32] = []
@@ -112,7 +116,6 @@ public enum BenchRun {
             if r > 0 && !json { report.note("round \(r)/\(runs): decode " + series.map { String(format: "%.1f", $0.decode.last!) }.joined(separator: " / ") + " tok/s") }
         }
         let fullIndex = budgetList.firstIndex { $0 >= 1 }
-        let headSeconds = secondsPerHead(model.transformer, session.decode)
         for (i, b) in budgetList.enumerated() {
             let s = series[i]
             let p = median(s.prefill), d = median(s.decode), routingShare = median(s.routingShares)
@@ -121,8 +124,9 @@ public enum BenchRun {
             let rss = peakRSSMegabytes()
             // The stand-ins' own time within the decode steps (timed where they run).
             let standInShare = median(s.standInShares)
-            // The final norm and output head run once per token whatever the budget.
-            let headShare = headSeconds * d
+            // The final norm and output head run once per token whatever the budget (the screened
+            // head where the budget's tokens read it).
+            let headShare = secondsPerHead(model.transformer, session.decode, layersRun: Int(s.layersPerToken.rounded())) * d
             if json {
                 report.line("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(o.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
                     + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", routingShare)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
@@ -136,12 +140,12 @@ public enum BenchRun {
     /// Time of the final norm and output head for one decode token (`computeLogits`), measured
     /// apart like the stand-ins: the median over 5 batches of 10 applications to the state's
     /// current residual stream (after a warm-up one). Overwrites `state.logits`.
-    public static func secondsPerHead(_ transformer: Transformer, _ state: DecodeState) -> Double {
-        transformer.computeLogits(state)
+    public static func secondsPerHead(_ transformer: Transformer, _ state: DecodeState, layersRun: Int? = nil) -> Double {
+        transformer.computeLogits(state, layersRun: layersRun)
         var batches: [Double] = []
         for _ in 0..<5 {
             let t0 = monotonicSeconds()
-            for _ in 0..<10 { transformer.computeLogits(state) }
+            for _ in 0..<10 { transformer.computeLogits(state, layersRun: layersRun) }
             batches.append((monotonicSeconds() - t0) / 10)
         }
         return median(batches)

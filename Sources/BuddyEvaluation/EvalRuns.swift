@@ -10,7 +10,11 @@ public struct EvalGrid {
     public var router: String?
     public var kvPolicy: KVPolicy = .fill
     public var standIns: String = "auto"
-    public init(budgets: String = "1", methods: String = "buddy", router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: String = "auto") {
+    /// The output head of tokens that run few layers (every method alike).
+    public var head: HeadChoice = .standard
+    public init(budgets: String = "1", methods: String = "buddy", router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: String = "auto",
+                head: HeadChoice = .standard) {
+        self.head = head
         self.budgets = budgets
         self.methods = methods
         self.router = router
@@ -176,6 +180,7 @@ public enum PerplexityRun {
         if text.hasSuffix("\n") { text.removeLast() }
         let model = try loadModel()
         let evaluator = PerplexityEvaluator(model: model, contextSize: o.ctx, threads: o.threads)
+        evaluator.head = o.grid.head
         let tokens = evaluator.tokenize(text)
         let available = tokens.count / o.ctx - o.skipChunks
         guard available > 0 else { throw ToolError("'\(o.data)' has \(tokens.count) tokens: no chunk of \(o.ctx) left after skipping \(o.skipChunks)") }
@@ -257,6 +262,7 @@ public enum HellaSwagRun {
         if let limit = o.limit { tasks = Array(tasks.prefix(limit)) }
         let model = try loadModel()
         let session = Session(model: model, capacity: 512, threads: o.threads, batchSize: 128)
+        session.head = o.grid.head
         let kvPolicy = o.grid.kvPolicy
         session.policy = kvPolicy
         var table = EvalTable(metrics: ["acc_norm", "n"], headers: ["acc_norm", "n"], formats: ["%.4f", "%.0f"], kvPolicy: kvPolicy.rawValue)
@@ -313,6 +319,7 @@ public enum ChatFidelityRun {
         let session = Session(model: model, capacity: 2048, threads: threads, batchSize: 256)
         session.policy = grid.kvPolicy
         session.promptDepth = promptDepth
+        session.head = grid.head
         let evaluator = ChatEvaluator(session: session)
         evaluator.recordsPositions = positions
         var positionRows = positions ? [positionHeader] : []

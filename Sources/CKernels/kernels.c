@@ -1263,3 +1263,114 @@ void bk_attend(const float *q, const float *keys, const float *values, size_t st
     for (int t = 0; t < n; t++)
         if (scores[t] != 0) bk_axpy_f32(scores[t], values + (size_t)t * stride, out, hd);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The screened output head (BuddyCore/Model/ScreenedHead.swift): a 4-bit copy of the head laid
+// out for this one product. Rows come in groups of 8 and columns in pairs of 32-column blocks;
+// per group and pair, BK_SCREEN_PAIR_BYTES bytes: 16 half scales (the group's 8 rows for the
+// pair's first block, then for its second), then per row 32 bytes whose low nibbles are the
+// first block's columns and high nibbles the second's; a weight is scale · (nibble − 8).
+// Per row, in block order: acc = fma(scale · d_a, (float)Σ (nibble − 8)·a, acc); the integer
+// sum is Σ nibble·a − 8·Σ a (exact), so the vector path, the portable path and the Swift twin
+// agree bit for bit. A group's 8 rows share each activation load, and one reduction turns the
+// 8 rows' lane sums into 8 row sums: about half the instructions per weight of the Q4_0
+// matvec, which on AVX2 is bound by instructions rather than by memory.
+#define BK_SCREEN_PAIR_BYTES 288
+
+static void screen_q4_portable(const uint8_t *w, int g0, int g1, int pairs, const int8_t *qs, const float *d,
+                               const int32_t *sums, float *y) {
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *group = w + (size_t)g * pairs * BK_SCREEN_PAIR_BYTES;
+        for (int j = 0; j < 8; j++) {
+            float acc = 0;
+            for (int q = 0; q < pairs; q++) {
+                const uint8_t *p = group + (size_t)q * BK_SCREEN_PAIR_BYTES;
+                for (int half = 0; half < 2; half++) {
+                    int b = 2 * q + half;
+                    int32_t isum = 0;
+                    for (int c = 0; c < 32; c++) {
+                        uint8_t byte = p[32 + 32 * j + c];
+                        isum += (int32_t)(half ? byte >> 4 : byte & 15) * qs[32 * b + c];
+                    }
+                    isum -= 8 * sums[b];
+                    float scale = h2f(load_u16(p + 2 * (8 * half + j)));
+                    acc = fmaf(scale * d[b], (float)isum, acc);
+                }
+            }
+            y[8 * (g - g0) + j] = acc;
+        }
+    }
+}
+
+#if BK_X86
+// Eight vectors of 8 int32 lane sums → one vector of their 8 totals, in order.
+BK_AVX2 static inline __m256i reduce8_epi32(const __m256i s[8]) {
+    __m256i h01 = _mm256_hadd_epi32(s[0], s[1]), h23 = _mm256_hadd_epi32(s[2], s[3]);
+    __m256i h45 = _mm256_hadd_epi32(s[4], s[5]), h67 = _mm256_hadd_epi32(s[6], s[7]);
+    __m256i h0123 = _mm256_hadd_epi32(h01, h23), h4567 = _mm256_hadd_epi32(h45, h67);
+    return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20), _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+BK_AVX2 static void screen_q4_avx2(const uint8_t *w, int g0, int g1, int pairs, const int8_t *qs, const float *d,
+                                   const int32_t *sums, float *y) {
+    const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(15);
+    for (int g = g0; g < g1; g++) {
+        const uint8_t *p = w + (size_t)g * pairs * BK_SCREEN_PAIR_BYTES;
+        __m256 acc = _mm256_setzero_ps();
+        for (int q = 0; q < pairs; q++, p += BK_SCREEN_PAIR_BYTES) {
+            for (int k = 0; k < BK_SCREEN_PAIR_BYTES; k += 64) __builtin_prefetch(p + BK_PREFETCH_AHEAD + k, 0, 3);
+            const __m256i a0 = _mm256_loadu_si256((const __m256i *)(qs + 64 * q));
+            const __m256i a1 = _mm256_loadu_si256((const __m256i *)(qs + 64 * q + 32));
+            __m256i s0[8], s1[8];
+            for (int j = 0; j < 8; j++) {
+                __m256i raw = _mm256_loadu_si256((const __m256i *)(p + 32 + 32 * j));
+                __m256i n0 = _mm256_and_si256(raw, low), n1 = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+                s0[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(n0, a0), ones);
+                s1[j] = _mm256_madd_epi16(_mm256_maddubs_epi16(n1, a1), ones);
+            }
+            __m256i r0 = _mm256_sub_epi32(reduce8_epi32(s0), _mm256_set1_epi32(8 * sums[2 * q]));
+            __m256i r1 = _mm256_sub_epi32(reduce8_epi32(s1), _mm256_set1_epi32(8 * sums[2 * q + 1]));
+            __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+            __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16)));
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(w0, _mm256_set1_ps(d[2 * q])), _mm256_cvtepi32_ps(r0), acc);
+            acc = _mm256_fmadd_ps(_mm256_mul_ps(w1, _mm256_set1_ps(d[2 * q + 1])), _mm256_cvtepi32_ps(r1), acc);
+        }
+        _mm256_storeu_ps(y + 8 * (g - g0), acc);
+    }
+}
+#endif
+
+void bk_screen_q4(const void *w, int g0, int g1, int cols, const int8_t *qs, const float *d, const int32_t *sums, float *y) {
+    init_half_table();
+    const uint8_t *base = (const uint8_t *)w;
+#if BK_X86
+    if (bk_has_avx2()) { screen_q4_avx2(base, g0, g1, cols / 64, qs, d, sums, y); return; }
+#endif
+    screen_q4_portable(base, g0, g1, cols / 64, qs, d, sums, y);
+}
+
+// The indices of the `count` largest of x[0..n) into top, in the order a min-heap over top
+// leaves them (ties go to the lower index): the screened head's candidates. The Swift twin
+// ScreenedHead.largest runs the same heap, so both give the same array.
+static inline int top_below(const float *x, int32_t a, int32_t b) { return x[a] < x[b] || (x[a] == x[b] && a > b); }
+static void top_sift(const float *x, int32_t *top, int count, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, m = i;
+        if (l < count && top_below(x, top[l], top[m])) m = l;
+        if (r < count && top_below(x, top[r], top[m])) m = r;
+        if (m == i) return;
+        int32_t t = top[i]; top[i] = top[m]; top[m] = t;
+        i = m;
+    }
+}
+void bk_top_rows(const float *x, int n, int count, int32_t *top) {
+    for (int i = 0; i < count; i++) top[i] = i;
+    for (int i = count / 2 - 1; i >= 0; i--) top_sift(x, top, count, i);
+    float floor = x[top[0]];
+    for (int i = count; i < n; i++) {
+        if (x[i] < floor || !top_below(x, top[0], i)) continue;
+        top[0] = i;
+        top_sift(x, top, count, 0);
+        floor = x[top[0]];
+    }
+}

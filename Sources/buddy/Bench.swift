@@ -26,12 +26,13 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "KV policy for skipped layers (fill, mask, zero).") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: Steering.help) var steering: Steering = .standard
+    @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
     @Flag(name: .long, help: "One JSON object per budget.") var json = false
     @OptionGroup var modelOptions: ModelOptions
 
     var options: BenchRun.Options {
         .init(promptTokens: promptTokens, genTokens: genTokens, budgets: budgets, runs: runs, router: router, kvPolicy: kvPolicy, standIns: standIns,
-              steering: steering == .on, json: json, threads: modelOptions.threads)
+              steering: steering == .on, json: json, threads: modelOptions.threads, head: head)
     }
     func validate() throws { try validating(options.validate) }
 

@@ -36,6 +36,8 @@ struct Chat: ParsableCommand {
     var promptDepth: PromptDepth = .full
     @Option(name: .long, help: Steering.help)
     var steering: Steering = .standard
+    @Option(name: .long, help: HeadChoice.help)
+    var head: HeadChoice = .standard
     @Option(name: .long, help: "Colour theme: default, light, mono, ansi16, or a path to a .theme file.")
     var theme: String = "default"
     @Option(name: .long, help: "Maximum tokens per reply.")
@@ -72,6 +74,7 @@ struct Chat: ParsableCommand {
         opts.promptDepth = promptDepth
         opts.steering = steering == .on
         opts.standIns = try standIns.resolve(model: model)
+        opts.head = head
         opts.system = system
         opts.maxTokens = maxTokens
         opts.context = context

@@ -202,6 +202,7 @@ extension Eval {
         @Option(name: .long, help: "on: the automatic budget is also steered along each reply (see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: Steering = .off
         @Flag(name: .long, help: "With --steering on: steer the fixed budgets too, so auto and fixed differ only in the predictor's choice (each auto row is the steered fixed run at its budget).") var steerFixed = false
         @Option(name: .long, help: "Also write one CSV row per prompt and rule (rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers).") var csv: String?
+        @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
         @OptionGroup var modelOptions: ModelOptions
 
         var options: AutoBudgetRun.Options {
@@ -209,6 +210,7 @@ extension Eval {
                                           standIns: standIns, csv: csv, threads: modelOptions.threads)
             o.steering = steering == .on
             o.steerFixed = steerFixed
+            o.head = head
             o.budgets = budgets
             return o
         }
@@ -247,7 +249,9 @@ struct EvalRoutingOptions: ParsableArguments {
     @Option(name: .long, help: "KV policy for skipped layers: fill (default: their K/V from the layer's input, computed when a later token runs the layer), mask or zero. Static sets give the same results under all three.") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Comma-separated stand-in modes to compare, each on (the model's stand-ins), off (plain skip), auto (on when the model has stand-ins) or a stand-in file; e.g. on,off.") var standIns: String = "auto"
 
-    var grid: EvalGrid { .init(budgets: budgets, methods: methods, router: router, kvPolicy: kvPolicy, standIns: standIns) }
+    @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
+
+    var grid: EvalGrid { .init(budgets: budgets, methods: methods, router: router, kvPolicy: kvPolicy, standIns: standIns, head: head) }
 
     func validate() throws { try validating(grid.validate) }
 }

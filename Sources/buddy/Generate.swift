@@ -70,6 +70,7 @@ struct Generate: ParsableCommand {
         session.policy = routing.kvPolicy
         session.promptDepth = routing.promptDepth
         session.standIns = try routing.standIns.resolve(model: model)
+        session.head = routing.head
         let text: String
         if chat {
             var messages: [ChatMessage] = []

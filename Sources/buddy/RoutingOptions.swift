@@ -5,6 +5,9 @@ import Foundation
 
 extension KVPolicy: ExpressibleByArgument {}
 extension StandInChoice: ExpressibleByArgument {}
+extension HeadChoice: ExpressibleByArgument {
+    static let help: ArgumentHelp = "Output head for tokens that run at most two thirds of the layers: screened (a 4-bit copy scores the vocabulary and the 256 best rows are recomputed exactly; the default) or exact (the file's head for every token). Full depth always reads the exact head."
+}
 extension PromptDepth: ExpressibleByArgument {
     /// --prompt-depth's help, shared by `chat` and `generate` (both default to full).
     static let help: ArgumentHelp = "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure)."
@@ -34,6 +37,7 @@ struct RoutingOptions: ParsableArguments {
     @Option(name: .long, help: "Re-decide the layer set every N decode steps (Decision Module only).") var rerouteEvery: Int = 1
     @Option(name: .long, help: PromptDepth.help) var promptDepth: PromptDepth = .full
     @Option(name: .long, help: Steering.help) var steering: Steering = .standard
+    @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
 
     func validate() throws {
         try AutoBudgetHelp.validate(tolerance: qualityTolerance, share: fullDepthShare)

@@ -23,6 +23,13 @@ public final class PerplexityEvaluator {
         get { decode.standIns }
         set { decode.standIns = newValue; batch.standIns = newValue }
     }
+    /// As Session.head.
+    public var head: HeadChoice = .exact {
+        didSet {
+            let screen = head == .screened ? model.transformer.screenedHead.map { ScreenedLogits(head: $0, pool: batch.pool) } : nil
+            decode.screen = screen; batch.screen = screen
+        }
+    }
     /// [contextSize × vocab] logits of one chunk
     let logits: UnsafeMutablePointer<Float>
 

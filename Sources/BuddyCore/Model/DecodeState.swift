@@ -35,6 +35,10 @@ public final class DecodeState: @unchecked Sendable {
     public var standIns: StandIns? {
         didSet { precondition((standIns?.maxRank ?? 0) <= config.dim && standIns.map { $0.dim == config.dim } ?? true, "stand-ins do not fit this model") }
     }
+    /// When set, a token that runs at most two thirds of the layers reads the screened head
+    /// (ScreenedHead); full depth always reads the exact one. The product's commands set it
+    /// (`Session.screensHead`); training leaves it nil and measures with the exact head.
+    public var screen: ScreenedLogits?
     /// Seconds spent applying stand-ins on this state's steps, ever (callers take differences).
     /// Timed where they run, between the layers: their weights then come from memory as in a
     /// real step, which a loop of stand-ins alone, with its weights in cache, would not show.
@@ -268,10 +272,17 @@ extension Transformer {
     /// From a span of this many deferred positions on, a catch-up runs as one batch (`catchUpBatch`).
     static let batchedCatchUp = 8
 
-    /// Final norm and output head: fills s.logits.
-    public func computeLogits(_ s: DecodeState) {
+    /// Final norm and output head: fills s.logits. `layersRun`: how many layers the token ran
+    /// (nil: all), which decides between the exact and the screened head when s.screen is set.
+    public func computeLogits(_ s: DecodeState, layersRun: Int? = nil) {
         rmsNorm(s.x, outputNorm, s.xb)
         s.emit("result_norm", -1, s.xb, config.dim)
+        if let screen = s.screen, !s.reference, let run = layersRun,
+           ScreenedHead.usesScreen(layersRun: run, of: config.layers) {
+            s.xq.quantize(s.xb, count: config.dim)
+            screen.run(s.xq, s.logits)
+            return
+        }
         project(output, s.xb, s.logits, s, quantized: false)
     }
 

@@ -20,6 +20,12 @@ public final class BatchState: @unchecked Sendable {
     public let scores: UnsafeMutablePointer<Float>  // [threads × capacity]
     public let product: BatchedProduct              // [maxTokens × wideIn] rows quantised to 8 bits, and the product
     let deferredRows: UnsafeMutablePointer<Int>     // [maxTokens] positions of a deferred K/V batch
+    /// [maxTokens] how many layers each row of the last routed chunk ran (routedForward sets it).
+    public let rowLayers: UnsafeMutablePointer<Int32>
+    /// As DecodeState.screen: rows that ran at most two thirds of the layers read the screened head.
+    public var screen: ScreenedLogits?
+    /// One row's input quantised for the screened head.
+    var screenInput: Q8Activations
     public let capacity: Int
     public let pool: ThreadPool
     public var trace: TraceSink?
@@ -49,11 +55,16 @@ public final class BatchState: @unchecked Sendable {
         scores = .allocate(capacity: pool.threads * capacity)
         product = BatchedProduct(rows: maxTokens, cols: wideIn, pool: pool)
         deferredRows = .allocate(capacity: maxTokens)
+        rowLayers = .allocate(capacity: maxTokens)
+        rowLayers.initialize(repeating: Int32(c.layers), count: maxTokens)
+        screenInput = Q8Activations(capacity: (c.dim + 31) / 32 * 32)
     }
 
     deinit {
         for p in [x, xb, q, k, v, att, g, u, saved, slab, scores] { p.deallocate() }
         deferredRows.deallocate()
+        rowLayers.deallocate()
+        screenInput.deallocate()
     }
 
     @inline(__always) func emit(_ name: String, _ layer: Int, _ p: UnsafePointer<Float>, _ n: Int) {
@@ -267,7 +278,7 @@ extension Transformer {
 
     public func batchLogits(row i: Int, _ b: BatchState, _ s: DecodeState) {
         s.x.update(from: b.x + i * config.dim, count: config.dim)
-        computeLogits(s)
+        computeLogits(s, layersRun: Int(b.rowLayers[i]))
     }
 
     /// Logits of chunk rows `rows` into out ([rows.count × vocab]), for scoring only part of a chunk.
@@ -276,6 +287,19 @@ extension Transformer {
         guard !rows.isEmpty else { return }
         for i in rows { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
         gemm(output, b.xb + rows.lowerBound * dim, rows.count, out, b)
+        screenRows(rows, b, out)
+    }
+
+    /// Rows of out (out's first row is rows.lowerBound) that ran few enough layers get the
+    /// screened head's logits instead, computed as a decode step computes them (so a batch
+    /// and token-by-token decoding agree). b.xb holds the rows' normed streams.
+    func screenRows(_ rows: Range<Int>, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
+        guard let screen = b.screen else { return }
+        let dim = config.dim, vocab = config.vocabSize
+        for i in rows where ScreenedHead.usesScreen(layersRun: Int(b.rowLayers[i]), of: config.layers) {
+            b.screenInput.quantize(b.xb + i * dim, count: dim)
+            screen.run(b.screenInput, out + (i - rows.lowerBound) * vocab)
+        }
     }
 
     /// Logits for every row of the chunk: out is [n × vocab]. Used by perplexity evaluation.
@@ -283,5 +307,6 @@ extension Transformer {
         let dim = config.dim
         for i in 0..<n { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
         gemm(output, b.xb, n, out, b)
+        screenRows(0..<n, b, out)
     }
 }

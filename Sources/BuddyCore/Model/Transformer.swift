@@ -1,3 +1,4 @@
+import Synchronization
 import CBLAS
 import CKernels
 import Foundation
@@ -68,6 +69,8 @@ public final class Transformer: @unchecked Sendable {
     let ropeThetaScale: Float
     /// Per layer: RoPE theta_scale and position scale (they differ between Gemma's local and global layers).
     let layerRope: [(thetaScale: Float, freqScale: Float)]
+    /// The screened head once made (`screenedHead`).
+    let screenedHeadStore = Mutex<ScreenedHead?>(nil)
     /// Softmax scale inside the attention kernel: 1/√headDim, or 1 where Q arrives pre-scaled (gemma3).
     let kqScale: Float
 

@@ -68,6 +68,7 @@ extension Transformer {
             beforeLayer?(l)
             prefillLayers(l..<l + 1, n: n, start: start, b, cache, rowRuns: rows, policy: policy)
         }
+        for i in 0..<n { b.rowLayers[i] = Int32(rows[i].reduce(0) { $0 + ($1 ? 1 : 0) }) }
         return rows
     }
 
@@ -88,11 +89,12 @@ extension Transformer {
             precondition(stored.count == 1, "a decode step runs one stored mask")
             runs = stored[0]
         }
+        var layersRun = 1
         for l in 1..<config.layers {
-            if runs[l] { runLayer(l, pos: pos, s, cache) } else { skipLayer(l, pos: pos, policy: policy, s, cache) }
+            if runs[l] { runLayer(l, pos: pos, s, cache); layersRun += 1 } else { skipLayer(l, pos: pos, policy: policy, s, cache) }
         }
         cache.count = pos + 1
-        computeLogits(s)
+        computeLogits(s, layersRun: layersRun)
         return runs
     }
 }

@@ -83,6 +83,14 @@ public final class Session: @unchecked Sendable {
         get { decode.standIns }
         set { decode.standIns = newValue; batch.standIns = newValue }
     }
+    /// The output head of tokens that run few layers. `.exact` by default, as training measures;
+    /// the product's commands pass `--head` (`HeadChoice.standard`, screened).
+    public var head: HeadChoice = .exact {
+        didSet {
+            let screen = head == .screened ? model.transformer.screenedHead.map { ScreenedLogits(head: $0, pool: pool) } : nil
+            decode.screen = screen; batch.screen = screen
+        }
+    }
     /// The mask the most recent token (decode) or chunk's last row (prefill) ran; kept as the
     /// router returned it, so a decode step allocates nothing for it.
     public private(set) var lastMask: [Bool] = []

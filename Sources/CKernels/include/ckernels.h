@@ -29,6 +29,15 @@ void bk_quantize_q8(const float *x, int n, int8_t *qs, float *d, int32_t *sums, 
 void bk_matvec_q(int type, const void *w, size_t row_bytes, int row_begin, int row_end, int cols,
                  const int8_t *qs, const float *d, const int32_t *sums, const float *ds, float *y);
 
+/// The screened output head's product (BuddyCore ScreenedHead): y[8·(g − g0) + j] = row 8g + j of
+/// the 4-bit screen copy · activations, for row groups g in [g0, g1); cols % 64 == 0. Layout and
+/// arithmetic in kernels.c; the Swift twin is ScreenedHead.screenRef.
+void bk_screen_q4(const void *w, int g0, int g1, int cols, const int8_t *qs, const float *d, const int32_t *sums, float *y);
+
+/// The indices of the `count` largest of x[0..n) into top (a min-heap's order; ties to the lower
+/// index). Twin: ScreenedHead.largest.
+void bk_top_rows(const float *x, int n, int count, int32_t *top);
+
 /// Matrix product for a batch of n activation rows, each quantised with bk_quantize_q8 and
 /// stored with strides (qs: n × cols; d, sums and ds: n × cols/32):
 ///   y[t * ldy + (r - row_begin)] = row r · activation t   for r in [row_begin, row_end), t < n.
