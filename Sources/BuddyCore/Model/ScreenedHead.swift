@@ -160,7 +160,17 @@ public final class ScreenedHead: @unchecked Sendable {
 /// exactly as a second parallel loop.
 public final class ScreenedLogits: ParallelTasks, @unchecked Sendable {
     public let pool: ThreadPool
-    public let head: ScreenedHead
+    /// The screened head, or where to make it: a model's screen (16 MB for the default model,
+    /// 94 MB for Gemma 3 270M's 262k-row head) is made by the first token that reads it, so a
+    /// chat that never goes below 0.7 never pays for it.
+    private var made: ScreenedHead?
+    private let transformer: Transformer?
+    public var head: ScreenedHead {
+        if let made { return made }
+        let h = transformer!.screenedHead!
+        made = h
+        return h
+    }
     /// [candidates] the rows recomputed for the current token.
     public let top: UnsafeMutablePointer<Int32>
     private var xq: Q8Activations?
@@ -169,13 +179,21 @@ public final class ScreenedLogits: ParallelTasks, @unchecked Sendable {
     private var rescoring = false
 
     public init(head: ScreenedHead, pool: ThreadPool) {
-        self.head = head; self.pool = pool
+        made = head; transformer = nil; self.pool = pool
         top = .allocate(capacity: head.candidates)
+    }
+
+    /// For `transformer`'s head, made on first use; nil when that head cannot be screened.
+    public init?(transformer: Transformer, pool: ThreadPool) {
+        guard ScreenedHead.supports(transformer.output) else { return nil }
+        made = nil; self.transformer = transformer; self.pool = pool
+        top = .allocate(capacity: ScreenedHead.defaultCandidates)
     }
     deinit { top.deallocate() }
 
     /// logits [rows] for the input quantised in xq.
     public func run(_ xq: Q8Activations, _ logits: UnsafeMutablePointer<Float>) {
+        let head = self.head
         self.xq = xq; self.logits = logits
         let groups = head.rows / 8, tasks = 4 * pool.threads
         groupsPerTask = (groups + tasks - 1) / tasks
@@ -188,7 +206,7 @@ public final class ScreenedLogits: ParallelTasks, @unchecked Sendable {
     }
 
     public func runTask(_ t: Int) {
-        guard let xq, let logits else { return }
+        guard let xq, let logits, let head = made else { return }
         if rescoring {
             let n = head.candidates, per = (n + pool.threads - 1) / pool.threads
             let lo = t * per, hi = min(n, lo + per)

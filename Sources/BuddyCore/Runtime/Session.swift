@@ -87,7 +87,7 @@ public final class Session: @unchecked Sendable {
     /// the product's commands pass `--head` (`HeadChoice.standard`, screened).
     public var head: HeadChoice = .exact {
         didSet {
-            let screen = head == .screened ? model.transformer.screenedHead.map { ScreenedLogits(head: $0, pool: pool) } : nil
+            let screen = head == .screened ? ScreenedLogits(transformer: model.transformer, pool: pool) : nil
             decode.screen = screen; batch.screen = screen
         }
     }
