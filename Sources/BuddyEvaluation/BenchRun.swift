@@ -129,7 +129,7 @@ public enum BenchRun {
             let headShare = secondsPerHead(model.transformer, session.decode, layersRun: Int(s.layersPerToken.rounded())) * d
             if json {
                 report.line("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(o.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", routingShare)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", routingShare)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"head\":\(jsonString(o.head.rawValue)),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
                     + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
                 report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.1f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * routingShare, 100 * standInShare, 100 * headShare, rss))

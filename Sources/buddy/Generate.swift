@@ -99,7 +99,7 @@ struct Generate: ParsableCommand {
                 + "\"prefill_tok_s\":\(jsonNumber(stats.prefillTokensPerSecond)),\"decode_tok_s\":\(jsonNumber(stats.decodeTokensPerSecond)),"
                 + "\"mean_layers_per_token\":\(jsonNumber(stats.meanLayersPerToken)),\"budget\":\(jsonNumber(budget)),\"budget_mode\":\(jsonString(routing.budget == .auto ? "auto" : "fixed")),"
                 + "\"router\":\(jsonString(session.selector.map { ($0 as? BudgetedLayerSelector)?.name ?? "router" } ?? "full")),"
-                + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"prompt_depth\":\(jsonString(routing.promptDepth.rawValue)),\"stand_ins\":\(jsonString(session.standIns == nil ? "off" : "on")),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
+                + "\"kv_policy\":\(jsonString(routing.kvPolicy.rawValue)),\"prompt_depth\":\(jsonString(routing.promptDepth.rawValue)),\"stand_ins\":\(jsonString(session.standIns == nil ? "off" : "on")),\"head\":\(jsonString(session.head.rawValue)),\"stop_reason\":\(jsonString(stats.stopReason.rawValue))}\n")
         } else {
             Out.write(stats.trailingText + "\n")
         }
