@@ -59,6 +59,22 @@ final class ScreenedHeadTests: XCTestCase {
 
     static func screenBytes(_ h: ScreenedHead) -> UnsafeRawPointer { h.screenBase }
 
+    /// A head whose file holds non-finite scales (an untrusted GGUF) is screened without a trap;
+    /// the rows without them keep finite screen values.
+    func testNonFiniteWeightsDoNotTrap() throws {
+        let rows = 16, cols = 64
+        let head = Q8Head(rows: rows, cols: cols, seed: 12)
+        head.bytes.storeBytes(of: UInt16(0x7E00), as: UInt16.self)                          // row 0, block 0: NaN
+        (head.bytes + cols / 32 * 34 + 34).storeBytes(of: UInt16(0x7C00), as: UInt16.self)  // row 1, block 1: +inf
+        let screened = ScreenedHead(head: head.matrix, candidates: 4, pool: ThreadPool.shared(threads: 2))
+        var r = TestRandom(13)
+        let xq = quantized(r.floats(cols))
+        defer { xq.deallocate() }
+        var y = [Float](repeating: 0, count: rows)
+        screened.screenRef(xq, &y)
+        for row in 2..<rows { XCTAssertTrue(y[row].isFinite, "row \(row)") }
+    }
+
     /// bk_top_rows and its twin give the same array, and it holds the largest values, ties to
     /// the lower index.
     func testTopRowsMatchTwinAndSorting() {

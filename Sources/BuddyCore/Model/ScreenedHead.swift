@@ -80,7 +80,10 @@ public final class ScreenedHead: @unchecked Sendable {
             pair.storeBytes(of: Float16(d).bitPattern.littleEndian, toByteOffset: 2 * (8 * (b % 2) + j), as: UInt16.self)
             let bytes = pair + 32 + 32 * j
             for i in 0..<32 {
-                let nibble = UInt8(min(15, Int8(v[i] * id + 8.5)))
+                // A file's weights are untrusted: a non-finite one gives the nibble for zero
+                // instead of trapping (its exact row still reads what the file holds).
+                let t = v[i] * id + 8.5
+                let nibble: UInt8 = t.isFinite ? UInt8(min(15, max(0, Int(t)))) : 8
                 let old = bytes.load(fromByteOffset: i, as: UInt8.self)
                 bytes.storeBytes(of: high ? (old & 0x0F) | nibble << 4 : (old & 0xF0) | nibble, toByteOffset: i, as: UInt8.self)
             }
