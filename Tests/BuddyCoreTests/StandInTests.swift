@@ -64,7 +64,10 @@ final class StandInTests: XCTestCase {
         XCTAssertEqual(fast, expected)
         // Decode splits both products by rows across two threads: the same numbers.
         var split = x0
-        s.apply(layer: 0, &split, normed: &scratch, projected: &proj, split: StandInProducts(pool: ThreadPool.shared(threads: 2)))
+        let pool = ThreadPool.shared(threads: 2)
+        let xq = Q8Activations(capacity: 96)
+        defer { xq.deallocate() }
+        s.apply(layer: 0, &split, normed: &scratch, projected: &proj, across: MatVec(pool: pool, maxCols: dim), xq: xq)
         XCTAssertEqual(split, expected)
         // Full-precision weights (a fit in progress) keep the fp32 kernel.
         let exact = try StandIns(dim: dim, eps: 1e-5, layers: [StandIns.Layer(rank: rank, bias: layer.bias, down: layer.down.map { $0 + 1e-6 }, up: layer.up)])

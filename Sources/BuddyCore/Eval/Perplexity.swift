@@ -26,7 +26,7 @@ public final class PerplexityEvaluator {
     /// As Session.head.
     public var head: HeadChoice = .exact {
         didSet {
-            let screen = head == .screened ? ScreenedLogits(transformer: model.transformer, pool: batch.pool) : nil
+            let screen = head.screen(for: model.transformer, pool: batch.pool)
             decode.screen = screen; batch.screen = screen
         }
     }

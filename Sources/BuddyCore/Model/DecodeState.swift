@@ -26,8 +26,6 @@ public final class DecodeState: @unchecked Sendable {
     let gateUpOut: [UnsafeMutablePointer<Float>]
     /// The attention heads of one layer as a parallel loop (its parameters set per layer).
     let attention = AttentionHeads()
-    /// A skipped layer's stand-in products as a parallel loop.
-    let standInProducts: StandInProducts
     /// Use the plain fp32 reference path (dequantised weights, fp32 activations, scalar code).
     public var reference = false
     public var trace: TraceSink?
@@ -37,7 +35,7 @@ public final class DecodeState: @unchecked Sendable {
     }
     /// When set, a token that runs at most two thirds of the layers reads the screened head
     /// (ScreenedHead); full depth always reads the exact one. The product's commands set it
-    /// (`Session.screensHead`); training leaves it nil and measures with the exact head.
+    /// (`Session.head`); training leaves it nil and measures with the exact head.
     public var screen: ScreenedLogits?
     /// Seconds spent applying stand-ins on this state's steps, ever (callers take differences).
     /// Timed where they run, between the layers: their weights then come from memory as in a
@@ -66,7 +64,6 @@ public final class DecodeState: @unchecked Sendable {
         scratch = .allocate(capacity: wide)
         xq = Q8Activations(capacity: (wide + 31) / 32 * 32)
         matvec = MatVec(pool: pool, maxCols: wide)
-        standInProducts = StandInProducts(pool: pool)
         qkvOut = [q, k, v]
         kvOut = [k, v]
         gateUpOut = [hb, hb2]
@@ -220,7 +217,7 @@ extension Transformer {
                 standIns.applyRef(layer: l, s.x, normed: s.xb, projected: s.scratch)
             } else {
                 let start = monotonicSeconds()
-                standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch, split: s.standInProducts)
+                standIns.apply(layer: l, s.x, normed: s.xb, projected: s.scratch, across: s.matvec, xq: s.xq)
                 s.standInSeconds += monotonicSeconds() - start
             }
         }

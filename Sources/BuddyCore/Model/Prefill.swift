@@ -286,17 +286,24 @@ extension Transformer {
         let dim = config.dim
         guard !rows.isEmpty else { return }
         for i in rows { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
-        gemm(output, b.xb + rows.lowerBound * dim, rows.count, out, b)
-        screenRows(rows, b, out)
+        headRows(rows, b, out)
     }
 
-    /// Rows of out (out's first row is rows.lowerBound) that ran few enough layers get the
-    /// screened head's logits instead, computed as a decode step computes them (so a batch
-    /// and token-by-token decoding agree). b.xb holds the rows' normed streams.
-    func screenRows(_ rows: Range<Int>, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
-        guard let screen = b.screen else { return }
+    /// Whether chunk row i reads the screened head: b.screen is set and the row ran few enough layers.
+    @inline(__always)
+    func readsScreen(row i: Int, _ b: BatchState) -> Bool {
+        b.screen != nil && ScreenedHead.usesScreen(layersRun: Int(b.rowLayers[i]), of: config.layers)
+    }
+
+    /// The head over the normed rows in b.xb into out (out's first row is rows.lowerBound): the
+    /// exact head as one product unless every row reads the screen, then the screened head's
+    /// logits for the rows that read it, computed as a decode step computes them (so a batch and
+    /// token-by-token decoding agree).
+    func headRows(_ rows: Range<Int>, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
         let dim = config.dim, vocab = config.vocabSize
-        for i in rows where ScreenedHead.usesScreen(layersRun: Int(b.rowLayers[i]), of: config.layers) {
+        if !rows.allSatisfy({ readsScreen(row: $0, b) }) { gemm(output, b.xb + rows.lowerBound * dim, rows.count, out, b) }
+        guard let screen = b.screen else { return }
+        for i in rows where readsScreen(row: i, b) {
             b.screenInput.quantize(b.xb + i * dim, count: dim)
             screen.run(b.screenInput, out + (i - rows.lowerBound) * vocab)
         }
@@ -306,7 +313,6 @@ extension Transformer {
     public func batchLogitsAll(n: Int, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
         let dim = config.dim
         for i in 0..<n { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
-        gemm(output, b.xb, n, out, b)
-        screenRows(0..<n, b, out)
+        headRows(0..<n, b, out)
     }
 }

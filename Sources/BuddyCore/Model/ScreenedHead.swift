@@ -243,4 +243,10 @@ public enum HeadChoice: String, Sendable, CaseIterable {
     case exact
     /// The product's default.
     public static let standard = HeadChoice.screened
+
+    /// What a decode and a batch state that read `transformer`'s head under this choice hold
+    /// (one object for both: they run one at a time on `pool`); nil reads the exact head.
+    public func screen(for transformer: Transformer, pool: ThreadPool) -> ScreenedLogits? {
+        self == .screened ? ScreenedLogits(transformer: transformer, pool: pool) : nil
+    }
 }

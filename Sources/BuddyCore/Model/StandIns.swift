@@ -95,7 +95,11 @@ public final class StandIns: @unchecked Sendable {
     public func apply(layer l: Int, _ x: UnsafeMutablePointer<Float>, normed: UnsafeMutablePointer<Float>,
                       projected: UnsafeMutablePointer<Float>) {
         guard let s = layers[l] else { return }
-        if let h = halfWeights[l] { return runHalf(s, h, x, normed, projected) }
+        if let h = halfWeights[l] {
+            return runHalf(s, h, x, normed, projected) { w, rows, cols, x, y in
+                bk_matvec_half(1, w, 2 * cols, 0, Int32(rows), Int32(cols), x, y)
+            }
+        }
         run(s, x, normed, projected, dot: vectorDot)
     }
 
@@ -131,65 +135,34 @@ public final class StandIns: @unchecked Sendable {
 extension StandIns {
     /// `run` with the vector dot over half-precision rows: the same products and the same
     /// summation order as the fp32 vector kernel (bk_matvec_half's rows use that kernel's
-    /// loop with exact widening), so the numbers are those of `run(dot: vectorDot)`.
+    /// loop with exact widening), so the numbers are those of `run(dot: vectorDot)`. `product`
+    /// computes y = W·x for W [rows × cols] in half precision (on one thread or split by rows).
     @inline(__always)
     private func runHalf(_ s: Layer, _ h: (down: [UInt16], up: [UInt16]), _ x: UnsafeMutablePointer<Float>,
-                         _ normed: UnsafeMutablePointer<Float>, _ projected: UnsafeMutablePointer<Float>) {
+                         _ normed: UnsafeMutablePointer<Float>, _ projected: UnsafeMutablePointer<Float>,
+                         product: (_ w: UnsafePointer<UInt16>, _ rows: Int, _ cols: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) -> Void) {
         let n = dim, r = s.rank
         let scale = 1 / (vectorDot(x, x, n) / Float(n) + eps).squareRoot()
         for i in 0..<n { normed[i] = x[i] * scale }
-        h.down.withUnsafeBufferPointer { a in bk_matvec_half(1, a.baseAddress!, 2 * n, 0, Int32(r), Int32(n), normed, projected) }
+        h.down.withUnsafeBufferPointer { a in product(a.baseAddress!, r, n, normed, projected) }
         // B·projected into `normed`, which is no longer needed.
-        h.up.withUnsafeBufferPointer { b in bk_matvec_half(1, b.baseAddress!, 2 * r, 0, Int32(n), Int32(r), projected, normed) }
+        h.up.withUnsafeBufferPointer { b in product(b.baseAddress!, n, r, projected, normed) }
         s.bias.withUnsafeBufferPointer { c in for i in 0..<n { x[i] += c[i] + normed[i] } }
     }
-}
 
-extension StandIns {
-    /// `apply` with both products split by rows across `split`'s pool: every row's dot product
-    /// is still computed whole by one thread with the same kernel, so the numbers are those of
+    /// `apply` with both products split by rows across `matvec`'s pool (as every decode product
+    /// is; half-precision rows read the float input, so `xq` is not read): every row's dot is
+    /// still computed whole by one thread with the same kernel, so the numbers are those of
     /// `apply`. Decode calls this: one token's stand-in is two small products (a rank-128 one
     /// reads 295 KB), which one core streams at about half the rate two cores draw.
     @inline(__always)
     public func apply(layer l: Int, _ x: UnsafeMutablePointer<Float>, normed: UnsafeMutablePointer<Float>,
-                      projected: UnsafeMutablePointer<Float>, split: StandInProducts) {
+                      projected: UnsafeMutablePointer<Float>, across matvec: MatVec, xq: Q8Activations) {
         guard let s = layers[l] else { return }
-        guard let h = halfWeights[l], split.pool.threads > 1 else { return apply(layer: l, x, normed: normed, projected: projected) }
-        let n = dim, r = s.rank
-        let scale = 1 / (vectorDot(x, x, n) / Float(n) + eps).squareRoot()
-        for i in 0..<n { normed[i] = x[i] * scale }
-        h.down.withUnsafeBufferPointer { a in split.run(a.baseAddress!, rows: r, cols: n, normed, projected) }
-        h.up.withUnsafeBufferPointer { b in split.run(b.baseAddress!, rows: n, cols: r, projected, normed) }
-        s.bias.withUnsafeBufferPointer { c in for i in 0..<n { x[i] += c[i] + normed[i] } }
-    }
-}
-
-/// One half-precision product y = W·x as a parallel loop over contiguous row ranges (a reusable
-/// object, so a decode step allocates nothing). Owned by a decode state.
-public final class StandInProducts: ParallelTasks, @unchecked Sendable {
-    public let pool: ThreadPool
-    private var weights: UnsafePointer<UInt16>?
-    private var x: UnsafePointer<Float>?
-    private var y: UnsafeMutablePointer<Float>?
-    private var cols = 0, rows = 0, perTask = 0
-
-    public init(pool: ThreadPool) { self.pool = pool }
-
-    /// y[0..<rows] = W·x for W [rows × cols] in half precision, row-major.
-    @inline(__always)
-    func run(_ w: UnsafePointer<UInt16>, rows: Int, cols: Int, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>) {
-        weights = w; self.x = x; self.y = y; self.rows = rows; self.cols = cols
-        let tasks = pool.threads
-        perTask = (rows + tasks - 1) / tasks
-        pool.parallelFor(tasks, self)
-        weights = nil; self.x = nil; self.y = nil
-    }
-
-    public func runTask(_ t: Int) {
-        guard let weights, let x, let y else { return }
-        let r0 = t * perTask, r1 = min(rows, r0 + perTask)
-        guard r0 < r1 else { return }
-        bk_matvec_half(1, weights, 2 * cols, Int32(r0), Int32(r1), Int32(cols), x, y + r0)
+        guard let h = halfWeights[l] else { return run(s, x, normed, projected, dot: vectorDot) }
+        runHalf(s, h, x, normed, projected) { w, rows, cols, x, y in
+            matvec.run(QuantMatrix(name: "", type: .f16, rows: rows, cols: cols, data: UnsafeRawPointer(w)), x, xq, y)
+        }
     }
 }
 

@@ -87,7 +87,7 @@ public final class Session: @unchecked Sendable {
     /// the product's commands pass `--head` (`HeadChoice.standard`, screened).
     public var head: HeadChoice = .exact {
         didSet {
-            let screen = head == .screened ? ScreenedLogits(transformer: model.transformer, pool: pool) : nil
+            let screen = head.screen(for: model.transformer, pool: pool)
             decode.screen = screen; batch.screen = screen
         }
     }
