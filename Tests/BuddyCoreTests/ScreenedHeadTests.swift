@@ -113,6 +113,24 @@ final class ScreenedHeadTests: XCTestCase {
         for row in 0..<rows { XCTAssertEqual(logits[row], chosen.contains(row) ? exact[row] : screen[row], "row \(row)") }
     }
 
+    /// A head with fewer rows than the default candidates (a small vocabulary) is screened with
+    /// every row a candidate, so its logits are the exact head's.
+    func testASmallVocabularyRecomputesEveryRow() throws {
+        let rows = 64, cols = 64
+        let head = Q8Head(rows: rows, cols: cols, seed: 14)
+        let pool = ThreadPool.shared(threads: 2)
+        let screened = ScreenedHead(head: head.matrix, pool: pool)
+        XCTAssertEqual(screened.candidates, rows)
+        var r = TestRandom(15)
+        let x = r.floats(cols, -2, 2)
+        let xq = quantized(x)
+        defer { xq.deallocate() }
+        var exact = [Float](repeating: 0, count: rows), logits = exact
+        x.withUnsafeBufferPointer { MatVec(pool: pool, maxCols: cols).run(head.matrix, $0.baseAddress!, xq, &exact) }
+        logits.withUnsafeMutableBufferPointer { ScreenedLogits(head: screened, pool: pool).run(xq, $0.baseAddress!) }
+        XCTAssertEqual(logits, exact)
+    }
+
     /// On the real model: full depth reads the exact head whatever --head says; a token that
     /// runs at most two thirds of the layers reads the screened one, whose candidates match
     /// the exact head bit for bit; a prompt as one batch gives the token-by-token logits (to the

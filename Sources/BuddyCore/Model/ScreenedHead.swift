@@ -17,7 +17,7 @@ import Synchronization
 public final class ScreenedHead: @unchecked Sendable {
     /// The file's head, [rows × cols]; the candidates are recomputed with it.
     public let exact: QuantMatrix
-    /// Rows recomputed exactly per token.
+    /// Rows recomputed exactly per token (`candidates(for:)`).
     public let candidates: Int
     public let rows: Int, cols: Int
     /// [rows/8 groups × cols/64 pairs × pairBytes], the layout bk_screen_q4 reads (kernels.c).
@@ -30,6 +30,8 @@ public final class ScreenedHead: @unchecked Sendable {
     /// 256 candidates cost +2.6 / +1.8 / +1.1 % perplexity at full depth and +3.4 / +2.5 / +1.7 %
     /// at 0.5 against the exact head (a Q4_0 copy alone: +6.1 / +7.2 %).
     public static let defaultCandidates = 256
+    /// The rows recomputed for `head`: `wanted`, or every row of a head that has fewer.
+    public static func candidates(for head: QuantMatrix, wanted: Int = defaultCandidates) -> Int { min(wanted, head.rows) }
     /// A token that runs at most this share of the model's layers reads the screened head.
     public static let layerShare = 2.0 / 3.0
 
@@ -48,9 +50,9 @@ public final class ScreenedHead: @unchecked Sendable {
     /// block's largest-magnitude weight maps to −8); about a tenth of a second for the default model.
     public init(head: QuantMatrix, candidates: Int = defaultCandidates, pool: ThreadPool) {
         precondition(Self.supports(head), "the \(head.type) head cannot be screened")
-        precondition(candidates > 0 && candidates <= head.rows)
+        precondition(candidates > 0)
         exact = head
-        self.candidates = candidates
+        self.candidates = Self.candidates(for: head, wanted: candidates)
         rows = head.rows; cols = head.cols
         let groupBytes = cols / 64 * Self.pairBytes
         screen = .allocate(byteCount: rows / 8 * groupBytes, alignment: 64)
@@ -190,7 +192,7 @@ public final class ScreenedLogits: ParallelTasks, @unchecked Sendable {
     public init?(transformer: Transformer, pool: ThreadPool) {
         guard ScreenedHead.supports(transformer.output) else { return nil }
         made = nil; self.transformer = transformer; self.pool = pool
-        top = .allocate(capacity: ScreenedHead.defaultCandidates)
+        top = .allocate(capacity: ScreenedHead.candidates(for: transformer.output))
     }
     deinit { top.deallocate() }
 
