@@ -99,6 +99,16 @@ public final class DecisionModule: BudgetedLayerSelector, RowwiseLayerSelector, 
         try validate()
     }
 
+    /// The same module (weights, budget, prompt sets, rerouting) with a context of its own: for
+    /// routing several sequences at once.
+    public func copy() -> DecisionModule {
+        let m = try! DecisionModule(name: name, layers: layers, dim: dim, kvDim: kvDim, weights: weights)
+        m.budget = budget
+        m.promptSets = promptSets
+        m.rerouteEvery = rerouteEvery
+        return m
+    }
+
     /// A module with one set per k: each k's set is a static ranking's (the untrained start).
     public convenience init(ranking: StaticRanking, dim: Int, kvDim: Int) throws {
         let routable = ranking.layers - 2, inDim = 2 * kvDim + dim

@@ -312,12 +312,15 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// `BatchedProduct` on two threads equals the matvec for every token: the K-quants, and the
+    /// 32-weight types at lengths where the threads split the tokens (16 and more, one not a
+    /// multiple of four) as well as the rows.
     func testKQuantGemmIsBitIdenticalToMatVecPerToken() throws {
         var r = TestRandom(29)
-        let rows = 5, cols = 512, sb = cols / 256
-        for type in [GGMLType.q4_K, .q5_K, .q6_K] {
-            let data = randomBlocks(type, blocks: rows * sb, &r)
-            for n in [1, 3, 6] {
+        let rows = 5, cols = 512
+        for type in [GGMLType.q4_K, .q5_K, .q6_K, .q4_1, .q8_0] {
+            let data = randomBlocks(type, blocks: rows * cols / type.layout!.elements, &r)
+            for n in [1, 3, 6, 16, 21, 40] {
                 let x = r.floats(n * cols, -2, 2)
                 bothPaths { path in
                     let product = BatchedProduct(rows: n, cols: cols, pool: ThreadPool.shared(threads: 2))

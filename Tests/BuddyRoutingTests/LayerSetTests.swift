@@ -120,6 +120,34 @@ final class LayerSetTests: XCTestCase {
         XCTAssertGreaterThan(fixed.reduce(0, +), 0)
     }
 
+    /// Sequences spread over two lanes (one thread each) give exactly what one lane gives
+    /// running them in turn: objectives, per-position KL and routed KL, bit for bit, with
+    /// stand-ins on and a module whose scorer mixes sets. More sequences than lanes, of
+    /// different lengths, so the lanes take them in a varying order.
+    func testTwoLanesGiveOneLanesNumbersExactly() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers
+        let ids = m.tokenizer.encode("The bell rang twice before the doors opened and the crowd moved in from the rain, shaking coats and calling to friends across the hall.", parseSpecial: false)
+        let seqs = [SearchSequence(tokens: Array(ids.prefix(24)), scored: 4..<23), SearchSequence(tokens: Array(ids.suffix(11)), scored: 2..<10),
+                    SearchSequence(tokens: Array(ids.prefix(16)), scored: 1..<15), SearchSequence(tokens: Array(ids.dropFirst(5).prefix(19)), scored: 6..<18),
+                    SearchSequence(tokens: Array(ids.suffix(7)), scored: 1..<6)]
+        let standIns = try XCTUnwrap(Routers.standIns(model: m), "the shipped stand-ins")
+        let one = LayerSetSearch(model: m, sequences: seqs, threads: 1), two = LayerSetSearch(model: m, sequences: seqs, threads: 2)
+        one.standIns = standIns
+        two.standIns = standIns
+        let base = mask([17, 5], layers: L)
+        let candidates = [mask([17, 5, 4], layers: L), mask([3], layers: L), mask([17, 5, 25, 26], layers: L), base]
+        XCTAssertEqual(two.objectives(base: base, candidates: candidates), one.objectives(base: base, candidates: candidates))
+        XCTAssertEqual(two.objective(candidates[2]), one.objective(candidates[2]))
+        XCTAssertEqual(two.positionKL(candidates[0]), one.positionKL(candidates[0]))
+        let module = try TestModules.withScorers(model: m, seed: 11, scale: 0.2)
+        module.budget = 0.5
+        let routedOne = one.routedPositionKL(module, policy: .fill)
+        XCTAssertEqual(two.routedPositionKL(module, policy: .fill), routedOne)
+        XCTAssertEqual(routedOne.count, one.scoredCount)
+        XCTAssertGreaterThan(routedOne.reduce(0, +), 0)
+    }
+
     /// A module with one searched set per budget runs exactly the set of its k in prefill and
     /// decode (the sets need not be nested), and round-trips through a router file.
     func testPerBudgetSetsDriveTheModuleAndRoundTrip() throws {

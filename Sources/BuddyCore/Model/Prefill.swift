@@ -152,35 +152,45 @@ extension Transformer {
                       skipping: ((Int) -> Bool)? = nil, policy: KVPolicy = .mask) {
         if config.isGemma3 { return prefillGemma3Layer(l, n: n, start: start, b, cache, skipping: skipping, policy: policy) }
         let c = config, w = layers[l]
-        let dim = c.dim, qd = c.qDim, kvd = c.kvDim
-        for i in 0..<n { rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
+        let dim = c.dim, qd = c.qDim, kvd = c.kvDim, ffn = c.ffnDim
+        eachRow(n, b) { i in self.rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
         gemm(w.wq, b.xb, n, b.q, b)
         gemm(w.wk, b.xb, n, b.k, b)
         gemm(w.wv, b.xb, n, b.v, b)
-        for i in 0..<n {
+        eachRow(n, b) { i in
             let q = b.q + i * qd, k = b.k + i * kvd, v = b.v + i * kvd
             if let bq = w.bq { for j in 0..<qd { q[j] += bq[j] } }
             if let bk = w.bk { for j in 0..<kvd { k[j] += bk[j] } }
             if let bv = w.bv { for j in 0..<kvd { v[j] += bv[j] } }
-            rope(q, heads: c.heads, pos: start + i)
-            rope(k, heads: c.kvHeads, pos: start + i)
+            self.rope(q, heads: c.heads, pos: start + i)
+            self.rope(k, heads: c.kvHeads, pos: start + i)
             Transformer.roundToHalf(q, qd)
             Transformer.roundToHalf(k, kvd)
             Transformer.roundToHalf(v, kvd)
-            storeKV(l, pos: start + i, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
+            // Each position has its own cache entry and flags, so rows may store concurrently.
+            self.storeKV(l, pos: start + i, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
         }
         if b.trace != nil {
             for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }
         }
         attendBatch(l, n: n, start: start, b, cache)
         gemm(w.wo, b.att, n, b.xb, b)
-        for i in 0..<n * dim { b.x[i] += b.xb[i] }
-        for i in 0..<n { rmsNorm(b.x + i * dim, w.ffnNorm, b.xb + i * dim) }
+        eachRow(n, b) { i in
+            let x = b.x + i * dim, o = b.xb + i * dim
+            for j in 0..<dim { x[j] += o[j] }
+            self.rmsNorm(x, w.ffnNorm, o)
+        }
         gemm(w.gate, b.xb, n, b.g, b)
         gemm(w.up, b.xb, n, b.u, b)
-        for i in 0..<n * c.ffnDim { b.g[i] = Transformer.silu(b.g[i]) * b.u[i] }
+        eachRow(n, b) { i in
+            let g = b.g + i * ffn, u = b.u + i * ffn
+            for j in 0..<ffn { g[j] = Transformer.silu(g[j]) * u[j] }
+        }
         gemm(w.down, b.g, n, b.xb, b)
-        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        eachRow(n, b) { i in
+            let x = b.x + i * dim, o = b.xb + i * dim
+            for j in 0..<dim { x[j] += o[j] }
+        }
         if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
     }
 
@@ -191,17 +201,30 @@ extension Transformer {
     func attendBatch(_ l: Int, n: Int, start: Int, _ b: BatchState, _ cache: KVCache) {
         computeDeferredKV(l, before: start, b, cache)
         let c = config, qd = c.qDim, hd = c.headDim
-        let pairs = n * c.heads
         let tasks = b.pool.threads
-        let per = (pairs + tasks - 1) / tasks
+        // Tokens dealt out in turn: a token attends over every position before it, so
+        // contiguous halves would leave the later half three times the work.
         b.pool.parallelFor(tasks) { t in
             let scores = b.scores + t * b.capacity
-            for p in t * per..<min(pairs, (t + 1) * per) {
-                let i = p / c.heads, h = p % c.heads
-                self.attendHead(q: b.q + i * qd + h * hd, kvHead: h / c.groupSize, layer: l, pos: start + i,
-                                cache: cache, scores: scores, out: b.att + i * qd + h * hd, halfWeights: true)
+            for i in stride(from: t, to: n, by: tasks) {
+                for h in 0..<c.heads {
+                    self.attendHead(q: b.q + i * qd + h * hd, kvHead: h / c.groupSize, layer: l, pos: start + i,
+                                    cache: cache, scores: scores, out: b.att + i * qd + h * hd, halfWeights: true)
+                }
             }
         }
+    }
+
+    /// body(i) for every row i of an n-row chunk, the rows shared out across the pool in
+    /// contiguous ranges. For per-row work between the products (norms, RoPE, activations,
+    /// residual adds): each row is computed whole by one thread, so the numbers do not depend on
+    /// the split, and the second core no longer idles (or falls asleep) through them.
+    @inline(__always)
+    func eachRow(_ n: Int, _ b: BatchState, _ body: (Int) -> Void) {
+        let tasks = min(n, b.pool.threads)
+        guard tasks > 1 else { for i in 0..<n { body(i) }; return }
+        let perTask = (n + tasks - 1) / tasks
+        b.pool.parallelFor(tasks) { t in for i in t * perTask..<min(n, (t + 1) * perTask) { body(i) } }
     }
 
     /// Row i's stand-in for layer l, with the decode path's kernel so that a batch and
@@ -285,7 +308,7 @@ extension Transformer {
     public func batchLogits(rows: Range<Int>, _ b: BatchState, _ out: UnsafeMutablePointer<Float>) {
         let dim = config.dim
         guard !rows.isEmpty else { return }
-        for i in rows { rmsNorm(b.x + i * dim, outputNorm, b.xb + i * dim) }
+        eachRow(rows.count, b) { r in let i = rows.lowerBound + r; self.rmsNorm(b.x + i * dim, self.outputNorm, b.xb + i * dim) }
         headRows(rows, b, out)
     }
 
