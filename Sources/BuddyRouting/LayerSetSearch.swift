@@ -47,7 +47,7 @@ public final class LayerSetSearch {
     public let sequences: [SearchSequence]
     /// One per thread; a lane evaluates one sequence at a time.
     let lanes: [SearchLane]
-    /// The next sequence a free lane takes, and a lock for progress reports from the lanes.
+    /// The next sequence a free lane takes, and the lock around progress reports from the lanes.
     private let nextSequence = Atomic<Int>(0)
     private let progressLock = NSLock()
     /// Per sequence: [scored × vocab] full-depth probabilities.
@@ -76,29 +76,21 @@ public final class LayerSetSearch {
         let maxLength = sequences.map(\.tokens.count).max() ?? 1
         self.model = model
         self.sequences = sequences
-        lanes = (0..<max(1, threads)).map { _ in SearchLane(model: model, maxLength: maxLength) }
+        lanes = (0..<max(1, threads)).map { SearchLane(index: $0, model: model, maxLength: maxLength) }
         scoredCount = sequences.reduce(0) { $0 + $1.scored.count }
         let vocab = c.vocabSize
         let all = [Bool](repeating: true, count: c.layers)
-        var probs = [UnsafeMutablePointer<Float>?](repeating: nil, count: sequences.count)
-        var negEntropies = [[Double]](repeating: [], count: sequences.count)
-        var done = 0
-        probs.withUnsafeMutableBufferPointer { probs in
-            negEntropies.withUnsafeMutableBufferPointer { negEntropies in
-                forEachSequence { i, lane in
-                    let s = self.sequences[i]
-                    let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, s.scored.count) * vocab)
-                    self.run(s, from: 0, runs: all, on: lane)
-                    negEntropies[i] = (0..<s.scored.count).map { r in
-                        LogProbabilities.probabilities(lane.logits + r * vocab, into: p + r * vocab, count: vocab)
-                    }
-                    probs[i] = p
-                    self.reportProgress { done += 1; progress?(done, sequences.count) }
-                }
+        let references = perSequence(progress: progress) { i, lane -> (UnsafeMutablePointer<Float>, [Double]) in
+            let s = self.sequences[i]
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, s.scored.count) * vocab)
+            self.run(s, from: 0, runs: all, on: lane)
+            let negEntropy = (0..<s.scored.count).map { r in
+                LogProbabilities.probabilities(lane.logits + r * vocab, into: p + r * vocab, count: vocab)
             }
+            return (p, negEntropy)
         }
-        fullProbs = probs.map { $0! }
-        fullNegEntropy = negEntropies
+        fullProbs = references.map(\.0)
+        fullNegEntropy = references.map(\.1)
     }
     deinit { fullProbs.forEach { $0.deallocate() } }
 
@@ -115,13 +107,6 @@ public final class LayerSetSearch {
                 body(i, self.lanes[li])
             }
         }
-    }
-
-    /// Runs `report` under the progress lock (lanes finish sequences concurrently).
-    func reportProgress(_ report: () -> Void) {
-        progressLock.lock()
-        report()
-        progressLock.unlock()
     }
 
     /// Runs sequence s on `lane` from layer `from` (the residual stream before it must be in the
@@ -148,11 +133,20 @@ public final class LayerSetSearch {
         }
     }
 
-    /// One value per sequence, computed by the lanes in parallel, in sequence order.
-    func perSequence<T>(_ body: (Int, SearchLane) -> T) -> [T] {
+    /// One value per sequence, computed by the lanes in parallel, in sequence order;
+    /// `progress` is told (sequences done, total) as each finishes.
+    func perSequence<T>(progress: ((Int, Int) -> Void)? = nil, _ body: (Int, SearchLane) -> T) -> [T] {
         var out = [T?](repeating: nil, count: sequences.count)
+        var done = 0
         out.withUnsafeMutableBufferPointer { out in
-            forEachSequence { i, lane in out[i] = body(i, lane) }
+            forEachSequence { i, lane in
+                out[i] = body(i, lane)
+                guard let progress else { return }
+                progressLock.lock()
+                done += 1
+                progress(done, sequences.count)
+                progressLock.unlock()
+            }
         }
         return out.map { $0! }
     }
@@ -180,10 +174,10 @@ public final class LayerSetSearch {
     /// per-token decisions, as `routedKL` runs them.
     public func routedPositionKL(_ selector: DecisionModule, policy: KVPolicy) -> [Double] {
         // Each lane routes with its own copy of the module (its pooled context is per sequence).
-        let selectors = lanes.indices.map { $0 == 0 ? selector : selector.copy() }
+        let selectors = lanes.map { $0.index == 0 ? selector : selector.copy() }
         let rows = perSequence { i, lane in
             let s = self.sequences[i], t = self.model.transformer, b = lane.scorer.batch, cache = lane.scorer.cache
-            let module = selectors[self.lanes.firstIndex { $0 === lane }!]
+            let module = selectors[lane.index]
             module.resetContext()
             cache.truncate(to: 0)
             t.routedForward(s.tokens[...], start: 0, b, cache, routing: .perRow(module), policy: policy)
@@ -210,13 +204,10 @@ public final class LayerSetSearch {
 
     /// Mean KL from full depth when `runs` (all layers, first and last included) run for every token.
     public func objective(_ runs: [Bool]) -> Double {
-        let base = Double(evaluations), count = Double(sequences.count)
-        var done = 0
-        let sums = perSequence { i, lane in
+        let base = Double(evaluations)
+        let sums = perSequence(progress: { self.onProgress?(base + Double($0) / Double($1)) }) { i, lane in
             self.run(self.sequences[i], from: 0, runs: runs, on: lane)
-            let sum = self.klSum(sequence: i, on: lane)
-            self.reportProgress { done += 1; self.onProgress?(base + Double(done) / count) }
-            return sum
+            return self.klSum(sequence: i, on: lane)
         }
         evaluations += 1
         return sums.reduce(0, +) / Double(max(scoredCount, 1))
@@ -227,13 +218,12 @@ public final class LayerSetSearch {
     public func objectives(base: [Bool], candidates: [[Bool]]) -> [Double] {
         let L = model.config.layers, dim = model.config.dim
         let firsts = candidates.map { LayerBudget.firstDifference($0, base) ?? L }
-        let start = Double(evaluations), count = Double(sequences.count), batch = Double(candidates.count)
-        var done = 0
+        let start = Double(evaluations), batch = Double(candidates.count)
         // sums[i][c]: candidate c's KL sum over sequence i.
-        let sums = perSequence { i, lane -> [Double] in
+        let sums = perSequence(progress: { self.onProgress?(start + batch * Double($0) / Double($1)) }) { i, lane -> [Double] in
             let s = self.sequences[i], n = s.tokens.count
             self.run(s, from: 0, runs: base, keepStreams: true, on: lane)
-            let out = candidates.indices.map { ci -> Double in
+            return candidates.indices.map { ci -> Double in
                 let f = firsts[ci]
                 if f < L {
                     lane.before.withUnsafeBufferPointer { lane.scorer.batch.x.update(from: $0.baseAddress! + f * n * dim, count: n * dim) }
@@ -243,8 +233,6 @@ public final class LayerSetSearch {
                 }
                 return self.klSum(sequence: i, on: lane)
             }
-            self.reportProgress { done += 1; self.onProgress?(start + batch * Double(done) / count) }
-            return out
         }
         evaluations += candidates.count
         // Summed in sequence order, as one thread running the sequences in turn would.
@@ -382,13 +370,16 @@ extension LayerSetSearch {
 /// One thread's share of a search: a single-threaded evaluator (batch and cache), the logits of
 /// one sequence's scored rows and the residual stream before every layer.
 final class SearchLane {
+    /// Its place in the search's lanes.
+    let index: Int
     let scorer: PerplexityEvaluator
     /// [maxLength × vocab] logits of one candidate's scored rows
     let logits: UnsafeMutablePointer<Float>
     /// [layers × maxLength × dim] residual stream before each layer, for one sequence
     var before: [Float]
 
-    init(model: LanguageModel, maxLength: Int) {
+    init(index: Int, model: LanguageModel, maxLength: Int) {
+        self.index = index
         let c = model.config
         scorer = PerplexityEvaluator(model: model, contextSize: maxLength, threads: 1)
         logits = .allocate(capacity: maxLength * c.vocabSize)

@@ -255,28 +255,18 @@ public final class BatchedProduct: ParallelTasks, @unchecked Sendable {
             }
             return
         }
-        if byTokens {
-            let t0 = min(n, t * tokensPerTask), count = min(n, t0 + tokensPerTask) - t0
-            guard count > 0 else { return }
-            if m.type.isKQuant {
-                let sb = cols / 256
-                bk_gemm_qk(Int32(m.type.rawValue), m.data, m.rowBytes, 0, Int32(m.rows), Int32(cols), Int32(count),
-                           kq.qs + t0 * cols, kq.d + t0 * sb, kq.bsums + t0 * 16 * sb, y + t0 * ldy, Int32(ldy))
-            } else {
-                let blocks = cols / 32
-                bk_gemm_q(Int32(m.type.rawValue), m.data, m.rowBytes, 0, Int32(m.rows), Int32(cols), Int32(count),
-                          aq + t0 * cols, ad + t0 * blocks, asums + t0 * blocks, ads + t0 * blocks, y + t0 * ldy, Int32(ldy))
-            }
-            return
-        }
-        let lo = t * rowsPerTask, hi = min(m.rows, lo + rowsPerTask)
-        guard lo < hi else { return }
+        // This task's tokens and rows: its own tokens and every row, or every token and its rows.
+        let t0 = byTokens ? min(n, t * tokensPerTask) : 0, t1 = byTokens ? min(n, t0 + tokensPerTask) : n
+        let lo = byTokens ? 0 : min(m.rows, t * rowsPerTask), hi = min(m.rows, lo + rowsPerTask)
+        guard t0 < t1, lo < hi else { return }
         if m.type.isKQuant {
-            bk_gemm_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols), Int32(n),
-                       kq.qs, kq.d, kq.bsums, y + lo, Int32(ldy))
+            let sb = cols / 256
+            bk_gemm_qk(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols), Int32(t1 - t0),
+                       kq.qs + t0 * cols, kq.d + t0 * sb, kq.bsums + t0 * 16 * sb, y + t0 * ldy + lo, Int32(ldy))
         } else {
-            bk_gemm_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols),
-                      Int32(n), aq, ad, asums, ads, y + lo, Int32(ldy))
+            let blocks = cols / 32
+            bk_gemm_q(Int32(m.type.rawValue), m.data, m.rowBytes, Int32(lo), Int32(hi), Int32(cols), Int32(t1 - t0),
+                      aq + t0 * cols, ad + t0 * blocks, asums + t0 * blocks, ads + t0 * blocks, y + t0 * ldy + lo, Int32(ldy))
         }
     }
 }

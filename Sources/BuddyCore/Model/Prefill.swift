@@ -241,11 +241,7 @@ extension Transformer {
     /// not depend on the split).
     func applyStandIns(_ l: Int, n: Int, _ b: BatchState, skips: ((Int) -> Bool)? = nil) {
         guard b.standIns?.layers[l] != nil else { return }
-        let tasks = min(n, b.pool.threads)
-        let perTask = (n + tasks - 1) / tasks
-        b.pool.parallelFor(tasks) { t in
-            for i in t * perTask..<min(n, (t + 1) * perTask) where skips?(i) ?? true { self.applyStandIn(l, row: i, b) }
-        }
+        eachRow(n, b) { i in if skips?(i) ?? true { self.applyStandIn(l, row: i, b) } }
     }
 
     func skipLayerBatch(_ l: Int, n: Int, start: Int, policy: KVPolicy, _ b: BatchState, _ cache: KVCache) {
