@@ -47,8 +47,7 @@ public final class LayerSetSearch {
     public let sequences: [SearchSequence]
     /// One per thread; a lane evaluates one sequence at a time.
     let lanes: [SearchLane]
-    /// The next sequence a free lane takes, and the lock around progress reports from the lanes.
-    private let nextSequence = Atomic<Int>(0)
+    /// The lock around progress reports from the lanes.
     private let progressLock = NSLock()
     /// Per sequence: [scored × vocab] full-depth probabilities.
     var fullProbs: [UnsafeMutablePointer<Float>] = []
@@ -97,16 +96,7 @@ public final class LayerSetSearch {
     /// body(i, lane) for every sequence i, the sequences taken in order by whichever lane is
     /// free, the lanes on threads of their own. body must only write what belongs to sequence i.
     func forEachSequence(_ body: (Int, SearchLane) -> Void) {
-        let count = sequences.count
-        guard lanes.count > 1 else { for i in 0..<count { body(i, lanes[0]) }; return }
-        nextSequence.store(0, ordering: .relaxed)
-        ThreadPool.shared(threads: lanes.count).parallelFor(lanes.count) { li in
-            while true {
-                let i = self.nextSequence.add(1, ordering: .relaxed).oldValue
-                if i >= count { break }
-                body(i, self.lanes[li])
-            }
-        }
+        ThreadPool.forEachItem(sequences.count, lanes: lanes.count) { i, lane in body(i, lanes[lane]) }
     }
 
     /// Runs sequence s on `lane` from layer `from` (the residual stream before it must be in the

@@ -30,7 +30,8 @@ extension StaticRanking: PromptSetHolder {}
 ///      otherwise the budget gets no prompt set.
 ///
 /// About 2 + rounds × (routable + width²) measurements per budget. Every measurement is checkpointed,
-/// so a rerun resumes.
+/// so a rerun resumes. Conversations run in parallel on single-threaded lanes, one per thread
+/// (`ChatLane`), and are summed in prompt order: the numbers do not depend on the thread count.
 public enum PromptSetSearch {
     /// The part of a conversation a searched set serves.
     public enum SetPart: String, Sendable {
@@ -122,12 +123,14 @@ public enum PromptSetSearch {
         let standIns = try o.standIns.resolve(model: model, note: report.note)
         let routable = model.config.layers - 2
 
-        let session = Session(model: model, capacity: 2048, threads: o.threads, batchSize: 256)
-        session.policy = o.kvPolicy
-        // A reply set is searched with the prompt at full depth, as the chat runs it, so that the
-        // prompt's own sets (at this budget and at k ± 1 alike) play no part.
-        session.promptDepth = o.part == .reply ? .full : .budget
-        let evaluator = ChatEvaluator(session: session)
+        // Conversations run in parallel, one per lane and thread, each lane with a single-threaded
+        // session and its own copy of the router (prompt sets, budget and pooled context are per
+        // conversation). Sums are taken in prompt order, so the numbers equal one lane's bit for bit.
+        let lanes = try (0..<max(1, o.threads)).map { i in
+            let holder = i == 0 ? router : try Routers.make(o.router, model: model) as? PromptSetHolder
+            guard let holder else { throw ToolError("--router \(o.router): cannot load a copy for lane \(i)") }
+            return ChatLane(model: model, router: holder, policy: o.kvPolicy, part: o.part)
+        }
 
         // The checkpoint is reused only by the same search (data, router, stand-ins). The router
         // is identified without its prompt sets and notes, which a search itself rewrites, and
@@ -154,10 +157,8 @@ public enum PromptSetSearch {
         }
 
         let bar = report.progress("references", questions.count)
-        var references: [ChatReference] = []
-        for (i, q) in questions.enumerated() {
-            references.append(try evaluator.reference(prompt: evaluator.promptTokens(q.text), maxTokens: o.replyTokens))
-            bar.update(i + 1, detail: "prompt \(q.id)")
+        let references = try perConversation(questions.count, lanes: lanes, bar: bar) { i, lane in
+            try lane.evaluator.reference(prompt: lane.evaluator.promptTokens(questions[i].text), maxTokens: o.replyTokens)
         }
 
         // The tokens of --text-data, read once for the search's prose measure and every pair step.
@@ -190,40 +191,30 @@ public enum PromptSetSearch {
         /// Mean KL over the references with `set` as every prompt's set (nil: the router's own
         /// decisions), and how often each prompt mask was run.
         func key(_ set: [Int]?, k: Int) -> String { "k=\(k) " + (set.map { "set " + $0.map(String.init).joined(separator: ",") } ?? "router") }
-        /// The session's selector for measuring `set` at k (the router's own decisions for nil).
-        func configure(_ set: [Int]?, k: Int) throws -> BudgetedLayerSelector {
-            let selector: BudgetedLayerSelector
-            if o.part == .reply, let module, let set {
-                selector = try module.replacingChoice(DecisionModule.Choice(kept: k, sets: [set], names: ["reply search"]))
-            } else {
-                selector = router
-                if o.part == .prompt {
-                    router.promptSets = .none(routable: routable)
-                    if let set { try router.promptSets.set(set, kept: k) }
-                }
-            }
-            selector.budget = Double(k) / Double(routable)
-            session.selector = selector
-            session.standIns = standIns
-            return selector
+        /// Sets every lane's selector for measuring `set` at k (the router's own decisions for nil).
+        func configure(_ set: [Int]?, k: Int) throws {
+            for lane in lanes { try lane.configure(set, k: k, routable: routable, standIns: standIns) }
         }
         func measure(_ set: [Int]?, k: Int, label: String) throws -> (kl: Double, masks: [[Bool]: Int]) {
             let key = key(set, k: k)
             if set != nil, let s = saved.sums[key] { return (try withProse(s[0] / s[1], set, k: k, key: key), [:]) }
-            let selector = try configure(set, k: k)
-            var total = ChatDivergence()
-            var masks: [[Bool]: Int] = [:]
+            try configure(set, k: k)
             let bar = report.progress(label, references.count)
-            for (i, ref) in references.enumerated() {
-                total.add(try evaluator.compare(ref, batched: Routers.canBatch(selector, budget: selector.budget)))
+            let measured = try perConversation(references.count, lanes: lanes, bar: bar) { i, lane -> (ChatDivergence, [Bool]?) in
+                let selector = lane.selector!
+                let d = try lane.evaluator.compare(references[i], batched: Routers.canBatch(selector, budget: selector.budget))
                 // compare evaluates the prompt first; with the reply batched the session's
                 // last mask is the reply's, so read the prompt's decision afresh.
-                if set == nil, o.part == .prompt {
-                    session.reset()
-                    try session.evaluate(ref.prompt)
-                    masks[session.lastMask, default: 0] += 1
-                }
-                bar.update(i + 1, detail: String(format: "KL %.4f", total.meanKL))
+                guard set == nil, o.part == .prompt else { return (d, nil) }
+                lane.session.reset()
+                try lane.session.evaluate(references[i].prompt)
+                return (d, lane.session.lastMask)
+            }
+            var total = ChatDivergence()
+            var masks: [[Bool]: Int] = [:]
+            for (d, mask) in measured {
+                total.add(d)
+                if let mask { masks[mask, default: 0] += 1 }
             }
             saved.sums[key] = [total.klSum, Double(total.tokens)]
             try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath)
@@ -245,20 +236,24 @@ public enum PromptSetSearch {
                 let bar = report.progress(label + " (\(missing.count) sets)", references.count)
                 // The first set's selector decides the shared reply (the prompt part) or is not
                 // consulted (the reply part); a conversation that cannot share runs every set alone.
-                let base = try configure(missing[order[0]], k: k)
+                try configure(missing[order[0]], k: k)
+                let base = lanes[0].selector!
                 let batchable = Routers.canBatch(base, budget: base.budget)
-                for (i, ref) in references.enumerated() {
-                    if batchable, let shared = evaluator.compare(ref, sets: order.map { masks[$0] }, part: o.part == .prompt ? .prompt : .reply) {
-                        for (j, d) in zip(order, shared) { totals[j].add(d) }
+                let measured = try perConversation(references.count, lanes: lanes, bar: bar) { i, lane -> [ChatDivergence] in
+                    var out = [ChatDivergence](repeating: ChatDivergence(), count: missing.count)
+                    if batchable, let shared = lane.evaluator.compare(references[i], sets: order.map { masks[$0] }, part: o.part == .prompt ? .prompt : .reply) {
+                        for (j, d) in zip(order, shared) { out[j] = d }
                     } else {
                         for j in missing.indices {
-                            let alone = try configure(missing[j], k: k)
-                            totals[j].add(try evaluator.compare(ref, batched: Routers.canBatch(alone, budget: alone.budget)))
+                            try lane.configure(missing[j], k: k, routable: routable, standIns: standIns)
+                            let alone = lane.selector!
+                            out[j] = try lane.evaluator.compare(references[i], batched: Routers.canBatch(alone, budget: alone.budget))
                         }
-                        _ = try configure(missing[order[0]], k: k)
+                        try lane.configure(missing[order[0]], k: k, routable: routable, standIns: standIns)
                     }
-                    bar.update(i + 1, detail: String(format: "KL %.4f .. %.4f", totals.map(\.meanKL).min() ?? .nan, totals.map(\.meanKL).max() ?? .nan))
+                    return out
                 }
+                for conversation in measured { for j in missing.indices { totals[j].add(conversation[j]) } }
                 for (j, set) in missing.enumerated() { saved.sums[key(set, k: k)] = [totals[j].klSum, Double(totals[j].tokens)] }
                 try AtomicFile.write(try JSONEncoder().encode(saved), to: checkpointPath)
             }
@@ -358,6 +353,63 @@ public enum PromptSetSearch {
         // scripts/train_router.sh's steps 3-5 find their first rounds measured by step 2.
         report.line("wrote \(o.out)")
         return outcomes
+    }
+
+    /// One lane of a search: a single-threaded session, its evaluator, and a router of its own.
+    final class ChatLane {
+        let session: Session
+        let evaluator: ChatEvaluator
+        let router: PromptSetHolder
+        let part: SetPart
+        /// What `configure` last set as the session's selector.
+        private(set) var selector: BudgetedLayerSelector?
+
+        init(model: LanguageModel, router: PromptSetHolder, policy: KVPolicy, part: SetPart) {
+            session = Session(model: model, capacity: 2048, threads: 1, batchSize: 256)
+            session.policy = policy
+            // A reply set is searched with the prompt at full depth, as the chat runs it, so that
+            // the prompt's own sets (at this budget and at k ± 1 alike) play no part.
+            session.promptDepth = part == .reply ? .full : .budget
+            evaluator = ChatEvaluator(session: session)
+            self.router = router
+            self.part = part
+        }
+
+        /// Sets the session's selector for measuring `set` at k (the router's own decisions for nil).
+        func configure(_ set: [Int]?, k: Int, routable: Int, standIns: StandIns?) throws {
+            let selector: BudgetedLayerSelector
+            if part == .reply, let module = router as? DecisionModule, let set {
+                selector = try module.replacingChoice(DecisionModule.Choice(kept: k, sets: [set], names: ["reply search"]))
+            } else {
+                selector = router
+                if part == .prompt {
+                    router.promptSets = .none(routable: routable)
+                    if let set { try router.promptSets.set(set, kept: k) }
+                }
+            }
+            selector.budget = Double(k) / Double(routable)
+            session.selector = selector
+            session.standIns = standIns
+            self.selector = selector
+        }
+    }
+
+    /// body(i, lane) for every conversation i, the lanes in parallel, the results in conversation
+    /// order; `bar` counts the conversations done. The first error thrown is rethrown.
+    static func perConversation<T>(_ count: Int, lanes: [ChatLane], bar: ProgressDisplay, _ body: (Int, ChatLane) throws -> T) throws -> [T] {
+        var out = [Result<T, Error>?](repeating: nil, count: count)
+        let lock = NSLock()
+        var done = 0
+        out.withUnsafeMutableBufferPointer { out in
+            ThreadPool.forEachItem(count, lanes: lanes.count) { i, lane in
+                out[i] = Result { try body(i, lanes[lane]) }
+                lock.lock()
+                done += 1
+                bar.update(done, detail: "conversations")
+                lock.unlock()
+            }
+        }
+        return try out.map { try $0!.get() }
     }
 
     /// The order in which `ChatEvaluator.compare(_:sets:part:)` should run `masks`: first the

@@ -586,6 +586,15 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
     A2 = _mm256_fmadd_ps(BK_LANE2(sc), _mm256_cvtepi32_ps(DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x2 + 32 * (B))), sg))), A2); \
     A3 = _mm256_fmadd_ps(BK_LANE3(sc), _mm256_cvtepi32_ps(DOT4(ab, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(x3 + 32 * (B))), sg))), A3); }
 
+// One block of an offset Q0 tile (gemm_q_0_unpacked_vnni): the same floats as BK_GEMM_Q0_STEP.
+#define BK_GEMM_Q0_OFFSET_STEP(B, A0, A1, A2, A3) {                                                               \
+    const __m256i wv = u[2 * (B)], base = u[2 * (B) + 1];                                                          \
+    const __m128 sc = _mm_mul_ps(_mm_set1_ps(ws[B]), dT[B]);                                                       \
+    A0 = _mm256_fmadd_ps(BK_LANE0(sc), _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, shifted[4 * (B)], wv)), A0);     \
+    A1 = _mm256_fmadd_ps(BK_LANE1(sc), _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, shifted[4 * (B) + 1], wv)), A1); \
+    A2 = _mm256_fmadd_ps(BK_LANE2(sc), _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, shifted[4 * (B) + 2], wv)), A2); \
+    A3 = _mm256_fmadd_ps(BK_LANE3(sc), _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(base, shifted[4 * (B) + 3], wv)), A3); }
+
 // Q4_1 and Q5_1: unsigned weights plus an offset term, as BK_Q4_1_STEP; the four tokens'
 // offset terms (w_min · a_sum) side by side in one vector per parity.
 #define BK_GEMM_Q1_UNPACKED(NAME, TARGET, DOT4)                                                                   \
@@ -647,7 +656,62 @@ TARGET static void NAME(const uint8_t *w, size_t rb, int bytes, int r0, int r1, 
 #define BK_DOT4_AVX2(U, S) _mm256_madd_epi16(_mm256_maddubs_epi16(U, S), ones)
 #define BK_DOT4_VNNI(U, S) _mm256_dpbusd_epi32(_mm256_setzero_si256(), U, S)
 BK_GEMM_Q0_UNPACKED(gemm_q_0_unpacked_avx2, BK_AVX2, BK_DOT4_AVX2)
-BK_GEMM_Q0_UNPACKED(gemm_q_0_unpacked_vnni, BK_VNNI, BK_DOT4_VNNI)
+
+// Q8_0/Q4_0/Q5_0 with VNNI: w·a as (a + 128)·w − 128·Σw. Each 32-bit lane (four products) is an
+// exact integer equal to the |w|·(a with w's sign) of the form above, so the floats that follow
+// are the same bit for bit. The offset copy of the activations is made once per tile and shared
+// by every row of the block, which saves the per-row sign instruction of the form above (its
+// share of the work is largest in the output head). AVX2 cannot do this: maddubs saturates the
+// (a + 128)·w pairs at 16 bits.
+BK_VNNI static void gemm_q_0_unpacked_vnni(const uint8_t *w, size_t rb, int bytes, int r0, int r1, int blocks, int n,
+                                           const int8_t *qs, const float *d, float *y, int ldy) {
+    const int cols = 32 * blocks;
+    const __m256i offset = _mm256_set1_epi8((char)0x80), zero = _mm256_setzero_si256();
+    __m256i unpacked[BK_UNPACK_BYTES / 32];          // per row and block: w, then −128·Σw per lane
+    __m256i shifted[4 * (BK_UNPACK_BYTES / 64)];     // per block: the four tokens' a + 128
+    float wscale[BK_UNPACK_BYTES / 64];
+    __m128 dT[BK_UNPACK_BYTES / 64];
+    int rowsPerBlock = BK_UNPACK_BYTES / (64 * blocks);
+    if (rowsPerBlock > 16) rowsPerBlock = 16;
+    const int tiles = n / 4;
+    for (int rb0 = r0; rb0 < r1; rb0 += rowsPerBlock) {
+        const int rb1 = rb0 + rowsPerBlock < r1 ? rb0 + rowsPerBlock : r1;
+        for (int r = rb0; r < rb1; r++) {
+            const uint8_t *p = w + (size_t)r * rb;
+            __m256i *u = unpacked + 2 * (size_t)(r - rb0) * blocks;
+            for (int b = 0; b < blocks; b++, p += bytes) {
+                __m256i v = signed_weights(p, bytes);
+                u[2 * b] = v; u[2 * b + 1] = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, offset, v));
+                wscale[(r - rb0) * blocks + b] = h2f_avx(p);
+            }
+        }
+        for (int tile = 0; tile < tiles; tile++) {
+            const int t = 4 * tile;
+            const int8_t *x = qs + (size_t)t * cols;
+            BK_SIDE_BY_SIDE(dT, d + (size_t)t * blocks, blocks)
+            for (int b = 0; b < blocks; b++)
+                for (int j = 0; j < 4; j++)
+                    shifted[4 * b + j] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(x + (size_t)j * cols + 32 * b)), offset);
+            for (int r = rb0; r < rb1; r++) {
+                const __m256i *u = unpacked + 2 * (size_t)(r - rb0) * blocks;
+                const float *ws = wscale + (r - rb0) * blocks;
+                __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+                _Pragma("clang loop unroll(disable)")
+                for (int b = 0; b < blocks; b += 2) {
+                    BK_GEMM_Q0_OFFSET_STEP(b, a00, a10, a20, a30)
+                    if (b + 1 < blocks) BK_GEMM_Q0_OFFSET_STEP(b + 1, a01, a11, a21, a31)
+                }
+                y[(size_t)t * ldy + (r - r0)] = hsum256(_mm256_add_ps(a00, a01));
+                y[(size_t)(t + 1) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a10, a11));
+                y[(size_t)(t + 2) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a20, a21));
+                y[(size_t)(t + 3) * ldy + (r - r0)] = hsum256(_mm256_add_ps(a30, a31));
+            }
+        }
+        for (int t = 4 * tiles; t < n; t++)
+            matvec_q_0_avx2(w, rb, bytes, rb0, rb1, blocks, qs + (size_t)t * cols, d + (size_t)t * blocks,
+                            y + (size_t)t * ldy + (rb0 - r0));
+    }
+}
 BK_GEMM_Q1_UNPACKED(gemm_q_1_unpacked_avx2, BK_AVX2, BK_DOT4_AVX2)
 BK_GEMM_Q1_UNPACKED(gemm_q_1_unpacked_vnni, BK_VNNI, BK_DOT4_VNNI)
 

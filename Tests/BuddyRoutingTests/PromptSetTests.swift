@@ -273,6 +273,37 @@ final class PromptSetTests: XCTestCase {
         XCTAssertTrue(notes.contains("--balanced --prose-objective --out"), notes)
     }
 
+    /// A search runs its conversations on a lane per thread and sums them in prompt order, so
+    /// two lanes give one lane's measurements bit for bit, for prompt sets (the router deciding
+    /// the reply row by row) and for reply sets alike.
+    func testTwoLanesGiveOneLanesMeasurementsExactly() throws {
+        let m = try TestSupport.model()
+        let dm = try TestModules.withScorers(model: m, seed: 41)
+        let budget = 0.1
+        for part in [PromptSetSearch.SetPart.prompt, .reply] {
+            var sums: [[String: [Double]]] = [], outcomes: [PromptSetSearch.Outcome] = []
+            for threads in [1, 2] {
+                let saved = try SavedModuleCopy(dm, model: m, tag: "lanes-\(part)-\(threads)")
+                defer { saved.remove() }
+                let chat = saved.dir.appendingPathComponent("chat.jsonl").path
+                try ["Name three colours.", "What is rain?", "Say hello."].enumerated()
+                    .map { #"{"question_id": "\#($0.offset)", "category": "t", "turns": ["\#($0.element)"]}"# }
+                    .joined(separator: "\n").write(toFile: chat, atomically: true, encoding: .utf8)
+                var o = PromptSetSearch.Options(router: saved.path, chatData: chat, out: saved.dir.appendingPathComponent("out.json").path)
+                o.part = part; o.split = .all; o.prompts = 3; o.replyTokens = 8; o.width = 1; o.budgets = [budget]; o.threads = threads
+                o.checkpoint = saved.dir.appendingPathComponent("checkpoint.json").path
+                outcomes.append(try XCTUnwrap(try PromptSetSearch.run(o, model: m, report: .silent).first))
+                let j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: o.checkpoint!))) as? [String: Any]
+                sums.append(try XCTUnwrap(j?["sums"] as? [String: [Double]]))
+            }
+            XCTAssertGreaterThan(sums[0].count, m.config.layers - 2, "\(part): one round measures every one-layer change")
+            XCTAssertEqual(sums[0], sums[1], "\(part)")
+            XCTAssertEqual(outcomes[0].routerKL, outcomes[1].routerKL, "\(part)")
+            XCTAssertEqual(outcomes[0].start, outcomes[1].start, "\(part)")
+            XCTAssertEqual(outcomes[0].best, outcomes[1].best, "\(part)")
+        }
+    }
+
     /// A prompt-set search keeps its checkpoint, so a later search of the same router file (as
     /// scripts/train_router.sh's steps 3-5 search the file step 2 wrote, with more rounds) finds
     /// its first round measured and ends exactly where a fresh search of the original ends.

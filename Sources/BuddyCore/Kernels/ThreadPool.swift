@@ -174,3 +174,22 @@ private final class WorkerBox {
     let index: Int
     init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
 }
+
+extension ThreadPool {
+    /// body(item, lane) for every item in 0..<count, spread over `lanes` threads of their own
+    /// (lane in 0..<lanes), each taking the next item whenever it is free. For work that is
+    /// cheaper as whole independent items (a conversation, a text chunk) on single-threaded
+    /// state per lane than as products split across threads. With one lane the items run in
+    /// order on the caller's thread. body must only write what belongs to its item and lane.
+    public static func forEachItem(_ count: Int, lanes: Int, _ body: (_ item: Int, _ lane: Int) -> Void) {
+        guard lanes > 1, count > 1 else { for i in 0..<count { body(i, 0) }; return }
+        let next = Atomic<Int>(0)
+        ThreadPool.shared(threads: lanes).parallelFor(lanes) { lane in
+            while true {
+                let i = next.add(1, ordering: .relaxed).oldValue
+                if i >= count { break }
+                body(i, lane)
+            }
+        }
+    }
+}

@@ -124,33 +124,41 @@ extension Transformer {
         let c = config, w = layers[l]
         let dim = c.dim, qd = c.qDim, kvd = c.kvDim
 
-        // Attention
-        for i in 0..<n { rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
+        // Attention. The per-row steps are shared across the pool (`eachRow`: each row whole
+        // on one thread, so the numbers do not depend on the split).
+        eachRow(n, b) { i in self.rmsNorm(b.x + i * dim, w.attnNorm, b.xb + i * dim) }
         gemm(w.wq, b.xb, n, b.q, b)
         gemm(w.wk, b.xb, n, b.k, b)
         gemm(w.wv, b.xb, n, b.v, b)
-        for i in 0..<n {
+        eachRow(n, b) { i in
             let pos = start + i, q = b.q + i * qd, k = b.k + i * kvd, v = b.v + i * kvd
-            gemma3Queries(l, pos: pos, q: q, half: true)
-            gemma3Keys(l, pos: pos, k: k, v: v, half: true)
-            storeKV(l, pos: pos, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
+            self.gemma3Queries(l, pos: pos, q: q, half: true)
+            self.gemma3Keys(l, pos: pos, k: k, v: v, half: true)
+            // Each position has its own cache entry and flags, so rows may store concurrently.
+            self.storeKV(l, pos: pos, k: k, v: v, cache, skipped: skipping?(i) == true, policy: policy)
         }
         if b.trace != nil {
             for i in 0..<n { b.emit("attn_norm", l, b.xb + i * dim, dim); b.emit("q", l, b.q + i * qd, qd) }
         }
         attendBatch(l, n: n, start: start, b, cache)
         gemm(w.wo, b.att, n, b.xb, b)
-        for i in 0..<n { rmsNorm(b.xb + i * dim, w.postAttnNorm!, b.xb + i * dim) }
-        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        eachRow(n, b) { i in
+            let x = b.x + i * dim, o = b.xb + i * dim
+            self.rmsNorm(o, w.postAttnNorm!, o)
+            for j in 0..<dim { x[j] += o[j] }
+        }
 
         // Feed-forward (GELU-gated)
-        for i in 0..<n { rmsNorm(b.x + i * dim, w.ffnNorm, b.xb + i * dim) }
+        eachRow(n, b) { i in self.rmsNorm(b.x + i * dim, w.ffnNorm, b.xb + i * dim) }
         gemm(w.gate, b.xb, n, b.g, b)
         gemm(w.up, b.xb, n, b.u, b)
-        GELU.gated(b.g, b.u, count: n * c.ffnDim)
+        eachRow(n, b) { i in GELU.gated(b.g + i * c.ffnDim, b.u + i * c.ffnDim, count: c.ffnDim) }
         gemm(w.down, b.g, n, b.xb, b)
-        for i in 0..<n { rmsNorm(b.xb + i * dim, w.postFFNNorm!, b.xb + i * dim) }
-        for i in 0..<n * dim { b.x[i] += b.xb[i] }
+        eachRow(n, b) { i in
+            let x = b.x + i * dim, o = b.xb + i * dim
+            self.rmsNorm(o, w.postFFNNorm!, o)
+            for j in 0..<dim { x[j] += o[j] }
+        }
         if b.trace != nil { for i in 0..<n { b.emit("l_out", l, b.x + i * dim, dim) } }
     }
 
