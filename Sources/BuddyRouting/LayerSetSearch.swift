@@ -160,6 +160,34 @@ public final class LayerSetSearch {
         routedPositionKL(selector, policy: policy).reduce(0, +) / Double(max(scoredCount, 1))
     }
 
+    /// `positionKL` of several masks, in the order given, with the work neighbours in that order
+    /// share done once per sequence: each mask restarts from the residual stream before its first
+    /// layer that differs from the mask before it (the streams and the KV cache below that layer
+    /// hold the same values for both, as in `objectives`). The same numbers as `positionKL` mask
+    /// by mask; the saving is largest when the masks are in lexicographic order.
+    public func positionKLs(_ masks: [[Bool]], progress: ((Int, Int) -> Void)? = nil) -> [[Double]] {
+        guard !masks.isEmpty else { return [] }
+        let dim = model.config.dim
+        // rows[i][m]: mask m's KL at each scored row of sequence i.
+        let rows = perSequence(progress: progress) { i, lane -> [[Double]] in
+            let s = self.sequences[i], n = s.tokens.count
+            var out: [[Double]] = []
+            for (m, mask) in masks.enumerated() {
+                if m > 0 {
+                    guard let f = LayerBudget.firstDifference(mask, masks[m - 1]) else { out.append(out[m - 1]); continue }
+                    lane.before.withUnsafeBufferPointer { lane.scorer.batch.x.update(from: $0.baseAddress! + f * n * dim, count: n * dim) }
+                    self.run(s, from: f, runs: mask, keepStreams: true, on: lane)
+                } else {
+                    self.run(s, from: 0, runs: mask, keepStreams: true, on: lane)
+                }
+                out.append(self.rowKL(sequence: i, on: lane))
+            }
+            return out
+        }
+        evaluations += masks.count
+        return masks.indices.map { m in rows.flatMap { $0[m] } }
+    }
+
     /// KL from full depth at every scored position (sequences in order) under `selector`'s
     /// per-token decisions, as `routedKL` runs them.
     public func routedPositionKL(_ selector: DecisionModule, policy: KVPolicy) -> [Double] {

@@ -81,13 +81,11 @@ public enum ReplySetPair {
         validation.standIns = standIns
         report.line("pair data: \(textTrain.count) text + \(chatTrain.count) chat sequences, \(train.scoredCount) positions; validation \(textValidation.count) + \(chatValidation.count), \(validation.scoredCount) positions")
         let sets = [own, reply]
+        // Both sets in one pass per sequence, sharing the layers below their first difference.
+        let masks = sets.map { LayerBudget.mask(layers: L, chosen: Set($0)) }
         let bar = report.progress("per-position KL of both sets", 4)
-        var trainCosts: [[Double]] = [], validationCosts: [[Double]] = []
-        for (i, set) in sets.enumerated() {
-            let mask = LayerBudget.mask(layers: L, chosen: Set(set))
-            trainCosts.append(train.positionKL(mask)); bar.update(2 * i + 1, detail: "")
-            validationCosts.append(validation.positionKL(mask)); bar.update(2 * i + 2, detail: "")
-        }
+        let trainCosts = train.positionKLs(masks) { done, total in bar.update(2 * done / total, detail: "training") }
+        let validationCosts = validation.positionKLs(masks) { done, total in bar.update(2 + 2 * done / total, detail: "validation") }
         let (mean, scale) = (module.weights.inputMean, module.weights.inputScale)
         let zTrain = standardised(train.routingInputs(), mean: mean, scale: scale)
         let zValidation = standardised(validation.routingInputs(), mean: mean, scale: scale)

@@ -271,6 +271,31 @@ public enum RouterTraining {
             try save()
             return c
         }
+        /// Measures the costs of every (split, set) in `wanted` that the checkpoint lacks: per split,
+        /// the sets in lexicographic order of their masks (a layer run before one skipped), in
+        /// groups of up to 20 that share the layers below each set's first difference from the one
+        /// before (`LayerSetSearch.positionKLs`, the same numbers as `positionKL`), checkpointed
+        /// after each group.
+        func measureCosts(_ wanted: [(split: String, set: [Int])]) throws {
+            var missing: [String: [[Int]]] = [:]
+            for w in wanted where saved.costs[key(w.split, w.set)] == nil && !(missing[w.split] ?? []).contains(w.set) { missing[w.split, default: []].append(w.set) }
+            let bar = report.progress("per-position KL (training, validation)", missing.values.reduce(0) { $0 + $1.count })
+            var measured = 0
+            for split in ["train", "validation"] {
+                let sets = missing[split] ?? [], masks = sets.map { LayerBudget.mask(layers: L, chosen: Set($0)) }
+                let order = masks.indices.sorted { masks[$0].lexicographicallyPrecedes(masks[$1]) { $0 && !$1 } }
+                for first in stride(from: 0, to: order.count, by: 20) {
+                    let group = Array(order[first..<min(order.count, first + 20)])
+                    let done = measured
+                    let results = (split == "train" ? train : validation).positionKLs(group.map { masks[$0] }) { sequences, total in
+                        bar.update(done + group.count * sequences / total, detail: "\(split), \(group.count) sets")
+                    }
+                    for (j, r) in zip(group, results) { saved.costs[key(split, sets[j])] = r }
+                    try save()
+                    measured += group.count
+                }
+            }
+        }
         /// Every source's set of k layers: the search's, then each ranking's.
         func sources(_ k: Int) -> [(name: String, set: [Int])] {
             [("search", searched[k]!)] + (refineKs.isEmpty ? [] : [("refined", refined[k] ?? searched[k]!)]) + rankings.map { ($0.name, Array($0.ranking.prefix(k)).sorted()) }
@@ -284,20 +309,14 @@ public enum RouterTraining {
             candidatesByK[k] = list
         }
         let comparisonKs = Set([0.9, 0.7, 0.5].map { LayerBudget.routableCount(budget: $0, layers: L) })
-        let measurements = ks.reduce(0) { $0 + 2 * candidatesByK[$1]!.count } + 2 * comparisonKs.count
-        let bar = report.progress("per-position KL (training, validation)", measurements)
-        var measured = 0
-        for k in ks {
-            for cand in candidatesByK[k]! {
-                for split in ["train", "validation"] { _ = try costs(split, cand.set); measured += 1; bar.update(measured, detail: "k \(k) \(cand.name) \(split)") }
-            }
-        }
+        // Every set's costs on both splits, and the single-layer ranking's on validation at the
+        // comparison budgets: measured in groups whose sets share their first layers.
+        var wanted: [(split: String, set: [Int])] = []
+        for k in ks { for cand in candidatesByK[k]! { wanted += [("train", cand.set), ("validation", cand.set)] } }
+        for k in comparisonKs.sorted(by: >) { wanted.append(("validation", Array(isolatedRanking.prefix(k)).sorted())) }
+        try measureCosts(wanted)
         var isolatedValidation: [Int: Double] = [:]
-        for k in comparisonKs.sorted(by: >) {
-            isolatedValidation[k] = TrainingData.mean(try costs("validation", Array(isolatedRanking.prefix(k)).sorted()))
-            measured += 2
-            bar.update(measured, detail: "k \(k) single-layer ranking")
-        }
+        for k in comparisonKs { isolatedValidation[k] = TrainingData.mean(try costs("validation", Array(isolatedRanking.prefix(k)).sorted())) }
 
         // 3. Inputs, normalisation, scorers.
         let trainInputs = train.routingInputs(), validationInputs = validation.routingInputs()

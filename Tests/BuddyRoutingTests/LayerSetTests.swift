@@ -148,6 +148,28 @@ final class LayerSetTests: XCTestCase {
         XCTAssertGreaterThan(routedOne.reduce(0, +), 0)
     }
 
+    /// Measuring several masks in one pass, each restarting below its first difference from the
+    /// mask before it, gives each mask's own `positionKL` bit for bit: in lexicographic order, in
+    /// an order where the restart layer jumps up and down, and with a mask repeated.
+    func testGroupedPositionKLEqualsEachMaskAlone() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers
+        let ids = m.tokenizer.encode("Rain fell on the harbour all night, and by morning the boats had drifted against the far wall of the pier.", parseSpecial: false)
+        let seqs = [SearchSequence(tokens: Array(ids.prefix(20)), scored: 3..<19), SearchSequence(tokens: Array(ids.suffix(12)), scored: 1..<11),
+                    SearchSequence(tokens: Array(ids.dropFirst(2).prefix(15)), scored: 5..<14)]
+        let search = LayerSetSearch(model: m, sequences: seqs, threads: 2)
+        search.standIns = try XCTUnwrap(Routers.standIns(model: m), "the shipped stand-ins")
+        // The third restarts at layer 20 from streams that only the second's run can have kept
+        // (layer 3 skipped); the fourth repeats it.
+        let masks = [mask([20, 9], layers: L), mask([3, 20], layers: L), mask([3, 25], layers: L), mask([3, 25], layers: L),
+                     mask([9, 21, 22], layers: L), mask([2], layers: L), mask([9, 21], layers: L)]
+        let alone = masks.map { search.positionKL($0) }
+        XCTAssertEqual(search.positionKLs(masks), alone)
+        let sorted = masks.indices.sorted { masks[$0].lexicographicallyPrecedes(masks[$1]) { $0 && !$1 } }
+        XCTAssertEqual(search.positionKLs(sorted.map { masks[$0] }), sorted.map { alone[$0] })
+        XCTAssertNotEqual(alone[0], alone[3], "the masks differ in what they cost")
+    }
+
     /// A module with one searched set per budget runs exactly the set of its k in prefill and
     /// decode (the sets need not be nested), and round-trips through a router file.
     func testPerBudgetSetsDriveTheModuleAndRoundTrip() throws {
