@@ -13,15 +13,16 @@
 # routers/buddy-router.json in place: afterwards `git diff routers/buddy-router.json` shows whether
 # the chain reproduced the shipped file. Each command checkpoints its measurements and resumes
 # when rerun; a finished step is marked in .build/train-router/ and skipped on the next run.
-# Time on 2 cores: 70–100 minutes for step 1 (measured twice); on 2026-12-06 step 2 took 24
-# minutes, step 3 4 minutes a round (about 12), steps 4, 5 and 6 6, 5 and 25 minutes (the searches
-# measure each round's sets as groups sharing their common layers, commit 979d8a0): about two and
-# a half hours in all.
+# Time on 2 cores (a 2-core Zen 4 with AVX-512, 2026-12-07, binary of this day): step 1 38
+# minutes (search 18, neighbours at 0.9 and 0.8 7, per-position KL 7, the rest 6), steps 2-6
+# 42 minutes: 80 in all (docs/TRAINING.md, "Time"). Searches run a single-threaded lane per core and
+# measure sets in groups that share their first layers, with the same numbers as one set at a
+# time on one thread.
 # Steps 3-5 reuse the measurements of step 2's first round (a prompt-set search keeps its
 # checkpoint, routers/buddy-router.json.prompt-sets.checkpoint.json; --fresh removes it).
-# Checked on 2026-12-06 with the binary of this day (after the pooled-context fix, 32ddf43):
-# steps 2-6 from step 1's file (commit 0dc5746) wrote the shipped file byte for byte. Step 1
-# reproduced its router in full on 2026-12-04 (docs/TRAINING.md).
+# Checked on 2026-12-07: step 1, from scratch, wrote the routing fields of step 1's file at commit
+# 0dc5746 (which also measured neighbours at 0.5, where they never shipped), and steps 2-6 from
+# it wrote the shipped file (every field; its notes record that run's minutes).
 # Data: ../shared/data (WikiText-2 validation and MT-Bench, as the recorded commands name them).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -50,7 +51,7 @@ step() {
   touch "$marks/step-$n.done"
 }
 
-step 1 "$buddy" train router --data ../shared/data/wikitext2_valid.txt --chat-data ../shared/data/mt_bench_questions.jsonl --text-chunks 8 --text-first-scored 128 --validation-skip-chunks 12 --validation-chunks 8 --chat-prompts 16 --validation-chat-skip 16 --validation-chat-prompts 24 --reply-tokens 64 --candidates sleb,shortgpt --budgets 0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95 --search-text-chunks 4 --search-window 256 --search-chat-prompts 8 --search-reply-tokens 48 --min-kept 14 --max-inclusions 20 --l2 0.0001,0.001,0.01,0.1 --min-gain 0.005 --kv-policy fill --neighbour-budgets 0.9,0.8,0.5 --neighbours 3 --pair-balance 1.0 --stand-ins routers/training/stand-ins-T.bin --out routers/buddy-router.json
+step 1 "$buddy" train router --data ../shared/data/wikitext2_valid.txt --chat-data ../shared/data/mt_bench_questions.jsonl --text-chunks 8 --text-first-scored 128 --validation-skip-chunks 12 --validation-chunks 8 --chat-prompts 16 --validation-chat-skip 16 --validation-chat-prompts 24 --reply-tokens 64 --candidates sleb,shortgpt --budgets 0.5,0.55,0.6,0.65,0.7,0.75,0.8,0.85,0.9,0.95 --search-text-chunks 4 --search-window 256 --search-chat-prompts 8 --search-reply-tokens 48 --min-kept 14 --max-inclusions 20 --l2 0.0001,0.001,0.01,0.1 --min-gain 0.005 --kv-policy fill --neighbour-budgets 0.9,0.8 --neighbours 3 --pair-balance 1.0 --stand-ins routers/training/stand-ins-T.bin --out routers/buddy-router.json
 step 2 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8,0.7,0.9,0.5 --out routers/buddy-router.json
 step 3 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.8 --rounds 4 --out routers/buddy-router.json
 step 4 "$buddy" train prompt-sets --router buddy --chat-data ../shared/data/mt_bench_questions.jsonl --prompts 40 --reply-tokens 64 --budgets 0.7 --rounds 2 --out routers/buddy-router.json
