@@ -99,12 +99,18 @@ public final class LayerSetSearch {
         ThreadPool.forEachItem(sequences.count, lanes: lanes.count) { i, lane in body(i, lanes[lane]) }
     }
 
-    /// Runs sequence s on `lane` from layer `from` (the residual stream before it must be in the
-    /// lane's batch, or from = 0) with `runs`, leaving the scored rows' logits in lane.logits.
+    /// Runs sequence s on `lane` with `runs`, leaving the scored rows' logits in lane.logits. From
+    /// a layer `from` > 0 it restarts from the residual streams before that layer which an earlier
+    /// run of s with `keepStreams` left in lane.before (its masks must agree with `runs` below
+    /// `from`, so the KV cache there holds the same values); `keepStreams` keeps this run's.
     func run(_ s: SearchSequence, from: Int, runs: [Bool], keepStreams: Bool = false, on lane: SearchLane) {
         let t = model.transformer, b = lane.scorer.batch, cache = lane.scorer.cache
         let n = s.tokens.count, dim = model.config.dim
-        if from == 0 { cache.truncate(to: 0) }
+        if from == 0 {
+            cache.truncate(to: 0)
+        } else {
+            lane.before.withUnsafeBufferPointer { b.x.update(from: $0.baseAddress! + from * n * dim, count: n * dim) }
+        }
         t.routedForward(s.tokens[...], start: 0, b, cache, routing: .fixed(runs), fromLayer: from) { l in
             if keepStreams { lane.before.withUnsafeMutableBufferPointer { $0.baseAddress!.advanced(by: l * n * dim).update(from: b.x, count: n * dim) } }
         }
@@ -143,14 +149,7 @@ public final class LayerSetSearch {
 
     /// KL from full depth at every scored position (sequences in order) when `runs` run for
     /// every token: the per-token costs a Decision Module scorer is trained on.
-    public func positionKL(_ runs: [Bool]) -> [Double] {
-        let rows = perSequence { i, lane in
-            self.run(self.sequences[i], from: 0, runs: runs, on: lane)
-            return self.rowKL(sequence: i, on: lane)
-        }
-        evaluations += 1
-        return rows.flatMap { $0 }
-    }
+    public func positionKL(_ runs: [Bool]) -> [Double] { positionKLs([runs])[0] }
 
     /// Mean KL from full depth when `selector` decides every token's layers from the context so
     /// far (one decision per row of each teacher-forced sequence, as `buddy eval` routes) and
@@ -167,19 +166,14 @@ public final class LayerSetSearch {
     /// by mask; the saving is largest when the masks are in lexicographic order.
     public func positionKLs(_ masks: [[Bool]], progress: ((Int, Int) -> Void)? = nil) -> [[Double]] {
         guard !masks.isEmpty else { return [] }
-        let dim = model.config.dim
         // rows[i][m]: mask m's KL at each scored row of sequence i.
         let rows = perSequence(progress: progress) { i, lane -> [[Double]] in
-            let s = self.sequences[i], n = s.tokens.count
             var out: [[Double]] = []
             for (m, mask) in masks.enumerated() {
-                if m > 0 {
-                    guard let f = LayerBudget.firstDifference(mask, masks[m - 1]) else { out.append(out[m - 1]); continue }
-                    lane.before.withUnsafeBufferPointer { lane.scorer.batch.x.update(from: $0.baseAddress! + f * n * dim, count: n * dim) }
-                    self.run(s, from: f, runs: mask, keepStreams: true, on: lane)
-                } else {
-                    self.run(s, from: 0, runs: mask, keepStreams: true, on: lane)
-                }
+                // The first mask runs in full; a repeated mask is not run again.
+                let from = m == 0 ? 0 : LayerBudget.firstDifference(mask, masks[m - 1])
+                guard let from else { out.append(out[m - 1]); continue }
+                self.run(self.sequences[i], from: from, runs: mask, keepStreams: masks.count > 1, on: lane)
                 out.append(self.rowKL(sequence: i, on: lane))
             }
             return out
@@ -234,21 +228,15 @@ public final class LayerSetSearch {
     /// Mean KL of every candidate, sharing the layers below each candidate's first difference
     /// from `base`.
     public func objectives(base: [Bool], candidates: [[Bool]]) -> [Double] {
-        let L = model.config.layers, dim = model.config.dim
+        let L = model.config.layers
         let firsts = candidates.map { LayerBudget.firstDifference($0, base) ?? L }
         let start = Double(evaluations), batch = Double(candidates.count)
         // sums[i][c]: candidate c's KL sum over sequence i.
         let sums = perSequence(progress: { self.onProgress?(start + batch * Double($0) / Double($1)) }) { i, lane -> [Double] in
-            let s = self.sequences[i], n = s.tokens.count
+            let s = self.sequences[i]
             self.run(s, from: 0, runs: base, keepStreams: true, on: lane)
             return candidates.indices.map { ci -> Double in
-                let f = firsts[ci]
-                if f < L {
-                    lane.before.withUnsafeBufferPointer { lane.scorer.batch.x.update(from: $0.baseAddress! + f * n * dim, count: n * dim) }
-                    self.run(s, from: f, runs: candidates[ci], on: lane)
-                } else {
-                    self.run(s, from: 0, runs: candidates[ci], on: lane)
-                }
+                self.run(s, from: firsts[ci] < L ? firsts[ci] : 0, runs: candidates[ci], on: lane)
                 return self.klSum(sequence: i, on: lane)
             }
         }
