@@ -79,7 +79,7 @@ struct Chat: ParsableCommand {
         opts.maxTokens = maxTokens
         opts.context = context
         opts.threads = modelOptions.threads
-        opts.sampling = sampling.parameters(temperature: 0.3, repeatPenalty: 1.1)
+        opts.sampling = sampling.chatParameters
 
         if fullScreen {
             do {

@@ -7,7 +7,7 @@ import Foundation
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure model quality.",
-        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Auto.self, PoolAuto.self, Paired.self, Plot.self])
+        subcommands: [Perplexity.self, HellaSwag.self, Chat.self, Replies.self, Auto.self, PoolAuto.self, Paired.self, Plot.self])
 }
 
 extension Eval {
@@ -114,6 +114,45 @@ extension Eval {
             print("\(prompts) prompts (\(promptOptions.split) split\(promptOptions.turn == .followUp ? ", follow-up turns" : "")), full-depth greedy replies of up to \(promptOptions.maxReply) tokens; "
                   + (promptDepth == .full ? "prompts at full depth" : "prompts at each budget"))
             try table.save(csv: csv, plot: plot, title: "Chat: KL from full depth against budget", logScale: true)
+        }
+    }
+
+    struct Replies: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Replies sampled as the chat writes them: how often they repeat themselves, and how the full model rates them.",
+            discussion: """
+                For each chat prompt (first turns), each method and budget samples a reply with
+                the chat's sampler and defaults (the prompt at full depth, as the chat runs it), up
+                to --max-reply tokens. Reported per cell: the share of reply tokens that end a run
+                of \(SampledReplyRun.repeatRun) tokens already seen earlier in the same reply, the
+                share of replies that stop only at the token limit, the mean reply length, and the
+                full model's negative log-likelihood of the replies (teacher-forced, every layer,
+                no stand-ins). The chat's default method is buddy+steer. Example:
+                  buddy eval replies --data ../shared/data/mt_bench_questions.jsonl --split train --max-reply 512 --budgets 1,0.7 --methods buddy+steer
+                """)
+        @OptionGroup var promptOptions: ChatPromptOptions
+        @OptionGroup var routing: EvalRoutingOptions
+        @OptionGroup var sampling: SamplingOptions
+        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll).") var csv: String?
+        @Option(name: .long, help: "Also write every prompt's result as CSV (\(SampledReplyRun.itemHeader)).") var items: String?
+        @Option(name: .long, help: "Also write every reply as a JSON line (method, budget, stand_ins, prompt, tokens, hit_limit, repeated_tokens, text).") var replies: String?
+        @OptionGroup var modelOptions: ModelOptions
+
+        func validate() throws { try modelOptions.validateThreads() }
+
+        func run() throws {
+            let p = sampling.chatParameters
+            let (table, prompts, itemRows, replyRows) = try SampledReplyRun.run(prompts: promptOptions.selection, grid: routing.grid, sampling: p,
+                                                                                maxTokens: promptOptions.maxReply, lanes: modelOptions.threads,
+                                                                                model: modelOptions.load, report: .terminal)
+            try writeItems(itemRows, to: items)
+            if let replies { try AtomicFile.write(Data((replyRows.joined(separator: "\n") + "\n").utf8), to: replies) }
+            print(table.markdown(), terminator: "")
+            print(String(format: "%d prompts (%@ split), replies of up to %d tokens sampled at temperature %g, top-k %d, top-p %g, min-p %g, "
+                         + "repetition penalty %g over %d tokens, DRY %g (base %g, allowed %d), seed %llu; prompts at full depth",
+                         prompts, promptOptions.split, promptOptions.maxReply, p.temperature, p.topK, p.topP, p.minP, p.repetitionPenalty,
+                         p.repetitionWindow, p.dryMultiplier, p.dryBase, p.dryAllowedLength, p.seed))
+            try table.save(csv: csv, plot: nil, title: "", logScale: false)
         }
     }
 

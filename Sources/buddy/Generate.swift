@@ -10,20 +10,33 @@ struct SamplingOptions: ParsableArguments {
     @Option(name: .long, help: "Nucleus sampling threshold (1 = off).") var topP: Float = 0.95
     @Option(name: .long, help: "Drop tokens below this fraction of the top probability (0 = off).") var minP: Float = 0.05
     @Option(name: .long, help: "Repetition penalty, 1 = off (default: 1 for generate, 1.1 for the chat).") var repeatPenalty: Float?
+    @Option(name: .long, help: "How many recent tokens the repetition penalty looks at.") var repeatLastN: Int = 64
+    @Option(name: .long, help: "DRY penalty for extending a run the context already holds, 0 = off (default: 0 for generate, \(SamplingOptions.chatDRYMultiplier) for the chat).") var dryMultiplier: Float?
+    @Option(name: .long, help: "DRY: how fast the penalty grows with the length of the repeated run.") var dryBase: Float = 1.75
+    @Option(name: .long, help: "DRY: the longest run repeated without penalty.") var dryAllowedLength: Int = 2
     @Option(name: .long, help: "Random seed.") var seed: UInt64 = 0
 
-    /// Greedy and unpenalised unless asked: `generate` is for reproducible runs.
-    var parameters: SamplingParameters { parameters(temperature: 0, repeatPenalty: 1) }
+    /// The chat's DRY multiplier, chosen on training prompts (eval/NOTES.md, "A repetition guard").
+    static let chatDRYMultiplier: Float = 0
 
-    /// With other defaults for what the user did not set (the chat samples, lightly
-    /// penalising repeats, because a greedy 135M model loops).
-    func parameters(temperature defaultTemperature: Float, repeatPenalty defaultPenalty: Float) -> SamplingParameters {
+    /// Greedy and unpenalised unless asked: `generate` is for reproducible runs.
+    var parameters: SamplingParameters { parameters(temperature: 0, repeatPenalty: 1, dryMultiplier: 0) }
+
+    /// The chat's: it samples, lightly penalising repeats, because a greedy 135M model loops.
+    var chatParameters: SamplingParameters { parameters(temperature: 0.3, repeatPenalty: 1.1, dryMultiplier: SamplingOptions.chatDRYMultiplier) }
+
+    /// With other defaults for what the user did not set.
+    func parameters(temperature defaultTemperature: Float, repeatPenalty defaultPenalty: Float, dryMultiplier defaultDRY: Float) -> SamplingParameters {
         var p = SamplingParameters()
         p.temperature = temperature ?? defaultTemperature
         p.topK = topK
         p.topP = topP
         p.minP = minP
         p.repetitionPenalty = repeatPenalty ?? defaultPenalty
+        p.repetitionWindow = repeatLastN
+        p.dryMultiplier = dryMultiplier ?? defaultDRY
+        p.dryBase = dryBase
+        p.dryAllowedLength = dryAllowedLength
         p.seed = seed
         return p
     }
@@ -34,6 +47,10 @@ struct SamplingOptions: ParsableArguments {
         guard topP > 0, topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
         guard minP >= 0, minP < 1 else { throw ValidationError("--min-p must be in [0, 1)") }
         if let repeatPenalty { guard repeatPenalty > 0 else { throw ValidationError("--repeat-penalty must be > 0") } }
+        guard repeatLastN >= 0 else { throw ValidationError("--repeat-last-n must be >= 0") }
+        if let dryMultiplier { guard dryMultiplier >= 0, dryMultiplier.isFinite else { throw ValidationError("--dry-multiplier must be >= 0") } }
+        guard dryBase >= 1, dryBase <= 8 else { throw ValidationError("--dry-base must be in [1, 8]") }
+        guard dryAllowedLength >= 1 else { throw ValidationError("--dry-allowed-length must be >= 1") }
     }
 }
 

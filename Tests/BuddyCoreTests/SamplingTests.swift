@@ -110,4 +110,93 @@ final class SamplingTests: XCTestCase {
             XCTAssertEqual(t.renderTurn(turns[0]), "")
         }
     }
+
+    // MARK: DRY
+
+    /// The DRY penalties of one call, by token: logits before minus after.
+    func dryPenalties(_ context: [Int32], vocab: Int = 60, breakers: Set<Int32> = [], _ configure: (inout SamplingParameters) -> Void = { _ in }) -> [Int32: Float] {
+        var p = SamplingParameters.greedy
+        p.dryMultiplier = 0.8; p.dryBase = 1.75; p.dryAllowedLength = 2
+        configure(&p)
+        var s = Sampler(p, sequenceBreakers: breakers)
+        var l = [Float](repeating: 0, count: vocab)
+        s.applyDRY(&l, count: vocab, recent: context[...])
+        var out: [Int32: Float] = [:]
+        for (i, v) in l.enumerated() where v != 0 { out[Int32(i)] = -v }
+        return out
+    }
+
+    func testDRYPenalisesTheTokenThatWouldExtendACopy() {
+        // "5 1 2 3" then "9 1 2 3": the newest run 1 2 3 matches the one ending at position 3
+        // (3 tokens; 5 ≠ 9 stops it), which 9 followed: 9 loses 0.8 · 1.75^(3−2) = 1.4.
+        let d = dryPenalties([5, 1, 2, 3, 9, 1, 2, 3])
+        XCTAssertEqual(Array(d.keys), [9])
+        XCTAssertEqual(d[9]!, 1.4, accuracy: 1e-6)
+        // A run of one (the allowed length is 2) costs nothing.
+        XCTAssertEqual(dryPenalties([7, 1, 8, 1]), [:])
+        // Exactly the allowed length: 0.8 · 1.75^0.
+        XCTAssertEqual(dryPenalties([4, 1, 2, 6, 1, 2])[6]!, 0.8, accuracy: 1e-6)
+        // Off at multiplier 0.
+        XCTAssertEqual(dryPenalties([5, 1, 2, 3, 9, 1, 2, 3]) { $0.dryMultiplier = 0 }, [:])
+    }
+
+    func testDRYTakesEachTokensLongestRunOnce() {
+        // 8 1 2 | 6 1 2 | 8 1: 2 follows the newest token 1 twice, with runs of 2 (8 1 = 8 1) and
+        // of 1 (6 ≠ 8): only the longest counts, once.
+        let d = dryPenalties([8, 1, 2, 6, 1, 2, 8, 1])
+        XCTAssertEqual(Array(d.keys), [2])
+        XCTAssertEqual(d[2]!, 0.8, accuracy: 1e-6)
+        // Two different followers, each with its own run: 3 4 7 | 3 4 5 … 3 4
+        let e = dryPenalties([0, 3, 4, 7, 9, 3, 4, 5, 1, 3, 4])
+        XCTAssertEqual(e[7]!, 0.8, accuracy: 1e-6)
+        XCTAssertEqual(e[5]!, 0.8, accuracy: 1e-6)
+        XCTAssertEqual(e.count, 2)
+    }
+
+    func testDRYRunsStopAtBreakersWhichAreNeverPenalised() {
+        // 3 B 1 2 | 4 | 3 B 1 2: without breakers the run is 4 (0.8 · 1.75²); B = 50 stops it at 2.
+        let context: [Int32] = [3, 50, 1, 2, 4, 3, 50, 1, 2]
+        XCTAssertEqual(dryPenalties(context)[4]!, 0.8 * 1.75 * 1.75, accuracy: 1e-5)
+        XCTAssertEqual(dryPenalties(context, breakers: [50])[4]!, 0.8, accuracy: 1e-6)
+        // A copy that a breaker would extend (the end of a turn) leaves the breaker alone.
+        XCTAssertEqual(dryPenalties([1, 2, 50, 1, 2], breakers: [50]), [:])
+        XCTAssertEqual(dryPenalties([1, 2, 50, 1, 2])[50]!, 0.8, accuracy: 1e-6)
+        // Nothing when the newest token is a breaker.
+        XCTAssertEqual(dryPenalties([1, 50, 7, 1, 50], breakers: [50]), [:])
+    }
+
+    func testDRYWindowAndLongestRun() {
+        // The copy lies outside a window of 5: no penalty; inside one of 8: penalty.
+        let context: [Int32] = [5, 1, 2, 3, 9, 1, 2, 3]
+        XCTAssertEqual(dryPenalties(context) { $0.dryWindow = 5 }, [:])
+        XCTAssertEqual(dryPenalties(context) { $0.dryWindow = 8 }[9]!, 1.4, accuracy: 1e-6)
+        // A long loop counts as Sampler.dryLongestRun tokens: finite, and prohibitive.
+        let loop = (0..<300).map { Int32($0 % 3) }
+        let d = dryPenalties(loop, vocab: 3)
+        let cap = 0.8 * powf(1.75, Float(Sampler.dryLongestRun - 2))
+        XCTAssertEqual(d[0]!, cap, accuracy: cap * 1e-5)
+        XCTAssert(d[0]!.isFinite)
+    }
+
+    func testDRYBreaksAGreedyLoopThatTheRepetitionPenaltyKeeps() {
+        // A "model" that always prefers to continue the cycle 0 1 2 0 1 2 … by a margin of 3 over
+        // token 3. The repetition penalty at 1.1 never overcomes it; DRY does once the copy is long.
+        func next(_ context: [Int32], _ p: SamplingParameters) -> Int32 {
+            var s = Sampler(p)
+            var l: [Float] = [0, 0, 0, 2]
+            l[Int((context.last! + 1) % 3)] = 5
+            return s.sample(&l, count: 4, recent: context[...])
+        }
+        var rp = SamplingParameters.greedy
+        rp.repetitionPenalty = 1.1
+        var dry = rp
+        dry.dryMultiplier = 0.8
+        var a: [Int32] = [0], b: [Int32] = [0]
+        for _ in 0..<30 { a.append(next(a, rp)); b.append(next(b, dry)) }
+        XCTAssertFalse(a.contains(3))
+        // From the second cycle on the run grows by one per token; the cycle's token keeps
+        // 5 / 1.1 − 0.8 · 1.75^(run − 2) above 2 up to a run of 4 and falls below at 5, the
+        // ninth token.
+        XCTAssertEqual(b.firstIndex(of: 3), 8)
+    }
 }

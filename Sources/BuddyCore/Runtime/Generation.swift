@@ -112,6 +112,7 @@ extension Session {
         stats.prefillSeconds = monotonicSeconds() - t0
         var detok = StreamingDetokenizer(tokenizer: model.tokenizer, includeSpecial: includeSpecial)
         let vocab = model.config.vocabSize
+        sampler.sequenceBreakers = model.controlTokens
         let t1 = monotonicSeconds()
         var step = 0
         while step < maxTokens {

@@ -10,6 +10,9 @@ public final class LanguageModel: @unchecked Sendable {
     /// Tokens that end an assistant turn: EOS and the vocabulary's end-of-generation tokens as
     /// llama.cpp finds them by their text (<|im_end|>, <|endoftext|>, Gemma's <end_of_turn>, …).
     public let stopTokens: Set<Int32>
+    /// The vocabulary's control tokens (the chat template's markers, BOS, EOS): the sampler's
+    /// DRY penalty never matches across them nor penalises them.
+    public let controlTokens: Set<Int32>
 
     public var config: ModelConfig { transformer.config }
 
@@ -24,6 +27,7 @@ public final class LanguageModel: @unchecked Sendable {
         }
         template = ChatTemplate(ggufTemplate: file.metadata["tokenizer.chat_template"]?.stringValue)
         stopTokens = tokenizer.endOfGenerationIDs
+        controlTokens = Set((0..<Int32(tokenizer.vocabularySize)).filter { [tokenizer] in tokenizer.isControl($0) }).union(stopTokens)
     }
 
     /// A short stable identity of the weights: size plus a hash of the tensor table and a

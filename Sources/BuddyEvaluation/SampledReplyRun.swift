@@ -1,0 +1,152 @@
+import BuddyCore
+import BuddyRouting
+import Foundation
+
+/// `buddy eval replies`: replies sampled as the chat writes them (its sampler, the prompt at full
+/// depth), per method and budget: how long they run, how often they stop only at the token
+/// limit, how much of them repeats earlier parts of themselves, and how the full model rates
+/// them. The teacher-forced evaluations (`buddy eval chat`) never sample, so they cannot see a
+/// reply that falls into a loop; this one can, and it is what a sampler setting is chosen on.
+public enum SampledReplyRun {
+    /// A reply token is "repeated" when the run of this many tokens ending at it already
+    /// appeared earlier in the same reply: a sentence or more copied, not a common phrase.
+    public static let repeatRun = 12
+
+    /// One reply's figures.
+    public struct Reply: Sendable, Equatable {
+        public var tokens = 0
+        public var hitLimit = false
+        public var repeatedTokens = 0
+        /// Σ −log p(token) under the full model, over the reply's tokens.
+        public var judgeNLLSum = 0.0
+        public var text = ""
+    }
+
+    /// How many tokens of `reply` end a run of `run` tokens that already ended earlier in it.
+    public static func repeatedTokens(_ reply: [Int32], run: Int = repeatRun) -> Int {
+        guard run >= 1, reply.count > run else { return 0 }
+        var seen = Set<ArraySlice<Int32>>()
+        var repeated = 0
+        for end in run...reply.count {
+            if !seen.insert(reply[end - run..<end]).inserted { repeated += 1 }
+        }
+        return repeated
+    }
+
+    public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum"
+
+    /// The table (tokens, limit_share, repeated_share, judge_nll), the number of prompts, one
+    /// `itemHeader` row per cell and prompt (header first), and one JSON line per cell and
+    /// prompt with the reply's text.
+    public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, sampling: SamplingParameters, maxTokens: Int, lanes: Int,
+                           model loadModel: () throws -> LanguageModel, report: Reporter) throws -> (table: EvalTable, prompts: Int, items: [String], replies: [String]) {
+        guard selection.turn == .first else { throw ToolError.usage("buddy eval replies samples first turns only") }
+        let prompts = try selection.load()
+        let model = try loadModel()
+        var cells: [(method: String, budget: Double, standIns: (label: String, weights: StandIns?))] = []
+        try grid.forEachCell(model: model, note: report.note) { mode, method, b in cells.append((method, b, mode)) }
+        let laneCount = max(1, min(lanes, prompts.count * cells.count))
+        // Per lane: a single-threaded session that samples, one that judges at full depth, and
+        // each cell's own router (per-token state lives in it).
+        let samplers = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
+        let judges = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
+        let selectors = try (0..<laneCount).map { _ in try cells.map { try grid.selector(method: $0.method, budget: $0.budget, model: model) } }
+        let promptIDs = prompts.map { ChatEvaluator(session: judges[0]).promptTokens($0.text) }
+        for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > 2048 {
+            throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens) for a reply of \(maxTokens)")
+        }
+        let vocab = model.config.vocabSize
+        let rows = (0..<laneCount).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: 256 * vocab) }
+        defer { rows.forEach { $0.deallocate() } }
+
+        final class Results: @unchecked Sendable {
+            let lock = NSLock()
+            var replies: [[Reply?]]
+            var error: Error?
+            var done = 0
+            init(cells: Int, prompts: Int) { replies = Array(repeating: Array(repeating: nil, count: prompts), count: cells) }
+        }
+        let results = Results(cells: cells.count, prompts: prompts.count)
+        let bar = report.progress("replies", prompts.count * cells.count)
+        ThreadPool.forEachItem(prompts.count * cells.count, lanes: laneCount) { item, lane in
+            let (c, p) = (item / prompts.count, item % prompts.count)
+            do {
+                let session = samplers[lane]
+                session.reset()
+                session.policy = grid.kvPolicy
+                session.promptDepth = .full
+                session.head = grid.head
+                session.standIns = cells[c].standIns.weights
+                session.selector = selectors[lane][c]
+                var sampler = Sampler(sampling)
+                var reply: [Int32] = []
+                let stats = try session.generate(prompt: promptIDs[p], maxTokens: maxTokens, sampler: &sampler) { token in
+                    reply.append(token.id)
+                    return true
+                }
+                var r = Reply()
+                r.tokens = reply.count
+                r.hitLimit = stats.stopReason != .endOfTurn
+                r.repeatedTokens = repeatedTokens(reply)
+                r.judgeNLLSum = try judgeNLL(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
+                r.text = model.tokenizer.decode(reply)
+                results.lock.lock()
+                results.replies[c][p] = r
+                results.done += 1
+                bar.update(results.done, detail: "prompt \(prompts[p].id)")
+                results.lock.unlock()
+            } catch {
+                results.lock.lock()
+                if results.error == nil { results.error = error }
+                results.lock.unlock()
+            }
+        }
+        if let error = results.error { throw error }
+
+        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll"],
+                              headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)"],
+                              formats: ["%.4f", "%.3f", "%.1f", "%.4f"], kvPolicy: grid.kvPolicy.rawValue)
+        var items = [itemHeader], replies: [String] = []
+        for (c, cell) in cells.enumerated() {
+            let rs = results.replies[c].map { $0! }
+            let tokens = rs.reduce(0) { $0 + $1.tokens }
+            let repeated = rs.reduce(0) { $0 + $1.repeatedTokens }
+            let nll = rs.reduce(0) { $0 + $1.judgeNLLSum }
+            let limited = rs.filter(\.hitLimit).count
+            table.add(cell.method, cell.budget, [Double(repeated) / Double(max(tokens, 1)), Double(limited) / Double(rs.count),
+                                                 Double(tokens) / Double(rs.count), nll / Double(max(tokens, 1))], standIns: cell.standIns.label)
+            for (p, r) in zip(prompts, rs) {
+                items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
+                                    selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum))
+                replies.append("{\"method\":\(jsonString(cell.method)),\"budget\":\(cell.budget),\"stand_ins\":\(jsonString(cell.standIns.label)),"
+                               + "\"prompt\":\(jsonString(p.id)),\"tokens\":\(r.tokens),\"hit_limit\":\(r.hitLimit),\"repeated_tokens\":\(r.repeatedTokens),\"text\":\(jsonString(r.text))}")
+            }
+        }
+        return (table, prompts.count, items, replies)
+    }
+
+    /// Σ −log p(reply token) under the full model (every layer, no stand-ins), teacher-forced
+    /// in batches: the judge of whether a reply still reads as the model's own language.
+    public static func judgeNLL(prompt: [Int32], reply: [Int32], judge: Session, rows: UnsafeMutablePointer<Float>) throws -> Double {
+        guard !reply.isEmpty else { return 0 }
+        judge.selector = nil
+        judge.standIns = nil
+        judge.reset()
+        let vocab = judge.model.config.vocabSize
+        func nll(_ logits: UnsafePointer<Float>, _ token: Int32) -> Double {
+            LogProbabilities.logSumExp(logits, count: vocab) - Double(logits[Int(token)])
+        }
+        try judge.evaluate(prompt)
+        var sum = nll(judge.decode.logits, reply[0])
+        // Rows of the chunk reply[s..<e] predict reply[s + 1 ..< e + 1].
+        var s = 0
+        while s + 1 < reply.count {
+            let e = min(s + judge.batch.maxTokens, reply.count - 1)
+            try judge.evaluate(prompt + reply[0..<e])
+            judge.model.transformer.batchLogitsAll(n: e - s, judge.batch, rows)
+            for i in 0..<(e - s) { sum += nll(rows + i * vocab, reply[s + i + 1]) }
+            s = e
+        }
+        return sum
+    }
+}

@@ -1,0 +1,72 @@
+import BuddyCore
+import BuddyEvaluation
+import BuddyRouting
+import BuddyTestSupport
+import Foundation
+import XCTest
+
+/// `buddy eval replies`: its repetition count by hand, its judge against decoding step by step,
+/// and its sampling against the full model's greedy reply.
+final class SampledReplyTests: XCTestCase {
+    func testRepeatedTokensCountRunsSeenEarlierInTheReply() {
+        // Runs of 3 ending at positions 2…7 of 1 2 3 1 2 3 1 2: 123 231 312 123 231 312, the last three repeated.
+        XCTAssertEqual(SampledReplyRun.repeatedTokens([1, 2, 3, 1, 2, 3, 1, 2], run: 3), 3)
+        XCTAssertEqual(SampledReplyRun.repeatedTokens([1, 2, 3, 4, 5, 6], run: 3), 0)
+        XCTAssertEqual(SampledReplyRun.repeatedTokens([7, 7, 7, 7, 7], run: 2), 3)
+        XCTAssertEqual(SampledReplyRun.repeatedTokens([1, 2], run: 3), 0)
+    }
+
+    func testJudgeEqualsTheFullModelStepByStep() throws {
+        let model = try TestSupport.model()
+        let judge = Session(model: model, capacity: 512, threads: 1, batchSize: 16)   // several chunks
+        let prompt = ChatEvaluator(session: judge).promptTokens("Name three colours.")
+        let reply = model.tokenizer.encode(" Red, green and blue are three colours that most people can name without thinking about it at all.", parseSpecial: false)
+        XCTAssertGreaterThan(reply.count, 16)   // two chunks of the judge's batch
+        let rows = UnsafeMutablePointer<Float>.allocate(capacity: 16 * model.config.vocabSize)
+        defer { rows.deallocate() }
+        let batched = try SampledReplyRun.judgeNLL(prompt: prompt, reply: reply, judge: judge, rows: rows)
+
+        let stepper = Session(model: model, capacity: 512, threads: 1)
+        try stepper.evaluate(prompt)
+        var stepwise = 0.0
+        for (i, t) in reply.enumerated() {
+            let l = stepper.decode.logits
+            stepwise += LogProbabilities.logSumExp(l, count: model.config.vocabSize) - Double(l[Int(t)])
+            if i + 1 < reply.count { try stepper.step(t) }
+        }
+        XCTAssertEqual(batched, stepwise, accuracy: 1e-3 * stepwise)
+        XCTAssertGreaterThan(stepwise / Double(reply.count), 0.1)   // a real, non-zero NLL
+    }
+
+    func testGreedyFullDepthRepliesAreTheReferenceAndLanesAgree() throws {
+        let model = try TestSupport.model()
+        let data = FileManager.default.temporaryDirectory.appendingPathComponent("sampled-replies-\(getpid()).jsonl").path
+        try Data("""
+            {"question_id": 1, "turns": ["What is the capital of France?"]}
+            {"question_id": 2, "turns": ["Give me one tip for sleeping well."]}
+            {"question_id": 3, "turns": ["How many legs does a spider have?"]}
+
+            """.utf8).write(to: URL(fileURLWithPath: data))
+        defer { try? FileManager.default.removeItem(atPath: data) }
+        let selection = ChatPromptSelection(data: data, split: "all")
+        let grid = EvalGrid(budgets: "1,0.7", methods: "buddy+steer", standIns: "on")
+        var sampling = SamplingParameters()
+        sampling.temperature = 0
+        func run(_ p: SamplingParameters, lanes: Int) throws -> [String] {
+            try SampledReplyRun.run(prompts: selection, grid: grid, sampling: p, maxTokens: 24, lanes: lanes, model: { model }, report: .silent).replies
+        }
+        let one = try run(sampling, lanes: 1)
+        XCTAssertEqual(try run(sampling, lanes: 2), one)
+
+        // At budget 1 and temperature 0 without penalties each reply is the full model's greedy reply.
+        let evaluator = ChatEvaluator(session: Session(model: model, capacity: 2048, threads: 1))
+        let texts = one.map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        for (i, q) in ["What is the capital of France?", "Give me one tip for sleeping well.", "How many legs does a spider have?"].enumerated() {
+            let ref = try evaluator.reference(prompt: evaluator.promptTokens(q), maxTokens: 24)
+            XCTAssertEqual(texts[i]["text"] as? String, model.tokenizer.decode(ref.reply))
+            XCTAssertEqual(texts[i]["budget"] as? Double, 1)
+        }
+        // The routed cells differ from full depth somewhere (they run fewer layers).
+        XCTAssertNotEqual(texts[0..<3].map { $0["text"] as! String }, texts[3..<6].map { $0["text"] as! String })
+    }
+}
