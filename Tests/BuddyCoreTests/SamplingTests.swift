@@ -1,4 +1,5 @@
 import BuddyCore
+import BuddyTestSupport
 import XCTest
 
 final class SamplingTests: XCTestCase {
@@ -198,5 +199,20 @@ final class SamplingTests: XCTestCase {
         // 5 / 1.1 − 0.8 · 1.75^(run − 2) above 2 up to a run of 4 and falls below at 5, the
         // ninth token.
         XCTAssertEqual(b.firstIndex(of: 3), 8)
+    }
+
+    func testGenerationStopsDRYRunsAtTheModelsControlTokens() throws {
+        let model = try TestSupport.model()
+        let tok = model.tokenizer
+        let (start, end) = (try XCTUnwrap(tok.tokenID("<|im_start|>")), try XCTUnwrap(tok.tokenID("<|im_end|>")))
+        XCTAssert(model.controlTokens.isSuperset(of: [start, end]))
+        XCTAssert(model.controlTokens.isSuperset(of: model.stopTokens))
+        XCTAssertFalse(model.controlTokens.contains(try XCTUnwrap(tok.encode(" the", parseSpecial: false).first)))
+        var p = SamplingParameters.greedy
+        p.dryMultiplier = 0.8
+        var sampler = Sampler(p)
+        let session = Session(model: model, capacity: 128, threads: 1)
+        _ = try session.generate(prompt: tok.encode("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", parseSpecial: true), maxTokens: 2, sampler: &sampler) { _ in true }
+        XCTAssertEqual(sampler.sequenceBreakers, model.controlTokens)
     }
 }
