@@ -59,56 +59,37 @@ public enum SampledReplyRun {
         let rows = (0..<laneCount).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: 256 * vocab) }
         defer { rows.forEach { $0.deallocate() } }
 
-        final class Results: @unchecked Sendable {
-            let lock = NSLock()
-            var replies: [[Reply?]]
-            var error: Error?
-            var done = 0
-            init(cells: Int, prompts: Int) { replies = Array(repeating: Array(repeating: nil, count: prompts), count: cells) }
-        }
-        let results = Results(cells: cells.count, prompts: prompts.count)
         let bar = report.progress("replies", prompts.count * cells.count)
-        ThreadPool.forEachItem(prompts.count * cells.count, lanes: laneCount) { item, lane in
+        let measured = try ThreadPool.mapItems(prompts.count * cells.count, lanes: laneCount, done: { bar.update($0, detail: "replies") }) { item, lane -> Reply in
             let (c, p) = (item / prompts.count, item % prompts.count)
-            do {
-                let session = samplers[lane]
-                session.reset()
-                session.policy = grid.kvPolicy
-                session.promptDepth = .full
-                session.head = grid.head
-                session.standIns = cells[c].standIns.weights
-                session.selector = selectors[lane][c]
-                var sampler = Sampler(sampling)
-                var reply: [Int32] = []
-                let stats = try session.generate(prompt: promptIDs[p], maxTokens: maxTokens, sampler: &sampler) { token in
-                    reply.append(token.id)
-                    return true
-                }
-                var r = Reply()
-                r.tokens = reply.count
-                r.hitLimit = stats.stopReason != .endOfTurn
-                r.repeatedTokens = repeatedTokens(reply)
-                r.judgeNLLSum = try judgeNLL(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
-                r.text = model.tokenizer.decode(reply)
-                results.lock.lock()
-                results.replies[c][p] = r
-                results.done += 1
-                bar.update(results.done, detail: "prompt \(prompts[p].id)")
-                results.lock.unlock()
-            } catch {
-                results.lock.lock()
-                if results.error == nil { results.error = error }
-                results.lock.unlock()
+            let session = samplers[lane]
+            session.reset()
+            session.policy = grid.kvPolicy
+            session.promptDepth = .full
+            session.head = grid.head
+            session.standIns = cells[c].standIns.weights
+            session.selector = selectors[lane][c]
+            var sampler = Sampler(sampling)
+            var reply: [Int32] = []
+            let stats = try session.generate(prompt: promptIDs[p], maxTokens: maxTokens, sampler: &sampler) { token in
+                reply.append(token.id)
+                return true
             }
+            var r = Reply()
+            r.tokens = reply.count
+            r.hitLimit = stats.stopReason != .endOfTurn
+            r.repeatedTokens = repeatedTokens(reply)
+            r.judgeNLLSum = try judgeNLL(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
+            r.text = model.tokenizer.decode(reply)
+            return r
         }
-        if let error = results.error { throw error }
 
         var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll"],
                               headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)"],
                               formats: ["%.4f", "%.3f", "%.1f", "%.4f"], kvPolicy: grid.kvPolicy.rawValue)
         var items = [itemHeader], replies: [String] = []
         for (c, cell) in cells.enumerated() {
-            let rs = results.replies[c].map { $0! }
+            let rs = measured[c * prompts.count..<(c + 1) * prompts.count]
             let tokens = rs.reduce(0) { $0 + $1.tokens }
             let repeated = rs.reduce(0) { $0 + $1.repeatedTokens }
             let nll = rs.reduce(0) { $0 + $1.judgeNLLSum }

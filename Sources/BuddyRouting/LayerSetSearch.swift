@@ -47,8 +47,6 @@ public final class LayerSetSearch {
     public let sequences: [SearchSequence]
     /// One per thread; a lane evaluates one sequence at a time.
     let lanes: [SearchLane]
-    /// The lock around progress reports from the lanes.
-    private let progressLock = NSLock()
     /// Per sequence: [scored × vocab] full-depth probabilities.
     var fullProbs: [UnsafeMutablePointer<Float>] = []
     /// Per sequence and scored position: Σ p log p of the full distribution.
@@ -132,19 +130,9 @@ public final class LayerSetSearch {
     /// One value per sequence, computed by the lanes in parallel, in sequence order;
     /// `progress` is told (sequences done, total) as each finishes.
     func perSequence<T>(progress: ((Int, Int) -> Void)? = nil, _ body: (Int, SearchLane) -> T) -> [T] {
-        var out = [T?](repeating: nil, count: sequences.count)
-        var done = 0
-        out.withUnsafeMutableBufferPointer { out in
-            forEachSequence { i, lane in
-                out[i] = body(i, lane)
-                guard let progress else { return }
-                progressLock.lock()
-                done += 1
-                progress(done, sequences.count)
-                progressLock.unlock()
-            }
-        }
-        return out.map { $0! }
+        let n = sequences.count
+        // body does not throw, so neither does the map.
+        return try! ThreadPool.mapItems(n, lanes: lanes.count, done: progress.map { p in { p($0, n) } }) { i, lane in body(i, lanes[lane]) }
     }
 
     /// KL from full depth at every scored position (sequences in order) when `runs` run for

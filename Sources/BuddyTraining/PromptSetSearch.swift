@@ -397,19 +397,7 @@ public enum PromptSetSearch {
     /// body(i, lane) for every conversation i, the lanes in parallel, the results in conversation
     /// order; `bar` counts the conversations done. The first error thrown is rethrown.
     static func perConversation<T>(_ count: Int, lanes: [ChatLane], bar: ProgressDisplay, _ body: (Int, ChatLane) throws -> T) throws -> [T] {
-        var out = [Result<T, Error>?](repeating: nil, count: count)
-        let lock = NSLock()
-        var done = 0
-        out.withUnsafeMutableBufferPointer { out in
-            ThreadPool.forEachItem(count, lanes: lanes.count) { i, lane in
-                out[i] = Result { try body(i, lanes[lane]) }
-                lock.lock()
-                done += 1
-                bar.update(done, detail: "conversations")
-                lock.unlock()
-            }
-        }
-        return try out.map { try $0!.get() }
+        try ThreadPool.mapItems(count, lanes: lanes.count, done: { bar.update($0, detail: "conversations") }) { i, lane in try body(i, lanes[lane]) }
     }
 
     /// The order in which `ChatEvaluator.compare(_:sets:part:)` should run `masks`: first the

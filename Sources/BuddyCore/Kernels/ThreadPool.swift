@@ -192,4 +192,24 @@ extension ThreadPool {
             }
         }
     }
+
+    /// `forEachItem` collecting body's results in item order. `done(n)` is told, one call at a
+    /// time, how many items have finished (for a progress bar). The first error thrown (in item
+    /// order) is rethrown once every item has run.
+    public static func mapItems<T>(_ count: Int, lanes: Int, done: ((Int) -> Void)? = nil,
+                                   _ body: (_ item: Int, _ lane: Int) throws -> T) throws -> [T] {
+        var out = [Result<T, Error>?](repeating: nil, count: count)
+        let finished = Mutex(0)
+        out.withUnsafeMutableBufferPointer { out in
+            forEachItem(count, lanes: lanes) { i, lane in
+                out[i] = Result { try body(i, lane) }
+                guard let done else { return }
+                finished.withLock { n in
+                    n += 1
+                    done(n)
+                }
+            }
+        }
+        return try out.map { try $0!.get() }
+    }
 }
