@@ -46,11 +46,9 @@ public enum SampledReplyRun {
         var cells: [(method: String, budget: Double, standIns: (label: String, weights: StandIns?))] = []
         try grid.forEachCell(model: model, note: report.note) { mode, method, b in cells.append((method, b, mode)) }
         let laneCount = max(1, min(lanes, prompts.count * cells.count))
-        // Per lane: a single-threaded session that samples, one that judges at full depth, and
-        // each cell's own router (per-token state lives in it).
+        // Per lane: a single-threaded session that samples and one that judges at full depth.
         let samplers = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
         let judges = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
-        let selectors = try (0..<laneCount).map { _ in try cells.map { try grid.selector(method: $0.method, budget: $0.budget, model: model) } }
         let promptIDs = prompts.map { ChatEvaluator(session: judges[0]).promptTokens($0.text) }
         for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > 2048 {
             throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens) for a reply of \(maxTokens)")
@@ -68,7 +66,9 @@ public enum SampledReplyRun {
             session.promptDepth = .full
             session.head = grid.head
             session.standIns = cells[c].standIns.weights
-            session.selector = selectors[lane][c]
+            // A router of its own per reply, as a new chat starts: a steered router remembers
+            // the entropies of earlier replies, which would tie each reply to the ones before it.
+            session.selector = try grid.selector(method: cells[c].method, budget: cells[c].budget, model: model)
             var sampler = Sampler(sampling)
             var reply: [Int32] = []
             let stats = try session.generate(prompt: promptIDs[p], maxTokens: maxTokens, sampler: &sampler) { token in

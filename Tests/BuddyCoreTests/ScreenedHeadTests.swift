@@ -141,7 +141,7 @@ final class ScreenedHeadTests: XCTestCase {
         let tokens = m.tokenizer.encode("The capital of France is Paris, and the capital of Italy is", parseSpecial: false)
         let n = tokens.count
         let pool = ThreadPool.shared(threads: 2)
-        let screen = ScreenedLogits(head: try XCTUnwrap(m.transformer.screenedHead), pool: pool)
+        let screen = ScreenedLogits(head: try XCTUnwrap(m.transformer.screenedHead(makingOn: pool)), pool: pool)
         let shallow = (0..<L).map { $0 % 2 == 0 || $0 == L - 1 }              // 16 of 30 layers
         let deep = (0..<L).map { ![3, 9, 14, 20, 25].contains($0) }          // 25 of 30
         XCTAssertTrue(ScreenedHead.usesScreen(layersRun: shallow.filter { $0 }.count, of: L))

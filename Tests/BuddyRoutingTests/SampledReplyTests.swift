@@ -39,7 +39,9 @@ final class SampledReplyTests: XCTestCase {
     }
 
     func testGreedyFullDepthRepliesAreTheReferenceAndLanesAgree() throws {
-        let model = try TestSupport.model()
+        // A model of its own, so that the screened head (budget 0.5) is first made inside a lane
+        // of the shared pool, as it is in a real run (it once waited on that pool for ever).
+        let model = try LanguageModel(path: TestSupport.requireModelPath())
         let data = FileManager.default.temporaryDirectory.appendingPathComponent("sampled-replies-\(getpid()).jsonl").path
         try Data("""
             {"question_id": 1, "turns": ["What is the capital of France?"]}
@@ -49,14 +51,15 @@ final class SampledReplyTests: XCTestCase {
             """.utf8).write(to: URL(fileURLWithPath: data))
         defer { try? FileManager.default.removeItem(atPath: data) }
         let selection = ChatPromptSelection(data: data, split: "all")
-        let grid = EvalGrid(budgets: "1,0.7", methods: "buddy+steer", standIns: "on")
+        let grid = EvalGrid(budgets: "1,0.5", methods: "buddy+steer", standIns: "on")
         var sampling = SamplingParameters()
         sampling.temperature = 0
         func run(_ p: SamplingParameters, lanes: Int) throws -> [String] {
             try SampledReplyRun.run(prompts: selection, grid: grid, sampling: p, maxTokens: 24, lanes: lanes, model: { model }, report: .silent).replies
         }
+        let two = try run(sampling, lanes: 2)
         let one = try run(sampling, lanes: 1)
-        XCTAssertEqual(try run(sampling, lanes: 2), one)
+        XCTAssertEqual(two, one)
 
         // At budget 1 and temperature 0 without penalties each reply is the full model's greedy reply.
         let evaluator = ChatEvaluator(session: Session(model: model, capacity: 2048, threads: 1))

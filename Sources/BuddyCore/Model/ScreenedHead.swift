@@ -172,7 +172,7 @@ public final class ScreenedLogits: ParallelTasks, @unchecked Sendable {
     private let transformer: Transformer?
     public var head: ScreenedHead {
         if let made { return made }
-        let h = transformer!.screenedHead!
+        let h = transformer!.screenedHead(makingOn: pool)!
         made = h
         return h
     }
@@ -224,12 +224,15 @@ public final class ScreenedLogits: ParallelTasks, @unchecked Sendable {
 }
 
 extension Transformer {
-    /// The model's screened head, made on first use (nil when its head type cannot be screened).
-    public var screenedHead: ScreenedHead? {
+    /// The model's screened head, made on first use (nil when its head type cannot be screened),
+    /// by the caller's pool: the one the caller already runs on, so a single-threaded session
+    /// on a lane of a shared pool (`ThreadPool.forEachItem`) never starts a job on the pool it
+    /// runs inside (which would wait on itself for ever).
+    public func screenedHead(makingOn pool: ThreadPool) -> ScreenedHead? {
         screenedHeadStore.withLock { stored in
             if let stored { return stored }
             guard ScreenedHead.supports(output) else { return nil }
-            let made = ScreenedHead(head: output, pool: ThreadPool.shared(threads: 2))
+            let made = ScreenedHead(head: output, pool: pool)
             stored = made
             return made
         }
