@@ -17,23 +17,27 @@ public enum SampledReplyRun {
         public var tokens = 0
         public var hitLimit = false
         public var repeatedTokens = 0
-        /// Σ −log p(token) under the full model, over the reply's tokens.
+        /// Σ −log p(token) under the full model, over the reply's tokens, and over those that do
+        /// not repeat (a copied token is nearly free to the judge, so a reply that loops reads as
+        /// fluent; this sum judges only the text a reply adds).
         public var judgeNLLSum = 0.0
+        public var judgeNewNLLSum = 0.0
         public var text = ""
     }
 
-    /// How many tokens of `reply` end a run of `run` tokens that already ended earlier in it.
-    public static func repeatedTokens(_ reply: [Int32], run: Int = repeatRun) -> Int {
-        guard run >= 1, reply.count > run else { return 0 }
+    /// Per token of `reply`: whether it ends a run of `run` tokens that already ended earlier in it.
+    public static func repeated(_ reply: [Int32], run: Int = repeatRun) -> [Bool] {
+        var flags = [Bool](repeating: false, count: reply.count)
+        guard run >= 1, reply.count > run else { return flags }
         var seen = Set<ArraySlice<Int32>>()
-        var repeated = 0
-        for end in run...reply.count {
-            if !seen.insert(reply[end - run..<end]).inserted { repeated += 1 }
-        }
-        return repeated
+        for end in run...reply.count where !seen.insert(reply[end - run..<end]).inserted { flags[end - 1] = true }
+        return flags
     }
 
-    public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum"
+    /// How many tokens of `reply` end a run of `run` tokens that already ended earlier in it.
+    public static func repeatedTokens(_ reply: [Int32], run: Int = repeatRun) -> Int { repeated(reply, run: run).filter { $0 }.count }
+
+    public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum,judge_nll_new_sum"
 
     /// The table (tokens, limit_share, repeated_share, judge_nll), the number of prompts, one
     /// `itemHeader` row per cell and prompt (header first), and one JSON line per cell and
@@ -78,27 +82,31 @@ public enum SampledReplyRun {
             var r = Reply()
             r.tokens = reply.count
             r.hitLimit = stats.stopReason != .endOfTurn
-            r.repeatedTokens = repeatedTokens(reply)
-            r.judgeNLLSum = try judgeNLL(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
+            let copied = repeated(reply)
+            r.repeatedTokens = copied.filter { $0 }.count
+            let nll = try judgeNLL(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
+            r.judgeNLLSum = nll.reduce(0, +)
+            r.judgeNewNLLSum = zip(nll, copied).reduce(0) { $0 + ($1.1 ? 0 : $1.0) }
             r.text = model.tokenizer.decode(reply)
             return r
         }
 
-        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll"],
-                              headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)"],
-                              formats: ["%.4f", "%.3f", "%.1f", "%.4f"], kvPolicy: grid.kvPolicy.rawValue)
+        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new"],
+                              headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)", "the same, tokens not repeated"],
+                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f"], kvPolicy: grid.kvPolicy.rawValue)
         var items = [itemHeader], replies: [String] = []
         for (c, cell) in cells.enumerated() {
             let rs = measured[c * prompts.count..<(c + 1) * prompts.count]
             let tokens = rs.reduce(0) { $0 + $1.tokens }
             let repeated = rs.reduce(0) { $0 + $1.repeatedTokens }
-            let nll = rs.reduce(0) { $0 + $1.judgeNLLSum }
+            let nll = rs.reduce(0) { $0 + $1.judgeNLLSum }, newNLL = rs.reduce(0) { $0 + $1.judgeNewNLLSum }
             let limited = rs.filter(\.hitLimit).count
             table.add(cell.method, cell.budget, [Double(repeated) / Double(max(tokens, 1)), Double(limited) / Double(rs.count),
-                                                 Double(tokens) / Double(rs.count), nll / Double(max(tokens, 1))], standIns: cell.standIns.label)
+                                                 Double(tokens) / Double(rs.count), nll / Double(max(tokens, 1)),
+                                                 newNLL / Double(max(tokens - repeated, 1))], standIns: cell.standIns.label)
             for (p, r) in zip(prompts, rs) {
-                items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
-                                    selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum))
+                items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f,%.6f", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
+                                    selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum, r.judgeNewNLLSum))
                 replies.append("{\"method\":\(jsonString(cell.method)),\"budget\":\(cell.budget),\"stand_ins\":\(jsonString(cell.standIns.label)),"
                                + "\"prompt\":\(jsonString(p.id)),\"tokens\":\(r.tokens),\"hit_limit\":\(r.hitLimit),\"repeated_tokens\":\(r.repeatedTokens),\"text\":\(jsonString(r.text))}")
             }
@@ -106,10 +114,10 @@ public enum SampledReplyRun {
         return (table, prompts.count, items, replies)
     }
 
-    /// Σ −log p(reply token) under the full model (every layer, no stand-ins), teacher-forced
-    /// in batches: the judge of whether a reply still reads as the model's own language.
-    public static func judgeNLL(prompt: [Int32], reply: [Int32], judge: Session, rows: UnsafeMutablePointer<Float>) throws -> Double {
-        guard !reply.isEmpty else { return 0 }
+    /// −log p(reply token) under the full model (every layer, no stand-ins) per token,
+    /// teacher-forced in batches: the judge of whether a reply still reads as the model's own language.
+    public static func judgeNLL(prompt: [Int32], reply: [Int32], judge: Session, rows: UnsafeMutablePointer<Float>) throws -> [Double] {
+        guard !reply.isEmpty else { return [] }
         judge.selector = nil
         judge.standIns = nil
         judge.reset()
@@ -118,16 +126,16 @@ public enum SampledReplyRun {
             LogProbabilities.logSumExp(logits, count: vocab) - Double(logits[Int(token)])
         }
         try judge.evaluate(prompt)
-        var sum = nll(judge.decode.logits, reply[0])
+        var out = [nll(judge.decode.logits, reply[0])]
         // Rows of the chunk reply[s..<e] predict reply[s + 1 ..< e + 1].
         var s = 0
         while s + 1 < reply.count {
             let e = min(s + judge.batch.maxTokens, reply.count - 1)
             try judge.evaluate(prompt + reply[0..<e])
             judge.model.transformer.batchLogitsAll(n: e - s, judge.batch, rows)
-            for i in 0..<(e - s) { sum += nll(rows + i * vocab, reply[s + i + 1]) }
+            for i in 0..<(e - s) { out.append(nll(rows + i * vocab, reply[s + i + 1])) }
             s = e
         }
-        return sum
+        return out
     }
 }
