@@ -192,6 +192,7 @@ final class SamplingTests: XCTestCase {
         rp.repetitionPenalty = 1.1
         var dry = rp
         dry.dryMultiplier = 0.8
+        dry.dryAllowedLength = 2
         var a: [Int32] = [0], b: [Int32] = [0]
         for _ in 0..<30 { a.append(next(a, rp)); b.append(next(b, dry)) }
         XCTAssertFalse(a.contains(3))

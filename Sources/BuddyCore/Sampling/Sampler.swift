@@ -20,7 +20,9 @@ public struct SamplingParameters: Sendable, Equatable {
     /// and grows with the length of the copy, so it stops a paragraph repeating verbatim.
     public var dryMultiplier: Float = 0
     public var dryBase: Float = 1.75
-    public var dryAllowedLength: Int = 2
+    /// 8, not llama.cpp's 2: chosen on training prompts (eval/NOTES.md, "A repetition guard"),
+    /// where 2 spoilt ordinary replies by penalising every repeated pair of tokens.
+    public var dryAllowedLength: Int = 8
     /// How many recent tokens DRY searches for earlier copies (0 = the whole context).
     public var dryWindow: Int = 0
     public var seed: UInt64 = 0
