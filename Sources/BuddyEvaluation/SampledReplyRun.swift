@@ -39,7 +39,7 @@ public enum SampledReplyRun {
 
     public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum,judge_nll_new_sum"
 
-    /// The table (tokens, limit_share, repeated_share, judge_nll), the number of prompts, one
+    /// The table (repeated_share, limit_share, tokens, judge_nll, judge_nll_new), the number of prompts, one
     /// `itemHeader` row per cell and prompt (header first), and one JSON line per cell and
     /// prompt with the reply's text.
     public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, sampling: SamplingParameters, maxTokens: Int, lanes: Int,
@@ -53,7 +53,8 @@ public enum SampledReplyRun {
         // Per lane: a single-threaded session that samples and one that judges at full depth.
         let samplers = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
         let judges = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
-        let promptIDs = prompts.map { ChatEvaluator(session: judges[0]).promptTokens($0.text) }
+        let templating = ChatEvaluator(session: judges[0])
+        let promptIDs = prompts.map { templating.promptTokens($0.text) }
         for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > 2048 {
             throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens) for a reply of \(maxTokens)")
         }
