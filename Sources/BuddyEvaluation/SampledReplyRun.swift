@@ -22,6 +22,9 @@ public enum SampledReplyRun {
         /// fluent; this sum judges only the text a reply adds).
         public var judgeNLLSum = 0.0
         public var judgeNewNLLSum = 0.0
+        /// Whether the full model, reading the reply, would have ended the turn somewhere in it
+        /// (its end-of-turn probability reaches `endProbability` before some reply token).
+        public var fullModelWouldEnd = false
         public var text = ""
     }
 
@@ -37,7 +40,17 @@ public enum SampledReplyRun {
     /// How many tokens of `reply` end a run of `run` tokens that already ended earlier in it.
     public static func repeatedTokens(_ reply: [Int32], run: Int = repeatRun) -> Int { repeated(reply, run: run).filter { $0 }.count }
 
-    public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum,judge_nll_new_sum"
+    /// The end-of-turn probability at which the full model counts as ending a reply.
+    public static let endProbability = 0.5
+
+    /// One reply token as the full model judges it: −log p(token), and the probability it gives
+    /// ending the turn there instead.
+    public struct JudgedToken: Sendable, Equatable {
+        public var nll: Double
+        public var end: Double
+    }
+
+    public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum,judge_nll_new_sum,full_would_end"
 
     /// The table (repeated_share, limit_share, tokens, judge_nll, judge_nll_new), the number of prompts, one
     /// `itemHeader` row per cell and prompt (header first), and one JSON line per cell and
@@ -85,29 +98,31 @@ public enum SampledReplyRun {
             r.hitLimit = stats.stopReason != .endOfTurn
             let copied = repeated(reply)
             r.repeatedTokens = copied.filter { $0 }.count
-            let nll = try judgeNLL(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
-            r.judgeNLLSum = nll.reduce(0, +)
-            r.judgeNewNLLSum = zip(nll, copied).reduce(0) { $0 + ($1.1 ? 0 : $1.0) }
+            let judged = try judge(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
+            r.judgeNLLSum = judged.reduce(0) { $0 + $1.nll }
+            r.judgeNewNLLSum = zip(judged, copied).reduce(0) { $0 + ($1.1 ? 0 : $1.0.nll) }
+            r.fullModelWouldEnd = judged.contains { $0.end >= endProbability }
             r.text = model.tokenizer.decode(reply)
             return r
         }
 
-        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new"],
-                              headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)", "the same, tokens not repeated"],
-                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f"], kvPolicy: grid.kvPolicy.rawValue)
+        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new", "limit_full_would_end"],
+                              headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)", "the same, tokens not repeated",
+                                        "of those at the limit, the full model would have ended"],
+                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f", "%.3f"], kvPolicy: grid.kvPolicy.rawValue)
         var items = [itemHeader], replies: [String] = []
         for (c, cell) in cells.enumerated() {
             let rs = measured[c * prompts.count..<(c + 1) * prompts.count]
             let tokens = rs.reduce(0) { $0 + $1.tokens }
             let repeated = rs.reduce(0) { $0 + $1.repeatedTokens }
             let nll = rs.reduce(0) { $0 + $1.judgeNLLSum }, newNLL = rs.reduce(0) { $0 + $1.judgeNewNLLSum }
-            let limited = rs.filter(\.hitLimit).count
+            let limited = rs.filter(\.hitLimit).count, missedEnds = rs.filter { $0.hitLimit && $0.fullModelWouldEnd }.count
             table.add(cell.method, cell.budget, [Double(repeated) / Double(max(tokens, 1)), Double(limited) / Double(rs.count),
                                                  Double(tokens) / Double(rs.count), nll / Double(max(tokens, 1)),
-                                                 newNLL / Double(max(tokens - repeated, 1))], standIns: cell.standIns.label)
+                                                 newNLL / Double(max(tokens - repeated, 1)), Double(missedEnds) / Double(max(limited, 1))], standIns: cell.standIns.label)
             for (p, r) in zip(prompts, rs) {
-                items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f,%.6f", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
-                                    selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum, r.judgeNewNLLSum))
+                items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f,%.6f,%d", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
+                                    selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum, r.judgeNewNLLSum, r.fullModelWouldEnd ? 1 : 0))
                 replies.append("{\"method\":\(jsonString(cell.method)),\"budget\":\(cell.budget),\"stand_ins\":\(jsonString(cell.standIns.label)),"
                                + "\"prompt\":\(jsonString(p.id)),\"tokens\":\(r.tokens),\"hit_limit\":\(r.hitLimit),\"repeated_tokens\":\(r.repeatedTokens),\"text\":\(jsonString(r.text))}")
             }
@@ -115,16 +130,19 @@ public enum SampledReplyRun {
         return (table, prompts.count, items, replies)
     }
 
-    /// −log p(reply token) under the full model (every layer, no stand-ins) per token,
-    /// teacher-forced in batches: the judge of whether a reply still reads as the model's own language.
-    public static func judgeNLL(prompt: [Int32], reply: [Int32], judge: Session, rows: UnsafeMutablePointer<Float>) throws -> [Double] {
+    /// Each reply token under the full model (every layer, no stand-ins), teacher-forced in
+    /// batches: the judge of whether a reply still reads as the model's own language, and of
+    /// where the full model would have ended it.
+    public static func judge(prompt: [Int32], reply: [Int32], judge: Session, rows: UnsafeMutablePointer<Float>) throws -> [JudgedToken] {
         guard !reply.isEmpty else { return [] }
         judge.selector = nil
         judge.standIns = nil
         judge.reset()
         let vocab = judge.model.config.vocabSize
-        func nll(_ logits: UnsafePointer<Float>, _ token: Int32) -> Double {
-            LogProbabilities.logSumExp(logits, count: vocab) - Double(logits[Int(token)])
+        let stops = judge.model.stopTokens
+        func nll(_ logits: UnsafePointer<Float>, _ token: Int32) -> JudgedToken {
+            let lse = LogProbabilities.logSumExp(logits, count: vocab)
+            return JudgedToken(nll: lse - Double(logits[Int(token)]), end: stops.reduce(0) { $0 + exp(Double(logits[Int($1)]) - lse) })
         }
         try judge.evaluate(prompt)
         var out = [nll(judge.decode.logits, reply[0])]

@@ -25,18 +25,25 @@ final class SampledReplyTests: XCTestCase {
         XCTAssertGreaterThan(reply.count, 16)   // two chunks of the judge's batch
         let rows = UnsafeMutablePointer<Float>.allocate(capacity: 16 * model.config.vocabSize)
         defer { rows.deallocate() }
-        let batched = try SampledReplyRun.judgeNLL(prompt: prompt, reply: reply, judge: judge, rows: rows)
+        let batched = try SampledReplyRun.judge(prompt: prompt, reply: reply, judge: judge, rows: rows)
         XCTAssertEqual(batched.count, reply.count)
 
         let stepper = Session(model: model, capacity: 512, threads: 1)
         try stepper.evaluate(prompt)
         for (i, t) in reply.enumerated() {
             let l = stepper.decode.logits
-            let stepwise = LogProbabilities.logSumExp(l, count: model.config.vocabSize) - Double(l[Int(t)])
-            XCTAssertEqual(batched[i], stepwise, accuracy: 2e-3 + 1e-3 * stepwise, "token \(i)")
+            let lse = LogProbabilities.logSumExp(l, count: model.config.vocabSize)
+            let stepwise = lse - Double(l[Int(t)])
+            XCTAssertEqual(batched[i].nll, stepwise, accuracy: 2e-3 + 1e-3 * stepwise, "token \(i)")
+            let end = model.stopTokens.reduce(0.0) { $0 + exp(Double(l[Int($1)]) - lse) }
+            XCTAssertEqual(batched[i].end, end, accuracy: 1e-3 + 1e-2 * end, "token \(i)")
             if i + 1 < reply.count { try stepper.step(t) }
         }
-        XCTAssertGreaterThan(batched.reduce(0, +) / Double(reply.count), 0.1)   // a real, non-zero NLL
+        XCTAssertGreaterThan(batched.reduce(0) { $0 + $1.nll } / Double(reply.count), 0.1)   // a real, non-zero NLL
+        // Token i's end probability is that of ending the turn instead of writing it: the full
+        // model most wants to end right after the answer, "Red, green and blue".
+        let mostLikelyEnd = try XCTUnwrap(batched.indices.max { batched[$0].end < batched[$1].end })
+        XCTAssertEqual(model.tokenizer.decode(Array(reply[0..<mostLikelyEnd])), " Red, green and blue")
     }
 
     func testGreedyFullDepthRepliesAreTheReferenceAndLanesAgree() throws {
