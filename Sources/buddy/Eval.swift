@@ -121,21 +121,23 @@ extension Eval {
         static let configuration = CommandConfiguration(
             abstract: "Replies sampled as the chat writes them: how often they repeat themselves, and how the full model rates them.",
             discussion: """
-                For each chat prompt (first turns), each method and budget samples a reply with
-                the chat's sampler and defaults (the prompt at full depth, as the chat runs it), up
-                to --max-reply tokens. Reported per cell: the share of reply tokens that end a run
-                of \(SampledReplyRun.repeatRun) tokens already seen earlier in the same reply, the
-                share of replies that stop only at the token limit, the mean reply length, and the
-                full model's negative log-likelihood of the replies (teacher-forced, every layer,
-                no stand-ins), over all their tokens and over the tokens that do not repeat (a
-                copied token is nearly free to the full model, so a loop reads as fluent). The
-                chat's default method is buddy+steer. Example:
+                For each chat prompt (first turns), each method and budget samples a reply
+                with the chat's sampler and defaults (the prompt at full depth, as the chat
+                runs it), up to --max-reply tokens. Reported per cell: the share of reply
+                tokens that end a run of \(SampledReplyRun.repeatRun) tokens already seen
+                earlier in the same reply, the share of replies that stop only at the token
+                limit, the mean reply length, and the full model's negative log-likelihood of
+                the replies (teacher-forced, every layer, no stand-ins), over all their tokens
+                and over the tokens that do not repeat (a copied token is nearly free to the
+                full model, so a loop reads as fluent), and of the replies at the limit the
+                share the full model would have ended (its end-of-turn probability reaches 0.5
+                before some reply token). The chat's default method is buddy+steer. Example:
                   buddy eval replies --data ../shared/data/mt_bench_questions.jsonl --split train --max-reply 512 --budgets 1,0.7 --methods buddy+steer
                 """)
         @OptionGroup var promptOptions: ChatPromptOptions
         @OptionGroup var routing: EvalRoutingOptions
         @OptionGroup var sampling: SamplingOptions
-        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new).") var csv: String?
+        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new,limit_full_would_end).") var csv: String?
         @Option(name: .long, help: "Also write every prompt's result as CSV (\(SampledReplyRun.itemHeader)).") var items: String?
         @Option(name: .long, help: "Also write every reply as a JSON line (method, budget, stand_ins, prompt, tokens, hit_limit, repeated_tokens, text).") var replies: String?
         @OptionGroup var modelOptions: ModelOptions
