@@ -52,7 +52,7 @@ public enum SampledReplyRun {
 
     public static let itemHeader = "method,budget,kv_policy,stand_ins,prompt,tokens,hit_limit,repeated_tokens,judge_nll_sum,judge_nll_new_sum,full_would_end"
 
-    /// The table (repeated_share, limit_share, tokens, judge_nll, judge_nll_new), the number of prompts, one
+    /// The table (repeated_share, limit_share, tokens, judge_nll, judge_nll_new, limit_full_would_end), the number of prompts, one
     /// `itemHeader` row per cell and prompt (header first), and one JSON line per cell and
     /// prompt with the reply's text.
     public static func run(prompts selection: ChatPromptSelection, grid: EvalGrid, sampling: SamplingParameters, maxTokens: Int, lanes: Int,
@@ -63,16 +63,24 @@ public enum SampledReplyRun {
         var cells: [(method: String, budget: Double, standIns: (label: String, weights: StandIns?))] = []
         try grid.forEachCell(model: model, note: report.note) { mode, method, b in cells.append((method, b, mode)) }
         let laneCount = max(1, min(lanes, prompts.count * cells.count))
-        // Per lane: a single-threaded session that samples and one that judges at full depth.
-        let samplers = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
-        let judges = (0..<laneCount).map { _ in Session(model: model, capacity: 2048, threads: 1, batchSize: 256) }
+        let capacity = 2048, batchSize = 256
+        // Per lane: a single-threaded session that samples as the chat does (prompt at full
+        // depth) and one that judges at full depth.
+        let samplers = (0..<laneCount).map { _ in
+            let session = Session(model: model, capacity: capacity, threads: 1, batchSize: batchSize)
+            session.policy = grid.kvPolicy
+            session.promptDepth = .full
+            session.head = grid.head
+            return session
+        }
+        let judges = (0..<laneCount).map { _ in Session(model: model, capacity: capacity, threads: 1, batchSize: batchSize) }
         let templating = ChatEvaluator(session: judges[0])
         let promptIDs = prompts.map { templating.promptTokens($0.text) }
-        for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > 2048 {
+        for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > capacity {
             throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens) for a reply of \(maxTokens)")
         }
         let vocab = model.config.vocabSize
-        let rows = (0..<laneCount).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: 256 * vocab) }
+        let rows = (0..<laneCount).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: batchSize * vocab) }
         defer { rows.forEach { $0.deallocate() } }
 
         let bar = report.progress("replies", prompts.count * cells.count)
@@ -80,9 +88,6 @@ public enum SampledReplyRun {
             let (c, p) = (item / prompts.count, item % prompts.count)
             let session = samplers[lane]
             session.reset()
-            session.policy = grid.kvPolicy
-            session.promptDepth = .full
-            session.head = grid.head
             session.standIns = cells[c].standIns.weights
             // A router of its own per reply, as a new chat starts: a steered router remembers
             // the entropies of earlier replies, which would tie each reply to the ones before it.

@@ -98,12 +98,17 @@ public struct Sampler: Sendable {
         }
     }
 
+    /// The penalties, in place and in llama.cpp's order: repetition penalty over its window, then DRY.
+    private mutating func penalise(_ logits: UnsafeMutablePointer<Float>, count: Int, recent: ArraySlice<Int32>) {
+        Sampler.applyRepetitionPenalty(logits, recent: recent.suffix(parameters.repetitionWindow), penalty: parameters.repetitionPenalty)
+        applyDRY(logits, count: count, recent: recent)
+    }
+
     /// The distribution the draw is made from, as (id, probability) sorted by probability.
     /// Exposed for tests that check it against hand-computed values.
     public mutating func distribution(_ logits: UnsafeMutablePointer<Float>, count: Int, recent: ArraySlice<Int32> = []) -> [(id: Int32, p: Float)] {
         let p = parameters
-        Sampler.applyRepetitionPenalty(logits, recent: recent.suffix(p.repetitionWindow), penalty: p.repetitionPenalty)
-        applyDRY(logits, count: count, recent: recent)
+        penalise(logits, count: count, recent: recent)
         candidates.removeAll(keepingCapacity: true)
         for i in 0..<count { candidates.append((Int32(i), logits[i])) }
         candidates.sort { $0.logit > $1.logit || ($0.logit == $1.logit && $0.id < $1.id) }
@@ -131,8 +136,7 @@ public struct Sampler: Sendable {
     /// Picks the next token.
     public mutating func sample(_ logits: UnsafeMutablePointer<Float>, count: Int, recent: ArraySlice<Int32> = []) -> Int32 {
         if parameters.temperature <= 0 {
-            Sampler.applyRepetitionPenalty(logits, recent: recent.suffix(parameters.repetitionWindow), penalty: parameters.repetitionPenalty)
-            applyDRY(logits, count: count, recent: recent)
+            penalise(logits, count: count, recent: recent)
             return Sampler.argmax(logits, count: count)
         }
         let dist = distribution(logits, count: count, recent: recent)
