@@ -133,7 +133,7 @@ public enum EngineEvent: Sendable {
 }
 
 /// Wraps a router to time its decisions (the "router overhead" of the status bar).
-final class TimedSelector: OutputWatchingSelector, ContextKeepingSelector {
+final class TimedSelector: OutputWatchingSelector, InputWatchingSelector, ContextKeepingSelector {
     let inner: BudgetedLayerSelector
     var seconds = 0.0
     init(_ inner: BudgetedLayerSelector) { self.inner = inner }
@@ -153,6 +153,10 @@ final class TimedSelector: OutputWatchingSelector, ContextKeepingSelector {
     /// A new conversation or a rewritten tail reaches the router (the Decision Module's pooled context).
     func cacheTruncated(to length: Int) {
         (inner as? ContextKeepingSelector)?.cacheTruncated(to: length)
+    }
+    /// A steered router is told whether each step's input ends a sentence.
+    func willRun(sentenceEnd: Bool) {
+        (inner as? InputWatchingSelector)?.willRun(sentenceEnd: sentenceEnd)
     }
     /// A steered router reads each step's logits; its entropy counts as routing time.
     func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
@@ -234,7 +238,7 @@ public final class ChatEngine: @unchecked Sendable {
             // requantised copy) so the user knows which calibration command fixes it.
             notice = "router '\(options.router)' unavailable (\(error)); using the static \(router.name) ranking"
         }
-        if options.steering { router = BudgetSteering(router) }
+        if options.steering { router = BudgetSteering.forProduct(router) }
         timed = TimedSelector(router)
         session = Session(model: model, capacity: options.context, threads: options.threads)
         session.selector = timed
@@ -346,7 +350,7 @@ public final class ChatEngine: @unchecked Sendable {
         case let .setRouter(spec):
             do {
                 let made = try Routers.make(spec, model: model, budget: budget)
-                let r: BudgetedLayerSelector = options.steering ? BudgetSteering(made) : made
+                let r: BudgetedLayerSelector = options.steering ? BudgetSteering.forProduct(made) : made
                 router = r
                 timed = TimedSelector(r)
                 session.selector = timed

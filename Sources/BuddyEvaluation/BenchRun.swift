@@ -78,7 +78,7 @@ public enum BenchRun {
         for b in budgetList {
             guard b < 1 else { selectors.append(nil); continue }
             let made = try Routers.make(routerSpec, model: model, budget: b)
-            selectors.append(o.steering ? BudgetSteering(made) : made)
+            selectors.append(o.steering ? BudgetSteering.forProduct(made) : made)
         }
         // The Decision Module under a possible steering wrapper: it keeps the routing time.
         func decisionModule(_ s: BudgetedLayerSelector?) -> DecisionModule? {

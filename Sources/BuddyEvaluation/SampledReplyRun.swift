@@ -25,6 +25,8 @@ public enum SampledReplyRun {
         /// Whether the full model, reading the reply, would have ended the turn somewhere in it
         /// (its end-of-turn probability reaches `endProbability` before some reply token).
         public var fullModelWouldEnd = false
+        /// Layers run for the reply's tokens (the first one's from the prompt's last position).
+        public var layerSum = 0
         public var text = ""
     }
 
@@ -74,8 +76,7 @@ public enum SampledReplyRun {
             return session
         }
         let judges = (0..<laneCount).map { _ in Session(model: model, capacity: capacity, threads: 1, batchSize: batchSize) }
-        let templating = ChatEvaluator(session: judges[0])
-        let promptIDs = prompts.map { templating.promptTokens($0.text) }
+        let promptIDs = prompts.map { model.chatPromptTokens([ChatMessage(role: .user, content: $0.text)]) }
         for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > capacity {
             throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens) for a reply of \(maxTokens)")
         }
@@ -101,6 +102,7 @@ public enum SampledReplyRun {
             var r = Reply()
             r.tokens = reply.count
             r.hitLimit = stats.stopReason != .endOfTurn
+            r.layerSum = stats.layerSum
             let copied = repeated(reply)
             r.repeatedTokens = copied.filter { $0 }.count
             let judged = try judge(prompt: promptIDs[p], reply: reply, judge: judges[lane], rows: rows[lane])
@@ -111,10 +113,10 @@ public enum SampledReplyRun {
             return r
         }
 
-        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new", "limit_full_would_end"],
+        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new", "limit_full_would_end", "layers"],
                               headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)", "the same, tokens not repeated",
-                                        "of those at the limit, the full model would have ended"],
-                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f", "%.3f"], kvPolicy: grid.kvPolicy.rawValue)
+                                        "of those at the limit, the full model would have ended", "layers per reply token"],
+                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f", "%.3f", "%.2f"], kvPolicy: grid.kvPolicy.rawValue)
         var items = [itemHeader], replies: [String] = []
         for (c, cell) in cells.enumerated() {
             let rs = measured[c * prompts.count..<(c + 1) * prompts.count]
@@ -122,9 +124,11 @@ public enum SampledReplyRun {
             let repeated = rs.reduce(0) { $0 + $1.repeatedTokens }
             let nll = rs.reduce(0) { $0 + $1.judgeNLLSum }, newNLL = rs.reduce(0) { $0 + $1.judgeNewNLLSum }
             let limited = rs.filter(\.hitLimit).count, missedEnds = rs.filter { $0.hitLimit && $0.fullModelWouldEnd }.count
+            let layers = rs.reduce(0) { $0 + $1.layerSum }
             table.add(cell.method, cell.budget, [Double(repeated) / Double(max(tokens, 1)), Double(limited) / Double(rs.count),
                                                  Double(tokens) / Double(rs.count), nll / Double(max(tokens, 1)),
-                                                 newNLL / Double(max(tokens - repeated, 1)), Double(missedEnds) / Double(max(limited, 1))], standIns: cell.standIns.label)
+                                                 newNLL / Double(max(tokens - repeated, 1)), Double(missedEnds) / Double(max(limited, 1)),
+                                                 Double(layers) / Double(max(tokens, 1))], standIns: cell.standIns.label)
             for (p, r) in zip(prompts, rs) {
                 items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f,%.6f,%d", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
                                     selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum, r.judgeNewNLLSum, r.fullModelWouldEnd ? 1 : 0))

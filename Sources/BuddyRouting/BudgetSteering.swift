@@ -28,16 +28,29 @@ import Foundation
 ///
 /// `blind` is the control: the same share of raised steps, chosen by a fixed-seed coin instead
 /// of the entropy (evaluations only).
-public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
+public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, InputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
     public enum Signal: String, Sendable, CaseIterable {
-        case entropy, blind
+        case entropy, blind, sentence
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
-        public var suffix: String { self == .entropy ? "+steer" : "+blind" }
+        public var suffix: String {
+            switch self {
+            case .entropy: return "+steer"
+            case .blind: return "+blind"
+            case .sentence: return "+sentence"
+            }
+        }
     }
 
     /// Whether the product's commands (chat, generate, bench) steer unless told `--steering off`:
     /// the one place that default is decided. Evaluations name steering per method instead.
     public static let onByDefault = true
+    /// The signal the product's commands steer by when steering is on.
+    public static let productSignal: Signal = .entropy
+
+    /// The steering the chat, `generate` and `bench` put around a router.
+    public static func forProduct(_ inner: BudgetedLayerSelector) -> BudgetSteering {
+        BudgetSteering(inner, signal: productSignal)
+    }
 
     /// Layers added after an uncertain step, and the share of steps that get them.
     public static let raise = 3
@@ -59,6 +72,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     private var sortedEntropies: [Double] = []
     private var oldest = 0
     private var lastEntropy = 0.0
+    private var sentenceEnds = false
     private var random = SeededRNG(seed: 0x5EED)
     /// Since the reply started (the window does not restart): decode steps decided, how many of them ran k + 3, and the
     /// routable layers they ran in all (so an evaluation can state the mean compute it got).
@@ -100,9 +114,11 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         sortedEntropies.reserveCapacity(Self.window)
     }
 
+    public func willRun(sentenceEnd: Bool) { sentenceEnds = sentenceEnd }
+
     public func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
         if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0 }
-        guard signal == .entropy else { return }
+        guard signal != .blind else { return }
         let h = LogProbabilities.entropy(logits, count: count)
         lastEntropy = h
         if recentEntropies.count == Self.window {
@@ -129,7 +145,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         switch signal {
         case .blind:
             return Double(random.next() >> 11) / Double(1 << 53) < Self.raisedShare
-        case .entropy:
+        case .entropy, .sentence:
             guard !sortedEntropies.isEmpty else { return false }
             let q = sortedEntropies[Int((Double(sortedEntropies.count - 1) * (1 - Self.raisedShare)).rounded(.down))]
             return lastEntropy > q
@@ -140,9 +156,19 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     func stepLayers(k: Int, routable: Int) -> Int {
         steps += 1
         guard k - 1 >= 1, k + Self.raise <= routable else { routedLayers += k; return k }
+        if signal == .sentence && sentenceEnds {
+            raisedSteps += 1
+            routedLayers += routable
+            return routable
+        }
         let raised = raisesNextStep()
         if raised { raisedSteps += 1 }
-        let layers = raised ? k + Self.raise : k - 1
+        var layers = raised ? k + Self.raise : k - 1
+        if signal == .sentence && !raised {
+            // Pay back what the sentence ends took beyond the mean.
+            let surplus = routedLayers - (steps - 1) * k
+            if surplus > 0 { layers = max(1, k - 1 - min(3, (surplus + 7) / 8)) }
+        }
         routedLayers += layers
         return layers
     }

@@ -97,7 +97,7 @@ extension Routers {
         do {
             let s = try Routers.make(spec, model: model, budget: b)
             (s as? DecisionModule)?.rerouteEvery = rerouteEvery
-            return steering ? BudgetSteering(s) : s
+            return steering ? BudgetSteering.forProduct(s) : s
         } catch RoutingError.unknownRouter(let name) where name == "buddy" {
             throw ToolError("no trained router found for this model (routers/buddy-router.json); train one with `buddy train`, or pass --router shortgpt|sleb|last|random|even")
         }

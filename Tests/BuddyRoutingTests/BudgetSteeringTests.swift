@@ -204,4 +204,73 @@ final class BudgetSteeringTests: XCTestCase {
         XCTAssertEqual(scored.routedLayers, stepped.routedLayers)
         XCTAssertEqual(viaEvaluator.nll, nll, accuracy: 1e-3 * nll)
     }
+
+    /// Sentence ends by hand: a newline anywhere, or ".", "!", "?" last but for trailing
+    /// spaces, quotes and closing brackets; the model's own sentence-end tokens include "." and
+    /// "\n" and no control token.
+    func testSentenceEndsByHand() throws {
+        for text in [".", " world.", "!", "?\"", ".) ", "\n", "\n\n", ":\n", "...", "'?"] {
+            XCTAssertTrue(LanguageModel.endsSentence(Array(text.utf8)), text.debugDescription)
+        }
+        for text in ["", " the", "3.5", ",", ":", " Mr", "\"", "(.a"] {
+            XCTAssertFalse(LanguageModel.endsSentence(Array(text.utf8)), text.debugDescription)
+        }
+        let m = try TestSupport.model()
+        for text in [".", "\n", " end."] {
+            let ids = m.tokenizer.encode(text, parseSpecial: false)
+            XCTAssertTrue(m.sentenceEndTokens.contains(ids.last!), text.debugDescription)
+        }
+        for id in m.tokenizer.encode(" the capital, of France", parseSpecial: false) {
+            XCTAssertFalse(m.sentenceEndTokens.contains(id))
+        }
+        XCTAssertTrue(m.sentenceEndTokens.isDisjoint(with: m.controlTokens))
+        XCTAssertGreaterThan(m.sentenceEndTokens.count, 100)
+    }
+
+    /// `+sentence` on the real model, greedy, at 0.7 and 0.5: a step whose input token ends a
+    /// sentence runs every routable layer; any
+    /// other step runs k + 3 when the previous entropy is in the window's top quarter, else
+    /// k − 1, less min(3, ⌈owed / 8⌉) while the reply has run more than k per step. All of it
+    /// checked against the test's own tally, and the reply's mean stays near k.
+    func testSentenceSteeringRunsEveryLayerAfterASentenceEnd() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize, routable = LayerBudget.routable(layers: L)
+        for budget in [0.7, 0.5] {
+            let k = LayerBudget.routableCount(budget: budget, layers: L)
+            let s = Session(model: m, capacity: 512, threads: 2, batchSize: 64)
+            s.standIns = try Routers.standIns(model: m)
+            s.promptDepth = .full
+            let steering = BudgetSteering(try Routers.make("buddy", model: m, budget: budget), signal: .sentence)
+            XCTAssertEqual(steering.name, "buddy+sentence")
+            s.selector = steering
+            let prompt = m.template.render([ChatMessage(role: .user, content: "Why is the sky blue?")], addGenerationPrompt: true)
+            try s.evaluate(m.tokenizer.encode(prompt, parseSpecial: true))
+            var seen = [naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab)))]
+            var token = Sampler.argmax(s.decode.logits, count: vocab)
+            var layers = 0, sentenceSteps = 0
+            let steps = 160
+            for step in 1...steps {
+                let expected: Int
+                if m.sentenceEndTokens.contains(token) {
+                    expected = routable
+                    sentenceSteps += 1
+                } else if raises(seen) {
+                    expected = k + 3
+                } else {
+                    let owed = layers - (step - 1) * k
+                    expected = owed > 0 ? max(1, k - 1 - min(3, (owed + 7) / 8)) : k - 1
+                }
+                try s.step(token)
+                let routed = Session.count(s.lastMask) - 2
+                XCTAssertEqual(routed, expected, "budget \(budget), step \(step)")
+                if routed != expected { break }
+                layers += routed
+                seen.append(naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab))))
+                token = Sampler.argmax(s.decode.logits, count: vocab)
+            }
+            XCTAssertGreaterThan(sentenceSteps, 4, "the reply has sentence ends")
+            XCTAssertEqual(steering.routedLayers, layers)
+            XCTAssertEqual(Double(layers) / Double(steps), Double(k), accuracy: 0.6, "budget \(budget): the mean stays near k")
+        }
+    }
 }

@@ -62,12 +62,21 @@ final class SampledReplyTests: XCTestCase {
         let grid = EvalGrid(budgets: "1,0.5", methods: "buddy+steer", standIns: "on")
         var sampling = SamplingParameters()
         sampling.temperature = 0
+        var table: EvalTable?
         func run(_ p: SamplingParameters, lanes: Int) throws -> [String] {
-            try SampledReplyRun.run(prompts: selection, grid: grid, sampling: p, maxTokens: 24, lanes: lanes, model: { model }, report: .silent).replies
+            let r = try SampledReplyRun.run(prompts: selection, grid: grid, sampling: p, maxTokens: 24, lanes: lanes, model: { model }, report: .silent)
+            table = r.table
+            return r.replies
         }
         let two = try run(sampling, lanes: 2)
         let one = try run(sampling, lanes: 1)
         XCTAssertEqual(two, one)
+        // Layers per reply token: every layer at budget 1; at 0.5 the first token (from the
+        // prompt's last position, at full depth) and then about k + 2 (steering keeps the mean).
+        let layersColumn = try XCTUnwrap(table?.metrics.firstIndex(of: "layers"))
+        let L = Double(model.config.layers), k = Double(LayerBudget.routableCount(budget: 0.5, layers: model.config.layers))
+        XCTAssertEqual(table?.rows.first { $0.budget == 1 }?.values[layersColumn], L)
+        XCTAssertEqual(try XCTUnwrap(table?.rows.first { $0.budget == 0.5 }?.values[layersColumn]), k + 2 + (L - k - 2) / 24, accuracy: 1.0)
 
         // At budget 1 and temperature 0 without penalties each reply is the full model's greedy reply.
         let evaluator = ChatEvaluator(session: Session(model: model, capacity: 2048, threads: 1))

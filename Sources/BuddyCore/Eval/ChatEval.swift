@@ -116,12 +116,7 @@ public final class ChatEvaluator {
     }
 
     /// A conversation so far, rendered with the model's template and ready for the assistant's turn.
-    public func promptTokens(_ messages: [ChatMessage]) -> [Int32] {
-        let model = session.model
-        var ids = model.tokenizer.encode(model.template.render(messages), parseSpecial: true)
-        if model.tokenizer.addBOS, let bos = model.tokenizer.bosID { ids.insert(bos, at: 0) }
-        return ids
-    }
+    public func promptTokens(_ messages: [ChatMessage]) -> [Int32] { session.model.chatPromptTokens(messages) }
 
     /// The full-depth greedy reply (up to maxTokens, ending before an end-of-turn token) and
     /// the distributions along it. Runs with the session's selector removed.
@@ -284,4 +279,14 @@ public final class ChatEvaluator {
         }
     }
 
+}
+
+extension LanguageModel {
+    /// A conversation so far, rendered with the model's chat template and ready for the
+    /// assistant's turn, as token ids (BOS first where the tokenizer adds one).
+    public func chatPromptTokens(_ messages: [ChatMessage]) -> [Int32] {
+        var ids = tokenizer.encode(template.render(messages), parseSpecial: true)
+        if tokenizer.addBOS, let bos = tokenizer.bosID { ids.insert(bos, at: 0) }
+        return ids
+    }
 }

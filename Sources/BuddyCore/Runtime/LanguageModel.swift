@@ -13,6 +13,9 @@ public final class LanguageModel: @unchecked Sendable {
     /// The vocabulary's control tokens (the chat template's markers, BOS, EOS): the sampler's
     /// DRY penalty never matches across them nor penalises them.
     public let controlTokens: Set<Int32>
+    /// Tokens whose text ends a sentence or a line (".", "!", "?" before optional spaces or
+    /// quotes, or any newline): where a reply decides whether to end or what to say next.
+    public let sentenceEndTokens: Set<Int32>
 
     public var config: ModelConfig { transformer.config }
 
@@ -28,6 +31,23 @@ public final class LanguageModel: @unchecked Sendable {
         template = ChatTemplate(ggufTemplate: file.metadata["tokenizer.chat_template"]?.stringValue)
         stopTokens = tokenizer.endOfGenerationIDs
         controlTokens = Set((0..<Int32(tokenizer.vocabularySize)).filter { [tokenizer] in tokenizer.isControl($0) }).union(stopTokens)
+        sentenceEndTokens = Set((0..<Int32(tokenizer.vocabularySize)).filter { [tokenizer, controlTokens] id in
+            !controlTokens.contains(id) && LanguageModel.endsSentence(tokenizer.decodeBytes(id))
+        })
+    }
+
+    /// Whether a token's bytes end a sentence or a line: a newline anywhere, or ".", "!" or "?"
+    /// as the last character but for trailing spaces, quotes and closing brackets.
+    public static func endsSentence(_ bytes: [UInt8]) -> Bool {
+        if bytes.contains(UInt8(ascii: "\n")) { return true }
+        for b in bytes.reversed() {
+            switch b {
+            case UInt8(ascii: "."), UInt8(ascii: "!"), UInt8(ascii: "?"): return true
+            case UInt8(ascii: " "), UInt8(ascii: "\""), UInt8(ascii: "'"), UInt8(ascii: ")"), UInt8(ascii: "]"): continue
+            default: return false
+            }
+        }
+        return false
     }
 
     /// A short stable identity of the weights: size plus a hash of the tensor table and a

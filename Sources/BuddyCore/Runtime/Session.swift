@@ -34,6 +34,13 @@ public protocol OutputWatchingSelector: LayerSelector {
     func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool)
 }
 
+/// A selector told, before each decode step, whether the token about to run ends a sentence
+/// or a line (`LanguageModel.sentenceEndTokens`): that step's output decides whether the reply
+/// ends, and how the next sentence begins.
+public protocol InputWatchingSelector: LayerSelector {
+    func willRun(sentenceEnd: Bool)
+}
+
 /// A selector that keeps what it has seen of the context between calls (the Decision Module
 /// pools the first layer's K/V as positions arrive). It is not asked about a prompt that runs
 /// at full depth or on a prompt set, so by itself it cannot tell that a new conversation began
@@ -199,6 +206,7 @@ public final class Session: @unchecked Sendable {
     public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
         let pos = tokens.count
         guard pos < capacity else { throw SessionError.contextFull(needed: pos + 1, capacity: capacity) }
+        (selector as? InputWatchingSelector)?.willRun(sentenceEnd: model.sentenceEndTokens.contains(token))
         let runs = model.transformer.routedForward(token: token, pos: pos, decode, cache,
                                                    routing: .session(selector, perRow: false), policy: policy)
         tokens.append(token)
