@@ -109,8 +109,8 @@ tm -f /dev/null new-session -d -s e2e -x 80 -y 24 "env -i PATH=$PATH HOME=$work 
 tm set-option -t e2e status off >/dev/null
 sleep 0.3
 tm send-keys -t e2e "cd $work && stty -g > stty.before" Enter
-# Steering off: the checks below count the budget's exact k per step (steering runs k − 1 or
-# k + 3); the default, steered, is checked in step 7.
+# Steering off: the checks below count the budget's exact k per step (steering runs other counts:
+# every layer after a sentence end, k + 3, or k − 1 and fewer); the default, steered, is checked in step 7.
 tm send-keys -t e2e "'$bin' --max-tokens 400 --steering off --model '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
 wait_for "message, or /help" 30
 screen | grep -q "100%  28/28 layers" || fail "slider should start at 100% and 28/28 layers"
@@ -200,7 +200,7 @@ screen | grep -q "STTY-SAME" || fail "terminal modes differ after quitting"
 # open also restores the terminal (status 143).
 tm send-keys -t e2e "clear; sh -c 'echo \$\$ > buddy.pid; exec \"\$0\" --model \"\$1\"' '$bin' '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
 wait_for "message, or /help" 30
-screen | grep -qE "│ buddy\+steer 100%" || fail "by default the status bar should name the steered shipped router (buddy+steer)"
+screen | grep -qE "│ buddy\+sentence 100%" || fail "by default the status bar should name the steered shipped router (buddy+sentence)"
 kill -TERM "$(cat "$work/buddy.pid")"
 wait_for "EXIT=143" 5
 tm send-keys -t e2e "stty -g > stty.after2; cmp -s stty.before stty.after2 && echo TERM-STTY-SAME || echo TERM-STTY-DIFFERENT" Enter

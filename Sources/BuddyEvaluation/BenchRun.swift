@@ -65,7 +65,7 @@ public enum BenchRun {
         ids = Array(ids.prefix(promptTokens))
         let routerSpec = o.router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
         if !json {
-            report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)\(o.steering ? BudgetSteering.Signal.entropy.suffix : "")")
+            report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)\(o.steering ? BudgetSteering.productSignal.suffix : "")")
             report.line("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | stand-in share | head share | peak RSS MB |")
             report.line("|---|---|---|---|---|---|---|---|---|---|")
         }

@@ -43,7 +43,7 @@ public struct EvalGrid {
     public func validate() throws {
         _ = try budgetList()
         for m in methodList where !Routers.names.contains(BudgetSteering.method(m).router) {
-            throw ToolError.usage("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")), each optionally with +steer or +blind)")
+            throw ToolError.usage("unknown method '\(m)' (use: \(Routers.names.joined(separator: ", ")), each optionally with +steer, +sentence or +blind)")
         }
     }
 

@@ -95,7 +95,9 @@ public enum RoutingPanel {
         let labelW = 4
         let gridW = max(1, w - labelW - 1 - barW - pctW)
         // Title and the budget-change marker row.
-        let title = " layers × steps · \(st.router)"
+        // The router's name matters more than the caption: drop the caption when both do not fit.
+        let captioned = " layers × steps · \(st.router)"
+        let title = TextWidth.width(captioned) <= w ? captioned : " \(st.router)"
         c.put(x0, r.y, title, .title, columns: w)
         let shown = Array(st.columns.suffix(gridW))
         let gx = x0 + labelW

@@ -131,13 +131,14 @@ extension Eval {
                 and over the tokens that do not repeat (a copied token is nearly free to the
                 full model, so a loop reads as fluent), and of the replies at the limit the
                 share the full model would have ended (its end-of-turn probability reaches 0.5
-                before some reply token). The chat's default method is buddy+steer. Example:
-                  buddy eval replies --data ../shared/data/mt_bench_questions.jsonl --split train --max-reply 512 --budgets 1,0.7 --methods buddy+steer
+                before some reply token), and the layers run per reply token. The chat's
+                default method is buddy+sentence. Example:
+                  buddy eval replies --data ../shared/data/mt_bench_questions.jsonl --split train --max-reply 512 --budgets 1,0.7 --methods buddy+sentence
                 """)
         @OptionGroup var promptOptions: ChatPromptOptions
         @OptionGroup var routing: EvalRoutingOptions
         @OptionGroup var sampling: SamplingOptions
-        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new,limit_full_would_end).") var csv: String?
+        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new,limit_full_would_end,layers).") var csv: String?
         @Option(name: .long, help: "Also write every prompt's result as CSV (\(SampledReplyRun.itemHeader)).") var items: String?
         @Option(name: .long, help: "Also write every reply as a JSON line (method, budget, stand_ins, prompt, tokens, hit_limit, repeated_tokens, text).") var replies: String?
         @OptionGroup var modelOptions: ModelOptions
@@ -287,7 +288,7 @@ struct ChatPromptOptions: ParsableArguments {
 /// --budgets, --methods, --router, --kv-policy: the grid every `buddy eval` command runs.
 struct EvalRoutingOptions: ParsableArguments {
     @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.") var budgets: String = "1"
-    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even; each may end in +steer (the budget steered along the reply, see `buddy generate --help`) or +blind (the same share of raised steps chosen by a fixed-seed coin, the control).") var methods: String = "buddy"
+    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even; each may end in +steer (the budget steered by the reply's entropy), +sentence (the same, and every layer at a step whose input ends a sentence: the chat's steering, see `buddy generate --help`) or +blind (the same share of raised steps chosen by a fixed-seed coin, the control).") var methods: String = "buddy"
     @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).") var router: String?
     @Option(name: .long, help: "KV policy for skipped layers: fill (default: their K/V from the layer's input, computed when a later token runs the layer), mask or zero. Static sets give the same results under all three.") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Comma-separated stand-in modes to compare, each on (the model's stand-ins), off (plain skip), auto (on when the model has stand-ins) or a stand-in file; e.g. on,off.") var standIns: String = "auto"

@@ -13,12 +13,12 @@ extension PromptDepth: ExpressibleByArgument {
     static let help: ArgumentHelp = "What the budget covers: full (the prompt runs every layer, the budget saves compute on the reply; the default) or budget (the prompt at the budget too, as the evaluations measure)."
 }
 
-/// --steering: whether the budget is spent evenly (off) or follows the reply's uncertainty (on).
+/// --steering: whether the budget is spent evenly (off) or follows the reply's sentences and uncertainty (on).
 enum Steering: String, ExpressibleByArgument, CaseIterable {
     case on, off
     /// The chat's, generate's and bench's default (owned by `BudgetSteering.onByDefault`).
     static var standard: Steering { BudgetSteering.onByDefault ? .on : .off }
-    static let help: ArgumentHelp = "on (the default): spend the budget unevenly along the reply, k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, the same k on average; off: k layers at every step."
+    static let help: ArgumentHelp = "on (the default): spend the budget unevenly along the reply: every layer at a step whose input ends a sentence or a line (where the reply decides whether to end and how the next sentence begins), k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, and fewer while the sentence ends are paid back, about k on average; off: k layers at every step."
 }
 
 /// A budget as typed: a number in (0, 1] or `auto`.

@@ -160,9 +160,10 @@ final class EngineTests: XCTestCase {
         XCTAssertEqual(reused.tokens.map(\.0), fresh.tokens.map(\.0))
     }
 
-    /// By default the engine steers the router along the reply (`BudgetSteering.onByDefault`):
-    /// the reply's record names the steered router, and every step after the first runs k − 1
-    /// or k + 3 routable layers (k where those do not exist), averaging near k.
+    /// By default the engine steers the router along the reply (`BudgetSteering.onByDefault`,
+    /// by sentence ends and entropy): the reply's record names the steered router, a step whose
+    /// input token ends a sentence runs every routable layer, and every other step after the
+    /// first runs k + 3 or k − 1 (down to k − 4 while the sentence ends are paid back).
     func testTheChatSteersByDefault() throws {
         let rec = Recorder()
         var o = EngineOptions()
@@ -173,11 +174,23 @@ final class EngineTests: XCTestCase {
         engine.send(.send("Tell me about the history of Rome."))
         engine.drain()
         let k = LayerBudget.routableCount(budget: 0.5, layers: engine.layers)
-        XCTAssertEqual(rec.done?.router, "sleb+steer")
+        XCTAssertEqual(rec.done?.router, "sleb" + BudgetSteering.productSignal.suffix)
+        XCTAssertEqual(BudgetSteering.productSignal, .sentence)
+        let routable = LayerBudget.routable(layers: engine.layers)
+        let texts = rec.tokens.map(\.0)
         let steps = rec.tokens.dropFirst().map { $0.1.layers.count - 2 }
-        XCTAssertGreaterThanOrEqual(steps.count, 20, "the reply ended too early to see the steering")
-        for (i, n) in steps.enumerated() { XCTAssertTrue(n == k - 1 || n == k + 3, "step \(i + 1) ran \(n) routable layers, k = \(k)") }
-        XCTAssertTrue(steps.contains(k + 3), "some steps after an unsure one get k + 3")
+        XCTAssertGreaterThanOrEqual(steps.count, 12, "the reply ended too early to see the steering")
+        var sentenceEnds = 0
+        for (i, n) in steps.enumerated() {
+            // Step i + 1 reads the token shown at step i.
+            if LanguageModel.endsSentence(Array(texts[i].utf8)) {
+                sentenceEnds += 1
+                XCTAssertEqual(n, routable, "step \(i + 1) follows \(texts[i].debugDescription)")
+            } else {
+                XCTAssertTrue(n == k + 3 || (k - 4...k - 1).contains(n), "step \(i + 1) ran \(n) routable layers, k = \(k)")
+            }
+        }
+        XCTAssertGreaterThan(sentenceEnds, 0, "the reply has a sentence end")
     }
 
     func testBudgetChangeTakesEffectAtTheNextDecodeStep() throws {

@@ -31,7 +31,7 @@ final class BenchTests: XCTestCase {
         let options = BenchRun.Options(promptTokens: 8, genTokens: 8, budgets: "0.5", runs: 1, router: "buddy", standIns: .on, steering: true, json: true, threads: 1)
         try BenchRun.run(options, model: model, report: report)
         let row = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(XCTUnwrap(lines.first).utf8)) as? [String: Any])
-        XCTAssertEqual(row["router"] as? String, "buddy+steer")
+        XCTAssertEqual(row["router"] as? String, "buddy" + BudgetSteering.productSignal.suffix)
         XCTAssertEqual(row["steering"] as? String, "on")
         // The Decision Module under the wrapper still reports the time it spent deciding.
         XCTAssertGreaterThan(try XCTUnwrap(row["routing_share"] as? Double), 0)

@@ -119,7 +119,7 @@ final class DriverTests: XCTestCase {
         XCTAssertNoThrow(try router.validate())
         XCTAssertTrue(router.commandLine.hasSuffix(" --pair-balance 1.0"), "the notes record the pair scorer: \(router.commandLine)")
         XCTAssertThrowsError(try EvalGrid(methods: "buddy,deep").validate()) {
-            XCTAssertEqual("\($0)", "unknown method 'deep' (use: \(Routers.names.joined(separator: ", ")), each optionally with +steer or +blind)")
+            XCTAssertEqual("\($0)", "unknown method 'deep' (use: \(Routers.names.joined(separator: ", ")), each optionally with +steer, +sentence or +blind)")
         }
         XCTAssertEqual(BudgetChoice(argument: "AUTO"), .auto)
         XCTAssertEqual(BudgetChoice(argument: "0.5")?.value, 0.5)

@@ -136,6 +136,24 @@ final class RoutingPanelTests: XCTestCase {
             XCTAssertTrue(c2.text.contains("last step: 25/28 routable + 2 fixed · set: search"), "\(w)×\(h):\n\(c2.text)")
         }
     }
+
+    /// The title names the router whole: with the caption when both fit, alone when not.
+    func testTitleKeepsTheRoutersNameWhole() {
+        for (w, h) in [(100, 30), (160, 48)] {
+            var p = RoutingPanelState(layers: 30)
+            p.router = "buddy+sentence"
+            p.record(step(0, budget: 0.7))
+            let l = Layout(width: w, height: h)
+            let c = TextCanvas(width: w, height: h)
+            RoutingPanel.draw(p, in: l.panel, on: c)
+            let titleRow = c.text.split(separator: "\n", omittingEmptySubsequences: false)[l.panel.y]
+            let fits = TextWidth.width(" layers × steps · buddy+sentence") <= l.panel.width - 1
+            XCTAssertTrue(titleRow.contains(fits ? "layers × steps · buddy+sentence" : " buddy+sentence"), "\(w)×\(h): \(titleRow)")
+            XCTAssertEqual(titleRow.contains("layers × steps"), fits, "\(w)×\(h): \(titleRow)")
+            if w == 100 { XCTAssertFalse(fits, "the chat's 100-column panel is too narrow for both") }
+            if w == 160 { XCTAssertTrue(fits) }
+        }
+    }
 }
 
 final class ThemeTests: XCTestCase {
