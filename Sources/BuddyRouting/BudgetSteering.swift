@@ -86,9 +86,10 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     private var sortedEntropies: [Double] = []
     private var oldest = 0
     private var lastEntropy = 0.0
-    private var sentenceEnds = false
+    /// Whether the token the next decode step reads ends a sentence (`willRun`).
+    private var inputEndsSentence = false
     private var random = SeededRNG(seed: 0x5EED)
-    /// Since the reply started (the window does not restart): decode steps decided, how many of them ran k + 3, and the
+    /// Since the reply started (the window does not restart): decode steps decided, how many of them ran more than k (k + 3, or every layer after a sentence end), and the
     /// routable layers they ran in all (so an evaluation can state the mean compute it got).
     public private(set) var steps = 0
     public private(set) var raisedSteps = 0
@@ -128,7 +129,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         sortedEntropies.reserveCapacity(Self.window)
     }
 
-    public func willRun(sentenceEnd: Bool) { sentenceEnds = sentenceEnd }
+    public func willRun(sentenceEnd: Bool) { inputEndsSentence = sentenceEnd }
 
     public func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
         if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0 }
@@ -170,7 +171,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     func stepLayers(k: Int, routable: Int) -> Int {
         steps += 1
         guard k - 1 >= 1, k + Self.raise <= routable else { routedLayers += k; return k }
-        if signal == .sentence && sentenceEnds {
+        if signal == .sentence && inputEndsSentence {
             raisedSteps += 1
             routedLayers += routable
             return routable

@@ -13,8 +13,8 @@ public final class LanguageModel: @unchecked Sendable {
     /// The vocabulary's control tokens (the chat template's markers, BOS, EOS): the sampler's
     /// DRY penalty never matches across them nor penalises them.
     public let controlTokens: Set<Int32>
-    /// Tokens whose text ends a sentence or a line (".", "!", "?" before optional spaces or
-    /// quotes, or any newline): where a reply decides whether to end or what to say next.
+    /// Tokens whose text ends a sentence or a line (`endsSentence`), control tokens never:
+    /// where a reply decides whether to end or what to say next.
     public let sentenceEndTokens: Set<Int32>
 
     public var config: ModelConfig { transformer.config }
