@@ -273,4 +273,52 @@ final class BudgetSteeringTests: XCTestCase {
             XCTAssertEqual(Double(layers) / Double(steps), Double(k), accuracy: 0.6, "budget \(budget): the mean stays near k")
         }
     }
+
+    /// `+doubt` on the real model, greedy, at 0.7: a step it runs again ran every layer in the
+    /// end, the steering's tally counts both passes (as the session's does), and the reply's
+    /// mean stays near k. The margin rule by hand: logits whose two best are closer than
+    /// `doubtMargin` are run again and counted, farther ones are not, and `+sentence` never.
+    func testDoubtRunsAStepAgainWhenItsTwoBestTokensAreClose() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize, routable = LayerBudget.routable(layers: L)
+        let budget = 0.7, k = LayerBudget.routableCount(budget: budget, layers: L)
+        let s = Session(model: m, capacity: 512, threads: 2, batchSize: 64)
+        s.standIns = try Routers.standIns(model: m)
+        s.promptDepth = .full
+        let steering = BudgetSteering(try Routers.make("buddy", model: m, budget: budget), signal: .doubt)
+        XCTAssertEqual(steering.name, "buddy+doubt")
+        s.selector = steering
+        let prompt = m.template.render([ChatMessage(role: .user, content: "What is the capital of France and why is it famous?")], addGenerationPrompt: true)
+        try s.evaluate(m.tokenizer.encode(prompt, parseSpecial: true))
+        var token = Sampler.argmax(s.decode.logits, count: vocab)
+        var layers = 0, again = 0
+        let steps = 160
+        let before = s.layerTokenCount
+        for _ in 1...steps {
+            try s.step(token)
+            if s.lastRerunLayers > 0 {
+                again += 1
+                XCTAssertEqual(s.lastMask, m.transformer.fullDepthMask)
+                layers += s.lastRerunLayers - 2 + routable
+            } else {
+                layers += Session.count(s.lastMask) - 2
+            }
+            token = Sampler.argmax(s.decode.logits, count: vocab)
+        }
+        XCTAssertGreaterThan(again, 0, "some greedy steps at 0.7 are torn between two tokens")
+        XCTAssertEqual(steering.escalatedSteps, again)
+        XCTAssertEqual(steering.routedLayers, layers)
+        XCTAssertEqual(s.layerTokenCount - before, layers + 2 * (steps + again), "the session counts both passes too (each runs the first and last layer)")
+        XCTAssertEqual(Double(layers) / Double(steps), Double(k), accuracy: 1.0, "the mean stays near k")
+
+        let close: [Float] = [0, 3, 3 - Float(BudgetSteering.doubtMargin) / 2, -1]
+        let apart: [Float] = [0, 3, 3 - 2 * Float(BudgetSteering.doubtMargin), -1]
+        XCTAssertFalse(steering.escalates(logits: apart, count: apart.count))
+        XCTAssertEqual(steering.escalatedSteps, again)
+        XCTAssertTrue(steering.escalates(logits: close, count: close.count))
+        XCTAssertEqual(steering.escalatedSteps, again + 1)
+        XCTAssertEqual(steering.routedLayers, layers + routable)
+        let sentence = BudgetSteering(try Routers.make("buddy", model: m, budget: budget), signal: .sentence)
+        XCTAssertFalse(sentence.escalates(logits: close, count: close.count))
+    }
 }
