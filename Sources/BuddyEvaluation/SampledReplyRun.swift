@@ -28,6 +28,8 @@ public enum SampledReplyRun {
         /// Layers run for the reply's tokens (the first one's from the prompt's last position).
         public var layerSum = 0
         public var text = ""
+        /// For a prompt with known answers, whether the reply gives one (`ReplyAnswer`).
+        public var right: Bool?
     }
 
     /// Per token of `reply`: whether it ends a run of `run` tokens that already ended earlier in it.
@@ -110,13 +112,17 @@ public enum SampledReplyRun {
             r.judgeNewNLLSum = zip(judged, copied).reduce(0) { $0 + ($1.1 ? 0 : $1.0.nll) }
             r.fullModelWouldEnd = judged.contains { $0.end >= endProbability }
             r.text = model.tokenizer.decode(reply)
+            if !prompts[p].answers.isEmpty { r.right = ReplyAnswer.gives(r.text, anyOf: prompts[p].answers) }
             return r
         }
 
-        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new", "limit_full_would_end", "layers"],
+        // Prompts with known answers add the share of replies that give one.
+        let answered = prompts.contains { !$0.answers.isEmpty }
+        var table = EvalTable(metrics: ["repeated_share", "limit_share", "tokens", "judge_nll", "judge_nll_new", "limit_full_would_end", "layers"] + (answered ? ["answers_right"] : []),
                               headers: ["repeated tokens", "replies at the token limit", "mean reply tokens", "full model's NLL (nats/token)", "the same, tokens not repeated",
-                                        "of those at the limit, the full model would have ended", "layers per reply token"],
-                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f", "%.3f", "%.2f"], kvPolicy: grid.kvPolicy.rawValue)
+                                        "of those at the limit, the full model would have ended", "layers per reply token"]
+                                  + (answered ? ["answers right (first \(ReplyAnswer.window) words)"] : []),
+                              formats: ["%.4f", "%.3f", "%.1f", "%.4f", "%.4f", "%.3f", "%.2f"] + (answered ? ["%.3f"] : []), kvPolicy: grid.kvPolicy.rawValue)
         var items = [itemHeader], replies: [String] = []
         for (c, cell) in cells.enumerated() {
             let rs = measured[c * prompts.count..<(c + 1) * prompts.count]
@@ -128,12 +134,15 @@ public enum SampledReplyRun {
             table.add(cell.method, cell.budget, [Double(repeated) / Double(max(tokens, 1)), Double(limited) / Double(rs.count),
                                                  Double(tokens) / Double(rs.count), nll / Double(max(tokens, 1)),
                                                  newNLL / Double(max(tokens - repeated, 1)), Double(missedEnds) / Double(max(limited, 1)),
-                                                 Double(layers) / Double(max(tokens, 1))], standIns: cell.standIns.label)
+                                                 Double(layers) / Double(max(tokens, 1))]
+                                                 + (answered ? [Double(rs.filter { $0.right == true }.count) / Double(max(rs.filter { $0.right != nil }.count, 1))] : []),
+                      standIns: cell.standIns.label)
             for (p, r) in zip(prompts, rs) {
                 items.append(String(format: "%@,%.2f,%@,%@,%@,%d,%d,%d,%.6f,%.6f,%d", cell.method, cell.budget, grid.kvPolicy.rawValue, cell.standIns.label,
                                     selection.itemKey(p), r.tokens, r.hitLimit ? 1 : 0, r.repeatedTokens, r.judgeNLLSum, r.judgeNewNLLSum, r.fullModelWouldEnd ? 1 : 0))
                 replies.append("{\"method\":\(jsonString(cell.method)),\"budget\":\(cell.budget),\"stand_ins\":\(jsonString(cell.standIns.label)),"
-                               + "\"prompt\":\(jsonString(p.id)),\"tokens\":\(r.tokens),\"hit_limit\":\(r.hitLimit),\"repeated_tokens\":\(r.repeatedTokens),\"text\":\(jsonString(r.text))}")
+                               + "\"prompt\":\(jsonString(p.id)),\"tokens\":\(r.tokens),\"hit_limit\":\(r.hitLimit),\"repeated_tokens\":\(r.repeatedTokens),"
+                               + (r.right.map { "\"right\":\($0)," } ?? "") + "\"text\":\(jsonString(r.text))}")
             }
         }
         return (table, prompts.count, items, replies)

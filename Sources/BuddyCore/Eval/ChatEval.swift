@@ -10,6 +10,9 @@ public struct ChatPrompt: Sendable, Equatable {
     public let text: String
     /// The question's second user turn, if it has one (MT-Bench asks a follow-up).
     public let followUp: String?
+    /// Short answers any of which makes a reply right (`"answers"`, a set of simple questions
+    /// with known answers); empty for open prompts such as MT-Bench's.
+    public var answers: [String] = []
 }
 
 public enum ChatPromptSplit: String, Sendable, CaseIterable {
@@ -36,7 +39,15 @@ public enum ChatPromptSet {
             }
             let id = (obj["question_id"] as? NSNumber)?.stringValue ?? (obj["question_id"] as? String) ?? "\(i + 1)"
             let second = turns.count > 1 && !turns[1].isEmpty ? turns[1] : nil
-            prompts.append(ChatPrompt(id: id, category: obj["category"] as? String ?? "", text: first, followUp: second))
+            var prompt = ChatPrompt(id: id, category: obj["category"] as? String ?? "", text: first, followUp: second)
+            if let answers = obj["answers"] {
+                guard let list = answers as? [String], !list.isEmpty,
+                      list.allSatisfy({ !ReplyAnswer.words($0).isEmpty }) else {
+                    throw ParseError(line: i + 1, reason: "\"answers\" must be a non-empty list of strings with letters or digits")
+                }
+                prompt.answers = list
+            }
+            prompts.append(prompt)
         }
         switch split {
         case .all: return prompts
@@ -288,5 +299,27 @@ extension LanguageModel {
         var ids = tokenizer.encode(template.render(messages), parseSpecial: true)
         if tokenizer.addBOS, let bos = tokenizer.bosID { ids.insert(bos, at: 0) }
         return ids
+    }
+}
+
+/// Whether a reply gives a known short answer: one of the answers, as whole words (letters and
+/// digits, case ignored), among the reply's first `window` words. A small model restates the
+/// question and then answers ("The capital of France is Paris, …"), so the answer comes early;
+/// a reply that names it only later, after a wrong one, does not count.
+public enum ReplyAnswer {
+    public static let window = 40
+
+    /// Lower-cased runs of letters and digits.
+    public static func words(_ text: String) -> [Substring] {
+        text.lowercased().split { !($0.isLetter || $0.isNumber) }
+    }
+
+    public static func gives(_ reply: String, anyOf answers: [String], window: Int = ReplyAnswer.window) -> Bool {
+        let head = Array(words(reply).prefix(window))
+        return answers.contains { answer in
+            let w = words(answer)
+            guard !w.isEmpty, head.count >= w.count else { return false }
+            return (0...(head.count - w.count)).contains { start in head[start..<start + w.count].elementsEqual(w) }
+        }
     }
 }
