@@ -18,6 +18,29 @@ final class ChatEvalTests: XCTestCase {
 
     /// A follow-up conversation renders both user turns and the assistant's reply between them, in
     /// the template's order, ending ready for the assistant.
+    /// Known answers: parsed when present (a bad list names its line), and a reply gives one
+    /// when an answer's words appear whole, case ignored, among its first 40 words.
+    func testKnownAnswersAreFoundAsWholeWordsEarlyInTheReply() throws {
+        let prompts = try ChatPromptSet.parse(#"{"question_id": "f", "turns": ["Capital of France?"], "answers": ["Paris"]}"# + "\n" + #"{"turns": ["Open?"]}"#)
+        XCTAssertEqual(prompts.map(\.answers), [["Paris"], []])
+        for bad in [#"{"turns": ["q"], "answers": []}"#, #"{"turns": ["q"], "answers": "Paris"}"#, #"{"turns": ["q"], "answers": ["?!"]}"#] {
+            XCTAssertThrowsError(try ChatPromptSet.parse(#"{"turns": ["ok"]}"# + "\n" + bad)) {
+                XCTAssertTrue("\($0)".contains("line 2") && "\($0)".contains("answers"), "\($0)")
+            }
+        }
+        XCTAssertTrue(ReplyAnswer.gives("The capital of France is PARIS, also known as the City of Light.", anyOf: ["Paris"]))
+        XCTAssertFalse(ReplyAnswer.gives("The capital of France is Le Havre.", anyOf: ["Paris"]))
+        XCTAssertFalse(ReplyAnswer.gives("Parisian food is famous.", anyOf: ["Paris"]), "a longer word is not the answer")
+        XCTAssertTrue(ReplyAnswer.gives("A spider has 8 legs.", anyOf: ["eight", "8"]))
+        XCTAssertFalse(ReplyAnswer.gives("A spider has 18 legs.", anyOf: ["eight", "8"]))
+        XCTAssertTrue(ReplyAnswer.gives("Plants take in carbon-dioxide.", anyOf: ["carbon dioxide"]), "a phrase's words in a row")
+        XCTAssertFalse(ReplyAnswer.gives("Carbon and then dioxide.", anyOf: ["carbon dioxide"]))
+        let late = String(repeating: "word ", count: 40) + "Paris"
+        XCTAssertFalse(ReplyAnswer.gives(late, anyOf: ["Paris"]), "the 41st word is too late")
+        XCTAssertTrue(ReplyAnswer.gives(String(repeating: "word ", count: 39) + "Paris", anyOf: ["Paris"]))
+        XCTAssertEqual(ReplyAnswer.words("H2O, isn't it?"), ["h2o", "isn", "t", "it"])
+    }
+
     func testFollowUpPromptRendersTheWholeConversation() throws {
         let m = try TestSupport.model()
         let ev = ChatEvaluator(session: Session(model: m, capacity: 512, threads: 1))
