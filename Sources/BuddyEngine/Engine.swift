@@ -64,11 +64,9 @@ public struct StepInfo: Sendable, Equatable {
     public var k: Int
     /// Which table of layer sets the router used (a gated Decision Module), if it has several.
     public var layerSets: String?
-    /// Layers the step's routed pass ran before it ran again with every layer (0: it ran once).
-    public var rerunFrom: Int
-    public init(step: Int, layers: [Int], scores: [Float]?, budget: Double, k: Int, layerSets: String? = nil, rerunFrom: Int = 0) {
+    public init(step: Int, layers: [Int], scores: [Float]?, budget: Double, k: Int, layerSets: String? = nil) {
         self.step = step; self.layers = layers; self.scores = scores; self.budget = budget; self.k = k
-        self.layerSets = layerSets; self.rerunFrom = rerunFrom
+        self.layerSets = layerSets
     }
 }
 
@@ -135,7 +133,7 @@ public enum EngineEvent: Sendable {
 }
 
 /// Wraps a router to time its decisions (the "router overhead" of the status bar).
-final class TimedSelector: OutputWatchingSelector, InputWatchingSelector, EscalatingSelector, ContextKeepingSelector {
+final class TimedSelector: OutputWatchingSelector, InputWatchingSelector, ContextKeepingSelector {
     let inner: BudgetedLayerSelector
     var seconds = 0.0
     init(_ inner: BudgetedLayerSelector) { self.inner = inner }
@@ -159,11 +157,6 @@ final class TimedSelector: OutputWatchingSelector, InputWatchingSelector, Escala
     /// A steered router is told whether each step's input ends a sentence.
     func willRun(sentenceEnd: Bool) {
         (inner as? InputWatchingSelector)?.willRun(sentenceEnd: sentenceEnd)
-    }
-    /// A steered router may have a step run again at full depth; reading its logits counts as routing time.
-    func escalates(logits: UnsafePointer<Float>, count: Int) -> Bool {
-        guard let escalating = inner as? EscalatingSelector else { return false }
-        return timed { escalating.escalates(logits: logits, count: count) }
     }
     /// A steered router reads each step's logits; its entropy counts as routing time.
     func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
@@ -420,7 +413,7 @@ public final class ChatEngine: @unchecked Sendable {
                 if tok.step == 0 { firstTokenTime = t; routerAtFirst = timed.seconds }
                 // The layers of this token were chosen under the budget in force until now.
                 let k = LayerBudget.routableCount(budget: budget, layers: L)
-                let info = StepInfo(step: tok.step, layers: tok.layers, scores: router.lastScores, budget: budget, k: k, layerSets: router.layerSetLabel, rerunFrom: tok.rerunFrom)
+                let info = StepInfo(step: tok.step, layers: tok.layers, scores: router.lastScores, budget: budget, k: k, layerSets: router.layerSetLabel)
                 answer += tok.text
                 sink(.token(text: tok.text, step: info))
                 let elapsed = t - firstTokenTime

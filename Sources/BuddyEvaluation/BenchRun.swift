@@ -101,7 +101,7 @@ public enum BenchRun {
                 let standIn0 = session.decode.standInSeconds
                 for _ in 0..<genTokens - 1 {
                     try session.step(tok)
-                    layerSum += Session.count(session.lastMask) + session.lastRerunLayers
+                    layerSum += Session.count(session.lastMask)
                     tok = Sampler.argmax(session.decode.logits, count: model.config.vocabSize)
                 }
                 let t2 = monotonicSeconds()

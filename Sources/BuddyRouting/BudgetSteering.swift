@@ -39,18 +39,15 @@ import Foundation
 /// replies at 0.7 and 0.5 ran to the token limit in most prompts without reaching a point
 /// where the full model would stop; held out this halves to quarters that share
 /// (eval/NOTES.md, "Depth at sentence ends").
-public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, InputWatchingSelector, EscalatingSelector, PromptSetSelector, ContextKeepingSelector {
+public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, InputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
     public enum Signal: String, Sendable, CaseIterable {
-        case entropy, blind, sentence, doubt
-        /// Whether a step whose input ends a sentence runs every routable layer.
-        var watchesSentenceEnds: Bool { self == .sentence || self == .doubt }
+        case entropy, blind, sentence
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
         public var suffix: String {
             switch self {
             case .entropy: return "+steer"
             case .blind: return "+blind"
             case .sentence: return "+sentence"
-            case .doubt: return "+doubt"
             }
         }
     }
@@ -83,14 +80,12 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
 
     /// How many recent entropies the quartile is taken over (about 16 replies of 128 tokens).
     public static let window = 2048
-    /// The last `window` entropies (nats) of the steps' outputs.
-    private var recentEntropies = RecentValues(window: BudgetSteering.window)
+    /// The last `window` entropies (nats) in arrival order (a ring) and ascending (for the
+    /// quartile); both preallocated, so a step allocates nothing.
+    private var recentEntropies: [Double] = []
+    private var sortedEntropies: [Double] = []
+    private var oldest = 0
     private var lastEntropy = 0.0
-    /// `doubt`: a routed step whose best token leads the runner-up by less than this many
-    /// nats runs again at full depth.
-    public static let doubtMargin = ProcessInfo.processInfo.environment["BUDDY_DOUBT_MARGIN"].flatMap(Double.init) ?? 0.1
-    /// The model's layers, as the last decode step's cache told them.
-    private var lastLayerCount = 2
     /// Whether the token the next decode step reads ends a sentence (`willRun`).
     private var inputEndsSentence = false
     private var random = SeededRNG(seed: 0x5EED)
@@ -99,8 +94,6 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public private(set) var steps = 0
     public private(set) var raisedSteps = 0
     public private(set) var routedLayers = 0
-    /// Of `steps`, those run again at full depth (`doubt`; their second pass is in `routedLayers`).
-    public private(set) var escalatedSteps = 0
 
     /// Steered decode steps and the routable layers they ran, summed over replies (the counters
     /// above restart with each reply): what an evaluation reports as a steered run's compute.
@@ -132,26 +125,33 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         self.inner = inner
         self.signal = signal
         budget = inner.budget
+        recentEntropies.reserveCapacity(Self.window)
+        sortedEntropies.reserveCapacity(Self.window)
     }
 
     public func willRun(sentenceEnd: Bool) { inputEndsSentence = sentenceEnd }
 
     public func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
-        if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0; escalatedSteps = 0 }
+        if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0 }
         guard signal != .blind else { return }
-        lastEntropy = LogProbabilities.entropy(logits, count: count)
-        recentEntropies.add(lastEntropy)
+        let h = LogProbabilities.entropy(logits, count: count)
+        lastEntropy = h
+        if recentEntropies.count == Self.window {
+            // Drop the oldest from the sorted list, then overwrite it in the ring.
+            sortedEntropies.remove(at: Self.position(of: recentEntropies[oldest], in: sortedEntropies))
+            recentEntropies[oldest] = h
+            oldest = (oldest + 1) % Self.window
+        } else {
+            recentEntropies.append(h)
+        }
+        sortedEntropies.insert(h, at: Self.position(of: h, in: sortedEntropies))
     }
 
-    /// `doubt`: a routed step whose best token leads the runner-up by less than `doubtMargin`
-    /// runs again at full depth, so the full model picks between them. The second pass's
-    /// layers count towards the reply's mean, so the payback of `sentence` returns them.
-    public func escalates(logits: UnsafePointer<Float>, count: Int) -> Bool {
-        guard signal == .doubt, count >= 2,
-              LogProbabilities.topTwoMargin(logits, count: count) < Self.doubtMargin else { return false }
-        escalatedSteps += 1
-        routedLayers += LayerBudget.routable(layers: lastLayerCount)
-        return true
+    /// The first index whose value is not below `x` (binary search in an ascending list).
+    static func position(of x: Double, in sorted: [Double]) -> Int {
+        var lo = 0, hi = sorted.count
+        while lo < hi { let mid = (lo + hi) / 2; if sorted[mid] < x { lo = mid + 1 } else { hi = mid } }
+        return lo
     }
 
     /// Whether the next step gets k + 3: the last entropy is above the window's upper quartile
@@ -160,9 +160,10 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         switch signal {
         case .blind:
             return Double(random.next() >> 11) / Double(1 << 53) < Self.raisedShare
-        case .entropy, .sentence, .doubt:
-            guard recentEntropies.count > 0 else { return false }
-            return lastEntropy > recentEntropies.quantile(1 - Self.raisedShare)
+        case .entropy, .sentence:
+            guard !sortedEntropies.isEmpty else { return false }
+            let q = sortedEntropies[Int((Double(sortedEntropies.count - 1) * (1 - Self.raisedShare)).rounded(.down))]
+            return lastEntropy > q
         }
     }
 
@@ -170,7 +171,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     func stepLayers(k: Int, routable: Int) -> Int {
         steps += 1
         guard k - 1 >= 1, k + Self.raise <= routable else { routedLayers += k; return k }
-        if signal.watchesSentenceEnds && inputEndsSentence {
+        if signal == .sentence && inputEndsSentence {
             raisedSteps += 1
             routedLayers += routable
             return routable
@@ -178,7 +179,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         let raised = raisesNextStep()
         if raised { raisedSteps += 1 }
         var layers = raised ? k + Self.raise : k - 1
-        if signal.watchesSentenceEnds && !raised {
+        if signal == .sentence && !raised {
             // Pay back what the sentence ends took beyond the mean.
             let surplus = routedLayers - (steps - 1) * k
             if surplus > 0 { layers = max(1, k - 1 - min(3, (surplus + 7) / 8)) }
@@ -188,7 +189,6 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     }
 
     public func selectLayers(position: Int, state: DecodeState, cache: KVCache) -> [Bool] {
-        lastLayerCount = cache.layers
         let routable = LayerBudget.routable(layers: cache.layers)
         let k = LayerBudget.routableCount(budget: budget, layers: cache.layers)
         inner.budget = Double(stepLayers(k: k, routable: routable)) / Double(routable)
@@ -209,46 +209,5 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public func selectLayers(chunkStart: Int, count: Int, batch: BatchState, cache: KVCache) -> [Bool] {
         inner.budget = budget
         return inner.selectLayers(chunkStart: chunkStart, count: count, batch: batch, cache: cache)
-    }
-}
-
-/// The last `window` values of a series in arrival order (a ring) and ascending (for
-/// quantiles); both preallocated, so adding a value allocates nothing.
-struct RecentValues {
-    let window: Int
-    private var ring: [Double] = []
-    private var sorted: [Double] = []
-    private var oldest = 0
-
-    init(window: Int) {
-        self.window = window
-        ring.reserveCapacity(window)
-        sorted.reserveCapacity(window)
-    }
-
-    var count: Int { ring.count }
-
-    mutating func add(_ x: Double) {
-        if ring.count == window {
-            // Drop the oldest from the sorted list, then overwrite it in the ring.
-            sorted.remove(at: Self.position(of: ring[oldest], in: sorted))
-            ring[oldest] = x
-            oldest = (oldest + 1) % window
-        } else {
-            ring.append(x)
-        }
-        sorted.insert(x, at: Self.position(of: x, in: sorted))
-    }
-
-    /// The value at `share` of the way up the sorted values (rounded down); needs count > 0.
-    func quantile(_ share: Double) -> Double {
-        sorted[Int((Double(sorted.count - 1) * share).rounded(.down))]
-    }
-
-    /// The first index whose value is not below `x` (binary search in an ascending list).
-    static func position(of x: Double, in sorted: [Double]) -> Int {
-        var lo = 0, hi = sorted.count
-        while lo < hi { let mid = (lo + hi) / 2; if sorted[mid] < x { lo = mid + 1 } else { hi = mid } }
-        return lo
     }
 }

@@ -42,7 +42,7 @@ public struct RoutingPanelState: Sendable {
         guard !s.layers.isEmpty else { return }
         var ran = [Bool](repeating: false, count: layers)
         for l in s.layers where l >= 0 && l < layers { ran[l] = true }
-        usage.record(s.layers, rerunFrom: s.rerunFrom)
+        usage.record(s.layers)
         var heat: [Int]?
         if let sc = s.scores, sc.count == routable, let lo = sc.min(), let hi = sc.max() {
             let span = hi - lo

@@ -22,18 +22,6 @@ public enum LogProbabilities {
         bk_entropy(x, Int32(count))
     }
 
-    /// The gap between the two largest logits (≥ 0; `count` ≥ 2): how far the best token
-    /// leads the runner-up, which is what decides whether a low-temperature sampler may pick
-    /// either.
-    public static func topTwoMargin(_ logits: UnsafePointer<Float>, count: Int) -> Double {
-        var best = -Float.infinity, second = -Float.infinity
-        for i in 0..<count {
-            let x = logits[i]
-            if x > best { second = best; best = x } else if x > second { second = x }
-        }
-        return Double(best - second)
-    }
-
     /// −log softmax(logits)[target].
     public static func negativeLogProb(_ logits: UnsafePointer<Float>, count: Int, target: Int) -> Double {
         var m = -Float.infinity

@@ -46,10 +46,6 @@ public final class DecodeState: @unchecked Sendable {
     /// that runs such a layer then fills them as one batched product instead of one by one.
     /// Its owner (the session) sets it; the batch holds nothing live between prompts.
     public var catchUpBatch: BatchState?
-    /// Layers the routed pass of the latest decode step ran before an `EscalatingSelector`
-    /// had the step run again at full depth (0: it was not run again). The step's cost is
-    /// these plus every layer.
-    public internal(set) var rerunFromLayers = 0
 
     public init(config c: ModelConfig, capacity: Int, pool: ThreadPool) {
         config = c

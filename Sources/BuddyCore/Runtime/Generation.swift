@@ -9,8 +9,6 @@ public struct GeneratedToken: Sendable {
     /// Layers executed for the step that produced this token (the prompt's last chunk for
     /// step 0, the previous token's decode step afterwards).
     public let layers: [Int]
-    /// Layers that step's routed pass ran before it ran again at full depth (0: it ran once).
-    public var rerunFrom = 0
 }
 
 /// Why a reply ended: the one list, shared by generation, the chat engine and saved chats.
@@ -36,19 +34,18 @@ public struct LayerUsage: Sendable, Equatable {
     /// The share of steps in which `layer` ran (0 before the first step).
     public func fraction(_ layer: Int) -> Double { steps > 0 ? Double(counts[layer]) / Double(steps) : 0 }
 
-    /// One step that ran `ran` (layer indices; any outside 0..<layers are not counted per
-    /// layer), and `rerunFrom` layers more when its routed pass ran again at full depth.
-    public mutating func record(_ ran: [Int], rerunFrom: Int = 0) {
+    /// One step that ran `ran` (layer indices; any outside 0..<layers are not counted per layer).
+    public mutating func record(_ ran: [Int]) {
         steps += 1
-        layerSum += ran.count + rerunFrom
+        layerSum += ran.count
         for l in ran where l >= 0 && l < counts.count { counts[l] += 1 }
     }
 
-    /// Takes back a step recorded with `record(ran, rerunFrom:)`.
-    public mutating func forget(_ ran: [Int], rerunFrom: Int = 0) {
+    /// Takes back a step recorded with `record(ran)`.
+    public mutating func forget(_ ran: [Int]) {
         guard steps > 0 else { return }
         steps -= 1
-        layerSum -= ran.count + rerunFrom
+        layerSum -= ran.count
         for l in ran where l >= 0 && l < counts.count { counts[l] -= 1 }
     }
 
@@ -119,16 +116,16 @@ extension Session {
         let t1 = monotonicSeconds()
         var step = 0
         while step < maxTokens {
-            let layersUsed = lastLayers, rerunFrom = lastRerunLayers
+            let layersUsed = lastLayers
             let id = sampler.sample(decode.logits, count: vocab, recent: tokens[...])
             if model.stopTokens.contains(id) { stats.stopReason = .endOfTurn; break }
             stats.generatedTokens += 1
-            stats.usage.record(layersUsed, rerunFrom: rerunFrom)
+            stats.usage.record(layersUsed)
             let text = detok.append(id)
-            if !onProgress(GeneratedToken(step: step, id: id, text: text, layers: layersUsed, rerunFrom: rerunFrom), stats) {
+            if !onProgress(GeneratedToken(step: step, id: id, text: text, layers: layersUsed), stats) {
                 // A token the caller refuses was never shown: it is not counted either.
                 stats.generatedTokens -= 1
-                stats.usage.forget(layersUsed, rerunFrom: rerunFrom)
+                stats.usage.forget(layersUsed)
                 stats.stopReason = .cancelled
                 break
             }

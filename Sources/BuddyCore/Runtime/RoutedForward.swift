@@ -73,9 +73,7 @@ extension Transformer {
     }
 
     /// One token at `pos`, decoded: fills s.logits and returns the mask it ran (the
-    /// selector's own array or a stored one: nothing is allocated here). A selector that is
-    /// an `EscalatingSelector` may have the step run again at full depth after reading its
-    /// routed logits; the mask is then every layer and s.rerunFromLayers the routed pass's count.
+    /// selector's own array or a stored one: nothing is allocated here).
     @discardableResult
     public func routedForward(token: Int32, pos: Int, _ s: DecodeState, _ cache: KVCache,
                               routing: LayerRouting = .allLayers, policy: KVPolicy = .mask) -> [Bool] {
@@ -97,18 +95,6 @@ extension Transformer {
         }
         cache.count = pos + 1
         computeLogits(s, layersRun: layersRun)
-        s.rerunFromLayers = 0
-        if case .perChunk(let selector) = routing, layersRun < config.layers,
-           let escalating = selector as? EscalatingSelector,
-           escalating.escalates(logits: s.logits, count: config.vocabSize) {
-            // Again with every layer: each rewrites its K/V slot at `pos`, so what the routed
-            // pass stored or deferred there is replaced, and earlier positions are untouched.
-            embed(token, s)
-            for l in 0..<config.layers { runLayer(l, pos: pos, s, cache) }
-            computeLogits(s)
-            s.rerunFromLayers = layersRun
-            return fullDepthMask
-        }
         return runs
     }
 }

@@ -41,15 +41,6 @@ public protocol InputWatchingSelector: LayerSelector {
     func willRun(sentenceEnd: Bool)
 }
 
-/// A selector that may ask for a decode step again at full depth after reading the routed
-/// step's output: when the routed model is torn between tokens, the full model decides that
-/// token. The routed forward pass asks it (`routedForward(token:)`), so every caller of the
-/// one pass gets the same steps; the step's cost is both passes (`DecodeState.rerunFromLayers`).
-public protocol EscalatingSelector: LayerSelector {
-    /// Whether the step whose routed logits these are runs again with every layer.
-    func escalates(logits: UnsafePointer<Float>, count: Int) -> Bool
-}
-
 /// A selector that keeps what it has seen of the context between calls (the Decision Module
 /// pools the first layer's K/V as positions arrive). It is not asked about a prompt that runs
 /// at full depth or on a prompt set, so by itself it cannot tell that a new conversation began
@@ -112,12 +103,8 @@ public final class Session: @unchecked Sendable {
     public private(set) var lastMask: [Bool] = []
     /// Layers run for the most recent token (decode) or chunk (prefill).
     public var lastLayers: [Int] { lastMask.indices.filter { lastMask[$0] } }
-    /// Sum over processed tokens of the number of layers each ran (both passes of a step
-    /// that ran again at full depth).
+    /// Sum over processed tokens of the number of layers each ran.
     public private(set) var layerTokenCount = 0
-    /// Layers the most recent decode step ran before it ran again at full depth, beyond
-    /// `lastMask` (0 for a step that ran once, and after a prompt).
-    public var lastRerunLayers: Int { decode.rerunFromLayers }
 
     public init(model: LanguageModel, capacity: Int? = nil, threads: Int = 2, batchSize: Int = 256) {
         self.model = model
@@ -166,7 +153,6 @@ public final class Session: @unchecked Sendable {
         case let .reply(perToken): routing = .session(selector, perRow: perToken)
         }
         var lastCount = 0
-        decode.rerunFromLayers = 0
         while start < prompt.count {
             let n = min(batch.maxTokens, prompt.count - start)
             let chunk = prompt[start..<start + n]
@@ -228,7 +214,7 @@ public final class Session: @unchecked Sendable {
         // would make its next in-place decision copy it.
         if lastMask.count != runs.count { lastMask = [Bool](repeating: false, count: runs.count) }
         for l in 0..<runs.count { lastMask[l] = runs[l] }
-        layerTokenCount += Session.count(runs) + decode.rerunFromLayers
+        layerTokenCount += Session.count(runs)
         if let watcher = selector as? OutputWatchingSelector {
             watcher.observe(logits: decode.logits, count: model.config.vocabSize, replyStarts: false)
         }
