@@ -41,18 +41,15 @@ import Foundation
 /// (eval/NOTES.md, "Depth at sentence ends").
 public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, InputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
     public enum Signal: String, Sendable, CaseIterable {
-        case entropy, blind, sentence, opening
+        case entropy, blind, sentence
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
         public var suffix: String {
             switch self {
             case .entropy: return "+steer"
             case .blind: return "+blind"
             case .sentence: return "+sentence"
-            case .opening: return "+opening"
             }
         }
-        /// Whether a step whose input ends a sentence runs every routable layer (and others pay it back).
-        var watchesSentenceEnds: Bool { self == .sentence || self == .opening }
     }
 
     /// Whether the product's commands (chat, generate, bench) steer unless told `--steering off`:
@@ -68,9 +65,6 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public static func forProduct(_ inner: BudgetedLayerSelector) -> BudgetSteering {
         BudgetSteering(inner, signal: productSignal)
     }
-
-    /// `opening`: the first decode steps of a reply that run every routable layer.
-    public static let openingSteps = ProcessInfo.processInfo.environment["BUDDY_OPENING_STEPS"].flatMap(Int.init) ?? 6
 
     /// Layers added after an uncertain step, and the share of steps that get them.
     public static let raise = 3
@@ -166,7 +160,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         switch signal {
         case .blind:
             return Double(random.next() >> 11) / Double(1 << 53) < Self.raisedShare
-        case .entropy, .sentence, .opening:
+        case .entropy, .sentence:
             guard !sortedEntropies.isEmpty else { return false }
             let q = sortedEntropies[Int((Double(sortedEntropies.count - 1) * (1 - Self.raisedShare)).rounded(.down))]
             return lastEntropy > q
@@ -177,7 +171,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     func stepLayers(k: Int, routable: Int) -> Int {
         steps += 1
         guard k - 1 >= 1, k + Self.raise <= routable else { routedLayers += k; return k }
-        if signal.watchesSentenceEnds && (inputEndsSentence || (signal == .opening && steps <= Self.openingSteps)) {
+        if signal == .sentence && inputEndsSentence {
             raisedSteps += 1
             routedLayers += routable
             return routable
@@ -185,7 +179,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         let raised = raisesNextStep()
         if raised { raisedSteps += 1 }
         var layers = raised ? k + Self.raise : k - 1
-        if signal.watchesSentenceEnds && !raised {
+        if signal == .sentence && !raised {
             // Pay back what the sentence ends took beyond the mean.
             let surplus = routedLayers - (steps - 1) * k
             if surplus > 0 { layers = max(1, k - 1 - min(3, (surplus + 7) / 8)) }
