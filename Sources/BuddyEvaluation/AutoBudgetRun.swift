@@ -18,7 +18,7 @@ public enum AutoBudgetRun {
         public var threads: Int = 2
         /// Whether the automatic budget is also steered along each reply (`BudgetSteering`);
         /// the fixed budgets it is compared with are not.
-        public var steering = false
+        public var steering: BudgetSteering.Signal?
         /// With `steering`: the fixed budgets are steered too, so auto and fixed differ only in
         /// the predictor's choice (each auto row is then the steered fixed run at its budget).
         public var steerFixed = false
@@ -68,7 +68,7 @@ public enum AutoBudgetRun {
             if let s = Self.list(fullDepthShare), s.isEmpty || !s.allSatisfy({ $0 > 0 && $0 < 1 }) { throw ToolError.usage("--full-depth-share must be numbers in (0, 1)") }
             if let b = Self.list(budgets), b.isEmpty || !b.allSatisfy({ $0 > 0 && $0 < 1 }) { throw ToolError.usage("--budgets must be numbers in (0, 1)") }
             try validateThreads(threads)
-            if steerFixed && !steering { throw ToolError.usage("--steer-fixed needs --steering on") }
+            if steerFixed && steering == nil { throw ToolError.usage("--steer-fixed needs --steering on or sentence") }
         }
     }
 
@@ -97,7 +97,7 @@ public enum AutoBudgetRun {
             grid = try o.fixedBudgets(predictorModel, rules: rules)
             fixed = try grid.map { b -> BudgetedLayerSelector in
                 let r = try Routers.make(o.router, model: model, budget: b)
-                return o.steerFixed ? BudgetSteering(r) : r
+                return o.steerFixed ? BudgetSteering(r, signal: o.steering ?? .entropy) : r
             }
         } catch let e as ToolError { throw e } catch { throw ToolError("\(error)") }
 
@@ -109,7 +109,7 @@ public enum AutoBudgetRun {
         var rowsByRule = [[Row]](repeating: [], count: rules.count)
         // With steering: the steered router per grid budget, and each auto row's mean routable
         // layers per reply step (what the steering actually ran).
-        let steered = o.steering && !o.steerFixed ? fixed.map { BudgetSteering($0) } : []
+        let steered = o.steerFixed ? [] : o.steering.map { signal in fixed.map { BudgetSteering($0, signal: signal) } } ?? []
         var fixedTallies = [BudgetSteering.Tally](repeating: .init(), count: grid.count)   // steered fixed runs
         var layersByRule = [[Double]](repeating: [], count: rules.count)
         let bar = report.progress("auto vs fixed", prompts.count * (grid.count + 1))
@@ -164,7 +164,7 @@ public enum AutoBudgetRun {
         for (ti, rule) in rules.enumerated() {
             if ti > 0 { report.line("") }
             comparisons.append(summary(rule: rule, lowestChoice: predictorModel.choices[0], rows: rowsByRule[ti], fixedRows: fixedRows, grid: grid, layers: L,
-                    split: o.prompts.split, routedLayers: o.steering ? layersByRule[ti] : nil, report: report))
+                    split: o.prompts.split, routedLayers: o.steering != nil ? layersByRule[ti] : nil, report: report))
         }
         if let csv = o.csv {
             // fixed_kl and coin_kl: the prompt's KL in the paired comparisons (empty where none).

@@ -243,16 +243,28 @@ extension Eval {
         @Option(name: .long, help: "Fixed budgets every prompt runs at: a subset of the predictor's grid that holds every budget the rules can choose (default: the whole grid). Fixed budgets of the same mean compute interpolate between these.") var budgets: String?
         @Option(name: .long, help: "Router the budgets are run with.") var router: String = "buddy"
         @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
-        @Option(name: .long, help: "on: the automatic budget is also steered along each reply by its entropy (`+steer`, with which the published figures were measured; the chat now also steers by sentence ends, see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: Steering = .off
-        @Flag(name: .long, help: "With --steering on: steer the fixed budgets too, so auto and fixed differ only in the predictor's choice (each auto row is the steered fixed run at its budget).") var steerFixed = false
+        @Option(name: .long, help: "on: the automatic budget is also steered along each reply by its entropy (`+steer`, with which the figures of 2026-12-06 were measured); sentence: as the chat steers since 2026-12-07 (`+sentence`, see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: AutoSteering = .off
+        @Flag(name: .long, help: "With --steering on or sentence: steer the fixed budgets too, so auto and fixed differ only in the predictor's choice (each auto row is the steered fixed run at its budget).") var steerFixed = false
         @Option(name: .long, help: "Also write one CSV row per prompt and rule (rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers).") var csv: String?
         @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
         @OptionGroup var modelOptions: ModelOptions
 
+        /// --steering for `eval auto`: off, the entropy rule (on, as first published) or the chat's sentence ends.
+        enum AutoSteering: String, ExpressibleByArgument, CaseIterable {
+            case off, on, sentence
+            var signal: BudgetSteering.Signal? {
+                switch self {
+                case .off: return nil
+                case .on: return .entropy
+                case .sentence: return .sentence
+                }
+            }
+        }
+
         var options: AutoBudgetRun.Options {
             var o = AutoBudgetRun.Options(prompts: promptOptions.selection, qualityTolerance: qualityTolerance, fullDepthShare: fullDepthShare, predictor: predictor, router: router,
                                           standIns: standIns, csv: csv, threads: modelOptions.threads)
-            o.steering = steering == .on
+            o.steering = steering.signal
             o.steerFixed = steerFixed
             o.head = head
             o.budgets = budgets
