@@ -16,8 +16,8 @@ public enum AutoBudgetRun {
         public var standIns: StandInChoice = .auto
         public var csv: String?
         public var threads: Int = 2
-        /// Whether the automatic budget is also steered along each reply (`BudgetSteering`);
-        /// the fixed budgets it is compared with are not.
+        /// How the automatic budget is also steered along each reply (`BudgetSteering`'s signal;
+        /// nil: not at all); the fixed budgets it is compared with are not.
         public var steering: BudgetSteering.Signal?
         /// With `steering`: the fixed budgets are steered too, so auto and fixed differ only in
         /// the predictor's choice (each auto row is then the steered fixed run at its budget).
@@ -97,7 +97,8 @@ public enum AutoBudgetRun {
             grid = try o.fixedBudgets(predictorModel, rules: rules)
             fixed = try grid.map { b -> BudgetedLayerSelector in
                 let r = try Routers.make(o.router, model: model, budget: b)
-                return o.steerFixed ? BudgetSteering(r, signal: o.steering ?? .entropy) : r
+                guard o.steerFixed, let signal = o.steering else { return r }
+                return BudgetSteering(r, signal: signal)
             }
         } catch let e as ToolError { throw e } catch { throw ToolError("\(error)") }
 
