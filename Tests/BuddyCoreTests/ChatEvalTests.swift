@@ -41,6 +41,21 @@ final class ChatEvalTests: XCTestCase {
         XCTAssertEqual(ReplyAnswer.words("H2O, isn't it?"), ["h2o", "isn", "t", "it"])
     }
 
+    /// The committed set of simple questions: 60 distinct questions, each with answers that
+    /// the check finds in a reply made of the answer alone, split 30 / 30 by position.
+    func testSimpleFactsSetIsWellFormed() throws {
+        let text = try String(contentsOf: TestSupport.root.appendingPathComponent("eval/simple-facts.jsonl"), encoding: .utf8)
+        let prompts = try ChatPromptSet.parse(text)
+        XCTAssertEqual(prompts.count, 60)
+        XCTAssertEqual(Set(prompts.map(\.id)).count, 60)
+        XCTAssertEqual(Set(prompts.map(\.text)).count, 60)
+        for p in prompts {
+            XCTAssertFalse(p.answers.isEmpty, p.id)
+            for a in p.answers { XCTAssertTrue(ReplyAnswer.gives("It is \(a).", anyOf: [a]), "\(p.id): \(a)") }
+        }
+        XCTAssertEqual(try ChatPromptSet.parse(text, split: .train).count, 30)
+    }
+
     func testFollowUpPromptRendersTheWholeConversation() throws {
         let m = try TestSupport.model()
         let ev = ChatEvaluator(session: Session(model: m, capacity: 512, threads: 1))
