@@ -131,14 +131,17 @@ extension Eval {
                 and over the tokens that do not repeat (a copied token is nearly free to the
                 full model, so a loop reads as fluent), and of the replies at the limit the
                 share the full model would have ended (its end-of-turn probability reaches 0.5
-                before some reply token), and the layers run per reply token. The chat's
-                default method is buddy+sentence. Example:
+                before some reply token), and the layers run per reply token. Prompts that
+                carry an "answers" list (eval/simple-facts.jsonl) add the share of replies
+                that give one among their first \(ReplyAnswer.window) words (whole words, case
+                ignored), and --replies marks each reply "right". The chat's default method is
+                buddy+sentence. Example:
                   buddy eval replies --data ../shared/data/mt_bench_questions.jsonl --split train --max-reply 512 --budgets 1,0.7 --methods buddy+sentence
                 """)
         @OptionGroup var promptOptions: ChatPromptOptions
         @OptionGroup var routing: EvalRoutingOptions
         @OptionGroup var sampling: SamplingOptions
-        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new,limit_full_would_end,layers).") var csv: String?
+        @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new,limit_full_would_end,layers, and answers_right when the prompts carry answers).") var csv: String?
         @Option(name: .long, help: "Also write every prompt's result as CSV (\(SampledReplyRun.itemHeader)).") var items: String?
         @Option(name: .long, help: "Also write every reply as a JSON line (method, budget, stand_ins, prompt, tokens, hit_limit, repeated_tokens, text).") var replies: String?
         @OptionGroup var modelOptions: ModelOptions
