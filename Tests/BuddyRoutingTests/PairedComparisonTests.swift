@@ -339,14 +339,21 @@ final class PairedComparisonTests: XCTestCase {
         XCTAssertThrowsError(try AutoBudgetRun.pooled(files: [])) { XCTAssertTrue("\($0)".contains("no eval auto CSV files"), "\($0)") }
     }
 
-    /// The pooled held-out figures EVAL.md publishes for the share rule come out of the committed CSVs.
+    /// The pooled held-out figures EVAL.md publishes for the share rule come out of the committed
+    /// CSVs: with the entropy steering, and measured again with the chat's steering by sentence ends.
     func testPublishedPooledAutoFiguresComeFromTheCommittedFiles() throws {
         let dir = TestSupport.root.appendingPathComponent("eval")
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
-            .filter { $0.hasPrefix("share-predictor-") && $0.hasSuffix("-auto.csv") }.sorted()
-        XCTAssertEqual(files.count, 5)
-        XCTAssertEqual(try AutoBudgetRun.pooled(files: files.map { dir.appendingPathComponent($0).path }),
+        func pooled(_ prefix: String) throws -> String {
+            let files = try FileManager.default.contentsOfDirectory(atPath: dir.path)
+                .filter { $0.hasPrefix(prefix) && $0.hasSuffix("-auto.csv") }.sorted()
+            XCTAssertEqual(files.count, 5, prefix)
+            return try AutoBudgetRun.pooled(files: files.map { dir.appendingPathComponent($0).path })
+        }
+        XCTAssertEqual(try pooled("share-predictor-"),
                        "full-depth share 0.25: 400 prompts, 82 at full depth, auto KL 0.2772; fixed, same mean compute 0.3126: -11.3 % ± 2.5 %; "
                        + "coin, same share 0.2780: -0.3 % ± 2.8 %\n")
+        XCTAssertEqual(try pooled("sentence-share-"),
+                       "full-depth share 0.25: 400 prompts, 82 at full depth, auto KL 0.2798; fixed, same mean compute 0.3132: -10.7 % ± 2.5 %; "
+                       + "coin, same share 0.2799: -0.0 % ± 2.8 %\n")
     }
 }
