@@ -273,4 +273,53 @@ final class BudgetSteeringTests: XCTestCase {
             XCTAssertEqual(Double(layers) / Double(steps), Double(k), accuracy: 0.6, "budget \(budget): the mean stays near k")
         }
     }
+
+    /// `+first` on the real model, greedy, at 0.7 and 0.9: until the reply's first sentence end
+    /// no step runs fewer than k routable layers (the steps `+sentence` would run at k − 1 or
+    /// less run k); from the first sentence end on, each step runs what `+sentence`'s rule gives
+    /// for the same history, checked against the test's own tally.
+    func testFirstSentenceRunsAtLeastK() throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize, routable = LayerBudget.routable(layers: L)
+        for budget in [0.9, 0.7] {
+            let k = LayerBudget.routableCount(budget: budget, layers: L)
+            let s = Session(model: m, capacity: 512, threads: 2, batchSize: 64)
+            s.standIns = try Routers.standIns(model: m)
+            s.promptDepth = .full
+            let steering = BudgetSteering(try Routers.make("buddy", model: m, budget: budget), signal: .firstSentence)
+            XCTAssertEqual(steering.name, "buddy+first")
+            s.selector = steering
+            let prompt = m.template.render([ChatMessage(role: .user, content: "What is the capital of France and why is it famous?")], addGenerationPrompt: true)
+            try s.evaluate(m.tokenizer.encode(prompt, parseSpecial: true))
+            var seen = [naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab)))]
+            var token = Sampler.argmax(s.decode.logits, count: vocab)
+            var layers = 0, firstSentenceSteps = 0, lifted = 0, ended = false
+            for step in 1...96 {
+                let expected: Int
+                if m.sentenceEndTokens.contains(token) {
+                    expected = routable
+                    ended = true
+                } else if raises(seen) {
+                    expected = k + 3
+                } else {
+                    let owed = layers - (step - 1) * k
+                    let sentenceRule = owed > 0 ? max(1, k - 1 - min(3, (owed + 7) / 8)) : k - 1
+                    expected = ended ? sentenceRule : max(sentenceRule, k)
+                    if !ended { lifted += 1 }
+                }
+                if !ended { firstSentenceSteps += 1 }
+                try s.step(token)
+                let routed = Session.count(s.lastMask) - 2
+                XCTAssertEqual(routed, expected, "budget \(budget), step \(step)")
+                if routed != expected { break }
+                layers += routed
+                seen.append(naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab))))
+                token = Sampler.argmax(s.decode.logits, count: vocab)
+            }
+            XCTAssertTrue(ended, "the reply ends a sentence")
+            XCTAssertGreaterThan(lifted, 2, "budget \(budget): some first-sentence steps were lifted to k")
+            XCTAssertGreaterThan(firstSentenceSteps, 3)
+            XCTAssertEqual(steering.routedLayers, layers)
+        }
+    }
 }
