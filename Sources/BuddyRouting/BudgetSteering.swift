@@ -41,18 +41,15 @@ import Foundation
 /// (eval/NOTES.md, "Depth at sentence ends").
 public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, InputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
     public enum Signal: String, Sendable, CaseIterable {
-        case entropy, blind, sentence, firstSentence
+        case entropy, blind, sentence
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
         public var suffix: String {
             switch self {
             case .entropy: return "+steer"
             case .blind: return "+blind"
             case .sentence: return "+sentence"
-            case .firstSentence: return "+first"
             }
         }
-        /// Whether a step whose input ends a sentence runs every routable layer (and others pay it back).
-        var watchesSentenceEnds: Bool { self == .sentence || self == .firstSentence }
     }
 
     /// Whether the product's commands (chat, generate, bench) steer unless told `--steering off`:
@@ -91,8 +88,6 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     private var lastEntropy = 0.0
     /// Whether the token the next decode step reads ends a sentence (`willRun`).
     private var inputEndsSentence = false
-    /// Whether the reply has had a sentence end yet (`firstSentence` keeps its first sentence at k or more).
-    private var replyEndedASentence = false
     private var random = SeededRNG(seed: 0x5EED)
     /// Since the reply started (the window does not restart): decode steps decided, how many of them ran more than k (k + 3, or every layer after a sentence end), and the
     /// routable layers they ran in all (so an evaluation can state the mean compute it got).
@@ -137,7 +132,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     public func willRun(sentenceEnd: Bool) { inputEndsSentence = sentenceEnd }
 
     public func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
-        if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0; replyEndedASentence = false }
+        if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0 }
         guard signal != .blind else { return }
         let h = LogProbabilities.entropy(logits, count: count)
         lastEntropy = h
@@ -165,7 +160,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         switch signal {
         case .blind:
             return Double(random.next() >> 11) / Double(1 << 53) < Self.raisedShare
-        case .entropy, .sentence, .firstSentence:
+        case .entropy, .sentence:
             guard !sortedEntropies.isEmpty else { return false }
             let q = sortedEntropies[Int((Double(sortedEntropies.count - 1) * (1 - Self.raisedShare)).rounded(.down))]
             return lastEntropy > q
@@ -176,8 +171,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     func stepLayers(k: Int, routable: Int) -> Int {
         steps += 1
         guard k - 1 >= 1, k + Self.raise <= routable else { routedLayers += k; return k }
-        if signal.watchesSentenceEnds && inputEndsSentence {
-            replyEndedASentence = true
+        if signal == .sentence && inputEndsSentence {
             raisedSteps += 1
             routedLayers += routable
             return routable
@@ -185,13 +179,11 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         let raised = raisesNextStep()
         if raised { raisedSteps += 1 }
         var layers = raised ? k + Self.raise : k - 1
-        if signal.watchesSentenceEnds && !raised {
+        if signal == .sentence && !raised {
             // Pay back what the sentence ends took beyond the mean.
             let surplus = routedLayers - (steps - 1) * k
             if surplus > 0 { layers = max(1, k - 1 - min(3, (surplus + 7) / 8)) }
         }
-        // `firstSentence`: a short answer comes in the reply's first sentence; it runs k at least.
-        if signal == .firstSentence && !replyEndedASentence { layers = max(layers, k) }
         routedLayers += layers
         return layers
     }
