@@ -143,7 +143,7 @@ extension Eval {
         @OptionGroup var sampling: SamplingOptions
         @Option(name: .long, help: "Also write CSV (method,budget,kv_policy,stand_ins,repeated_share,limit_share,tokens,judge_nll,judge_nll_new,limit_full_would_end,layers, and answers_right when the prompts carry answers).") var csv: String?
         @Option(name: .long, help: "Also write every prompt's result as CSV (\(SampledReplyRun.itemHeader)).") var items: String?
-        @Option(name: .long, help: "Also write every reply as a JSON line (method, budget, stand_ins, prompt, tokens, hit_limit, repeated_tokens, text).") var replies: String?
+        @Option(name: .long, help: "Also write every reply as a JSON line (method, budget, stand_ins, prompt, tokens, hit_limit, repeated_tokens, right when the prompt carries answers, text).") var replies: String?
         @OptionGroup var modelOptions: ModelOptions
 
         func validate() throws { try modelOptions.validateThreads() }
