@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """A blind reading of chat replies for topic (eval/NOTES.md, "Are the answers at 70 % on topic?").
 
-  python3 scripts/blind_reading.py blind   writes eval/topic-reading-blind.jsonl: the chosen
-                                           replies shuffled, each with an id, its question and
-                                           its text, and neither method nor budget
-  python3 scripts/blind_reading.py tally   joins eval/topic-reading-labels.csv (id,label with
-                                           label on or off) to the key and prints the share of
-                                           on-topic replies per method and budget
+  python3 scripts/blind_reading.py blind SEED   writes the reading's blind file: the chosen
+                                                replies of sampling seed SEED shuffled, each
+                                                with an id, its question and its text, and
+                                                neither method nor budget
+  python3 scripts/blind_reading.py tally SEED   joins the reading's labels (id,label with label
+                                                on or off) to the key and prints the share of
+                                                on-topic replies per method and budget
+  python3 scripts/blind_reading.py tally all    the readings pooled
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -18,15 +20,18 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REPLIES = ROOT / "eval" / "facts-all-s0-replies.jsonl"
 QUESTIONS = ROOT / "eval" / "simple-facts.jsonl"
-BLIND = ROOT / "eval" / "topic-reading-blind.jsonl"
-LABELS = ROOT / "eval" / "topic-reading-labels.csv"
+# Per sampling seed: the replies read, the blind file, the labels and the shuffle's seed.
+READINGS = {
+    "0": (ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "topic-reading-blind.jsonl",
+          ROOT / "eval" / "topic-reading-labels.csv", 20261207),
+    "1": (ROOT / "eval" / "facts-heldout-s1-replies.jsonl", ROOT / "eval" / "topic-reading-s1-blind.jsonl",
+          ROOT / "eval" / "topic-reading-s1-labels.csv", 20261208),
+}
 
 # The cells read, as registered: the router at every budget, the static sets at 0.7.
 CELLS = [("buddy+sentence", 1.0), ("buddy+sentence", 0.9), ("buddy+sentence", 0.7),
          ("buddy+sentence", 0.5), ("sleb+sentence", 0.7), ("shortgpt+sentence", 0.7)]
-SEED = 20261207
 
 
 def held_out_questions():
@@ -35,51 +40,63 @@ def held_out_questions():
     return {row["question_id"]: row["turns"][0] for i, row in enumerate(rows) if i % 2 == 1}
 
 
-def shuffled_items():
+def shuffled_items(reading):
+    replies, _, _, shuffle_seed = READINGS[reading]
     questions = held_out_questions()
     items = []
-    for line in REPLIES.read_text().splitlines():
+    for line in replies.read_text().splitlines():
         reply = json.loads(line)
         cell = (reply["method"], reply["budget"])
         if cell in CELLS and reply["prompt"] in questions:
             items.append({"cell": cell, "question": questions[reply["prompt"]], "text": reply["text"]})
     assert len(items) == len(CELLS) * len(questions), f"{len(items)} replies, expected {len(CELLS) * len(questions)}"
     items.sort(key=lambda item: (item["cell"], item["question"]))
-    random.Random(SEED).shuffle(items)
+    random.Random(shuffle_seed).shuffle(items)
     for number, item in enumerate(items, start=1):
         item["id"] = number
     return items
 
 
-def blind():
-    with BLIND.open("w") as out:
-        for item in shuffled_items():
+def blind(reading):
+    blind_file = READINGS[reading][1]
+    with blind_file.open("w") as out:
+        for item in shuffled_items(reading):
             out.write(json.dumps({"id": item["id"], "question": item["question"], "reply": item["text"]}) + "\n")
-    print(f"wrote {BLIND.relative_to(ROOT)}")
+    print(f"wrote {blind_file.relative_to(ROOT)}")
 
 
-def tally():
+def labelled_items(reading):
+    """The reading's replies, each with its label."""
+    labels_file = READINGS[reading][2]
     labels = {}
-    with LABELS.open() as f:
+    with labels_file.open() as f:
         for row in csv.DictReader(f):
             if row["label"] not in ("on", "off"):
-                sys.exit(f"{LABELS.name}: id {row['id']} has label {row['label']!r}, expected on or off")
+                sys.exit(f"{labels_file.name}: id {row['id']} has label {row['label']!r}, expected on or off")
             labels[int(row["id"])] = row["label"]
-    items = shuffled_items()
+    items = shuffled_items(reading)
     missing = [item["id"] for item in items if item["id"] not in labels]
     if missing:
-        sys.exit(f"{LABELS.name}: no label for ids {missing[:10]}{'…' if len(missing) > 10 else ''}")
+        sys.exit(f"{labels_file.name}: no label for ids {missing[:10]}{'…' if len(missing) > 10 else ''}")
+    for item in items:
+        item["label"] = labels[item["id"]]
+    return items
+
+
+def tally(reading):
+    items = [item for name in (READINGS if reading == "all" else [reading]) for item in labelled_items(name)]
     print("| method | budget | on topic | off-topic replies |")
     print("|---|---|---|---|")
     for cell in CELLS:
         cell_items = [item for item in items if item["cell"] == cell]
-        on = sum(labels[item["id"]] == "on" for item in cell_items)
-        off = sorted(item["question"] for item in cell_items if labels[item["id"]] == "off")
+        on = sum(item["label"] == "on" for item in cell_items)
+        off = sorted(item["question"] for item in cell_items if item["label"] == "off")
         print(f"| `{cell[0]}` | {cell[1]} | {on}/{len(cell_items)} ({on / len(cell_items):.2f}) | {'; '.join(off)} |")
 
 
 if __name__ == "__main__":
     commands = {"blind": blind, "tally": tally}
-    if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit("usage: blind_reading.py blind|tally")
-    commands[sys.argv[1]]()
+    if len(sys.argv) != 3 or sys.argv[1] not in commands \
+            or sys.argv[2] not in list(READINGS) + (["all"] if sys.argv[1] == "tally" else []):
+        sys.exit(f"usage: blind_reading.py blind|tally {'|'.join(READINGS)} (tally also takes all)")
+    commands[sys.argv[1]](sys.argv[2])
