@@ -18,8 +18,11 @@ public enum BenchRun {
         public var threads: Int = 2
         /// The output head of tokens that run few layers.
         public var head: HeadChoice = .standard
-        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = BudgetSteering.onByDefault, json: Bool = false, threads: Int = 2, head: HeadChoice = .standard) {
+        /// The kernels' vector path (a lesser one shows on this machine what another CPU runs).
+        public var kernels: KernelPath = .auto
+        public init(promptTokens: Int = 512, genTokens: Int = 128, budgets: String = "1,0.75,0.5", runs: Int = 3, router: String? = nil, kvPolicy: KVPolicy = .fill, standIns: StandInChoice = .auto, steering: Bool = BudgetSteering.onByDefault, json: Bool = false, threads: Int = 2, head: HeadChoice = .standard, kernels: KernelPath = .auto) {
             self.head = head
+            self.kernels = kernels
             self.promptTokens = promptTokens
             self.genTokens = genTokens
             self.budgets = budgets
@@ -55,6 +58,9 @@ public enum BenchRun {
     /// Measures and reports one Markdown row (or JSON object) per budget.
     public static func run(_ o: Options, model: LanguageModel, report: Reporter) throws {
         let (promptTokens, genTokens, runs, json) = (o.promptTokens, o.genTokens, o.runs, o.json)
+        try o.kernels.apply()
+        // Later work in this process (a test, say) gets the CPU's best path back.
+        defer { try? KernelPath.auto.apply() }
         let capacity = promptTokens + genTokens + 1
         let session = Session(model: model, capacity: capacity, threads: o.threads, batchSize: min(promptTokens, 512))
         session.head = o.head
@@ -65,7 +71,7 @@ public enum BenchRun {
         ids = Array(ids.prefix(promptTokens))
         let routerSpec = o.router ?? (Routers.locate("buddy", model: model) != nil ? "buddy" : "even")
         if !json {
-            report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)\(o.steering ? BudgetSteering.productSignal.suffix : "")")
+            report.line("model \(URL(fileURLWithPath: model.path).lastPathComponent), \(o.threads) threads, prompt \(promptTokens), decode \(genTokens), runs \(runs), router \(routerSpec)\(o.steering ? BudgetSteering.productSignal.suffix : ""), kernels \(KernelPath.active)")
             report.line("| budget | layers/token | prefill tok/s | decode tok/s | decode × full | decode ms/token | routing share | stand-in share | head share | peak RSS MB |")
             report.line("|---|---|---|---|---|---|---|---|---|---|")
         }
@@ -129,7 +135,7 @@ public enum BenchRun {
             let headShare = secondsPerHead(model.transformer, session.decode, layersRun: Int(s.layersPerToken.rounded())) * d
             if json {
                 report.line("{\"budget\":\(b),\"router\":\(jsonString(selectors[i]?.name ?? "full")),\"threads\":\(o.threads),\"layers_per_token\":\(jsonNumber(s.layersPerToken)),"
-                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", routingShare)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"head\":\(jsonString(o.head.rawValue)),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
+                    + "\"prefill_tok_s\":\(jsonNumber(p)),\"decode_tok_s\":\(jsonNumber(d)),\"decode_speedup\":\(speedup.map(jsonNumber) ?? "null"),\"routing_share\":\(String(format: "%.5f", routingShare)),\"stand_ins\":\(jsonString(standInWeights == nil ? "off" : "on")),\"steering\":\(jsonString(o.steering ? "on" : "off")),\"head\":\(jsonString(o.head.rawValue)),\"kernels\":\(jsonString(KernelPath.active)),\"stand_in_share\":\(String(format: "%.5f", standInShare)),\"head_share\":\(String(format: "%.5f", headShare)),"
                     + "\"peak_rss_mb\":\(jsonNumber(rss)),\"prefill_runs\":[\(s.prefill.map(jsonNumber).joined(separator: ","))],\"decode_runs\":[\(s.decode.map(jsonNumber).joined(separator: ","))]}")
             } else {
                 report.line(String(format: "| %.2f | %.1f | %.1f | %.1f | %@ | %.2f | %.2f%% | %.2f%% | %.1f%% | %.0f |", b, s.layersPerToken, p, d, speedup.map { String(format: "%.2f×", $0) } ?? "—", 1000 / d, 100 * routingShare, 100 * standInShare, 100 * headShare, rss))

@@ -4,6 +4,8 @@ import BuddyEvaluation
 import BuddyRouting
 import Foundation
 
+extension KernelPath: ExpressibleByArgument {}
+
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure prefill and decode speed per budget.",
@@ -27,12 +29,13 @@ struct Bench: ParsableCommand {
     @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
     @Option(name: .long, help: Steering.help) var steering: Steering = .standard
     @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
+    @Option(name: .long, help: "The kernels' vector instructions: auto (the best this CPU has; the default), avx2 (AVX2 even where AVX-512 VNNI is present: what an AVX2-only x86-64 runs) or portable (plain C). The header and --json name the path used.") var kernels: KernelPath = .auto
     @Flag(name: .long, help: "One JSON object per budget.") var json = false
     @OptionGroup var modelOptions: ModelOptions
 
     var options: BenchRun.Options {
         .init(promptTokens: promptTokens, genTokens: genTokens, budgets: budgets, runs: runs, router: router, kvPolicy: kvPolicy, standIns: standIns,
-              steering: steering == .on, json: json, threads: modelOptions.threads, head: head)
+              steering: steering == .on, json: json, threads: modelOptions.threads, head: head, kernels: kernels)
     }
     func validate() throws { try validating(options.validate) }
 

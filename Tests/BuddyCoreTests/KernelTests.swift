@@ -23,6 +23,28 @@ final class KernelTests: XCTestCase {
 
     func randomBlocks(_ type: GGMLType, blocks: Int, _ r: inout TestRandom) -> [UInt8] { randomQuantBlocks(type, blocks: blocks, &r) }
 
+    func testKernelPathSetsTheDispatchItNames() throws {
+        try KernelPath.portable.apply()
+        XCTAssertEqual(bk_has_avx2(), 0)
+        XCTAssertEqual(bk_has_vnni(), 0)
+        XCTAssertEqual(KernelPath.active, "portable C")
+        try KernelPath.auto.apply()
+        let hasAVX2 = bk_has_avx2() != 0, hasVNNI = bk_has_vnni() != 0
+        XCTAssertEqual(KernelPath.active, hasVNNI ? "AVX-512 VNNI (256-bit vectors)" : hasAVX2 ? "AVX2" : "portable C")
+        if hasAVX2 {
+            try KernelPath.avx2.apply()
+            XCTAssertEqual(bk_has_avx2(), 1)
+            XCTAssertEqual(bk_has_vnni(), 0, "the AVX2 path never takes the VNNI kernels")
+            XCTAssertEqual(KernelPath.active, "AVX2")
+        } else {
+            XCTAssertThrowsError(try KernelPath.avx2.apply()) { error in
+                XCTAssertTrue("\(error)".contains("no AVX2"), "\(error)")
+            }
+        }
+        try KernelPath.auto.apply()
+        XCTAssertEqual(bk_has_vnni() != 0, hasVNNI)
+    }
+
     func testBlockLayoutsArePinned() {
         XCTAssertEqual(GGMLType.q4_0.layout!.bytes, 18)
         XCTAssertEqual(GGMLType.q4_1.layout!.bytes, 20)

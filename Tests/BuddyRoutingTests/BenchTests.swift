@@ -42,6 +42,19 @@ final class BenchTests: XCTestCase {
         XCTAssertLessThan(standIns, 0.5)
     }
 
+    func testBenchRunsTheKernelPathAskedForAndNamesIt() throws {
+        let model = try TestSupport.model()
+        let best = KernelPath.active
+        var lines: [String] = []
+        let report = Reporter(line: { lines.append($0) }, note: { _ in }, progress: { SilentProgress(total: $1) })
+        let options = BenchRun.Options(promptTokens: 8, genTokens: 4, budgets: "1", runs: 1, router: "even", standIns: .off, json: true, threads: 1, kernels: .portable)
+        try BenchRun.run(options, model: model, report: report)
+        let row = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(XCTUnwrap(lines.first).utf8)) as? [String: Any])
+        XCTAssertEqual(row["kernels"] as? String, "portable C")
+        // The process gets the CPU's best path back for whatever runs next.
+        XCTAssertEqual(KernelPath.active, best)
+    }
+
     func testStandInTimeAccumulatesOnlyOnStepsThatSkipLayers() throws {
         let model = try TestSupport.model()
         let session = Session(model: model, capacity: 16, threads: 1)
