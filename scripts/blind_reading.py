@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """A blind reading of chat replies for topic (eval/NOTES.md, "Are the answers at 70 % on topic?").
 
-  python3 scripts/blind_reading.py blind SEED   writes the reading's blind file: the chosen
-                                                replies of sampling seed SEED shuffled, each
+  python3 scripts/blind_reading.py blind READING writes the reading's blind file: the chosen
+                                                replies of the reading shuffled, each
                                                 with an id, its question and its text, and
                                                 neither method nor budget
-  python3 scripts/blind_reading.py tally SEED   joins the reading's labels (id,label with label
+  python3 scripts/blind_reading.py tally READING joins the reading's labels (id,label with label
                                                 on or off) to the key and prints the share of
                                                 on-topic replies per method and budget
-  python3 scripts/blind_reading.py tally all    the readings pooled
+  python3 scripts/blind_reading.py tally all    the steered chat's two seeds pooled
+  READING is 0 or 1 (the steered chat, one sampling seed each) or unsteered (the router
+  without steering, seeds 0 and 1 shuffled together)
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -21,17 +23,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 QUESTIONS = ROOT / "eval" / "simple-facts.jsonl"
-# Per sampling seed: the replies read, the blind file, the labels and the shuffle's seed.
+# Per reading: the replies read, the blind file, the labels, the shuffle's seed and the cells.
+# The steered chat's cells, as registered: the router at every budget, the static sets at 0.7.
+CHAT_CELLS = [("buddy+sentence", 1.0), ("buddy+sentence", 0.9), ("buddy+sentence", 0.7),
+              ("buddy+sentence", 0.5), ("sleb+sentence", 0.7), ("shortgpt+sentence", 0.7)]
 READINGS = {
-    "0": (ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "topic-reading-blind.jsonl",
-          ROOT / "eval" / "topic-reading-labels.csv", 20261207),
-    "1": (ROOT / "eval" / "facts-heldout-s1-replies.jsonl", ROOT / "eval" / "topic-reading-s1-blind.jsonl",
-          ROOT / "eval" / "topic-reading-s1-labels.csv", 20261208),
+    "0": ([ROOT / "eval" / "facts-all-s0-replies.jsonl"], ROOT / "eval" / "topic-reading-blind.jsonl",
+          ROOT / "eval" / "topic-reading-labels.csv", 20261207, CHAT_CELLS),
+    "1": ([ROOT / "eval" / "facts-heldout-s1-replies.jsonl"], ROOT / "eval" / "topic-reading-s1-blind.jsonl",
+          ROOT / "eval" / "topic-reading-s1-labels.csv", 20261208, CHAT_CELLS),
+    # The router without steering, both seeds shuffled together; the seed tells the replies apart.
+    "unsteered": ([ROOT / "eval" / f"facts-heldout-unsteered-s{seed}-replies.jsonl" for seed in (0, 1)],
+                  ROOT / "eval" / "topic-reading-unsteered-blind.jsonl",
+                  ROOT / "eval" / "topic-reading-unsteered-labels.csv", 20261209,
+                  [("buddy", 0.9), ("buddy", 0.7)]),
 }
 
-# The cells read, as registered: the router at every budget, the static sets at 0.7.
-CELLS = [("buddy+sentence", 1.0), ("buddy+sentence", 0.9), ("buddy+sentence", 0.7),
-         ("buddy+sentence", 0.5), ("sleb+sentence", 0.7), ("shortgpt+sentence", 0.7)]
 
 
 def held_out_questions():
@@ -41,16 +48,18 @@ def held_out_questions():
 
 
 def shuffled_items(reading):
-    replies, _, _, shuffle_seed = READINGS[reading]
+    reply_files, _, _, shuffle_seed, cells = READINGS[reading]
     questions = held_out_questions()
     items = []
-    for line in replies.read_text().splitlines():
-        reply = json.loads(line)
-        cell = (reply["method"], reply["budget"])
-        if cell in CELLS and reply["prompt"] in questions:
-            items.append({"cell": cell, "question": questions[reply["prompt"]], "text": reply["text"]})
-    assert len(items) == len(CELLS) * len(questions), f"{len(items)} replies, expected {len(CELLS) * len(questions)}"
-    items.sort(key=lambda item: (item["cell"], item["question"]))
+    for number, replies in enumerate(reply_files):
+        for line in replies.read_text().splitlines():
+            reply = json.loads(line)
+            cell = (reply["method"], reply["budget"])
+            if cell in cells and reply["prompt"] in questions:
+                items.append({"cell": cell, "file": number, "question": questions[reply["prompt"]], "text": reply["text"]})
+    expected = len(cells) * len(questions) * len(reply_files)
+    assert len(items) == expected, f"{len(items)} replies, expected {expected}"
+    items.sort(key=lambda item: (item["cell"], item["file"], item["question"]))
     random.Random(shuffle_seed).shuffle(items)
     for number, item in enumerate(items, start=1):
         item["id"] = number
@@ -84,10 +93,13 @@ def labelled_items(reading):
 
 
 def tally(reading):
-    items = [item for name in (READINGS if reading == "all" else [reading]) for item in labelled_items(name)]
+    # "all": the steered chat's two seeds pooled.
+    names = ["0", "1"] if reading == "all" else [reading]
+    items = [item for name in names for item in labelled_items(name)]
+    cells = READINGS[names[0]][4]
     print("| method | budget | on topic | off-topic replies |")
     print("|---|---|---|---|")
-    for cell in CELLS:
+    for cell in cells:
         cell_items = [item for item in items if item["cell"] == cell]
         on = sum(item["label"] == "on" for item in cell_items)
         off = sorted(item["question"] for item in cell_items if item["label"] == "off")
