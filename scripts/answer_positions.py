@@ -13,6 +13,7 @@ every other position, and the share of answer positions where that probability i
 """
 import argparse
 import csv
+import functools
 import json
 import math
 import subprocess
@@ -23,11 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BUDDY = ROOT / ".build" / "release" / "buddy"
 
 
-def token_ids(text, cache={}):
-    if text not in cache:
-        out = subprocess.run([str(BUDDY), "tokenize", "--json", text], capture_output=True, text=True, check=True)
-        cache[text] = json.loads(out.stdout)
-    return cache[text]
+@functools.lru_cache(maxsize=None)
+def token_ids(text):
+    out = subprocess.run([str(BUDDY), "tokenize", "--json", text], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
 
 
 def variants(answer):

@@ -16,8 +16,6 @@ final class ChatEvalTests: XCTestCase {
         XCTAssertEqual(try ChatPromptSet.parse(#"{"turns": ["only"]}"# + "\n" + #"{"turns": ["a", ""]}"#).map(\.followUp), [nil, nil])
     }
 
-    /// A follow-up conversation renders both user turns and the assistant's reply between them, in
-    /// the template's order, ending ready for the assistant.
     /// Known answers: parsed when present (a bad list names its line), and a reply gives one
     /// when an answer's words appear whole, case ignored, among its first 40 words.
     func testKnownAnswersAreFoundAsWholeWordsEarlyInTheReply() throws {
@@ -56,6 +54,8 @@ final class ChatEvalTests: XCTestCase {
         XCTAssertEqual(try ChatPromptSet.parse(text, split: .train).count, 30)
     }
 
+    /// A follow-up conversation renders both user turns and the assistant's reply between them, in
+    /// the template's order, ending ready for the assistant.
     func testFollowUpPromptRendersTheWholeConversation() throws {
         let m = try TestSupport.model()
         let ev = ChatEvaluator(session: Session(model: m, capacity: 512, threads: 1))
