@@ -9,8 +9,9 @@
                                                 on or off) to the key and prints the share of
                                                 on-topic replies per method and budget
   python3 scripts/blind_reading.py tally all    the steered chat's two seeds pooled
-  READING is 0 or 1 (the steered chat, one sampling seed each) or unsteered (the router
-  without steering, seeds 0 and 1 shuffled together)
+  READING is 0 or 1 (the steered chat, one sampling seed each), unsteered (the router
+  without steering, seeds 0 and 1 shuffled together) or 0.8 (the steered chat at 0.8 and at
+  full depth, seeds 0 and 1 shuffled together, read by a helper)
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -37,6 +38,12 @@ READINGS = {
                   ROOT / "eval" / "topic-reading-unsteered-blind.jsonl",
                   ROOT / "eval" / "topic-reading-unsteered-labels.csv", 20261209,
                   [("buddy", 0.9), ("buddy", 0.7)]),
+    # The slider's 80 % row: the router at 0.8 and, as the reader's own reference, the full
+    # model's replies to the same questions and seeds (from the first two readings' files).
+    "0.8": ([ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "facts-heldout-s1-replies.jsonl",
+             ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"],
+            ROOT / "eval" / "topic-reading-0.8-blind.jsonl", ROOT / "eval" / "topic-reading-0.8-labels.csv", 20261210,
+            [("buddy+sentence", 1.0), ("buddy+sentence", 0.8)]),
 }
 
 
@@ -57,8 +64,14 @@ def shuffled_items(reading):
             cell = (reply["method"], reply["budget"])
             if cell in cells and reply["prompt"] in questions:
                 items.append({"cell": cell, "file": number, "question": questions[reply["prompt"]], "text": reply["text"]})
-    expected = len(cells) * len(questions) * len(reply_files)
-    assert len(items) == expected, f"{len(items)} replies, expected {expected}"
+    # Every cell once per question in each file that holds it (a file may hold some cells
+    # only), and as many replies in every cell.
+    for cell in cells:
+        held = {item["file"] for item in items if item["cell"] == cell}
+        count = sum(item["cell"] == cell for item in items)
+        assert held and count == len(questions) * len(held), f"{cell}: {count} replies in {len(held)} files"
+    sizes = {sum(item["cell"] == cell for item in items) for cell in cells}
+    assert len(sizes) == 1, f"cells of unequal size: {sizes}"
     items.sort(key=lambda item: (item["cell"], item["file"], item["question"]))
     random.Random(shuffle_seed).shuffle(items)
     for number, item in enumerate(items, start=1):
