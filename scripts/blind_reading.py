@@ -10,8 +10,9 @@
                                                 on-topic replies per method and budget
   python3 scripts/blind_reading.py tally all    the steered chat's two seeds pooled
   READING is 0 or 1 (the steered chat, one sampling seed each), unsteered (the router
-  without steering, seeds 0 and 1 shuffled together) or 0.8 (the steered chat at 0.8 and at
-  full depth, seeds 0 and 1 shuffled together, read by a helper)
+  without steering, seeds 0 and 1 shuffled together) 0.8 (the steered chat at 0.8 and at
+  full depth, seeds 0 and 1 shuffled together, read by a helper) or slider (the steered chat at
+  every budget, seeds 0 and 1, read by another helper)
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -44,6 +45,11 @@ READINGS = {
              ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"],
             ROOT / "eval" / "topic-reading-0.8-blind.jsonl", ROOT / "eval" / "topic-reading-0.8-labels.csv", 20261210,
             [("buddy+sentence", 1.0), ("buddy+sentence", 0.8)]),
+    # One reader across the slider: the router at every budget, seeds 0 and 1, shuffled together.
+    "slider": ([ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "facts-heldout-s1-replies.jsonl",
+                ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"],
+               ROOT / "eval" / "topic-reading-slider-blind.jsonl", ROOT / "eval" / "topic-reading-slider-labels.csv", 20261211,
+               [("buddy+sentence", b) for b in (1.0, 0.9, 0.8, 0.7, 0.5)]),
 }
 
 
