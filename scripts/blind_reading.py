@@ -10,7 +10,7 @@
                                                 on-topic replies per method and budget
   python3 scripts/blind_reading.py tally all    the steered chat's two seeds pooled
   READING is 0 or 1 (the steered chat, one sampling seed each), unsteered (the router
-  without steering, seeds 0 and 1 shuffled together) 0.8 (the steered chat at 0.8 and at
+  without steering, seeds 0 and 1 shuffled together), 0.8 (the steered chat at 0.8 and at
   full depth, seeds 0 and 1 shuffled together, read by a helper) or slider (the steered chat at
   every budget, seeds 0 and 1, read by another helper)
 

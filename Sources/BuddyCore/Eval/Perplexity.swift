@@ -109,9 +109,8 @@ public final class PerplexityEvaluator {
             t.batchLogits(row: first - 1, batch, decode)
             watcher.observe(logits: decode.logits, count: vocab, replyStarts: true)
         }
-        let inputWatcher = selector as? InputWatchingSelector
         for pos in first..<(n - 1) {
-            inputWatcher?.willRun(sentenceEnd: model.sentenceEndTokens.contains(chunk[pos]))
+            model.announceInput(chunk[pos], to: selector)
             t.routedForward(token: chunk[pos], pos: pos, decode, cache, routing: .perChunk(selector), policy: policy)
             nll += LogProbabilities.negativeLogProb(decode.logits, count: vocab, target: Int(chunk[pos + 1]))
             watcher?.observe(logits: decode.logits, count: vocab, replyStarts: false)

@@ -41,6 +41,16 @@ public protocol InputWatchingSelector: LayerSelector {
     func willRun(sentenceEnd: Bool)
 }
 
+extension LanguageModel {
+    /// Tells `selector`, when it watches inputs, whether `token`, the input of the decode step
+    /// about to run, ends a sentence: the one place every decode loop (a session's step, the
+    /// perplexity loop) asks, so all of them steer on the same steps.
+    @inline(__always)
+    public func announceInput(_ token: Int32, to selector: LayerSelector?) {
+        (selector as? InputWatchingSelector)?.willRun(sentenceEnd: sentenceEndTokens.contains(token))
+    }
+}
+
 /// A selector that keeps what it has seen of the context between calls (the Decision Module
 /// pools the first layer's K/V as positions arrive). It is not asked about a prompt that runs
 /// at full depth or on a prompt set, so by itself it cannot tell that a new conversation began
@@ -206,7 +216,7 @@ public final class Session: @unchecked Sendable {
     public func step(_ token: Int32) throws -> UnsafeMutablePointer<Float> {
         let pos = tokens.count
         guard pos < capacity else { throw SessionError.contextFull(needed: pos + 1, capacity: capacity) }
-        (selector as? InputWatchingSelector)?.willRun(sentenceEnd: model.sentenceEndTokens.contains(token))
+        model.announceInput(token, to: selector)
         let runs = model.transformer.routedForward(token: token, pos: pos, decode, cache,
                                                    routing: .session(selector, perRow: false), policy: policy)
         tokens.append(token)
