@@ -29,6 +29,10 @@ QUESTIONS = ROOT / "eval" / "simple-facts.jsonl"
 # The steered chat's cells, as registered: the router at every budget, the static sets at 0.7.
 CHAT_CELLS = [("buddy+sentence", 1.0), ("buddy+sentence", 0.9), ("buddy+sentence", 0.7),
               ("buddy+sentence", 0.5), ("sleb+sentence", 0.7), ("shortgpt+sentence", 0.7)]
+# Seeds 0 and 1 of the steered chat: full depth, 0.9, 0.7 and 0.5 in the first two files, 0.8 in
+# the last two (read together by the later readings).
+SEEDS_0_1_WITH_0_8 = [ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "facts-heldout-s1-replies.jsonl",
+                      ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"]
 READINGS = {
     "0": ([ROOT / "eval" / "facts-all-s0-replies.jsonl"], ROOT / "eval" / "topic-reading-blind.jsonl",
           ROOT / "eval" / "topic-reading-labels.csv", 20261207, CHAT_CELLS),
@@ -41,17 +45,12 @@ READINGS = {
                   [("buddy", 0.9), ("buddy", 0.7)]),
     # The slider's 80 % row: the router at 0.8 and, as the reader's own reference, the full
     # model's replies to the same questions and seeds (from the first two readings' files).
-    "0.8": ([ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "facts-heldout-s1-replies.jsonl",
-             ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"],
-            ROOT / "eval" / "topic-reading-0.8-blind.jsonl", ROOT / "eval" / "topic-reading-0.8-labels.csv", 20261210,
+    "0.8": (SEEDS_0_1_WITH_0_8, ROOT / "eval" / "topic-reading-0.8-blind.jsonl", ROOT / "eval" / "topic-reading-0.8-labels.csv", 20261210,
             [("buddy+sentence", 1.0), ("buddy+sentence", 0.8)]),
     # One reader across the slider: the router at every budget, seeds 0 and 1, shuffled together.
-    "slider": ([ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "facts-heldout-s1-replies.jsonl",
-                ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"],
-               ROOT / "eval" / "topic-reading-slider-blind.jsonl", ROOT / "eval" / "topic-reading-slider-labels.csv", 20261211,
+    "slider": (SEEDS_0_1_WITH_0_8, ROOT / "eval" / "topic-reading-slider-blind.jsonl", ROOT / "eval" / "topic-reading-slider-labels.csv", 20261211,
                [("buddy+sentence", b) for b in (1.0, 0.9, 0.8, 0.7, 0.5)]),
 }
-
 
 
 def held_out_questions():
@@ -72,12 +71,12 @@ def shuffled_items(reading):
                 items.append({"cell": cell, "file": number, "question": questions[reply["prompt"]], "text": reply["text"]})
     # Every cell once per question in each file that holds it (a file may hold some cells
     # only), and as many replies in every cell.
+    counts = {}
     for cell in cells:
         held = {item["file"] for item in items if item["cell"] == cell}
-        count = sum(item["cell"] == cell for item in items)
-        assert held and count == len(questions) * len(held), f"{cell}: {count} replies in {len(held)} files"
-    sizes = {sum(item["cell"] == cell for item in items) for cell in cells}
-    assert len(sizes) == 1, f"cells of unequal size: {sizes}"
+        counts[cell] = sum(item["cell"] == cell for item in items)
+        assert held and counts[cell] == len(questions) * len(held), f"{cell}: {counts[cell]} replies in {len(held)} files"
+    assert len(set(counts.values())) == 1, f"cells of unequal size: {counts}"
     items.sort(key=lambda item: (item["cell"], item["file"], item["question"]))
     random.Random(shuffle_seed).shuffle(items)
     for number, item in enumerate(items, start=1):

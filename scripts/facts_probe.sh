@@ -39,7 +39,7 @@ lines = open(f"{root}/eval/facts-cloze.txt").read().rstrip("\n").split("\n")
 tasks = [lines[i:i + 6] for i in range(0, len(lines), 6)]
 open(f"{scratch}/tasks.txt", "w").write("\n".join(line for task in tasks[first::2] for line in task) + "\n")
 EOF
-[ -x "$root/.build/release/buddy" ] || (cd "$root" && swift build -c release --product buddy)
+(cd "$root" && swift build -c release --product buddy)   # as scripts/train_router.sh: never a stale binary
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--budgets 1,0.9,0.8,0.7,0.5 --methods buddy,sleb,shortgpt)
 # --csv and --items name files relative to the repository, not to the scratch directory.
