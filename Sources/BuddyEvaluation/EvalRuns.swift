@@ -79,8 +79,12 @@ public struct ChatPromptSelection {
     /// Which user turn is scored: the question, or its follow-up (MT-Bench's second turn),
     /// asked after the full model's own reply to the question.
     public var turn: ChatTurn = .first
-    public init(data: String, split: String = "heldout", skip: Int = 0, limit: Int? = nil, maxReply: Int = 128, turn: ChatTurn = .first) {
+    /// A system prompt before every prompt's first turn; nil keeps the model's own default.
+    public var system: String?
+    public init(data: String, split: String = "heldout", skip: Int = 0, limit: Int? = nil, maxReply: Int = 128, turn: ChatTurn = .first,
+                system: String? = nil) {
         self.data = data
+        self.system = system
         self.split = split
         self.skip = skip
         self.limit = limit
@@ -109,6 +113,11 @@ public struct ChatPromptSelection {
         return prompts
     }
 
+    /// One user turn, after the system prompt when one is given.
+    public func messages(_ text: String) -> [ChatMessage] {
+        (system.map { [ChatMessage(role: .system, content: $0)] } ?? []) + [ChatMessage(role: .user, content: text)]
+    }
+
     /// The prompt's name in per-item rows: its id, with "-follow-up" for the follow-up turn, so
     /// that items of both turns can be pooled in one paired comparison.
     public func itemKey(_ p: ChatPrompt) -> String {
@@ -119,14 +128,14 @@ public struct ChatPromptSelection {
     /// when prompt and reply would not fit the session). For a follow-up turn the prompt is the
     /// question, the full model's greedy reply to it (up to --max-reply tokens) and the follow-up.
     public func reference(to p: ChatPrompt, evaluator: ChatEvaluator) throws -> (ids: [Int32], reference: ChatReference) {
-        var ids = evaluator.promptTokens(p.text)
+        var ids = evaluator.promptTokens(messages(p.text))
         func fits() throws {
             guard ids.count + maxReply <= evaluator.session.capacity else { throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens)") }
         }
         try fits()
         if turn == .followUp, let followUp = p.followUp {
             let first = try evaluator.reference(prompt: ids, maxTokens: maxReply).reply
-            ids = evaluator.followUpTokens(question: p.text, firstReply: first, followUp: followUp)
+            ids = evaluator.followUpTokens(question: p.text, firstReply: first, followUp: followUp, system: system)
             try fits()
         }
         return (ids, try evaluator.reference(prompt: ids, maxTokens: maxReply))

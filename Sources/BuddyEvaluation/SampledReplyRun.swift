@@ -78,7 +78,7 @@ public enum SampledReplyRun {
             return session
         }
         let judges = (0..<laneCount).map { _ in Session(model: model, capacity: capacity, threads: 1, batchSize: batchSize) }
-        let promptIDs = prompts.map { model.chatPromptTokens([ChatMessage(role: .user, content: $0.text)]) }
+        let promptIDs = prompts.map { model.chatPromptTokens(selection.messages($0.text)) }
         for (p, ids) in zip(prompts, promptIDs) where ids.count + maxTokens > capacity {
             throw ToolError("prompt \(p.id) is too long (\(ids.count) tokens) for a reply of \(maxTokens)")
         }

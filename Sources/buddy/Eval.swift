@@ -295,7 +295,9 @@ struct ChatPromptOptions: ParsableArguments {
     @Option(name: .long, help: "Length of the reference reply in tokens (it ends earlier at end of turn).") var maxReply: Int = 128
     @Option(name: .long, help: "Which user turn is scored: first (the question) or follow-up (the second turn, asked after the full model's reply to the question).") var turn: ChatTurn = .first
 
-    var selection: ChatPromptSelection { .init(data: data, split: split, skip: skip, limit: limit, maxReply: maxReply, turn: turn) }
+    @Option(name: .long, help: "System prompt before each prompt's first turn (default: the model's own).") var system: String?
+
+    var selection: ChatPromptSelection { .init(data: data, split: split, skip: skip, limit: limit, maxReply: maxReply, turn: turn, system: system) }
 
     func validate() throws { try validating(selection.validate) }
 }

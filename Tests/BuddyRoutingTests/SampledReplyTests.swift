@@ -46,6 +46,26 @@ final class SampledReplyTests: XCTestCase {
         XCTAssertEqual(model.tokenizer.decode(Array(reply[0..<mostLikelyEnd])), " Red, green and blue")
     }
 
+    func testSystemPromptReplacesTheModelsOwnInEveryChatEvaluation() throws {
+        let model = try TestSupport.model()
+        let defaultPrompt = try XCTUnwrap(model.template.defaultSystemPrompt)
+        let own = ChatPromptSelection(data: "unused", split: "all")
+        let told = ChatPromptSelection(data: "unused", split: "all", system: "Give short, direct answers.")
+        XCTAssertEqual(model.template.render(own.messages("Why is the sky blue?")),
+                       "<|im_start|>system\n\(defaultPrompt)<|im_end|>\n<|im_start|>user\nWhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n")
+        XCTAssertEqual(model.template.render(told.messages("Why is the sky blue?")),
+                       "<|im_start|>system\nGive short, direct answers.<|im_end|>\n<|im_start|>user\nWhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n")
+        // A follow-up turn keeps the same system prompt before the first question.
+        let evaluator = ChatEvaluator(session: Session(model: model, capacity: 256, threads: 1))
+        let reply = model.tokenizer.encode("Scattering.", parseSpecial: false)
+        let followUp = evaluator.followUpTokens(question: "Why is the sky blue?", firstReply: reply, followUp: "And at sunset?", system: told.system)
+        XCTAssertEqual(followUp, model.chatPromptTokens([ChatMessage(role: .system, content: "Give short, direct answers."),
+                                                         ChatMessage(role: .user, content: "Why is the sky blue?"),
+                                                         ChatMessage(role: .assistant, content: "Scattering."),
+                                                         ChatMessage(role: .user, content: "And at sunset?")]))
+        XCTAssertNotEqual(followUp, evaluator.followUpTokens(question: "Why is the sky blue?", firstReply: reply, followUp: "And at sunset?"))
+    }
+
     func testGreedyFullDepthRepliesAreTheReferenceAndLanesAgree() throws {
         // A model of its own, so that the screened head (budget 0.5) is first made inside a lane
         // of the shared pool, as it is in a real run (it once waited on that pool for ever).
