@@ -12,7 +12,8 @@
   READING is 0 or 1 (the steered chat, one sampling seed each), unsteered (the router
   without steering, seeds 0 and 1 shuffled together), 0.8 (the steered chat at 0.8 and at
   full depth, seeds 0 and 1 shuffled together, read by a helper) or slider (the steered chat at
-  every budget, seeds 0 and 1, read by another helper)
+  every budget, seeds 0 and 1, read by another helper) or thin (the full model and the router
+  at 0.7 beside every layer with a thinner MLP, seeds 0 and 1, read by a third helper)
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -33,6 +34,10 @@ CHAT_CELLS = [("buddy+sentence", 1.0), ("buddy+sentence", 0.9), ("buddy+sentence
 # the last two (read together by the later readings).
 SEEDS_0_1_WITH_0_8 = [ROOT / "eval" / "facts-all-s0-replies.jsonl", ROOT / "eval" / "facts-heldout-s1-replies.jsonl",
                       ROOT / "eval" / "facts-0.8-s0-replies.jsonl", ROOT / "eval" / "facts-0.8-s1-replies.jsonl"]
+# The thinner-MLP study's replies were written as `buddy+sentence` at budget 1 by a study build
+# (eval/NOTES.md, "Thinner MLPs on held-out data"); the reading names them by what ran.
+THIN_MLP_FILES = [ROOT / "eval" / "thin-mlp" / f"facts-k0.5-s{seed}-replies.jsonl" for seed in (0, 1)]
+METHOD_OF_FILE = {path: "thin-mlp-0.5" for path in THIN_MLP_FILES}
 READINGS = {
     "0": ([ROOT / "eval" / "facts-all-s0-replies.jsonl"], ROOT / "eval" / "topic-reading-blind.jsonl",
           ROOT / "eval" / "topic-reading-labels.csv", 20261207, CHAT_CELLS),
@@ -50,6 +55,11 @@ READINGS = {
     # One reader across the slider: the router at every budget, seeds 0 and 1, shuffled together.
     "slider": (SEEDS_0_1_WITH_0_8, ROOT / "eval" / "topic-reading-slider-blind.jsonl", ROOT / "eval" / "topic-reading-slider-labels.csv", 20261211,
                [("buddy+sentence", b) for b in (1.0, 0.9, 0.8, 0.7, 0.5)]),
+    # Every layer with a thinner MLP (f = 0.5, 0.75 of the layers' multiply-adds) beside the
+    # router at 0.7 (0.74) and the full model, seeds 0 and 1, shuffled together.
+    "thin": (SEEDS_0_1_WITH_0_8[:2] + THIN_MLP_FILES, ROOT / "eval" / "topic-reading-thin-blind.jsonl",
+             ROOT / "eval" / "topic-reading-thin-labels.csv", 20261212,
+             [("buddy+sentence", 1.0), ("buddy+sentence", 0.7), ("thin-mlp-0.5", 1.0)]),
 }
 
 
@@ -66,7 +76,7 @@ def shuffled_items(reading):
     for number, replies in enumerate(reply_files):
         for line in replies.read_text().splitlines():
             reply = json.loads(line)
-            cell = (reply["method"], reply["budget"])
+            cell = (METHOD_OF_FILE.get(replies, reply["method"]), reply["budget"])
             if cell in cells and reply["prompt"] in questions:
                 items.append({"cell": cell, "file": number, "question": questions[reply["prompt"]], "text": reply["text"]})
     # Every cell once per question in each file that holds it (a file may hold some cells
