@@ -114,9 +114,7 @@ public struct ChatPromptSelection {
     }
 
     /// One user turn, after the system prompt when one is given.
-    public func messages(_ text: String) -> [ChatMessage] {
-        (system.map { [ChatMessage(role: .system, content: $0)] } ?? []) + [ChatMessage(role: .user, content: text)]
-    }
+    public func messages(_ text: String) -> [ChatMessage] { ChatMessage.opening(system: system, user: text) }
 
     /// The prompt's name in per-item rows: its id, with "-follow-up" for the follow-up turn, so
     /// that items of both turns can be pooled in one paired comparison.

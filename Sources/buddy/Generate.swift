@@ -92,10 +92,7 @@ struct Generate: ParsableCommand {
         session.head = routing.head
         let text: String
         if chat {
-            var messages: [ChatMessage] = []
-            if let system { messages.append(ChatMessage(role: .system, content: system)) }
-            messages.append(ChatMessage(role: .user, content: prompt))
-            text = model.template.render(messages)
+            text = model.template.render(ChatMessage.opening(system: system, user: prompt))
         } else {
             text = prompt
         }

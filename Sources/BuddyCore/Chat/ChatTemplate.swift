@@ -4,6 +4,12 @@ public struct ChatMessage: Sendable, Equatable, Codable {
     public var role: Role
     public var content: String
     public init(role: Role, content: String) { self.role = role; self.content = content }
+
+    /// A conversation's opening: the system prompt when one is given (without one the template
+    /// inserts the model's own), then the user's first turn.
+    public static func opening(system: String?, user: String) -> [ChatMessage] {
+        (system.map { [ChatMessage(role: .system, content: $0)] } ?? []) + [ChatMessage(role: .user, content: user)]
+    }
 }
 
 /// ChatML, the format of SmolLM2 and Qwen2:

@@ -121,9 +121,9 @@ public final class ChatEvaluator {
     /// A follow-up turn: the question, the assistant's first reply (token ids, as the model
     /// wrote them), then the follow-up question, ready for the assistant's second reply.
     public func followUpTokens(question: String, firstReply: [Int32], followUp: String, system: String? = nil) -> [Int32] {
-        promptTokens((system.map { [ChatMessage(role: .system, content: $0)] } ?? []) + [ChatMessage(role: .user, content: question),
-                      ChatMessage(role: .assistant, content: session.model.tokenizer.decode(firstReply)),
-                      ChatMessage(role: .user, content: followUp)])
+        promptTokens(ChatMessage.opening(system: system, user: question)
+                     + [ChatMessage(role: .assistant, content: session.model.tokenizer.decode(firstReply)),
+                        ChatMessage(role: .user, content: followUp)])
     }
 
     /// A conversation so far, rendered with the model's template and ready for the assistant's turn.
