@@ -13,7 +13,8 @@
   without steering, seeds 0 and 1 shuffled together), 0.8 (the steered chat at 0.8 and at
   full depth, seeds 0 and 1 shuffled together, read by a helper) or slider (the steered chat at
   every budget, seeds 0 and 1, read by another helper) or thin (the full model and the router
-  at 0.7 beside every layer with a thinner MLP, seeds 0 and 1, read by a third helper)
+  at 0.7 beside every layer with a thinner MLP, seeds 0 and 1, read by a third helper) or lead
+  (the same beside the router at 0.7 with the reply's lead sentence at full depth, a fourth)
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -60,6 +61,11 @@ READINGS = {
     "thin": (SEEDS_0_1_WITH_0_8[:2] + THIN_MLP_FILES, ROOT / "eval" / "topic-reading-thin-blind.jsonl",
              ROOT / "eval" / "topic-reading-thin-labels.csv", 20261212,
              [("buddy+sentence", 1.0), ("buddy+sentence", 0.7), ("thin-mlp-0.5", 1.0)]),
+    # The reply's lead sentence at full depth (the faster payback), seeds 0 and 1, beside the
+    # router at 0.7 and the full model (eval/NOTES.md, "The reply's lead sentence at full depth").
+    "lead": (SEEDS_0_1_WITH_0_8[:2] + [ROOT / "eval" / "lead" / "heldout" / f"facts-lead-s{seed}-replies.jsonl" for seed in (0, 1)],
+             ROOT / "eval" / "topic-reading-lead-blind.jsonl", ROOT / "eval" / "topic-reading-lead-labels.csv", 20261213,
+             [("buddy+sentence", 1.0), ("buddy+sentence", 0.7), ("buddy+lead", 0.7)]),
 }
 
 
