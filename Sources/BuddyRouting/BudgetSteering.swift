@@ -39,15 +39,27 @@ import Foundation
 /// replies at 0.7 and 0.5 ran to the token limit in most prompts without reaching a point
 /// where the full model would stop; held out this halves to quarters that share
 /// (eval/NOTES.md, "Depth at sentence ends").
+///
+/// `lead` (`+lead`) is `sentence` plus the reply's lead: each step of the reply's first
+/// sentence (until a sentence end, at most `leadLimit` steps) runs every routable layer, where
+/// k is at least two thirds of the routable layers. What the lead owes is paid back faster than
+/// a sentence end's: a step that is not raised runs k − 1 − min(6, ⌈owed / 4⌉), and the entropy
+/// rule raises no step while more than 8 layers are owed, so a 50-token reply is back near k
+/// by its end. Why: a simple question is answered, or turned into an essay, in the reply's first
+/// sentence; with that sentence at full depth the router at 0.7 gave about three quarters of
+/// the right answers it loses to full depth (eval/NOTES.md, "The reply's lead sentence at full
+/// depth"). Below two thirds a short reply cannot pay a full-depth lead back, so there it is
+/// `sentence` exactly.
 public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector, InputWatchingSelector, PromptSetSelector, ContextKeepingSelector {
     public enum Signal: String, Sendable, CaseIterable {
-        case entropy, blind, sentence
+        case entropy, blind, sentence, lead
         /// How a steered method is written after its router's name (`sleb+steer`, `buddy+blind`).
         public var suffix: String {
             switch self {
             case .entropy: return "+steer"
             case .blind: return "+blind"
             case .sentence: return "+sentence"
+            case .lead: return "+lead"
             }
         }
     }
@@ -88,6 +100,12 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     private var lastEntropy = 0.0
     /// Whether the token the next decode step reads ends a sentence (`willRun`).
     private var inputEndsSentence = false
+    /// `lead`: steps of the reply's first sentence run at every layer so far, and whether a
+    /// sentence end has been read since the reply started.
+    private var leadSteps = 0
+    private var leadDone = false
+    /// The most steps of a reply's first sentence that `lead` runs at every layer.
+    public static let leadLimit = 16
     private var random = SeededRNG(seed: 0x5EED)
     /// Since the reply started (the window does not restart): decode steps decided, how many of them ran more than k (k + 3, or every layer after a sentence end), and the
     /// routable layers they ran in all (so an evaluation can state the mean compute it got).
@@ -129,10 +147,13 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         sortedEntropies.reserveCapacity(Self.window)
     }
 
-    public func willRun(sentenceEnd: Bool) { inputEndsSentence = sentenceEnd }
+    public func willRun(sentenceEnd: Bool) {
+        inputEndsSentence = sentenceEnd
+        if sentenceEnd { leadDone = true }
+    }
 
     public func observe(logits: UnsafePointer<Float>, count: Int, replyStarts: Bool) {
-        if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0 }
+        if replyStarts { steps = 0; raisedSteps = 0; routedLayers = 0; leadSteps = 0; leadDone = false }
         guard signal != .blind else { return }
         let h = LogProbabilities.entropy(logits, count: count)
         lastEntropy = h
@@ -160,7 +181,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         switch signal {
         case .blind:
             return Double(random.next() >> 11) / Double(1 << 53) < Self.raisedShare
-        case .entropy, .sentence:
+        case .entropy, .sentence, .lead:
             guard !sortedEntropies.isEmpty else { return false }
             let q = sortedEntropies[Int((Double(sortedEntropies.count - 1) * (1 - Self.raisedShare)).rounded(.down))]
             return lastEntropy > q
@@ -171,18 +192,28 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
     func stepLayers(k: Int, routable: Int) -> Int {
         steps += 1
         guard k - 1 >= 1, k + Self.raise <= routable else { routedLayers += k; return k }
-        if signal == .sentence && inputEndsSentence {
+        // The lead applies where a short reply can pay it back (k at least 2/3 of routable).
+        let leads = signal == .lead && 3 * k >= 2 * routable
+        if leads && !leadDone && leadSteps < Self.leadLimit {
+            leadSteps += 1
             raisedSteps += 1
             routedLayers += routable
             return routable
         }
-        let raised = raisesNextStep()
+        let endsSentence = signal == .sentence || signal == .lead
+        if endsSentence && inputEndsSentence {
+            raisedSteps += 1
+            routedLayers += routable
+            return routable
+        }
+        // Layers run beyond k per step so far (sentence ends, the lead, raised steps).
+        let owed = routedLayers - (steps - 1) * k
+        let raised = (leads && owed > 8) ? false : raisesNextStep()
         if raised { raisedSteps += 1 }
         var layers = raised ? k + Self.raise : k - 1
-        if signal == .sentence && !raised {
-            // Pay back what the sentence ends took beyond the mean.
-            let surplus = routedLayers - (steps - 1) * k
-            if surplus > 0 { layers = max(1, k - 1 - min(3, (surplus + 7) / 8)) }
+        if endsSentence && !raised && owed > 0 {
+            // Pay back what the sentence ends (and the lead, faster) took beyond the mean.
+            layers = leads ? max(1, k - 1 - min(6, (owed + 3) / 4)) : max(1, k - 1 - min(3, (owed + 7) / 8))
         }
         routedLayers += layers
         return layers

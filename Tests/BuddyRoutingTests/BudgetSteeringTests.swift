@@ -233,44 +233,81 @@ final class BudgetSteeringTests: XCTestCase {
     /// k − 1, less min(3, ⌈owed / 8⌉) while the reply has run more than k per step. All of it
     /// checked against the test's own tally, and the reply's mean stays near k.
     func testSentenceSteeringRunsEveryLayerAfterASentenceEnd() throws {
-        let m = try TestSupport.model()
-        let L = m.config.layers, vocab = m.config.vocabSize, routable = LayerBudget.routable(layers: L)
         for budget in [0.7, 0.5] {
-            let k = LayerBudget.routableCount(budget: budget, layers: L)
-            let s = Session(model: m, capacity: 512, threads: 2, batchSize: 64)
-            s.standIns = try Routers.standIns(model: m)
-            s.promptDepth = .full
-            let steering = BudgetSteering(try Routers.make("buddy", model: m, budget: budget), signal: .sentence)
-            XCTAssertEqual(steering.name, "buddy+sentence")
-            s.selector = steering
-            let prompt = m.template.render([ChatMessage(role: .user, content: "Why is the sky blue?")], addGenerationPrompt: true)
-            try s.evaluate(m.tokenizer.encode(prompt, parseSpecial: true))
-            var seen = [naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab)))]
-            var token = Sampler.argmax(s.decode.logits, count: vocab)
-            var layers = 0, sentenceSteps = 0
-            let steps = 160
-            for step in 1...steps {
-                let expected: Int
-                if m.sentenceEndTokens.contains(token) {
-                    expected = routable
-                    sentenceSteps += 1
-                } else if raises(seen) {
-                    expected = k + 3
-                } else {
-                    let owed = layers - (step - 1) * k
-                    expected = owed > 0 ? max(1, k - 1 - min(3, (owed + 7) / 8)) : k - 1
-                }
-                try s.step(token)
-                let routed = Session.count(s.lastMask) - 2
-                XCTAssertEqual(routed, expected, "budget \(budget), step \(step)")
-                if routed != expected { break }
-                layers += routed
-                seen.append(naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab))))
-                token = Sampler.argmax(s.decode.logits, count: vocab)
+            var sentenceSteps = 0
+            try checkGreedyReply(signal: .sentence, budget: budget, steps: 160) { reply in
+                if reply.endsSentence { sentenceSteps += 1; return reply.routable }
+                if reply.raises { return reply.k + 3 }
+                return reply.owed > 0 ? max(1, reply.k - 1 - min(3, (reply.owed + 7) / 8)) : reply.k - 1
             }
             XCTAssertGreaterThan(sentenceSteps, 4, "the reply has sentence ends")
-            XCTAssertEqual(steering.routedLayers, layers)
-            XCTAssertEqual(Double(layers) / Double(steps), Double(k), accuracy: 0.6, "budget \(budget): the mean stays near k")
+        }
+    }
+
+    /// What a step of a greedy steered reply looks like to the test's own tally.
+    struct ReplyStep {
+        let k: Int, routable: Int
+        /// Whether the step's input token ends a sentence.
+        let endsSentence: Bool
+        /// Whether the entropy rule raises the step (the previous entropy in the window's top quarter).
+        let raises: Bool
+        /// Layers run beyond k per step before this one.
+        let owed: Int
+    }
+
+    /// Runs a greedy reply to "Why is the sky blue?" steered by `signal` on the shipped router
+    /// with stand-ins, and checks each step's routable layers against `expected`; then that the
+    /// steering's own count agrees and the reply's mean stays near k.
+    func checkGreedyReply(signal: BudgetSteering.Signal, budget: Double, steps: Int, expected: (ReplyStep) -> Int) throws {
+        let m = try TestSupport.model()
+        let L = m.config.layers, vocab = m.config.vocabSize, routable = LayerBudget.routable(layers: L)
+        let k = LayerBudget.routableCount(budget: budget, layers: L)
+        let s = Session(model: m, capacity: 512, threads: 2, batchSize: 64)
+        s.standIns = try Routers.standIns(model: m)
+        s.promptDepth = .full
+        let steering = BudgetSteering(try Routers.make("buddy", model: m, budget: budget), signal: signal)
+        XCTAssertEqual(steering.name, "buddy" + signal.suffix)
+        s.selector = steering
+        let prompt = m.template.render([ChatMessage(role: .user, content: "Why is the sky blue?")], addGenerationPrompt: true)
+        try s.evaluate(m.tokenizer.encode(prompt, parseSpecial: true))
+        var seen = [naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab)))]
+        var token = Sampler.argmax(s.decode.logits, count: vocab)
+        var layers = 0
+        for step in 1...steps {
+            let want = expected(ReplyStep(k: k, routable: routable, endsSentence: m.sentenceEndTokens.contains(token),
+                                          raises: raises(seen), owed: layers - (step - 1) * k))
+            try s.step(token)
+            let routed = Session.count(s.lastMask) - 2
+            XCTAssertEqual(routed, want, "budget \(budget), step \(step)")
+            if routed != want { return }
+            layers += routed
+            seen.append(naiveEntropy(Array(UnsafeBufferPointer(start: s.decode.logits, count: vocab))))
+            token = Sampler.argmax(s.decode.logits, count: vocab)
+        }
+        XCTAssertEqual(steering.routedLayers, layers)
+        XCTAssertEqual(Double(layers) / Double(steps), Double(k), accuracy: 0.6, "budget \(budget): the mean stays near k")
+    }
+
+    /// `+lead` on the real model, greedy, by hand: at 0.9 and 0.7 every step of the reply's
+    /// first sentence (at most `leadLimit`) runs every routable layer, then sentence ends do,
+    /// and the other steps pay back faster (k − 1 − min(6, ⌈owed / 4⌉), no entropy raise while
+    /// more than 8 layers are owed); at 0.5 (k under two thirds) it is `+sentence` exactly.
+    func testLeadSteeringRunsTheFirstSentenceAtEveryLayer() throws {
+        let layers = try TestSupport.model().config.layers
+        for budget in [0.9, 0.7, 0.5] {
+            let k = LayerBudget.routableCount(budget: budget, layers: layers)
+            let leads = 3 * k >= 2 * LayerBudget.routable(layers: layers)
+            XCTAssertEqual(leads, budget > 0.6)
+            var leadSteps = 0, leadDone = false
+            try checkGreedyReply(signal: .lead, budget: budget, steps: 96) { reply in
+                if reply.endsSentence { leadDone = true }
+                if leads && !leadDone && leadSteps < BudgetSteering.leadLimit { leadSteps += 1; return reply.routable }
+                if reply.endsSentence { return reply.routable }
+                if !(leads && reply.owed > 8) && reply.raises { return reply.k + 3 }
+                guard reply.owed > 0 else { return reply.k - 1 }
+                return leads ? max(1, reply.k - 1 - min(6, (reply.owed + 3) / 4)) : max(1, reply.k - 1 - min(3, (reply.owed + 7) / 8))
+            }
+            if leads { XCTAssertGreaterThan(leadSteps, 3, "budget \(budget): the first sentence ran at every layer") } else { XCTAssertEqual(leadSteps, 0) }
         }
     }
 }
