@@ -14,7 +14,9 @@
   full depth, seeds 0 and 1 shuffled together, read by a helper) or slider (the steered chat at
   every budget, seeds 0 and 1, read by another helper) or thin (the full model and the router
   at 0.7 beside every layer with a thinner MLP, seeds 0 and 1, read by a third helper) or lead
-  (the same beside the router at 0.7 with the reply's lead sentence at full depth, a fourth)
+  (the same beside the router at 0.7 with the reply's lead sentence at full depth, a fourth),
+  or lead-2, lead-3, lead-4 (the same file read by three more helpers); tally lead-pooled pools
+  the four readers of that file
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -67,6 +69,13 @@ READINGS = {
              ROOT / "eval" / "topic-reading-lead-blind.jsonl", ROOT / "eval" / "topic-reading-lead-labels.csv", 20261213,
              [("buddy+sentence", 1.0), ("buddy+sentence", 0.7), ("buddy+lead", 0.7)]),
 }
+# Three more readers of the lead's blind file (eval/NOTES.md, "Four readers of the lead's
+# replies"): the same file, shuffle and cells, each reader's labels in a file of their own.
+for reader in (2, 3, 4):
+    files, blind_file, _, seed, cells = READINGS["lead"]
+    READINGS[f"lead-{reader}"] = (files, blind_file, ROOT / "eval" / f"topic-reading-lead-labels-r{reader}.csv", seed, cells)
+# Readings tallied together: each name stands for the readings it pools.
+POOLED = {"all": ["0", "1"], "lead-pooled": ["lead", "lead-2", "lead-3", "lead-4"]}
 
 
 def held_out_questions():
@@ -127,8 +136,8 @@ def labelled_items(reading):
 
 
 def tally(reading):
-    # "all": the steered chat's two seeds pooled.
-    names = ["0", "1"] if reading == "all" else [reading]
+    # "all": the steered chat's two seeds pooled; "lead-pooled": the lead's four readers.
+    names = POOLED.get(reading, [reading])
     items = [item for name in names for item in labelled_items(name)]
     cells = READINGS[names[0]][4]
     print("| method | budget | on topic | off-topic replies |")
@@ -143,6 +152,6 @@ def tally(reading):
 if __name__ == "__main__":
     commands = {"blind": blind, "tally": tally}
     if len(sys.argv) != 3 or sys.argv[1] not in commands \
-            or sys.argv[2] not in list(READINGS) + (["all"] if sys.argv[1] == "tally" else []):
-        sys.exit(f"usage: blind_reading.py blind|tally {'|'.join(READINGS)} (tally also takes all)")
+            or sys.argv[2] not in list(READINGS) + (list(POOLED) if sys.argv[1] == "tally" else []):
+        sys.exit(f"usage: blind_reading.py blind|tally {'|'.join(READINGS)} (tally also takes {' and '.join(POOLED)})")
     commands[sys.argv[1]](sys.argv[2])
