@@ -15,8 +15,10 @@
   every budget, seeds 0 and 1, read by another helper) or thin (the full model and the router
   at 0.7 beside every layer with a thinner MLP, seeds 0 and 1, read by a third helper) or lead
   (the same beside the router at 0.7 with the reply's lead sentence at full depth, a fourth),
-  or lead-2, lead-3, lead-4 (the same file read by three more helpers); tally lead-pooled pools
-  the four readers of that file
+  or lead-2, lead-3, lead-4 (the same file read by three more helpers; tally lead-pooled pools
+  the four readers of that file), or lead-slider and lead-slider-2 (the chat steered by the lead
+  at every budget, beside the chat before it at 0.7, read by two helpers; tally
+  lead-slider-pooled)
 
 The key is not stored: both commands rebuild the same shuffle from the committed replies and a
 fixed seed, so the reader never sees it before the labels are written.
@@ -74,8 +76,20 @@ READINGS = {
 for reader in (2, 3, 4):
     files, blind_file, _, seed, cells = READINGS["lead"]
     READINGS[f"lead-{reader}"] = (files, blind_file, ROOT / "eval" / f"topic-reading-lead-labels-r{reader}.csv", seed, cells)
+# The lead chat across the slider (eval/NOTES.md, "The slider's rows with the lead"): full depth and
+# 0.8 from their own run, 0.9, 0.7 and 0.5 from the lead's held-out check, and the chat as shipped
+# before at 0.7 as an anchor between readers; seeds 0 and 1, read by two helpers.
+LEAD_SLIDER_FILES = ([ROOT / "eval" / "lead" / "ship" / f"facts-slider-s{seed}-replies.jsonl" for seed in (0, 1)]
+                     + [ROOT / "eval" / "lead" / "heldout" / f"facts-lead-s{seed}-replies.jsonl" for seed in (0, 1)]
+                     + SEEDS_0_1_WITH_0_8[:2])
+for reader, suffix in ((1, ""), (2, "-r2")):
+    READINGS["lead-slider" + ("" if reader == 1 else f"-{reader}")] = (
+        LEAD_SLIDER_FILES, ROOT / "eval" / "topic-reading-lead-slider-blind.jsonl",
+        ROOT / "eval" / f"topic-reading-lead-slider-labels{suffix}.csv", 20261214,
+        [("buddy+lead", b) for b in (1.0, 0.9, 0.8, 0.7, 0.5)] + [("buddy+sentence", 0.7)])
 # Readings tallied together: each name stands for the readings it pools.
-POOLED = {"all": ["0", "1"], "lead-pooled": ["lead", "lead-2", "lead-3", "lead-4"]}
+POOLED = {"all": ["0", "1"], "lead-pooled": ["lead", "lead-2", "lead-3", "lead-4"],
+          "lead-slider-pooled": ["lead-slider", "lead-slider-2"]}
 
 
 def held_out_questions():
