@@ -200,7 +200,7 @@ screen | grep -q "STTY-SAME" || fail "terminal modes differ after quitting"
 # open also restores the terminal (status 143).
 tm send-keys -t e2e "clear; sh -c 'echo \$\$ > buddy.pid; exec \"\$0\" --model \"\$1\"' '$bin' '${BUDDY_MODEL:-$root/models/SmolLM2-135M-Instruct.Q4_1.gguf}'; echo EXIT=\$?" Enter
 wait_for "message, or /help" 30
-screen | grep -qE "│ buddy\+sentence 100%" || fail "by default the status bar should name the steered shipped router (buddy+sentence)"
+screen | grep -qE "│ buddy\+lead 100%" || fail "by default the status bar should name the steered shipped router (buddy+lead)"
 kill -TERM "$(cat "$work/buddy.pid")"
 wait_for "EXIT=143" 5
 tm send-keys -t e2e "stty -g > stty.after2; cmp -s stty.before stty.after2 && echo TERM-STTY-SAME || echo TERM-STTY-DIFFERENT" Enter

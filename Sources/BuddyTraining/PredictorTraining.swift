@@ -95,8 +95,9 @@ public enum PredictorTraining {
     /// The router whose curves are measured unless `--router` says otherwise: the Decision
     /// Module, steered along the reply by its entropy when the chat steers by default, as it was
     /// when the shipped predictor was fitted. Since 2026-12-07 the chat also steers by sentence
-    /// ends (`BudgetSteering.productSignal`); the predictor was not refitted for it (held-out
-    /// chat KL at 0.8, what its share rule ranks messages by, is level: 0.471 against 0.466).
+    /// ends and since 2026-12-08 by the reply's first sentence (`BudgetSteering.productSignal`);
+    /// the predictor was not refitted for either (held-out `--budget auto` was measured with
+    /// each; eval/NOTES.md).
     public static let defaultRouter = "buddy" + (BudgetSteering.onByDefault ? BudgetSteering.Signal.entropy.suffix : "")
 
     /// The routers a curve measurement asks for, one budget at a time: `make`'s router, or for a

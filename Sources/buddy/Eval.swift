@@ -246,13 +246,13 @@ extension Eval {
         @Option(name: .long, help: "Fixed budgets every prompt runs at: a subset of the predictor's grid that holds every budget the rules can choose (default: the whole grid). Fixed budgets of the same mean compute interpolate between these.") var budgets: String?
         @Option(name: .long, help: "Router the budgets are run with.") var router: String = "buddy"
         @Option(name: .long, help: "What a skipped layer adds: on (the model's stand-ins), off (plain skip), or a stand-in file. Default: on when the model has stand-ins.") var standIns: StandInChoice = .auto
-        @Option(name: .long, help: "on: the automatic budget is also steered along each reply by its entropy (`+steer`, with which the figures of 2026-12-06 were measured); sentence: as the chat steers since 2026-12-07 (`+sentence`, see `buddy generate --help`); lead: the same and every layer through the reply's first sentence (`+lead`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: AutoSteering = .off
+        @Option(name: .long, help: "on: the automatic budget is also steered along each reply by its entropy (`+steer`, with which the figures of 2026-12-06 were measured); sentence: as the chat steered on 2026-12-07 (`+sentence`); lead: the same and every layer through the reply's first sentence, as the chat steers since 2026-12-08 (`+lead`, see `buddy generate --help`); the fixed budgets it is compared with are not, and its mean compute is what the steering ran.") var steering: AutoSteering = .off
         @Flag(name: .long, help: "With --steering on or sentence: steer the fixed budgets too, so auto and fixed differ only in the predictor's choice (each auto row is the steered fixed run at its budget).") var steerFixed = false
         @Option(name: .long, help: "Also write one CSV row per prompt and rule (rule,id,category,chosen_budget,kl,top1_agreement,tokens,routed_layers).") var csv: String?
         @Option(name: .long, help: HeadChoice.help) var head: HeadChoice = .standard
         @OptionGroup var modelOptions: ModelOptions
 
-        /// --steering for `eval auto`: off, the entropy rule (on, as first published) or the chat's sentence ends.
+        /// --steering for `eval auto`: off, the entropy rule (on, as first published), sentence ends, or the chat's lead (sentence ends and the reply's first sentence).
         enum AutoSteering: String, ExpressibleByArgument, CaseIterable {
             case off, on, sentence, lead
             var signal: BudgetSteering.Signal? {
@@ -306,7 +306,7 @@ struct ChatPromptOptions: ParsableArguments {
 /// --budgets, --methods, --router, --kv-policy: the grid every `buddy eval` command runs.
 struct EvalRoutingOptions: ParsableArguments {
     @Option(name: .long, help: "Comma-separated budgets, e.g. 1,0.9,0.8.") var budgets: String = "1"
-    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even; each may end in +steer (the budget steered by the reply's entropy), +sentence (the same, and every layer at a step whose input ends a sentence: the chat's steering, see `buddy generate --help`), +lead (the same, and every layer through the reply's first sentence where k is at least two thirds of the routable layers) or +blind (the same share of raised steps chosen by a fixed-seed coin, the control).") var methods: String = "buddy"
+    @Option(name: .long, help: "Comma-separated methods: buddy, shortgpt, sleb, last, random, even; each may end in +steer (the budget steered by the reply's entropy), +sentence (the same, and every layer at a step whose input ends a sentence), +lead (the same, and every layer through the reply's first sentence where k is at least two thirds of the routable layers: the chat's steering, see `buddy generate --help`) or +blind (the same share of raised steps chosen by a fixed-seed coin, the control).") var methods: String = "buddy"
     @Option(name: .long, help: "Router file to use for the method 'buddy' (default: routers/buddy-router.json).") var router: String?
     @Option(name: .long, help: "KV policy for skipped layers: fill (default: their K/V from the layer's input, computed when a later token runs the layer), mask or zero. Static sets give the same results under all three.") var kvPolicy: KVPolicy = .fill
     @Option(name: .long, help: "Comma-separated stand-in modes to compare, each on (the model's stand-ins), off (plain skip), auto (on when the model has stand-ins) or a stand-in file; e.g. on,off.") var standIns: String = "auto"

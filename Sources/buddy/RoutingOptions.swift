@@ -18,7 +18,7 @@ enum Steering: String, ExpressibleByArgument, CaseIterable {
     case on, off
     /// The chat's, generate's and bench's default (owned by `BudgetSteering.onByDefault`).
     static var standard: Steering { BudgetSteering.onByDefault ? .on : .off }
-    static let help: ArgumentHelp = "on (the default): spend the budget unevenly along the reply: every layer at a step whose input ends a sentence or a line (where the reply decides whether to end and how the next sentence begins), k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, and fewer while the sentence ends are paid back, about k on average; off: k layers at every step."
+    static let help: ArgumentHelp = "on (the default): spend the budget unevenly along the reply: at 70 % and above every layer through the reply's first sentence (at most 16 tokens, where a short answer is given or lost), every layer at a step whose input ends a sentence or a line (where the reply decides whether to end and how the next sentence begins), k + 3 layers after a step where the model was unsure (its output's entropy in the top quarter of the last 2,048 steps, which span replies), k − 1 otherwise, and fewer while the first sentence and the sentence ends are paid back, about k on average; off: k layers at every step."
 }
 
 /// A budget as typed: a number in (0, 1] or `auto`.

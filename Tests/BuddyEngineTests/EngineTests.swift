@@ -161,9 +161,10 @@ final class EngineTests: XCTestCase {
     }
 
     /// By default the engine steers the router along the reply (`BudgetSteering.onByDefault`,
-    /// by sentence ends and entropy): the reply's record names the steered router, a step whose
-    /// input token ends a sentence runs every routable layer, and every other step after the
-    /// first runs k + 3 or k − 1 (down to k − 4 while the sentence ends are paid back).
+    /// by the reply's first sentence, sentence ends and entropy): the reply's record names the
+    /// steered router; at 0.5 (below two thirds of the layers, no lead) a step whose input token
+    /// ends a sentence runs every routable layer, and every other step after the first runs
+    /// k + 3 or k − 1 (down to k − 4 while the sentence ends are paid back).
     func testTheChatSteersByDefault() throws {
         let rec = Recorder()
         var o = EngineOptions()
@@ -175,7 +176,7 @@ final class EngineTests: XCTestCase {
         engine.drain()
         let k = LayerBudget.routableCount(budget: 0.5, layers: engine.layers)
         XCTAssertEqual(rec.done?.router, "sleb" + BudgetSteering.productSignal.suffix)
-        XCTAssertEqual(BudgetSteering.productSignal, .sentence)
+        XCTAssertEqual(BudgetSteering.productSignal, .lead)
         let routable = LayerBudget.routable(layers: engine.layers)
         let texts = rec.tokens.map(\.0)
         let steps = rec.tokens.dropFirst().map { $0.1.layers.count - 2 }
@@ -191,6 +192,37 @@ final class EngineTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(sentenceEnds, 0, "the reply has a sentence end")
+    }
+
+    /// At 0.7 (k at least two thirds of the routable layers) the chat runs the reply's first
+    /// sentence at every layer: each decode step up to and including the one that reads the
+    /// first sentence end (at most `BudgetSteering.leadLimit` steps of lead) runs every routable
+    /// layer, and the reply's later steps pay it back to about k.
+    func testTheChatRunsTheReplysFirstSentenceAtEveryLayer() throws {
+        let rec = Recorder()
+        var o = EngineOptions()
+        o.router = "sleb"; o.fallBackToEven = false; o.maxTokens = 64; o.context = 512; o.sampling = .greedy
+        o.budget = 0.7
+        let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
+        engine.send(.send("What is the capital of France?"))
+        engine.drain()
+        let k = LayerBudget.routableCount(budget: 0.7, layers: engine.layers)
+        let routable = LayerBudget.routable(layers: engine.layers)
+        XCTAssertGreaterThanOrEqual(3 * k, 2 * routable)
+        let texts = rec.tokens.map(\.0)
+        let steps = rec.tokens.dropFirst().map { $0.1.layers.count - 2 }
+        // Step i + 1 reads the token shown at step i; the lead lasts through the step that reads the first sentence end.
+        guard let firstEnd = texts.firstIndex(where: { LanguageModel.endsSentence(Array($0.utf8)) }) else {
+            return XCTFail("the reply has no sentence end: \(texts.joined())")
+        }
+        let lead = min(firstEnd + 1, BudgetSteering.leadLimit)
+        XCTAssertGreaterThan(lead, 3, "the first sentence is longer than three tokens: \(texts.joined())")
+        XCTAssertLessThan(lead, steps.count, "the reply goes on after its first sentence")
+        for i in 0..<lead { XCTAssertEqual(steps[i], routable, "step \(i + 1) is in the first sentence: \(texts.joined())") }
+        // After it only a step that reads a sentence end runs every layer; the others pay back.
+        for i in lead..<steps.count where !LanguageModel.endsSentence(Array(texts[i].utf8)) {
+            XCTAssertLessThan(steps[i], routable, "step \(i + 1) follows the first sentence: \(texts.joined())")
+        }
     }
 
     func testBudgetChangeTakesEffectAtTheNextDecodeStep() throws {
