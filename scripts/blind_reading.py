@@ -82,8 +82,8 @@ for reader in (2, 3, 4):
 LEAD_SLIDER_FILES = ([ROOT / "eval" / "lead" / "ship" / f"facts-slider-s{seed}-replies.jsonl" for seed in (0, 1)]
                      + [ROOT / "eval" / "lead" / "heldout" / f"facts-lead-s{seed}-replies.jsonl" for seed in (0, 1)]
                      + SEEDS_0_1_WITH_0_8[:2])
-for reader, suffix in ((1, ""), (2, "-r2")):
-    READINGS["lead-slider" + ("" if reader == 1 else f"-{reader}")] = (
+for name, suffix in (("lead-slider", ""), ("lead-slider-2", "-r2")):
+    READINGS[name] = (
         LEAD_SLIDER_FILES, ROOT / "eval" / "topic-reading-lead-slider-blind.jsonl",
         ROOT / "eval" / f"topic-reading-lead-slider-labels{suffix}.csv", 20261214,
         [("buddy+lead", b) for b in (1.0, 0.9, 0.8, 0.7, 0.5)] + [("buddy+sentence", 0.7)])

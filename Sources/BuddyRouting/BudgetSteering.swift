@@ -211,7 +211,7 @@ public final class BudgetSteering: BudgetedLayerSelector, OutputWatchingSelector
         }
         // Layers run beyond k per step so far (sentence ends, the lead, raised steps).
         let owed = routedLayers - (steps - 1) * k
-        let raised = (leads && owed > 8) ? false : raisesNextStep()
+        let raised = !(leads && owed > 8) && raisesNextStep()
         if raised { raisedSteps += 1 }
         var layers = raised ? k + Self.raise : k - 1
         if endsSentence && !raised && owed > 0 {

@@ -166,18 +166,10 @@ final class EngineTests: XCTestCase {
     /// ends a sentence runs every routable layer, and every other step after the first runs
     /// k + 3 or k − 1 (down to k − 4 while the sentence ends are paid back).
     func testTheChatSteersByDefault() throws {
-        let rec = Recorder()
-        var o = EngineOptions()
-        XCTAssertTrue(o.steering)
-        o.router = "sleb"; o.fallBackToEven = false; o.maxTokens = 40; o.context = 512; o.sampling = .greedy
-        o.budget = 0.5
-        let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
-        engine.send(.send("Tell me about the history of Rome."))
-        engine.drain()
-        let k = LayerBudget.routableCount(budget: 0.5, layers: engine.layers)
+        XCTAssertTrue(EngineOptions().steering)
+        let (rec, k, routable) = try greedySteeredReply("Tell me about the history of Rome.", budget: 0.5, maxTokens: 40)
         XCTAssertEqual(rec.done?.router, "sleb" + BudgetSteering.productSignal.suffix)
         XCTAssertEqual(BudgetSteering.productSignal, .lead)
-        let routable = LayerBudget.routable(layers: engine.layers)
         let texts = rec.tokens.map(\.0)
         let steps = rec.tokens.dropFirst().map { $0.1.layers.count - 2 }
         XCTAssertGreaterThanOrEqual(steps.count, 12, "the reply ended too early to see the steering")
@@ -199,15 +191,7 @@ final class EngineTests: XCTestCase {
     /// first sentence end (at most `BudgetSteering.leadLimit` steps of lead) runs every routable
     /// layer, and the reply's later steps pay it back to about k.
     func testTheChatRunsTheReplysFirstSentenceAtEveryLayer() throws {
-        let rec = Recorder()
-        var o = EngineOptions()
-        o.router = "sleb"; o.fallBackToEven = false; o.maxTokens = 64; o.context = 512; o.sampling = .greedy
-        o.budget = 0.7
-        let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
-        engine.send(.send("What is the capital of France?"))
-        engine.drain()
-        let k = LayerBudget.routableCount(budget: 0.7, layers: engine.layers)
-        let routable = LayerBudget.routable(layers: engine.layers)
+        let (rec, k, routable) = try greedySteeredReply("What is the capital of France?", budget: 0.7, maxTokens: 64)
         XCTAssertGreaterThanOrEqual(3 * k, 2 * routable)
         let texts = rec.tokens.map(\.0)
         let steps = rec.tokens.dropFirst().map { $0.1.layers.count - 2 }
@@ -223,6 +207,19 @@ final class EngineTests: XCTestCase {
         for i in lead..<steps.count where !LanguageModel.endsSentence(Array(texts[i].utf8)) {
             XCTAssertLessThan(steps[i], routable, "step \(i + 1) follows the first sentence: \(texts.joined())")
         }
+    }
+
+    /// One greedy reply to `message` from the engine with its default steering around SLEB's set
+    /// at `budget`; with k and the routable layers at that budget.
+    private func greedySteeredReply(_ message: String, budget: Double, maxTokens: Int) throws -> (Recorder, k: Int, routable: Int) {
+        let rec = Recorder()
+        var o = EngineOptions()
+        o.router = "sleb"; o.fallBackToEven = false; o.maxTokens = maxTokens; o.context = 512; o.sampling = .greedy
+        o.budget = budget
+        let engine = try ChatEngine(model: try TestSupport.model(), options: o, sink: { rec.post($0) })
+        engine.send(.send(message))
+        engine.drain()
+        return (rec, LayerBudget.routableCount(budget: budget, layers: engine.layers), LayerBudget.routable(layers: engine.layers))
     }
 
     func testBudgetChangeTakesEffectAtTheNextDecodeStep() throws {

@@ -238,7 +238,7 @@ final class BudgetSteeringTests: XCTestCase {
             try checkGreedyReply(signal: .sentence, budget: budget, steps: 160) { reply in
                 if reply.endsSentence { sentenceSteps += 1; return reply.routable }
                 if reply.raises { return reply.k + 3 }
-                return reply.owed > 0 ? max(1, reply.k - 1 - min(3, (reply.owed + 7) / 8)) : reply.k - 1
+                return reply.owed > 0 ? reply.sentencePayback : reply.k - 1
             }
             XCTAssertGreaterThan(sentenceSteps, 4, "the reply has sentence ends")
         }
@@ -253,6 +253,8 @@ final class BudgetSteeringTests: XCTestCase {
         let raises: Bool
         /// Layers run beyond k per step before this one.
         let owed: Int
+        /// A step that pays sentence ends back: k − 1 − min(3, ⌈owed / 8⌉), at least 1.
+        var sentencePayback: Int { max(1, k - 1 - min(3, (owed + 7) / 8)) }
     }
 
     /// Runs a greedy reply to "Why is the sky blue?" steered by `signal` on the shipped router
@@ -305,7 +307,7 @@ final class BudgetSteeringTests: XCTestCase {
                 if reply.endsSentence { return reply.routable }
                 if !(leads && reply.owed > 8) && reply.raises { return reply.k + 3 }
                 guard reply.owed > 0 else { return reply.k - 1 }
-                return leads ? max(1, reply.k - 1 - min(6, (reply.owed + 3) / 4)) : max(1, reply.k - 1 - min(3, (reply.owed + 7) / 8))
+                return leads ? max(1, reply.k - 1 - min(6, (reply.owed + 3) / 4)) : reply.sentencePayback
             }
             if leads { XCTAssertGreaterThan(leadSteps, 3, "budget \(budget): the first sentence ran at every layer") } else { XCTAssertEqual(leadSteps, 0) }
         }
